@@ -1,0 +1,3 @@
+from cos3d.cli import main
+
+main()

@@ -1,0 +1,38 @@
+"""Session fixtures shared across the suite.
+
+Expensive artefacts (a tabletop scene, a trained run) are built once per test session in a temporary
+folder and shared read-only; tests that modify a run copy it first.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Keep the suite deterministic and within the 2-core budget.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TEST_TABLETOP = dict(seed=3, views=20, width=160, height=120)
+"""The tabletop every end-to-end test shares (small: CPU, 2 cores)."""
+
+
+@pytest.fixture(scope="session")
+def tabletop_dir(tmp_path_factory):
+    """A small tabletop scene in the ScanNet layout (cos3d.tabletop)."""
+    from cos3d.tabletop import TabletopConfig, generate_tabletop
+
+    out = tmp_path_factory.mktemp("tabletop") / "scene"
+    generate_tabletop(TabletopConfig(out=out, **TEST_TABLETOP))
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tabletop_dir, tmp_path_factory):
+    """The tabletop trained end to end with the offline (oracle-2D) providers, fast settings."""
+    from cos3d.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    train(TrainConfig(scene=str(tabletop_dir), out=out, masks="dataset", embedder="labels", fast=True))
+    return out
