@@ -3,6 +3,10 @@
 Conventions (DESIGN.md §4):
 - cameras are OpenCV (x right, y down, z forward), ``c2w`` is camera-to-world 4×4 in metres,
   ``K`` the 3×3 pinhole intrinsics of the *colour* image at (width, height);
+- pixel coordinates are OpenCV's too: pixel (0, 0) is the *centre* of the top-left pixel, so an
+  ideal centred camera has ``cx = (width - 1) / 2``. COLMAP, nerfstudio and gsplat's rasterizer put
+  the image origin at the top-left *corner* (pixel centres at ``i + 0.5``); readers convert, and
+  :attr:`Camera.K_corner` gives the intrinsics to hand to such a renderer;
 - images load lazily, as uint8 ``[H, W, 3]``; depth as float32 metres ``[H, W]`` (0 = invalid),
   resampled to the colour resolution; instance and part maps as int64 ``[H, W]`` with 0 = no id;
 - ``labels`` maps an instance id to its names/phrasings (first = canonical name);
@@ -16,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
 
 from cos3d.errors import SceneFormatError
@@ -41,13 +46,58 @@ class Camera:
         self.width, self.height = int(self.width), int(self.height)
 
     def validate(self, where: str) -> None:
-        """Raise :class:`SceneFormatError` naming ``where`` if the camera is unusable."""
-        if not np.all(np.isfinite(self.K)) or self.K[0, 0] <= 0 or self.K[1, 1] <= 0:
-            raise SceneFormatError(f"{where}: focal length must be positive and finite, got fx={self.K[0, 0]}, fy={self.K[1, 1]}")
+        """Raise :class:`SceneFormatError` naming ``where`` (a file) if the camera is unusable.
+
+        Checks: positive finite focal lengths, finite principal point and distortion, positive image
+        size, a finite pose whose rotation part is orthonormal and right-handed (a reflection means
+        the file uses another axis convention).
+        """
+        fx, fy = self.K[0, 0], self.K[1, 1]
+        if not (np.isfinite(fx) and np.isfinite(fy)) or fx <= 0 or fy <= 0:
+            raise SceneFormatError(
+                f"{where}: focal length must be positive and finite, got fx={fx}, fy={fy}; fix the intrinsics"
+            )
+        if not np.all(np.isfinite(self.K)) or not np.all(np.isfinite(self.dist)):
+            raise SceneFormatError(f"{where}: intrinsics or distortion contain non-finite values; fix the intrinsics")
         if self.width <= 0 or self.height <= 0:
             raise SceneFormatError(f"{where}: image size must be positive, got {self.width}x{self.height}")
         if not np.all(np.isfinite(self.c2w)):
-            raise SceneFormatError(f"{where}: camera pose contains non-finite values")
+            raise SceneFormatError(f"{where}: camera pose contains non-finite values; drop this frame or fix its pose")
+        R = self.c2w[:3, :3]
+        err = float(np.abs(R.T @ R - np.eye(3)).max())
+        if err > 1e-2 or np.linalg.det(R) < 0:
+            raise SceneFormatError(
+                f"{where}: the pose's rotation is not a rotation (|RᵀR − I| = {err:.3g}, "
+                f"det = {np.linalg.det(R):.3g}); poses must be rigid camera-to-world matrices "
+                "without scale or axis flips"
+            )
+
+    @property
+    def fx(self) -> float:
+        return float(self.K[0, 0])
+
+    @property
+    def fy(self) -> float:
+        return float(self.K[1, 1])
+
+    @property
+    def cx(self) -> float:
+        """Principal point x, OpenCV pixel-centre convention."""
+        return float(self.K[0, 2])
+
+    @property
+    def cy(self) -> float:
+        """Principal point y, OpenCV pixel-centre convention."""
+        return float(self.K[1, 2])
+
+    @property
+    def K_corner(self) -> np.ndarray:
+        """[3, 3] the same intrinsics with the image origin at the top-left pixel's *corner* (pixel
+        centres at ``i + 0.5``): the convention of COLMAP, nerfstudio and gsplat's rasterizer."""
+        K = self.K.copy()
+        K[0, 2] += 0.5
+        K[1, 2] += 0.5
+        return K
 
     @property
     def w2c(self) -> np.ndarray:
@@ -81,14 +131,9 @@ class Camera:
         cam = np.stack([x, y, depth.astype(np.float64)], -1)
         return cam @ self.c2w[:3, :3].T + self.c2w[:3, 3]
 
-    def scaled(self, width: int, height: int) -> "Camera":
+    def scaled(self, width: int, height: int) -> Camera:
         """The same camera at another resolution (intrinsics rescaled, pixel-centre convention kept)."""
-        sx, sy = width / self.width, height / self.height
-        K = self.K.copy()
-        K[0, 0] *= sx
-        K[1, 1] *= sy
-        K[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
-        K[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
+        K = _scaled_K(self.K, (self.width, self.height), (width, height))
         return dataclasses.replace(self, K=K, width=width, height=height)
 
 
@@ -129,7 +174,32 @@ def _load_id_map(path: Path, size: tuple[int, int]) -> np.ndarray:
     return arr
 
 
-def _load_depth(path: Path, scale: float, size: tuple[int, int]) -> np.ndarray:
+def resample_depth(depth: np.ndarray, depth_K: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resample a depth map ``[h, w]`` with intrinsics ``depth_K`` onto the pixel grid of a colour camera
+    with intrinsics ``K`` and ``size`` = (width, height), nearest neighbour (depth is never blended across
+    edges); both cameras share the pose. Pixels that fall outside the depth image get 0 (invalid).
+
+    Returns float32 ``[height, width]``.
+    """
+    h, w = depth.shape
+    width, height = size
+    Kd = np.asarray(depth_K, dtype=np.float64)
+    Kc = np.asarray(K, dtype=np.float64)
+    # Both are pinhole cameras with the same pose and no skew: the map is separable and affine.
+    u = (np.arange(width) - Kc[0, 2]) / Kc[0, 0] * Kd[0, 0] + Kd[0, 2]
+    v = (np.arange(height) - Kc[1, 2]) / Kc[1, 1] * Kd[1, 1] + Kd[1, 2]
+    ui = np.floor(u + 0.5).astype(np.int64)
+    vi = np.floor(v + 0.5).astype(np.int64)
+    ok_u = (ui >= 0) & (ui < w)
+    ok_v = (vi >= 0) & (vi < h)
+    out = depth[np.clip(vi, 0, h - 1)[:, None], np.clip(ui, 0, w - 1)[None, :]].astype(np.float32)
+    out[~(ok_v[:, None] & ok_u[None, :])] = 0.0
+    return out
+
+
+def _load_depth(
+    path: Path, scale: float, size: tuple[int, int], K: np.ndarray, depth_K: np.ndarray | None = None
+) -> np.ndarray:
     from PIL import Image
 
     try:
@@ -147,9 +217,26 @@ def _load_depth(path: Path, scale: float, size: tuple[int, int]) -> np.ndarray:
         raise SceneFormatError(f"{path}: depth must be single-channel, got shape {d.shape}")
     d = d / float(scale)
     d[~np.isfinite(d)] = 0.0
-    if (d.shape[1], d.shape[0]) != size:
-        d = np.asarray(Image.fromarray(d).resize(size, Image.NEAREST), dtype=np.float32)
-    return d
+    same_size = (d.shape[1], d.shape[0]) == size
+    if depth_K is None:
+        if same_size:
+            return d
+        # No depth intrinsics: assume the depth image covers the colour image's field of view.
+        depth_K = _scaled_K(K, size, (d.shape[1], d.shape[0]))
+    elif same_size and np.allclose(depth_K, K):
+        return d
+    return resample_depth(d, depth_K, K, size)
+
+
+def _scaled_K(K: np.ndarray, size: tuple[int, int], new_size: tuple[int, int]) -> np.ndarray:
+    """``K`` at ``size`` = (w, h) rescaled to ``new_size``, OpenCV pixel-centre convention."""
+    sx, sy = new_size[0] / size[0], new_size[1] / size[1]
+    K = np.array(K, dtype=np.float64)
+    K[0, 0] *= sx
+    K[1, 1] *= sy
+    K[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
+    K[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
+    return K
 
 
 @dataclass
@@ -165,6 +252,9 @@ class Frame:
     """Raw depth units per metre (1000 for ScanNet uint16 mm PNG, 1 for float .npy in metres)."""
     instance_path: Path | None = None
     part_path: Path | None = None
+    depth_K: np.ndarray | None = None
+    """[3, 3] intrinsics of the depth image when they differ from a rescaled ``camera.K`` (ScanNet's
+    ``intrinsic_depth.txt``); None = the depth image covers the colour image's field of view."""
 
     @property
     def size(self) -> tuple[int, int]:
@@ -179,7 +269,7 @@ class Frame:
         """float32 ``[H, W]`` metres at colour resolution (0 = invalid), or None."""
         if self.depth_path is None:
             return None
-        return _load_depth(self.depth_path, self.depth_scale, self.size)
+        return _load_depth(self.depth_path, self.depth_scale, self.size, self.camera.K, self.depth_K)
 
     def load_instance(self) -> np.ndarray | None:
         """int64 ``[H, W]`` instance ids (0 = none), or None."""
@@ -215,6 +305,9 @@ class Scene:
     scale: float = 1.0
     source: str = ""
     """Which reader produced the scene (``scannet``, ``colmap``, ``nerfstudio``)."""
+    notes: list[str] = field(default_factory=list)
+    """What the reader had to work around (skipped frames, ignored files), one sentence each; also
+    logged as warnings on the ``cos3d`` logger."""
 
     def __post_init__(self) -> None:
         if not self.frames:
@@ -224,6 +317,11 @@ class Scene:
             raise SceneFormatError(f"{self.root}: duplicate frame names")
         self._by_name = {f.name: f for f in self.frames}
 
+    @property
+    def cameras(self) -> list[Camera]:
+        """The frames' cameras, in frame order."""
+        return [f.camera for f in self.frames]
+
     def frame(self, name: str) -> Frame:
         try:
             return self._by_name[name]
@@ -231,17 +329,23 @@ class Scene:
             raise SceneFormatError(f"{self.root}: no frame named {name!r}") from None
 
     def split(self, name: str) -> list[Frame]:
-        """Frames of split ``name`` (``train``/``test``). Without ``splits.json``: every 8th frame is
-        test (the LLFF/3DGS convention), the rest train."""
+        """Frames of split ``name`` (``train``/``test``/``all``). Without ``splits.json``: every 8th frame
+        (0, 8, 16, ...) is test (the LLFF/3DGS convention), the rest train. When only one of train/test
+        is listed, the other is its complement."""
         if name in self.splits:
             return [self.frame(n) for n in self.splits[name]]
+        other = {"train": "test", "test": "train"}.get(name)
+        if other in self.splits:
+            listed = set(self.splits[other])
+            return [f for f in self.frames if f.name not in listed]
         if name == "train":
             return [f for i, f in enumerate(self.frames) if i % 8 != 0 or len(self.frames) == 1]
         if name == "test":
             return [f for i, f in enumerate(self.frames) if i % 8 == 0]
         if name == "all":
             return list(self.frames)
-        raise SceneFormatError(f"{self.root}: unknown split {name!r}; known: {sorted(self.splits) or ['train', 'test']}")
+        known = sorted(set(self.splits) | {"train", "test", "all"})
+        raise SceneFormatError(f"{self.root}: unknown split {name!r}; known: {', '.join(known)}")
 
     @property
     def has_depth(self) -> bool:
@@ -259,3 +363,25 @@ class Scene:
         p = np.asarray(points, dtype=np.float64) / self.scale
         inv = np.linalg.inv(self.transform)
         return p @ inv[:3, :3].T + inv[:3, 3]
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image from its header only (no pixel decoding)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except FileNotFoundError:
+        raise SceneFormatError(f"{path}: image file is missing") from None
+    except Exception as e:
+        raise SceneFormatError(f"{path}: cannot read image header ({e}); re-export or delete this frame") from None
+
+
+def frame_names(rel_paths: list[str]) -> list[str]:
+    """Frame names for image paths relative to the scene: the file stem (``images/frame_001.jpg`` →
+    ``frame_001``) when stems are unique, else the relative path without its suffix."""
+    stems = [Path(p).stem for p in rel_paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [Path(p).with_suffix("").as_posix() for p in rel_paths]
