@@ -15,8 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 TEST_TABLETOP = dict(seed=0, views=20, width=160, height=120)
-"""Seed 0 holds a same-kind pair (two soda cans) and two mugs (blue, red coffee), a robot with parts."""
-"""The tabletop every end-to-end test shares (small: CPU, 2 cores)."""
+"""The tabletop every end-to-end test shares (small: CPU, 2 cores). Seed 0 holds a same-kind pair
+(two soda cans), two mugs (blue, red coffee) and a robot with named parts."""
 
 
 @pytest.fixture(scope="session")
