@@ -1,0 +1,136 @@
+"""The two interfaces of the 2D segmenter: :class:`MaskProvider` and :class:`Embedder`.
+
+Both carry ``model_id`` (which weights) and ``params`` (settings that change the output): the per-view
+cache is keyed by them, so a change in either is a cache miss. Heavy libraries (torch models, sam2,
+open_clip, transformers) are imported inside the concrete classes, never at ``import cos3d.vision``.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cos3d.errors import Cos3dError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from cos3d.scene import Frame
+    from cos3d.vision.masks import MaskSet
+
+
+class MaskProvider(abc.ABC):
+    """Class-agnostic masks of one image at levels s/m/l."""
+
+    name: str = ""
+    """Registry name (``sam2``, ``dataset``, ``classical``)."""
+
+    @property
+    @abc.abstractmethod
+    def model_id(self) -> str:
+        """Identifies the weights/algorithm (part of the cache key)."""
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """JSON-able settings that change the output (part of the cache key)."""
+        return {}
+
+    @abc.abstractmethod
+    def generate(self, image: np.ndarray, frame: "Frame | None" = None) -> "MaskSet":
+        """Masks of ``image`` (uint8 ``[H, W, 3]``). ``frame`` is required by providers that read
+        dataset maps (``dataset``) and ignored by the others."""
+
+
+class Embedder(abc.ABC):
+    """Maps masks, texts and image prompts into one unit-norm embedding space of width :attr:`dim`."""
+
+    name: str = ""
+    """Registry name (``openclip``, ``siglip``, ``labels``)."""
+    dim: int
+
+    @property
+    @abc.abstractmethod
+    def model_id(self) -> str:
+        """Identifies the weights (part of the cache key)."""
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """JSON-able settings that change mask embeddings (part of the cache key)."""
+        return {}
+
+    @abc.abstractmethod
+    def embed_masks(self, image: np.ndarray, masks: "MaskSet") -> np.ndarray:
+        """``[M, D]`` float32 unit rows, one per mask of ``masks`` (image uint8 ``[H, W, 3]``)."""
+
+    @abc.abstractmethod
+    def embed_text(self, texts: list[str]) -> "torch.Tensor":
+        """``[T, D]`` float32 torch tensor (CPU), unit rows."""
+
+    @abc.abstractmethod
+    def embed_image_prompt(
+        self, image: np.ndarray, mask: np.ndarray, *, names: list[str] | None = None
+    ) -> "torch.Tensor":
+        """``[D]`` float32 unit torch tensor for the region ``mask`` (bool ``[H, W]``) of ``image``.
+
+        ``names`` is a hint used only by embedders that embed names (``labels``); image embedders ignore it.
+        """
+
+
+# ---- helpers shared by the concrete classes ---------------------------------------------------------
+def check_image(image: Any, what: str = "image") -> np.ndarray:
+    """Validate a uint8 ``[H, W, 3]`` image (raises :class:`Cos3dError` naming the actual shape/dtype)."""
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise Cos3dError(f"{what} must be an RGB array [H, W, 3], got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise Cos3dError(f"{what} must be uint8 (0..255), got dtype {arr.dtype}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise Cos3dError(f"{what} is empty: shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def check_masks_match(image: np.ndarray, masks: "MaskSet") -> None:
+    if masks.shape != image.shape[:2]:
+        raise Cos3dError(
+            f"masks are {masks.shape[1]}x{masks.shape[0]} but the image is {image.shape[1]}x{image.shape[0]}"
+        )
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """``"auto"``/None → ``"cuda"`` when available, else ``"cpu"``; anything else is returned as is."""
+    if device in (None, "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def file_fingerprint(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """A cheap content fingerprint of a (possibly multi-GB) weights file: size + first and last MiB.
+
+    A folder (a transformers model directory) is fingerprinted by its files' names, sizes and heads.
+    """
+    p = Path(path)
+    h = hashlib.sha1()
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(p) if p.is_dir() else f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(chunk))
+            if size > chunk:
+                fh.seek(max(size - chunk, chunk))
+                h.update(fh.read(chunk))
+    return h.hexdigest()[:16]
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """L2-normalise rows (zero rows stay zero), float32."""
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(n, 1e-12)).astype(np.float32)

@@ -1,0 +1,65 @@
+"""The offline ``labels`` embedder (bundled all-MiniLM-L6-v2) and prompt embeddings in its space."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cos3d.errors import Cos3dError
+from cos3d.vision import MaskSet, create_embedder, create_mask_provider
+from cos3d.vision.prompts import combine_embeddings, embed_image_prompt
+from cos3d.vision.testing import write_synthetic_scene
+
+
+@pytest.fixture(scope="module")
+def labels():
+    return create_embedder("labels")
+
+
+def test_text_geometry_and_cache(labels):
+    assert labels.dim == 384 and labels.model_id == "labels:all-MiniLM-L6-v2"
+    t = labels.embed_text(["mug", "red coffee mug", "soccer ball"])
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32 and tuple(t.shape) == (3, 384)
+    torch.testing.assert_close(t.norm(dim=1), torch.ones(3))
+    assert float(t[0] @ t[1]) > float(t[0] @ t[2])
+    n = len(labels._cache)
+    labels.embed_text(["mug", "soccer ball"])
+    assert len(labels._cache) == n  # re-encoding is served from the in-process cache
+    assert tuple(labels.embed_text([]).shape) == (0, 384)
+
+
+def test_mask_embedding_is_mean_of_names(labels, tmp_path):
+    scene = write_synthetic_scene(tmp_path / "s", n_frames=1)
+    frame = scene.frames[0]
+    image = frame.load_image()
+    ms = create_mask_provider("dataset", scene=scene).generate(image, frame)
+    emb = labels.embed_masks(image, ms)
+    assert emb.dtype == np.float32 and emb.shape == (len(ms), 384)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    k = int(np.nonzero((ms.source_id == 1) & (ms.level == 2))[0][0])  # the mug, level l
+    names = ms.names[k]
+    mean = labels.embed_text(names).numpy().mean(0)
+    np.testing.assert_allclose(emb[k], mean / np.linalg.norm(mean), atol=1e-5)
+    q = labels.embed_text(["mug"]).numpy()[0]
+    sims = emb[ms.level == 2] @ q
+    assert int(ms.source_id[ms.level == 2][np.argmax(sims)]) == 1
+
+
+def test_labels_needs_names(labels):
+    ms = MaskSet.from_masks(np.ones((1, 4, 4), bool), "l")
+    with pytest.raises(Cos3dError, match="dataset mask provider"):
+        labels.embed_masks(np.zeros((4, 4, 3), np.uint8), ms)
+    bad = MaskSet.from_masks(np.ones((1, 4, 4), bool), "l", names=[[]], source_id=np.array([7]))
+    with pytest.raises(Cos3dError, match=r"\[7\] have no names"):
+        labels.embed_masks(np.zeros((4, 4, 3), np.uint8), bad)
+
+
+def test_image_prompt_for_labels_needs_names(labels):
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(Cos3dError, match="names hint"):
+        embed_image_prompt(labels, image, box=[1, 1, 5, 5])
+    e = embed_image_prompt(labels, image, box=[1, 1, 5, 5], names=["mug", "cup"])
+    assert tuple(e.shape) == (384,) and abs(float(e.norm()) - 1) < 1e-5
+    combined = combine_embeddings([labels.embed_text(["red"])[0], e])
+    assert abs(float(combined.norm()) - 1) < 1e-5
