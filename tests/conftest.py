@@ -13,6 +13,8 @@ import pytest
 # Keep the suite deterministic and within the 2-core budget.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One torch thread per training run: on 2 shared cores two threads measured 2-8x slower.
+os.environ.setdefault("COS3D_THREADS", "1")
 
 TEST_TABLETOP = dict(seed=0, views=20, width=160, height=120)
 """The tabletop every end-to-end test shares (small: CPU, 2 cores). Seed 0 holds a same-kind pair
