@@ -1,0 +1,653 @@
+"""The query engine: prompts → selected Gaussians → 3D objects → 2D masks.
+
+``QueryEngine(trained).query(...)`` (also ``cos3d.load(run).query(...)``) answers
+
+- **text**: ``query("red mug")``; several at once with :meth:`QueryEngine.query_many`;
+- **image**: ``query(image=img_or_path, box=[x0, y0, x1, y1] | mask=m | scribble=s | points=[[x, y]])``:
+  the prompt becomes a mask (:func:`cos3d.vision.prompts.prompt_mask`), the mask an embedding through the
+  embedder's image-prompt path, used like a text embedding. With the offline ``labels`` embedder
+  (**oracle-2D protocol**) pixels cannot be embedded: a reference image that is one of the scene's frames
+  resolves to the dataset instance under the prompt mask and embeds that instance's names; any other image
+  raises (real CLIP/SigLIP weights are needed);
+- **text + image**: both given → the normalised sum of the two embeddings;
+- **click**: ``query(click=("16", x, y))`` (``Click`` or ``"VIEW:x,y"`` too): the Gaussian with the largest
+  blending weight at that pixel, then region growing in instance space (:meth:`QueryEngine.grow`);
+- **hierarchical**: ``query("head", within="robot")`` or ``within_object=<object id>``: the parent is selected
+  at level ``l``; the part prompt is answered on the part level (``s``) restricted to the parent's Gaussians.
+
+Text/image pipeline (DESIGN.md "Query"): raw LERF relevancy ``R`` (:mod:`.relevancy`) → presence test on
+``R`` (:mod:`.notarget`; an absent target gives an empty answer with a reason) → COS3D normalisation →
+adaptive Lang2Ins refinement (:mod:`.refine`; ``refine="fast"`` by default, ``"reference"`` for the literal
+loop) → objects (:mod:`.objects`). The selection of the answer is the union of its objects' Gaussians.
+
+Click (our definition): the seed is the Gaussian with the largest blending weight at the pixel; the prompt
+is the *rendered* language feature of the 3×3 window around it (what the user sees there), snapped to the
+closest Ins2Lang target (the embedding of a 2D mask seen in training: an object-level concept); regions are
+grown in instance space by the same adaptive Lang2Ins refinement (same thresholds, the click's level; the
+seed always counts as a candidate); the grown selection is split into objects and the object carrying
+the most blending weight in the window (normally the seed's) is returned. A single ball around the seed
+is not enough: with Gaussian features spread far more than the rendered pixels that define ``d̄``, one
+ball (cos > 1 − 0.4 d̄) holds only tens of Gaussians. ``within_object=<Gaussian id>`` re-grows that
+object the same way, with the mean language feature of the Gaussian's tightest instance ball as prompt.
+
+Objects weaker than the best are dropped (:attr:`QueryEngine.WEAKER_LOGIT`): the median relevancy logit
+of an object's Gaussians must be within 0.75 of the best object's. COS3D's per-query min-max normalisation turns a moderately relevant neighbour (a ketchup
+bottle for "lemon") into a selected one; this keeps it out while keeping equally relevant instances
+("cans").
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cos3d.errors import Cos3dError
+from cos3d.query.masks2d import MaskRenderer, check_protocol
+from cos3d.query.notarget import (
+    NEGATIVE_VOCABULARY,
+    OPACITY_MIN,
+    NoTargetCalibration,
+    calibrate,
+    top_k_score,
+)
+from cos3d.query.objects import Object3D, make_object, split_objects
+from cos3d.query.prompts import Click, load_binary_image, load_rgb_image, parse_click
+from cos3d.query.refine import InstanceIndex, RefineResult, refine_fast, refine_reference, thresholds
+from cos3d.query.relevancy import CANONICAL_NEGATIVES, PromptCache, normalize_relevancy, raw_relevancy
+from cos3d.scene import Camera
+
+REFINERS = ("fast", "reference")
+
+
+@dataclass
+class QueryResult:
+    """The answer to one prompt."""
+
+    query: str
+    """The prompt, as text (``image:ref.png box=[...]``, ``click 16:80,60``, ``head within robot``)."""
+    objects: list[Object3D]
+    """The objects found, best first (empty for a no-target answer)."""
+    selected: Tensor
+    """LongTensor ``[S]`` sorted Gaussian ids: the union of the objects' Gaussians."""
+    no_target: bool
+    """True when the prompt's target is judged absent (then ``objects`` and ``selected`` are empty)."""
+    reason: str
+    """Why the answer is what it is (one line)."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Milliseconds per step (``embed``, ``relevancy``, ``presence``, ``refine``, ``objects``, ``total``;
+    ``calibration`` and ``index`` once per engine and level, in the first query that needs them)."""
+    kind: str = "text"
+    """``text``, ``image``, ``text+image``, ``click``; prefixed ``part:`` for hierarchical queries."""
+    level: str = "l"
+    """Field level the answer was computed on."""
+    score: float | None = None
+    """Presence score (top-k mean raw relevancy), when the prompt has an embedding."""
+    threshold: float | None = None
+    """The calibrated presence threshold it was compared with."""
+    refine: RefineResult | None = field(default=None, repr=False)
+    """The refinement's details (regions, seeds), when a refinement ran."""
+    _engine: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.selected.numel())
+
+    def mask(self, camera: Camera | str, protocol: str = "occlusion") -> np.ndarray:
+        """bool ``[H, W]`` mask of the selection in ``camera`` (a :class:`Camera` or a frame name).
+
+        ``protocol``: ``"occlusion"`` (visible pixels mostly covered by the selection) or ``"selected"``
+        (the selection rendered alone, alpha > 0.7; the COS3D/OpenGaussian protocol).
+        """
+        if self._engine is None:
+            raise Cos3dError("this QueryResult is detached from its engine; use QueryEngine.mask(result, camera)")
+        return self._engine.mask(self, camera, protocol)
+
+    def to_dict(self, points: bool = False) -> dict:
+        """JSON-able summary (objects without their points unless ``points``)."""
+        return {
+            "query": self.query,
+            "kind": self.kind,
+            "level": self.level,
+            "no_target": bool(self.no_target),
+            "reason": self.reason,
+            "score": None if self.score is None else float(self.score),
+            "threshold": None if self.threshold is None else float(self.threshold),
+            "num_gaussians": self.num_gaussians,
+            "objects": [o.to_dict(points=points) for o in self.objects],
+            "timings": {k: round(float(v), 3) for k, v in self.timings.items()},
+        }
+
+
+@dataclass
+class _Level:
+    name: str
+    unit: Tensor  # [N, F] float32 unit instance features
+    unit_np: np.ndarray  # the same memory as numpy
+    language: Tensor  # [N, D] (fp16 as stored)
+    targets: Tensor  # [J, D]
+    dbar: float
+    index: InstanceIndex | None = None
+    calibration: NoTargetCalibration | None = None
+
+
+def _field_attr(fieldobj: Any, name: str) -> Any:
+    if isinstance(fieldobj, dict):
+        return fieldobj[name]
+    return getattr(fieldobj, name)
+
+
+class QueryEngine:
+    """Answers prompts on a trained scene (see the module docstring).
+
+    Args:
+        trained: a :class:`cos3d.trained.TrainedScene` (``.scene``, ``.gaussians``, ``.fields``, ``.embedder``).
+        level: the object level (``"l"``).
+        part_level: the level for parts in hierarchical queries (default ``"s"``, else ``"m"``).
+        refine: ``"fast"`` (default) or ``"reference"``.
+    """
+
+    WEAKER_LOGIT = 0.75
+    """An object is dropped when the median relevancy logit of its Gaussians is this much below the best
+    object's (1 logit = 0.1 of cosine margin between the prompt and the canonical negatives)."""
+    SNAP_CLICK = True
+    """Clicks (and ``within_object``) snap their language prompt to the nearest Ins2Lang target."""
+    LANGUAGE_FP32_BYTES = 1 << 29
+    """Language features are kept as a float32 copy when it takes at most this many bytes (512 MiB)."""
+
+    def __init__(self, trained: Any, *, level: str = "l", part_level: str | None = None, refine: str = "fast") -> None:
+        self.trained = trained
+        self.scene = trained.scene
+        self.gaussians = trained.gaussians
+        self.embedder = trained.embedder
+        fields = trained.fields
+        if level not in fields:
+            raise Cos3dError(f"the run has no {level!r}-level field; levels: {sorted(fields)}")
+        self.level = level
+        if part_level is None:
+            part_level = "s" if "s" in fields else ("m" if "m" in fields else level)
+        self.part_level = part_level
+        self.refine_method = self._check_refine(refine)
+        self.cache = PromptCache()
+        self.means = self.gaussians.means.detach().float().cpu()
+        self.opacity = self.gaussians.opacities.detach().float().cpu()
+        self.scales = self.gaussians.scales.detach().float().cpu().amax(1)
+        self._levels: dict[str, _Level] = {}
+        for name in fields:
+            f = fields[name]
+            inst = torch.as_tensor(_field_attr(f, "instance")).detach().cpu()
+            unit = torch.nn.functional.normalize(inst.float(), dim=1).contiguous()
+            lang = torch.as_tensor(_field_attr(f, "language")).detach().cpu()
+            if lang.dtype != torch.float32 and lang.numel() * 4 <= self.LANGUAGE_FP32_BYTES:
+                lang = lang.float()  # a float32 copy makes every relevancy product ~2x faster on CPU
+            self._levels[name] = _Level(
+                name=name,
+                unit=unit,
+                unit_np=unit.numpy(),
+                language=lang,
+                targets=torch.as_tensor(_field_attr(f, "targets")).detach().cpu().float(),
+                dbar=float(_field_attr(f, "dbar")),
+            )
+        self.masks = MaskRenderer(self.gaussians)
+        self._frame_hashes: dict[str, str] | None = None
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _check_refine(refine: str) -> str:
+        if refine not in REFINERS:
+            raise Cos3dError(f"unknown refinement {refine!r}; choose one of {', '.join(REFINERS)}")
+        return refine
+
+    def _lv(self, level: str) -> _Level:
+        if level not in self._levels:
+            raise Cos3dError(f"the run has no {level!r}-level field; levels: {sorted(self._levels)}")
+        return self._levels[level]
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.means.shape[0])
+
+    @property
+    def negatives(self) -> Tensor:
+        """``[4, D]`` embeddings of the canonical negatives."""
+        return self.cache.embed(self.embedder, list(CANONICAL_NEGATIVES))
+
+    def index(self, level: str | None = None) -> InstanceIndex:
+        """The level's :class:`InstanceIndex` (built on first use, ~0.1 s per 50k Gaussians)."""
+        lv = self._lv(level or self.level)
+        if lv.index is None:
+            lv.index = InstanceIndex(lv.unit)
+        return lv.index
+
+    def calibration_for(self, level: str | None = None) -> NoTargetCalibration:
+        """The level's no-target calibration (computed on first use; see :mod:`cos3d.query.notarget`)."""
+        lv = self._lv(level or self.level)
+        if lv.calibration is None:
+            vocab = list(NEGATIVE_VOCABULARY)
+            lv.calibration = calibrate(
+                lv.language, self.opacity, lv.targets, self.negatives, self.cache.embed(self.embedder, vocab), vocab
+            )
+        return lv.calibration
+
+    @property
+    def calibration(self) -> NoTargetCalibration:
+        """The object level's no-target calibration."""
+        return self.calibration_for(self.level)
+
+    def camera(self, view: Camera | str) -> Camera:
+        """A :class:`Camera`, or the camera of the scene frame named ``view``."""
+        if isinstance(view, Camera):
+            return view
+        names = [f.name for f in self.scene.frames]
+        if str(view) not in names:
+            raise Cos3dError(f"unknown view {str(view)!r}; the scene's frames are {names[0]}..{names[-1]} ({len(names)} frames)")
+        return self.scene.frame(str(view)).camera
+
+    def mask(self, result: QueryResult, camera: Camera | str, protocol: str = "occlusion") -> np.ndarray:
+        """bool ``[H, W]`` mask of ``result``'s selection in ``camera`` under ``protocol``."""
+        check_protocol(protocol)
+        return self.masks.mask(result.selected, self.camera(camera), protocol)
+
+    # ------------------------------------------------------------------ embeddings
+    def embed_text(self, texts: Sequence[str]) -> Tensor:
+        """``[T, D]`` unit embeddings (cached per engine)."""
+        for t in texts:
+            if not isinstance(t, str) or not t.strip():
+                raise Cos3dError("empty text prompt: give a phrase such as \"red mug\"")
+        return self.cache.embed(self.embedder, [t.strip() for t in texts])
+
+    def _frame_of_image(self, image: np.ndarray, path: Path | None) -> Any:
+        """The scene frame whose colour image equals ``image`` (oracle-2D), or None."""
+        if path is not None:
+            rp = path.resolve()
+            for f in self.scene.frames:
+                if Path(f.image_path).resolve() == rp:
+                    return f
+        import hashlib
+
+        if self._frame_hashes is None:
+            self._frame_hashes = {}
+            for f in self.scene.frames:
+                try:
+                    self._frame_hashes[hashlib.sha1(f.load_image().tobytes()).hexdigest()] = f.name
+                except Cos3dError:
+                    continue
+        h = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+        name = self._frame_hashes.get(h)
+        return None if name is None else self.scene.frame(name)
+
+    def embed_image(
+        self,
+        image: np.ndarray | str | Path,
+        *,
+        box: Sequence[float] | None = None,
+        mask: np.ndarray | str | Path | None = None,
+        scribble: np.ndarray | str | Path | None = None,
+        points: Any = None,
+        point_labels: Any = None,
+        level: str | None = None,
+    ) -> tuple[Tensor, str]:
+        """``([D] unit embedding, note)`` of an image prompt (module docstring: oracle-2D for ``labels``)."""
+        from cos3d.vision.prompts import prompt_mask
+
+        path = None
+        if isinstance(image, (str, Path)):
+            path = Path(image)
+            image = load_rgb_image(path)
+        image = np.asarray(image)
+        if isinstance(mask, (str, Path)):
+            mask = load_binary_image(mask, "--mask")
+        if isinstance(scribble, (str, Path)):
+            scribble = load_binary_image(scribble, "--scribble")
+        if isinstance(points, str):
+            from cos3d.query.prompts import parse_points
+
+            points, point_labels = parse_points(points)
+        m = prompt_mask(image, box=box, mask=mask, scribble=scribble, points=points, point_labels=point_labels)
+        if getattr(self.embedder, "name", "") != "labels":
+            return torch.as_tensor(self.embedder.embed_image_prompt(image, m)).float(), ""
+        frame = self._frame_of_image(image, path)
+        if frame is None:
+            raise Cos3dError(
+                "image prompts need real CLIP/SigLIP weights: this run uses the offline labels embedder, which "
+                "sees no pixels and can only resolve a reference image that is one of the scene's own frames "
+                "(oracle-2D protocol); train with --embedder openclip (weights configured) for other images"
+            )
+        part = (level or self.level) == self.part_level and level != self.level
+        idmap = frame.load_part() if part else frame.load_instance()
+        if idmap is None:
+            raise Cos3dError(f"frame {frame.name} has no instance map, so the oracle-2D image prompt cannot be resolved")
+        ids = idmap[m]
+        ids = np.unique(ids[ids > 0])
+        if ids.size == 0:
+            raise Cos3dError(f"the image prompt covers no labelled object in frame {frame.name}")
+        # the dataset object that best matches the prompt region (what a prompt segmenter would return)
+        area = int(m.sum())
+        ious = [(int(((idmap == i) & m).sum()) / (int((idmap == i).sum()) + area - int(((idmap == i) & m).sum())), int(i))
+                for i in ids]
+        inst = max(ious)[1]
+        names = (self.scene.parts[inst].names if part else self.scene.names_of(inst)) if (not part or inst in self.scene.parts) else []
+        if not names:
+            raise Cos3dError(f"object {inst} under the image prompt in frame {frame.name} has no names")
+        emb = torch.as_tensor(self.embedder.embed_image_prompt(image, m, names=list(names))).float()
+        return emb, f"oracle-2D: frame {frame.name}, object {inst} ({names[0]})"
+
+    # ------------------------------------------------------------------ core steps
+    def relevancy(self, embeddings: Tensor, level: str | None = None) -> Tensor:
+        """Raw relevancy ``[T, N]`` of every Gaussian to each of ``embeddings [T, D]``."""
+        lv = self._lv(level or self.level)
+        return raw_relevancy(lv.language, embeddings, self.negatives)
+
+    def refine(
+        self, r: Tensor, level: str | None = None, *, subset: Tensor | None = None, method: str | None = None
+    ) -> RefineResult:
+        """Adaptive Lang2Ins refinement of normalised relevancy ``r [N]`` on a level."""
+        lv = self._lv(level or self.level)
+        method = self._check_refine(method or self.refine_method)
+        if method == "reference":
+            return refine_reference(lv.unit, r, self.opacity, lv.dbar, subset=subset)
+        return refine_fast(lv.unit, r, self.opacity, lv.dbar, subset=subset, index=self.index(lv.name), unit_instance=lv.unit_np)
+
+    def grow(self, seed: int, level: str | None = None, *, subset: Tensor | None = None,
+             prompt: Tensor | None = None, votes: tuple[Tensor, Tensor] | None = None) -> tuple[Object3D, RefineResult]:
+        """The object around Gaussian ``seed`` (click semantics, module docstring) → (object, refinement).
+
+        ``prompt``: the language embedding to grow with (a click passes the rendered language feature
+        around the clicked pixel); default the mean language feature of the seed's tightest instance ball.
+        ``votes``: (Gaussian ids, blending weights) at the clicked pixels; the object holding the most of
+        that weight is returned (else the object holding ``seed``).
+        """
+        lv = self._lv(level or self.level)
+        n = self.num_gaussians
+        seed = int(seed)
+        if not 0 <= seed < n:
+            raise Cos3dError(f"Gaussian id {seed} is out of range [0, {n})")
+        if prompt is None:  # a local consensus: the language features of the seed's tightest instance ball
+            core = (lv.unit @ lv.unit[seed]) > thresholds(lv.dbar)[-1]
+            if subset is not None:
+                core &= subset
+            core[seed] = True
+            prompt = lv.language[core].float().mean(0)
+        p = torch.nn.functional.normalize(prompt.float(), dim=0)
+        if self.SNAP_CLICK and len(lv.targets):
+            # snap to the training-mask embedding (Ins2Lang target) closest to it: a clean, object-level prompt
+            p = torch.nn.functional.normalize(lv.targets[int(torch.argmax(lv.targets @ p))], dim=0)
+        R = raw_relevancy(lv.language, p, self.negatives)
+        r = normalize_relevancy(R, subset)
+        r[seed] = max(float(r[seed]), 1.0)  # the clicked Gaussian is a candidate whatever its relevancy
+        ref = self.refine(r, lv.name, subset=subset)
+        cos = lv.unit @ lv.unit[seed]
+        objs = split_objects(ref.selected, self.means, lv.unit, self.opacity, cos, lv.dbar, scales=self.scales)
+        own = [o for o in objs if bool((o.gaussians == seed).any())]
+        if votes is not None and objs:
+            vg, vw = votes
+            mass = [float(vw[torch.isin(vg, o.gaussians)].sum()) for o in objs]
+            if max(mass) > 0:
+                own = [objs[int(np.argmax(mass))]]
+        if not own and objs:  # the seed fell in a dropped fragment: the object nearest to it
+            x = self.means[seed].numpy()
+            own = [min(objs, key=lambda o: float(np.min(np.linalg.norm(o.points - x, axis=1))))]
+        obj = own[0] if own else make_object(torch.tensor([seed]), self.means, self.opacity, cos)
+        return obj, ref
+
+    def _result(self, query: str, kind: str, level: str, **kw: Any) -> QueryResult:
+        return QueryResult(query=query, kind=kind, level=level, _engine=self, **kw)
+
+    def _empty(self, query: str, kind: str, level: str, reason: str, t0: float, timings: dict, **kw: Any) -> QueryResult:
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        return self._result(query, kind, level, objects=[], selected=torch.zeros(0, dtype=torch.long),
+                            no_target=True, reason=reason, timings=timings, **kw)
+
+    def _parent(self, within: Any, within_object: Any) -> tuple[Tensor | None, str]:
+        """Bool ``[N]`` parent selection and its description, or (None, reason) when absent."""
+        n = self.num_gaussians
+        if within_object is not None:
+            if isinstance(within_object, Object3D):
+                ids, desc = within_object.gaussians, f"object {within_object.id}"
+            elif isinstance(within_object, QueryResult):
+                ids, desc = within_object.selected, within_object.query
+            elif isinstance(within_object, Tensor) and within_object.numel() > 1:
+                ids, desc = within_object.long(), "given Gaussians"
+            else:
+                try:
+                    gid = int(within_object)
+                except (TypeError, ValueError):
+                    raise Cos3dError(f"--within-object expects an object id (an integer), got {within_object!r}") from None
+                if not 0 <= gid < n:
+                    raise Cos3dError(f"--within-object {gid}: no such object (object ids are Gaussian ids in [0, {n}))")
+                obj, _ = self.grow(gid, self.level)
+                ids = obj.gaussians
+                desc = f"object {gid}"
+            mask = torch.zeros(n, dtype=torch.bool)
+            mask[ids] = True
+            return mask, desc
+        if isinstance(within, QueryResult):
+            parent = within
+        else:
+            parent = self.query(within)
+        if parent.no_target or parent.num_gaussians == 0:
+            return None, f"the parent {parent.query!r} was not found ({parent.reason})"
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[parent.selected] = True
+        return mask, parent.query
+
+    # ------------------------------------------------------------------ public API
+    def query(
+        self,
+        text: str | None = None,
+        *,
+        image: np.ndarray | str | Path | None = None,
+        box: Sequence[float] | None = None,
+        mask: np.ndarray | str | Path | None = None,
+        scribble: np.ndarray | str | Path | None = None,
+        points: Any = None,
+        point_labels: Any = None,
+        click: Click | str | tuple | None = None,
+        within: str | QueryResult | None = None,
+        within_object: int | Object3D | Tensor | None = None,
+        level: str | None = None,
+        refine: str | None = None,
+    ) -> QueryResult:
+        """Answer one prompt (see the module docstring). Raises :class:`Cos3dError` for bad prompts."""
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        if text is not None and (not isinstance(text, str) or not text.strip()):
+            raise Cos3dError("empty text prompt: give a phrase such as \"red mug\"")
+        image_given = image is not None
+        if not image_given and any(v is not None for v in (box, mask, scribble, points)):
+            raise Cos3dError("--box/--mask/--scribble/--points prompt a reference image: also pass --image")
+        if click is not None and (text is not None or image_given):
+            raise Cos3dError("a click is a prompt on its own; do not combine it with text or an image")
+        if text is None and not image_given and click is None:
+            raise Cos3dError("nothing to query: give a text prompt, an --image prompt or a --click")
+        hier = within is not None or within_object is not None
+        lvl = level or (self.part_level if hier else self.level)
+        self._lv(lvl)
+
+        subset = None
+        parent_desc = ""
+        if hier:
+            ts = time.perf_counter()
+            subset, parent_desc = self._parent(within, within_object)
+            timings["parent"] = (time.perf_counter() - ts) * 1e3
+        if click is not None:
+            return self._click(click, lvl, subset, parent_desc, t0, timings)
+
+        # ---- the prompt embedding
+        ts = time.perf_counter()
+        parts, notes = [], []
+        kind = "text"
+        desc = ""
+        if text is not None:
+            parts.append(self.embed_text([text])[0])
+            desc = text.strip()
+        if image_given:
+            emb, note = self.embed_image(image, box=box, mask=mask, scribble=scribble, points=points,
+                                         point_labels=point_labels, level=lvl)
+            parts.append(emb)
+            notes.append(note)
+            kind = "text+image" if text is not None else "image"
+            src = Path(image).name if isinstance(image, (str, Path)) else "array"
+            how = "box" if box is not None else "mask" if mask is not None else "scribble" if scribble is not None else "points"
+            desc = (desc + " + " if desc else "") + f"image:{src}[{how}]"
+        if len(parts) > 1:
+            from cos3d.vision.prompts import combine_embeddings
+
+            p = combine_embeddings(parts)
+        else:
+            p = parts[0]
+        timings["embed"] = (time.perf_counter() - ts) * 1e3
+        if hier:
+            desc = f"{desc} within {parent_desc}"
+            kind = "part:" + kind
+        if subset is None and hier:
+            return self._empty(desc, kind, lvl, parent_desc, t0, timings)
+        res = self._answer(p[None], [desc], kind, lvl, subset, refine, t0, timings)[0]
+        if notes and notes[0]:
+            res.reason = f"{res.reason}; {notes[0]}"
+        return res
+
+    def query_many(self, texts: Sequence[str], *, level: str | None = None, refine: str | None = None,
+                   within: str | QueryResult | None = None) -> list[QueryResult]:
+        """Answer several text prompts; embeddings and relevancy are computed in one batch."""
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        hier = within is not None
+        lvl = level or (self.part_level if hier else self.level)
+        subset, parent_desc = (None, "")
+        if hier:
+            subset, parent_desc = self._parent(within, None)
+            if subset is None:
+                return [self._empty(f"{t} within {within}", "part:text", lvl, parent_desc, t0, dict(timings)) for t in texts]
+        ts = time.perf_counter()
+        P = self.embed_text(list(texts))
+        timings["embed"] = (time.perf_counter() - ts) * 1e3 / max(1, len(texts))
+        descs = [t.strip() + (f" within {parent_desc}" if hier else "") for t in texts]
+        return self._answer(P, descs, "part:text" if hier else "text", lvl, subset, refine, t0, timings)
+
+    def _answer(self, P: Tensor, descs: list[str], kind: str, lvl: str, subset: Tensor | None,
+                refine: str | None, t0: float, timings: dict) -> list[QueryResult]:
+        lv = self._lv(lvl)
+        ts = time.perf_counter()
+        R_all = raw_relevancy(lv.language, P, self.negatives)  # [T, N]
+        t_rel = (time.perf_counter() - ts) * 1e3 / len(descs)
+        if lv.calibration is None:
+            ts = time.perf_counter()
+            self.calibration_for(lvl)
+            timings = dict(timings, calibration=(time.perf_counter() - ts) * 1e3)  # once per engine and level
+        ts = time.perf_counter()
+        cal = self.calibration_for(lvl)
+        valid = self.opacity > OPACITY_MIN
+        scores = top_k_score(R_all, valid, cal.top_k)
+        inner = top_k_score(R_all, valid & subset, cal.top_k) if subset is not None else scores
+        t_pres = (time.perf_counter() - ts) * 1e3
+        out = []
+        for q, desc in enumerate(descs):
+            tq = time.perf_counter()
+            tim = dict(timings, relevancy=t_rel, presence=t_pres / len(descs))
+            shared = sum(tim.values())
+            R = R_all[q]
+            score = float(scores[q])
+            reason = ""
+            if not cal.present(score):
+                reason = (f"no target: nothing in the scene matches {desc!r} (relevancy score {score:.3f} < "
+                          f"calibrated threshold {cal.threshold:.3f})")
+            elif subset is not None and float(inner[q]) < cal.floor:
+                reason = (f"no target: nothing inside the parent matches {desc!r} (relevancy score there "
+                          f"{float(inner[q]):.3f} < {cal.floor:.3f}, the level of absent names)")
+            if reason:
+                tim["total"] = shared + (time.perf_counter() - tq) * 1e3
+                out.append(self._result(desc, kind, lvl, objects=[], selected=torch.zeros(0, dtype=torch.long),
+                                        no_target=True, reason=reason, timings=tim, score=score, threshold=cal.threshold))
+                continue
+            if lv.index is None and (refine or self.refine_method) == "fast":
+                ts = time.perf_counter()
+                self.index(lvl)
+                tim["index"] = (time.perf_counter() - ts) * 1e3  # once per engine and level
+            ts = time.perf_counter()
+            r = normalize_relevancy(R, subset)
+            ref = self.refine(r, lvl, subset=subset, method=refine)
+            tim["refine"] = (time.perf_counter() - ts) * 1e3
+            ts = time.perf_counter()
+            objs = split_objects(ref.selected, self.means, lv.unit, self.opacity, R, lv.dbar, scales=self.scales)
+            objs = self._filter_weaker(objs, R)
+            tim["objects"] = (time.perf_counter() - ts) * 1e3
+            sel = torch.sort(torch.cat([o.gaussians for o in objs])).values if objs else torch.zeros(0, dtype=torch.long)
+            tim["total"] = shared + (time.perf_counter() - tq) * 1e3
+            if objs:
+                reason = (f"{len(objs)} object{'s' if len(objs) != 1 else ''} (relevancy score {score:.3f} >= "
+                          f"threshold {cal.threshold:.3f}; {len(ref.regions)} region{'s' if len(ref.regions) != 1 else ''} accepted)")
+            else:
+                reason = f"no region passed the refinement (relevancy score {score:.3f}); no target"
+            out.append(self._result(desc, kind, lvl, objects=objs, selected=sel, no_target=not objs, reason=reason,
+                                    timings=tim, score=score, threshold=cal.threshold, refine=ref))
+        return out
+
+    def _filter_weaker(self, objs: list[Object3D], R: Tensor) -> list[Object3D]:
+        """Drop objects whose relevancy is clearly below the best object's (module docstring)."""
+        if len(objs) < 2:
+            return objs
+        lg = torch.logit(R.double().clamp(1e-7, 1 - 1e-7))
+        lv = [float(lg[o.gaussians].median()) for o in objs]
+        best = max(lv)
+        return [o for o, v in zip(objs, lv) if v >= best - self.WEAKER_LOGIT]
+
+    def pick(self, camera: Camera | str, x: float, y: float) -> int:
+        """The id of the Gaussian with the largest blending weight at pixel ``(x, y)`` of ``camera``."""
+        return self._pick(camera, x, y)[0]
+
+    def _pick(self, camera: Camera | str, x: float, y: float, level: str | None = None
+              ) -> tuple[int, Tensor, tuple[Tensor, Tensor]]:
+        """(Gaussian with the largest weight at the pixel, rendered language feature of the 3×3 window,
+        (Gaussian ids, weights) of the window's contributions)."""
+        cam = self.camera(camera)
+        xi, yi = int(round(float(x))), int(round(float(y)))
+        if not (0 <= xi < cam.width and 0 <= yi < cam.height):
+            raise Cos3dError(f"click ({x:g}, {y:g}) lies outside the {cam.width}x{cam.height} view")
+        c = self.masks.contributions(cam)
+        pix = yi * cam.width + xi
+        lo, hi = (int(v) for v in torch.searchsorted(c.pixel, torch.tensor([pix, pix + 1])))
+        if lo >= hi:
+            raise Cos3dError(f"no Gaussian covers pixel ({xi}, {yi}) of that view (empty background); click on an object")
+        # entries are sorted by pixel, then weight descending: the first is the largest
+        seed = int(c.gaussian[lo])
+        win = [(yy * cam.width + xx) for yy in range(max(0, yi - 1), min(cam.height, yi + 2))
+               for xx in range(max(0, xi - 1), min(cam.width, xi + 2))]
+        bounds = torch.searchsorted(c.pixel, torch.tensor([[p_, p_ + 1] for p_ in win]).flatten()).reshape(-1, 2)
+        e = torch.cat([torch.arange(int(a), int(b)) for a, b in bounds])
+        lang = self._lv(level or self.level).language
+        feat = (c.weight[e].float()[:, None] * lang[c.gaussian[e]].float()).sum(0)
+        return seed, feat, (c.gaussian[e].cpu(), c.weight[e].float().cpu())
+
+    def _click(self, click: Any, lvl: str, subset: Tensor | None, parent_desc: str, t0: float, timings: dict) -> QueryResult:
+        if isinstance(click, str):
+            click = parse_click(click)
+        elif isinstance(click, tuple):
+            if len(click) != 3:
+                raise Cos3dError(f"click must be (view, x, y), got {click!r}")
+            click = Click(str(click[0]) if not isinstance(click[0], Camera) else click[0], float(click[1]), float(click[2]))
+        view = click.view
+        desc = f"click {click}" if isinstance(view, str) else f"click ({click.x:g}, {click.y:g})"
+        kind = "click"
+        if parent_desc:
+            desc += f" within {parent_desc}"
+            kind = "part:click"
+            if subset is None:
+                return self._empty(desc, kind, lvl, parent_desc, t0, timings)
+        ts = time.perf_counter()
+        seed, feat, votes = self._pick(view, click.x, click.y, lvl)
+        timings["pick"] = (time.perf_counter() - ts) * 1e3
+        if subset is not None and not bool(subset[seed]):
+            return self._empty(desc, kind, lvl, f"the clicked Gaussian {seed} is not part of {parent_desc}", t0, timings)
+        ts = time.perf_counter()
+        obj, ref = self.grow(seed, lvl, subset=subset, prompt=feat, votes=votes)
+        timings["refine"] = (time.perf_counter() - ts) * 1e3
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        return self._result(desc, kind, lvl, objects=[obj], selected=obj.gaussians, no_target=False,
+                            reason=f"clicked Gaussian {seed}; its object ({len(ref.regions)} regions grown)",
+                            timings=timings, score=None, threshold=None, refine=ref)

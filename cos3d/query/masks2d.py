@@ -1,0 +1,119 @@
+"""2D masks of a selection of Gaussians in any camera, under two protocols.
+
+- ``"selected"`` (the COS3D/OpenGaussian 3D-selection protocol): render only the selected Gaussians;
+  mask = accumulated alpha > 0.7. Ignores occlusion by the rest of the scene.
+- ``"occlusion"`` (what a person or a robot sees): render the whole scene with a one-channel feature
+  that is 1 on selected Gaussians and 0 elsewhere; keep pixels where the selected blending weight is more
+  than half the pixel's total alpha (``Σ_sel w_i / Σ_all w_i > 0.5``).
+
+The occlusion protocol only needs the view's blending weights, which do not depend on the selection:
+:class:`MaskRenderer` records them once per camera (:func:`cos3d.render.compute_contributions`) and
+then every mask of that view is a sparse product.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cos3d.errors import Cos3dError
+from cos3d.scene import Camera
+
+PROTOCOLS = ("occlusion", "selected")
+SELECTED_ALPHA = 0.7
+OCCLUSION_RATIO = 0.5
+
+
+def check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise Cos3dError(f"unknown mask protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    return protocol
+
+
+def _camera_key(camera: Camera) -> bytes:
+    return camera.K.tobytes() + camera.c2w.tobytes() + np.array([camera.width, camera.height]).tobytes()
+
+
+class MaskRenderer:
+    """Renders selection masks of one set of Gaussians; caches each camera's blending weights.
+
+    Args:
+        gaussians: the scene's :class:`~cos3d.gaussians.Gaussians`.
+        max_cached_views: how many cameras' weights to keep (LRU).
+    """
+
+    def __init__(self, gaussians, *, max_cached_views: int = 16) -> None:
+        self.gaussians = gaussians
+        self.max_cached_views = int(max_cached_views)
+        self._contrib: OrderedDict[bytes, object] = OrderedDict()
+
+    def contributions(self, camera: Camera):
+        """The view's :class:`~cos3d.render.Contributions` (computed once per camera)."""
+        from cos3d.render import compute_contributions
+
+        key = _camera_key(camera)
+        c = self._contrib.get(key)
+        if c is None:
+            c = compute_contributions(self.gaussians, camera)
+            self._contrib[key] = c
+            while len(self._contrib) > self.max_cached_views:
+                self._contrib.popitem(last=False)
+        else:
+            self._contrib.move_to_end(key)
+        return c
+
+    def _indicator(self, selected: Tensor) -> Tensor:
+        n = self.gaussians.num
+        ind = torch.zeros(n, dtype=torch.float32, device=self.gaussians.device)
+        if selected.numel():
+            sel = selected.to(self.gaussians.device).long()
+            if int(sel.min()) < 0 or int(sel.max()) >= n:
+                raise Cos3dError(f"selection holds Gaussian ids outside [0, {n})")
+            ind[sel] = 1.0
+        return ind
+
+    def occlusion(self, selected: Tensor, camera: Camera, *, ratio: float = OCCLUSION_RATIO) -> np.ndarray:
+        """bool ``[H, W]``: pixels whose blending weight is mostly (> ``ratio``) from ``selected``."""
+        h, w = camera.height, camera.width
+        if selected.numel() == 0:
+            return np.zeros((h, w), bool)
+        c = self.contributions(camera)
+        ind = self._indicator(selected)
+        sel_w = torch.zeros(h * w, dtype=c.weight.dtype, device=c.weight.device)
+        sel_w.index_add_(0, c.pixel, c.weight * ind[c.gaussian].to(c.weight.dtype))
+        alpha = c.alpha()
+        m = (sel_w > ratio * alpha) & (alpha > 1e-6)
+        return m.reshape(h, w).cpu().numpy()
+
+    def occlusion_many(self, selections: list[Tensor], camera: Camera, *, ratio: float = OCCLUSION_RATIO) -> list[np.ndarray]:
+        """:meth:`occlusion` for several selections at once (one sparse product)."""
+        h, w = camera.height, camera.width
+        if not selections:
+            return []
+        c = self.contributions(camera)
+        ind = torch.stack([self._indicator(s) for s in selections], 1)  # [N, Q]
+        sel_w = c.render(ind)  # [H*W, Q]
+        alpha = c.alpha()[:, None]
+        m = (sel_w > ratio * alpha) & (alpha > 1e-6)
+        return [m[:, q].reshape(h, w).cpu().numpy() for q in range(len(selections))]
+
+    def selected(self, selected: Tensor, camera: Camera, *, alpha_threshold: float = SELECTED_ALPHA) -> np.ndarray:
+        """bool ``[H, W]``: alpha of the selected Gaussians rendered alone > ``alpha_threshold``."""
+        from cos3d.render import render
+
+        h, w = camera.height, camera.width
+        if selected.numel() == 0:
+            return np.zeros((h, w), bool)
+        sub = self.gaussians.subset(selected.to(self.gaussians.device).long())
+        with torch.no_grad():
+            out = render(sub, camera, render_rgb=False)
+        return (out.alpha[0] > alpha_threshold).cpu().numpy()
+
+    def mask(self, selected: Tensor, camera: Camera, protocol: str = "occlusion") -> np.ndarray:
+        """bool ``[H, W]`` mask of ``selected`` in ``camera`` under ``protocol``."""
+        if check_protocol(protocol) == "selected":
+            return self.selected(selected, camera)
+        return self.occlusion(selected, camera)

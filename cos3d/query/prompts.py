@@ -1,0 +1,119 @@
+"""Parsing prompt specifications given on the command line (or as strings in Python).
+
+- ``--box x0,y0,x1,y1`` → 4 floats (pixels, exclusive ends; checked against the image later);
+- ``--points "x,y;x,y"`` → ``[K, 2]`` (a third value per point, ``x,y,0``, marks a negative point);
+- ``--click VIEW:x,y`` → ``(view, x, y)``;
+- ``--mask m.png`` / ``--scribble s.png`` → bool ``[H, W]`` (non-zero pixels, any channel);
+- ``--views v1,v2`` → frame names.
+
+Every malformed value raises :class:`~cos3d.errors.Cos3dError` naming the flag and the expected form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cos3d.errors import Cos3dError
+
+
+@dataclass(frozen=True)
+class Click:
+    """A pixel ``(x, y)`` (x right, y down; pixel centres at integers) in the frame named ``view``."""
+
+    view: str
+    x: float
+    y: float
+
+    def __str__(self) -> str:
+        return f"{self.view}:{self.x:g},{self.y:g}"
+
+
+def _floats(text: str, flag: str, n: int | tuple[int, ...], form: str) -> list[float]:
+    parts = [p.strip() for p in str(text).replace(" ", ",").split(",") if p.strip()]
+    counts = (n,) if isinstance(n, int) else n
+    try:
+        vals = [float(p) for p in parts]
+    except ValueError:
+        raise Cos3dError(f"{flag} expects {form}, got {text!r}") from None
+    if len(vals) not in counts or not np.all(np.isfinite(vals)):
+        raise Cos3dError(f"{flag} expects {form}, got {text!r}")
+    return vals
+
+
+def parse_box(text: str) -> list[float]:
+    """``"x0,y0,x1,y1"`` → ``[x0, y0, x1, y1]``."""
+    x0, y0, x1, y1 = _floats(text, "--box", 4, "x0,y0,x1,y1 (pixels)")
+    if x1 <= x0 or y1 <= y0:
+        raise Cos3dError(f"--box {text!r} is empty: need x0 < x1 and y0 < y1")
+    return [x0, y0, x1, y1]
+
+
+def parse_points(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """``"x,y;x,y[,label]"`` → points ``[K, 2]`` float64 and labels ``[K]`` int64 (1 = object, 0 = background)."""
+    pts, labels = [], []
+    for chunk in str(text).split(";"):
+        if not chunk.strip():
+            continue
+        v = _floats(chunk, "--points", (2, 3), '"x,y;x,y" (a third value 0 marks a background point)')
+        pts.append(v[:2])
+        lab = 1 if len(v) == 2 else int(v[2])
+        if lab not in (0, 1):
+            raise Cos3dError(f"--points: a point's label must be 0 or 1, got {v[2]:g} in {chunk.strip()!r}")
+        labels.append(lab)
+    if not pts:
+        raise Cos3dError(f'--points expects "x,y;x,y", got {text!r}')
+    return np.asarray(pts, np.float64), np.asarray(labels, np.int64)
+
+
+def parse_click(text: str) -> Click:
+    """``"VIEW:x,y"`` → :class:`Click`."""
+    view, sep, rest = str(text).rpartition(":")
+    if not sep or not view:
+        raise Cos3dError(f"--click expects VIEW:x,y (a frame name, then pixel x,y), got {text!r}")
+    x, y = _floats(rest, "--click", 2, "VIEW:x,y")
+    return Click(view=view, x=x, y=y)
+
+
+def parse_views(text: str | list[str] | None) -> list[str] | None:
+    """``"a,b"`` or ``["a", "b,c"]`` → ``["a", "b", "c"]``; None stays None."""
+    if text is None:
+        return None
+    items = [text] if isinstance(text, str) else list(text)
+    out = [v.strip() for item in items for v in str(item).split(",") if v.strip()]
+    if not out:
+        raise Cos3dError("--views expects frame names, e.g. --views 16,17")
+    return out
+
+
+def load_binary_image(path: str | Path, flag: str) -> np.ndarray:
+    """A PNG/JPG as bool ``[H, W]`` (non-zero in any channel; alpha ignored)."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise Cos3dError(f"{flag} {p}: no such file")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            arr = np.asarray(im.convert("L") if im.mode not in ("L", "1", "I", "I;16") else im)
+    except Exception as e:
+        raise Cos3dError(f"{flag} {p}: cannot read image ({e})") from None
+    return arr.astype(np.float64) > 0
+
+
+def load_rgb_image(path: str | Path, flag: str = "--image") -> np.ndarray:
+    """A reference image as uint8 ``[H, W, 3]``."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise Cos3dError(f"{flag} {p}: no such file")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:
+        raise Cos3dError(f"{flag} {p}: cannot read image ({e})") from None

@@ -1,0 +1,122 @@
+"""LERF relevancy of per-Gaussian language features to prompt embeddings.
+
+For a positive prompt embedding ``p`` and canonical negatives ``n_k`` (:data:`CANONICAL_NEGATIVES`,
+embedded by the same embedder), the raw relevancy of a Gaussian with language feature ``L`` is
+
+    R = min_k softmax(τ·[L·p, L·n_k])[0]        (τ = 10)
+
+A two-way softmax is a sigmoid of the difference, so ``R = sigmoid(τ·(L·p − max_k L·n_k))``; that is
+how it is computed here (exactly the same value, one matmul for all prompts at once).
+
+COS3D then normalises per query: ``r = (R − min R) / (max R − min R)`` and ``r ← clip(2r − 1, 0, 1)``
+(:func:`normalize_relevancy`). The normalised ``r`` drives the refinement; it always selects
+something, so no-target decisions use the raw ``R`` (:mod:`cos3d.query.notarget`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+CANONICAL_NEGATIVES: tuple[str, ...] = ("object", "things", "stuff", "texture")
+"""LERF's canonical negative phrases."""
+
+TEMPERATURE = 10.0
+
+
+class TextEmbedder(Protocol):
+    model_id: str
+    dim: int
+
+    def embed_text(self, texts: list[str]) -> Tensor: ...
+
+
+class PromptCache:
+    """Text → unit embedding cache, keyed by ``(embedder.model_id, text)``.
+
+    Re-embedding the canonical negatives and repeated prompts is the main fixed cost of a text query
+    with a real CLIP model; one cache per engine removes it.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[tuple[str, str], Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def embed(self, embedder: TextEmbedder, texts: Sequence[str]) -> Tensor:
+        """``[T, D]`` float32 unit rows for ``texts``, embedding only the ones not cached yet."""
+        key_id = str(getattr(embedder, "model_id", type(embedder).__name__))
+        missing = [t for t in dict.fromkeys(texts) if (key_id, t) not in self._store]
+        if missing:
+            emb = torch.as_tensor(embedder.embed_text(list(missing))).detach().float().cpu()
+            assert emb.shape[0] == len(missing), (emb.shape, len(missing))
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+            for t, e in zip(missing, emb):
+                self._store[(key_id, t)] = e
+        if not texts:
+            return torch.zeros(0, int(getattr(embedder, "dim", 0)))
+        return torch.stack([self._store[(key_id, t)] for t in texts])
+
+
+def raw_relevancy(
+    language: Tensor,
+    positives: Tensor,
+    negatives: Tensor,
+    *,
+    temperature: float = TEMPERATURE,
+    chunk: int = 262_144,
+) -> Tensor:
+    """Raw LERF relevancy ``R`` of every Gaussian to every positive.
+
+    Args:
+        language: ``[N, D]`` per-Gaussian language features (unit rows; fp16 is fine).
+        positives: ``[T, D]`` or ``[D]`` prompt embeddings (unit rows).
+        negatives: ``[K, D]`` canonical negative embeddings (unit rows), K ≥ 1.
+
+    Returns:
+        ``[T, N]`` float32 in (0, 1) (``[N]`` when ``positives`` is 1-D).
+    """
+    single = positives.dim() == 1
+    P = positives[None] if single else positives
+    if language.dim() != 2 or P.dim() != 2 or language.shape[1] != P.shape[1]:
+        raise ValueError(f"language [N, D] and positives [T, D] must share D, got {tuple(language.shape)} and {tuple(P.shape)}")
+    if negatives.dim() != 2 or negatives.shape[0] < 1 or negatives.shape[1] != P.shape[1]:
+        raise ValueError(f"negatives must be [K>=1, D={P.shape[1]}], got {tuple(negatives.shape)}")
+    dev = language.device
+    Q = torch.cat([P, negatives], 0).to(dev, torch.float32)  # [T+K, D]
+    T = P.shape[0]
+    out = torch.empty(T, language.shape[0], dtype=torch.float32, device=dev)
+    for s in range(0, language.shape[0], chunk):
+        L = language[s : s + chunk].float()
+        sims = Q @ L.T  # [T+K, n]
+        neg = sims[T:].amax(0)  # [n]
+        out[:, s : s + chunk] = torch.sigmoid(temperature * (sims[:T] - neg))
+    return out[0] if single else out
+
+
+def normalize_relevancy(R: Tensor, subset: Tensor | None = None) -> Tensor:
+    """COS3D's per-query normalisation: min-max over Gaussians, then ``clip(2r − 1, 0, 1)``.
+
+    Args:
+        R: ``[..., N]`` raw relevancy.
+        subset: optional bool ``[N]``; min/max are taken over these Gaussians only and the others get 0
+            (hierarchical queries normalise within the parent).
+
+    Returns:
+        ``[..., N]`` float32 in [0, 1].
+    """
+    if subset is not None:
+        big = torch.finfo(R.dtype).max
+        lo = torch.where(subset, R, torch.full_like(R, big)).amin(-1, keepdim=True)
+        hi = torch.where(subset, R, torch.full_like(R, -big)).amax(-1, keepdim=True)
+    else:
+        lo = R.amin(-1, keepdim=True)
+        hi = R.amax(-1, keepdim=True)
+    r = (R - lo) / (hi - lo).clamp_min(1e-12)
+    r = (2.0 * r - 1.0).clamp(0.0, 1.0)
+    if subset is not None:
+        r = torch.where(subset, r, torch.zeros_like(r))
+    return r

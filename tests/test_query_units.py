@@ -1,0 +1,208 @@
+"""Unit tests of the query modules on synthetic data (no trained run needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cos3d.errors import Cos3dError
+from cos3d.query.notarget import choose_threshold, filter_vocabulary, top_k_score, unique_targets
+from cos3d.query.objects import oriented_box, split_objects
+from cos3d.query.prompts import parse_box, parse_click, parse_points, parse_views
+from cos3d.query.refine import InstanceIndex, refine_fast, refine_reference, thresholds
+from cos3d.query.relevancy import PromptCache, normalize_relevancy, raw_relevancy
+
+
+def _unit(x):
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def synthetic_field(n=4000, k=8, noise=0.03, seed=0, r_noise=0.3):
+    """Gaussians in k instance clusters; cluster 0 relevant, cluster 1 half-relevant, noise elsewhere."""
+    g = torch.Generator().manual_seed(seed)
+    protos = _unit(torch.randn(k, 16, generator=g))
+    lab = torch.randint(0, k, (n,), generator=g)
+    F = _unit(protos[lab] + noise * torch.randn(n, 16, generator=g))
+    base = torch.zeros(k)
+    base[0], base[1] = 0.9, 0.6
+    r = (base[lab] + r_noise * torch.randn(n, generator=g)).clamp(0, 1)
+    o = torch.rand(n, generator=g)
+    return F, r, o, lab
+
+
+# ---------------------------------------------------------------- relevancy
+def test_raw_relevancy_matches_pairwise_softmax_min():
+    g = torch.Generator().manual_seed(1)
+    L = _unit(torch.randn(50, 12, generator=g)).half()
+    P = _unit(torch.randn(3, 12, generator=g))
+    Nk = _unit(torch.randn(4, 12, generator=g))
+    R = raw_relevancy(L, P, Nk)
+    Lf = L.float()
+    for t in range(3):
+        pos = Lf @ P[t]
+        per_neg = [torch.softmax(10 * torch.stack([pos, Lf @ Nk[k]], 1), 1)[:, 0] for k in range(4)]
+        expect = torch.stack(per_neg, 1).min(1).values
+        torch.testing.assert_close(R[t], expect, atol=1e-5, rtol=0)
+    torch.testing.assert_close(raw_relevancy(L, P[0], Nk), R[0])
+    # chunking gives the same numbers
+    torch.testing.assert_close(raw_relevancy(L, P, Nk, chunk=7), R)
+
+
+def test_raw_relevancy_shape_errors():
+    with pytest.raises(ValueError, match="share D"):
+        raw_relevancy(torch.zeros(5, 4), torch.zeros(2, 3), torch.zeros(1, 3))
+
+
+def test_normalize_relevancy_minmax_and_clip():
+    R = torch.tensor([[0.2, 0.4, 0.6, 1.0]])
+    r = normalize_relevancy(R)
+    torch.testing.assert_close(r, torch.tensor([[0.0, 0.0, 0.0, 1.0]]))
+    r = normalize_relevancy(torch.tensor([0.0, 0.8, 0.9, 1.0]))
+    torch.testing.assert_close(r, torch.tensor([0.0, 0.6, 0.8, 1.0]))
+    sub = torch.tensor([False, True, True, True])
+    r = normalize_relevancy(torch.tensor([5.0, 0.0, 0.5, 1.0]), sub)
+    torch.testing.assert_close(r, torch.tensor([0.0, 0.0, 0.0, 1.0]))
+
+
+class _CountingEmbedder:
+    model_id = "count"
+    dim = 3
+
+    def __init__(self):
+        self.calls = 0
+
+    def embed_text(self, texts):
+        self.calls += len(texts)
+        return torch.stack([torch.tensor([len(t), 1.0, 0.0]) for t in texts])
+
+
+def test_prompt_cache_embeds_each_text_once():
+    e = _CountingEmbedder()
+    c = PromptCache()
+    a = c.embed(e, ["mug", "cup"])
+    b = c.embed(e, ["cup", "mug", "mug"])
+    assert e.calls == 2 and len(c) == 2
+    torch.testing.assert_close(a[0], b[1])
+    torch.testing.assert_close(a.norm(dim=1), torch.ones(2))
+
+
+# ---------------------------------------------------------------- refinement
+def _iou(a, b, n):
+    ma, mb = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+    ma[a], mb[b] = True, True
+    return float((ma & mb).sum()) / max(1, float((ma | mb).sum()))
+
+
+@pytest.mark.parametrize("noise,dbar", [(0.03, 0.15), (0.08, 0.05), (0.05, 0.1)])
+def test_fast_refinement_equals_reference(noise, dbar):
+    F, r, o, _ = synthetic_field(noise=noise)
+    ref = refine_reference(F, r, o, dbar)
+    fast = refine_fast(F, r, o, dbar)
+    assert ref.n_seeds == fast.n_seeds
+    assert [int(s) for s in ref.seeds] == [int(s) for s in fast.seeds]
+    assert _iou(ref.selected, fast.selected, len(F)) == 1.0
+    for a, b in zip(ref.regions, fast.regions):
+        assert torch.equal(a, b)
+
+
+def test_fast_refinement_with_subset_and_ties():
+    F, r, o, lab = synthetic_field(n=3000, noise=0.05)
+    r = (r * 4).round() / 4  # many ties in r: seeds go to the lowest id
+    sub = lab < 4
+    ref = refine_reference(F, r, o, 0.1, subset=sub)
+    fast = refine_fast(F, r, o, 0.1, subset=sub, index=InstanceIndex(F))
+    assert ref.seeds == fast.seeds
+    assert torch.equal(ref.selected, fast.selected)
+    assert bool(sub[ref.selected].all())
+
+
+def test_refinement_semantics_small_example():
+    # two tight clusters; cluster A relevant (accepted), cluster B has one stray candidate (rejected)
+    F = _unit(torch.tensor([[1, 0, 0]] * 4 + [[0, 1, 0]] * 4, dtype=torch.float32) + 1e-3 * torch.arange(24).reshape(8, 3))
+    r = torch.tensor([0.9, 0.8, 0.7, 0.2, 0.9, 0.0, 0.0, 0.0])
+    o = torch.ones(8)
+    for fn in (refine_reference, refine_fast):
+        res = fn(F, r, o, 0.1)
+        assert res.selected.tolist() == [0, 1, 2, 3]
+        assert res.n_seeds == 2  # seed 0 accepted (mean 0.65), seed 4 rejected (mean 0.225)
+    assert thresholds(0.1) == pytest.approx([0.96, 0.97, 0.98, 0.99])
+    assert thresholds(0.0)[-1] < 1.0
+
+
+def test_refinement_empty_when_no_candidates():
+    F, r, o, _ = synthetic_field(n=200)
+    for fn in (refine_reference, refine_fast):
+        assert fn(F, torch.zeros(200), o, 0.1).selected.numel() == 0
+
+
+# ---------------------------------------------------------------- objects
+def test_split_objects_separates_two_blobs_and_boxes_cover_points():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(300, 3, generator=g) * torch.tensor([0.03, 0.01, 0.02])
+    b = torch.randn(300, 3, generator=g) * 0.01 + torch.tensor([0.3, 0.0, 0.0])
+    means = torch.cat([a, b])
+    feats = _unit(torch.cat([torch.tensor([1.0, 0, 0]).expand(300, 3), torch.tensor([0, 1.0, 0]).expand(300, 3)]))
+    o = torch.full((600,), 0.9)
+    score = torch.cat([torch.full((300,), 0.9), torch.full((300,), 0.8)])
+    objs = split_objects(torch.arange(600), means, feats, o, score, 0.1)
+    assert len(objs) == 2
+    assert objs[0].score > objs[1].score
+    assert {tuple(sorted(set((o_.gaussians >= 300).tolist()))) for o_ in objs} == {(False,), (True,)}
+    for ob in objs:
+        assert ob.box.contains(ob.points).all()
+        assert np.allclose(ob.box.R.T @ ob.box.R, np.eye(3), atol=1e-9)
+        assert np.linalg.det(ob.box.R) == pytest.approx(1.0)
+        assert int(ob.id) in ob.gaussians.tolist()
+    # the elongated blob's first axis is x
+    first = objs[0] if bool((objs[0].gaussians < 300).all()) else objs[1]
+    assert abs(first.box.R[0, 0]) > 0.9
+    assert split_objects(torch.zeros(0, dtype=torch.long), means, feats, o, score, 0.1) == []
+
+
+def test_oriented_box_degenerate():
+    b = oriented_box(np.array([[0.0, 0, 0], [1.0, 1, 1]]))
+    assert b.contains(np.array([[0.5, 0.5, 0.5]])).all()
+
+
+# ---------------------------------------------------------------- no-target calibration
+def test_choose_threshold_separated_and_overlapping():
+    thr, how = choose_threshold(np.array([0.99, 0.995, 0.98]), np.array([0.3, 0.5, 0.7]))
+    assert how == "separated" and 0.7 < thr < 0.98
+    thr, how = choose_threshold(np.array([0.6, 0.9, 0.95]), np.array([0.3, 0.7, 0.65]))
+    assert how == "balanced" and 0.3 < thr < 0.95
+
+
+def test_filter_vocabulary_drops_words_like_targets():
+    t = _unit(torch.tensor([[1.0, 0, 0, 0]]))
+    w = _unit(torch.tensor([[0.95, 0.1, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0.1, 0, 0, 1.0]]))
+    keep, dropped = filter_vocabulary(["cup", "a", "b", "c"], w, t)
+    assert dropped == [0] and keep == [1, 2, 3]
+
+
+def test_unique_targets_dedups_and_caps():
+    base = _unit(torch.randn(5, 8, generator=torch.Generator().manual_seed(0)))
+    T = torch.cat([base, base, base])
+    assert len(unique_targets(T)) == 5
+    assert len(unique_targets(_unit(torch.randn(300, 8)), cap=16)) == 16
+
+
+def test_top_k_score():
+    R = torch.tensor([[0.1, 0.9, 0.8, 0.2]])
+    assert float(top_k_score(R, torch.tensor([True, True, True, True]), k=2)) == pytest.approx(0.85)
+    assert float(top_k_score(R, torch.tensor([True, False, False, True]), k=2)) == pytest.approx(0.15)
+
+
+# ---------------------------------------------------------------- prompt parsing
+def test_prompt_parsing():
+    assert parse_box("1,2,30,40") == [1.0, 2.0, 30.0, 40.0]
+    pts, lab = parse_points("10,20; 30,40,0")
+    assert pts.tolist() == [[10, 20], [30, 40]] and lab.tolist() == [1, 0]
+    c = parse_click("16:80.5,60")
+    assert (c.view, c.x, c.y) == ("16", 80.5, 60.0)
+    assert parse_click("a:b:1,2").view == "a:b"
+    assert parse_views(["16,17", "18"]) == ["16", "17", "18"]
+    for bad, fn in (("1,2,3", parse_box), ("5,5,1,1", parse_box), ("x,y", parse_points), ("16-1,2", parse_click),
+                    ("16:1", parse_click), ("1,2,7", parse_points)):
+        with pytest.raises(Cos3dError):
+            fn(bad)
