@@ -117,6 +117,31 @@ def test_fast_refinement_with_subset_and_ties():
     assert bool(sub[ref.selected].all())
 
 
+@pytest.mark.parametrize("min_wave", [1, 8, 10**9])
+def test_fast_refinement_reuses_ball_cache_across_queries(monkeypatch, min_wave):
+    # one index shared by several queries (as the engine does): balls cached by an earlier query (with or
+    # without a subset, another dbar) must give the same decisions; min_wave forces the wave-parallel
+    # decisions (1), the default mix (8) or the one-seed-at-a-time path (huge)
+    import cos3d.query.refine as refine_mod
+
+    monkeypatch.setattr(refine_mod, "_MIN_WAVE", min_wave)
+    F, r, o, lab = synthetic_field(n=3000, noise=0.05, r_noise=0.4)
+    index = InstanceIndex(F)
+    g = torch.Generator().manual_seed(1)
+    for it in range(4):
+        rq = (r + 0.2 * torch.randn(len(r), generator=g)).clamp(0, 1) if it else r
+        sub = (lab < 5) if it == 2 else None
+        dbar = 0.05 if it == 3 else 0.1
+        ref = refine_reference(F, rq, o, dbar, subset=sub)
+        fast = refine_fast(F, rq, o, dbar, subset=sub, index=index)
+        assert ref.n_seeds == fast.n_seeds
+        assert ref.seeds == fast.seeds
+        assert torch.equal(ref.selected, fast.selected)
+        assert len(ref.regions) == len(fast.regions)
+        assert all(torch.equal(a, b) for a, b in zip(ref.regions, fast.regions))
+        assert ref.region_thresholds == fast.region_thresholds
+
+
 def test_refinement_semantics_small_example():
     # two tight clusters; cluster A relevant (accepted), cluster B has one stray candidate (rejected)
     F = _unit(torch.tensor([[1, 0, 0]] * 4 + [[0, 1, 0]] * 4, dtype=torch.float32) + 1e-3 * torch.arange(24).reshape(8, 3))

@@ -18,18 +18,24 @@ The answer is the union of accepted regions (several objects for a multi-instanc
 
 :func:`refine_reference` is a literal, one-seed-at-a-time implementation over all N Gaussians (kept for
 tests and benchmarks; O(seeds × N)). :func:`refine_fast` visits the same seeds in the same order and
-makes the same decisions (up to float rounding of a cosine exactly at a threshold), at O(ball) per seed:
+makes the same decisions (up to float rounding of a cosine exactly at a threshold, or of a region mean
+exactly at 0.5), at O(ball) per seed:
 
-- seeds are taken in batches (≤ 64) in the order step 3 picks them (sorted by ``−r``, then id; a seed
-  already absorbed by an accepted region is skipped, as in the loop);
-- :class:`InstanceIndex` (built once per field, query-independent) gives each seed the few Gaussians that
+- :class:`InstanceIndex` (built once per field, query-independent) gives a seed the few Gaussians that
   can lie within its loosest ball — exactly, via the triangle inequality on the sphere (members of a
   cluster sorted by their angle β to the centroid; a seed at angle α reaches only ``|β − α| ≤ arccos t₀``,
   one contiguous range per cluster);
-- the batch's cosines are one vectorised product; each entry keeps its threshold level (the tightest of
-  the four thresholds it passes), so a seed's region sums at all four thresholds are a 4-bin histogram
-  of its still-unprocessed entries; a ball whose Gaussians all have ``r ≥ 0.5`` is accepted at the
-  loosest threshold without summing (any part of it has mean ``r ≥ 0.5``).
+- a Gaussian's loosest ball, with each entry's threshold level (the tightest of the four thresholds it
+  passes), depends only on the field and d̄, so it is computed the first time the Gaussian is a seed and
+  kept on the index (:class:`_BallGraph`): later queries on the level only gather it;
+- seeds are taken in batches in the order step 3 picks them (sorted by ``−r``, then id; a seed already
+  absorbed by an accepted region is skipped, as in the loop). A batch is decided in waves: a seed whose
+  ball shares no Gaussian with an earlier undecided seed of the batch cannot be affected by it (nor
+  absorbed by it), so all such seeds are decided at once, vectorised, from the current processed set;
+  once the waves get small (chains of overlapping balls) the rest of the batch goes one seed at a time;
+- a seed's region sums at all four thresholds are a 4-bin histogram of its still-unprocessed entries; a
+  ball whose Gaussians all have ``r ≥ 0.5`` is accepted at the loosest threshold without summing (any
+  part of it has mean ``r ≥ 0.5``).
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ R_MIN = 0.5
 OPACITY_MIN = 0.1
 ACCEPT = 0.5
 _T_CAP = 1.0 - 1e-5
+_MIN_WAVE = 8
+"""refine_fast: a wave deciding fewer seeds than this ends the batch's wave phase (one seed at a time after)."""
 
 
 def thresholds(dbar: float, steps: tuple[float, ...] = THRESHOLD_STEPS) -> list[float]:
@@ -207,6 +215,69 @@ def _segments(ptr: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + offs
 
 
+def _balls_direct(index: InstanceIndex, F: np.ndarray, seeds: np.ndarray, ts: np.ndarray):
+    """Loosest-ball entries of ``seeds``: ``(row [P], gaussian [P], level [P])`` grouped by row in order;
+    ``level`` = the tightest of the thresholds ``ts`` the cosine passes (0..len(ts)-1)."""
+    Fs = F[seeds]
+    pi, pg = index.candidates(Fs, float(ts[0]))
+    cos = np.einsum("ij,ij->i", F[pg], Fs[pi])
+    hit = cos > ts[0]
+    pi, pg, cos = pi[hit], pg[hit], cos[hit]
+    lev = (cos[:, None] > ts[None, :]).sum(1).astype(np.int8) - 1
+    return pi, pg, lev
+
+
+class _BallGraph:
+    """Loosest balls of Gaussians for one set of thresholds (query-independent), computed on first need and
+    kept: a Gaussian's ball (ids and threshold levels) is computed once per level, whatever query seeds it."""
+
+    def __init__(self, index: InstanceIndex, F: np.ndarray, ts: np.ndarray) -> None:
+        n = F.shape[0]
+        self.index, self.F, self.ts = index, F, ts
+        self.start = np.zeros(n, np.int64)
+        self.count = np.full(n, -1, np.int64)  # -1: not computed yet
+        self.nbr = np.zeros(1024, np.int32)
+        self.lev = np.zeros(1024, np.int8)
+        self.size = 0
+
+    def _add(self, seeds: np.ndarray) -> None:
+        pi, pg, lev = _balls_direct(self.index, self.F, seeds, self.ts)
+        m = len(pg)
+        if self.size + m > len(self.nbr):
+            cap = max(2 * len(self.nbr), self.size + m)
+            self.nbr = np.resize(self.nbr, cap)
+            self.lev = np.resize(self.lev, cap)
+        self.nbr[self.size : self.size + m] = pg
+        self.lev[self.size : self.size + m] = lev
+        cnt = np.bincount(pi, minlength=len(seeds))
+        self.start[seeds] = self.size + np.concatenate([[0], np.cumsum(cnt)[:-1]])
+        self.count[seeds] = cnt
+        self.size += m
+
+    def balls(self, seeds: np.ndarray):
+        """``(row [P], gaussian [P], level [P])`` of ``seeds``' balls, grouped by row in order."""
+        todo = np.unique(seeds[self.count[seeds] < 0])
+        if len(todo):
+            self._add(todo)
+        starts, counts = self.start[seeds], self.count[seeds]
+        total = int(counts.sum())
+        if total == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8)
+        offs = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+        pos = np.arange(total, dtype=np.int64) + offs
+        return np.repeat(np.arange(len(seeds)), counts), self.nbr[pos].astype(np.int64), self.lev[pos]
+
+
+def ball_graph(index: InstanceIndex, F: np.ndarray, dbar: float) -> _BallGraph:
+    """The :class:`_BallGraph` cached on ``index`` for compactness ``dbar`` (filled lazily)."""
+    ts = np.asarray(thresholds(dbar), np.float32)
+    cache = index.__dict__.setdefault("_graphs", {})
+    key = tuple(ts.tolist())
+    if key not in cache:
+        cache[key] = _BallGraph(index, F, ts)
+    return cache[key]
+
+
 def refine_fast(
     instance: Tensor,
     r: Tensor,
@@ -216,7 +287,7 @@ def refine_fast(
     subset: Tensor | None = None,
     index: InstanceIndex | None = None,
     unit_instance: np.ndarray | Tensor | None = None,
-    max_batch: int = 64,
+    max_batch: int = 256,
     pair_budget: int = 1_000_000,
 ) -> RefineResult:
     """The same selection as :func:`refine_reference`, computed over batches of seeds.
@@ -224,17 +295,18 @@ def refine_fast(
     Args:
         instance, r, opacity, dbar, subset: as :func:`refine_reference`.
         index: a prebuilt :class:`InstanceIndex` of ``instance`` (built here when None; the engine
-            caches one per level).
+            caches one per level). Seeds' loosest balls are kept on it per ``dbar`` (:func:`ball_graph`):
+            a Gaussian's ball is computed the first time it is a seed, later queries only gather it.
         unit_instance: ``instance`` already as float32 unit rows (numpy or CPU tensor; saves a copy).
         max_batch: the largest seed batch.
-        pair_budget: batches are sized so that about this many (seed, candidate) cosines are computed at once.
+        pair_budget: batches are sized so that about this many (seed, ball entry) pairs are held at once.
 
-    A batch takes the next seeds in visiting order. The index gives, per seed, the few Gaussians that can
-    lie in its loosest ball; their cosines are computed at once and the ball entries kept by seed, each
-    with its threshold level (the tightest of the four thresholds it passes). The seeds are then visited
-    in order exactly as the literal loop does: an absorbed seed is skipped; a seed's region sums at the
-    four thresholds are a 4-bin histogram of its still-unprocessed entries; an accepted region marks its
-    entries processed. The work per seed is proportional to its ball, not to N.
+    A batch takes the next unprocessed candidates in visiting order with their ball entries (each with
+    its threshold level: the tightest of the four thresholds it passes). The batch is then decided in
+    waves: a seed is decided as soon as no earlier undecided seed of the batch shares a ball entry with
+    it (only such seeds can change what its ball holds, or absorb it), so every wave is decided at once
+    from the current processed set — exactly the decisions of the one-seed-at-a-time loop. A seed's
+    region sums at the four thresholds are a 4-bin histogram of its still-unprocessed entries.
     """
     _check(instance, r, opacity)
     if unit_instance is None:
@@ -247,94 +319,139 @@ def refine_fast(
     n = F.shape[0]
     ts = np.asarray(thresholds(dbar), np.float32)
     nt = len(ts)
-    t0 = float(ts[0])
-    if index is None:
-        index = InstanceIndex(torch.from_numpy(F))
-    allowed = np.ones(n, bool) if subset is None else subset.detach().cpu().numpy().astype(bool)
-    processed = ~allowed
     res = RefineResult(selected=torch.zeros(0, dtype=torch.long))
+    allowed = np.ones(n, bool) if subset is None else subset.detach().cpu().numpy().astype(bool)
     cand = np.nonzero(allowed & (rn > R_MIN) & (o > OPACITY_MIN))[0]
     if len(cand) == 0:
         return res
+    if index is None:
+        index = InstanceIndex(torch.from_numpy(F))
+    graph = ball_graph(index, F, dbar)
+    processed = ~allowed
     # the order step 3 visits seeds in: r descending, then id ascending (cand is id-sorted; stable sort)
     cand = cand[np.argsort(-rn[cand], kind="stable")]
     orr = o * rn
-    selected = np.zeros(n, bool)
-    regions: list[np.ndarray] = []
-    posmap = np.full(n, -1, np.int64)
-    flag = np.zeros(n, bool)
-    pos = 0  # cursor in cand: every candidate before it has been visited or absorbed
-    chunk = 32
+    minrow = np.full(n, np.iinfo(np.int64).max, np.int64)
+    # accepted regions, per wave or seed: seed visiting rank, seed id, level, Gaussians, their region's rank
+    reg_seed: list[np.ndarray] = []
+    reg_ent: list[np.ndarray] = []
+    reg_lab: list[np.ndarray] = []
+    reg_lev: list[np.ndarray] = []
+    reg_sid: list[np.ndarray] = []
+    chunk = 64
+    pos = 0
+    base = 0  # visiting rank of the batch's first seed (for ordering regions)
     while pos < len(cand):
         window = cand[pos : pos + 4 * chunk]
         unp = np.nonzero(~processed[window])[0]
         if len(unp) == 0:
-            cand = cand[pos:][~processed[cand[pos:]]]  # drop absorbed candidates in one pass
-            pos = 0
+            pos += len(window)
             continue
         take = unp[:chunk]
         sl = window[take]  # this batch's seeds, in visiting order
         pos += int(take[-1]) + 1
         c = len(sl)
-        Fs = F[sl]
-        pi, pg = index.candidates(Fs, t0)
-        keep = ~processed[pg]
-        pi, pg = pi[keep], pg[keep]
-        cos = np.einsum("ij,ij->i", F[pg], Fs[pi])
-        hit = cos > t0
-        rows, gid, cos = pi[hit], pg[hit], cos[hit]  # grouped by seed (CSR order)
-        lev = (cos[:, None] > ts[None, :]).sum(1) - 1  # 0..3: the tightest threshold passed
-        rptr = np.searchsorted(rows, np.arange(c + 1))
-        flag[gid] = True  # local column ids without sorting the entries
-        cols = np.nonzero(flag)[0]
-        flag[cols] = False
-        posmap[cols] = np.arange(len(cols))
-        jj = posmap[gid]
-        seed_local = posmap[sl]
-        posmap[cols] = -1
-        w_or, w_o = orr[gid], o[gid]  # per entry
-        # a ball whose every Gaussian has r >= 0.5 passes at the loosest threshold whatever is processed
-        pure = np.bincount(rows, weights=rn[gid] < ACCEPT, minlength=c) == 0
-        alive = np.ones(len(cols), bool)
+        rows, gid, lev = graph.balls(sl)
+        keep = ~processed[gid]
+        rows, gid, lev = rows[keep], gid[keep], lev[keep]
+        npairs = len(rows)
+        w_or, w_o = orr[gid], o[gid]
+        key = rows * nt + lev
+        undecided = np.ones(c, bool)
         absorbed = 0
-        for k in range(c):
-            sk = seed_local[k]
-            if not alive[sk]:
-                absorbed += 1
-                continue
-            res.n_seeds += 1
-            r0, r1 = rptr[k], rptr[k + 1]
-            jk = jj[r0:r1]
-            al = alive[jk]
-            if pure[k]:
-                loc = jk[al]
-                alive[loc] = False
-                regions.append(cols[loc])
-                res.seeds.append(int(sl[k]))
-                res.region_thresholds.append(float(ts[0]))
-                continue
-            lk = lev[r0:r1]
-            # sums over the seed's unprocessed ball entries per threshold level (4 values), loosest first
-            ha = np.bincount(lk, weights=w_or[r0:r1] * al, minlength=nt).tolist()
-            hb = np.bincount(lk, weights=w_o[r0:r1] * al, minlength=nt).tolist()
-            ti = -1
-            for lv_ in range(nt):
-                if sum(ha[lv_:]) >= ACCEPT * sum(hb[lv_:]):
-                    ti = lv_
-                    break
-            if ti >= 0:
-                loc = jk[(lk >= ti) & al]
-                alive[loc] = False
-                regions.append(cols[loc])
-                res.seeds.append(int(sl[k]))
-                res.region_thresholds.append(float(ts[ti]))
-            else:
-                alive[sk] = False
-        processed[cols[~alive]] = True
+        eu = np.ones(len(rows), bool)  # entries of undecided rows
+        while True:
+            ru, gu = rows[eu], gid[eu]
+            np.minimum.at(minrow, gu, ru)
+            blocked = minrow[gu] != ru
+            minrow[gu] = np.iinfo(np.int64).max
+            ready = undecided.copy()
+            ready[ru[blocked]] = False
+            rk = np.nonzero(ready)[0]
+            if len(rk) < _MIN_WAVE:  # a chain: finish the batch one seed at a time
+                break
+            # decide every ready seed from the current processed set
+            alive_seed = ~processed[sl[rk]]
+            absorbed += len(rk) - int(alive_seed.sum())
+            rk = rk[alive_seed]
+            ent = ready[rows] & eu
+            al = ent & ~processed[gid]
+            if len(rk):
+                ha = np.bincount(key[al], weights=w_or[al], minlength=c * nt).reshape(c, nt)[rk]
+                hb = np.bincount(key[al], weights=w_o[al], minlength=c * nt).reshape(c, nt)[rk]
+                ha = np.cumsum(ha[:, ::-1], 1)[:, ::-1]  # sums at threshold level >= l
+                hb = np.cumsum(hb[:, ::-1], 1)[:, ::-1]
+                ok = ha >= ACCEPT * hb
+                acc = ok.any(1)
+                ti = np.where(acc, ok.argmax(1), nt)
+                tirow = np.full(c, nt, np.int64)
+                tirow[rk] = ti
+                inreg = al & (lev >= tirow[rows])
+                processed[gid[inreg]] = True
+                processed[sl[rk[~acc]]] = True  # rejected: only the seed
+                res.n_seeds += len(rk)
+                reg_seed.append(base + rk[acc])
+                reg_sid.append(sl[rk[acc]])
+                reg_lev.append(ti[acc])
+                reg_ent.append(gid[inreg])
+                reg_lab.append(base + rows[inreg])
+            undecided &= ~ready
+            eu &= ~ent
+            if not undecided.any():
+                break
+        rest = np.nonzero(undecided)[0]
+        if len(rest):
+            rptr = np.searchsorted(rows, np.arange(c + 1)).tolist()
+            pure = (np.bincount(rows, weights=rn[gid] < ACCEPT, minlength=c) == 0).tolist()
+            W = np.stack([w_or, w_o])
+            M = (lev[:, None] >= np.arange(nt)[None, :]).astype(np.float64)
+            for k in rest.tolist():
+                sk = sl[k]
+                if processed[sk]:
+                    absorbed += 1
+                    continue
+                res.n_seeds += 1
+                r0, r1 = rptr[k], rptr[k + 1]
+                g = gid[r0:r1]
+                al = ~processed[g]
+                if pure[k]:
+                    ti = 0
+                    loc = g[al]
+                else:
+                    h = (W[:, r0:r1] * al) @ M[r0:r1]  # region sums at threshold level >= l
+                    ok = h[0] >= ACCEPT * h[1]
+                    ti = int(ok.argmax())
+                    if not ok[ti]:
+                        processed[sk] = True
+                        continue
+                    loc = g[al & (lev[r0:r1] >= ti)]
+                processed[loc] = True
+                reg_seed.append(np.array([base + k]))
+                reg_sid.append(np.array([sk]))
+                reg_lev.append(np.array([ti]))
+                reg_ent.append(loc)
+                reg_lab.append(np.full(len(loc), base + k))
+        base += c
         chunk = min(max_batch, 2 * c) if absorbed <= c // 2 else max(8, c // 2)
-        chunk = max(8, min(chunk, int(pair_budget / max(1.0, len(keep) / c))))
-    res.regions = [torch.from_numpy(np.sort(x).astype(np.int64)) for x in regions]
-    if regions:
-        selected[np.concatenate(regions)] = True
-    res.selected = torch.from_numpy(np.nonzero(selected)[0].astype(np.int64))
+        chunk = max(8, min(chunk, int(pair_budget / max(1.0, npairs / c))))
+    if reg_seed:
+        seeds_rank = np.concatenate(reg_seed)
+        seeds_lev = np.concatenate(reg_lev)
+        ent = np.concatenate(reg_ent)
+        lab = np.concatenate(reg_lab)
+        o_s = np.argsort(seeds_rank, kind="stable")
+        seeds_rank, seeds_lev = seeds_rank[o_s], seeds_lev[o_s]
+        o_e = np.lexsort((ent, lab))  # by region (visiting rank), then Gaussian id
+        ent, lab = ent[o_e], lab[o_e]
+        bounds = np.searchsorted(lab, seeds_rank, "left")
+        counts = np.diff(np.append(bounds, len(lab)))
+        seed_ids = np.concatenate(reg_sid)[o_s]
+        tens = torch.from_numpy(ent.astype(np.int64))
+        res.regions = list(torch.split(tens, counts.tolist()))
+        res.seeds = seed_ids.tolist()
+        tl = thresholds(dbar)
+        res.region_thresholds = [tl[i] for i in seeds_lev.tolist()]
+        sel = np.zeros(n, bool)
+        sel[ent] = True
+        res.selected = torch.from_numpy(np.nonzero(sel)[0].astype(np.int64))
     return res
