@@ -81,6 +81,62 @@ class Embedder(abc.ABC):
         """
 
 
+class CropEmbedder(Embedder):
+    """An image-text model that embeds a mask as the crop of its region (DESIGN.md: zero pixels outside
+    the mask, crop the box, pad to square, resize): OpenCLIP and SigLIP.
+
+    Subclasses set ``crop_size`` and ``_text_cache = {}`` and implement ``_encode_crops(crops) ->
+    [M, D]`` and ``_encode_text(texts) -> [T, D]`` (unit rows, CPU tensors)."""
+
+    crop_size: int
+    _text_cache: dict[str, np.ndarray]
+
+    @abc.abstractmethod
+    def _encode_crops(self, crops: list) -> "torch.Tensor":
+        """``[M, D]`` unit rows (CPU) for square crops."""
+
+    @abc.abstractmethod
+    def _encode_text(self, texts: list[str]) -> "torch.Tensor":
+        """``[T, D]`` unit rows (CPU), no caching."""
+
+    def embed_masks(self, image: np.ndarray, masks: "MaskSet") -> np.ndarray:
+        from cos3d.vision.crops import mask_crops
+
+        image = check_image(image)
+        check_masks_match(image, masks)
+        if len(masks) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        crops = mask_crops(image, masks.masks, self.crop_size, boxes=masks.box)
+        return self._encode_crops(crops).numpy().astype(np.float32)
+
+    def embed_text(self, texts: list[str]) -> "torch.Tensor":
+        import torch
+
+        if isinstance(texts, str):
+            texts = [texts]
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            for t, e in zip(missing, self._encode_text(missing).numpy()):
+                self._text_cache[t] = e
+        if not texts:
+            return torch.zeros(0, self.dim)
+        return torch.from_numpy(np.stack([self._text_cache[t] for t in texts]).astype(np.float32))
+
+    def embed_image_prompt(
+        self, image: np.ndarray, mask: np.ndarray, *, names: list[str] | None = None
+    ) -> "torch.Tensor":
+        from cos3d.vision.crops import mask_crops
+
+        image = check_image(image, "reference image")
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != image.shape[:2] or not mask.any():
+            raise Cos3dError(
+                f"image prompt mask must be a non-empty bool [H, W] matching the image {image.shape[:2]}, "
+                f"got {mask.shape}"
+            )
+        return self._encode_crops(mask_crops(image, mask[None], self.crop_size))[0]
+
+
 # ---- helpers shared by the concrete classes ---------------------------------------------------------
 def check_image(image: Any, what: str = "image") -> np.ndarray:
     """Validate a uint8 ``[H, W, 3]`` image (raises :class:`Cos3dError` naming the actual shape/dtype)."""

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cos3d.errors import Cos3dError, MissingWeightsError
-from cos3d.vision.base import Embedder, check_image, check_masks_match, file_fingerprint, resolve_device
-from cos3d.vision.crops import crops_to_tensor, mask_crops
+from cos3d.vision.base import CropEmbedder, file_fingerprint, resolve_device
+from cos3d.vision.crops import crops_to_tensor
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -38,7 +38,7 @@ def _features(out: Any) -> "torch.Tensor":
     raise TypeError(f"unexpected SigLIP output type {type(out).__name__}")
 
 
-class SiglipEmbedder(Embedder):
+class SiglipEmbedder(CropEmbedder):
     """Mask crops → SigLIP image embeddings; texts → SigLIP text embeddings (unit rows)."""
 
     name = "siglip"
@@ -129,36 +129,3 @@ class SiglipEmbedder(Embedder):
                 f = _features(self.model.get_text_features(**enc)).float()
                 outs.append(torch.nn.functional.normalize(f, dim=-1).cpu())
         return torch.cat(outs)
-
-    def embed_masks(self, image: np.ndarray, masks: "MaskSet") -> np.ndarray:
-        image = check_image(image)
-        check_masks_match(image, masks)
-        if len(masks) == 0:
-            return np.zeros((0, self.dim), np.float32)
-        crops = mask_crops(image, masks.masks, self.crop_size, boxes=masks.box)
-        return self._encode_crops(crops).numpy().astype(np.float32)
-
-    def embed_text(self, texts: list[str]) -> "torch.Tensor":
-        import torch
-
-        if isinstance(texts, str):
-            texts = [texts]
-        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
-        if missing:
-            for t, e in zip(missing, self._encode_text(missing).numpy()):
-                self._text_cache[t] = e
-        if not texts:
-            return torch.zeros(0, self.dim)
-        return torch.from_numpy(np.stack([self._text_cache[t] for t in texts]).astype(np.float32))
-
-    def embed_image_prompt(
-        self, image: np.ndarray, mask: np.ndarray, *, names: list[str] | None = None
-    ) -> "torch.Tensor":
-        image = check_image(image, "reference image")
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != image.shape[:2] or not mask.any():
-            raise Cos3dError(
-                f"image prompt mask must be a non-empty bool [H, W] matching the image {image.shape[:2]}, "
-                f"got {mask.shape}"
-            )
-        return self._encode_crops(mask_crops(image, mask[None], self.crop_size))[0]
