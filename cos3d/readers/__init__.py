@@ -33,8 +33,9 @@ def resolve_scene_path(scene: str | os.PathLike, data_root: str | os.PathLike | 
     q = root / p
     if q.is_dir():
         return q
+    where = f"{p} is not a folder" if p.is_absolute() or q == p else f"neither {p} nor {q} is a folder"
     raise SceneFormatError(
-        f"scene {str(scene)!r} not found: neither {p} nor {q} is a folder "
+        f"scene {str(scene)!r} not found: {where} "
         "(pass a path, or set --data-root / $COS3D_DATA to the folder that holds it)"
     )
 
