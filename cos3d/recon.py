@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cos3d.atomic import atomic_path, write_json
+from cos3d.device import resolve_device
 from cos3d.errors import Cos3dError
 from cos3d.gaussians import Gaussians
 from cos3d.render import render
@@ -350,18 +351,6 @@ def init_gaussians(scene: Scene, cfg: ReconConfig | None = None) -> tuple[Gaussi
 
 
 # --------------------------------------------------------------------------- training
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise Cos3dError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise Cos3dError(f"device={name!r} but CUDA is not available; use device='cpu'")
-    return dev
-
-
 def _make_optimizers(params: dict[str, torch.nn.Parameter], cfg: ReconConfig, scale: float) -> dict[str, torch.optim.Optimizer]:
     lrs = {
         "means": cfg.lr_means * scale,
@@ -440,7 +429,7 @@ def reconstruct(
     cfg.validate()
     show = cfg.progress if progress is None else progress
     out = Path(out_dir) if out_dir is not None else None
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     old_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))

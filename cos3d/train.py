@@ -32,6 +32,7 @@ from typing import Any, Callable
 import torch
 
 from cos3d.atomic import atomic_path, write_json
+from cos3d.device import resolve_device
 from cos3d.errors import Cos3dError
 from cos3d.field.ins2lang import Ins2LangConfig
 from cos3d.field.instance import InstanceConfig
@@ -273,18 +274,6 @@ def _write_fields(path: Path, data: dict[str, Any]) -> None:
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise Cos3dError(f"--device: unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise Cos3dError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return dev
 
 
 class _Session:
@@ -754,7 +743,7 @@ def _train(cfg: TrainConfig) -> Path:
 
     scene = load_scene(cfg.scene, cfg.data_root)
     scene_root = Path(scene.root).resolve()
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     run_dir, state = _prepare_run(cfg, scene_root)
     s = _Session(cfg, run_dir, state, scene, device)
     todo = STAGES if cfg.stage == "all" else (cfg.stage,)

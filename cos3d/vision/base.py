@@ -158,12 +158,10 @@ def check_masks_match(image: np.ndarray, masks: "MaskSet") -> None:
 
 
 def resolve_device(device: str | None = "auto") -> str:
-    """``"auto"``/None → ``"cuda"`` when available, else ``"cpu"``; anything else is returned as is."""
-    if device in (None, "auto"):
-        import torch
+    """:func:`cos3d.device.resolve_device` as a string (what the model libraries take)."""
+    from cos3d.device import resolve_device as _resolve
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+    return str(_resolve(device))
 
 
 def file_fingerprint(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
