@@ -21,6 +21,18 @@ TEST_TABLETOP = dict(seed=0, views=20, width=160, height=120)
 (two soda cans), two mugs (blue, red coffee) and a robot with named parts."""
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch thread, then restore the setting: on the 2 shared cores OpenMP's
+    second thread measured 2-10x slower for these small tensors."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def tabletop_dir(tmp_path_factory):
     """A small tabletop scene in the ScanNet layout (cos3d.tabletop)."""

@@ -18,13 +18,7 @@ from cos3d.field.instance import normalize
 from cos3d.field.smoothing import smooth_features
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The suite shares 2 cores: oversubscribed OpenMP threads are many times slower than one."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _clusters(K=5, per=50, d=16, D=32, noise=0.05, seed=0):

@@ -19,13 +19,7 @@ from cos3d.field.instance import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The suite shares 2 cores: oversubscribed OpenMP threads are many times slower than one."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic_views(n_views=4, H=24, W=30, K=4, per_obj=60, seed=0, chunk_size=32768):

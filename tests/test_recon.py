@@ -21,13 +21,7 @@ PSNR_BAR = 23.5
 ~24 dB for RGB-D initialisation; the bar leaves room for float/thread differences."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on 2 shared cores: OpenMP's second thread only adds stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

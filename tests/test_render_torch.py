@@ -60,13 +60,7 @@ def reference_render(g: Gaussians, cam: Camera, colors: torch.Tensor):
     return out, 1 - T
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests use tiny tensors; on the 2 shared cores OpenMP's second thread only adds stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random(n, seed, degree=0, dtype=torch.float64, extent=0.5, scale=(0.03, 0.2)):

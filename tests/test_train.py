@@ -30,13 +30,7 @@ MIN_LANG_COS = 0.9
 0.954 (table) to 1.0 over the 10 objects of seed 0; 0.967-1.0 over 8 objects of seed 3)."""
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """This suite runs on 2 shared cores: oversubscribed OpenMP threads are many times slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -91,6 +91,10 @@ class CropEmbedder(Embedder):
     crop_size: int
     _text_cache: dict[str, np.ndarray]
 
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"crop": "zero-outside/box/pad-square", "size": self.crop_size}
+
     @abc.abstractmethod
     def _encode_crops(self, crops: list) -> "torch.Tensor":
         """``[M, D]`` unit rows (CPU) for square crops."""

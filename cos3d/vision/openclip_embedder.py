@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -148,9 +148,6 @@ class OpenCLIPEmbedder(CropEmbedder):
     def model_id(self) -> str:
         return f"openclip:{self.arch}:{self._weights}"
 
-    @property
-    def params(self) -> dict[str, Any]:
-        return {"crop": "zero-outside/box/pad-square", "size": self.crop_size}
 
     # -- encoding --------------------------------------------------------------------------------------
     def _dtype(self) -> "torch.dtype":

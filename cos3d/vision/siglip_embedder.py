@@ -93,9 +93,6 @@ class SiglipEmbedder(CropEmbedder):
     def model_id(self) -> str:
         return f"siglip:{self._weights}"
 
-    @property
-    def params(self) -> dict[str, Any]:
-        return {"crop": "zero-outside/box/pad-square", "size": self.crop_size}
 
     def _encode_crops(self, crops: np.ndarray) -> "torch.Tensor":
         import torch
