@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cos3d.atomic import atomic_path, write_json
+from cos3d.atomic import atomic_open, write_json
 from cos3d.device import resolve_device
 from cos3d.errors import Cos3dError
 from cos3d.gaussians import Gaussians
@@ -36,6 +36,8 @@ __all__ = ["ReconConfig", "reconstruct", "stage0", "init_gaussians", "evaluate_p
 
 INIT_MODES = ("auto", "depth", "points", "random")
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+"""Version of the stage-0 checkpoint layout (tensors and plain values only)."""
 
 
 @dataclass
@@ -393,17 +395,72 @@ class _Images:
         return self._cache[i].float() / 255.0
 
 
+def _plain(x: Any, where: str) -> Any:
+    """``x`` as tensors and plain values only (dict/list/tuple/str/int/float/bool/None), what
+    ``torch.load(weights_only=True)`` accepts: numpy arrays become tensors, numpy scalars Python ones."""
+    if isinstance(x, Tensor):
+        return x.detach().cpu()
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.array(x))
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, dict):
+        return {k if isinstance(k, (str, int)) else str(k): _plain(v, f"{where}[{k!r}]") for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_plain(v, f"{where}[{i}]") for i, v in enumerate(x))
+    raise TypeError(f"stage-0 checkpoint: {where} is a {type(x).__name__}, not a tensor or plain value")
+
+
 def _save_checkpoint(path: Path, step: int, params, optimizers, strategy_state, info: dict) -> None:
+    """Write the stage-0 checkpoint atomically. It holds tensors and plain values only, so that
+    :func:`_load_checkpoint` can read it with ``weights_only=True`` (nothing executable is ever
+    loaded from a run folder)."""
     blob = {
-        "step": step,
+        "format": CHECKPOINT_FORMAT,
+        "step": int(step),
         "params": {k: v.detach().cpu() for k, v in params.items()},
         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-        "strategy_state": {k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in strategy_state.items()},
+        "strategy_state": dict(strategy_state),
         "info": info,
         "torch_rng": torch.get_rng_state(),
     }
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
+    blob = _plain(blob, "checkpoint")
+    with atomic_open(path, "wb") as f:  # a file object: write errors come back as OSError
+        torch.save(blob, f)
+
+
+def _bad_checkpoint(path: Path, why: str) -> Cos3dError:
+    return Cos3dError(
+        f"{path}: {why}; delete it and run again with --resume "
+        "(stage 0 restarts from its first step; finished stages are kept)"
+    )
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a stage-0 checkpoint with ``weights_only=True``; raise one :class:`Cos3dError` line (what to
+    delete, how to resume) for a file that is truncated, garbage, or holds anything but tensors and
+    plain values (a crafted pickle is refused before any of it runs)."""
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # garbage, or a pickle of objects other than tensors: refused unrun
+        raise _bad_checkpoint(
+            path, "not a cos3d stage-0 checkpoint (damaged, or it holds objects other than tensors; nothing in it was run)"
+        ) from None
+    except OSError as e:
+        raise Cos3dError(f"{path}: cannot read the stage-0 checkpoint ({e.strerror or type(e).__name__})") from None
+    except Exception as e:  # truncated zip, garbage bytes, ...
+        raise _bad_checkpoint(path, f"corrupt stage-0 checkpoint ({type(e).__name__})") from None
+    need = {"step": int, "params": dict, "optimizers": dict, "strategy_state": dict, "info": dict, "torch_rng": Tensor}
+    if not isinstance(blob, dict) or any(not isinstance(blob.get(k), t) for k, t in need.items()):
+        raise _bad_checkpoint(path, "not a cos3d stage-0 checkpoint (missing or malformed entries)")
+    return blob
 
 
 def reconstruct(
@@ -461,16 +518,21 @@ def _reconstruct(scene, cfg: ReconConfig, out: Path | None, device, resume: bool
     start = 0
     history: list[dict[str, Any]] = []
     if resume and ckpt_path is not None and ckpt_path.is_file():
-        blob = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        params = {k: torch.nn.Parameter(v.to(device)) for k, v in blob["params"].items()}
-        optimizers = _make_optimizers(params, cfg, scale)
-        for k, o in optimizers.items():
-            o.load_state_dict(blob["optimizers"][k])
+        blob = _load_checkpoint(ckpt_path)
+        try:
+            params = {k: torch.nn.Parameter(v.to(device)) for k, v in blob["params"].items()}
+            optimizers = _make_optimizers(params, cfg, scale)
+            for k, o in optimizers.items():
+                o.load_state_dict(blob["optimizers"][k])
+            torch.set_rng_state(blob["torch_rng"])
+        except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as e:
+            raise _bad_checkpoint(
+                ckpt_path, f"does not match these stage-0 settings or is damaged ({type(e).__name__})"
+            ) from None
         state = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in blob["strategy_state"].items()}
         start = int(blob["step"])
         init_info = blob["info"].get("init", {})
         history = blob["info"].get("history", [])
-        torch.set_rng_state(blob["torch_rng"])
         gen.manual_seed(cfg.seed + start)
     else:
         g0, init_info = init_gaussians(scene, cfg)

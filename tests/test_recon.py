@@ -101,7 +101,7 @@ def test_checkpoint_and_resume(scene, tmp_path, monkeypatch):
     monkeypatch.setattr(recon, "render", flaky)
     with pytest.raises(KeyboardInterrupt):
         reconstruct(scene, cfg, tmp_path)
-    ckpt = torch.load(tmp_path / recon.CHECKPOINT, weights_only=False)
+    ckpt = torch.load(tmp_path / recon.CHECKPOINT, weights_only=True)  # tensors and plain values only
     assert ckpt["step"] == 5
     calls["n"] = -1000
     g, m = reconstruct(scene, cfg, tmp_path, resume=True)
@@ -110,3 +110,29 @@ def test_checkpoint_and_resume(scene, tmp_path, monkeypatch):
     assert calls["n"] + 1000 == 7 + n_eval
     assert m["iterations"] == 12 and math.isfinite(m["psnr_test"])
     assert (tmp_path / "gaussians.ply").is_file() and not (tmp_path / recon.CHECKPOINT).exists()
+
+
+def test_checkpoint_with_densify_state_loads_weights_only(scene, tmp_path, monkeypatch):
+    """gsplat's strategy state (grad2d/count tensors, scene_scale) and the Adam state dicts all fit
+    ``weights_only=True``; resuming from such a checkpoint works."""
+    cfg = ReconConfig.fast(iterations=8, checkpoint_every=4, init_max_points=2000, progress=False,
+                           densify=True, refine_start=1, refine_every=2, refine_stop=100)  # fmt: skip
+    saved = []
+    real = recon._save_checkpoint
+
+    def spy(path, *args):
+        real(path, *args)
+        saved.append(torch.load(path, map_location="cpu", weights_only=True))
+        raise KeyboardInterrupt  # stop right after the first checkpoint
+
+    monkeypatch.setattr(recon, "_save_checkpoint", spy)
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct(scene, cfg, tmp_path)
+    blob = saved[0]
+    assert blob["step"] == 4 and blob["format"] == recon.CHECKPOINT_FORMAT
+    assert isinstance(blob["strategy_state"]["grad2d"], torch.Tensor)
+    assert isinstance(blob["strategy_state"]["scene_scale"], float)
+    assert all(isinstance(v, float) for v in blob["info"]["init"].values() if not isinstance(v, (str, int)))
+    monkeypatch.setattr(recon, "_save_checkpoint", real)
+    g, m = reconstruct(scene, cfg, tmp_path, resume=True)
+    assert m["iterations"] == 8 and g.num > 0 and not (tmp_path / recon.CHECKPOINT).exists()
