@@ -2,16 +2,103 @@
 
 A crash or a kill never leaves a half-written output where a finished one is expected, so resumable
 stages can trust any file that exists.
+
+Permissions are those of a plain ``open()``: a new file gets ``0666 & ~umask`` (the temporary sibling
+is created with mode 0666 and the kernel applies the umask); a file that is replaced keeps its
+permission bits.
+
+Write errors are caught here, at the edge: no space left, a read-only file system, permission denied,
+a file where a folder is expected (and the reverse) raise one :class:`~cos3d.errors.Cos3dError` line
+naming the path and what to do, and the temporary file is removed, so nothing half-written is left
+behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+from cos3d.errors import Cos3dError
+
+_WRITE_ERRNOS: dict[int, str] = {
+    errno.ENOSPC: "no space left on the device; free some space (or write to another disk) and run again",
+    errno.EDQUOT: "disk quota exceeded; free some space (or write to another disk) and run again",
+    errno.EFBIG: "the file is too large for this file system; write to another disk",
+    errno.EROFS: "the file system is read-only; write to another folder",
+    errno.EACCES: "permission denied; write to a folder you own, or fix its permissions",
+    errno.EPERM: "permission denied; write to a folder you own, or fix its permissions",
+    errno.EISDIR: "it is a folder; pass a file path (or remove the folder)",
+    errno.ENOTDIR: "a part of its folder path is a file, not a folder; pass another path (or remove that file)",
+    errno.ENAMETOOLONG: "the file name is too long; pass a shorter path",
+}
+
+
+class OutputWriteError(Cos3dError):
+    """An output file could not be written (no space, read-only, permission, a file in the way)."""
+
+
+_DEVICE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+"""Errors that can only come from writing, whichever file the exception names."""
+
+
+def write_error(path: str | os.PathLike, exc: BaseException, tmp: str | os.PathLike | None = None) -> OutputWriteError | None:
+    """The one-line :class:`OutputWriteError` for ``exc`` raised while writing ``path`` (through the
+    temporary file ``tmp``), or None when ``exc`` is not a write error of that path (a bug, or an
+    error reading some input file)."""
+    if isinstance(exc, OutputWriteError):
+        return exc
+    if not isinstance(exc, OSError) or exc.errno not in _WRITE_ERRNOS:
+        return None
+    if exc.errno not in _DEVICE_ERRNOS and exc.filename is not None:
+        ours = {os.fspath(path), os.fspath(Path(path).parent)} | ({os.fspath(tmp)} if tmp is not None else set())
+        if os.fspath(exc.filename) not in ours:
+            return None  # e.g. permission denied while reading an input file
+    return OutputWriteError(f"cannot write {path}: {_WRITE_ERRNOS[exc.errno]}")
+
+
+def _disk_full(folder: Path) -> bool:
+    """True when the file system holding ``folder`` has (almost) no space left for us."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
+
+
+def _make_parent(path: Path) -> None:
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where the folder should be
+        raise OutputWriteError(
+            f"cannot write {path}: {parent} is a file, not a folder; pass another path (or remove that file)"
+        ) from None
+    except OSError as e:  # every error here is about the output's folders
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        where = f" ({e.filename})" if e.filename is not None and os.fspath(e.filename) != os.fspath(parent) else ""
+        raise OutputWriteError(f"cannot write {path}: cannot create its folder{where}: {_WRITE_ERRNOS[e.errno]}") from None
+    if path.is_dir():
+        raise OutputWriteError(f"cannot write {path}: {_WRITE_ERRNOS[errno.EISDIR]}")
+
+
+def _create_temp(path: Path) -> Path:
+    """Create an empty, unique sibling of ``path`` the way ``open()`` would (mode 0666 & ~umask)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(errno.EEXIST, "could not create a unique temporary file", str(path))  # pragma: no cover
 
 
 @contextlib.contextmanager
@@ -19,22 +106,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
 
     Use for writers that want a filename (``np.savez``, ``torch.save``, PIL ``save``). The temporary
-    name keeps the final suffix so format-sniffing writers behave.
+    name keeps the final suffix so format-sniffing writers behave. Raises :class:`OutputWriteError`
+    (one line: the path and what to do) when the file cannot be written; the temporary file is
+    removed whatever happens.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    _make_parent(path)
+    tmp_path: Path | None = None
     try:
+        tmp_path = _create_temp(path)
+        with contextlib.suppress(FileNotFoundError):
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+            os.chmod(tmp_path, mode)  # a replaced file keeps its permissions, as with open(path, "w")
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
+        tmp_path = None
+    except BaseException as e:
+        if tmp_path is not None:
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+        err = write_error(path, e, tmp_path)
+        if err is None and isinstance(e, RuntimeError) and _disk_full(path.parent):
+            # torch.save to a filename reports a full disk as a RuntimeError from its C++ writer
+            err = OutputWriteError(f"cannot write {path}: {_WRITE_ERRNOS[errno.ENOSPC]}")
+        if err is None or err is e:
+            raise
+        raise err from None
 
 
 @contextlib.contextmanager
