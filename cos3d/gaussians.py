@@ -212,23 +212,35 @@ class Gaussians:
         if len(devices) != 1:
             raise Cos3dError(f"Gaussians tensors live on different devices: {sorted(map(str, devices))}")
 
+    def nonfinite_rows(self) -> tuple[Tensor, list[str]]:
+        """``(bad [N] bool, names)``: the Gaussians with a NaN/inf in any float tensor (core or
+        feature), and the names of the tensors that hold them."""
+        bad = torch.zeros(self.num, dtype=torch.bool, device=self.means.device)
+        names: list[str] = []
+        tensors: list[tuple[str, Tensor]] = [(n, getattr(self, n)) for n in _CORE]
+        tensors += [(f"features[{k!r}]", v) for k, v in self.features.items()]
+        for name, t in tensors:
+            if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+                bad |= (~torch.isfinite(t)).reshape(t.shape[0], -1).any(dim=1).to(bad.device)
+                names.append(name)
+        return bad, names
+
     def validate(self, where: str = "Gaussians") -> "Gaussians":
-        """Check shapes and that every tensor is finite; raise :class:`Cos3dError` naming the tensor.
+        """Check shapes and that every tensor is finite; raise :class:`Cos3dError` naming ``where``, the
+        count of bad Gaussians and the tensors that hold NaN/inf. Non-finite Gaussians are refused,
+        never dropped (the same policy as :func:`cos3d.ply.read_ply`).
 
         Returns ``self`` so it can be chained (``read_ply(p).validate()``).
         """
         self.validate_shapes()
-        tensors: list[tuple[str, Tensor]] = [(n, getattr(self, n)) for n in _CORE]
-        tensors += [(f"features[{k!r}]", v) for k, v in self.features.items()]
-        for name, t in tensors:
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                bad = (~torch.isfinite(t)).reshape(t.shape[0], -1).any(dim=1)
-                nbad = int(bad.sum())
-                first = int(bad.nonzero()[0, 0])
-                raise Cos3dError(
-                    f"{where}: {name} contains NaN/inf values in {nbad} of {t.shape[0]} Gaussians "
-                    f"(first: index {first}); the scene diverged or the file is corrupt"
-                )
+        bad, names = self.nonfinite_rows()
+        if names:
+            nbad = int(bad.sum())
+            first = int(bad.nonzero()[0, 0])
+            raise Cos3dError(
+                f"{where}: {nbad} of {self.num} Gaussians have NaN/inf values (in {', '.join(names)}; first: "
+                f"index {first}); the scene diverged or the file is corrupt"
+            )
         return self
 
     # ----------------------------------------------------------------- gsplat interop

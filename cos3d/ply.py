@@ -108,7 +108,10 @@ def read_ply(path: str | os.PathLike, *, device: torch.device | str = "cpu", fea
     """Read a Gaussian ``.ply`` (graphdeco / gsplat / splatfacto / cos3d).
 
     Raises :class:`Cos3dError` naming the file and the problem for a missing file, a file without a
-    ``vertex`` element, a missing required property, or an ``f_rest`` count that is not 3·((d+1)²−1).
+    ``vertex`` element, a missing required property, an ``f_rest`` count that is not 3·((d+1)²−1), or
+    NaN/inf values. Non-finite Gaussians are **refused, never dropped**: the message gives the count of
+    bad rows (of the columns read: with ``features=False`` extra columns are not checked), so a
+    corrupt or diverged scene never reaches a query as if it were fine.
     """
     from plyfile import PlyData
 
@@ -180,4 +183,12 @@ def read_ply(path: str | os.PathLike, *, device: torch.device | str = "cpu", fea
         features=feats,
     )
     g.validate_shapes()
+    bad, where = g.nonfinite_rows()
+    if where:
+        nbad = int(bad.sum())
+        raise Cos3dError(
+            f"{path}: {nbad} of {n} Gaussians have NaN/inf values (in {', '.join(where)}; first: row "
+            f"{int(bad.nonzero()[0, 0])}); the file is corrupt or its training diverged: re-export or retrain it "
+            "(cos3d refuses such files rather than drop rows)"
+        )
     return g.to(device)

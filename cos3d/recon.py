@@ -400,12 +400,12 @@ def _plain(x: Any, where: str) -> Any:
     ``torch.load(weights_only=True)`` accepts: numpy arrays become tensors, numpy scalars Python ones."""
     if isinstance(x, Tensor):
         return x.detach().cpu()
-    if x is None or isinstance(x, (bool, int, float, str)):
+    if isinstance(x, np.generic):  # before float: np.float64 is a float subclass, but not loadable
+        return x.item()
+    if x is None or type(x) in (bool, int, float, str):
         return x
     if isinstance(x, np.ndarray):
         return torch.from_numpy(np.array(x))
-    if isinstance(x, np.generic):
-        return x.item()
     if isinstance(x, dict):
         return {k if isinstance(k, (str, int)) else str(k): _plain(v, f"{where}[{k!r}]") for k, v in x.items()}
     if isinstance(x, (list, tuple)):

@@ -100,7 +100,7 @@ def test_ply_missing_file_and_bad_rest_count(tmp_path):
 def test_validate_names_the_bad_tensor():
     g = _scene()
     g.log_scales[3, 1] = float("nan")
-    with pytest.raises(Cos3dError, match=r"log_scales.*NaN.*index 3"):
+    with pytest.raises(Cos3dError, match=r"1 of \d+ Gaussians have NaN/inf values \(in log_scales; first: index 3\)"):
         g.validate()
     g = _scene()
     g.features["instance_l"][7] = float("inf")
@@ -110,6 +110,19 @@ def test_validate_names_the_bad_tensor():
     g.sh = g.sh[:, :5]
     with pytest.raises(Cos3dError, match="sh must have shape"):
         g.validate()
+
+
+def test_read_ply_refuses_non_finite_rows(tmp_path):
+    g = _scene()
+    g.means[2, 0] = float("nan")
+    g.opacity_logits[5] = float("-inf")
+    write_ply(tmp_path / "bad.ply", g)
+    with pytest.raises(Cos3dError, match=r"bad\.ply: 2 of \d+ Gaussians have NaN/inf values \(in means, opacity_logits; first: row 2\)"):
+        read_ply(tmp_path / "bad.ply")
+    g.means[:] = float("nan")
+    write_ply(tmp_path / "all.ply", g)
+    with pytest.raises(Cos3dError, match=rf"all\.ply: {g.num} of {g.num} Gaussians"):
+        read_ply(tmp_path / "all.ply", features=False)
 
 
 def test_subset_to_detach_and_properties():
