@@ -392,7 +392,7 @@ def test_truncated_and_corrupt_images(tmp_path):
     write_scannet(tmp_path, cams, images=[rng.integers(0, 255, (H, W, 3), dtype=np.uint8) for _ in cams])
     p = tmp_path / "color" / "1.png"
     p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
-    scene = read_scannet(tmp_path)  # only the first image's header is read at load time
+    scene = read_scannet(tmp_path)  # the header survived the truncation: the pixels fail when loaded
     assert "1.png" in error_of(scene.frames[1].load_image)
     (tmp_path / "color" / "0.png").write_bytes(b"not an image at all")
     assert "0.png" in error_of(read_scannet, tmp_path)
@@ -402,18 +402,75 @@ def test_image_size_differs_from_camera(tmp_path):
     cams = rig(2)
     write_scannet(tmp_path, cams)
     save_image(tmp_path / "color" / "1.png", np.zeros((H + 2, W, 3), np.uint8))
-    scene = read_scannet(tmp_path)
-    msg = error_of(scene.frames[1].load_image)
-    assert "1.png" in msg and f"{W}x{H + 2}" in msg
+    msg = error_of(read_scannet, tmp_path)  # every header is read at load, not after stage 0
+    assert "0.png" in msg and "1.png" in msg and f"{W}x{H + 2}" in msg and "different sizes" in msg
 
     write_colmap(tmp_path / "c", cams)
     save_image(tmp_path / "c" / "images" / "0.png", np.zeros((H, W + 4, 3), np.uint8))
     msg = error_of(read_colmap, tmp_path / "c")
     assert "0.png" in msg and "cameras.bin" in msg
+    write_colmap(tmp_path / "c2", rig(3))  # one shared camera: the second image used to go unchecked
+    save_image(tmp_path / "c2" / "images" / "1.png", np.zeros((H, W + 4, 3), np.uint8))
+    msg = error_of(read_colmap, tmp_path / "c2")
+    assert "1.png" in msg and f"{W + 4}x{H}" in msg and "cameras.bin" in msg
 
     write_transforms_json(tmp_path / "n", cams)
     save_image(tmp_path / "n" / "images" / "0.png", np.zeros((H, W + 4, 3), np.uint8))
     assert "0.png" in error_of(read_nerfstudio, tmp_path / "n")
+    write_transforms_json(tmp_path / "n2", rig(3))
+    save_image(tmp_path / "n2" / "images" / "2.png", np.zeros((H, W + 4, 3), np.uint8))
+    msg = error_of(read_nerfstudio, tmp_path / "n2")
+    assert "2.png" in msg and f"{W + 4}x{H}" in msg
+    meta = json.loads((tmp_path / "n2" / "transforms.json").read_text())
+    for fr in [meta, *meta["frames"]]:  # no w/h anywhere: sizes come from the images, which differ
+        fr.pop("w", None), fr.pop("h", None)
+    (tmp_path / "n2" / "transforms.json").write_text(json.dumps(meta))
+    msg = error_of(read_nerfstudio, tmp_path / "n2")
+    assert "0.png" in msg and "2.png" in msg and "different sizes" in msg
+
+
+def test_scannet_depth_disagrees_with_its_intrinsics(tmp_path):
+    """Depth at twice the resolution intrinsic_depth.txt was made for: refused at load with the size the
+    intrinsics fit (it used to be misregistered silently)."""
+    cams = rig(2)
+    Kd = cams[0].scaled(W // 2, H // 2).K  # made for 20x15 depth
+    write_scannet(tmp_path, cams, depths=[np.ones((H, W))] * 2, depth_K=Kd)
+    msg = error_of(read_scannet, tmp_path)
+    assert "intrinsic_depth.txt" in msg and f"{W}x{H} depth" in msg and "about 20x15" in msg
+    np.save(tmp_path / "depth" / "1.npy", np.ones((H // 2, W // 2), np.float32))  # now 0.png and 1.npy differ
+    (tmp_path / "depth" / "1.png").unlink()
+    msg = error_of(read_scannet, tmp_path)
+    assert "0.png" in msg and "1.npy" in msg and "different sizes" in msg
+
+
+def test_scannet_depth_of_another_aspect_without_depth_intrinsics(tmp_path):
+    cams = rig(2)
+    write_scannet(tmp_path, cams, depths=[np.ones((H, W // 2))] * 2)
+    (tmp_path / "intrinsic" / "intrinsic_depth.txt").unlink()
+    msg = error_of(read_scannet, tmp_path)
+    assert "0.png" in msg and f"{W // 2}x{H}" in msg and "aspect ratio" in msg and "intrinsic_depth.txt" in msg
+
+
+@pytest.mark.parametrize("what", ["instance", "part"])
+def test_scannet_id_map_of_another_aspect_is_refused(tmp_path, what):
+    cams = rig(2)
+    ids = np.ones((H, W), np.int64)
+    write_scannet(tmp_path, cams, instances=[ids] * 2, part_maps=[ids] * 2)
+    np.testing.assert_array_equal(read_scannet(tmp_path).frames[0].load_instance(), ids)
+    from cos3d.readers.writers import save_id_map
+
+    save_id_map(tmp_path / what / "1.png", np.ones((H // 2, W // 2), np.int64))  # same aspect: resized, fine
+    read_scannet(tmp_path)
+    save_id_map(tmp_path / what / "1.png", np.ones((H, W // 2), np.int64))  # would be stretched
+    msg = error_of(read_scannet, tmp_path)
+    assert f"{what}/1.png" in msg and f"{W // 2}x{H}" in msg and "aspect ratio" in msg
+
+
+def test_nerfstudio_depth_of_another_aspect(tmp_path):
+    cams = rig(2)
+    write_transforms_json(tmp_path, cams, depths=[np.ones((H, W // 2))] * 2)
+    msg = error_of(read_nerfstudio, tmp_path)
+    assert f"{W // 2}x{H}" in msg and "aspect ratio" in msg
 
 
 def test_scannet_intrinsics_for_another_resolution(tmp_path):

@@ -349,8 +349,9 @@ def read_colmap(root: str | Path, images_dir: str = "images") -> Scene:
     Frames are sorted by image name; a frame's name is the image's file stem (the path without suffix
     if stems collide). ``points3D`` (if present) becomes ``scene.points`` ``[P, 3]`` float32 and
     ``scene.point_colors`` ``[P, 3]`` uint8. Distortion is kept in ``Camera.dist``; renderers assume
-    undistorted images (see the module docstring). The header of the first image of each camera is
-    read to check its size against the camera.
+    undistorted images (see the module docstring). Every image's header is read to check its size
+    against its camera (one line naming the image and the camera when they disagree); cameras of
+    different sizes are fine.
     """
     root = Path(root)
     sparse, ext = find_sparse_dir(root)
@@ -362,7 +363,6 @@ def read_colmap(root: str | Path, images_dir: str = "images") -> Scene:
         raise SceneFormatError(f"{image_root}: folder is missing; put the images the model was built from there")
 
     intrinsics: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    checked: set[int] = set()
     ordered = sorted(images.values(), key=lambda im: im.name)
     names = frame_names([im.name for im in ordered])
     frames: list[Frame] = []
@@ -381,15 +381,13 @@ def read_colmap(root: str | Path, images_dir: str = "images") -> Scene:
         path = image_root / im.name
         if not path.is_file():
             raise SceneFormatError(f"{path}: image listed in {img_path.name} is missing; restore it or re-run COLMAP")
-        if cam.id not in checked:
-            size = read_image_size(path)
-            if size != (cam.width, cam.height):
-                raise SceneFormatError(
-                    f"{path}: image is {size[0]}x{size[1]} but camera {cam.id} in {cam_path.name} says "
-                    f"{cam.width}x{cam.height}; use the images the model was built from (or undistorted ones "
-                    "with the undistorter's model)"
-                )
-            checked.add(cam.id)
+        size = read_image_size(path)  # every image: a header read, no pixels
+        if size != (cam.width, cam.height):
+            raise SceneFormatError(
+                f"{path}: image is {size[0]}x{size[1]} but camera {cam.id} in {cam_path.name} says "
+                f"{cam.width}x{cam.height}; use the images the model was built from (or undistorted ones "
+                "with the undistorter's model)"
+            )
         if not np.all(np.isfinite(im.qvec)) or np.linalg.norm(im.qvec) < 1e-12:
             raise SceneFormatError(
                 f"{img_path}: image {im.name!r} has an invalid rotation quaternion {im.qvec.tolist()}"

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from cos3d.errors import SceneFormatError
-from cos3d.readers.scannet import note, read_labels, read_parts, read_splits
+from cos3d.readers.scannet import aspect_differs, depth_file_size, note, read_labels, read_parts, read_splits
 from cos3d.scene import Camera, Frame, Scene, frame_names, read_image_size
 
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -87,7 +87,9 @@ def read_nerfstudio(root: str | Path, filename: str = "transforms.json") -> Scen
     """Read a nerfstudio / instant-ngp ``transforms.json`` scene (format in the module docstring).
 
     Frames are sorted by ``file_path`` (as nerfstudio does); a frame's name is its image's file stem.
-    Image sizes missing from the file come from the first image's header.
+    Every image's header is read (no pixels): its size must match the frame's ``w``/``h`` (sizes missing
+    from the file come from the images, which must then share one size), and a depth map must have its
+    image's aspect ratio; each mismatch is one :class:`SceneFormatError` line naming the file.
     """
     root = Path(root)
     path = root / filename
@@ -110,6 +112,7 @@ def read_nerfstudio(root: str | Path, filename: str = "transforms.json") -> Scen
     notes: list[str] = []
 
     default_size: tuple[int, int] | None = None
+    default_img: Path | None = None
     image_paths = [_resolve_file(root, str(fr["file_path"])) for fr in raw_frames]
     names = frame_names([p.relative_to(root).as_posix() if p.is_relative_to(root) else p.name for p in image_paths])
     depth_factor = meta.get("depth_unit_scale_factor")  # metres per raw depth unit, if the file says
@@ -128,11 +131,18 @@ def read_nerfstudio(root: str | Path, filename: str = "transforms.json") -> Scen
                 f"{path}: {where} uses camera_model {model}, which cos3d does not read (it reads "
                 f"{', '.join(SUPPORTED_MODELS)}); undistort the images to a pinhole camera first"
             )
+        size = read_image_size(img)  # every image: a header read, no pixels
         w = _number(meta, fr, "w", path, where)
         h = _number(meta, fr, "h", path, where)
         if w is None or h is None:
             if default_size is None:
-                default_size = read_image_size(img)
+                default_size, default_img = size, img
+            elif size != default_size:
+                raise SceneFormatError(
+                    f"{path}: images of different sizes and no \"w\"/\"h\" for {where}: {default_img.name} is "
+                    f"{default_size[0]}x{default_size[1]} but {img.name} is {size[0]}x{size[1]}; give each frame its "
+                    "w, h and intrinsics, or resize the images to one size"
+                )
             w, h = (w or default_size[0]), (h or default_size[1])
         fx = _number(meta, fr, "fl_x", path, where)
         if fx is None:
@@ -156,18 +166,22 @@ def read_nerfstudio(root: str | Path, filename: str = "transforms.json") -> Scen
         c2w = _matrix(fr["transform_matrix"], path, f"{where}: transform_matrix") @ GL_TO_CV
         cam = Camera(K=K, c2w=c2w, width=round(w), height=round(h), dist=dist)
         cam.validate(f"{path} ({where})")
-        if not frames or cam.width != frames[0].camera.width or cam.height != frames[0].camera.height:
-            size = read_image_size(img)
-            if size != (cam.width, cam.height):
-                raise SceneFormatError(
-                    f"{img}: image is {size[0]}x{size[1]} but {path.name} says {cam.width}x{cam.height} "
-                    f"({where}); fix w/h and the intrinsics, or resize the image"
-                )
+        if size != (cam.width, cam.height):
+            raise SceneFormatError(
+                f"{img}: image is {size[0]}x{size[1]} but {path.name} says {cam.width}x{cam.height} "
+                f"({where}); fix w/h and the intrinsics, or resize the image"
+            )
         depth_path, depth_scale = None, 1000.0
         if fr.get("depth_file_path"):
             depth_path = _resolve_file(root, str(fr["depth_file_path"]))
             if not depth_path.is_file():
                 raise SceneFormatError(f"{depth_path}: depth file listed in {path.name} ({where}) is missing")
+            dsize = depth_file_size(depth_path)
+            if aspect_differs(dsize, size):  # depth covers the image's field of view: a uniform scale only
+                raise SceneFormatError(
+                    f"{depth_path}: depth is {dsize[0]}x{dsize[1]} but its image {img.name} is {size[0]}x{size[1]} "
+                    f"({where}), another aspect ratio; export depth at the image's aspect ratio"
+                )
             # Default: uint16 PNG in millimetres, .npy in metres.
             depth_scale = 1.0 if depth_path.suffix == ".npy" else 1000.0
             if depth_factor is not None:

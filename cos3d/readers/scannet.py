@@ -191,11 +191,95 @@ def _index(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
     return out
 
 
+def depth_file_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a depth file from its header: a PNG's, or a ``.npy`` array's ``[H, W]``."""
+    if path.suffix.lower() != ".npy":
+        return read_image_size(path)
+    try:
+        with open(path, "rb") as f:
+            fmt = np.lib.format
+            version = fmt.read_magic(f)
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, _ = read_header(f)  # header only, no data
+    except Exception as e:
+        raise SceneFormatError(f"{path}: cannot read the .npy header ({type(e).__name__}); re-export this depth map") from None
+    if len(shape) != 2:
+        raise SceneFormatError(f"{path}: depth must be a 2-D [H, W] array, got shape {tuple(shape)}")
+    return int(shape[1]), int(shape[0])
+
+
+def _one_size(sizes: dict[str, tuple[int, int]], files: dict[str, Path], what: str, fix: str) -> tuple[int, int]:
+    """The size every file of ``sizes`` shares; else one line naming two files that differ."""
+    it = iter(sizes.items())
+    stem0, size0 = next(it)
+    for stem, size in it:
+        if size != size0:
+            raise SceneFormatError(
+                f"{files[stem].parent}: {what} of different sizes: {files[stem0].name} is {size0[0]}x{size0[1]} "
+                f"but {files[stem].name} is {size[0]}x{size[1]}; {fix}"
+            )
+    return size0
+
+
+def aspect_differs(a: tuple[int, int], b: tuple[int, int], tol: float = 0.01) -> bool:
+    """True when the aspect ratios (width / height) of sizes ``a`` and ``b`` differ by more than ``tol``."""
+    ra, rb = a[0] / a[1], b[0] / b[1]
+    return abs(ra - rb) > tol * rb
+
+
+CENTRE_TOL = 0.1
+"""How far (a fraction of the image size) the principal point of ``intrinsic_depth.txt`` may lie from
+the centre of the depth image. Real cameras are within a few %; intrinsics made for another resolution
+(×1.25 or more) are off by ≥ 10 %."""
+
+
+def _check_depth(root: Path, depth_files: dict[str, Path], depth_K: np.ndarray | None, depth_K_path: Path,
+                 color_size: tuple[int, int], color_name: str) -> None:  # fmt: skip
+    """Depth images agree with their intrinsics: one size; with ``intrinsic_depth.txt`` its principal point
+    lies near the depth image's centre; without it, the depth has the colour image's aspect ratio (its
+    intrinsics are the colour ones scaled). A mismatch would be misregistered silently."""
+    if not depth_files:
+        return
+    sizes = {stem: depth_file_size(p) for stem, p in depth_files.items()}
+    size = _one_size(sizes, depth_files, "depth images", "one intrinsic_depth.txt serves every frame: export them at one size")
+    first = depth_files[next(iter(sizes))]
+    w, h = size
+    if depth_K is not None:
+        cx, cy = depth_K[0, 2], depth_K[1, 2]
+        if abs(cx - (w - 1) / 2) > CENTRE_TOL * w or abs(cy - (h - 1) / 2) > CENTRE_TOL * h:
+            raise SceneFormatError(
+                f"{depth_K_path}: principal point ({cx:g}, {cy:g}) is far from the centre of the {w}x{h} depth "
+                f"images (e.g. {first.name}); these intrinsics look made for about {2 * cx + 1:.0f}x{2 * cy + 1:.0f}: "
+                "rescale them to the depth resolution (or the depth images to theirs)"
+            )
+    elif aspect_differs(size, color_size):
+        raise SceneFormatError(
+            f"{first}: depth is {w}x{h} but the colour images are {color_size[0]}x{color_size[1]} (e.g. {color_name}), "
+            f"another aspect ratio, and there is no {depth_K_path.name}; write the depth camera's K to "
+            f"{depth_K_path} or export depth at the colour aspect ratio"
+        )
+
+
+def _check_id_maps(files: dict[str, Path], what: str, color_size: tuple[int, int], color_name: str) -> None:
+    """Instance/part maps must have the colour image's aspect ratio (same size, or a uniform scale that
+    nearest-neighbour resizing undoes); another aspect ratio would be stretched."""
+    for p in files.values():
+        size = read_image_size(p)
+        if aspect_differs(size, color_size):
+            raise SceneFormatError(
+                f"{p}: {what} map is {size[0]}x{size[1]} but the colour images are {color_size[0]}x{color_size[1]} "
+                f"(e.g. {color_name}), another aspect ratio; export the {what} maps at the colour resolution"
+            )
+
+
 def read_scannet(root: str | Path) -> Scene:
     """Read a ScanNet-style export (layout in the module docstring) into a :class:`Scene`.
 
-    Only the first colour image's header is read (for the image size); pixels load lazily. Frames whose
-    pose is non-finite are skipped, and the count is logged and recorded in ``scene.notes``.
+    Every image's header is read (pixels load lazily): colour images must share one size (one
+    ``intrinsic_color.txt`` serves them all), depth images must agree with ``intrinsic_depth.txt`` (or,
+    without it, have the colour aspect ratio), and instance/part maps must have the colour aspect ratio;
+    each mismatch is one :class:`SceneFormatError` line naming the files. Frames whose pose is non-finite
+    are skipped, and the count is logged and recorded in ``scene.notes``.
     """
     root = Path(root)
     color_dir = root / "color"
@@ -213,7 +297,10 @@ def read_scannet(root: str | Path) -> Scene:
     depth_K = read_intrinsics(depth_K_path) if depth_K_path.is_file() else None
 
     first = images[stems[0]]
-    width, height = read_image_size(first)
+    width, height = _one_size(
+        {stem: read_image_size(images[stem]) for stem in stems}, images, "colour images",
+        "one intrinsic_color.txt serves every frame: resize them to one size",
+    )
     Camera(K=K, c2w=np.eye(4), width=width, height=height).validate(str(root / "intrinsic" / "intrinsic_color.txt"))
     if depth_K is not None:
         Camera(K=depth_K, c2w=np.eye(4), width=1, height=1).validate(str(depth_K_path))
@@ -226,6 +313,10 @@ def read_scannet(root: str | Path) -> Scene:
     depths = _index(root / "depth", tuple(DEPTH_EXTS))
     instances = _index(root / "instance", (".png",))
     parts = _index(root / "part", (".png",))
+    used = set(stems)
+    _check_depth(root, {k: v for k, v in depths.items() if k in used}, depth_K, depth_K_path, (width, height), first.name)
+    _check_id_maps({k: v for k, v in instances.items() if k in used}, "instance", (width, height), first.name)
+    _check_id_maps({k: v for k, v in parts.items() if k in used}, "part", (width, height), first.name)
     notes: list[str] = []
 
     frames: list[Frame] = []
