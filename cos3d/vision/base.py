@@ -187,6 +187,24 @@ def file_fingerprint(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()[:16]
 
 
+def check_prompt_lengths(texts: list[str], count_tokens: "Any", limit: int, encoder: str) -> None:
+    """Raise one :class:`Cos3dError` line for the first of ``texts`` longer than the text encoder's
+    ``limit`` in tokens (``count_tokens(text)``, special tokens included), instead of letting the
+    tokenizer cut it silently. The line gives the limit, the prompt's length and its first words."""
+    for t in texts:
+        if len(t.encode("utf-8")) + 2 <= limit:  # every token covers at least one byte: cannot overflow
+            continue
+        n = int(count_tokens(t))
+        if n > limit:
+            head = " ".join(t[:60].split())
+            if len(t) > 60:
+                head = (head.rsplit(" ", 1)[0] if " " in head else head[:40]) + " ..."
+            raise Cos3dError(
+                f"prompt too long for the {encoder} text encoder: {n:,} tokens ({len(t):,} characters), "
+                f"the limit is {limit} tokens; shorten it (prompt: {head!r})"
+            )
+
+
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """L2-normalise rows (zero rows stay zero), float32."""
     x = np.asarray(x, dtype=np.float32)

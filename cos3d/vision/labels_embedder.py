@@ -117,8 +117,16 @@ class LabelsEmbedder(Embedder):
     def embed_text(self, texts: list[str]) -> "torch.Tensor":
         import torch
 
+        from cos3d.vision.base import check_prompt_lengths
+
         if isinstance(texts, str):
             texts = [texts]
+        tok, limit = getattr(self.model, "tokenizer", None), getattr(self.model, "max_seq_length", None)
+        if tok is not None and limit:  # sentence-transformers truncates longer prompts silently
+            check_prompt_lengths(
+                list(texts), lambda t: len(tok(t, verbose=False)["input_ids"]), int(limit),
+                f"labels ({self.model_dir.name if self._custom else LABELS_MODEL_NAME})",
+            )
         return torch.from_numpy(self.encode(list(texts)).astype(np.float32))
 
     def embed_image_prompt(

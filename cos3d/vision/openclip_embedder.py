@@ -171,6 +171,18 @@ class OpenCLIPEmbedder(CropEmbedder):
     def _encode_text(self, texts: list[str]) -> "torch.Tensor":
         import torch
 
+        from cos3d.vision.base import check_prompt_lengths
+
+        limit = getattr(self.tokenizer, "context_length", None)
+        if limit:  # the tokenizer cuts longer prompts silently: refuse them in one line instead
+            inner = getattr(self.tokenizer, "tokenizer", None)  # HF-backed open_clip tokenizers
+
+            def count(t: str) -> int:
+                if inner is not None:
+                    return len(inner(t, verbose=False)["input_ids"])
+                return len(self.tokenizer.encode(t)) + 2  # + start/end of text
+
+            check_prompt_lengths(texts, count, int(limit), f"OpenCLIP {self.arch}")
         outs = []
         with torch.no_grad():
             for i in range(0, len(texts), self.batch_size):

@@ -111,6 +111,12 @@ class SiglipEmbedder(CropEmbedder):
     def _encode_text(self, texts: list[str]) -> "torch.Tensor":
         import torch
 
+        from cos3d.vision.base import check_prompt_lengths
+
+        tok = self.processor.tokenizer
+        check_prompt_lengths(  # the tokenizer would truncate longer prompts silently
+            texts, lambda t: len(tok(t, verbose=False)["input_ids"]), self.max_length, f"SigLIP {self.source}"
+        )
         outs = []
         with torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
