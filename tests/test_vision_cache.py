@@ -62,20 +62,37 @@ def test_hits_misses_and_load_view(scene, labels, tmp_path):
         load_view(tmp_path / "elsewhere", "0")
 
 
-def test_corrupt_file_is_recomputed_with_warning(scene, labels, tmp_path):
+def test_corrupt_file_is_marked_missing_then_recomputed_with_a_note(scene, labels, tmp_path, capsys):
     cache = tmp_path / "cache"
     prov = create_mask_provider("dataset", scene=scene)
     prepare_masks(scene, None, prov, labels, cache, progress=False)
     p = view_path(cache, "1")
     good = p.read_bytes()
     p.write_bytes(good[: len(good) // 2])  # truncated write from some other tool
-    with pytest.raises(Cos3dError, match="corrupt"):
+    with pytest.raises(Cos3dError) as ei:
         load_view(cache, "1")
-    with pytest.warns(UserWarning, match="corrupt cache file"):
-        st = prepare_masks(scene, None, prov, labels, cache, progress=False)
+    msg = str(ei.value)
+    assert "\n" not in msg and str(p) in msg and "corrupt" in msg and "--resume" in msg
+    # the manifest no longer vouches for it: a resumed run redoes the masks stage instead of looping
+    assert "1" not in load_manifest(cache)["views"]
+    capsys.readouterr()
+    st = prepare_masks(scene, None, prov, labels, cache, progress=False)
     assert (st.done, st.skipped, st.corrupt) == (1, 2, 1)
+    assert f"note: {p}: corrupt mask-cache file" in capsys.readouterr().err
     ms, emb = load_view(cache, "1")
     assert len(ms) == emb.shape[0] > 0
+    assert "1" in load_manifest(cache)["views"]
+
+
+def test_deleted_view_is_marked_missing(scene, labels, tmp_path):
+    cache = tmp_path / "cache"
+    prov = create_mask_provider("dataset", scene=scene)
+    prepare_masks(scene, None, prov, labels, cache, progress=False)
+    view_path(cache, "2").unlink()
+    with pytest.raises(Cos3dError, match=r"2\.npz: view '2' is not cached; it is now marked missing"):
+        load_view(cache, "2")
+    assert "2" not in load_manifest(cache)["views"]
+    assert prepare_masks(scene, None, prov, labels, cache, progress=False).done == 1
 
 
 def test_image_change_is_a_miss(scene, labels, tmp_path):
@@ -133,7 +150,8 @@ def test_cli_prepare_masks_dataset_labels(scene, tmp_path, capsys):
         )
         == 2
     )
-    assert "only --masks dataset" in capsys.readouterr().err
+    err = capsys.readouterr().err  # one line naming the flag and the only provider it works with
+    assert err.count("\n") == 1 and "--embedder labels" in err and "dataset" in err
 
 
 def test_tabletop_dataset_labels(tabletop_dir, labels, tmp_path):

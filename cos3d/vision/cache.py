@@ -9,8 +9,12 @@ Layout of a cache folder::
 
 A view's ``key`` hashes the image *content* with the provider's and embedder's ``model_id`` and
 ``params``: a different image, model or setting is a miss and the view is recomputed. Every file is
-written atomically (:mod:`cos3d.atomic`), so an interrupted run resumes where it stopped; a corrupt
-view file is recomputed with a warning.
+written atomically (:mod:`cos3d.atomic`), so an interrupted run resumes where it stopped.
+
+A view file that cannot be read (truncated, garbage, other models than the manifest, deleted) is
+treated as missing: :func:`load_view` drops it from the manifest's ``views`` before raising (so a
+resumed run sees the masks stage unfinished and redoes it), and :func:`prepare_masks` recomputes it
+with a printed note.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import time
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +118,10 @@ def load_manifest(cache_dir: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise Cos3dError(f"{cache_dir}: no mask cache here (no {MANIFEST}); run `cos3d prepare masks` first") from None
     except (OSError, ValueError) as e:
-        raise Cos3dError(f"{p}: unreadable manifest ({e}); delete it and run `cos3d prepare masks` again") from None
+        raise Cos3dError(
+            f"{p}: unreadable mask-cache manifest ({type(e).__name__}); delete it and run again with --resume "
+            "(or `cos3d prepare masks` on this cache): cached views that are still valid are kept"
+        ) from None
 
 
 # ---- one view --------------------------------------------------------------------------------------
@@ -167,27 +174,51 @@ def _frame_name(frame: "Frame | str") -> str:
     return frame if isinstance(frame, str) else frame.name
 
 
+def _forget_view(cache_dir: Path, name: str) -> bool:
+    """Drop ``name`` from the manifest's ``views`` (the list a resumed run trusts); False if that failed."""
+    man_path = Path(cache_dir) / MANIFEST
+    try:
+        man = json.loads(man_path.read_text())
+        if name in man.get("views", []):
+            man["views"] = [v for v in man["views"] if v != name]
+            write_json(man_path, man)
+        return True
+    except (OSError, ValueError, Cos3dError, AttributeError, TypeError):
+        return False
+
+
+def _missing_view(cache_dir: Path, name: str, problem: str) -> Cos3dError:
+    """Mark view ``name`` missing and return the one-line error: ``problem`` (it names the file) and a fix."""
+    if _forget_view(cache_dir, name):
+        fix = (
+            f"it is now marked missing in {Path(cache_dir) / MANIFEST}: run again with --resume (or "
+            "`cos3d prepare masks` on this cache) to recompute it"
+        )
+    else:
+        fix = f"delete {Path(cache_dir) / MANIFEST} and run again with --resume to recompute it"
+    return Cos3dError(f"{problem}; {fix}")
+
+
 def load_view(cache_dir: str | Path, frame: "Frame | str") -> tuple[MaskSet, np.ndarray]:
     """``(MaskSet, embeddings [M, D] float16)`` of one cached view.
 
     Raises :class:`Cos3dError` when the view is missing, corrupt, or was computed with other models
-    than the cache's manifest says (re-run ``cos3d prepare masks``).
+    than the cache's manifest says. Such a view is first dropped from the manifest's ``views``, so the
+    fix the message gives (run again with ``--resume``, or ``cos3d prepare masks`` on this cache)
+    recomputes it instead of trusting the manifest and failing here again.
     """
     name = _frame_name(frame)
     man = load_manifest(cache_dir)
     p = view_path(cache_dir, name)
     if not p.is_file():
-        raise Cos3dError(f"{cache_dir}: view {name!r} is not cached; run `cos3d prepare masks` for this scene")
+        raise _missing_view(Path(cache_dir), name, f"{p}: view {name!r} is not cached")
     try:
         header, ms, emb = read_view(p)
     except Exception as e:
-        raise Cos3dError(
-            f"{p}: corrupt cache file ({type(e).__name__}); run `cos3d prepare masks` again to recompute it"
-        ) from None
+        raise _missing_view(Path(cache_dir), name, f"{p}: corrupt mask-cache file ({type(e).__name__})") from None
     if header["models_key"] != man.get("models_key"):
-        raise Cos3dError(
-            f"{p}: computed with other models/settings than {Path(cache_dir) / MANIFEST} records; "
-            "run `cos3d prepare masks` again with the current settings"
+        raise _missing_view(
+            Path(cache_dir), name, f"{p}: computed with other models/settings than {Path(cache_dir) / MANIFEST} records"
         )
     return ms, emb
 
@@ -207,7 +238,7 @@ def prepare_masks(
 
     Views whose file holds the same key are skipped; the others are computed (masks, then
     embeddings) and written atomically, one file per view. A file that cannot be read is recomputed
-    with a warning. ``force`` recomputes everything. Shows a tqdm bar (views/s) when ``progress``.
+    with a note on stderr (and counted in ``corrupt``). ``force`` recomputes everything. Shows a tqdm bar (views/s) when ``progress``.
     """
     from tqdm import tqdm
 
@@ -223,7 +254,7 @@ def prepare_masks(
             if old.get("models_key") == mkey:
                 old_views = list(old.get("views", []))
         except (OSError, ValueError):
-            warnings.warn(f"{man_path}: unreadable manifest; rewriting it", stacklevel=2)
+            tqdm.write(f"note: {man_path}: unreadable mask-cache manifest; rewriting it", file=sys.stderr)
     manifest = {
         "format": CACHE_FORMAT,
         "models_key": mkey,
@@ -254,7 +285,7 @@ def prepare_masks(
                     bar.set_postfix(done=stats.done, skipped=stats.skipped)
                     continue
             except Exception as e:
-                warnings.warn(f"{path}: corrupt cache file ({type(e).__name__}: {e}); recomputing", stacklevel=2)
+                tqdm.write(f"note: {path}: corrupt mask-cache file ({type(e).__name__}); recomputing it", file=sys.stderr)
                 stats.corrupt += 1
         ms = provider.generate(image, frame)
         emb = embedder.embed_masks(image, ms)
