@@ -17,7 +17,7 @@ import pytest
 
 from cos3d.errors import Cos3dError, SceneFormatError
 from cos3d.readers import detect_format, load_scene, resolve_scene_path
-from cos3d.readers.colmap import ColmapCamera, qvec_to_rotmat, read_colmap, rotmat_to_qvec
+from cos3d.readers.colmap import ColmapCamera, read_colmap, rotmat_to_qvec
 from cos3d.readers.nerfstudio import read_nerfstudio
 from cos3d.readers.scannet import read_scannet
 from cos3d.readers.writers import (
@@ -30,6 +30,7 @@ from cos3d.readers.writers import (
     write_scannet_frame,
     write_transforms_json,
 )
+from cos3d.rotations import quat_to_rotmat
 from cos3d.scene import Camera, Frame, PartInfo, Scene
 
 W, H = 40, 30
@@ -170,12 +171,12 @@ def test_colmap_quaternion_helpers():
         q = rng.normal(size=4)
         q /= np.linalg.norm(q)
         q = q if q[0] >= 0 else -q
-        R = qvec_to_rotmat(q)
+        R = quat_to_rotmat(q)
         np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
         np.testing.assert_allclose(rotmat_to_qvec(R), q, atol=1e-10)
     # Rotations of 180 degrees (w = 0) take the other branches.
     for R in (np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0])):
-        np.testing.assert_allclose(qvec_to_rotmat(rotmat_to_qvec(R)), R, atol=1e-12)
+        np.testing.assert_allclose(quat_to_rotmat(rotmat_to_qvec(R)), R, atol=1e-12)
 
 
 @pytest.mark.parametrize("per_frame", [False, True])

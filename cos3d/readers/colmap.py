@@ -31,6 +31,7 @@ import numpy as np
 
 from cos3d.errors import SceneFormatError
 from cos3d.readers.scannet import note, read_sidecars
+from cos3d.rotations import quat_to_rotmat
 from cos3d.scene import Camera, Frame, Scene, frame_names, read_image_size
 
 CAMERA_MODELS: dict[int, tuple[str, int]] = {
@@ -82,18 +83,6 @@ class ColmapImage:
 # ---------------------------------------------------------------------------------------------- maths
 
 
-def qvec_to_rotmat(qvec: np.ndarray) -> np.ndarray:
-    """Unit quaternion (w, x, y, z) → ``[3, 3]`` rotation matrix (normalised first)."""
-    w, x, y, z = np.asarray(qvec, dtype=np.float64) / np.linalg.norm(qvec)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
 def rotmat_to_qvec(R: np.ndarray) -> np.ndarray:
     """``[3, 3]`` rotation matrix → unit quaternion (w, x, y, z) with w ≥ 0."""
     R = np.asarray(R, dtype=np.float64)
@@ -119,7 +108,7 @@ def rotmat_to_qvec(R: np.ndarray) -> np.ndarray:
 
 def image_c2w(image: ColmapImage) -> np.ndarray:
     """``[4, 4]`` camera-to-world of a COLMAP image (inverse of its stored world-to-camera)."""
-    R = qvec_to_rotmat(image.qvec)
+    R = quat_to_rotmat(image.qvec)
     c2w = np.eye(4)
     c2w[:3, :3] = R.T
     c2w[:3, 3] = -R.T @ np.asarray(image.tvec, dtype=np.float64)

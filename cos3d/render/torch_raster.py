@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from cos3d.rotations import quat_to_rotmat
+
 TILE = 4
 """Tile edge in pixels. Results do not depend on it (see :func:`intersect_tiles`); smaller tiles
 evaluate fewer pixels outside each Gaussian's footprint. gsplat uses 16 on the GPU."""
@@ -60,21 +62,6 @@ MAX_CHUNK_ELEMS = 1 << 22
 
 
 # --------------------------------------------------------------------------- projection
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """[..., 4] wxyz (any norm) → [..., 3, 3] rotation matrices."""
-    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(-1)
-    xx, yy, zz = x * x, y * y, z * z
-    xy, xz, yz = x * y, x * z, y * z
-    wx, wy, wz = w * x, w * y, w * z
-    rows = [
-        1 - 2 * (yy + zz), 2 * (xy - wz), 2 * (xz + wy),
-        2 * (xy + wz), 1 - 2 * (xx + zz), 2 * (yz - wx),
-        2 * (xz - wy), 2 * (yz + wx), 1 - 2 * (xx + yy),
-    ]  # fmt: skip
-    return torch.stack(rows, dim=-1).reshape(q.shape[:-1] + (3, 3))
-
-
 @dataclass
 class Projection:
     """Per-camera screen-space Gaussians (all tensors [C, N, ...])."""

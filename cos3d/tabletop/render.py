@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from cos3d.rotations import quat_to_rotmat
 from cos3d.tabletop.catalog import (
     FLOOR_URDF,
     TABLE_URDF,
@@ -105,13 +106,9 @@ def yaw_quat(yaw: float) -> np.ndarray:
 
 
 def quat_to_matrix(q: np.ndarray | tuple) -> np.ndarray:
-    """[3, 3] rotation of an xyzw quaternion."""
-    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    """[3, 3] rotation of a pybullet (scalar-last) xyzw quaternion."""
+    x, y, z, w = np.asarray(q, dtype=np.float64)
+    return quat_to_rotmat((w, x, y, z))
 
 
 # --- textures -------------------------------------------------------------------------------------
