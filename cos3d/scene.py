@@ -18,6 +18,7 @@ Conventions (DESIGN.md §4):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,6 +136,12 @@ class Camera:
         """The same camera at another resolution (intrinsics rescaled, pixel-centre convention kept)."""
         K = _scaled_K(self.K, (self.width, self.height), (width, height))
         return dataclasses.replace(self, K=K, width=width, height=height)
+
+    def key(self) -> str:
+        """A 16-hex-digit hash of ``K``, ``c2w`` and the image size: what a renderer sees of the camera
+        (caches of per-view blending weights are keyed by it; distortion is not rendered, so not in it)."""
+        data = self.K.tobytes() + self.c2w.tobytes() + f"{self.width}x{self.height}".encode()
+        return hashlib.sha1(data).hexdigest()[:16]
 
 
 def _load_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
