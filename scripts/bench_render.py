@@ -4,7 +4,7 @@
 Grid: N Gaussians × resolution × rendered width D (``rgb``: SH degree 3 → 3 channels; ``fD``: a
 D-wide feature, no colour), on the torch rasterizer (CPU) and, when CUDA is available, on gsplat.
 For features on the CPU it also times the frozen-geometry path of stage 1: building the
-contributions of a view, and one W@F forward+backward through :func:`cos3d.render.sparse_render`.
+contributions of a view, and one W@F forward+backward through :meth:`cos3d.render.Contributions.render`.
 
 The scene is synthetic but surface-like (DESIGN.md's probe used trained scenes): half the Gaussians
 on a sphere, half on a ground plane, footprints sized to cover the surfaces, opacities ~0.9, seen
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from cos3d.gaussians import Gaussians
-from cos3d.render import compute_contributions, render, sparse_render
+from cos3d.render import compute_contributions, render
 from cos3d.scene import Camera
 
 
@@ -110,7 +110,7 @@ def bench_one(backend: str, device: str, n: int, w: int, h: int, width: str, rep
 
         def wf():
             f.grad = None
-            sparse_render(c, f).sum().backward()
+            c.render(f).sum().backward()
 
         c.matrix(), c.matrix_t()
         row["contrib_wf_fwd_bwd_ms"] = timeit(wf, repeat, sync)

@@ -14,7 +14,7 @@ from cos3d.field.ins2lang import (
     map_to_language,
     view_anchors,
 )
-from cos3d.field.instance import normalize
+from cos3d.field.contrastive import normalize
 from cos3d.field.smoothing import smooth_features
 
 

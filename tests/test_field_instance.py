@@ -9,14 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cos3d.field.instance import (
-    InstanceConfig,
-    ViewWeights,
-    contrastive_loss,
-    normalize,
-    sparse_product,
-    train_instance_field,
-)
+from cos3d.field.contrastive import contrastive_loss, normalize, unit_rows
+from cos3d.field.instance import InstanceConfig, train_instance_field
+from cos3d.field.view_weights import ViewWeights
+from cos3d.render.sparse import sparse_product
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -200,8 +196,6 @@ def test_corrupt_checkpoint_names_file(tmp_path):
 
 
 def test_unit_rows_gradient_matches_autograd_normalize():
-    from cos3d.field.instance import unit_rows
-
     x = torch.randn(7, 3, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(unit_rows, (x,))
     g = torch.randn(7, 3, 5, dtype=torch.float64)

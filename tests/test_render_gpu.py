@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cos3d.gaussians import Gaussians
-from cos3d.render import compute_contributions, render, sparse_render
+from cos3d.render import compute_contributions, render
 from cos3d.scene import Camera
 
 pytestmark = [
@@ -99,7 +99,7 @@ def test_contributions_on_gpu_match_gsplat_features():
     assert (out - ref).abs().mean() < 1e-3
     fr = f.clone().requires_grad_(True)
     w = torch.randn(out.numel() // 16, 16, device="cuda")
-    (sparse_render(c, fr) * w).sum().backward()
+    (c.render(fr) * w).sum().backward()
     torch.testing.assert_close(fr.grad, c.matrix().to_dense().t() @ w, atol=1e-3, rtol=1e-3)
     # the same triples as on the CPU
     cpu = compute_contributions(g.to("cpu"), cam)

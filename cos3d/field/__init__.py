@@ -1,7 +1,8 @@
 """The collaborative field: per-Gaussian instance features (stage 1) and language features (stage 2).
 
-- :mod:`cos3d.field.instance` — cached frozen-geometry blending weights (:class:`ViewWeights`), the
-  contrastive loss and :func:`train_instance_field`;
+- :mod:`cos3d.field.view_weights` — cached frozen-geometry blending weights (:class:`ViewWeights`);
+- :mod:`cos3d.field.contrastive` — the contrastive instance loss and unit-row maps;
+- :mod:`cos3d.field.instance` — :class:`InstanceConfig`, checkpoints and :func:`train_instance_field`;
 - :mod:`cos3d.field.ins2lang` — anchors (mean rendered instance feature per mask → mask embedding),
   kernel regression (default) or an MLP to a language feature per Gaussian;
 - :mod:`cos3d.field.smoothing` — kNN smoothing of per-Gaussian features in xyz.
@@ -9,6 +10,7 @@
 
 from __future__ import annotations
 
+from cos3d.field.contrastive import contrastive_loss, normalize
 from cos3d.field.ins2lang import (
     Anchors,
     Ins2LangConfig,
@@ -17,15 +19,9 @@ from cos3d.field.ins2lang import (
     kernel_regression,
     map_to_language,
 )
-from cos3d.field.instance import (
-    InstanceConfig,
-    ViewWeights,
-    contrastive_loss,
-    normalize,
-    sparse_product,
-    train_instance_field,
-)
+from cos3d.field.instance import InstanceConfig, train_instance_field
 from cos3d.field.smoothing import smooth_features
+from cos3d.field.view_weights import ViewWeights
 
 __all__ = [
     "Anchors",
@@ -39,6 +35,5 @@ __all__ = [
     "map_to_language",
     "normalize",
     "smooth_features",
-    "sparse_product",
     "train_instance_field",
 ]

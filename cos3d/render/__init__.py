@@ -36,7 +36,6 @@ __all__ = [
     "cameras_to_tensors",
     "compute_contributions",
     "Contributions",
-    "sparse_render",
 ]
 
 BACKENDS = ("auto", "torch", "gsplat")
@@ -249,4 +248,4 @@ def render(
     return RenderOutput(rgb=rgb, features=feats, depth=depth, alpha=alpha, meta=meta)
 
 
-from cos3d.render.contributions import Contributions, compute_contributions, sparse_render  # noqa: E402
+from cos3d.render.contributions import Contributions, compute_contributions  # noqa: E402

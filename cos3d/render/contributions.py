@@ -2,22 +2,20 @@
 
 With means, scales, rotations and opacities fixed, a view's blending weights ``w_i(u) = α_i T_i``
 never change, so rendering features is ``F = W f`` with a sparse ``W`` [H*W, N] (DESIGN.md §3).
-:func:`compute_contributions` records W once per view; :func:`sparse_render` is the product with a
-custom backward that reuses a stored ``Wᵀ`` (``torch.sparse.mm``'s own backward rebuilds the
-transpose every call and is ~19× slower).
+:func:`compute_contributions` records W once per view; :meth:`Contributions.render` is the product
+(:func:`cos3d.render.sparse.sparse_product`, whose backward reuses the stored ``Wᵀ``).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from cos3d.errors import Cos3dError
 from cos3d.gaussians import Gaussians
 from cos3d.render import torch_raster
+from cos3d.render.sparse import csr_from_triples, sparse_product
 from cos3d.scene import Camera
 
 
@@ -54,18 +52,25 @@ class Contributions:
     def matrix(self) -> Tensor:
         """W as a sparse CSR tensor [H*W, N] (built once, cached)."""
         if self._W is None:
-            self._W = _csr(self.pixel, self.gaussian, self.weight, (self.height * self.width, self.num_gaussians))
+            self._W = csr_from_triples(self.pixel, self.gaussian, self.weight, self.height * self.width, self.num_gaussians)
         return self._W
 
     def matrix_t(self) -> Tensor:
         """Wᵀ as a sparse CSR tensor [N, H*W] (built once, cached; used by the backward pass)."""
         if self._Wt is None:
-            self._Wt = _csr(self.gaussian, self.pixel, self.weight, (self.num_gaussians, self.height * self.width))
+            self._Wt = csr_from_triples(self.gaussian, self.pixel, self.weight, self.num_gaussians, self.height * self.width)
         return self._Wt
 
     def render(self, features: Tensor) -> Tensor:
-        """``W @ features``: [N, D] → [H*W, D] (differentiable w.r.t. ``features``)."""
-        return sparse_render(self, features)
+        """``W @ features``: [N, D] → [H*W, D], differentiable w.r.t. ``features`` (the backward
+        pass builds and reuses ``Wᵀ``). ``features`` is cast to the weights' dtype and device (fp16
+        features render in fp32)."""
+        if features.ndim != 2 or features.shape[0] != self.num_gaussians:
+            raise ValueError(
+                f"Contributions.render: features must have shape [N={self.num_gaussians}, D], got {list(features.shape)}"
+            )
+        f = features.to(device=self.device, dtype=self.weight.dtype).contiguous()
+        return sparse_product(self.matrix(), self.matrix_t, f)
 
     def alpha(self) -> Tensor:
         """[H*W] the sum of the recorded weights per pixel (≈ rendered alpha)."""
@@ -80,42 +85,6 @@ class Contributions:
     def nbytes(self) -> int:
         """Memory of the triples (the CSR matrices, once built, take about as much again each)."""
         return sum(t.numel() * t.element_size() for t in (self.pixel, self.gaussian, self.weight))
-
-
-def _csr(rows: Tensor, cols: Tensor, vals: Tensor, size: tuple[int, int]) -> Tensor:
-    order = torch.argsort(rows * size[1] + cols)
-    r, c, v = rows.index_select(0, order), cols.index_select(0, order), vals.index_select(0, order)
-    crow = torch.zeros(size[0] + 1, dtype=torch.long, device=vals.device)
-    crow[1:] = torch.cumsum(torch.bincount(r, minlength=size[0]), 0)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": we rely only on mm
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, c, v, size=size, check_invariants=False)
-
-
-class _SparseRender(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, features: Tensor, contrib: Contributions):
-        ctx.contrib = contrib
-        return torch.sparse.mm(contrib.matrix(), features)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        if not ctx.needs_input_grad[0]:
-            return None, None
-        return torch.sparse.mm(ctx.contrib.matrix_t(), grad.contiguous()), None
-
-
-def sparse_render(contrib: Contributions, features: Tensor) -> Tensor:
-    """``W @ features`` [H*W, D] with a backward ``Wᵀ @ grad`` that reuses the stored transpose.
-
-    ``features`` [N, D] is cast to the weights' dtype (fp16 features render in fp32).
-    """
-    if features.ndim != 2 or features.shape[0] != contrib.num_gaussians:
-        raise Cos3dError(
-            f"sparse_render: features must have shape [N={contrib.num_gaussians}, D], got {list(features.shape)}"
-        )
-    f = features.to(device=contrib.device, dtype=contrib.weight.dtype)
-    return _SparseRender.apply(f.contiguous(), contrib)
 
 
 def compute_contributions(
@@ -137,9 +106,9 @@ def compute_contributions(
     from cos3d.render import cameras_to_tensors
 
     if not isinstance(camera, Camera):
-        raise Cos3dError(f"compute_contributions: camera must be a cos3d.scene.Camera, got {type(camera).__name__}")
+        raise TypeError(f"compute_contributions: camera must be a cos3d.scene.Camera, got {type(camera).__name__}")
     if max_per_pixel is not None and max_per_pixel < 1:
-        raise Cos3dError(f"compute_contributions: max_per_pixel must be >= 1 or None, got {max_per_pixel}")
+        raise ValueError(f"compute_contributions: max_per_pixel must be >= 1 or None, got {max_per_pixel}")
     gaussians.validate_shapes()
     g = gaussians.detach()
     viewmats, Ks, width, height = cameras_to_tensors(camera, g.device, g.dtype)
