@@ -209,7 +209,7 @@ def test_sh_degree_argument_and_view_dependence():
     torch.testing.assert_close(dc, render(g0, cam).rgb)
     d = torch.randn(5, 50, 3)
     torch.testing.assert_close(eval_sh(g.sh, d, 0), (SH_C0 * g.sh[:, 0]).expand(5, 50, 3))
-    with pytest.raises(Cos3dError, match="sh_degree"):
+    with pytest.raises(ValueError, match="sh_degree"):
         render(g0, cam, sh_degree=2)
 
 
@@ -220,14 +220,20 @@ def test_bad_cameras_and_inputs_are_clear_errors():
     bad.K[0, 0] = 0.0
     with pytest.raises(Cos3dError, match="focal length"):
         render(g, bad)
-    with pytest.raises(Cos3dError, match="share a size"):
+    with pytest.raises(ValueError, match="share a size"):
         render(g, [cam, make_camera(41, 30)])
-    with pytest.raises(Cos3dError, match=r"features must have shape \[N=5"):
+    with pytest.raises(ValueError, match=r"features must have shape \[N=5"):
         render(g, cam, features=torch.zeros(4, 3))
-    with pytest.raises(Cos3dError, match="backend"):
+    with pytest.raises(ValueError, match="backend"):
         render(g, cam, backend="optix")
-    with pytest.raises(Cos3dError, match="CUDA"):
+    with pytest.raises(ValueError, match="CUDA"):
         render(g, cam, backend="gsplat")
+    with pytest.raises(TypeError, match=r"cameras\[1\] must be a cos3d.scene.Camera"):
+        render(g, [cam, "camera"])
+    with pytest.raises(TypeError, match="float tensor"):
+        render(g, cam, features=torch.zeros(5, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"features must have shape \[N=5"):
+        compute_contributions(g, cam).render(torch.zeros(4, 3))
 
 
 def test_empty_and_invisible_scenes():

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cos3d.errors import Cos3dError
 from cos3d.gaussians import Gaussians
 from cos3d.render import torch_raster
 from cos3d.render.sh import sh_to_rgb
@@ -63,10 +62,10 @@ def _as_camera_list(cameras: Camera | Sequence[Camera]) -> list[Camera]:
         return [cameras]
     cams = list(cameras)
     if not cams:
-        raise Cos3dError("render: got an empty list of cameras")
+        raise ValueError("render: got an empty list of cameras")
     for i, c in enumerate(cams):
         if not isinstance(c, Camera):
-            raise Cos3dError(f"render: cameras[{i}] must be a cos3d.scene.Camera, got {type(c).__name__}")
+            raise TypeError(f"render: cameras[{i}] must be a cos3d.scene.Camera, got {type(c).__name__}")
     return cams
 
 
@@ -75,38 +74,26 @@ def cameras_to_tensors(
 ) -> tuple[Tensor, Tensor, int, int]:
     """``(viewmats [C,4,4] world-to-camera, Ks [C,3,3] corner convention, width, height)``.
 
-    Raises :class:`Cos3dError` for a non-positive/non-finite focal length, a non-finite pose, or
-    cameras of different sizes.
+    An unusable camera (see :meth:`Camera.validate`) raises :class:`~cos3d.errors.SceneFormatError`;
+    cameras of different sizes raise ``ValueError``.
     """
     cams = _as_camera_list(cameras)
     w, h = cams[0].width, cams[0].height
-    Ks, views = [], []
     for i, cam in enumerate(cams):
-        fx, fy = cam.K[0, 0], cam.K[1, 1]
-        if not (np.isfinite(fx) and np.isfinite(fy)) or fx <= 0 or fy <= 0:
-            raise Cos3dError(f"render: camera {i} has focal length fx={fx}, fy={fy}; it must be positive and finite")
-        if not (np.all(np.isfinite(cam.K)) and np.all(np.isfinite(cam.c2w))):
-            raise Cos3dError(f"render: camera {i} has non-finite intrinsics or pose")
-        if cam.width <= 0 or cam.height <= 0:
-            raise Cos3dError(f"render: camera {i} has image size {cam.width}x{cam.height}")
+        cam.validate(f"render: camera {i}")
         if (cam.width, cam.height) != (w, h):
-            raise Cos3dError(
+            raise ValueError(
                 f"render: cameras in one call must share a size; camera 0 is {w}x{h}, camera {i} is "
                 f"{cam.width}x{cam.height} (render them in separate calls)"
             )
-        K = cam.K.copy()
-        K[0, 2] += 0.5  # OpenCV centre convention → corner convention
-        K[1, 2] += 0.5
-        Ks.append(K)
-        views.append(np.linalg.inv(cam.c2w))
-    Kt = torch.as_tensor(np.stack(Ks), dtype=dtype, device=device)
-    Vt = torch.as_tensor(np.stack(views), dtype=dtype, device=device)
+    Kt = torch.as_tensor(np.stack([cam.K_corner for cam in cams]), dtype=dtype, device=device)
+    Vt = torch.as_tensor(np.stack([cam.w2c for cam in cams]), dtype=dtype, device=device)
     return Vt, Kt, w, h
 
 
 def _resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     if backend not in BACKENDS:
-        raise Cos3dError(f"render: unknown backend {backend!r}; choose one of {BACKENDS}")
+        raise ValueError(f"render: unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
         if device.type == "cuda" and dtype == torch.float32:
             from cos3d.render.gsplat_backend import gsplat_available
@@ -124,7 +111,7 @@ def _background(background, C: int, device, dtype) -> Tensor | None:
     if bg.shape == (3,):
         bg = bg.expand(C, 3)
     if bg.shape != (C, 3):
-        raise Cos3dError(f"render: background must have shape [3] or [C={C}, 3], got {list(bg.shape)}")
+        raise ValueError(f"render: background must have shape [3] or [C={C}, 3], got {list(bg.shape)}")
     return bg
 
 
@@ -168,11 +155,11 @@ def render(
     C, N = viewmats.shape[0], gaussians.num
     if features is not None:
         if features.ndim != 2 or features.shape[0] != N:
-            raise Cos3dError(f"render: features must have shape [N={N}, D], got {list(features.shape)}")
+            raise ValueError(f"render: features must have shape [N={N}, D], got {list(features.shape)}")
         if not features.is_floating_point():
-            raise Cos3dError(f"render: features must be a float tensor, got {features.dtype}")
+            raise TypeError(f"render: features must be a float tensor, got {features.dtype}")
     if sh_degree is not None and not 0 <= sh_degree <= gaussians.sh_degree:
-        raise Cos3dError(f"render: sh_degree={sh_degree} but the Gaussians have SH degree {gaussians.sh_degree}")
+        raise ValueError(f"render: sh_degree={sh_degree} but the Gaussians have SH degree {gaussians.sh_degree}")
     which = _resolve_backend(backend, dev, dtype)
 
     opacities = gaussians.opacities

@@ -43,7 +43,7 @@ def rasterize_gsplat(
     ``Ks`` use the corner pixel convention (gsplat samples pixel centres at ``i + 0.5``).
     """
     if means.device.type != "cuda":
-        raise Cos3dError(f"backend='gsplat' needs CUDA tensors, got Gaussians on {means.device}; use backend='torch'")
+        raise ValueError(f"backend='gsplat' needs CUDA tensors, got Gaussians on {means.device}; use backend='torch'")
     try:
         from gsplat import rasterization
     except Exception as e:  # pragma: no cover - depends on the install
