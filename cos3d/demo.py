@@ -20,12 +20,15 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cos3d.atomic import write_json
 from cos3d.errors import Cos3dError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cos3d.query.engine import QueryEngine
 
 DEMO_MARKER = "demo.json"
 
@@ -93,7 +96,9 @@ def prepare_scene(cfg: DemoConfig) -> Path:
 
 
 def train_scene(cfg: DemoConfig, scene_dir: Path) -> tuple[Path, str]:
+    from cos3d.config import apply_config
     from cos3d.train import TrainConfig, train
+    from cos3d.vision.models import ModelsConfig
 
     run = Path(cfg.workdir) / "run"
     real = _real_models_configured()
@@ -101,8 +106,9 @@ def train_scene(cfg: DemoConfig, scene_dir: Path) -> tuple[Path, str]:
     if not cfg.resume and run.exists():
         shutil.rmtree(run)
     t = time.perf_counter()
-    train(TrainConfig(scene=str(scene_dir), out=run, masks=masks, embedder=embedder, fast=True, resume=cfg.resume,
-                      progress=cfg.progress, **cfg.train_options))
+    tcfg = TrainConfig(scene=str(scene_dir), out=run, models=ModelsConfig(masks=masks, embedder=embedder),
+                       resume=cfg.resume, progress=cfg.progress, **cfg.train_options)
+    train(apply_config(tcfg, "fast"), config_files=("fast",))
     _log(f"train: {masks} masks + {embedder} embedder, fast presets, {time.perf_counter() - t:.1f} s -> {run}")
     return run, ("real 2D models (SAM2 + OpenCLIP)" if real else "oracle-2D (dataset masks + labels embedder)")
 
@@ -177,7 +183,7 @@ def demo_prompts(scene: Any) -> list[dict[str, Any]]:
     return prompts
 
 
-def answer_prompts(engine: Any, prompts: list[dict[str, Any]], protocol: str = "occlusion") -> list[DemoRow]:
+def answer_prompts(engine: QueryEngine, prompts: list[dict[str, Any]], protocol: str = "occlusion") -> list[DemoRow]:
     from cos3d.evaluate import iou
 
     test = engine.scene.split("test")
@@ -225,16 +231,14 @@ def print_table(rows: list[DemoRow], protocol_note: str, wall_s: float | None = 
 
 def run_demo(cfg: DemoConfig) -> list[DemoRow]:
     """Run the whole demo (module docstring); returns the table rows."""
-    import cos3d.trained as trained_mod
-    from cos3d.query.engine import QueryEngine
+    import cos3d
 
     t0 = time.perf_counter()
     _check_workdir(cfg)
     Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
     scene_dir = prepare_scene(cfg)
     run, protocol_note = train_scene(cfg, scene_dir)
-    ts = trained_mod.load(run)
-    engine = QueryEngine(ts)
+    engine = cos3d.load(run).engine
     t = time.perf_counter()
     engine.calibration  # noqa: B018 - computed once, reported
     _log(f"no-target calibration: threshold {engine.calibration.threshold:.3f} ({time.perf_counter() - t:.1f} s)")

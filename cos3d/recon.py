@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -27,12 +27,13 @@ from torch import Tensor
 
 from cos3d.atomic import atomic_open, write_json
 from cos3d.device import resolve_device
+from cos3d.config import ConfigError
 from cos3d.errors import Cos3dError
 from cos3d.gaussians import Gaussians
 from cos3d.render import render
 from cos3d.scene import Frame, Scene
 
-__all__ = ["ReconConfig", "reconstruct", "stage0", "init_gaussians", "evaluate_psnr", "ssim", "psnr"]
+__all__ = ["ReconConfig", "reconstruct", "init_gaussians", "evaluate_psnr", "ssim", "psnr"]
 
 INIT_MODES = ("auto", "depth", "points", "random")
 CHECKPOINT = "checkpoint.pt"
@@ -50,7 +51,7 @@ class ReconConfig:
     """Final SH degree of the colours (0-3)."""
     sh_degree_interval: int = 1000
     """Raise the active SH degree by one every this many steps."""
-    init: str = "auto"
+    init: Literal["auto", "depth", "points", "random"] = "auto"
     """Initial points: ``depth`` (back-project the RGB-D training views), ``points`` (the scene's
     sparse points, e.g. COLMAP), ``random`` (uniform in the cameras' volume) or ``auto`` (the first
     available, in that order)."""
@@ -114,45 +115,29 @@ class ReconConfig:
 
     @classmethod
     def fast(cls, **overrides: Any) -> "ReconConfig":
-        """A short schedule for quick runs, the demo and CPU tests, meant for RGB-D initialisation:
-        300 steps from at most 30k back-projected points, SH degree 1, half-opaque and 1.5× larger
-        initial Gaussians (they cover the views sooner), 2× the colour and scale learning rates, no
-        densification (the depth initialisation already covers the surfaces; pass ``densify=True`` with more steps otherwise). On the 2-core CPU
-        machine it reaches ~24 dB held-out PSNR on a 160×120 tabletop in under a minute; the full
-        schedule (the defaults) is for final quality."""
-        base = dict(
-            iterations=300,
-            sh_degree=1,
-            sh_degree_interval=150,
-            init_max_points=30_000,
-            init_opacity=0.5,
-            init_scale=1.5,
-            lr_sh0=5e-3,
-            lr_scales=1e-2,
-            lr_means_final=0.1,
-            densify=False,
-            reset_every=100_000,
-            checkpoint_every=100,
-        )
-        base.update(overrides)
-        return cls(**base)
+        """The ``recon`` section of the ``fast`` preset (``configs/fast.yaml``, where its choices are
+        explained: a short schedule from RGB-D initialisation), with ``overrides`` applied."""
+        from cos3d.config import from_dict, load_config_file
+
+        preset = load_config_file("fast")[0].get("recon", {})
+        return dataclasses.replace(from_dict(cls, preset, source="configs/fast.yaml"), **overrides)
 
     def validate(self) -> None:
-        """Raise :class:`Cos3dError` naming the first bad setting."""
+        """Raise :class:`~cos3d.config.ConfigError` naming the first bad setting."""
         if self.iterations < 0:
-            raise Cos3dError(f"iterations must be >= 0, got {self.iterations}")
+            raise ConfigError("iterations", f"must be >= 0, got {self.iterations}")
         if not 0 <= self.sh_degree <= 3:
-            raise Cos3dError(f"sh_degree must be 0..3, got {self.sh_degree}")
+            raise ConfigError("sh_degree", f"must be 0..3, got {self.sh_degree}")
         if self.init not in INIT_MODES:
-            raise Cos3dError(f"init must be one of {INIT_MODES}, got {self.init!r}")
+            raise ConfigError("init", f"must be one of {INIT_MODES}, got {self.init!r}")
         if self.voxel_size is not None and not self.voxel_size > 0:
-            raise Cos3dError(f"voxel_size must be positive or None, got {self.voxel_size}")
+            raise ConfigError("voxel_size", f"must be positive or None, got {self.voxel_size}")
         if not 0.0 <= self.ssim_weight <= 1.0:
-            raise Cos3dError(f"ssim_weight must be in [0, 1], got {self.ssim_weight}")
+            raise ConfigError("ssim_weight", f"must be in [0, 1], got {self.ssim_weight}")
         if not 0.0 < self.init_opacity < 1.0:
-            raise Cos3dError(f"init_opacity must be in (0, 1), got {self.init_opacity}")
+            raise ConfigError("init_opacity", f"must be in (0, 1), got {self.init_opacity}")
         if self.max_gaussians < 1:
-            raise Cos3dError(f"max_gaussians must be >= 1, got {self.max_gaussians}")
+            raise ConfigError("max_gaussians", f"must be >= 1, got {self.max_gaussians}")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -613,27 +598,3 @@ def _reconstruct(scene, cfg: ReconConfig, out: Path | None, device, resume: bool
         if ckpt_path is not None and ckpt_path.exists():
             ckpt_path.unlink()
     return g, metrics
-
-
-def stage0(
-    scene: Scene | str | Path,
-    out_dir: str | Path,
-    *,
-    fast: bool = False,
-    resume: bool = False,
-    progress: bool = True,
-    **overrides: Any,
-) -> tuple[Gaussians, dict[str, Any]]:
-    """One call for ``cos3d train``: load ``scene`` (a Scene or a folder), pick the preset
-    (:meth:`ReconConfig.fast` or the defaults), apply ``overrides`` (ReconConfig field names) and
-    run :func:`reconstruct` into ``out_dir``."""
-    if not isinstance(scene, Scene):
-        from cos3d.readers import load_scene
-
-        scene = load_scene(scene)
-    names = {f.name for f in dataclasses.fields(ReconConfig)}
-    bad = sorted(set(overrides) - names)
-    if bad:
-        raise Cos3dError(f"unknown stage-0 settings {bad}; known: {sorted(names)}")
-    cfg = ReconConfig.fast(**overrides) if fast else ReconConfig(**overrides)
-    return reconstruct(scene, cfg, out_dir, resume=resume, progress=progress)

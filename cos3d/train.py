@@ -1,16 +1,10 @@
 """``cos3d train``: stage 0 (Gaussians) → masks → stage 1 (instance field) → stage 2 (Ins2Lang).
 
-Each stage writes its artefacts atomically into the run folder (docs/architecture.md)::
-
-    RUN/run.json        config, package versions, per-stage status + timings, counts, metrics
-    RUN/gaussians.ply   stage 0 (or the scene imported with --gaussians)
-    RUN/masks/          the per-view mask + embedding cache (cos3d.vision.cache) of the training views
-    RUN/fields.pt       per level: instance [N, d], language [N, D] fp16, anchors, targets, d̄
-    RUN/checkpoints/    stage 1's resumable checkpoint while it runs (removed when the stage ends)
-
-A stage is *finished* when its artefact exists and ``run.json`` marks it done; ``resume=True`` skips
-finished stages, and stage 1 continues from its last checkpoint. Re-running a stage marks every
-later stage as not done.
+:class:`TrainConfig` is the command line (:mod:`cos3d.config` derives ``cos3d train``'s flags from
+it; presets such as ``--fast`` are files in ``configs/``). Each stage writes its artefacts
+atomically into the run folder, whose layout :mod:`cos3d.run_folder` owns. A stage is *finished*
+when its artefact exists and ``run.json`` marks it done; ``resume=True`` skips finished stages, and
+stage 1 continues from its last checkpoint. Re-running a stage marks every later stage as not done.
 
 Fields of several levels are trained jointly, stacked (see :mod:`cos3d.field.instance`).
 """
@@ -27,149 +21,121 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 
-from cos3d.atomic import atomic_path, write_json
+from cos3d.atomic import atomic_path
+from cos3d.config import ConfigError, to_dict
 from cos3d.device import resolve_device
 from cos3d.errors import Cos3dError
 from cos3d.field.ins2lang import Ins2LangConfig
 from cos3d.field.instance import InstanceConfig
+from cos3d.recon import ReconConfig
+from cos3d.run_folder import STAGE_TITLES, STAGES, RunFolder, RunRecord
+from cos3d.vision.models import ModelsConfig
 
-__all__ = ["STAGES", "FAST_ITERATIONS", "FULL_ITERATIONS", "TrainConfig", "train", "read_fields", "FIELDS_FORMAT"]
+__all__ = ["TrainConfig", "train"]
 
-STAGES = ("recon", "masks", "instance", "language")
-"""Stage names in order (``--stage``; ``all`` runs every one)."""
-STAGE_TITLES = {
-    "recon": "stage 0 gaussians",
-    "masks": "masks",
-    "instance": "stage 1 instance",
-    "language": "stage 2 language",
-}
-FAST_ITERATIONS = (50, 500, 3000)
-"""Stage-1 iterations with ``fast=True``: 50 per training view, clamped to [500, 3000] (COS3D's fast
-setting, 3k, is the cap; each iteration sees a whole view, so small scenes need fewer)."""
-FULL_ITERATIONS = (300, 3000, 30000)
-"""Stage-1 iterations otherwise: 300 per training view, clamped to [3000, 30000] (COS3D's 30k cap)."""
-FIELDS_FORMAT = "cos3d-fields"
-RUN_FORMAT = "cos3d-run"
-MASK_PROVIDERS = ("dataset", "sam2", "classical")
-EMBEDDERS = ("labels", "openclip", "siglip")
+Level = Literal["s", "m", "l"]
 
 
 @dataclass
 class TrainConfig:
-    """What ``cos3d train`` does. Every field is a CLI flag of the same name."""
+    """What ``cos3d train`` does: every field is a flag (``--max-per-pixel``, ``--recon.iterations``)."""
 
     scene: str
-    """Scene folder, or a name under ``data_root``."""
+    """Scene folder, or a name like scannet/scene0000 looked up under --data-root."""
     out: Path | None = None
-    """Run folder (default ``runs/<scene folder name>``)."""
+    """Run folder (default: runs/<scene folder name>)."""
     data_root: Path | None = None
-    """Where named scenes live (default ``$COS3D_DATA``, else ``./data``)."""
-    masks: str = "dataset"
-    """Mask provider: ``dataset`` (the scene's instance maps; oracle-2D), ``sam2``, ``classical``."""
-    embedder: str = "labels"
-    """Mask embedder: ``labels`` (names → sentence encoder; oracle-2D), ``openclip``, ``siglip``."""
-    fast: bool = False
-    """Fast presets: stage 0's fast preset, :data:`FAST_ITERATIONS` stage-1 iterations."""
+    """Where named scenes live (default: $COS3D_DATA, else ./data)."""
+    models: ModelsConfig = field(default_factory=ModelsConfig, metadata={"flatten": True})
+    """2D models"""
+    mask_cache: Path | None = None
+    """Per-view 2D cache folder, shared with `cos3d prepare masks` (default: SCENE/cos3d_masks/<models>)."""
     resume: bool = False
     """Skip finished stages; continue stage 1 from its checkpoint."""
-    stage: str = "all"
-    """Run one stage (``recon``, ``masks``, ``instance``, ``language``) or ``all``."""
+    restart: bool = False
+    """Re-run the stages of a run folder that has finished ones (without it, such a folder is refused)."""
+    stage: Literal["recon", "masks", "instance", "language", "all"] = "all"
+    """Run one stage only (its predecessors must be finished), or all."""
     gaussians: Path | None = None
-    """Import a trained scene (.ply: graphdeco/gsplat/splatfacto) instead of running stage 0."""
-    levels: tuple[str, ...] = ("l", "s")
-    """Mask levels to train a field for (``s``, ``m``, ``l``)."""
+    """Import a trained scene (.ply from graphdeco 3DGS, gsplat, splatfacto) instead of running stage 0."""
+    levels: tuple[Level, ...] = ("l", "s")
+    """Mask levels to train a field for (a comma list of s, m, l)."""
     iterations: int | None = None
-    """Stage-1 iterations (default: by ``fast``)."""
+    """Stage-1 iterations (default: iterations-per-view × training views within [iterations-min, iterations-max])."""
+    iterations_per_view: int = 300
+    """Stage-1 iterations per training view when --iterations is not given (each step sees a whole view)."""
+    iterations_min: int = 3000
+    """Lower clamp of the per-view rule."""
+    iterations_max: int = 30000
+    """Upper clamp of the per-view rule (COS3D trains 30k; its fast setting 3k)."""
     seed: int = 0
-    """Seed of stage 1 (init, view order) and of stage 2's samplers."""
+    """Seed of every stage (stage-0 init and view order, stage-1 init, stage-2 samplers)."""
     device: str = "auto"
-    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ..."""
+    """auto (CUDA when available), cpu, cuda, cuda:1 ..."""
     max_per_pixel: int | None = None
-    """Keep at most this many blending weights per pixel in the cached view weights (None: all)."""
+    """Keep at most this many blending weights per pixel in the cached view weights (default: all)."""
     max_pixels_per_view: int | None = None
-    """Keep the weights of only a seeded sample of this many pixels per view (bounds memory on large
-    scenes; None keeps every covered pixel)."""
+    """Cache the weights of only a seeded sample of this many pixels per view (bounds memory on large scenes)."""
     cache_weights: bool = False
-    """Also keep the per-view blending weights on disk (``RUN/cache/weights``) for later runs."""
-    instance: InstanceConfig = field(default_factory=InstanceConfig)
-    """Stage-1 hyperparameters (``iterations`` and ``seed`` above take precedence)."""
-    ins2lang: Ins2LangConfig = field(default_factory=Ins2LangConfig)
-    """Stage-2 settings (kernel regression / MLP, smoothing)."""
-    mask_options: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for the mask provider (``perturb``, ``checkpoint`` ...)."""
-    embedder_options: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for the embedder (``checkpoint``, ``model`` ...)."""
-    recon_options: dict[str, Any] = field(default_factory=dict)
-    """Overrides of stage 0's ``ReconConfig`` fields."""
+    """Also keep the per-view blending weights on disk (RUN/cache/weights) for later runs."""
     threads: int | None = None
-    """CPU threads for torch while training (None: ``$COS3D_THREADS`` if set, else torch's default). On a
-    busy machine 1 thread can be several times faster than an oversubscribed default."""
+    """CPU threads for torch (default: $COS3D_THREADS if set, else torch's); 1 is often faster on a busy machine."""
     progress: bool = True
     """Show progress bars."""
-    hook: Callable[[str, int], None] | None = field(default=None, repr=False, compare=False)
+    recon: ReconConfig = field(
+        default_factory=ReconConfig, metadata={"exclude": ("seed", "device", "threads", "progress")}
+    )
+    """stage 0: photometric 3DGS"""
+    instance: InstanceConfig = field(default_factory=InstanceConfig, metadata={"exclude": ("iterations", "seed")})
+    """stage 1: instance field"""
+    ins2lang: Ins2LangConfig = field(default_factory=Ins2LangConfig, metadata={"exclude": ("seed",)})
+    """stage 2: instance-to-language mapping"""
+    hook: Callable[[str, int], None] | None = field(default=None, repr=False, compare=False, metadata={"cli": False})
     """Called as ``hook(stage, iteration)`` after each stage-1 step (tests simulate kills with it)."""
 
     def stage1_iterations(self, n_views: int) -> int:
-        """``iterations`` if set, else the preset's rule for ``n_views`` training views."""
+        """``iterations`` if set, else the per-view rule for ``n_views`` training views."""
         if self.iterations is not None:
             return int(self.iterations)
-        per_view, lo, hi = FAST_ITERATIONS if self.fast else FULL_ITERATIONS
-        return int(min(hi, max(lo, per_view * n_views)))
+        return int(min(self.iterations_max, max(self.iterations_min, self.iterations_per_view * n_views)))
 
     def validate(self) -> None:
-        if self.masks not in MASK_PROVIDERS:
-            raise Cos3dError(f"--masks must be one of {', '.join(MASK_PROVIDERS)}, got {self.masks!r}")
-        if self.embedder not in EMBEDDERS:
-            raise Cos3dError(f"--embedder must be one of {', '.join(EMBEDDERS)}, got {self.embedder!r}")
-        if self.embedder == "labels" and self.masks != "dataset":
-            raise Cos3dError(
-                "--embedder labels embeds mask names, which only --masks dataset provides (oracle-2D protocol); "
-                "use --embedder openclip or siglip with --masks sam2/classical"
-            )
-        if self.stage not in STAGES + ("all",):
-            raise Cos3dError(f"--stage must be one of {', '.join(STAGES)}, all; got {self.stage!r}")
+        """Raise :class:`~cos3d.config.ConfigError` naming the first bad setting."""
+        try:
+            self.models.validate()
+        except ConfigError as e:
+            raise ConfigError(f"models.{e.key}", e.problem) from None
         if not self.levels:
-            raise Cos3dError("--levels must name at least one level (s, m, l)")
-        for lev in self.levels:
-            if lev not in ("s", "m", "l"):
-                raise Cos3dError(f"--levels: unknown level {lev!r}; use a comma list of s, m, l (e.g. l,s)")
+            raise ConfigError("levels", "must name at least one level (s, m, l)")
         if len(set(self.levels)) != len(self.levels):
-            raise Cos3dError(f"--levels lists a level twice: {','.join(self.levels)}")
-        if self.iterations is not None and self.iterations < 1:
-            raise Cos3dError(f"--iterations must be positive, got {self.iterations}")
-        if self.max_per_pixel is not None and self.max_per_pixel < 1:
-            raise Cos3dError(f"--max-per-pixel must be positive, got {self.max_per_pixel}")
+            raise ConfigError("levels", f"lists a level twice: {','.join(self.levels)}")
+        positive = {
+            "iterations": self.iterations,
+            "iterations_per_view": self.iterations_per_view,
+            "iterations_min": self.iterations_min,
+            "iterations_max": self.iterations_max,
+            "max_per_pixel": self.max_per_pixel,
+            "threads": self.threads,
+        }
+        for key, v in positive.items():
+            if v is not None and v < 1:
+                raise ConfigError(key, f"must be positive, got {v}")
+        if self.iterations_min > self.iterations_max:
+            raise ConfigError("iterations_min", f"{self.iterations_min} exceeds iterations-max {self.iterations_max}")
         if self.max_pixels_per_view is not None and self.max_pixels_per_view < 100:
-            raise Cos3dError(f"--max-pixels-per-view must be at least 100, got {self.max_pixels_per_view}")
+            raise ConfigError("max_pixels_per_view", f"must be at least 100, got {self.max_pixels_per_view}")
         if self.gaussians is not None and not Path(self.gaussians).is_file():
-            raise Cos3dError(f"--gaussians {self.gaussians}: no such file")
-        if self.threads is not None and self.threads < 1:
-            raise Cos3dError(f"--threads must be positive, got {self.threads}")
+            raise ConfigError("gaussians", f"{self.gaussians}: no such file")
         if self.ins2lang.method not in ("kernel", "mlp"):
-            raise Cos3dError(f"--ins2lang must be kernel or mlp, got {self.ins2lang.method!r}")
-
-    def to_json(self) -> dict[str, Any]:
-        d = {}
-        for f in dataclasses.fields(self):
-            if f.name == "hook":
-                continue
-            v = getattr(self, f.name)
-            if dataclasses.is_dataclass(v):
-                v = dataclasses.asdict(v)
-            elif isinstance(v, Path):
-                v = str(v)
-            elif isinstance(v, tuple):
-                v = list(v)
-            d[f.name] = v
-        return json.loads(json.dumps(d, default=str))
-
-
-# --------------------------------------------------------------------------------------------------
-# Run folder bookkeeping
+            raise ConfigError("ins2lang.method", f"must be kernel or mlp, got {self.ins2lang.method!r}")
+        try:
+            self.recon.validate()
+        except ConfigError as e:
+            raise ConfigError(f"recon.{e.key}", e.problem) from None
 
 
 def _versions() -> dict[str, str]:
@@ -195,79 +161,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-class RunState:
-    """``run.json``: read, updated per stage, written atomically."""
-
-    def __init__(self, run_dir: Path, data: dict[str, Any]):
-        self.run_dir = run_dir
-        self.data = data
-
-    @property
-    def path(self) -> Path:
-        return self.run_dir / "run.json"
-
-    @classmethod
-    def read(cls, run_dir: Path) -> "RunState | None":
-        p = run_dir / "run.json"
-        if not p.is_file():
-            return None
-        try:
-            data = json.loads(p.read_text())
-            if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
-                raise ValueError("not a cos3d run.json")
-        except (OSError, ValueError) as e:
-            raise Cos3dError(f"{p}: unreadable run record ({e}); delete {run_dir} or choose another --out") from None
-        return cls(run_dir, data)
-
-    def save(self) -> None:
-        write_json(self.path, self.data)
-
-    def done(self, stage: str) -> bool:
-        return bool(self.data.get("stages", {}).get(stage, {}).get("done"))
-
-    def mark(self, stage: str, seconds: float, **info: Any) -> None:
-        st = self.data.setdefault("stages", {})
-        st[stage] = {"done": True, "time_s": round(seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
-        self.save()
-
-    def invalidate_from(self, stage: str) -> None:
-        st = self.data.setdefault("stages", {})
-        for s in STAGES[STAGES.index(stage) :]:
-            if s in st:
-                st[s]["done"] = False
-        self.save()
-
-
-# --------------------------------------------------------------------------------------------------
-# fields.pt
-
-
-def read_fields(path: str | Path) -> dict[str, Any]:
-    """Load ``fields.pt``; raises :class:`Cos3dError` naming the file when it is missing or corrupt."""
-    path = Path(path)
-    if not path.is_file():
-        raise Cos3dError(f"{path}: missing; run `cos3d train` (stages instance and language) for this run")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if (
-            not isinstance(data, dict)
-            or data.get("format") != FIELDS_FORMAT
-            or not isinstance(data.get("levels"), dict)
-        ):
-            raise ValueError("not a cos3d fields file")
-    except Exception as e:
-        raise Cos3dError(
-            f"{path}: corrupt fields file ({type(e).__name__}: {str(e)[:100]}); delete it and re-run "
-            "`cos3d train --resume` to recompute stages 1-2"
-        ) from None
-    return data
-
-
-def _write_fields(path: Path, data: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(data, tmp)
-
-
 # --------------------------------------------------------------------------------------------------
 # The pipeline
 
@@ -279,32 +172,43 @@ def _log(msg: str) -> None:
 class _Session:
     """State shared by the stages of one ``train`` call (loaded lazily, kept in memory)."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, state: RunState, scene: Any, device: torch.device):
+    def __init__(self, cfg: TrainConfig, state: RunRecord, scene: Any, device: torch.device):
         self.cfg = cfg
-        self.run_dir = run_dir
+        self.run = state.folder
         self.state = state
         self.scene = scene
         self.device = device
         self._gaussians = None
         self._weights = None
         self._masks = None
+        self._mask_dir: Path | None = None
 
     # ---- paths
     @property
+    def run_dir(self) -> Path:
+        return self.run.root
+
+    @property
     def ply(self) -> Path:
-        return self.run_dir / "gaussians.ply"
+        return self.run.ply
 
     @property
     def mask_dir(self) -> Path:
-        return self.run_dir / "masks"
+        """The shared 2D cache of this run's masks: set by the masks stage, else the recorded one."""
+        if self._mask_dir is not None:
+            return self._mask_dir
+        recorded = self.state.mask_cache
+        if recorded is None:
+            raise Cos3dError(f"{self.run.run_json}: the masks stage has not run; run --stage masks or --stage all")
+        return recorded
 
     @property
     def fields_path(self) -> Path:
-        return self.run_dir / "fields.pt"
+        return self.run.fields
 
     @property
     def checkpoint(self) -> Path:
-        return self.run_dir / "checkpoints" / "instance.pt"
+        return self.run.instance_checkpoint
 
     def train_frames(self) -> list:
         return list(self.scene.split("train"))
@@ -314,7 +218,9 @@ class _Session:
         if stage == "recon":
             return self.ply.is_file()
         if stage == "masks":
-            man = self.mask_dir / "manifest.json"
+            if self.state.mask_cache is None:
+                return False
+            man = self.state.mask_cache / "manifest.json"
             if not man.is_file():
                 return False
             try:
@@ -325,7 +231,7 @@ class _Session:
         if stage in ("instance", "language"):
             if not self.fields_path.is_file():
                 return False
-            data = read_fields(self.fields_path)
+            data = self.run.read_fields()
             key = "instance" if stage == "instance" else "language"
             return all(key in data["levels"].get(lev, {}) for lev in self.cfg.levels)
         raise AssertionError(stage)
@@ -352,12 +258,12 @@ class _Session:
         """``[(frame index in masks(), ViewWeights)]`` for training views that see any Gaussian."""
         if self._weights is not None:
             return self._weights
-        from cos3d.field.instance import ViewWeights
+        from cos3d.field.view_weights import ViewWeights
         from cos3d.render import compute_contributions
 
         g = self.gaussians()
         frames = self.train_frames()
-        cache_dir = self.run_dir / "cache" / "weights" if self.cfg.cache_weights else None
+        cache_dir = self.run.weights_cache if self.cfg.cache_weights else None
         key = None
         if cache_dir is not None:
             st = self.ply.stat()
@@ -374,7 +280,7 @@ class _Session:
                 if p.is_file():
                     try:
                         st = torch.load(p, map_location="cpu", weights_only=True)
-                        if st.get("key") == key and st.get("camera") == _camera_key(f.camera):
+                        if st.get("key") == key and st.get("camera") == f.camera.key():
                             vw = ViewWeights.from_state_dict(st["weights"], device=self.device)
                     except Exception:  # a corrupt cache entry is rebuilt
                         vw = None
@@ -391,7 +297,7 @@ class _Session:
                 del contrib
                 if cache_dir is not None:
                     with atomic_path(cache_dir / f"{f.name}.pt") as tmp:
-                        torch.save({"key": key, "camera": _camera_key(f.camera), "weights": vw.state_dict()}, tmp)
+                        torch.save({"key": key, "camera": f.camera.key(), "weights": vw.state_dict()}, tmp)
             if vw.nnz > 0:
                 out.append((i, vw))
         if not out:
@@ -401,12 +307,6 @@ class _Session:
             )
         self._weights = out
         return out
-
-
-def _camera_key(cam) -> str:
-    import hashlib
-
-    return hashlib.sha1(cam.K.tobytes() + cam.c2w.tobytes() + f"{cam.width}x{cam.height}".encode()).hexdigest()[:16]
 
 
 def _bar(it, desc: str, enabled: bool, **kw):
@@ -438,17 +338,11 @@ def _stage_recon(s: _Session) -> dict[str, Any]:
         s._gaussians = None
         _log(f"stage 0: imported {g.num} Gaussians from {src} (no held-out PSNR for an imported scene)")
         return {"source": "import", "path": str(src.resolve()), "n_gaussians": g.num, "psnr_test": None}
-    import os
+    from cos3d.recon import reconstruct
 
-    from cos3d.recon import stage0
-
-    overrides = dict(cfg.recon_options)
-    overrides.setdefault("seed", cfg.seed)
-    overrides.setdefault("device", str(s.device))
-    if cfg.threads:
-        overrides.setdefault("threads", cfg.threads)
-    work = s.run_dir / "recon"
-    g, metrics = stage0(s.scene, work, fast=cfg.fast, resume=cfg.resume, progress=cfg.progress, **overrides)
+    rcfg = dataclasses.replace(cfg.recon, seed=cfg.seed, device=str(s.device), threads=cfg.threads, progress=cfg.progress)
+    work = s.run.recon_dir
+    g, metrics = reconstruct(s.scene, rcfg, work, resume=cfg.resume, progress=cfg.progress)
     n = int(g.num)
     del g
     os.replace(work / "gaussians.ply", s.ply)  # same folder tree: an atomic rename
@@ -464,7 +358,7 @@ def _stage_recon(s: _Session) -> dict[str, Any]:
     )
     return {
         "source": "recon",
-        "fast": cfg.fast,
+        "iterations": rcfg.iterations,
         "n_gaussians": n,
         "psnr_test": psnr if ok else None,
         "metrics": metrics,
@@ -475,20 +369,17 @@ def _stage_recon(s: _Session) -> dict[str, Any]:
 
 
 def _stage_masks(s: _Session) -> dict[str, Any]:
-    from cos3d.vision import create_embedder, create_mask_provider, prepare_masks
+    from cos3d.vision import prepare_masks
+    from cos3d.vision.models import mask_cache_dir
 
     cfg = s.cfg
-    mopts = dict(cfg.mask_options)
-    if cfg.masks == "dataset":
-        mopts.setdefault("scene", s.scene)
-    if cfg.masks == "sam2":
-        mopts.setdefault("device", str(s.device))
-    provider = create_mask_provider(cfg.masks, **mopts)
-    eopts = dict(cfg.embedder_options)
-    eopts.setdefault("device", "cpu" if cfg.embedder == "labels" else str(s.device))
-    embedder = create_embedder(cfg.embedder, **eopts)
+    models = cfg.models
+    provider = models.create_provider(s.scene, device=str(s.device))
+    embedder = models.create_embedder(device=str(s.device))
+    cache = Path(cfg.mask_cache) if cfg.mask_cache is not None else mask_cache_dir(s.scene.root, provider, embedder)
+    s._mask_dir = cache
     frames = s.train_frames()
-    stats = prepare_masks(s.scene, frames, provider, embedder, s.mask_dir, progress=cfg.progress)
+    stats = prepare_masks(s.scene, frames, provider, embedder, cache, progress=cfg.progress)
     s._masks = None
     counts = {lev: 0 for lev in cfg.levels}
     from cos3d.vision import level_index
@@ -498,14 +389,14 @@ def _stage_masks(s: _Session) -> dict[str, Any]:
             counts[lev] += int((ms.level == level_index(lev)).sum())
     if sum(counts.values()) == 0:
         raise Cos3dError(
-            f"the {cfg.masks!r} mask provider found no masks at levels {','.join(cfg.levels)} in any of the "
+            f"the {models.masks!r} mask provider found no masks at levels {','.join(cfg.levels)} in any of the "
             f"{len(frames)} training views of {s.scene.root}; check the images (and instance maps for 'dataset'), "
             "try another provider (--masks sam2|classical|dataset) or other --levels"
         )
-    if cfg.masks == "dataset":
+    if models.oracle_2d:
         _log(
             "note: dataset masks"
-            + (" + labels embeddings" if cfg.embedder == "labels" else "")
+            + (" + labels embeddings" if models.embedder == "labels" else "")
             + " follow the oracle-2D protocol; results measure the 3D machinery, not CLIP/SAM"
         )
     return {
@@ -513,8 +404,9 @@ def _stage_masks(s: _Session) -> dict[str, Any]:
         "n_masks": counts,
         "computed": stats.done,
         "cached": stats.skipped,
-        "provider": {"name": cfg.masks, "model_id": provider.model_id},
-        "embedder": {"name": cfg.embedder, "model_id": embedder.model_id, "dim": int(embedder.dim)},
+        "cache": str(cache.resolve()),
+        "provider": {"name": provider.name, "model_id": provider.model_id},
+        "embedder": {"name": embedder.name, "model_id": embedder.model_id, "dim": int(embedder.dim)},
     }
 
 
@@ -582,13 +474,12 @@ def _stage_instance(s: _Session) -> dict[str, Any]:
         views, labels, levels, icfg, checkpoint=s.checkpoint, hook=hook, progress=cfg.progress, log=_log
     )
     data = {
-        "format": FIELDS_FORMAT,
         "version": 1,
         "n_gaussians": g.num,
         "instance_dim": icfg.dim,
         "levels": {lev: {"instance": feats[lev]} for lev in levels},
     }
-    _write_fields(s.fields_path, data)
+    s.run.write_fields(data)
     if s.checkpoint.exists():
         s.checkpoint.unlink()
     with contextlib.suppress(OSError):
@@ -616,7 +507,7 @@ def _stage_language(s: _Session) -> dict[str, Any]:
 
     cfg = s.cfg
     icfg2 = dataclasses.replace(cfg.ins2lang, seed=cfg.seed)
-    data = read_fields(s.fields_path)
+    data = s.run.read_fields()
     levels = [lev for lev in cfg.levels if "instance" in data["levels"].get(lev, {})]
     if not levels:
         raise Cos3dError(
@@ -678,44 +569,53 @@ def _stage_language(s: _Session) -> dict[str, Any]:
     data["embedder"] = man.get("embedder", {})
     data["language_dim"] = int(next(iter(out_levels.values()))["language"].shape[1])
     data["ins2lang"] = dataclasses.asdict(icfg2)
-    _write_fields(s.fields_path, data)
+    s.run.write_fields(data)
     return info
 
 
 _STAGE_FN = {"recon": _stage_recon, "masks": _stage_masks, "instance": _stage_instance, "language": _stage_language}
 
 
-def _prepare_run(cfg: TrainConfig, scene_root: Path) -> tuple[Path, RunState]:
+def _prepare_run(cfg: TrainConfig, scene_root: Path, config_files: tuple[str, ...], todo: tuple[str, ...]) -> RunRecord:
     out = Path(cfg.out) if cfg.out is not None else Path("runs") / scene_root.name
     if out.exists() and not out.is_dir():
-        raise Cos3dError(f"--out {out} is a file; choose a folder")
-    state = RunState.read(out) if out.is_dir() else None
-    if state is None and out.is_dir() and any(out.iterdir()):
-        known = {"run.json", "gaussians.ply", "masks", "fields.pt", "checkpoints", "recon", "cache"}
-        if not {p.name for p in out.iterdir()} <= known:
-            raise Cos3dError(f"--out {out} exists and is not a cos3d run folder; choose another --out or empty it")
+        raise ConfigError("out", f"{out} is a file; choose a folder")
+    run = RunFolder(out)
+    if run.is_foreign():
+        raise ConfigError("out", f"{out} exists and is not a cos3d run folder; choose another folder or empty it")
+    state = run.read_record()
     if state is not None:
-        recorded = state.data.get("scene")
+        recorded = state.scene
         if recorded and Path(recorded) != scene_root:
-            raise Cos3dError(
-                f"--out {out} holds a run of scene {recorded}, not {scene_root}; choose another --out "
-                "(or delete the folder)" + ("" if cfg.resume else "; --resume continues a run of the same scene only")
+            raise ConfigError(
+                "out",
+                f"{out} holds a run of scene {recorded}, not {scene_root}; choose another folder (or delete it)",
             )
-    if state is None:
-        state = RunState(out, {"format": RUN_FORMAT, "version": 1, "scene": str(scene_root), "stages": {}})
+        done = [st for st in todo if state.done(st)]
+        if done and not (cfg.resume or cfg.restart):
+            raise ConfigError(
+                "out",
+                f"{out} holds a run whose stages {', '.join(done)} are finished; continue it with --resume, or "
+                "re-run them with --restart (finished stages stay valid until their new output replaces them)",
+            )
+    else:
+        state = run.new_record(scene_root)
     state.data["scene"] = str(scene_root)
     state.data["scene_arg"] = cfg.scene
-    state.data["config"] = cfg.to_json()
+    state.data["config"] = to_dict(cfg)
+    state.data["config_files"] = list(config_files)
     state.data["versions"] = _versions()
     state.data.setdefault("counts", {})
     state.data.setdefault("timings", {})
     out.mkdir(parents=True, exist_ok=True)
     state.save()
-    return out, state
+    return state
 
 
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: TrainConfig, *, config_files: tuple[str, ...] = ()) -> Path:
     """Run ``cfg.stage`` (or every stage) of ``cos3d train``; returns the run folder.
+
+    ``config_files`` (the presets/files the config came from) are recorded in ``run.json``.
 
     Raises :class:`Cos3dError` for bad input (unknown scene, a run folder of another scene, no masks,
     a corrupt ``fields.pt`` or checkpoint), each naming the file or flag to fix.
@@ -733,27 +633,29 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     try:
-        return _train(cfg)
+        return _train(cfg, tuple(config_files))
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _train(cfg: TrainConfig) -> Path:
+def _train(cfg: TrainConfig, config_files: tuple[str, ...]) -> Path:
     from cos3d.readers import load_scene
 
     scene = load_scene(cfg.scene, cfg.data_root)
     scene_root = Path(scene.root).resolve()
     device = resolve_device(cfg.device)
-    run_dir, state = _prepare_run(cfg, scene_root)
-    s = _Session(cfg, run_dir, state, scene, device)
-    todo = STAGES if cfg.stage == "all" else (cfg.stage,)
-    if cfg.gaussians is not None and "recon" not in todo and not s.ply.is_file():
-        todo = ("recon",) + tuple(todo)
+    todo: tuple[str, ...] = STAGES if cfg.stage == "all" else (cfg.stage,)
+    out = Path(cfg.out) if cfg.out is not None else Path("runs") / scene_root.name
+    if cfg.gaussians is not None and "recon" not in todo and not RunFolder(out).ply.is_file():
+        todo = ("recon", *todo)
+    state = _prepare_run(cfg, scene_root, config_files, todo)
+    run_dir = state.folder.root
+    s = _Session(cfg, state, scene, device)
     _log(f"cos3d train: scene {scene_root} -> run {run_dir} on {device}")
     t_all = time.perf_counter()
     for stage in todo:
         title = STAGE_TITLES[stage]
-        if cfg.resume and state.done(stage) and s.artefact_ok(stage):
+        if cfg.resume and state.done(stage) and not state.running(stage) and s.artefact_ok(stage):
             _log(f"{title}: finished earlier, skipped (--resume)")
             continue
         # a stage needs the artefacts of the stages before it
@@ -761,16 +663,18 @@ def _train(cfg: TrainConfig) -> Path:
             if prev in todo:
                 continue
             if not (state.done(prev) and s.artefact_ok(prev)):
-                raise Cos3dError(
-                    f"--stage {stage} needs stage {prev}'s output in {run_dir}, which is missing; run --stage {prev} "
-                    "first, or --stage all"
+                raise ConfigError(
+                    "stage",
+                    f"{stage} needs stage {prev}'s output in {run_dir}, which is missing; run --stage {prev} "
+                    "first, or --stage all",
                 )
-        if stage == "recon" and cfg.gaussians is None and cfg.resume is False and s.ply.is_file():
-            pass  # re-running stage 0 replaces gaussians.ply
-        state.invalidate_from(stage)  # a stage that is re-run (or killed) is not done, nor are its successors
+        state.begin(stage)  # a finished stage stays valid (loadable) until its new output replaces it
         t0 = time.perf_counter()
         info = _STAGE_FN[stage](s)
         dt = time.perf_counter() - t0
+        # the stage's new output has replaced the old: later stages were computed from the old one
+        if stage != STAGES[-1]:
+            state.invalidate_from(STAGES[STAGES.index(stage) + 1])
         state.mark(stage, dt, **info)
         state.data["timings"][stage] = round(dt, 3)
         _update_counts(s, stage, info)

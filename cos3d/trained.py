@@ -9,15 +9,30 @@ registry) and a query engine (:mod:`cos3d.query.engine`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor
 
 from cos3d.errors import Cos3dError
+from cos3d.run_folder import RunFolder, RunRecord
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from cos3d.query.engine import (
+        BinaryInput,
+        ClickInput,
+        ImageInput,
+        PointsInput,
+        QueryEngine,
+        QueryResult,
+        WithinObject,
+    )
+    from cos3d.train import TrainConfig
+    from cos3d.vision.base import Embedder
 
 __all__ = ["LevelField", "TrainedScene", "load"]
 
@@ -70,9 +85,9 @@ class TrainedScene:
 
     # ---- recorded information
     @property
-    def config(self) -> dict[str, Any]:
-        """The :class:`cos3d.train.TrainConfig` the run was trained with, as a dict."""
-        return self.record.get("config", {})
+    def config(self) -> "TrainConfig":
+        """The :class:`cos3d.train.TrainConfig` the run was trained with."""
+        return RunRecord(RunFolder(self.run_dir), self.record).train_config()
 
     @property
     def levels(self) -> list[str]:
@@ -84,7 +99,7 @@ class TrainedScene:
 
     @property
     def embedder_name(self) -> str:
-        return str(self.config.get("embedder", "labels"))
+        return self.config.models.embedder
 
     @property
     def embedder_model_id(self) -> str | None:
@@ -106,22 +121,16 @@ class TrainedScene:
         return self._scene
 
     @property
-    def embedder(self):
+    def embedder(self) -> Embedder:
         """The run's embedder, created on first use from its config (``cos3d.vision.create_embedder``)."""
         if self._embedder is None:
-            from cos3d.vision import create_embedder
-
-            opts = dict(self.config.get("embedder_options") or {})
-            if self.embedder_name == "labels":
-                opts.setdefault("device", "cpu")
-            elif "device" not in opts:
-                opts["device"] = str(self.device)
-            emb = create_embedder(self.embedder_name, **opts)
+            models = self.config.models
+            emb = models.create_embedder(device="cpu" if models.embedder == "labels" else str(self.device))
             want = self.embedder_model_id
-            if want and getattr(emb, "model_id", want) != want:
+            if want and emb.model_id != want:
                 raise Cos3dError(
                     f"{self.run_dir}: trained with embedder {want} but {emb.model_id} was loaded; "
-                    "configure the same weights (see run.json config.embedder_options)"
+                    "configure the same weights (see run.json config.models)"
                 )
             D = next(iter(self.fields.values())).language.shape[1]
             if int(emb.dim) != D:
@@ -140,13 +149,52 @@ class TrainedScene:
                 f"{self.run_dir}: no field for level {level!r}; trained levels: {', '.join(self.fields)}"
             ) from None
 
-    def query(self, *args: Any, **kwargs: Any):
-        """Answer a prompt: delegates to :class:`cos3d.query.engine.QueryEngine` (created once)."""
+    @property
+    def engine(self) -> QueryEngine:
+        """The run's :class:`cos3d.query.engine.QueryEngine`, created on first use (reads the scene and
+        the embedder) and then shared: :meth:`query`, ``cos3d query`` and ``cos3d view`` all use it."""
         if self._engine is None:
             from cos3d.query.engine import QueryEngine
 
             self._engine = QueryEngine(self)
-        return self._engine.query(*args, **kwargs)
+        return self._engine
+
+    def query(
+        self,
+        text: str | None = None,
+        *,
+        image: ImageInput | None = None,
+        box: Sequence[float] | None = None,
+        mask: BinaryInput | None = None,
+        scribble: BinaryInput | None = None,
+        points: PointsInput | None = None,
+        point_labels: np.ndarray | Sequence[int] | None = None,
+        click: ClickInput | None = None,
+        within: str | QueryResult | None = None,
+        within_object: WithinObject | QueryResult | None = None,
+        level: str | None = None,
+        refine: str | None = None,
+    ) -> QueryResult:
+        """Answer one prompt with :attr:`engine` (:meth:`cos3d.query.engine.QueryEngine.query`).
+
+        Args:
+            text: a text prompt (``"red mug"``); combines with ``image`` (normalised sum).
+            image: a reference image (uint8 ``[H, W, 3]`` or a path), with one region prompt:
+                ``box`` ``[x0, y0, x1, y1]`` pixels, ``mask`` / ``scribble`` (bool ``[H, W]`` or a PNG), or
+                ``points`` ``[K, 2]`` (x, y) with optional ``point_labels`` (1 object, 0 background).
+            click: ``(view, x, y)``, ``"VIEW:x,y"`` or a ``Click``: the object under that pixel.
+            within: a parent prompt (or an earlier answer) for a part query: ``query("head", within="robot")``.
+            within_object: a parent object id (as printed), an ``Object3D`` or Gaussian ids.
+            level: the field level to answer on (default ``l``; the part level for part queries).
+            refine: ``"fast"`` (default) or ``"reference"``.
+
+        Raises:
+            Cos3dError: for a bad prompt (empty text, a box outside the image, an unknown view...).
+        """
+        return self.engine.query(
+            text, image=image, box=box, mask=mask, scribble=scribble, points=points, point_labels=point_labels,
+            click=click, within=within, within_object=within_object, level=level, refine=refine,
+        )
 
     def __repr__(self) -> str:
         lv = ", ".join(f"{k}: d̄={v.dbar:.3f}, {v.anchors.shape[0]} anchors" for k, v in self.fields.items())
@@ -160,7 +208,7 @@ def _bad(run_dir: Path, why: str) -> Cos3dError:
 
 
 def load(run: str | Path, *, device: str | torch.device = "auto") -> TrainedScene:
-    """Load a run folder written by ``cos3d train``.
+    """Load a run folder written by ``cos3d train`` (layout: :mod:`cos3d.run_folder`).
 
     Args:
         run: the run folder (``RUN/run.json``, ``RUN/gaussians.ply``, ``RUN/fields.pt``).
@@ -169,53 +217,32 @@ def load(run: str | Path, *, device: str | torch.device = "auto") -> TrainedScen
     Raises:
         Cos3dError: naming the folder, when it is missing, unfinished or corrupt.
     """
-    from cos3d.train import RUN_FORMAT, read_fields
-
-    run_dir = Path(run)
-    if not run_dir.is_dir():
-        raise Cos3dError(f"{run_dir}: no such run folder; train one with `cos3d train --scene S --out {run_dir}`")
-    rj = run_dir / "run.json"
-    if not rj.is_file():
-        raise _bad(run_dir, "no run.json")
-    try:
-        record = json.loads(rj.read_text())
-        if not isinstance(record, dict) or record.get("format") != RUN_FORMAT:
-            raise ValueError("wrong format")
-    except (OSError, ValueError) as e:
-        raise _bad(run_dir, f"unreadable run.json: {e}") from None
-    stages = record.get("stages", {})
-    unfinished = [s for s in ("recon", "masks", "instance", "language") if not stages.get(s, {}).get("done")]
-    if unfinished:
-        raise Cos3dError(
-            f"{run_dir}: training is unfinished (stages not done: {', '.join(unfinished)}); "
-            f"finish it with `cos3d train --scene {record.get('scene', 'S')} --out {run_dir} --resume`"
-        )
-    if device in ("auto", None):
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        dev = torch.device(device)
-    ply = run_dir / "gaussians.ply"
-    if not ply.is_file():
-        raise _bad(run_dir, "gaussians.ply is missing")
+    from cos3d.device import resolve_device
     from cos3d.ply import read_ply
 
+    folder = RunFolder(Path(run))
+    run_dir = folder.root
+    record = folder.finished_record()
+    dev = resolve_device(device)
+    if not folder.ply.is_file():
+        raise _bad(run_dir, "gaussians.ply is missing")
     try:
-        g = read_ply(ply)
+        g = read_ply(folder.ply)
     except Cos3dError as e:
         raise Cos3dError(f"{run_dir}: {e}") from None
     except Exception as e:
         raise _bad(run_dir, f"gaussians.ply is unreadable: {type(e).__name__}: {e}") from None
-    data = read_fields(run_dir / "fields.pt")
+    data = folder.read_fields()
     fields: dict[str, LevelField] = {}
     for lev, d in data["levels"].items():
         if "language" not in d:
             raise Cos3dError(
-                f"{run_dir / 'fields.pt'}: level {lev} has no language field; finish stage 2 with "
+                f"{folder.fields}: level {lev} has no language field; finish stage 2 with "
                 f"`cos3d train --out {run_dir} --resume`"
             )
         if d["instance"].shape[0] != g.num or d["language"].shape[0] != g.num:
             raise Cos3dError(
-                f"{run_dir / 'fields.pt'}: fields have {d['instance'].shape[0]} rows but gaussians.ply has {g.num} "
+                f"{folder.fields}: fields have {d['instance'].shape[0]} rows but gaussians.ply has {g.num} "
                 "Gaussians; delete fields.pt and re-run `cos3d train --resume`"
             )
         fields[lev] = LevelField(
@@ -234,4 +261,4 @@ def load(run: str | Path, *, device: str | torch.device = "auto") -> TrainedScen
         feats[f"language_{lev}"] = f.language
     g.features = feats
     meta = {k: v for k, v in data.items() if k != "levels"}
-    return TrainedScene(run_dir, record, g, fields, dev, meta)
+    return TrainedScene(run_dir, record.data, g, fields, dev, meta)

@@ -19,6 +19,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -37,7 +38,9 @@ def measure_speedup(run_dir: Path, steps: int, n_views: int, device_name: str, s
     """Time ``steps`` stage-1 steps with cached weights and with per-step rasterization."""
     import torch
 
-    from cos3d.field.instance import InstanceConfig, ViewWeights, cluster_loss, make_clusters, unit_rows
+    from cos3d.field.contrastive import cluster_loss, make_clusters, unit_rows
+    from cos3d.field.instance import InstanceConfig
+    from cos3d.field.view_weights import ViewWeights
     from cos3d.ply import read_ply
     from cos3d.readers import load_scene
     from cos3d.render import compute_contributions, render
@@ -53,7 +56,7 @@ def measure_speedup(run_dir: Path, steps: int, n_views: int, device_name: str, s
     D, L, N = cfg.dim, len(levels), g.num
     labels = []
     for f in frames:
-        ms, _ = load_view(run_dir / "masks", f)
+        ms, _ = load_view(record["stages"]["masks"]["cache"], f)
         labels.append({lev: torch.from_numpy(ms.label_map(lev)).reshape(-1).to(device) for lev in levels})
 
     def make_opt():
@@ -164,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from cos3d.config import apply_config
     from cos3d.train import TrainConfig, train
 
     if args.threads:
@@ -193,23 +197,23 @@ def main(argv: list[str] | None = None) -> int:
         scene = args.scene
     run_dir = work / "run"
     if not args.skip_train:
-        recon = {}
-        if args.recon_iterations is not None:
-            recon["iterations"] = args.recon_iterations
-            recon["refine_stop"] = min(1200, max(0, args.recon_iterations - 50))
-            recon["refine_start"] = min(300, max(0, args.recon_iterations // 4))
-        train(
+        cfg = apply_config(
             TrainConfig(
                 scene=str(scene),
                 out=run_dir,
-                fast=True,
                 iterations=args.iterations,
                 device=device,
-                recon_options=recon,
                 threads=args.threads,
                 progress=False,
-            )
+            ),
+            "fast",
         )
+        if args.recon_iterations is not None:
+            n = args.recon_iterations
+            cfg.recon = dataclasses.replace(
+                cfg.recon, iterations=n, refine_stop=min(1200, max(0, n - 50)), refine_start=min(300, max(0, n // 4))
+            )
+        train(cfg, config_files=("fast",))
     record = json.loads((run_dir / "run.json").read_text())
     st = record["stages"]
     from cos3d.readers import load_scene

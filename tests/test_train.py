@@ -54,7 +54,7 @@ def _dominant_gaussians(ts, frame, min_weight=0.3):
 
 
 def _render_unit(ts, c, feats):
-    from cos3d.field.instance import normalize
+    from cos3d.field.contrastive import normalize
 
     F = c.render(feats.float())
     alpha = c.alpha()
@@ -67,11 +67,17 @@ def _render_unit(ts, c, feats):
 
 def test_run_folder_and_record(trained_run):
     run = Path(trained_run)
-    for name in ("run.json", "gaussians.ply", "fields.pt", "masks/manifest.json"):
+    for name in ("run.json", "gaussians.ply", "fields.pt"):
         assert (run / name).exists(), name
     assert not (run / "checkpoints" / "instance.pt").exists()
     rec = json.loads((run / "run.json").read_text())
-    assert rec["config"]["masks"] == "dataset" and rec["config"]["embedder"] == "labels" and rec["config"]["fast"]
+    # the masks live in the scene's shared 2D cache, named by the models
+    cache = Path(rec["stages"]["masks"]["cache"])
+    assert (cache / "manifest.json").is_file() and cache.parent.name == "cos3d_masks"
+    assert cache.parent.parent == Path(rec["scene"]) and cache.name.startswith("dataset-labels-")
+    assert rec["config"]["models"]["masks"] == "dataset" and rec["config"]["models"]["embedder"] == "labels"
+    assert rec["config_files"] == ["fast"] and rec["config"]["recon"]["iterations"] == 300
+    assert rec["config"]["iterations_per_view"] == 50
     assert "torch" in rec["versions"] and "cos3d" in rec["versions"]
     for st in ("recon", "masks", "instance", "language"):
         assert rec["stages"][st]["done"] and rec["stages"][st]["time_s"] >= 0
@@ -95,7 +101,7 @@ def test_load_trained_scene(ts, trained_run):
         assert 0 < f.dbar < 1
         assert torch.equal(ts.gaussians.features[f"instance_{lev}"], f.instance)
         assert torch.equal(ts.gaussians.features[f"language_{lev}"], f.language)
-    assert ts.config["levels"] == ["l", "s"]
+    assert ts.config.levels == ("l", "s") and ts.config.models.embedder == "labels"
     assert len(ts.scene.frames) > 0
     assert ts.embedder.dim == 384
     assert ts.device == torch.device("cpu")
@@ -161,7 +167,7 @@ def _object_stats(ts, frame, lev="l"):
     src = []
     anchor_view = ts_anchor_views(ts, lev)
     for view_name, mask_idx in anchor_view:
-        ms, _ = load_view(ts.run_dir / "masks", view_name)
+        ms, _ = load_view(ts.record["stages"]["masks"]["cache"], view_name)
         src.append(int(ms.source_id[mask_idx]))
     src = torch.tensor(src)
     nearest = (o[ok] @ f.anchors.T).argmax(1)
@@ -229,8 +235,7 @@ def _small_run(trained_run, tabletop_dir, tmp_path, n_train=3):
     splits = json.loads((scene / "splits.json").read_text())
     splits["train"] = splits["train"][:n_train]
     (scene / "splits.json").write_text(json.dumps(splits))
-    run = tmp_path / "run"
-    shutil.copytree(Path(trained_run) / "masks", run / "masks")
+    run = tmp_path / "run"  # the scene copy brings the session run's 2D cache along: masks are cache hits
     train(
         TrainConfig(
             scene=str(scene),
@@ -245,7 +250,8 @@ def _small_run(trained_run, tabletop_dir, tmp_path, n_train=3):
 
 
 def test_resume_after_killed_stage1_matches_uninterrupted(trained_run, tabletop_dir, tmp_path):
-    from cos3d.train import TrainConfig, read_fields, train
+    from cos3d.run_folder import RunFolder
+    from cos3d.train import TrainConfig, train
 
     scene, run = _small_run(trained_run, tabletop_dir, tmp_path)
     base = dict(
@@ -258,22 +264,26 @@ def test_resume_after_killed_stage1_matches_uninterrupted(trained_run, tabletop_
         return c
 
     train(cfg())
-    ref = read_fields(run / "fields.pt")["levels"]
+    ref = RunFolder(run).read_fields()["levels"]
 
     def kill(stage, it):
         if stage == "instance" and it == 24:
             raise _Killed
 
+    with pytest.raises(Cos3dError, match="--resume.*--restart"):  # finished work is never re-run silently
+        train(cfg())
     with pytest.raises(_Killed):
-        train(cfg(hook=kill))
+        train(cfg(hook=kill, restart=True))
     assert (run / "checkpoints" / "instance.pt").exists()
     rec = json.loads((run / "run.json").read_text())
-    assert not rec["stages"]["instance"]["done"]  # a killed stage is not done
+    # the killed re-run left the finished stage's output in place (still loadable), marked as re-running
+    assert rec["stages"]["instance"]["done"] and rec["stages"]["instance"]["running"]
+    assert torch.equal(RunFolder(run).read_fields()["levels"]["l"]["instance"], ref["l"]["instance"])
     train(cfg(resume=True))
     rec = json.loads((run / "run.json").read_text())
     assert rec["stages"]["instance"]["resumed_from"] == 20
     assert not (run / "checkpoints" / "instance.pt").exists()
-    out = read_fields(run / "fields.pt")["levels"]
+    out = RunFolder(run).read_fields()["levels"]
     for lev in ("l", "s"):
         assert torch.equal(out[lev]["instance"], ref[lev]["instance"])
     # --resume now skips the finished stage (the record is unchanged)
@@ -283,7 +293,8 @@ def test_resume_after_killed_stage1_matches_uninterrupted(trained_run, tabletop_
 
 def test_stage2_mlp_option_and_resume_skips(trained_run, tabletop_dir, tmp_path):
     from cos3d.field.ins2lang import Ins2LangConfig
-    from cos3d.train import TrainConfig, read_fields, train
+    from cos3d.run_folder import RunFolder
+    from cos3d.train import TrainConfig, train
 
     scene, run = _small_run(trained_run, tabletop_dir, tmp_path)
     train(TrainConfig(scene=str(scene), out=run, stage="instance", iterations=20, progress=False, threads=1))
@@ -296,7 +307,7 @@ def test_stage2_mlp_option_and_resume_skips(trained_run, tabletop_dir, tmp_path)
         ins2lang=Ins2LangConfig(method="mlp", mlp_iterations=30, mlp_batch=512),
     )
     train(cfg)
-    data = read_fields(run / "fields.pt")
+    data = RunFolder(run).read_fields()
     assert data["ins2lang"]["method"] == "mlp"
     for lev in ("l", "s"):
         L = data["levels"][lev]["language"]
@@ -368,11 +379,13 @@ def test_cli_no_masks_in_any_view(capsys, trained_run, tabletop_dir, tmp_path):
 def test_config_validation():
     from cos3d.train import TrainConfig
 
-    with pytest.raises(Cos3dError, match="--embedder labels"):
-        TrainConfig(scene="x", masks="sam2", embedder="labels").validate()
-    with pytest.raises(Cos3dError, match="--levels"):
-        TrainConfig(scene="x", levels=("l", "q")).validate()
-    with pytest.raises(Cos3dError, match="--stage"):
-        TrainConfig(scene="x", stage="everything").validate()
+    from cos3d.vision.models import ModelsConfig
+
+    with pytest.raises(Cos3dError, match="embedder: labels"):
+        TrainConfig(scene="x", models=ModelsConfig(masks="sam2", embedder="labels")).validate()
+    with pytest.raises(Cos3dError, match="levels: lists a level twice"):
+        TrainConfig(scene="x", levels=("l", "l")).validate()
     with pytest.raises(SystemExit):
         entrypoint(["train", "--scene", "x", "--levels", "l,x"])
+    with pytest.raises(SystemExit):
+        entrypoint(["train", "--scene", "x", "--stage", "everything"])

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+HELP = "make a tabletop, train it and answer text/image/click/part prompts (offline, a few minutes)"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="make a tabletop, train it and answer text/image/click/part prompts (offline, a few minutes)",
+        help=HELP,
         description="End-to-end demo on a generated tabletop with the offline oracle-2D providers "
         "(SAM2 + OpenCLIP when $COS3D_SAM2_CHECKPOINT and $COS3D_CLIP_CHECKPOINT are set).",
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 
+HELP = "make a tabletop scene, or precompute masks + embeddings for a scene"
 SUBCOMMANDS = {
     "tabletop": "cos3d.commands.prepare_tabletop",
     "masks": "cos3d.commands.prepare_masks",
@@ -13,9 +13,8 @@ SUBCOMMANDS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prepare", help="make a tabletop scene, or precompute masks + embeddings for a scene",
+    p = sub.add_parser("prepare", help=HELP,
                        description="Prepare inputs: generate a tabletop scene, or run the 2D models on a scene.")
     inner = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     for modname in SUBCOMMANDS.values():
-        if importlib.util.find_spec(modname) is not None:
-            importlib.import_module(modname).register(inner)
+        importlib.import_module(modname).register(inner)

@@ -16,7 +16,7 @@ softmax so that far-from-everything features do not underflow to 0/0), ``L = nor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ __all__ = [
 class Ins2LangConfig:
     """Stage-2 settings."""
 
-    method: str = "kernel"
+    method: Literal["kernel", "mlp"] = "kernel"
     """``kernel`` (kernel regression over anchors, default) or ``mlp``."""
     k: int = 25
     """Nearest anchors per Gaussian (kernel regression)."""

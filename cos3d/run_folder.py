@@ -1,0 +1,231 @@
+"""The run folder: what ``cos3d train`` writes and everything else (``cos3d.load``, query, view,
+eval, export, batch workers) reads. Training and loading both depend on this module; neither owns
+the format.
+
+::
+
+    RUN/run.json          the record: format + version, the scene, the resolved TrainConfig
+                          (``config``, round-trips with cos3d.config.from_dict), the config files it
+                          came from, package versions, per-stage status, timings, counts, metrics
+    RUN/gaussians.ply     stage 0 (or the scene imported with --gaussians)
+    RUN/recon/            stage 0's work folder while it runs (checkpoint.pt: tensors only)
+    RUN/fields.pt         stages 1-2: per level instance [N, d], language [N, D] fp16, anchors,
+                          targets, d̄ (``FIELDS_FORMAT``; loaded with weights_only=True)
+    RUN/checkpoints/      stage 1's resumable checkpoint while it runs (removed when the stage ends)
+    RUN/cache/weights/    optional per-view blending weights (--cache-weights)
+
+The per-view masks and embeddings of the training views live in the shared 2D cache (by default
+``SCENE/cos3d_masks/<provider>-<embedder>-<key>``, :mod:`cos3d.vision.cache`), which ``cos3d prepare
+masks`` fills too; ``run.json`` records its folder (``stages.masks.cache``).
+
+A stage is *finished* when ``run.json`` marks it done and its artefact exists.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from cos3d.atomic import atomic_path, write_json
+from cos3d.errors import Cos3dError
+
+if TYPE_CHECKING:
+    from cos3d.train import TrainConfig
+
+__all__ = ["FIELDS_FORMAT", "RUN_FORMAT", "STAGES", "STAGE_TITLES", "RunFolder", "RunRecord"]
+
+RUN_FORMAT = "cos3d-run"
+RUN_VERSION = 2
+"""2: ``config`` is the nested TrainConfig (``models``, ``recon``, ``instance``, ``ins2lang``) and the
+masks live in the shared 2D cache recorded at ``stages.masks.cache``."""
+FIELDS_FORMAT = "cos3d-fields"
+STAGES = ("recon", "masks", "instance", "language")
+"""Stage names in order (``--stage``; ``all`` runs every one)."""
+STAGE_TITLES = {
+    "recon": "stage 0 gaussians",
+    "masks": "masks",
+    "instance": "stage 1 instance",
+    "language": "stage 2 language",
+}
+ENTRIES = frozenset({"run.json", "gaussians.ply", "fields.pt", "checkpoints", "recon", "cache"})
+"""What a run folder may hold (anything else means the folder is not a run)."""
+
+
+class RunRecord:
+    """``run.json``: read, updated per stage, written atomically."""
+
+    def __init__(self, folder: "RunFolder", data: dict[str, Any]):
+        self.folder = folder
+        self.data = data
+
+    def save(self) -> None:
+        write_json(self.folder.run_json, self.data)
+
+    @property
+    def scene(self) -> str | None:
+        return self.data.get("scene")
+
+    @property
+    def stages(self) -> dict[str, dict[str, Any]]:
+        return self.data.setdefault("stages", {})
+
+    def done(self, stage: str) -> bool:
+        return bool(self.stages.get(stage, {}).get("done"))
+
+    def running(self, stage: str) -> bool:
+        """True while ``stage`` is being (re-)computed, or when such a run was interrupted."""
+        return bool(self.stages.get(stage, {}).get("running"))
+
+    def begin(self, stage: str) -> None:
+        """Record that ``stage`` is being computed; a finished stage keeps ``done`` (its old output is
+        still valid) until :meth:`mark` records the new one."""
+        self.stages.setdefault(stage, {"done": False})["running"] = True
+        self.save()
+
+    def unfinished(self) -> list[str]:
+        return [s for s in STAGES if not self.done(s)]
+
+    def mark(self, stage: str, seconds: float, **info: Any) -> None:
+        """Mark ``stage`` done with its timing and information, and save."""
+        self.stages[stage] = {
+            "done": True,
+            "time_s": round(seconds, 3),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **info,
+        }
+        self.save()
+
+    def invalidate_from(self, stage: str) -> None:
+        """Mark ``stage`` and every later stage not done, and save."""
+        for s in STAGES[STAGES.index(stage) :]:
+            if s in self.stages:
+                self.stages[s]["done"] = False
+        self.save()
+
+    @property
+    def mask_cache(self) -> Path | None:
+        """The 2D cache folder the masks stage used (None before it ran)."""
+        p = self.stages.get("masks", {}).get("cache")
+        return Path(p) if p else None
+
+    def train_config(self) -> "TrainConfig":
+        """The :class:`~cos3d.train.TrainConfig` the run was trained with (``config`` round-trips)."""
+        from cos3d.config import ConfigError, from_dict
+        from cos3d.train import TrainConfig
+
+        cfg = self.data.get("config")
+        if not isinstance(cfg, dict):
+            raise Cos3dError(f"{self.folder.run_json}: no recorded config; re-train this run")
+        try:
+            return from_dict(TrainConfig, cfg, source=str(self.folder.run_json))
+        except ConfigError as e:
+            raise Cos3dError(f"{e} (a run.json of another cos3d version? re-train this run)") from None
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The paths of one run folder and the readers/writers of its files."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def ply(self) -> Path:
+        return self.root / "gaussians.ply"
+
+    @property
+    def fields(self) -> Path:
+        return self.root / "fields.pt"
+
+    @property
+    def recon_dir(self) -> Path:
+        return self.root / "recon"
+
+    @property
+    def instance_checkpoint(self) -> Path:
+        return self.root / "checkpoints" / "instance.pt"
+
+    @property
+    def weights_cache(self) -> Path:
+        return self.root / "cache" / "weights"
+
+    def is_foreign(self) -> bool:
+        """True when the folder exists, holds files, and is not a cos3d run."""
+        if not self.root.is_dir() or self.run_json.is_file():
+            return False
+        names = {p.name for p in self.root.iterdir()}
+        return bool(names) and not names <= ENTRIES
+
+    # ---- run.json
+    def read_record(self) -> RunRecord | None:
+        """The record, or None when there is none; a corrupt one is a one-line :class:`Cos3dError`."""
+        if not self.run_json.is_file():
+            return None
+        try:
+            data = json.loads(self.run_json.read_text())
+            if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
+                raise ValueError("not a cos3d run.json")
+            if int(data.get("version", 1)) != RUN_VERSION:
+                raise ValueError(f"format version {data.get('version', 1)}, this cos3d reads {RUN_VERSION}")
+        except (OSError, ValueError, TypeError) as e:
+            raise Cos3dError(
+                f"{self.run_json}: unreadable run record ({e}); re-train into another folder or delete {self.root}"
+            ) from None
+        return RunRecord(self, data)
+
+    def new_record(self, scene_root: Path) -> RunRecord:
+        return RunRecord(self, {"format": RUN_FORMAT, "version": RUN_VERSION, "scene": str(scene_root), "stages": {}})
+
+    def finished_record(self) -> RunRecord:
+        """The record of a finished run, or a one-line :class:`Cos3dError` saying what to do."""
+        if not self.root.is_dir():
+            raise Cos3dError(f"{self.root}: no such run folder; train one with `cos3d train --scene S --out {self.root}`")
+        rec = self.read_record()
+        if rec is None:
+            raise Cos3dError(
+                f"{self.root}: not a cos3d run (no run.json); train one with `cos3d train --scene S --out {self.root}`"
+            )
+        if rec.unfinished():
+            raise Cos3dError(
+                f"{self.root}: training is unfinished (stages not done: {', '.join(rec.unfinished())}); finish it "
+                f"with `cos3d train --scene {rec.scene or 'S'} --out {self.root} --resume`"
+            )
+        return rec
+
+    # ---- fields.pt
+    def read_fields(self) -> dict[str, Any]:
+        """``fields.pt`` as a dict of tensors and plain values (loaded with ``weights_only=True``)."""
+        path = self.fields
+        if not path.is_file():
+            raise Cos3dError(f"{path}: missing; run `cos3d train` (stages instance and language) for this run")
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            if (
+                not isinstance(data, dict)
+                or data.get("format") != FIELDS_FORMAT
+                or not isinstance(data.get("levels"), dict)
+            ):
+                raise ValueError("not a cos3d fields file")
+        except Exception as e:
+            raise Cos3dError(
+                f"{path}: corrupt fields file ({type(e).__name__}: {str(e)[:100]}); delete it and re-run "
+                "`cos3d train --resume` to recompute stages 1-2"
+            ) from None
+        return data
+
+    def write_fields(self, data: dict[str, Any]) -> None:
+        """Write ``fields.pt`` atomically (``data['format']`` is set to :data:`FIELDS_FORMAT`)."""
+        data = {**data, "format": FIELDS_FORMAT}
+        with atomic_path(self.fields) as tmp:
+            torch.save(data, tmp)

@@ -1,0 +1,136 @@
+"""Which 2D models a command uses, with which weights and settings: :class:`ModelsConfig`.
+
+One dataclass for ``cos3d prepare masks``, ``cos3d train`` and a loaded run (which re-creates its
+embedder from the config recorded in ``run.json``). Its fields are the flags ``--masks``,
+``--embedder``, ``--perturb``, ``--sam2-checkpoint``, ``--clip-checkpoint`` ... (see
+:mod:`cos3d.config`); it builds the provider and embedder through the registry
+(:mod:`cos3d.vision.registry`) and names the per-model cache folder (:func:`mask_cache_dir`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from cos3d.config import ConfigError
+from cos3d.vision.base import Embedder, MaskProvider
+
+if TYPE_CHECKING:
+    from cos3d.scene import Scene
+
+__all__ = ["ModelsConfig", "mask_cache_dir"]
+
+MaskProviderName = Literal["dataset", "sam2", "classical"]
+EmbedderName = Literal["labels", "openclip", "siglip"]
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """The 2D models: a mask provider (masks at levels s/m/l) and a mask/text embedder."""
+
+    masks: MaskProviderName = "dataset"
+    """Mask provider: dataset (the scene's instance maps; oracle-2D), sam2, classical (superpixels)."""
+    embedder: EmbedderName = "labels"
+    """Mask embedder: labels (sentence embeddings of mask names; oracle-2D), openclip, siglip."""
+    perturb: float = 0.0
+    """Dataset masks: strength in [0, 1] of seeded SAM-like errors (erode/dilate/split/merge/drop)."""
+    perturb_seed: int = 0
+    """Dataset masks: seed of the perturbation."""
+    sam2_checkpoint: Path | None = None
+    """Local SAM2 checkpoint (.pt); default $COS3D_SAM2_CHECKPOINT, else the hub model --sam2-hub-id."""
+    sam2_config: str | None = None
+    """SAM2 config name or YAML path (default $COS3D_SAM2_CONFIG, else inferred from the checkpoint name)."""
+    sam2_hub_id: str = "facebook/sam2.1-hiera-large"
+    """SAM2 hub model used when no checkpoint is given."""
+    points_per_side: int = 32
+    """SAM2 automatic masks: point grid per side."""
+    pred_iou_thresh: float = 0.7
+    """SAM2: keep masks whose predicted IoU is above this."""
+    stability_thresh: float = 0.85
+    """SAM2: keep masks whose stability score is at least this."""
+    nms_thresh: float = 0.7
+    """SAM2: mask-IoU non-maximum suppression within each level."""
+    sam2_image_size: int | None = None
+    """SAM2 input resolution (released models: 1024); smaller is faster and worse."""
+    classical_method: Literal["felzenszwalb", "slic"] = "felzenszwalb"
+    """Classical masks: superpixel method."""
+    clip_model: str | None = None
+    """open_clip architecture or model-config .json (default $COS3D_CLIP_MODEL, else ViT-B-16)."""
+    clip_pretrained: str = "laion2b_s34b_b88k"
+    """open_clip pretrained tag, used when no checkpoint is given."""
+    clip_checkpoint: Path | None = None
+    """Local open_clip checkpoint; default $COS3D_CLIP_CHECKPOINT, else the hub weights --clip-pretrained."""
+    siglip_model: str | None = None
+    """SigLIP hub id or local folder (default $COS3D_SIGLIP_MODEL, else google/siglip-base-patch16-224)."""
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad setting."""
+        if not 0.0 <= self.perturb <= 1.0:
+            raise ConfigError("perturb", f"must be in [0, 1], got {self.perturb}")
+        if self.perturb and self.masks != "dataset":
+            raise ConfigError("perturb", "applies to masks=dataset only")
+        if self.embedder == "labels" and self.masks != "dataset":
+            raise ConfigError(
+                "embedder",
+                "labels embeds mask names, which only masks=dataset provides (oracle-2D protocol); "
+                "use openclip or siglip with masks sam2/classical",
+            )
+        if self.points_per_side < 1:
+            raise ConfigError("points_per_side", f"must be positive, got {self.points_per_side}")
+
+    @property
+    def oracle_2d(self) -> bool:
+        """True when the run follows the oracle-2D protocol (dataset masks)."""
+        return self.masks == "dataset"
+
+    def create_provider(self, scene: "Scene", device: str = "auto") -> MaskProvider:
+        """The mask provider these settings describe (``scene`` serves the dataset provider)."""
+        from cos3d.vision.registry import create_mask_provider
+
+        if self.masks == "sam2":
+            return create_mask_provider(
+                "sam2",
+                checkpoint=self.sam2_checkpoint,
+                config=self.sam2_config,
+                hub_id=self.sam2_hub_id,
+                device=device,
+                points_per_side=self.points_per_side,
+                pred_iou_thresh=self.pred_iou_thresh,
+                stability_score_thresh=self.stability_thresh,
+                nms_thresh=self.nms_thresh,
+                image_size=self.sam2_image_size,
+            )
+        if self.masks == "dataset":
+            return create_mask_provider("dataset", scene=scene, perturb=self.perturb, seed=self.perturb_seed)
+        return create_mask_provider("classical", method=self.classical_method)
+
+    def create_embedder(self, device: str = "auto") -> Embedder:
+        """The embedder these settings describe (the sentence encoder of ``labels`` runs on the CPU
+        unless a device is named)."""
+        from cos3d.vision.registry import create_embedder
+
+        if self.embedder == "openclip":
+            return create_embedder(
+                "openclip",
+                model=self.clip_model,
+                pretrained=self.clip_pretrained,
+                checkpoint=self.clip_checkpoint,
+                device=device,
+            )
+        if self.embedder == "siglip":
+            return create_embedder("siglip", model=self.siglip_model, device=device)
+        return create_embedder("labels", device="cpu" if device == "auto" else device)
+
+    def replace(self, **changes: object) -> "ModelsConfig":
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def mask_cache_dir(scene_root: str | Path, provider: MaskProvider, embedder: Embedder) -> Path:
+    """The default per-view cache folder of a provider + embedder pair: ``SCENE/cos3d_masks/
+    <provider>-<embedder>-<key>``, where ``key`` is a short hash of both models' ids and settings, so
+    that runs (and ``prepare masks``) with the same models share it and other settings never overwrite it."""
+    from cos3d.vision.cache import models_key
+
+    return Path(scene_root) / "cos3d_masks" / f"{provider.name}-{embedder.name}-{models_key(provider, embedder)[:10]}"
