@@ -20,9 +20,11 @@ COMMANDS = ("prepare", "train", "query", "view", "demo")
 
 INTERRUPT_HINTS = {
     "train": "finished stages are kept; continue with the same command and --resume",
-    "prepare": "finished views are kept in the cache; run the same command again to continue",
+    "prepare masks": "finished views are kept in the cache; run the same command again to continue",
+    "prepare tabletop": "nothing was written to --out (scenes are built aside and moved in whole); run it again",
     "demo": "finished steps are kept; continue with `cos3d demo --resume`",
 }
+"""What an interrupted command keeps and how to continue, per command (``prepare`` per subcommand)."""
 
 
 def _selected(argv: list[str], choices: tuple[str, ...]) -> str | None:
@@ -82,7 +84,7 @@ def entrypoint(argv: list[str] | None = None) -> int:
         print(f"cos3d {args.command}: error: {_message(e, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = INTERRUPT_HINTS.get(args.command)
+        hint = INTERRUPT_HINTS.get(f"{args.command} {getattr(args, 'what', '')}".strip())
         print(f"cos3d {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
     return int(rc or 0)
