@@ -81,3 +81,37 @@ def test_folder_of_unknown_layout(tmp_path):
         load_scene(tmp_path)
     msg = str(ei.value)
     assert str(tmp_path) in msg and "transforms.json" in msg and "sparse/0" in msg
+
+
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        (["train", "--scene", "s"], "--resume"),
+        (["prepare", "tabletop", "--out", "x"], "nothing was written"),
+        (["prepare", "masks", "--scene", "s"], "run the same command again"),
+    ],
+)
+def test_interrupt_hint_is_true_for_the_command(monkeypatch, capsys, argv, hint):
+    import importlib
+
+    name = argv[1] if argv[0] == "prepare" else argv[0]
+    module = {"train": "train", "tabletop": "prepare_tabletop", "masks": "prepare_masks"}[name]
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(f"cos3d.commands.{module}"), "run", interrupted)
+    assert entrypoint(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and hint in err, err
+    if argv[:2] == ["prepare", "tabletop"]:
+        assert "--resume" not in err  # prepare tabletop has no such flag
+
+
+def test_help_does_not_import_torch():
+    r = subprocess.run(
+        [sys.executable, "-c", "import sys; from cos3d.cli import build_parser; build_parser(['--help']); "
+         "print('torch' in sys.modules)"],
+        check=True, capture_output=True, text=True, timeout=120,
+    )
+    assert r.stdout.strip() == "False"
