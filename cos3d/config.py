@@ -35,7 +35,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
-from cos3d.errors import Cos3dError
+from cos3d.errors import Cos3dError, brief
 
 __all__ = [
     "ConfigError",
@@ -286,10 +286,9 @@ def load_config_file(spec: str | Path) -> tuple[dict[str, Any], str]:
 
             data = yaml.safe_load(text)
     except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise Cos3dError(f"--config {path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        raise Cos3dError(f"--config {path}: unreadable ({brief(e)})") from None
     except Exception as e:  # yaml.YAMLError and friends
-        first = str(e).splitlines()[0][:120] if str(e) else ""
-        raise Cos3dError(f"--config {path}: not valid YAML ({type(e).__name__}: {first})") from None
+        raise Cos3dError(f"--config {path}: not valid YAML ({brief(e)})") from None
     if data is None:
         data = {}
     if isinstance(data, dict) and path.name == "run.json" and isinstance(data.get("config"), dict):

@@ -18,3 +18,13 @@ class SceneFormatError(Cos3dError):
 
 class MissingWeightsError(Cos3dError):
     """Model weights are not available; the message names the flag/env var and the offline alternative."""
+
+
+def brief(exc: BaseException, limit: int = 120) -> str:
+    """``"TypeName: first line of the message"``, cut at a word boundary with "…" past ``limit``
+    characters: what a one-line error quotes of an underlying exception."""
+    text = " ".join(str(exc).split("\n")[0].split())
+    if len(text) > limit:
+        cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+        text = cut.rstrip(",;:") + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cos3d.atomic import atomic_path, write_json
-from cos3d.errors import Cos3dError
+from cos3d.errors import Cos3dError, brief
 
 if TYPE_CHECKING:
     from cos3d.train import TrainConfig
@@ -219,7 +219,7 @@ class RunFolder:
                 raise ValueError("not a cos3d fields file")
         except Exception as e:
             raise Cos3dError(
-                f"{path}: corrupt fields file ({type(e).__name__}: {str(e)[:100]}); delete it and re-run "
+                f"{path}: corrupt fields file ({brief(e)}); delete it and re-run "
                 "`cos3d train --resume` to recompute stages 1-2"
             ) from None
         return data

@@ -115,3 +115,12 @@ def test_help_does_not_import_torch():
         check=True, capture_output=True, text=True, timeout=120,
     )
     assert r.stdout.strip() == "False"
+
+
+def test_brief_quotes_one_line_cut_at_a_word():
+    from cos3d.errors import brief
+
+    e = ValueError("the quick brown fox jumps over the lazy dog\nsecond line")
+    assert brief(e, 20) == "ValueError: the quick brown fox…"
+    assert brief(e) == "ValueError: the quick brown fox jumps over the lazy dog"
+    assert brief(KeyError()) == "KeyError"

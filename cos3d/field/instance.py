@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from cos3d.atomic import atomic_path
-from cos3d.errors import Cos3dError
+from cos3d.errors import Cos3dError, brief
 from cos3d.field.contrastive import cluster_loss, make_clusters, normalize, unit_rows
 from cos3d.field.view_weights import ViewWeights
 
@@ -83,7 +83,7 @@ def load_checkpoint(path: str | Path) -> dict:
             raise ValueError("not a cos3d stage-1 checkpoint")
     except Exception as e:
         raise Cos3dError(
-            f"{path}: corrupt stage-1 checkpoint ({type(e).__name__}: {str(e)[:120]}); "
+            f"{path}: corrupt stage-1 checkpoint ({brief(e)}); "
             "delete it and re-run with --resume"
         ) from None
     return ck

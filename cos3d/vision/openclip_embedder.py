@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cos3d.errors import Cos3dError, MissingWeightsError
+from cos3d.errors import Cos3dError, MissingWeightsError, brief
 from cos3d.vision.base import CropEmbedder, file_fingerprint, resolve_device
 from cos3d.vision.crops import crops_to_tensor
 
@@ -127,7 +127,7 @@ class OpenCLIPEmbedder(CropEmbedder):
                     f"{OFFLINE_HINT}"
                 ) from None
             raise Cos3dError(
-                f"OpenCLIP checkpoint {ckpt} could not be loaded ({type(e).__name__}: {str(e)[:300]})"
+                f"OpenCLIP checkpoint {ckpt} could not be loaded ({brief(e, 300)})"
             ) from None
         model_.eval()
         if self.fp16:

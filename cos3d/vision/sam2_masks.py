@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cos3d.errors import Cos3dError, MissingWeightsError
+from cos3d.errors import Cos3dError, MissingWeightsError, brief
 from cos3d.vision.base import MaskProvider, check_image, file_fingerprint, resolve_device
 from cos3d.vision.masks import LEVELS, MaskSet, masks_to_boxes, nms
 
@@ -165,7 +165,7 @@ def load_sam2_model(
     try:
         sd = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise Cos3dError(f"SAM2 checkpoint {ckpt} could not be read ({type(e).__name__}: {str(e)[:200]})") from None
+        raise Cos3dError(f"SAM2 checkpoint {ckpt} could not be read ({brief(e, 200)})") from None
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]
     try:

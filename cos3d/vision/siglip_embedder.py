@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cos3d.errors import Cos3dError, MissingWeightsError
+from cos3d.errors import Cos3dError, MissingWeightsError, brief
 from cos3d.vision.base import CropEmbedder, file_fingerprint, resolve_device
 from cos3d.vision.crops import crops_to_tensor
 
@@ -74,7 +74,7 @@ class SiglipEmbedder(CropEmbedder):
                 "or run offline with --embedder labels and --masks dataset (the oracle-2D protocol)"
             )
             if local:
-                raise Cos3dError(f"SigLIP folder {src} could not be loaded ({str(e)[:200]}); {hint}") from None
+                raise Cos3dError(f"SigLIP folder {src} could not be loaded ({brief(e, 200)}); {hint}") from None
             raise MissingWeightsError(f"SigLIP weights {src!r} are not available (no hub access?); {hint}") from None
         if not hasattr(self.model, "get_image_features") or not hasattr(self.model, "get_text_features"):
             raise Cos3dError(f"{src} is a {type(self.model).__name__}, not a SigLIP/CLIP-style dual encoder")
