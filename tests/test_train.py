@@ -389,3 +389,26 @@ def test_config_validation():
         entrypoint(["train", "--scene", "x", "--levels", "l,x"])
     with pytest.raises(SystemExit):
         entrypoint(["train", "--scene", "x", "--stage", "everything"])
+
+
+def test_cli_failed_import_leaves_folder_usable_and_finished_work_is_never_rerun_silently(
+    capsys, trained_run, tabletop_dir, tmp_path
+):
+    bad = tmp_path / "bad.ply"
+    bad.write_text("not a ply\n")
+    run = tmp_path / "run"
+    rc, err = _cli(capsys, "--scene", tabletop_dir, "--out", run, "--gaussians", bad, "--stage", "recon")
+    assert rc == 2 and "bad.ply" in err and len(err.splitlines()) == 1
+    good = Path(trained_run) / "gaussians.ply"
+    # the failed import left a run.json but no finished stage: the same folder takes the next try
+    rc, err = _cli(capsys, "--scene", tabletop_dir, "--out", run, "--gaussians", good, "--stage", "recon")
+    assert rc == 0, err
+    rec = json.loads((run / "run.json").read_text())
+    assert rec["stages"]["recon"]["done"] and rec["stages"]["recon"]["source"] == "import"
+    # running it again would replace finished work: refused, nothing changed
+    before = (run / "run.json").read_text()
+    rc, err = _cli(capsys, "--scene", tabletop_dir, "--out", run, "--gaussians", good, "--stage", "recon")
+    assert rc == 2 and "--resume" in err and "--restart" in err and len(err.splitlines()) == 1
+    assert (run / "run.json").read_text() == before
+    rc, err = _cli(capsys, "--scene", tabletop_dir, "--out", run, "--gaussians", good, "--stage", "recon", "--restart")
+    assert rc == 0, err
