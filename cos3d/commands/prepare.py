@@ -9,6 +9,7 @@ HELP = "make a tabletop scene, or precompute masks + embeddings for a scene"
 SUBCOMMANDS = {
     "tabletop": "cos3d.commands.prepare_tabletop",
     "masks": "cos3d.commands.prepare_masks",
+    "scannet": "cos3d.commands.prepare_scannet",
 }
 
 
