@@ -22,6 +22,7 @@ INTERRUPT_HINTS = {
     "train": "finished stages are kept; continue with the same command and --resume",
     "prepare masks": "finished views are kept in the cache; run the same command again to continue",
     "prepare tabletop": "nothing was written to --out (scenes are built aside and moved in whole); run it again",
+    "prepare scannet": "nothing was written to --out (scenes are built aside and moved in whole); run it again",
     "demo": "finished steps are kept; continue with `cos3d demo --resume`",
 }
 """What an interrupted command keeps and how to continue, per command (``prepare`` per subcommand)."""

@@ -262,6 +262,17 @@ class Frame:
     depth_K: np.ndarray | None = None
     """[3, 3] intrinsics of the depth image when they differ from a rescaled ``camera.K`` (ScanNet's
     ``intrinsic_depth.txt``); None = the depth image covers the colour image's field of view."""
+    file_size: tuple[int, int] | None = None
+    """(width, height) of the colour image on disk when the frame was rescaled (:meth:`at_size`);
+    None = the camera's own size. Pixel data then loads resampled to the camera's size."""
+
+    def at_size(self, width: int, height: int) -> "Frame":
+        """This frame with its camera (intrinsics) rescaled to ``width`` × ``height``; its images, depth
+        and id maps load resampled to that size (colour: area average, depth and ids: nearest)."""
+        native = self.file_size or self.size
+        if (width, height) == native:
+            return dataclasses.replace(self, camera=self.camera.scaled(width, height), file_size=None)
+        return dataclasses.replace(self, camera=self.camera.scaled(width, height), file_size=native)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -269,8 +280,13 @@ class Frame:
         return self.camera.width, self.camera.height
 
     def load_image(self) -> np.ndarray:
-        """uint8 ``[H, W, 3]``."""
-        return _load_rgb(self.image_path, self.size)
+        """uint8 ``[H, W, 3]`` at the camera's size."""
+        if self.file_size is None:
+            return _load_rgb(self.image_path, self.size)
+        from PIL import Image
+
+        rgb = _load_rgb(self.image_path, self.file_size)
+        return np.asarray(Image.fromarray(rgb).resize(self.size, Image.BOX))
 
     def load_depth(self) -> np.ndarray | None:
         """float32 ``[H, W]`` metres at colour resolution (0 = invalid), or None."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import numpy as np
 import torch
 
 from cos3d.atomic import atomic_path
@@ -33,6 +34,8 @@ from cos3d.field.ins2lang import Ins2LangConfig
 from cos3d.field.instance import InstanceConfig
 from cos3d.recon import ReconConfig
 from cos3d.run_folder import STAGE_TITLES, STAGES, RunFolder, RunRecord
+from cos3d.scene import Scene
+from cos3d.views import ViewPolicy
 from cos3d.vision.models import ModelsConfig
 
 __all__ = ["TrainConfig", "train"]
@@ -52,6 +55,8 @@ class TrainConfig:
     """Where named scenes live (default: $COS3D_DATA, else ./data)."""
     models: ModelsConfig = field(default_factory=ModelsConfig, metadata={"flatten": True})
     """2D models"""
+    views: ViewPolicy = field(default_factory=ViewPolicy, metadata={"flatten": True})
+    """views and resolution"""
     mask_cache: Path | None = None
     """Per-view 2D cache folder, shared with `cos3d prepare masks` (default: SCENE/cos3d_masks/<models>)."""
     resume: bool = False
@@ -79,7 +84,9 @@ class TrainConfig:
     max_per_pixel: int | None = None
     """Keep at most this many blending weights per pixel in the cached view weights (default: all)."""
     max_pixels_per_view: int | None = None
-    """Cache the weights of only a seeded sample of this many pixels per view (bounds memory on large scenes)."""
+    """Cache the weights of only a seeded sample of this many pixels per view (default: as many as the memory budget allows)."""
+    memory_budget_gib: float | None = None
+    """Memory for the cached blending weights of stages 1-2; views sample pixels to fit (default: a quarter of the available RAM, half the free GPU memory)."""
     cache_weights: bool = False
     """Also keep the per-view blending weights on disk (RUN/cache/weights) for later runs."""
     threads: int | None = None
@@ -126,6 +133,11 @@ class TrainConfig:
                 raise ConfigError(key, f"must be positive, got {v}")
         if self.iterations_min > self.iterations_max:
             raise ConfigError("iterations_min", f"{self.iterations_min} exceeds iterations-max {self.iterations_max}")
+        if self.memory_budget_gib is not None and not self.memory_budget_gib > 0:
+            raise ConfigError("memory_budget_gib", f"must be positive, got {self.memory_budget_gib}")
+        for key, v in (("max_views", self.views.max_views), ("max_size", self.views.max_size)):
+            if v is not None and v < (16 if key == "max_size" else 1):
+                raise ConfigError(f"views.{key}", f"must be at least {16 if key == 'max_size' else 1}, got {v}")
         if self.max_pixels_per_view is not None and self.max_pixels_per_view < 100:
             raise ConfigError("max_pixels_per_view", f"must be at least 100, got {self.max_pixels_per_view}")
         if self.gaussians is not None and not Path(self.gaussians).is_file():
@@ -172,15 +184,20 @@ def _log(msg: str) -> None:
 class _Session:
     """State shared by the stages of one ``train`` call (loaded lazily, kept in memory)."""
 
-    def __init__(self, cfg: TrainConfig, state: RunRecord, scene: Any, device: torch.device):
+    def __init__(self, cfg: TrainConfig, state: RunRecord, native: Scene, scene: Scene, device: torch.device):
         self.cfg = cfg
         self.run = state.folder
         self.state = state
+        self.native = native
+        """The scene as read: the 2D models run on its frames, at their own resolution."""
         self.scene = scene
+        """The training views (:func:`cos3d.views.training_scene`): selected and rescaled."""
         self.device = device
         self._gaussians = None
         self._weights = None
-        self._masks = None
+        self._level_counts: dict[str, int] | None = None
+        self.sampled_views = 0
+        """Views whose pixels were sampled to fit the memory budget (set when the weights are built)."""
         self._mask_dir: Path | None = None
 
     # ---- paths
@@ -246,16 +263,33 @@ class _Session:
             self._gaussians = g.detach().to(self.device)
         return self._gaussians
 
-    def masks(self) -> list[tuple[Any, Any, Any]]:
-        """``[(frame, MaskSet, emb [M, D] fp16)]`` for the training views."""
-        if self._masks is None:
-            from cos3d.vision import load_view
+    def mask_view(self, i: int) -> tuple[Any, Any]:
+        """``(MaskSet, emb [M, D] fp16)`` of training view ``i``, read from the 2D cache (never all held:
+        at a scan's full resolution they would not fit)."""
+        from cos3d.vision import load_view
 
-            self._masks = [(f, *load_view(self.mask_dir, f)) for f in self.train_frames()]
-        return self._masks
+        return load_view(self.mask_dir, self.train_frames()[i].name)
+
+    def level_counts(self) -> dict[str, int]:
+        """Masks per level over the training views."""
+        if self._level_counts is None:
+            from cos3d.vision import level_index
+
+            counts = {lev: 0 for lev in self.cfg.levels}
+            for i in range(len(self.train_frames())):
+                ms, _ = self.mask_view(i)
+                for lev in counts:
+                    counts[lev] += int((ms.level == level_index(lev)).sum())
+            self._level_counts = counts
+        return self._level_counts
+
+    def budget_bytes(self) -> int:
+        """Memory for the cached view weights of stages 1-2 (``memory_budget_gib`` or the default)."""
+        gib = self.cfg.memory_budget_gib
+        return int((gib if gib is not None else default_memory_budget_gib(self.device)) * 2**30)
 
     def view_weights(self):
-        """``[(frame index in masks(), ViewWeights)]`` for training views that see any Gaussian."""
+        """``[(index in train_frames(), ViewWeights)]`` for training views that see any Gaussian."""
         if self._weights is not None:
             return self._weights
         from cos3d.field.view_weights import ViewWeights
@@ -269,8 +303,10 @@ class _Session:
             st = self.ply.stat()
             key = (
                 f"{st.st_size}:{st.st_mtime_ns}:{self.cfg.max_per_pixel}:{self.cfg.max_pixels_per_view}:"
-                f"{self.cfg.instance.n_samples}:{self.cfg.seed}"
+                f"{self.cfg.instance.n_samples}:{self.cfg.seed}:{self.budget_bytes()}"
             )
+        per_view = self.budget_bytes() / max(1, len(frames))
+        self.sampled_views = 0
         out = []
         bar = _bar(frames, "view weights", self.cfg.progress, unit="view")
         for i, f in enumerate(bar):
@@ -286,14 +322,17 @@ class _Session:
                         vw = None
             if vw is None:
                 contrib = compute_contributions(g, f.camera, max_per_pixel=self.cfg.max_per_pixel)
+                max_pixels = pixels_within(per_view, contrib, self.cfg.max_pixels_per_view)
                 vw = ViewWeights.from_contributions(
                     contrib,
                     g.num,
                     chunk_size=self.cfg.instance.n_samples,
                     seed=self.cfg.seed,
                     name=f.name,
-                    max_pixels=self.cfg.max_pixels_per_view,
+                    max_pixels=max_pixels,
                 )
+                if max_pixels is not None and max_pixels != self.cfg.max_pixels_per_view:
+                    self.sampled_views += 1
                 del contrib
                 if cache_dir is not None:
                     with atomic_path(cache_dir / f"{f.name}.pt") as tmp:
@@ -307,6 +346,49 @@ class _Session:
             )
         self._weights = out
         return out
+
+
+BYTES_PER_WEIGHT = 16
+"""Bytes a cached blending weight costs: column index + value, in W and in its stored transpose."""
+BYTES_PER_PIXEL = 16
+"""Bytes a cached pixel costs beyond its weights: row pointers, pixel index, accumulated alpha."""
+MIN_PIXELS_PER_VIEW = 4096
+
+
+def default_memory_budget_gib(device: torch.device) -> float:
+    """A quarter of the available RAM (CPU), or half the free memory of the GPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free / 2 / 2**30
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if avail is None:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return avail / 4 / 2**30
+
+
+def pixels_within(budget: float, contrib: Any, cap: int | None) -> int | None:
+    """How many of a view's covered pixels fit in ``budget`` bytes (None: all of them and ``cap`` is
+    None): the weights per covered pixel are measured on the view's own contributions."""
+    covered = int(torch.unique(contrib.pixel).numel())
+    if covered == 0:
+        return cap
+    per_pixel = contrib.nnz / covered * BYTES_PER_WEIGHT + BYTES_PER_PIXEL
+    fit = int(budget // per_pixel)
+    if fit >= covered:
+        return cap
+    if fit < MIN_PIXELS_PER_VIEW:
+        raise ConfigError(
+            "memory_budget_gib",
+            f"leaves {budget / 2**20:.1f} MiB a view, under {MIN_PIXELS_PER_VIEW} pixels of "
+            f"{per_pixel:.0f} bytes; raise it, or train fewer views (--max-views) at a smaller size (--max-size)",
+        )
+    return fit if cap is None else min(cap, fit)
 
 
 def _bar(it, desc: str, enabled: bool, **kw):
@@ -374,19 +456,14 @@ def _stage_masks(s: _Session) -> dict[str, Any]:
 
     cfg = s.cfg
     models = cfg.models
-    provider = models.create_provider(s.scene, device=str(s.device))
+    provider = models.create_provider(s.native, device=str(s.device))
     embedder = models.create_embedder(device=str(s.device))
-    cache = Path(cfg.mask_cache) if cfg.mask_cache is not None else mask_cache_dir(s.scene.root, provider, embedder)
+    cache = Path(cfg.mask_cache) if cfg.mask_cache is not None else mask_cache_dir(s.native.root, provider, embedder)
     s._mask_dir = cache
-    frames = s.train_frames()
-    stats = prepare_masks(s.scene, frames, provider, embedder, cache, progress=cfg.progress)
-    s._masks = None
-    counts = {lev: 0 for lev in cfg.levels}
-    from cos3d.vision import level_index
-
-    for _, ms, _ in s.masks():
-        for lev in cfg.levels:
-            counts[lev] += int((ms.level == level_index(lev)).sum())
+    frames = [s.native.frame(f.name) for f in s.train_frames()]  # the 2D models see full-resolution frames
+    stats = prepare_masks(s.native, frames, provider, embedder, cache, progress=cfg.progress)
+    s._level_counts = None
+    counts = s.level_counts()
     if sum(counts.values()) == 0:
         raise Cos3dError(
             f"the {models.masks!r} mask provider found no masks at levels {','.join(cfg.levels)} in any of the "
@@ -413,22 +490,26 @@ def _stage_masks(s: _Session) -> dict[str, Any]:
 # ---- stage 1
 
 
-def _label_tensor(ms, lev: str, vw, device) -> torch.Tensor:
+def _label_tensor(ms, lev: str, vw, device, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """``[H*W]`` mask ids of level ``lev`` at the view's training size (nearest resampling of the
+    full-resolution masks when the view trains downscaled)."""
     lm = ms.label_map(lev)
-    if lm.shape != (vw.height, vw.width):
-        raise Cos3dError(
-            f"masks of view {vw.name} are {lm.shape[1]}x{lm.shape[0]} but its camera is {vw.width}x{vw.height}; "
-            "the mask cache is stale: delete the run's masks/ folder and re-run"
-        )
-    return torch.from_numpy(lm.astype("int64")).reshape(-1).to(device)
+    h, w = lm.shape
+    if (h, w) != (vw.height, vw.width):
+        if abs(w / h - vw.width / vw.height) > 2.0 / min(vw.width, vw.height):
+            raise Cos3dError(
+                f"masks of view {vw.name} are {w}x{h} but it trains at {vw.width}x{vw.height} (another aspect); "
+                "the 2D cache does not belong to these frames: re-run with --stage masks"
+            )
+        ys = (np.arange(vw.height) + 0.5) * h / vw.height
+        xs = (np.arange(vw.width) + 0.5) * w / vw.width
+        lm = lm[np.minimum(ys.astype(np.int64), h - 1)[:, None], np.minimum(xs.astype(np.int64), w - 1)[None, :]]
+    return torch.from_numpy(lm.astype("int64")).reshape(-1).to(device, dtype)
 
 
 def _active_levels(s: _Session) -> tuple[list[str], list[str]]:
-    from cos3d.vision import level_index
-
     present, empty = [], []
-    for lev in s.cfg.levels:
-        n = sum(int((ms.level == level_index(lev)).sum()) for _, ms, _ in s.masks())
+    for lev, n in s.level_counts().items():
         (present if n else empty).append(lev)
     if not present:
         raise Cos3dError(
@@ -466,9 +547,11 @@ def _stage_instance(s: _Session) -> dict[str, Any]:
         f"stage 1: {len(weights)} views, {g.num} Gaussians, weights {mem / 2**20:.0f} MiB built in {t_build:.1f} s; "
         f"{icfg.iterations} iterations"
     )
-    masks = s.masks()
     views = [vw for _, vw in weights]
-    labels = [{lev: _label_tensor(masks[i][1], lev, vw, s.device) for lev in levels} for i, vw in weights]
+    labels = []  # int16 mask ids per view and level (mask counts per view stay far below 32767)
+    for i, vw in weights:
+        ms, _ = s.mask_view(i)
+        labels.append({lev: _label_tensor(ms, lev, vw, s.device, torch.int16) for lev in levels})
     hook = (lambda it: cfg.hook("instance", it)) if cfg.hook is not None else None
     feats, stats = train_instance_field(
         views, labels, levels, icfg, checkpoint=s.checkpoint, hook=hook, progress=cfg.progress, log=_log
@@ -490,6 +573,8 @@ def _stage_instance(s: _Session) -> dict[str, Any]:
         "resumed_from": stats["resumed_from"],
         "weights_build_s": round(t_build, 3),
         "weights_mib": round(mem / 2**20, 1),
+        "memory_budget_gib": round(s.budget_bytes() / 2**30, 2),
+        "views_sampled_to_budget": s.sampled_views,
         "nnz_per_pixel": round(
             sum(vw.nnz for vw in views) / max(1, sum(sum(int(c.pixels.numel()) for c in vw.chunks) for vw in views)), 2
         ),
@@ -520,14 +605,13 @@ def _stage_language(s: _Session) -> dict[str, Any]:
             "re-run --stage instance (or delete fields.pt and run with --resume)"
         )
     weights = s.view_weights()
-    masks = s.masks()
 
     def rendered_views(lev: str, inst: torch.Tensor):
         """Per view (features [P, d], labels [P], embeddings [M, D], alpha [P]), one view at a time."""
         bar = _bar(weights, f"stage 2 anchors ({lev})", cfg.progress, unit="view")
         with torch.no_grad():
             for i, vw in bar:
-                _, ms, emb = masks[i]
+                ms, emb = s.mask_view(i)
                 F, alpha = vw.render(inst)
                 # label_map(lev) holds k + 1 for masks[k] (an index into the whole set, = emb row k)
                 lm = _label_tensor(ms, lev, vw, "cpu")
@@ -641,17 +725,23 @@ def train(cfg: TrainConfig, *, config_files: tuple[str, ...] = ()) -> Path:
 def _train(cfg: TrainConfig, config_files: tuple[str, ...]) -> Path:
     from cos3d.readers import load_scene
 
-    scene = load_scene(cfg.scene, cfg.data_root)
-    scene_root = Path(scene.root).resolve()
+    from cos3d.views import training_scene
+
+    native = load_scene(cfg.scene, cfg.data_root)
+    scene_root = Path(native.root).resolve()
     device = resolve_device(cfg.device)
+    scene, views = training_scene(native, cfg.views)
     todo: tuple[str, ...] = STAGES if cfg.stage == "all" else (cfg.stage,)
     out = Path(cfg.out) if cfg.out is not None else Path("runs") / scene_root.name
     if cfg.gaussians is not None and "recon" not in todo and not RunFolder(out).ply.is_file():
         todo = ("recon", *todo)
     state = _prepare_run(cfg, scene_root, config_files, todo)
     run_dir = state.folder.root
-    s = _Session(cfg, state, scene, device)
+    state.data["views"] = views
+    state.save()
+    s = _Session(cfg, state, native, scene, device)
     _log(f"cos3d train: scene {scene_root} -> run {run_dir} on {device}")
+    _log(_views_line(views))
     t_all = time.perf_counter()
     for stage in todo:
         title = STAGE_TITLES[stage]
@@ -675,14 +765,38 @@ def _train(cfg: TrainConfig, config_files: tuple[str, ...]) -> Path:
         # the stage's new output has replaced the old: later stages were computed from the old one
         if stage != STAGES[-1]:
             state.invalidate_from(STAGES[STAGES.index(stage) + 1])
-        state.mark(stage, dt, **info)
+        state.mark(stage, dt, **info, peak_rss_gib=round(peak_rss_gib(), 3))
         state.data["timings"][stage] = round(dt, 3)
         _update_counts(s, stage, info)
         state.save()
         _log(f"{title}: done in {dt:.1f} s")
     state.data["timings"]["total_last_call"] = round(time.perf_counter() - t_all, 3)
+    state.data["peak_rss_gib"] = round(peak_rss_gib(), 3)
     state.save()
     return run_dir
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far, GiB (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def _views_line(v: dict[str, Any]) -> str:
+    size = v["train_size"]
+    size_txt = f"{size[0]}x{size[1]}" if isinstance(size[0], int) else "mixed sizes"
+    sel = v["selection"]
+    picked = (
+        f", the sharpest of each of {sel['kept']} even runs of {sel['from']} train frames"
+        if sel.get("scored")
+        else ""
+    )
+    return (
+        f"views: {v['train']} train + {v['test']} test of {v['frames']} frames, training at {size_txt} "
+        f"(frames {v['native_size'][0]}x{v['native_size'][1]}){picked}; --max-views, --max-size to change"
+    )
 
 
 def _update_counts(s: _Session, stage: str, info: dict[str, Any]) -> None:

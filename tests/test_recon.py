@@ -44,7 +44,7 @@ def test_ssim_basic_properties():
 
 
 def test_config_validation_and_fast_preset():
-    with pytest.raises(Cos3dError, match="init must be"):
+    with pytest.raises(Cos3dError, match="init: must be one of"):
         ReconConfig(init="sfm").validate()
     with pytest.raises(Cos3dError, match="sh_degree"):
         ReconConfig(sh_degree=4).validate()

@@ -1,11 +1,11 @@
-"""``cos3d prepare tabletop|masks``: make a scene, or fill a scene's per-view 2D-model cache."""
+"""``cos3d prepare tabletop|scannet|masks``: make or export a scene, or fill a scene's per-view 2D-model cache."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 
-HELP = "make a tabletop scene, or precompute masks + embeddings for a scene"
+HELP = "make a tabletop scene, export a ScanNet .sens scan, or precompute masks + embeddings for a scene"
 SUBCOMMANDS = {
     "tabletop": "cos3d.commands.prepare_tabletop",
     "masks": "cos3d.commands.prepare_masks",
@@ -15,7 +15,8 @@ SUBCOMMANDS = {
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help=HELP,
-                       description="Prepare inputs: generate a tabletop scene, or run the 2D models on a scene.")
+                       description="Prepare inputs: generate a tabletop scene, export a raw ScanNet .sens "
+                       "scan to the ScanNet layout, or run the 2D models on a scene.")
     inner = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     for modname in SUBCOMMANDS.values():
         importlib.import_module(modname).register(inner)

@@ -169,7 +169,7 @@ def train_instance_field(
     n_views = len(views)
     # Chunks are fixed, so each (view, chunk, level) has fixed clusters: compute them once.
     clusters = [
-        [[make_clusters(labels[v][lev][c.pixels], cfg.min_cluster) for lev in levels] for c in view.chunks]
+        [[make_clusters(labels[v][lev][c.pixels].long(), cfg.min_cluster) for lev in levels] for c in view.chunks]
         for v, view in enumerate(views)
     ]
     last: dict[str, float] = {}
