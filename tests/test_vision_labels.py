@@ -63,3 +63,30 @@ def test_image_prompt_for_labels_needs_names(labels):
     assert tuple(e.shape) == (384,) and abs(float(e.norm()) - 1) < 1e-5
     combined = combine_embeddings([labels.embed_text(["red"])[0], e])
     assert abs(float(combined.norm()) - 1) < 1e-5
+
+
+def test_embed_region_names_the_object_under_the_prompt(labels, tmp_path):
+    """Oracle-2D: a scene frame (by path or by pixels) resolves to the object/part of best IoU."""
+    from cos3d.vision.base import ImageRegion
+
+    scene = write_synthetic_scene(tmp_path / "s", n_frames=2)
+    frame = scene.frames[1]
+    image = frame.load_image()
+    inst, part = frame.load_instance(), frame.load_part()
+    box = np.zeros(inst.shape, bool)
+    ys, xs = np.nonzero(inst == 1)  # the mug's box: covers the mug and some background
+    box[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
+    by_pixels, note = labels.embed_region(ImageRegion(image=image, mask=box, scene=scene))
+    torch.testing.assert_close(by_pixels, torch.from_numpy(labels.embed_names(scene.names_of(1))))
+    assert note == f"oracle-2D: frame {frame.name}, object 1 ({scene.names_of(1)[0]})"
+    by_path, _ = labels.embed_region(ImageRegion(image=image, mask=box, path=frame.image_path, scene=scene))
+    torch.testing.assert_close(by_path, by_pixels)
+    handle, note = labels.embed_region(ImageRegion(image=image, mask=part == 11, scene=scene, part=True))
+    torch.testing.assert_close(handle, torch.from_numpy(labels.embed_names(scene.parts[11].names)))
+    assert "object 11 (handle)" in note
+    with pytest.raises(Cos3dError, match="real CLIP"):
+        labels.embed_region(ImageRegion(image=np.zeros_like(image), mask=box, scene=scene))
+    with pytest.raises(Cos3dError, match="real CLIP"):
+        labels.embed_region(ImageRegion(image=image, mask=box))  # no scene to name it from
+    with pytest.raises(Cos3dError, match="covers no labelled object"):
+        labels.embed_region(ImageRegion(image=image, mask=inst == 0, scene=scene))  # background only

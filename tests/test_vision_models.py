@@ -128,6 +128,12 @@ def test_openclip_random_checkpoint(clip, tiny_clip, monkeypatch):
     # an image prompt with the same mask is the same embedding (same crop, same space)
     p = clip.embed_image_prompt(image, inst == 2)
     np.testing.assert_allclose(p.numpy(), emb[1], atol=1e-5)
+    # an image embedder embeds a prompt region's pixels, whatever the scene (no note)
+    from cos3d.vision.base import ImageRegion
+
+    region, note = clip.embed_region(ImageRegion(image=image, mask=inst == 2, part=True))
+    assert note == "" and region.dtype == torch.float32
+    torch.testing.assert_close(region, p)
     assert clip.embed_masks(image, MaskSet.empty(64, 96)).shape == (0, 64)
     assert clip.model_id.startswith("openclip:cos3d-test-tiny-clip:ckpt-")
     # the env var is the same path as --clip-checkpoint

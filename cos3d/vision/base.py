@@ -1,5 +1,10 @@
 """The two interfaces of the 2D segmenter: :class:`MaskProvider` and :class:`Embedder`.
 
+An image prompt reaches an embedder as an :class:`ImageRegion` (the reference image, the prompted
+region and, for embedders that cannot see pixels, the scene it may name the region from) through
+:meth:`Embedder.embed_region`: image embedders crop and embed the pixels; the offline ``labels``
+embedder resolves the region to a dataset object of one of the scene's frames (oracle-2D protocol).
+
 Both carry ``model_id`` (which weights) and ``params`` (settings that change the output): the per-view
 cache is keyed by them, so a change in either is a cache miss. Heavy libraries (torch models, sam2,
 open_clip, transformers) are imported inside the concrete classes, never at ``import cos3d.vision``.
@@ -10,6 +15,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +26,7 @@ from cos3d.errors import Cos3dError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from cos3d.scene import Frame
+    from cos3d.scene import Frame, Scene
     from cos3d.vision.masks import MaskSet
 
 
@@ -44,6 +50,22 @@ class MaskProvider(abc.ABC):
     def generate(self, image: np.ndarray, frame: "Frame | None" = None) -> "MaskSet":
         """Masks of ``image`` (uint8 ``[H, W, 3]``). ``frame`` is required by providers that read
         dataset maps (``dataset``) and ignored by the others."""
+
+
+@dataclass(frozen=True)
+class ImageRegion:
+    """An image prompt resolved to a region of a reference image: what :meth:`Embedder.embed_region` embeds."""
+
+    image: np.ndarray
+    """uint8 ``[H, W, 3]`` reference image."""
+    mask: np.ndarray
+    """bool ``[H, W]`` prompted region (:func:`cos3d.vision.prompts.prompt_mask`)."""
+    path: Path | None = None
+    """The file the image was read from, when it came from one."""
+    scene: "Scene | None" = None
+    """The scene being queried: embedders that see no pixels (``labels``) name the region from it."""
+    part: bool = False
+    """The prompt asks for a part (a hierarchical query on the part level), not a whole object."""
 
 
 class Embedder(abc.ABC):
@@ -79,6 +101,16 @@ class Embedder(abc.ABC):
 
         ``names`` is a hint used only by embedders that embed names (``labels``); image embedders ignore it.
         """
+
+    def embed_region(self, region: ImageRegion) -> "tuple[torch.Tensor, str]":
+        """``([D] float32 unit embedding, note)`` of an image-prompt region, used like a text embedding.
+
+        Image embedders embed the region's pixels (:meth:`embed_image_prompt`) and return an empty
+        note; embedders that see no pixels override this and say in the note how they named the region.
+        """
+        import torch
+
+        return torch.as_tensor(self.embed_image_prompt(region.image, region.mask)).float(), ""
 
 
 class CropEmbedder(Embedder):

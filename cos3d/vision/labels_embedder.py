@@ -7,11 +7,15 @@ all its phrasings, and queries go through the same encoder. It needs masks with 
 wherever its numbers appear.
 
 An image prompt has no names; :meth:`LabelsEmbedder.embed_image_prompt` therefore needs a ``names``
-hint and raises without one.
+hint and raises without one. :meth:`LabelsEmbedder.embed_region` (what the query engine calls) finds the
+names itself when the reference image is one of the scene's own frames: the dataset object (or part)
+under the prompt region, the one of best IoU with it — what a prompt segmenter would return. Any other
+image raises: real CLIP/SigLIP weights are needed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,11 +23,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cos3d.errors import Cos3dError, MissingWeightsError
-from cos3d.vision.base import Embedder, check_masks_match, file_fingerprint, resolve_device, unit_rows
+from cos3d.vision.base import (
+    Embedder,
+    ImageRegion,
+    check_masks_match,
+    file_fingerprint,
+    resolve_device,
+    unit_rows,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from cos3d.scene import Frame, Scene
     from cos3d.vision.masks import MaskSet
 
 LABELS_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -63,6 +75,8 @@ class LabelsEmbedder(Embedder):
             model = SentenceTransformer(str(self.model_dir), device=self.device)
             _LOADED[key] = (model, {})
         self.model, self._cache = _LOADED[key]
+        self._frame_hashes: tuple[Scene, dict[str, str]] | None = None
+        """(scene, {sha1 of a frame's colour image: frame name}) for :meth:`embed_region`, built once per scene."""
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
 
@@ -140,3 +154,66 @@ class LabelsEmbedder(Embedder):
                 "(e.g. names=['mug']); use --embedder openclip or siglip for true image prompts"
             )
         return torch.from_numpy(self.embed_names(list(names)))
+
+    def embed_region(self, region: ImageRegion) -> "tuple[torch.Tensor, str]":
+        """The names of the dataset object (or part, when ``region.part``) under the region, embedded.
+
+        Oracle-2D protocol (module docstring): the reference image must be one of ``region.scene``'s
+        frames (found by its path, else by its pixels); the object whose instance (part) map region has
+        the best IoU with the prompt region is named. The note says which frame and object.
+        """
+        frame = self._frame_of(region)
+        if frame is None:
+            raise Cos3dError(
+                "image prompts need real CLIP/SigLIP weights: this run uses the offline labels embedder, which "
+                "sees no pixels and can only resolve a reference image that is one of the scene's own frames "
+                "(oracle-2D protocol); train with --embedder openclip (weights configured) for other images"
+            )
+        scene = region.scene
+        assert scene is not None  # a frame was found in it
+        id_map = frame.load_part() if region.part else frame.load_instance()
+        if id_map is None:
+            raise Cos3dError(
+                f"frame {frame.name} has no instance map, so the oracle-2D image prompt cannot be resolved"
+            )
+        covered = id_map[region.mask]
+        covered = np.unique(covered[covered > 0])
+        if covered.size == 0:
+            raise Cos3dError(f"the image prompt covers no labelled object in frame {frame.name}")
+        area = int(region.mask.sum())
+
+        def iou_with_prompt(i: int) -> float:
+            inter = int(((id_map == i) & region.mask).sum())
+            return inter / (int((id_map == i).sum()) + area - inter)
+
+        # best IoU; ties go to the larger id (as max over (iou, id) pairs)
+        best = max((iou_with_prompt(int(i)), int(i)) for i in covered)[1]
+        if region.part:
+            names = scene.parts[best].names if best in scene.parts else []
+        else:
+            names = scene.names_of(best)
+        if not names:
+            raise Cos3dError(f"object {best} under the image prompt in frame {frame.name} has no names")
+        emb = self.embed_image_prompt(region.image, region.mask, names=list(names)).float()
+        return emb, f"oracle-2D: frame {frame.name}, object {best} ({names[0]})"
+
+    def _frame_of(self, region: ImageRegion) -> "Frame | None":
+        """The frame of ``region.scene`` whose colour image is ``region.image`` (by path, else by pixels)."""
+        scene = region.scene
+        if scene is None:
+            return None
+        if region.path is not None:
+            wanted = region.path.resolve()
+            for f in scene.frames:
+                if Path(f.image_path).resolve() == wanted:
+                    return f
+        if self._frame_hashes is None or self._frame_hashes[0] is not scene:
+            hashes: dict[str, str] = {}
+            for f in scene.frames:
+                try:
+                    hashes[hashlib.sha1(f.load_image().tobytes()).hexdigest()] = f.name
+                except Cos3dError:
+                    continue
+            self._frame_hashes = (scene, hashes)
+        name = self._frame_hashes[1].get(hashlib.sha1(np.ascontiguousarray(region.image).tobytes()).hexdigest())
+        return None if name is None else scene.frame(name)
