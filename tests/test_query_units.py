@@ -140,6 +140,12 @@ def test_fast_refinement_reuses_ball_cache_across_queries(monkeypatch, min_wave)
         assert len(ref.regions) == len(fast.regions)
         assert all(torch.equal(a, b) for a, b in zip(ref.regions, fast.regions))
         assert ref.region_thresholds == fast.region_thresholds
+    # the index owns the balls: one graph per threshold set (dbar 0.1 and 0.05), filled by the queries
+    keys = [tuple(np.float32(t).item() for t in thresholds(dbar)) for dbar in (0.05, 0.1)]
+    assert sorted(index.ball_graphs) == sorted(keys)
+    assert all(int((graph.count >= 0).sum()) > 0 for graph in index.ball_graphs.values())
+    with pytest.raises(ValueError, match="3000 Gaussians"):
+        index.ball_graph(F[:10].numpy(), 0.1)
 
 
 def test_refinement_semantics_small_example():

@@ -27,7 +27,8 @@ exactly at 0.5), at O(ball) per seed:
   one contiguous range per cluster);
 - a Gaussian's loosest ball, with each entry's threshold level (the tightest of the four thresholds it
   passes), depends only on the field and d̄, so it is computed the first time the Gaussian is a seed and
-  kept on the index (:class:`_BallGraph`): later queries on the level only gather it;
+  kept by the index (:class:`BallGraph`, :meth:`InstanceIndex.ball_graph`): later queries on the level
+  only gather it;
 - seeds are taken in batches in the order step 3 picks them (sorted by ``−r``, then id; a seed already
   absorbed by an accepted region is skipped, as in the loop). A batch is decided in waves: a seed whose
   ball shares no Gaussian with an earlier undecided seed of the batch cannot be affected by it (nor
@@ -152,6 +153,9 @@ class InstanceIndex:
     ``α`` to a centroid, a member can only be within angle ``θ = arccos(t)`` of the seed when
     ``|β − α| ≤ θ`` (triangle inequality on the sphere), so each cluster contributes one contiguous range
     of its sorted members (:meth:`candidates`). Exact: no neighbour is ever missed.
+
+    The index also owns the :class:`BallGraph` of each threshold set it has served
+    (:meth:`ball_graph`): the seeds' loosest balls, kept across queries.
     """
 
     def __init__(self, instance: Tensor, *, k: int | None = None, iters: int = 8, sample: int = 20000,
@@ -159,6 +163,7 @@ class InstanceIndex:
         F = _unit(instance).detach().cpu()
         n = F.shape[0]
         self.n = n
+        """Number of Gaussians indexed."""
         k = int(k or max(1, min(512, n // 48)))
         g = torch.Generator().manual_seed(seed)
         S = F[torch.randperm(n, generator=g)[: min(n, max(sample, 4 * k))]] if n else F
@@ -168,16 +173,20 @@ class InstanceIndex:
             sums = torch.zeros_like(C).index_add_(0, a, S)
             ok = sums.norm(dim=1) > 1e-8
             C[ok] = _unit(sums[ok])
-        assign = self._assign(F, C)
+        assign = self._assign(F, C).numpy()
         beta = torch.arccos((F.double() * C.double()[assign]).sum(1).clamp(-1, 1)).numpy()
         self.centroids = C.numpy().astype(np.float64)
-        self.assign = assign.numpy()
-        self.beta = beta
-        self.radius = np.zeros(len(C))  # largest β per cluster
-        np.maximum.at(self.radius, self.assign, beta)
-        key = self.assign * 4.0 + beta  # β ∈ [0, π] < 4: keys of one cluster stay in [4k, 4k + π]
+        """``[K, F]`` unit centroids."""
+        self.radius = np.zeros(len(C))
+        """``[K]`` largest β of each cluster."""
+        np.maximum.at(self.radius, assign, beta)
+        key = assign * 4.0 + beta  # β ∈ [0, π] < 4: keys of one cluster stay in [4k, 4k + π]
         self.order = np.argsort(key, kind="stable")
+        """Gaussian ids sorted by (cluster, β)."""
         self.keys = key[self.order]
+        """``cluster · 4 + β`` of :attr:`order`, ascending."""
+        self.ball_graphs: dict[tuple[float, ...], BallGraph] = {}
+        """The :class:`BallGraph` of each threshold set served so far (:meth:`ball_graph`)."""
 
     @staticmethod
     def _assign(F: Tensor, C: Tensor, chunk: int = 65536) -> Tensor:
@@ -186,25 +195,42 @@ class InstanceIndex:
             out[s : s + chunk] = (F[s : s + chunk] @ C.T).argmax(1)
         return out
 
-    def candidates(self, seeds_F: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+    def candidates(self, seed_features: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
         """All (seed, Gaussian) pairs that may have ``cos > t``: ``(seed_index [P], gaussian_id [P])``,
         grouped by seed in order."""
         theta = math.acos(max(-1.0, min(1.0, t))) + 1e-6
         assert theta < 0.85, "thresholds this loose need a different key spacing"
-        D = np.asarray(seeds_F, np.float64) @ self.centroids.T  # [B, K] cosines to the centroids
+        cos_to_centroid = np.asarray(seed_features, np.float64) @ self.centroids.T  # [B, K]
         # clusters that can reach the seed at all: angle(seed, centroid) < θ + the cluster's largest β
-        bi, ki = np.nonzero(D > np.cos(np.minimum(np.pi, theta + self.radius))[None, :])
-        a = np.arccos(np.clip(D[bi, ki], -1, 1))
-        lo = np.searchsorted(self.keys, ki * 4.0 + a - theta, "left")
-        hi = np.searchsorted(self.keys, ki * 4.0 + a + theta, "right")
+        reach = cos_to_centroid > np.cos(np.minimum(np.pi, theta + self.radius))[None, :]
+        seed_row, cluster = np.nonzero(reach)
+        alpha = np.arccos(np.clip(cos_to_centroid[seed_row, cluster], -1, 1))
+        lo = np.searchsorted(self.keys, cluster * 4.0 + alpha - theta, "left")
+        hi = np.searchsorted(self.keys, cluster * 4.0 + alpha + theta, "right")
         counts = hi - lo
         if counts.sum() == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        pos = _segments(np.stack([lo, hi], 1).ravel(), np.arange(0, 2 * len(lo), 2))
-        return np.repeat(bi, counts), self.order[pos]
+        pos = _concat_ranges(np.stack([lo, hi], 1).ravel(), np.arange(0, 2 * len(lo), 2))
+        return np.repeat(seed_row, counts), self.order[pos]
+
+    def ball_graph(self, unit_features: np.ndarray, dbar: float) -> BallGraph:
+        """The :class:`BallGraph` for compactness ``dbar``'s thresholds (created empty on first use, then
+        kept here and filled as seeds need balls).
+
+        Args:
+            unit_features: ``[N, F]`` float32 unit rows: the features this index was built from.
+        """
+        if unit_features.shape[0] != self.n:
+            raise ValueError(f"the index holds {self.n} Gaussians but {unit_features.shape[0]} features were given")
+        ts = np.asarray(thresholds(dbar), np.float32)
+        key = tuple(ts.tolist())
+        graph = self.ball_graphs.get(key)
+        if graph is None:
+            graph = self.ball_graphs[key] = BallGraph(self, unit_features, ts)
+        return graph
 
 
-def _segments(ptr: np.ndarray, idx: np.ndarray) -> np.ndarray:
+def _concat_ranges(ptr: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Concatenated ranges ``[ptr[i], ptr[i+1])`` for every ``i`` in ``idx`` (vectorised)."""
     starts = ptr[idx]
     counts = ptr[idx + 1] - starts
@@ -215,46 +241,52 @@ def _segments(ptr: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + offs
 
 
-def _balls_direct(index: InstanceIndex, F: np.ndarray, seeds: np.ndarray, ts: np.ndarray):
+def _loosest_balls(index: InstanceIndex, F: np.ndarray, seeds: np.ndarray, ts: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Loosest-ball entries of ``seeds``: ``(row [P], gaussian [P], level [P])`` grouped by row in order;
     ``level`` = the tightest of the thresholds ``ts`` the cosine passes (0..len(ts)-1)."""
-    Fs = F[seeds]
-    pi, pg = index.candidates(Fs, float(ts[0]))
-    cos = np.einsum("ij,ij->i", F[pg], Fs[pi])
+    seed_features = F[seeds]
+    row, gaussian = index.candidates(seed_features, float(ts[0]))
+    cos = np.einsum("ij,ij->i", F[gaussian], seed_features[row])
     hit = cos > ts[0]
-    pi, pg, cos = pi[hit], pg[hit], cos[hit]
-    lev = (cos[:, None] > ts[None, :]).sum(1).astype(np.int8) - 1
-    return pi, pg, lev
+    row, gaussian, cos = row[hit], gaussian[hit], cos[hit]
+    level = (cos[:, None] > ts[None, :]).sum(1).astype(np.int8) - 1
+    return row, gaussian, level
 
 
-class _BallGraph:
+class BallGraph:
     """Loosest balls of Gaussians for one set of thresholds (query-independent), computed on first need and
-    kept: a Gaussian's ball (ids and threshold levels) is computed once per level, whatever query seeds it."""
+    kept: a Gaussian's ball (ids and threshold levels) is computed once per level, whatever query seeds it.
+    Owned by an :class:`InstanceIndex` (:meth:`InstanceIndex.ball_graph`)."""
 
     def __init__(self, index: InstanceIndex, F: np.ndarray, ts: np.ndarray) -> None:
         n = F.shape[0]
         self.index, self.F, self.ts = index, F, ts
         self.start = np.zeros(n, np.int64)
-        self.count = np.full(n, -1, np.int64)  # -1: not computed yet
-        self.nbr = np.zeros(1024, np.int32)
-        self.lev = np.zeros(1024, np.int8)
+        """Per Gaussian, where its ball starts in :attr:`neighbour` / :attr:`level`."""
+        self.count = np.full(n, -1, np.int64)
+        """Per Gaussian, its ball's size (−1: not computed yet)."""
+        self.neighbour = np.zeros(1024, np.int32)
+        """Ball entries: Gaussian ids (the first :attr:`size` are used)."""
+        self.level = np.zeros(1024, np.int8)
+        """Ball entries: the tightest threshold level each entry passes."""
         self.size = 0
 
     def _add(self, seeds: np.ndarray) -> None:
-        pi, pg, lev = _balls_direct(self.index, self.F, seeds, self.ts)
-        m = len(pg)
-        if self.size + m > len(self.nbr):
-            cap = max(2 * len(self.nbr), self.size + m)
-            self.nbr = np.resize(self.nbr, cap)
-            self.lev = np.resize(self.lev, cap)
-        self.nbr[self.size : self.size + m] = pg
-        self.lev[self.size : self.size + m] = lev
-        cnt = np.bincount(pi, minlength=len(seeds))
+        row, gaussian, level = _loosest_balls(self.index, self.F, seeds, self.ts)
+        m = len(gaussian)
+        if self.size + m > len(self.neighbour):
+            cap = max(2 * len(self.neighbour), self.size + m)
+            self.neighbour = np.resize(self.neighbour, cap)
+            self.level = np.resize(self.level, cap)
+        self.neighbour[self.size : self.size + m] = gaussian
+        self.level[self.size : self.size + m] = level
+        cnt = np.bincount(row, minlength=len(seeds))
         self.start[seeds] = self.size + np.concatenate([[0], np.cumsum(cnt)[:-1]])
         self.count[seeds] = cnt
         self.size += m
 
-    def balls(self, seeds: np.ndarray):
+    def balls(self, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(row [P], gaussian [P], level [P])`` of ``seeds``' balls, grouped by row in order."""
         todo = np.unique(seeds[self.count[seeds] < 0])
         if len(todo):
@@ -265,17 +297,168 @@ class _BallGraph:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8)
         offs = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
         pos = np.arange(total, dtype=np.int64) + offs
-        return np.repeat(np.arange(len(seeds)), counts), self.nbr[pos].astype(np.int64), self.lev[pos]
+        return np.repeat(np.arange(len(seeds)), counts), self.neighbour[pos].astype(np.int64), self.level[pos]
 
 
-def ball_graph(index: InstanceIndex, F: np.ndarray, dbar: float) -> _BallGraph:
-    """The :class:`_BallGraph` cached on ``index`` for compactness ``dbar`` (filled lazily)."""
-    ts = np.asarray(thresholds(dbar), np.float32)
-    cache = index.__dict__.setdefault("_graphs", {})
-    key = tuple(ts.tolist())
-    if key not in cache:
-        cache[key] = _BallGraph(index, F, ts)
-    return cache[key]
+_NO_ROW = np.iinfo(np.int64).max
+
+
+@dataclass
+class _SeedBatch:
+    """Seeds taken together by :func:`refine_fast`, with the still-unprocessed entries of their balls.
+
+    Entries are grouped by row (the seed's index in the batch) in order."""
+
+    seeds: np.ndarray
+    """``[C]`` Gaussian ids of the seeds, in visiting order."""
+    row: np.ndarray
+    """``[P]`` the seed (batch row) each entry belongs to."""
+    gaussian: np.ndarray
+    """``[P]`` the entry's Gaussian."""
+    level: np.ndarray
+    """``[P]`` int8 the tightest threshold level the entry passes."""
+    weighted_r: np.ndarray
+    """``[P]`` opacity × relevancy of the entry's Gaussian (numerator of a region's mean)."""
+    opacity: np.ndarray
+    """``[P]`` opacity of the entry's Gaussian (denominator of a region's mean)."""
+
+
+@dataclass
+class _AcceptedRegions:
+    """Accepted regions as the waves and single seeds decide them; :meth:`fill` orders them by seed rank.
+
+    A seed's rank is its position in the visiting order (over all batches)."""
+
+    seed_rank: list[np.ndarray] = field(default_factory=list)
+    seed_id: list[np.ndarray] = field(default_factory=list)
+    level: list[np.ndarray] = field(default_factory=list)
+    """Per region, the threshold level it was accepted at."""
+    members: list[np.ndarray] = field(default_factory=list)
+    """The regions' Gaussians, concatenated."""
+    member_rank: list[np.ndarray] = field(default_factory=list)
+    """Per member, the rank of its region's seed."""
+
+    def add(self, seed_rank: np.ndarray, seed_id: np.ndarray, level: np.ndarray, members: np.ndarray,
+            member_rank: np.ndarray) -> None:
+        self.seed_rank.append(seed_rank)
+        self.seed_id.append(seed_id)
+        self.level.append(level)
+        self.members.append(members)
+        self.member_rank.append(member_rank)
+
+    def fill(self, res: RefineResult, n: int, dbar: float) -> None:
+        """Write the regions, their seeds and thresholds and the selection into ``res``, in visiting order."""
+        if not self.seed_rank:
+            return
+        by_rank = np.argsort(np.concatenate(self.seed_rank), kind="stable")
+        seed_rank = np.concatenate(self.seed_rank)[by_rank]
+        level = np.concatenate(self.level)[by_rank]
+        members = np.concatenate(self.members)
+        member_rank = np.concatenate(self.member_rank)
+        by_region = np.lexsort((members, member_rank))  # by region (seed rank), then Gaussian id
+        members, member_rank = members[by_region], member_rank[by_region]
+        bounds = np.searchsorted(member_rank, seed_rank, "left")
+        counts = np.diff(np.append(bounds, len(member_rank)))
+        res.regions = list(torch.split(torch.from_numpy(members.astype(np.int64)), counts.tolist()))
+        res.seeds = np.concatenate(self.seed_id)[by_rank].tolist()
+        ts = thresholds(dbar)
+        res.region_thresholds = [ts[i] for i in level.tolist()]
+        selected = np.zeros(n, bool)
+        selected[members] = True
+        res.selected = torch.from_numpy(np.nonzero(selected)[0].astype(np.int64))
+
+
+def _decide_in_waves(batch: _SeedBatch, rank0: int, processed: np.ndarray, first_row: np.ndarray,
+                     res: RefineResult, regions: _AcceptedRegions) -> tuple[np.ndarray, int]:
+    """Decide the batch's seeds wave by wave (the :func:`refine_fast` docstring) until a wave is smaller
+    than ``_MIN_WAVE``; returns (bool ``[C]`` seeds still undecided, how many seeds were found absorbed).
+
+    ``rank0`` is the visiting rank of the batch's first seed; ``first_row`` a scratch ``[N]`` array full
+    of ``_NO_ROW`` (left so); ``processed`` is updated in place.
+    """
+    n_seeds, n_levels = len(batch.seeds), len(THRESHOLD_STEPS)
+    bin_of_entry = batch.row * n_levels + batch.level
+    undecided = np.ones(n_seeds, bool)
+    absorbed = 0
+    pending = np.ones(len(batch.row), bool)  # entries of undecided seeds
+    while True:
+        # a seed is blocked when an earlier undecided seed of the batch shares one of its entries
+        pending_row, pending_gaussian = batch.row[pending], batch.gaussian[pending]
+        np.minimum.at(first_row, pending_gaussian, pending_row)
+        blocked = first_row[pending_gaussian] != pending_row
+        first_row[pending_gaussian] = _NO_ROW
+        ready = undecided.copy()
+        ready[pending_row[blocked]] = False
+        ready_rows = np.nonzero(ready)[0]
+        if len(ready_rows) < _MIN_WAVE:  # a chain: the caller finishes the batch one seed at a time
+            break
+        # decide every ready seed from the current processed set; absorbed seeds are skipped
+        alive = ~processed[batch.seeds[ready_rows]]
+        absorbed += len(ready_rows) - int(alive.sum())
+        ready_rows = ready_rows[alive]
+        in_wave = ready[batch.row] & pending
+        live = in_wave & ~processed[batch.gaussian]
+        if len(ready_rows):
+            size = n_seeds * n_levels
+            sum_r = np.bincount(bin_of_entry[live], weights=batch.weighted_r[live], minlength=size)
+            sum_o = np.bincount(bin_of_entry[live], weights=batch.opacity[live], minlength=size)
+            sum_r = sum_r.reshape(n_seeds, n_levels)[ready_rows]
+            sum_o = sum_o.reshape(n_seeds, n_levels)[ready_rows]
+            sum_r = np.cumsum(sum_r[:, ::-1], 1)[:, ::-1]  # region sums at threshold level >= l
+            sum_o = np.cumsum(sum_o[:, ::-1], 1)[:, ::-1]
+            passes = sum_r >= ACCEPT * sum_o
+            accepted = passes.any(1)
+            accepted_level = np.where(accepted, passes.argmax(1), n_levels)
+            level_of_row = np.full(n_seeds, n_levels, np.int64)
+            level_of_row[ready_rows] = accepted_level
+            in_region = live & (batch.level >= level_of_row[batch.row])
+            processed[batch.gaussian[in_region]] = True
+            processed[batch.seeds[ready_rows[~accepted]]] = True  # rejected: only the seed
+            res.n_seeds += len(ready_rows)
+            regions.add(rank0 + ready_rows[accepted], batch.seeds[ready_rows[accepted]], accepted_level[accepted],
+                        batch.gaussian[in_region], rank0 + batch.row[in_region])
+        undecided &= ~ready
+        pending &= ~in_wave
+        if not undecided.any():
+            break
+    return undecided, absorbed
+
+
+def _decide_one_by_one(batch: _SeedBatch, rows: np.ndarray, rank0: int, relevancy: np.ndarray,
+                       processed: np.ndarray, res: RefineResult, regions: _AcceptedRegions) -> int:
+    """Decide the seeds ``rows`` of the batch one at a time, in order (the literal loop on their balls);
+    returns how many were found absorbed. ``processed`` is updated in place."""
+    n_seeds, n_levels = len(batch.seeds), len(THRESHOLD_STEPS)
+    row_start = np.searchsorted(batch.row, np.arange(n_seeds + 1)).tolist()
+    # a ball whose Gaussians all have r >= ACCEPT is accepted at the loosest threshold without summing
+    all_relevant = (np.bincount(batch.row, weights=relevancy[batch.gaussian] < ACCEPT, minlength=n_seeds) == 0).tolist()
+    masses = np.stack([batch.weighted_r, batch.opacity])
+    at_or_above_level = (batch.level[:, None] >= np.arange(n_levels)[None, :]).astype(np.float64)
+    absorbed = 0
+    for k in rows.tolist():
+        seed = batch.seeds[k]
+        if processed[seed]:
+            absorbed += 1
+            continue
+        res.n_seeds += 1
+        lo, hi = row_start[k], row_start[k + 1]
+        ball = batch.gaussian[lo:hi]
+        live = ~processed[ball]
+        if all_relevant[k]:
+            level = 0
+            members = ball[live]
+        else:
+            sums = (masses[:, lo:hi] * live) @ at_or_above_level[lo:hi]  # region sums at threshold level >= l
+            passes = sums[0] >= ACCEPT * sums[1]
+            level = int(passes.argmax())
+            if not passes[level]:
+                processed[seed] = True
+                continue
+            members = ball[live & (batch.level[lo:hi] >= level)]
+        processed[members] = True
+        regions.add(np.array([rank0 + k]), np.array([seed]), np.array([level]), members,
+                    np.full(len(members), rank0 + k))
+    return absorbed
 
 
 def refine_fast(
@@ -295,18 +478,21 @@ def refine_fast(
     Args:
         instance, r, opacity, dbar, subset: as :func:`refine_reference`.
         index: a prebuilt :class:`InstanceIndex` of ``instance`` (built here when None; the engine
-            caches one per level). Seeds' loosest balls are kept on it per ``dbar`` (:func:`ball_graph`):
-            a Gaussian's ball is computed the first time it is a seed, later queries only gather it.
+            keeps one per level). Seeds' loosest balls are kept on it per ``dbar``
+            (:meth:`InstanceIndex.ball_graph`): a Gaussian's ball is computed the first time it is a
+            seed, later queries only gather it.
         unit_instance: ``instance`` already as float32 unit rows (numpy or CPU tensor; saves a copy).
         max_batch: the largest seed batch.
         pair_budget: batches are sized so that about this many (seed, ball entry) pairs are held at once.
 
     A batch takes the next unprocessed candidates in visiting order with their ball entries (each with
     its threshold level: the tightest of the four thresholds it passes). The batch is then decided in
-    waves: a seed is decided as soon as no earlier undecided seed of the batch shares a ball entry with
-    it (only such seeds can change what its ball holds, or absorb it), so every wave is decided at once
-    from the current processed set — exactly the decisions of the one-seed-at-a-time loop. A seed's
-    region sums at the four thresholds are a 4-bin histogram of its still-unprocessed entries.
+    waves (:func:`_decide_in_waves`): a seed is decided as soon as no earlier undecided seed of the
+    batch shares a ball entry with it (only such seeds can change what its ball holds, or absorb it), so
+    every wave is decided at once from the current processed set — exactly the decisions of the
+    one-seed-at-a-time loop. A seed's region sums at the four thresholds are a 4-bin histogram of its
+    still-unprocessed entries. Once waves get small, the rest goes one seed at a time
+    (:func:`_decide_one_by_one`).
     """
     _check(instance, r, opacity)
     if unit_instance is None:
@@ -314,144 +500,46 @@ def refine_fast(
     else:
         F = unit_instance.cpu().numpy() if isinstance(unit_instance, Tensor) else unit_instance
     F = np.ascontiguousarray(F, dtype=np.float32)
-    rn = r.detach().float().cpu().numpy().astype(np.float64)
-    o = opacity.detach().float().cpu().numpy().astype(np.float64)
+    relevancy = r.detach().float().cpu().numpy().astype(np.float64)
+    opac = opacity.detach().float().cpu().numpy().astype(np.float64)
     n = F.shape[0]
-    ts = np.asarray(thresholds(dbar), np.float32)
-    nt = len(ts)
     res = RefineResult(selected=torch.zeros(0, dtype=torch.long))
     allowed = np.ones(n, bool) if subset is None else subset.detach().cpu().numpy().astype(bool)
-    cand = np.nonzero(allowed & (rn > R_MIN) & (o > OPACITY_MIN))[0]
-    if len(cand) == 0:
+    candidates = np.nonzero(allowed & (relevancy > R_MIN) & (opac > OPACITY_MIN))[0]
+    if len(candidates) == 0:
         return res
     if index is None:
         index = InstanceIndex(torch.from_numpy(F))
-    graph = ball_graph(index, F, dbar)
+    graph = index.ball_graph(F, dbar)
     processed = ~allowed
-    # the order step 3 visits seeds in: r descending, then id ascending (cand is id-sorted; stable sort)
-    cand = cand[np.argsort(-rn[cand], kind="stable")]
-    orr = o * rn
-    minrow = np.full(n, np.iinfo(np.int64).max, np.int64)
-    # accepted regions, per wave or seed: seed visiting rank, seed id, level, Gaussians, their region's rank
-    reg_seed: list[np.ndarray] = []
-    reg_ent: list[np.ndarray] = []
-    reg_lab: list[np.ndarray] = []
-    reg_lev: list[np.ndarray] = []
-    reg_sid: list[np.ndarray] = []
-    chunk = 64
+    # the order step 3 visits seeds in: r descending, then id ascending (candidates are id-sorted; stable sort)
+    visit_order = candidates[np.argsort(-relevancy[candidates], kind="stable")]
+    weighted_r = opac * relevancy
+    first_row = np.full(n, _NO_ROW, np.int64)
+    regions = _AcceptedRegions()
+    batch_size = 64
     pos = 0
-    base = 0  # visiting rank of the batch's first seed (for ordering regions)
-    while pos < len(cand):
-        window = cand[pos : pos + 4 * chunk]
-        unp = np.nonzero(~processed[window])[0]
-        if len(unp) == 0:
+    rank0 = 0  # visiting rank of the batch's first seed (orders the regions)
+    while pos < len(visit_order):
+        window = visit_order[pos : pos + 4 * batch_size]
+        unprocessed = np.nonzero(~processed[window])[0]
+        if len(unprocessed) == 0:
             pos += len(window)
             continue
-        take = unp[:chunk]
-        sl = window[take]  # this batch's seeds, in visiting order
+        take = unprocessed[:batch_size]
+        seeds = window[take]
         pos += int(take[-1]) + 1
-        c = len(sl)
-        rows, gid, lev = graph.balls(sl)
-        keep = ~processed[gid]
-        rows, gid, lev = rows[keep], gid[keep], lev[keep]
-        npairs = len(rows)
-        w_or, w_o = orr[gid], o[gid]
-        key = rows * nt + lev
-        undecided = np.ones(c, bool)
-        absorbed = 0
-        eu = np.ones(len(rows), bool)  # entries of undecided rows
-        while True:
-            ru, gu = rows[eu], gid[eu]
-            np.minimum.at(minrow, gu, ru)
-            blocked = minrow[gu] != ru
-            minrow[gu] = np.iinfo(np.int64).max
-            ready = undecided.copy()
-            ready[ru[blocked]] = False
-            rk = np.nonzero(ready)[0]
-            if len(rk) < _MIN_WAVE:  # a chain: finish the batch one seed at a time
-                break
-            # decide every ready seed from the current processed set
-            alive_seed = ~processed[sl[rk]]
-            absorbed += len(rk) - int(alive_seed.sum())
-            rk = rk[alive_seed]
-            ent = ready[rows] & eu
-            al = ent & ~processed[gid]
-            if len(rk):
-                ha = np.bincount(key[al], weights=w_or[al], minlength=c * nt).reshape(c, nt)[rk]
-                hb = np.bincount(key[al], weights=w_o[al], minlength=c * nt).reshape(c, nt)[rk]
-                ha = np.cumsum(ha[:, ::-1], 1)[:, ::-1]  # sums at threshold level >= l
-                hb = np.cumsum(hb[:, ::-1], 1)[:, ::-1]
-                ok = ha >= ACCEPT * hb
-                acc = ok.any(1)
-                ti = np.where(acc, ok.argmax(1), nt)
-                tirow = np.full(c, nt, np.int64)
-                tirow[rk] = ti
-                inreg = al & (lev >= tirow[rows])
-                processed[gid[inreg]] = True
-                processed[sl[rk[~acc]]] = True  # rejected: only the seed
-                res.n_seeds += len(rk)
-                reg_seed.append(base + rk[acc])
-                reg_sid.append(sl[rk[acc]])
-                reg_lev.append(ti[acc])
-                reg_ent.append(gid[inreg])
-                reg_lab.append(base + rows[inreg])
-            undecided &= ~ready
-            eu &= ~ent
-            if not undecided.any():
-                break
-        rest = np.nonzero(undecided)[0]
-        if len(rest):
-            rptr = np.searchsorted(rows, np.arange(c + 1)).tolist()
-            pure = (np.bincount(rows, weights=rn[gid] < ACCEPT, minlength=c) == 0).tolist()
-            W = np.stack([w_or, w_o])
-            M = (lev[:, None] >= np.arange(nt)[None, :]).astype(np.float64)
-            for k in rest.tolist():
-                sk = sl[k]
-                if processed[sk]:
-                    absorbed += 1
-                    continue
-                res.n_seeds += 1
-                r0, r1 = rptr[k], rptr[k + 1]
-                g = gid[r0:r1]
-                al = ~processed[g]
-                if pure[k]:
-                    ti = 0
-                    loc = g[al]
-                else:
-                    h = (W[:, r0:r1] * al) @ M[r0:r1]  # region sums at threshold level >= l
-                    ok = h[0] >= ACCEPT * h[1]
-                    ti = int(ok.argmax())
-                    if not ok[ti]:
-                        processed[sk] = True
-                        continue
-                    loc = g[al & (lev[r0:r1] >= ti)]
-                processed[loc] = True
-                reg_seed.append(np.array([base + k]))
-                reg_sid.append(np.array([sk]))
-                reg_lev.append(np.array([ti]))
-                reg_ent.append(loc)
-                reg_lab.append(np.full(len(loc), base + k))
-        base += c
-        chunk = min(max_batch, 2 * c) if absorbed <= c // 2 else max(8, c // 2)
-        chunk = max(8, min(chunk, int(pair_budget / max(1.0, npairs / c))))
-    if reg_seed:
-        seeds_rank = np.concatenate(reg_seed)
-        seeds_lev = np.concatenate(reg_lev)
-        ent = np.concatenate(reg_ent)
-        lab = np.concatenate(reg_lab)
-        o_s = np.argsort(seeds_rank, kind="stable")
-        seeds_rank, seeds_lev = seeds_rank[o_s], seeds_lev[o_s]
-        o_e = np.lexsort((ent, lab))  # by region (visiting rank), then Gaussian id
-        ent, lab = ent[o_e], lab[o_e]
-        bounds = np.searchsorted(lab, seeds_rank, "left")
-        counts = np.diff(np.append(bounds, len(lab)))
-        seed_ids = np.concatenate(reg_sid)[o_s]
-        tens = torch.from_numpy(ent.astype(np.int64))
-        res.regions = list(torch.split(tens, counts.tolist()))
-        res.seeds = seed_ids.tolist()
-        tl = thresholds(dbar)
-        res.region_thresholds = [tl[i] for i in seeds_lev.tolist()]
-        sel = np.zeros(n, bool)
-        sel[ent] = True
-        res.selected = torch.from_numpy(np.nonzero(sel)[0].astype(np.int64))
+        row, gaussian, level = graph.balls(seeds)
+        keep = ~processed[gaussian]
+        row, gaussian, level = row[keep], gaussian[keep], level[keep]
+        batch = _SeedBatch(seeds, row, gaussian, level, weighted_r[gaussian], opac[gaussian])
+        undecided, absorbed = _decide_in_waves(batch, rank0, processed, first_row, res, regions)
+        if undecided.any():
+            absorbed += _decide_one_by_one(batch, np.nonzero(undecided)[0], rank0, relevancy, processed, res, regions)
+        n_seeds = len(seeds)
+        rank0 += n_seeds
+        # grow the batch while few of its seeds were absorbed, shrink it otherwise; keep the pairs in budget
+        batch_size = min(max_batch, 2 * n_seeds) if absorbed <= n_seeds // 2 else max(8, n_seeds // 2)
+        batch_size = max(8, min(batch_size, int(pair_budget / max(1.0, len(row) / n_seeds))))
+    regions.fill(res, n, dbar)
     return res
