@@ -25,9 +25,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cos3d.query.engine import QueryEngine
 
 ABSENT_QUERIES: tuple[str, ...] = ("elephant", "bicycle", "laptop", "giraffe", "umbrella")
 """Things no tabletop scene contains."""
@@ -172,7 +175,7 @@ def gt_mask(frame: Any, q: EvalQuery) -> np.ndarray | None:
 
 
 def evaluate(
-    engine: Any,
+    engine: QueryEngine,
     queries: Sequence[EvalQuery] | None = None,
     *,
     views: Sequence[str] | None = None,

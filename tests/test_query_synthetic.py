@@ -8,8 +8,6 @@ fixture (tests/test_query_engine.py) checks it on learned fields.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -20,7 +18,9 @@ from cos3d.evaluate import iou
 @pytest.fixture(scope="module")
 def synthetic(tabletop_dir):
     from cos3d.gaussians import Gaussians
+    from cos3d.query.engine import QueryEngine, QueryInputs
     from cos3d.readers import load_scene
+    from cos3d.trained import LevelField
     from cos3d.vision.labels_embedder import LabelsEmbedder
 
     scene = load_scene(tabletop_dir)
@@ -50,15 +50,13 @@ def synthetic(tabletop_dir):
         lang = torch.stack([table.get(int(i), table[next(iter(table))] * 0) for i in ids])
         lang = torch.nn.functional.normalize(lang + 0.01 * torch.randn(lang.shape, generator=gen), dim=1)
         targets = torch.stack(list(table.values()))
-        return SimpleNamespace(instance=inst, language=lang.half(), anchors=None, targets=targets, dbar=0.05)
+        return LevelField(instance=inst, language=lang.half(), anchors=torch.zeros(0, 16), targets=targets, dbar=0.05)
 
     l_field = field(ins, lambda i: scene.labels.get(i, []))
     parts_or_inst = np.where(prt > 0, prt + 1000, ins)
     s_field = field(parts_or_inst, lambda i: scene.parts[i - 1000].names if i > 1000 else scene.labels.get(i, []))
-    trained = SimpleNamespace(scene=scene, gaussians=g, fields={"l": l_field, "s": s_field}, embedder=emb)
-    from cos3d.query.engine import QueryEngine
-
-    return QueryEngine(trained), ins
+    inputs = QueryInputs(scene=scene, gaussians=g, fields={"l": l_field, "s": s_field}, embedder=emb)
+    return QueryEngine(inputs), ins
 
 
 def _visible_iou(engine, res, ids, part=False):

@@ -4,11 +4,12 @@
 - :mod:`.refine` — adaptive Lang2Ins refinement: the literal reference loop and the fast engine version;
 - :mod:`.notarget` — the calibrated presence test on raw relevancy;
 - :mod:`.objects` — instances, centroids, oriented boxes; :mod:`.masks2d` — masks under two protocols;
-- :mod:`.prompts` — parsing CLI prompt specs; :mod:`.engine` — :class:`QueryEngine` and :class:`QueryResult`.
+- :mod:`.prompts` — parsing CLI prompt specs; :mod:`.engine` — :class:`QueryEngine` (on a :class:`QuerySource`:
+  a loaded run, or :class:`QueryInputs`) and :class:`QueryResult`.
 """
 
-from cos3d.query.engine import QueryEngine, QueryResult
+from cos3d.query.engine import QueryEngine, QueryInputs, QueryResult, QuerySource
 from cos3d.query.objects import Object3D, OrientedBox
 from cos3d.query.prompts import Click
 
-__all__ = ["QueryEngine", "QueryResult", "Object3D", "OrientedBox", "Click"]
+__all__ = ["QueryEngine", "QueryInputs", "QueryResult", "QuerySource", "Object3D", "OrientedBox", "Click"]

@@ -1,14 +1,16 @@
 """The query engine: prompts → selected Gaussians → 3D objects → 2D masks.
 
-``QueryEngine(trained).query(...)`` (also ``cos3d.load(run).query(...)``) answers
+``QueryEngine(source).query(...)`` answers on a :class:`QuerySource`: a loaded run
+(``cos3d.load(run)``, whose ``.engine`` is one such engine and whose ``.query(...)`` forwards to it) or
+:class:`QueryInputs` (fields held in memory). It answers
 
 - **text**: ``query("red mug")``; several at once with :meth:`QueryEngine.query_many`;
 - **image**: ``query(image=img_or_path, box=[x0, y0, x1, y1] | mask=m | scribble=s | points=[[x, y]])``:
-  the prompt becomes a mask (:func:`cos3d.vision.prompts.prompt_mask`), the mask an embedding through the
-  embedder's image-prompt path, used like a text embedding. With the offline ``labels`` embedder
-  (**oracle-2D protocol**) pixels cannot be embedded: a reference image that is one of the scene's frames
-  resolves to the dataset instance under the prompt mask and embeds that instance's names; any other image
-  raises (real CLIP/SigLIP weights are needed);
+  the prompt becomes a mask (:func:`cos3d.vision.prompts.prompt_mask`), the mask an embedding through
+  :meth:`cos3d.vision.base.Embedder.embed_region`, used like a text embedding. Image embedders embed the
+  pixels; the offline ``labels`` embedder (**oracle-2D protocol**) sees none: it resolves a reference image
+  that is one of the scene's frames to the dataset instance under the prompt mask and embeds that
+  instance's names; any other image raises (real CLIP/SigLIP weights are needed);
 - **text + image**: both given → the normalised sum of the two embeddings;
 - **click**: ``query(click=("16", x, y))`` (``Click`` or ``"VIEW:x,y"`` too): the Gaussian with the largest
   blending weight at that pixel, then region growing in instance space (:meth:`QueryEngine.grow`);
@@ -41,7 +43,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -57,12 +59,62 @@ from cos3d.query.notarget import (
     top_k_score,
 )
 from cos3d.query.objects import Object3D, make_object, split_objects
-from cos3d.query.prompts import Click, load_binary_image, load_rgb_image, parse_click
+from cos3d.query.prompts import Click, load_binary_image, load_rgb_image, parse_click, parse_points
 from cos3d.query.refine import InstanceIndex, RefineResult, refine_fast, refine_reference, thresholds
 from cos3d.query.relevancy import CANONICAL_NEGATIVES, PromptCache, normalize_relevancy, raw_relevancy
-from cos3d.scene import Camera
+from cos3d.scene import Camera, Scene
+from cos3d.vision.base import Embedder, ImageRegion
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cos3d.gaussians import Gaussians
+    from cos3d.trained import LevelField
 
 REFINERS = ("fast", "reference")
+
+ImageInput = np.ndarray | str | Path
+"""A reference image: uint8 ``[H, W, 3]`` or a PNG/JPG path."""
+BinaryInput = np.ndarray | str | Path
+"""A region image: bool ``[H, W]`` or a PNG whose non-zero pixels are the region."""
+PointsInput = np.ndarray | Sequence[Sequence[float]] | str
+"""Pixel points ``[K, 2]`` (x, y), or ``"x,y;x,y"`` (a third value 0 marks a background point)."""
+ClickInput = Click | str | tuple[str | Camera, float, float]
+"""``Click``, ``"VIEW:x,y"`` or ``(view, x, y)`` (view: a frame name or a :class:`Camera`)."""
+WithinObject = int | Object3D | Tensor
+"""A parent object: an object id (a Gaussian id, as printed), an :class:`Object3D`, or Gaussian ids."""
+
+
+class QuerySource(Protocol):
+    """What a :class:`QueryEngine` answers on: a :class:`cos3d.trained.TrainedScene`, or :class:`QueryInputs`."""
+
+    @property
+    def scene(self) -> Scene:
+        """The scene: frames and their cameras, object and part names."""
+        ...
+
+    @property
+    def gaussians(self) -> "Gaussians":
+        """The Gaussians the fields belong to (``N`` rows)."""
+        ...
+
+    @property
+    def fields(self) -> "Mapping[str, LevelField]":
+        """``{level: LevelField}`` with ``N`` rows each."""
+        ...
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder whose space the language fields live in."""
+        ...
+
+
+@dataclass(frozen=True)
+class QueryInputs:
+    """A :class:`QuerySource` held in memory (fields made without a run folder: synthetic tests, notebooks)."""
+
+    scene: Scene
+    gaussians: "Gaussians"
+    fields: "Mapping[str, LevelField]"
+    embedder: Embedder
 
 
 @dataclass
@@ -92,7 +144,8 @@ class QueryResult:
     """The calibrated presence threshold it was compared with."""
     refine: RefineResult | None = field(default=None, repr=False)
     """The refinement's details (regions, seeds), when a refinement ran."""
-    _engine: Any = field(default=None, repr=False, compare=False)
+    engine: "QueryEngine | None" = field(default=None, repr=False, compare=False)
+    """The engine that answered: it renders :meth:`mask` (None for a result built by hand)."""
 
     @property
     def num_gaussians(self) -> int:
@@ -104,9 +157,9 @@ class QueryResult:
         ``protocol``: ``"occlusion"`` (visible pixels mostly covered by the selection) or ``"selected"``
         (the selection rendered alone, alpha > 0.7; the COS3D/OpenGaussian protocol).
         """
-        if self._engine is None:
-            raise Cos3dError("this QueryResult is detached from its engine; use QueryEngine.mask(result, camera)")
-        return self._engine.mask(self, camera, protocol)
+        if self.engine is None:
+            raise ValueError("this QueryResult has no engine to render it; use QueryEngine.mask(result, camera)")
+        return self.engine.mask(self, camera, protocol)
 
     def to_dict(self, points: bool = False) -> dict:
         """JSON-able summary (objects without their points unless ``points``)."""
@@ -136,17 +189,12 @@ class _Level:
     calibration: NoTargetCalibration | None = None
 
 
-def _field_attr(fieldobj: Any, name: str) -> Any:
-    if isinstance(fieldobj, dict):
-        return fieldobj[name]
-    return getattr(fieldobj, name)
-
-
 class QueryEngine:
     """Answers prompts on a trained scene (see the module docstring).
 
     Args:
-        trained: a :class:`cos3d.trained.TrainedScene` (``.scene``, ``.gaussians``, ``.fields``, ``.embedder``).
+        source: what to answer on (:class:`QuerySource`): a loaded run or :class:`QueryInputs`; its scene
+            and embedder are read once, here.
         level: the object level (``"l"``).
         part_level: the level for parts in hierarchical queries (default ``"s"``, else ``"m"``).
         refine: ``"fast"`` (default) or ``"reference"``.
@@ -160,12 +208,13 @@ class QueryEngine:
     LANGUAGE_FP32_BYTES = 1 << 29
     """Language features are kept as a float32 copy when it takes at most this many bytes (512 MiB)."""
 
-    def __init__(self, trained: Any, *, level: str = "l", part_level: str | None = None, refine: str = "fast") -> None:
-        self.trained = trained
-        self.scene = trained.scene
-        self.gaussians = trained.gaussians
-        self.embedder = trained.embedder
-        fields = trained.fields
+    def __init__(
+        self, source: QuerySource, *, level: str = "l", part_level: str | None = None, refine: str = "fast"
+    ) -> None:
+        self.scene: Scene = source.scene
+        self.gaussians: Gaussians = source.gaussians
+        self.embedder: Embedder = source.embedder
+        fields = source.fields
         if level not in fields:
             raise Cos3dError(f"the run has no {level!r}-level field; levels: {sorted(fields)}")
         self.level = level
@@ -178,11 +227,9 @@ class QueryEngine:
         self.opacity = self.gaussians.opacities.detach().float().cpu()
         self.scales = self.gaussians.scales.detach().float().cpu().amax(1)
         self._levels: dict[str, _Level] = {}
-        for name in fields:
-            f = fields[name]
-            inst = torch.as_tensor(_field_attr(f, "instance")).detach().cpu()
-            unit = torch.nn.functional.normalize(inst.float(), dim=1).contiguous()
-            lang = torch.as_tensor(_field_attr(f, "language")).detach().cpu()
+        for name, f in fields.items():
+            unit = torch.nn.functional.normalize(f.instance.detach().cpu().float(), dim=1).contiguous()
+            lang = f.language.detach().cpu()
             if lang.dtype != torch.float32 and lang.numel() * 4 <= self.LANGUAGE_FP32_BYTES:
                 lang = lang.float()  # a float32 copy makes every relevancy product ~2x faster on CPU
             self._levels[name] = _Level(
@@ -190,11 +237,10 @@ class QueryEngine:
                 unit=unit,
                 unit_np=unit.numpy(),
                 language=lang,
-                targets=torch.as_tensor(_field_attr(f, "targets")).detach().cpu().float(),
-                dbar=float(_field_attr(f, "dbar")),
+                targets=f.targets.detach().cpu().float(),
+                dbar=float(f.dbar),
             )
         self.masks = MaskRenderer(self.gaussians)
-        self._frame_hashes: dict[str, str] | None = None
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -261,38 +307,20 @@ class QueryEngine:
                 raise Cos3dError("empty text prompt: give a phrase such as \"red mug\"")
         return self.cache.embed(self.embedder, [t.strip() for t in texts])
 
-    def _frame_of_image(self, image: np.ndarray, path: Path | None) -> Any:
-        """The scene frame whose colour image equals ``image`` (oracle-2D), or None."""
-        if path is not None:
-            rp = path.resolve()
-            for f in self.scene.frames:
-                if Path(f.image_path).resolve() == rp:
-                    return f
-        import hashlib
-
-        if self._frame_hashes is None:
-            self._frame_hashes = {}
-            for f in self.scene.frames:
-                try:
-                    self._frame_hashes[hashlib.sha1(f.load_image().tobytes()).hexdigest()] = f.name
-                except Cos3dError:
-                    continue
-        h = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
-        name = self._frame_hashes.get(h)
-        return None if name is None else self.scene.frame(name)
-
     def embed_image(
         self,
-        image: np.ndarray | str | Path,
+        image: ImageInput,
         *,
         box: Sequence[float] | None = None,
-        mask: np.ndarray | str | Path | None = None,
-        scribble: np.ndarray | str | Path | None = None,
-        points: Any = None,
-        point_labels: Any = None,
+        mask: BinaryInput | None = None,
+        scribble: BinaryInput | None = None,
+        points: PointsInput | None = None,
+        point_labels: np.ndarray | Sequence[int] | None = None,
         level: str | None = None,
     ) -> tuple[Tensor, str]:
-        """``([D] unit embedding, note)`` of an image prompt (module docstring: oracle-2D for ``labels``)."""
+        """``([D] unit embedding, note)`` of an image prompt: the prompted region
+        (:func:`cos3d.vision.prompts.prompt_mask`) embedded by :meth:`Embedder.embed_region`; the note says
+        how an embedder that sees no pixels named it (module docstring: oracle-2D for ``labels``)."""
         from cos3d.vision.prompts import prompt_mask
 
         path = None
@@ -305,37 +333,13 @@ class QueryEngine:
         if isinstance(scribble, (str, Path)):
             scribble = load_binary_image(scribble, "--scribble")
         if isinstance(points, str):
-            from cos3d.query.prompts import parse_points
-
             points, point_labels = parse_points(points)
-        m = prompt_mask(image, box=box, mask=mask, scribble=scribble, points=points, point_labels=point_labels)
-        if getattr(self.embedder, "name", "") != "labels":
-            return torch.as_tensor(self.embedder.embed_image_prompt(image, m)).float(), ""
-        frame = self._frame_of_image(image, path)
-        if frame is None:
-            raise Cos3dError(
-                "image prompts need real CLIP/SigLIP weights: this run uses the offline labels embedder, which "
-                "sees no pixels and can only resolve a reference image that is one of the scene's own frames "
-                "(oracle-2D protocol); train with --embedder openclip (weights configured) for other images"
-            )
-        part = (level or self.level) == self.part_level and level != self.level
-        idmap = frame.load_part() if part else frame.load_instance()
-        if idmap is None:
-            raise Cos3dError(f"frame {frame.name} has no instance map, so the oracle-2D image prompt cannot be resolved")
-        ids = idmap[m]
-        ids = np.unique(ids[ids > 0])
-        if ids.size == 0:
-            raise Cos3dError(f"the image prompt covers no labelled object in frame {frame.name}")
-        # the dataset object that best matches the prompt region (what a prompt segmenter would return)
-        area = int(m.sum())
-        ious = [(int(((idmap == i) & m).sum()) / (int((idmap == i).sum()) + area - int(((idmap == i) & m).sum())), int(i))
-                for i in ids]
-        inst = max(ious)[1]
-        names = (self.scene.parts[inst].names if part else self.scene.names_of(inst)) if (not part or inst in self.scene.parts) else []
-        if not names:
-            raise Cos3dError(f"object {inst} under the image prompt in frame {frame.name} has no names")
-        emb = torch.as_tensor(self.embedder.embed_image_prompt(image, m, names=list(names))).float()
-        return emb, f"oracle-2D: frame {frame.name}, object {inst} ({names[0]})"
+        region = prompt_mask(image, box=box, mask=mask, scribble=scribble, points=points, point_labels=point_labels)
+        lvl = level or self.level
+        part = lvl == self.part_level and lvl != self.level
+        return self.embedder.embed_region(
+            ImageRegion(image=image, mask=region, path=path, scene=self.scene, part=part)
+        )
 
     # ------------------------------------------------------------------ core steps
     def relevancy(self, embeddings: Tensor, level: str | None = None) -> Tensor:
@@ -366,7 +370,7 @@ class QueryEngine:
         n = self.num_gaussians
         seed = int(seed)
         if not 0 <= seed < n:
-            raise Cos3dError(f"Gaussian id {seed} is out of range [0, {n})")
+            raise ValueError(f"Gaussian id {seed} is out of range [0, {n})")
         if prompt is None:  # a local consensus: the language features of the seed's tightest instance ball
             core = (lv.unit @ lv.unit[seed]) > thresholds(lv.dbar)[-1]
             if subset is not None:
@@ -395,15 +399,14 @@ class QueryEngine:
         obj = own[0] if own else make_object(torch.tensor([seed]), self.means, self.opacity, cos)
         return obj, ref
 
-    def _result(self, query: str, kind: str, level: str, **kw: Any) -> QueryResult:
-        return QueryResult(query=query, kind=kind, level=level, _engine=self, **kw)
-
-    def _empty(self, query: str, kind: str, level: str, reason: str, t0: float, timings: dict, **kw: Any) -> QueryResult:
+    def _empty(self, query: str, kind: str, level: str, reason: str, t0: float,
+               timings: dict[str, float]) -> QueryResult:
         timings["total"] = (time.perf_counter() - t0) * 1e3
-        return self._result(query, kind, level, objects=[], selected=torch.zeros(0, dtype=torch.long),
-                            no_target=True, reason=reason, timings=timings, **kw)
+        return QueryResult(query=query, kind=kind, level=level, objects=[], selected=torch.zeros(0, dtype=torch.long),
+                           no_target=True, reason=reason, timings=timings, engine=self)
 
-    def _parent(self, within: Any, within_object: Any) -> tuple[Tensor | None, str]:
+    def _parent(self, within: str | QueryResult | None, within_object: WithinObject | QueryResult | None
+                ) -> tuple[Tensor | None, str]:
         """Bool ``[N]`` parent selection and its description, or (None, reason) when absent."""
         n = self.num_gaussians
         if within_object is not None:
@@ -441,15 +444,15 @@ class QueryEngine:
         self,
         text: str | None = None,
         *,
-        image: np.ndarray | str | Path | None = None,
+        image: ImageInput | None = None,
         box: Sequence[float] | None = None,
-        mask: np.ndarray | str | Path | None = None,
-        scribble: np.ndarray | str | Path | None = None,
-        points: Any = None,
-        point_labels: Any = None,
-        click: Click | str | tuple | None = None,
+        mask: BinaryInput | None = None,
+        scribble: BinaryInput | None = None,
+        points: PointsInput | None = None,
+        point_labels: np.ndarray | Sequence[int] | None = None,
+        click: ClickInput | None = None,
         within: str | QueryResult | None = None,
-        within_object: int | Object3D | Tensor | None = None,
+        within_object: WithinObject | QueryResult | None = None,
         level: str | None = None,
         refine: str | None = None,
     ) -> QueryResult:
@@ -531,7 +534,7 @@ class QueryEngine:
         return self._answer(P, descs, "part:text" if hier else "text", lvl, subset, refine, t0, timings)
 
     def _answer(self, P: Tensor, descs: list[str], kind: str, lvl: str, subset: Tensor | None,
-                refine: str | None, t0: float, timings: dict) -> list[QueryResult]:
+                refine: str | None, t0: float, timings: dict[str, float]) -> list[QueryResult]:
         lv = self._lv(lvl)
         ts = time.perf_counter()
         R_all = raw_relevancy(lv.language, P, self.negatives)  # [T, N]
@@ -562,8 +565,9 @@ class QueryEngine:
                           f"{float(inner[q]):.3f} < {cal.floor:.3f}, the level of absent names)")
             if reason:
                 tim["total"] = shared + (time.perf_counter() - tq) * 1e3
-                out.append(self._result(desc, kind, lvl, objects=[], selected=torch.zeros(0, dtype=torch.long),
-                                        no_target=True, reason=reason, timings=tim, score=score, threshold=cal.threshold))
+                out.append(QueryResult(query=desc, kind=kind, level=lvl, objects=[],
+                                       selected=torch.zeros(0, dtype=torch.long), no_target=True, reason=reason,
+                                       timings=tim, score=score, threshold=cal.threshold, engine=self))
                 continue
             if lv.index is None and (refine or self.refine_method) == "fast":
                 ts = time.perf_counter()
@@ -584,8 +588,9 @@ class QueryEngine:
                           f"threshold {cal.threshold:.3f}; {len(ref.regions)} region{'s' if len(ref.regions) != 1 else ''} accepted)")
             else:
                 reason = f"no region passed the refinement (relevancy score {score:.3f}); no target"
-            out.append(self._result(desc, kind, lvl, objects=objs, selected=sel, no_target=not objs, reason=reason,
-                                    timings=tim, score=score, threshold=cal.threshold, refine=ref))
+            out.append(QueryResult(query=desc, kind=kind, level=lvl, objects=objs, selected=sel, no_target=not objs,
+                                   reason=reason, timings=tim, score=score, threshold=cal.threshold, refine=ref,
+                                   engine=self))
         return out
 
     def _filter_weaker(self, objs: list[Object3D], R: Tensor) -> list[Object3D]:
@@ -624,12 +629,13 @@ class QueryEngine:
         feat = (c.weight[e].float()[:, None] * lang[c.gaussian[e]].float()).sum(0)
         return seed, feat, (c.gaussian[e].cpu(), c.weight[e].float().cpu())
 
-    def _click(self, click: Any, lvl: str, subset: Tensor | None, parent_desc: str, t0: float, timings: dict) -> QueryResult:
+    def _click(self, click: ClickInput, lvl: str, subset: Tensor | None, parent_desc: str, t0: float,
+               timings: dict[str, float]) -> QueryResult:
         if isinstance(click, str):
             click = parse_click(click)
         elif isinstance(click, tuple):
             if len(click) != 3:
-                raise Cos3dError(f"click must be (view, x, y), got {click!r}")
+                raise TypeError(f"click must be a (view, x, y) tuple, got {click!r}")
             click = Click(str(click[0]) if not isinstance(click[0], Camera) else click[0], float(click[1]), float(click[2]))
         view = click.view
         desc = f"click {click}" if isinstance(view, str) else f"click ({click.x:g}, {click.y:g})"
@@ -648,6 +654,6 @@ class QueryEngine:
         obj, ref = self.grow(seed, lvl, subset=subset, prompt=feat, votes=votes)
         timings["refine"] = (time.perf_counter() - ts) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3
-        return self._result(desc, kind, lvl, objects=[obj], selected=obj.gaussians, no_target=False,
-                            reason=f"clicked Gaussian {seed}; its object ({len(ref.regions)} regions grown)",
-                            timings=timings, score=None, threshold=None, refine=ref)
+        return QueryResult(query=desc, kind=kind, level=lvl, objects=[obj], selected=obj.gaussians, no_target=False,
+                           reason=f"clicked Gaussian {seed}; its object ({len(ref.regions)} regions grown)",
+                           timings=timings, score=None, threshold=None, refine=ref, engine=self)

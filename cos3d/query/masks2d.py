@@ -71,7 +71,7 @@ class MaskRenderer:
         if selected.numel():
             sel = selected.to(self.gaussians.device).long()
             if int(sel.min()) < 0 or int(sel.max()) >= n:
-                raise Cos3dError(f"selection holds Gaussian ids outside [0, {n})")
+                raise ValueError(f"selection holds Gaussian ids outside [0, {n})")
             ind[sel] = 1.0
         return ind
 

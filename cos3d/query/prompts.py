@@ -13,17 +13,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cos3d.errors import Cos3dError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from cos3d.scene import Camera
+
 
 @dataclass(frozen=True)
 class Click:
-    """A pixel ``(x, y)`` (x right, y down; pixel centres at integers) in the frame named ``view``."""
+    """A pixel ``(x, y)`` (x right, y down; pixel centres at integers) in the frame named ``view``
+    (or, from Python, in a :class:`~cos3d.scene.Camera`)."""
 
-    view: str
+    view: str | Camera
     x: float
     y: float
 

@@ -27,6 +27,8 @@ TEMPERATURE = 10.0
 
 
 class TextEmbedder(Protocol):
+    """What :class:`PromptCache` needs of an embedder (:class:`cos3d.vision.base.Embedder` has it)."""
+
     model_id: str
     dim: int
 
@@ -48,7 +50,7 @@ class PromptCache:
 
     def embed(self, embedder: TextEmbedder, texts: Sequence[str]) -> Tensor:
         """``[T, D]`` float32 unit rows for ``texts``, embedding only the ones not cached yet."""
-        key_id = str(getattr(embedder, "model_id", type(embedder).__name__))
+        key_id = embedder.model_id
         missing = [t for t in dict.fromkeys(texts) if (key_id, t) not in self._store]
         if missing:
             emb = torch.as_tensor(embedder.embed_text(list(missing))).detach().float().cpu()
@@ -57,7 +59,7 @@ class PromptCache:
             for t, e in zip(missing, emb):
                 self._store[(key_id, t)] = e
         if not texts:
-            return torch.zeros(0, int(getattr(embedder, "dim", 0)))
+            return torch.zeros(0, int(embedder.dim))
         return torch.stack([self._store[(key_id, t)] for t in texts])
 
 
