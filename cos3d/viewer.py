@@ -10,9 +10,9 @@ Layout of this module:
 - pure helpers (numpy in, numpy out; no server): :func:`quats_scales_to_covariances`,
   :func:`object_colors`, :func:`tint_rgbs`, :func:`top_opacity_ids`, :func:`splat_arrays`,
   :func:`box_pose`, :func:`frustum_pose`, :func:`guess_up_direction`, :func:`format_answer`;
-- the adapter :func:`answer_query`, the **only** place that calls ``trained.query`` and reads a
-  ``QueryResult`` / ``Object3D``: it returns the viewer's own :class:`Answer`, so API changes in
-  :mod:`cos3d.query` are absorbed there;
+- the adapter :func:`answer_query`, the **only** place that calls ``trained.query`` (the run's one
+  query engine, ``trained.engine``) and reads a ``QueryResult`` / ``Object3D``: it returns the viewer's
+  own :class:`Answer`, so API changes in :mod:`cos3d.query` are absorbed there;
 - :class:`ViewerApp`: builds the scene and GUI on a ``viser.ViserServer``; its :meth:`ViewerApp.query`
   is what the "Query" button calls (tests call it directly);
 - :func:`check_port_free`, :func:`start_server`, :func:`serve`: the ``cos3d view`` plumbing.
@@ -30,11 +30,19 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from cos3d.errors import Cos3dError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import viser
+
+    from cos3d.gaussians import Gaussians
+    from cos3d.query.engine import QueryResult
+    from cos3d.scene import Camera
+    from cos3d.trained import TrainedScene
 
 __all__ = [
     "Answer",
@@ -168,7 +176,7 @@ class SplatArrays:
     """[K, 1] float32."""
 
 
-def splat_arrays(gaussians: Any, ids: np.ndarray) -> SplatArrays:
+def splat_arrays(gaussians: Gaussians, ids: np.ndarray) -> SplatArrays:
     """Splat arrays of ``gaussians`` (a :class:`cos3d.gaussians.Gaussians`) rows ``ids``."""
     import torch
 
@@ -203,7 +211,7 @@ def box_pose(center: np.ndarray, R: np.ndarray, extent: np.ndarray) -> tuple[np.
     return rotmat_to_wxyz(R), np.asarray(center, np.float64).reshape(3), dims
 
 
-def frustum_pose(camera: Any) -> tuple[float, float, np.ndarray, np.ndarray]:
+def frustum_pose(camera: Camera) -> tuple[float, float, np.ndarray, np.ndarray]:
     """A :class:`cos3d.scene.Camera` → ``(fov_y, aspect, wxyz, position)`` for ``scene.add_camera_frustum``.
 
     cos3d cameras and viser frustums share the OpenCV axes (+z forward, +y down), so ``T_world_camera``
@@ -247,8 +255,8 @@ class ObjectView:
     score: float
     centroid: np.ndarray
     """[3] world."""
-    box: tuple[np.ndarray, np.ndarray, np.ndarray] | None
-    """``(center [3], R [3, 3], extent [3])`` of ``T_world_box``, or None."""
+    box: tuple[np.ndarray, np.ndarray, np.ndarray]
+    """``(center [3], R [3, 3], extent [3])`` of ``T_world_box``."""
 
 
 @dataclass
@@ -271,10 +279,12 @@ def _prompt_desc(text: str, within: str | None) -> str:
     return f"{text} within {within}" if within else text
 
 
-def answer_query(trained: Any, text: str, *, within: str | None = None) -> Answer:
-    """Ask ``trained`` (a :class:`cos3d.trained.TrainedScene`) and translate the result.
+def answer_query(trained: TrainedScene, text: str, *, within: str | None = None) -> Answer:
+    """Ask ``trained`` (its one engine, through :meth:`cos3d.trained.TrainedScene.query`) and translate the
+    result.
 
-    The only function that calls ``trained.query`` or reads a ``QueryResult`` / ``Object3D``.
+    With :func:`_answer_of`, the only code that calls ``trained.query`` or reads a ``QueryResult`` /
+    ``Object3D``.
     ``within`` is a parent prompt, or an object id (digits, optionally ``#``-prefixed, as listed in an
     earlier answer) for ``within_object``. A :class:`Cos3dError` (empty prompt...) becomes
     ``Answer.error``; other exceptions propagate.
@@ -282,48 +292,43 @@ def answer_query(trained: Any, text: str, *, within: str | None = None) -> Answe
     text = (text or "").strip()
     within = (within or "").strip() or None
     desc = _prompt_desc(text, within)
-    kwargs: dict[str, Any] = {}
+    parent_prompt: str | None = None
+    parent_id: int | None = None
     if within is not None:
         w = within.lstrip("#")
         if w.isdigit():
-            kwargs["within_object"] = int(w)
+            parent_id = int(w)
         else:
-            kwargs["within"] = within
+            parent_prompt = within
     t0 = time.perf_counter()
     try:
-        res = trained.query(text=text, **kwargs)
+        res = trained.query(text=text, within=parent_prompt, within_object=parent_id)
     except Cos3dError as e:
         return Answer(prompt=desc, error=str(e), ms=(time.perf_counter() - t0) * 1e3)
     wall = (time.perf_counter() - t0) * 1e3
-    objects = []
-    for o in getattr(res, "objects", None) or []:
-        box = getattr(o, "box", None)
-        objects.append(
-            ObjectView(
-                id=int(getattr(o, "id", len(objects))),
-                gaussians=_np(o.gaussians, np.int64).reshape(-1),
-                score=float(getattr(o, "score", float("nan"))),
-                centroid=_np(getattr(o, "centroid", np.zeros(3)), np.float64).reshape(3),
-                box=None if box is None else (
-                    _np(box.center, np.float64), _np(box.R, np.float64), _np(box.extent, np.float64)
-                ),
-            )
+    return _answer_of(res, wall)
+
+
+def _answer_of(res: QueryResult, wall_ms: float) -> Answer:
+    """A :class:`QueryResult` in the viewer's terms; ``wall_ms`` stands in for a missing total time."""
+    objects = [
+        ObjectView(
+            id=int(o.id),
+            gaussians=_np(o.gaussians, np.int64).reshape(-1),
+            score=float(o.score),
+            centroid=_np(o.centroid, np.float64).reshape(3),
+            box=(_np(o.box.center, np.float64), _np(o.box.R, np.float64), _np(o.box.extent, np.float64)),
         )
-    sel = getattr(res, "selected", None)
-    selected = (
-        _np(sel, np.int64).reshape(-1)
-        if sel is not None
-        else np.unique(np.concatenate([o.gaussians for o in objects] or [np.zeros(0, np.int64)]))
-    )
-    timings = getattr(res, "timings", None) or {}
-    ms = timings.get("total")
+        for o in res.objects
+    ]
+    ms = res.timings.get("total")
     return Answer(
-        prompt=str(getattr(res, "query", None) or desc),
+        prompt=res.query,
         objects=objects,
-        selected=selected,
-        no_target=bool(getattr(res, "no_target", not objects)),
-        reason=str(getattr(res, "reason", "") or ""),
-        ms=float(ms) if ms is not None else wall,
+        selected=_np(res.selected, np.int64).reshape(-1),
+        no_target=bool(res.no_target),
+        reason=res.reason,
+        ms=float(ms) if ms is not None else wall_ms,
     )
 
 
@@ -357,12 +362,11 @@ def format_answer(answer: Answer, colors: np.ndarray | None = None) -> str:
     return f"{head}: {n} object{'s' if n != 1 else ''}: " + ", ".join(parts) + ms
 
 
-def scene_cameras(trained: Any) -> tuple[list[Any], str | None]:
+def scene_cameras(trained: TrainedScene) -> tuple[list[Camera], str | None]:
     """The run's cameras and, when the scene cannot be read, why (frustums are then skipped)."""
     try:
-        scene = trained.scene
-        return list(scene.cameras if scene is not None else []), None
-    except (Cos3dError, AttributeError, OSError) as e:
+        return list(trained.scene.cameras), None
+    except (Cos3dError, OSError) as e:
         return [], f"cameras not shown: {e}"
 
 
@@ -372,8 +376,8 @@ class ViewerApp:
 
     Args:
         server: a started ``viser.ViserServer``.
-        trained: the run (``.gaussians``, ``.query(text=..., within=... | within_object=...)``,
-            optionally ``.scene.cameras``).
+        trained: the run (:class:`cos3d.trained.TrainedScene`: ``.gaussians``, ``.scene.cameras``,
+            ``.query(text=..., within=..., within_object=...)``).
         max_splats: splats shown (the most opaque ones).
         show_cameras: whether camera frustums start visible.
         history: answers kept in the "Last answers" list.
@@ -381,8 +385,8 @@ class ViewerApp:
 
     def __init__(
         self,
-        server: Any,
-        trained: Any,
+        server: viser.ViserServer,
+        trained: TrainedScene,
         *,
         max_splats: int = DEFAULT_MAX_SPLATS,
         show_cameras: bool = True,
@@ -523,15 +527,12 @@ class ViewerApp:
         sc = self.server.scene
         for k, o in enumerate(answer.objects):
             col = tuple(int(v) for v in np.round(colors[k] * 255))
-            if o.box is not None:
-                wxyz, pos, dims = box_pose(*o.box)
-                self.box_handles.append(
-                    sc.add_box(f"/answer/box_{k}", color=col, dimensions=dims, wireframe=True,
-                               wxyz=wxyz, position=pos, cast_shadow=False, receive_shadow=False)
-                )
-                top = pos + 0.5 * dims[2] * np.asarray(o.box[1])[:, 2]
-            else:
-                top = o.centroid
+            wxyz, pos, dims = box_pose(*o.box)
+            self.box_handles.append(
+                sc.add_box(f"/answer/box_{k}", color=col, dimensions=dims, wireframe=True,
+                           wxyz=wxyz, position=pos, cast_shadow=False, receive_shadow=False)
+            )
+            top = pos + 0.5 * dims[2] * np.asarray(o.box[1])[:, 2]
             self.overlay_handles.append(sc.add_label(f"/answer/label_{k}", f"#{o.id} {o.score:.2f}", position=top))
             hidden = ids[k][rows[k] < 0]
             if len(hidden):  # selected but capped out by --max-splats: show their centres
@@ -588,7 +589,7 @@ def check_port_free(host: str, port: int) -> None:
             raise Cos3dError(f"cannot listen on {host}:{port} ({e.strerror}); change --port or --host") from None
 
 
-def start_server(host: str, port: int) -> Any:
+def start_server(host: str, port: int) -> viser.ViserServer:
     """A started ``viser.ViserServer`` on exactly ``host:port`` (viser itself would move to the next free
     port); raises :class:`Cos3dError` when the port is taken."""
     import viser
@@ -607,7 +608,7 @@ def viewer_url(host: str, port: int) -> str:
 
 
 def serve(
-    trained: Any,
+    trained: TrainedScene,
     *,
     host: str = "127.0.0.1",
     port: int = 8080,

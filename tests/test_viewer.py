@@ -116,7 +116,7 @@ def _gaussians() -> Gaussians:
 
 
 class FakeTrained:
-    """A stand-in for cos3d.trained.TrainedScene: .gaussians, .scene.cameras, .query(...)."""
+    """A stand-in for cos3d.trained.TrainedScene: .gaussians, .scene.cameras, .query(...) -> a real QueryResult."""
 
     def __init__(self):
         self.gaussians = _gaussians()
@@ -127,19 +127,22 @@ class FakeTrained:
         self.calls = []
 
     def query(self, text=None, **kw):
+        from cos3d.query.engine import QueryResult
+        from cos3d.query.objects import Object3D, OrientedBox
+
         self.calls.append((text, kw))
         if not text:
             raise Cos3dError('empty text prompt: give a phrase such as "red mug"')
         if text == "elephant":
-            return SimpleNamespace(query=text, objects=[], selected=torch.zeros(0, dtype=torch.long),
-                                   no_target=True, reason="presence score 0.02 below 0.31", timings={"total": 3.0})
+            return QueryResult(query=text, objects=[], selected=torch.zeros(0, dtype=torch.long),
+                               no_target=True, reason="presence score 0.02 below 0.31", timings={"total": 3.0})
         objs = []
         for k, ids in enumerate(SEL):
-            box = SimpleNamespace(center=np.full(3, 0.1 * k), R=np.eye(3), extent=np.array([0.3, 0.2, 0.1]))
-            objs.append(SimpleNamespace(id=int(ids[0]), gaussians=torch.tensor(ids), score=0.9 - 0.1 * k,
-                                        centroid=np.zeros(3), box=box))
-        return SimpleNamespace(query=text, objects=objs, selected=torch.tensor(np.concatenate(SEL)),
-                               no_target=False, reason="2 objects", timings={"total": 7.5})
+            box = OrientedBox(center=np.full(3, 0.1 * k), R=np.eye(3), extent=np.array([0.3, 0.2, 0.1]))
+            objs.append(Object3D(id=int(ids[0]), gaussians=torch.tensor(ids), score=0.9 - 0.1 * k,
+                                 centroid=np.zeros(3), box=box, points=np.zeros((len(ids), 3), np.float32)))
+        return QueryResult(query=text, objects=objs, selected=torch.tensor(np.concatenate(SEL)),
+                           no_target=False, reason="2 objects", timings={"total": 7.5})
 
 
 @pytest.fixture
@@ -185,7 +188,8 @@ def test_viewer_query_highlights_boxes_and_clears(server):
 
     app.query("head", within="robot")
     app.query("head", within="#30")
-    assert trained.calls[-2] == ("head", {"within": "robot"}) and trained.calls[-1] == ("head", {"within_object": 30})
+    assert trained.calls[-2] == ("head", {"within": "robot", "within_object": None})
+    assert trained.calls[-1] == ("head", {"within": None, "within_object": 30})
     assert len(app.history) == 5 and app.history[0].startswith("**head**")
     assert app.history_md.content.count("\n- ") == 4
 

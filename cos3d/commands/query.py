@@ -15,6 +15,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cos3d.query.engine import QueryEngine, QueryResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _print_table(res) -> None:
+def _print_table(res: QueryResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -67,7 +71,8 @@ def _print_table(res) -> None:
     console.print(f"[dim]timings (ms): {tim}[/dim]")
 
 
-def write_masks(engine, res, out_dir: Path, views: list[str] | None, protocol: str) -> list[Path]:
+def write_masks(engine: QueryEngine, res: QueryResult, out_dir: Path, views: list[str] | None,
+                protocol: str) -> list[Path]:
     """Write ``out_dir/<frame>.png`` (uint8, 255 = selected) for each view; returns the paths."""
     import numpy as np
     from PIL import Image
@@ -94,7 +99,7 @@ def write_masks(engine, res, out_dir: Path, views: list[str] | None, protocol: s
     return written
 
 
-def write_selection_ply(engine, res, path: Path) -> None:
+def write_selection_ply(engine: QueryEngine, res: QueryResult, path: Path) -> None:
     from cos3d.ply import write_ply
 
     write_ply(path, engine.gaussians.subset(res.selected))  # atomic
@@ -114,13 +119,9 @@ def run(args: argparse.Namespace) -> int:
     if args.within_object is not None and args.within is not None:
         raise Cos3dError("give either --within or --within-object, not both")
 
-    import cos3d.trained as trained_mod
+    import cos3d
 
-    ts = trained_mod.load(args.run)
-    from cos3d.query.engine import QueryEngine
-
-    engine = getattr(ts, "engine", None)
-    engine = engine() if callable(engine) else (engine or QueryEngine(ts))
+    engine = cos3d.load(args.run).engine
     if views:
         for v in views:
             engine.camera(v)  # unknown view → error before any work
