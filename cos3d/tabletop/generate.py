@@ -5,7 +5,12 @@ Output folder::
     color/<i>.png  depth/<i>.png (uint16 mm)  pose/<i>.txt (4×4 c2w, OpenCV)
     instance/<i>.png (uint16, 0 = nothing)  part/<i>.png (uint16, 0 = no part)
     intrinsic/intrinsic_color.txt  intrinsic/intrinsic_depth.txt (4×4, K top-left)
-    labels.json  parts.json  splits.json  meta.json
+    labels.json  parts.json  splits.json  meta.json  eval_prompts.json
+
+``labels.json`` / ``parts.json`` hold the *training* names (what the oracle-2D ``labels`` embedder
+embeds); ``eval_prompts.json`` holds held-out phrasings per instance and part id, used only by
+``cos3d eval tabletop`` (format: :data:`EVAL_PROMPTS_FORMAT`). No held-out phrasing is a training name
+of the scene (checked when the scene is written).
 
 Instance ids: 1 = floor, 2 = table, 3 = the toy robot (the object with parts), then the rigid objects
 (the same-kind pair first); 0 = nothing hit (beyond the far plane). Part ids 1.. are the robot's
@@ -33,7 +38,18 @@ from cos3d.atomic import write_json
 from cos3d.errors import Cos3dError
 from cos3d.readers.writers import write_scannet_frame, write_scannet_intrinsics, write_scannet_meta
 from cos3d.scene import PartInfo
-from cos3d.tabletop.catalog import FLOOR_NAMES, FLOOR_URDF, PACKAGES, ROBOT, TABLE_NAMES, TABLE_URDF, upright_bounds
+from cos3d.tabletop.catalog import (
+    FLOOR_EVAL_NAMES,
+    FLOOR_NAMES,
+    FLOOR_URDF,
+    PACKAGES,
+    ROBOT,
+    TABLE_EVAL_NAMES,
+    TABLE_NAMES,
+    TABLE_URDF,
+    check_catalog,
+    upright_bounds,
+)
 from cos3d.tabletop.layout import Footprint, Selection, choose_objects, place
 from cos3d.tabletop.render import (
     Lens,
@@ -61,6 +77,9 @@ REGION = (-0.38, -0.25, 0.38, 0.25)
 REGION_MAX_SCALE = 1.75
 MIN_TRAIN_VIEWS = 2
 MIN_VIEWS = 4
+EVAL_PROMPTS_FORMAT = "cos3d-eval-prompts/1"
+"""``eval_prompts.json``: ``{"format": ..., "instances": {"<id>": [phrasing, ...]}, "parts": {"<part id>":
+[phrasing, ...]}}``: held-out phrasings, never among ``labels.json`` / ``parts.json``'s names."""
 
 
 @dataclass
@@ -120,6 +139,7 @@ def generate_tabletop(cfg: TabletopConfig) -> Path:
     existing non-empty ``out`` without ``force``.
     """
     cfg.validate()
+    check_catalog()
     out = Path(cfg.out).absolute()
     _check_out(out, cfg.force)
     # Independent streams: the objects and their layout do not change with the number of views.
@@ -173,6 +193,10 @@ class Built:
     objects: list[dict]
     """meta.json records, one per instance id."""
     pair: dict = field(default_factory=dict)
+    eval_names: dict[int, list[str]] = field(default_factory=dict)
+    """Held-out phrasings per instance id (``eval_prompts.json``)."""
+    part_eval_names: dict[int, list[str]] = field(default_factory=dict)
+    """Held-out phrasings per part id."""
 
 
 def _build(
@@ -198,6 +222,7 @@ def _build(
     move_body(cid, robot_body, pos, quat)
     body_to_id = {stage.floor: FLOOR_ID, stage.table: TABLE_ID, robot_body: ROBOT_ID}
     labels = {FLOOR_ID: list(FLOOR_NAMES), TABLE_ID: list(TABLE_NAMES), ROBOT_ID: list(ROBOT.names)}
+    eval_names = {FLOOR_ID: list(FLOOR_EVAL_NAMES), TABLE_ID: list(TABLE_EVAL_NAMES), ROBOT_ID: list(ROBOT.eval_names)}
     objects = [
         {"id": FLOOR_ID, "key": "floor", "names": list(FLOOR_NAMES), "source": "pybullet_data",
          "distribution": PACKAGES["pybullet_data"], "asset": FLOOR_URDF},
@@ -215,6 +240,7 @@ def _build(
         body, quat = load_mesh(cid, entry, scale, pos, fp.yaw, textures, tex_size)
         body_to_id[body] = oid
         labels[oid] = list(entry.names)
+        eval_names[oid] = list(entry.eval_names)
         if k in selection.pair:
             pair_ids.append(oid)
         objects.append({
@@ -228,12 +254,15 @@ def _build(
         inst_lut[body + 1] = oid
     part_lut = np.zeros(max(robot_links.values()) + 2, dtype=np.uint16)
     parts = {}
+    part_eval = {}
     for pid, part in enumerate(ROBOT.parts, start=1):
         parts[pid] = PartInfo(names=list(part.names), parent=ROBOT_ID)
+        part_eval[pid] = list(part.eval_names)
         for link in part.links:
             part_lut[robot_links[link] + 1] = pid
     return Built(table_top=top, region=region, robot_body=robot_body, inst_lut=inst_lut, part_lut=part_lut,
-                 labels=labels, parts=parts, objects=objects, pair={"kind": selection.pair_kind, "ids": pair_ids})
+                 labels=labels, parts=parts, objects=objects, pair={"kind": selection.pair_kind, "ids": pair_ids},
+                 eval_names=eval_names, part_eval_names=part_eval)
 
 
 def _pose_record(pos: np.ndarray, quat: np.ndarray, fp: Footprint) -> dict:
@@ -286,6 +315,7 @@ def _write_sidecars(root: Path, cfg: TabletopConfig, built: Built, lens: Lens, v
         parts=built.parts,
         splits={split: [n for n, v in zip(names, views) if v.split == split] for split in ("train", "test")},
     )
+    write_json(root / "eval_prompts.json", eval_prompts_record(built))
     write_json(root / "meta.json", {
         "generator": "cos3d.tabletop",
         "cos3d_version": __version__,
@@ -304,6 +334,21 @@ def _write_sidecars(root: Path, cfg: TabletopConfig, built: Built, lens: Lens, v
         "visible_pixels": visible["instances"],
         "visible_part_pixels": visible["parts"],
     })
+
+
+def eval_prompts_record(built: Built) -> dict:
+    """The ``eval_prompts.json`` record; raises ValueError if a held-out phrasing is a training name here."""
+    train = {n.lower() for ns in built.labels.values() for n in ns}
+    train |= {n.lower() for p in built.parts.values() for n in p.names}
+    held = {n.lower() for ns in list(built.eval_names.values()) + list(built.part_eval_names.values()) for n in ns}
+    if held & train:
+        raise ValueError(f"held-out phrasings that are training names of this scene: {sorted(held & train)}")
+    return {
+        "format": EVAL_PROMPTS_FORMAT,
+        "note": "held-out phrasings for cos3d eval; never in labels.json/parts.json, never embedded in training",
+        "instances": {str(k): list(v) for k, v in sorted(built.eval_names.items()) if v},
+        "parts": {str(k): list(v) for k, v in sorted(built.part_eval_names.items()) if v},
+    }
 
 
 # --- output folder --------------------------------------------------------------------------------
