@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from cos3d.errors import Cos3dError
+from cos3d.rotations import quat_to_rotmat
 
 if TYPE_CHECKING:  # pragma: no cover
     import viser
@@ -76,24 +77,6 @@ def _np(x: Any, dtype: Any = np.float32) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
-def quats_to_rotmats(quats: np.ndarray) -> np.ndarray:
-    """``[N, 4]`` wxyz quaternions (any length > 0) → ``[N, 3, 3]`` rotation matrices ``R_world_local``."""
-    q = np.asarray(quats, np.float64)
-    q = q / np.clip(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12, None)
-    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    R = np.empty(q.shape[:-1] + (3, 3))
-    R[..., 0, 0] = 1 - 2 * (y * y + z * z)
-    R[..., 0, 1] = 2 * (x * y - w * z)
-    R[..., 0, 2] = 2 * (x * z + w * y)
-    R[..., 1, 0] = 2 * (x * y + w * z)
-    R[..., 1, 1] = 1 - 2 * (x * x + z * z)
-    R[..., 1, 2] = 2 * (y * z - w * x)
-    R[..., 2, 0] = 2 * (x * z - w * y)
-    R[..., 2, 1] = 2 * (y * z + w * x)
-    R[..., 2, 2] = 1 - 2 * (x * x + y * y)
-    return R
-
-
 def quats_scales_to_covariances(quats: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """World covariances ``Σ = R S Sᵀ Rᵀ`` ``[N, 3, 3]`` float32.
 
@@ -105,7 +88,7 @@ def quats_scales_to_covariances(quats: np.ndarray, scales: np.ndarray) -> np.nda
     n = quats.shape[0]
     if quats.shape != (n, 4) or scales.shape != (n, 3):
         raise ValueError(f"quats must be [N, 4] and scales [N, 3], got {list(quats.shape)} and {list(scales.shape)}")
-    M = quats_to_rotmats(quats) * scales[:, None, :]  # R S (scale the columns)
+    M = quat_to_rotmat(quats) * scales[:, None, :]  # R S (scale the columns)
     return (M @ np.swapaxes(M, 1, 2)).astype(np.float32)
 
 

@@ -33,10 +33,6 @@ def check_protocol(protocol: str) -> str:
     return protocol
 
 
-def _camera_key(camera: Camera) -> bytes:
-    return camera.K.tobytes() + camera.c2w.tobytes() + np.array([camera.width, camera.height]).tobytes()
-
-
 class MaskRenderer:
     """Renders selection masks of one set of Gaussians; caches each camera's blending weights.
 
@@ -48,13 +44,13 @@ class MaskRenderer:
     def __init__(self, gaussians, *, max_cached_views: int = 16) -> None:
         self.gaussians = gaussians
         self.max_cached_views = int(max_cached_views)
-        self._contrib: OrderedDict[bytes, object] = OrderedDict()
+        self._contrib: OrderedDict[str, object] = OrderedDict()
 
     def contributions(self, camera: Camera):
         """The view's :class:`~cos3d.render.Contributions` (computed once per camera)."""
         from cos3d.render import compute_contributions
 
-        key = _camera_key(camera)
+        key = camera.key()
         c = self._contrib.get(key)
         if c is None:
             c = compute_contributions(self.gaussians, camera)
