@@ -46,6 +46,11 @@ class MaskProvider(abc.ABC):
         """JSON-able settings that change the output (part of the cache key)."""
         return {}
 
+    def frame_key(self, frame: "Frame") -> str:
+        """A hash of what this provider reads of ``frame`` besides its colour image ("" when nothing):
+        part of the view's cache key, so that edited inputs miss the cache."""
+        return ""
+
     @abc.abstractmethod
     def generate(self, image: np.ndarray, frame: "Frame | None" = None) -> "MaskSet":
         """Masks of ``image`` (uint8 ``[H, W, 3]``). ``frame`` is required by providers that read

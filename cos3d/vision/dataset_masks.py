@@ -24,6 +24,7 @@ seeded by ``(seed, frame name)`` so the same view always gets the same errors:
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,6 +69,14 @@ class DatasetMaskProvider(MaskProvider):
         p["labels"] = zlib.crc32(repr(sorted(self.scene.labels.items())).encode())
         p["parts"] = zlib.crc32(repr(sorted((k, v.names, v.parent) for k, v in self.scene.parts.items())).encode())
         return p
+
+    def frame_key(self, frame: "Frame") -> str:
+        """CRC32 of the frame's instance and part map files: the masks are made from them."""
+        crc = 0
+        for p in (frame.instance_path, frame.part_path):
+            if p is not None and Path(p).is_file():
+                crc = zlib.crc32(Path(p).read_bytes(), crc)
+        return f"{crc:08x}"
 
     def generate(self, image: np.ndarray, frame: "Frame | None" = None) -> MaskSet:
         """Masks of ``frame`` (required: its instance map is the source; ``image`` only fixes the size)."""
