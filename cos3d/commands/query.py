@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryEngine, QueryResult
 
+HELP = "segment a trained scene by a text, image, click or part prompt"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "query",
-        help="segment a trained scene by a text, image, click or part prompt",
+        help=HELP,
         description="Answer a prompt on a trained run: 3D objects (table or JSON), optional 2D masks and PLY.",
     )
     p.add_argument("text", nargs="?", default=None, help='text prompt, e.g. "red mug" (optional with --image/--click)')

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+HELP = "browse a trained run in a web viewer and query it"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "view",
-        help="browse a trained run in a web viewer and query it",
+        help=HELP,
         description="Serve a trained run in a viser web viewer: splats, cameras, a query panel. Blocks until Ctrl-C.",
     )
     p.add_argument("--run", required=True, type=Path, help="run folder made by cos3d train")
