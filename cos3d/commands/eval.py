@@ -1,0 +1,223 @@
+"""``cos3d eval lerf|scannet|tabletop``: the field's evaluation protocols (DESIGN.md §5).
+
+Each prints a table and writes ``RESULTS.json`` (per pair and summary) into ``--out`` (default
+``RUN/eval/<protocol>/``). The flags are the fields of :mod:`cos3d.eval.config`'s dataclasses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+HELP = "evaluate a trained run: LERF-OVS, ScanNet or tabletop protocols (and the tabletop ablation)"
+
+DESCRIPTIONS = {
+    "tabletop": ("our oracle-2D tabletop protocol on held-out views: names, held-out paraphrases, plurals, "
+                 "absent things (with the always-present/absent baselines), parts, image prompts; --ablation "
+                 "adds the instance-only / language-only / collaborative branches and training variants"),
+    "lerf": ("LERF-OVS 3D selection (OpenGaussian/COS3D): per (frame, category) 2D IoU against LangSplat's "
+             "released label JSONs; mIoU, mAcc@0.25, mAcc@0.5 per scene and mean, both 2D mask protocols"),
+    "scannet": ("ScanNet per-point protocol (OpenGaussian): each GT mesh vertex of *_vh_clean_2.labels.ply takes "
+                "the argmax over the 19/15/10 class names; opacity < 0.1 ignored; mIoU and mAcc"),
+}
+
+
+def _configs() -> dict[str, type]:
+    from cos3d.eval.config import LerfEvalConfig, ScannetEvalConfig, TabletopEvalConfig
+
+    return {"tabletop": TabletopEvalConfig, "lerf": LerfEvalConfig, "scannet": ScannetEvalConfig}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from cos3d.config import add_arguments, add_config_flag
+
+    p = sub.add_parser("eval", help=HELP, description="Evaluate a trained run on a protocol of the field; "
+                       "each prints a table and writes RESULTS.json.")
+    inner = p.add_subparsers(dest="what", required=True, metavar="PROTOCOL")
+    for name, cls in _configs().items():
+        q = inner.add_parser(name, help=DESCRIPTIONS[name].split(":")[0], description=DESCRIPTIONS[name])
+        add_config_flag(q)
+        add_arguments(q, cls, cls())
+        q.set_defaults(func=run, config_cls=cls)
+
+
+def _write(out: Path, results: dict[str, Any]) -> Path:
+    from cos3d.atomic import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "RESULTS.json"
+    write_json(path, results)
+    return path
+
+
+def _threads(n: int | None) -> None:
+    import os
+
+    import torch
+
+    n = n or (int(os.environ["COS3D_THREADS"]) if os.environ.get("COS3D_THREADS", "").isdigit() else None)
+    if n:
+        torch.set_num_threads(n)
+
+
+def _f(x: Any) -> str:
+    return "–" if x is None or (isinstance(x, float) and x != x) else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cos3d.config import config_from_args
+    from cos3d.errors import Cos3dError
+
+    cls = args.config_cls
+    cfg = config_from_args(cls, args, cls())
+    if cfg.run is None:
+        raise Cos3dError("--run is required: the run folder made by cos3d train")
+    if not Path(cfg.run).exists():
+        raise Cos3dError(f"--run {cfg.run}: no such folder")
+    _threads(cfg.threads)
+    t0 = time.perf_counter()
+    results = {"tabletop": _tabletop, "lerf": _lerf, "scannet": _scannet}[args.what](cfg)
+    results["command"] = f"cos3d eval {args.what}"
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    out = Path(cfg.out) if cfg.out is not None else Path(cfg.run) / "eval" / args.what
+    print(f"wrote {_write(out, results)} ({results['seconds']} s)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ lerf
+def _lerf(cfg: Any) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cos3d.errors import Cos3dError
+    from cos3d.eval.lerf import evaluate_lerf
+
+    if cfg.labels is None:
+        raise Cos3dError("--labels is required: LangSplat's lerf_ovs/label/<scene> folder (or label/)")
+    res = evaluate_lerf(Path(cfg.run), Path(cfg.labels), cfg.protocols)
+    t = Table(title="LERF-OVS 3D selection")
+    t.add_column("scene")
+    for proto in cfg.protocols:
+        for k in ("mIoU", "mAcc@0.25", "mAcc@0.5"):
+            t.add_column(f"{proto} {k}", justify="right")
+    for name, s in list(res["scenes"].items()) + [("mean", res["mean"])]:
+        t.add_row(name, *[_f(s[p][k]) for p in cfg.protocols for k in ("mIoU", "mAcc@0.25", "mAcc@0.5")])
+    Console(width=max(Console().width, 150)).print(t)
+    return res
+
+
+# --------------------------------------------------------------------------------------------- scannet
+def _scannet(cfg: Any) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cos3d.errors import Cos3dError
+    from cos3d.eval.scannet import evaluate_scannet
+
+    if cfg.scene is None:
+        raise Cos3dError("--scene is required: a ScanNet scan folder holding <scan>_vh_clean_2.labels.ply")
+    res = evaluate_scannet(Path(cfg.run), Path(cfg.scene), cfg.classes)
+    t = Table(title=f"ScanNet per-point, {cfg.classes} classes")
+    for c in ("scan", "mIoU", "mAcc", "correspondence", "points"):
+        t.add_column(c, justify="right")
+    for name, s in res["scenes"].items():
+        t.add_row(name, _f(s["mIoU"]), _f(s["mAcc"]), s["correspondence"], str(s["points"]))
+    t.add_row("mean", _f(res["mean"]["mIoU"]), _f(res["mean"]["mAcc"]), "", "")
+    Console().print(t)
+    return res
+
+
+# -------------------------------------------------------------------------------------------- tabletop
+def _tabletop(cfg: Any) -> dict[str, Any]:
+    from rich.console import Console
+
+    import cos3d
+    from cos3d.eval.tabletop import evaluate, evaluate_image_prompts, tabletop_queries
+
+    console = Console(width=max(Console().width, 150))
+    ts = cos3d.load(cfg.run)
+    engine = ts.engine
+    qs = tabletop_queries(engine.scene, absent=cfg.absent)
+    models = ts.record.get("config", {}).get("models", {}) if hasattr(ts, "record") else {}
+    oracle = models.get("masks") == "dataset" and models.get("embedder") == "labels"
+    rep = evaluate(engine, qs, protocol=cfg.protocol)
+    results: dict[str, Any] = {
+        "run": str(cfg.run),
+        "oracle_2d": oracle,
+        "models": models,
+        "main": rep.to_dict(),
+    }
+    _print_main(console, rep, oracle)
+    if cfg.image_prompts:
+        results["image_prompts"] = evaluate_image_prompts(engine, protocol=cfg.protocol)
+        _print_images(console, results["image_prompts"])
+    if cfg.ablation:
+        results["ablation"] = _ablation(cfg, ts, qs, console)
+    return results
+
+
+def _print_main(console: Any, rep: Any, oracle: bool) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"tabletop protocol ({'oracle-2D' if oracle else 'real 2D models'}), {rep.protocol} masks, "
+                    f"{len(rep.views)} held-out views")
+    for c in ("kind", "held out", "queries", "pairs", "mIoU", "mAcc@0.25", "mAcc@0.5", "decision acc."):
+        t.add_column(c, justify="right")
+    for kind, r in rep.by_kind.items():
+        t.add_row(kind, "yes" if r["held_out"] else "no", str(r["queries"]), str(r["pairs"]), _f(r["mIoU"]),
+                  _f(r["mAcc@0.25"]), _f(r["mAcc@0.5"]), _f(r["decision_accuracy"]))
+    s, h = rep.summary, rep.held_out
+    t.add_row("all", "", str(len(rep.per_query)), str(s["pairs"]), _f(s["mIoU"]), _f(s["mAcc@0.25"]), _f(s["mAcc@0.5"]), "")
+    t.add_row("held-out kinds", "yes", "", str(h["pairs"]), _f(h["mIoU"]), _f(h["mAcc@0.25"]), _f(h["mAcc@0.5"]), "")
+    console.print(t)
+    p = rep.presence
+    console.print(f"presence: accuracy {_f(p['accuracy'])} on {p['queries']} queries ({p['present']} present, "
+                  f"{p['absent']} absent); always-present baseline {_f(p['always_present_baseline'])}, "
+                  f"always-absent {_f(p['always_absent_baseline'])}; balanced accuracy {_f(p['balanced_accuracy'])}; "
+                  f"false-empty rate {_f(p['false_empty_rate'])}, false-present rate {_f(p['false_present_rate'])}")
+
+
+def _print_images(console: Any, res: dict[str, Any]) -> None:
+    for path in ("lift", "lookup"):
+        if path in res:
+            r = res[path]
+            console.print(f"image prompts ({path}): {r['prompts']} box prompts on held-out views, {r['pairs']} pairs in "
+                          f"the other held-out views: mIoU {_f(r['mIoU'])}, mAcc@0.25 {_f(r['mAcc@0.25'])}")
+    console.print(f"[dim]{res['note']}[/dim]")
+
+
+def _ablation(cfg: Any, ts: Any, qs: list, console: Any) -> dict[str, Any]:
+    from rich.table import Table
+
+    import cos3d
+    from cos3d.eval.ablation import BRANCHES, COS3D_LERF_ABLATION, BranchAnswers, train_variant, variant_configs
+    from cos3d.eval.tabletop import evaluate
+
+    rows: dict[str, Any] = {}
+    b = BranchAnswers(ts)
+    for branch in BRANCHES:
+        rows[branch] = evaluate(ts.engine, qs, protocol=cfg.protocol, answer=b.fn(branch))
+    variants = variant_configs(Path(cfg.run), perturbs=[s for s in cfg.perturb if s > 0],
+                               mlp=cfg.variants, balance0=cfg.variants)
+    for name, vcfg in variants.items():
+        folder = train_variant(vcfg, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+        rows[f"collaborative, {name}"] = evaluate(cos3d.load(folder).engine, qs, protocol=cfg.protocol)
+    t = Table(title=f"ablation (tabletop, {cfg.protocol} masks)")
+    for c in ("variant", "mIoU", "mAcc@0.25", "held-out mIoU", "names mIoU", "no-target acc.", "false-empty"):
+        t.add_column(c, justify="right")
+    for name, rep in rows.items():
+        t.add_row(name, _f(rep.summary["mIoU"]), _f(rep.summary["mAcc@0.25"]), _f(rep.held_out["mIoU"]),
+                  _f(rep.by_kind.get("name", {}).get("mIoU")), _f(rep.presence["accuracy"]),
+                  _f(rep.presence["false_empty_rate"]))
+    console.print(t)
+    best = max(("instance", "language", "collaborative_raw", "collaborative"), key=lambda k: rows[k].summary["mIoU"])
+    verdict = ("collaborative is best" if best.startswith("collaborative")
+               else f"{best} beats the collaborative query on this scene")
+    console.print(f"COS3D's own ablation on LERF-OVS (mIoU): instance {COS3D_LERF_ABLATION['instance']}, language "
+                  f"{COS3D_LERF_ABLATION['language']}, collaborative {COS3D_LERF_ABLATION['collaborative']}; here: {verdict}")
+    return {"rows": {k: {"summary": v.summary, "held_out": v.held_out, "presence": v.presence, "by_kind": v.by_kind}
+                     for k, v in rows.items()},
+            "best_branch": best, "verdict": verdict, "cos3d_lerf_ablation": COS3D_LERF_ABLATION}

@@ -1,0 +1,412 @@
+"""The tabletop protocol (DESIGN.md §5, ours, oracle-2D): 2D IoU of query masks in held-out views.
+
+Queries (:func:`tabletop_queries`), from the scene's ``labels.json`` / ``parts.json`` (training names)
+and ``eval_prompts.json`` (held-out phrasings, written by :mod:`cos3d.tabletop`):
+
+- ``name``: each object's canonical (first) training name — a prompt the training masks were embedded
+  with, so it is *not* held out; reported on its own row;
+- ``paraphrase``: the held-out phrasings of ``eval_prompts.json`` ("cup" for both mugs); never a training
+  name (checked: :func:`cos3d.eval.heldout.check_disjoint`). A scene without ``eval_prompts.json`` has
+  no paraphrase queries (its other names are training names, not held out);
+- ``plural``: the plural of a kind word several objects share ("mugs", "cans"): a phrasing no mask was
+  embedded with;
+- ``absent``: :data:`~cos3d.eval.heldout.ABSENT_PROMPTS` (near-domain and far things); disjoint from the
+  no-target calibration vocabulary and from every name of the scene (checked); the right answer is empty;
+- ``part``: each part's canonical name within its parent's canonical name ("head" within "toy robot");
+- ``part_paraphrase``: a part's held-out phrasing within its parent ("dome" within "toy robot").
+
+A query's ground truth is every instance (or part) that has the query text among its names of the same
+kind (training names for ``name`` / ``plural``, held-out phrasings for ``paraphrase``).
+
+Metrics, per (held-out frame, query) pair where the ground truth is visible (≥ 1 pixel) in that frame:
+IoU of the answer's 2D mask (``protocol``: ``occlusion`` by default, or ``selected``) with the GT mask; mIoU,
+mAcc@0.25, mAcc@0.5 over pairs (:mod:`cos3d.eval.metrics`). A present query answered as no-target scores 0
+on all its pairs. The presence decision of every query (present and absent) gives the no-target accuracy,
+reported with the "always present" / "always absent" baselines on the same mix and the false-empty rate.
+
+All numbers are oracle-2D when the run used the dataset masks and the ``labels`` embedder: the 2D masks
+and embeddings come from the dataset's own instance maps and training names, so they measure the 3D
+machinery, not CLIP or SAM.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from cos3d.errors import Cos3dError
+from cos3d.eval.heldout import ABSENT_PROMPTS, calibration_vocabulary, check_disjoint
+from cos3d.eval.metrics import mask_iou, presence_metrics, summarize_ious
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+    from cos3d.query.engine import QueryEngine
+    from cos3d.scene import Scene
+
+KINDS = ("name", "paraphrase", "plural", "absent", "part", "part_paraphrase")
+HELD_OUT_KINDS = ("paraphrase", "plural", "absent", "part_paraphrase")
+"""Kinds whose prompts no training mask was embedded with."""
+EVAL_PROMPTS_FILE = "eval_prompts.json"
+
+
+@dataclass
+class EvalQuery:
+    text: str
+    kind: str
+    """One of :data:`KINDS`."""
+    gt_ids: list[int]
+    """Instance ids (part ids for part kinds); empty for ``absent``."""
+    within: str | None = None
+    """Parent prompt for part queries."""
+
+    @property
+    def present(self) -> bool:
+        return bool(self.gt_ids)
+
+    @property
+    def is_part(self) -> bool:
+        return self.kind in ("part", "part_paraphrase")
+
+    @property
+    def label(self) -> str:
+        return self.text if self.within is None else f"{self.text} within {self.within}"
+
+
+@dataclass
+class Answer:
+    """What a query path answered: the selected Gaussians (sorted ids) or a no-target answer."""
+
+    selected: "Tensor"
+    no_target: bool
+    objects: int = 0
+
+
+AnswerFn = Callable[["QueryEngine", EvalQuery], Answer]
+"""A query path under evaluation (the engine's, or an ablation branch)."""
+
+
+def engine_answer(engine: "QueryEngine", q: EvalQuery) -> Answer:
+    """The engine's own answer (the collaborative query with its defaults)."""
+    res = engine.query(q.text, within=q.within) if q.within else engine.query(q.text)
+    return Answer(res.selected, bool(res.no_target), len(res.objects))
+
+
+@dataclass
+class QueryEval:
+    query: EvalQuery
+    ious: dict[str, float]
+    """Frame name → IoU (only frames where the GT is visible)."""
+    no_target: bool
+    num_objects: int
+    ms: float
+
+    @property
+    def decision_correct(self) -> bool:
+        return self.no_target != self.query.present
+
+    @property
+    def miou(self) -> float | None:
+        return float(np.mean(list(self.ious.values()))) if self.ious else None
+
+
+@dataclass
+class EvalReport:
+    per_query: list[QueryEval]
+    protocol: str
+    views: list[str]
+    summary: dict[str, Any]
+    """``pairs``, ``mIoU``, ``mAcc@0.25``, ``mAcc@0.5`` over every present query's pairs."""
+    held_out: dict[str, Any]
+    """The same over the held-out kinds only (:data:`HELD_OUT_KINDS`)."""
+    presence: dict[str, Any]
+    """:func:`cos3d.eval.metrics.presence_metrics` over every query."""
+    by_kind: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def miou(self) -> float:
+        return float(self.summary["mIoU"])
+
+    @property
+    def macc25(self) -> float:
+        return float(self.summary["mAcc@0.25"])
+
+    @property
+    def no_target_accuracy(self) -> float:
+        return float(self.presence["accuracy"])
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.summary["pairs"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "protocol": f"tabletop oracle-2D, {self.protocol} masks",
+            "views": self.views,
+            **{k: v for k, v in self.summary.items()},
+            "held_out": self.held_out,
+            "presence": self.presence,
+            "by_kind": self.by_kind,
+            "queries": [
+                {"query": q.query.label, "kind": q.query.kind, "gt": q.query.gt_ids, "no_target": q.no_target,
+                 "objects": q.num_objects, "mIoU": q.miou, "ious": q.ious, "ms": round(q.ms, 2)}
+                for q in self.per_query
+            ],
+        }
+
+
+def _plural(word: str) -> str:
+    if word.endswith(("s", "x", "ch", "sh")):
+        return word + "es"
+    if word.endswith("y") and len(word) > 1 and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
+
+
+def _ids_with_name(table: dict[int, list[str]], text: str) -> list[int]:
+    t = text.strip().lower()
+    return sorted(i for i, names in table.items() if t in (n.lower() for n in names))
+
+
+def read_eval_prompts(root: str | Path | None) -> tuple[dict[int, list[str]], dict[int, list[str]]] | None:
+    """``(instances, parts)``: held-out phrasings per id from ``root/eval_prompts.json``; None without one."""
+    if root is None:
+        return None
+    path = Path(root) / EVAL_PROMPTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        inst = {int(k): [str(x) for x in v] for k, v in d.get("instances", {}).items()}
+        parts = {int(k): [str(x) for x in v] for k, v in d.get("parts", {}).items()}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise Cos3dError(f"{path}: not an eval_prompts.json file ({e})") from None
+    return inst, parts
+
+
+def training_names(scene: "Scene") -> list[str]:
+    """Every name a training mask of ``scene`` can carry (instances and parts)."""
+    out = [n for ns in scene.labels.values() for n in ns]
+    out += [n for p in (scene.parts or {}).values() for n in p.names]
+    return out
+
+
+def tabletop_queries(
+    scene: "Scene", *, absent: Sequence[str] = ABSENT_PROMPTS, parts: bool = True,
+    vocabulary: Sequence[str] | None = None,
+) -> list[EvalQuery]:
+    """The protocol's queries for ``scene`` (module docstring). Raises :class:`Cos3dError` when a held-out
+    prompt overlaps a training name or the calibration vocabulary."""
+    labels = {int(k): list(v) for k, v in scene.labels.items()}
+    ptable = {int(k): list(p.names) for k, p in (scene.parts or {}).items()}
+    held = read_eval_prompts(getattr(scene, "root", None))
+    train_names = training_names(scene)
+    vocab = calibration_vocabulary() if vocabulary is None else tuple(vocabulary)
+    check_disjoint(absent, vocab, what="absent prompts", reserved_as="the no-target calibration vocabulary")
+    check_disjoint(absent, train_names, what="absent prompts", reserved_as="names of objects in the scene")
+    if held is not None:
+        inst_h, part_h = held
+        check_disjoint([n for ns in list(inst_h.values()) + list(part_h.values()) for n in ns], train_names,
+                       what="held-out paraphrases (eval_prompts.json)", reserved_as="training names (labels.json/parts.json)")
+        check_disjoint(absent, [n for ns in inst_h.values() for n in ns], what="absent prompts",
+                       reserved_as="held-out names of objects in the scene")
+    qs: list[EvalQuery] = []
+    seen: set[tuple[str, str | None]] = set()
+
+    def add(text: str, kind: str, ids: list[int], within: str | None = None) -> None:
+        key = (text.lower(), within)
+        if key in seen or (kind != "absent" and not ids):
+            return
+        seen.add(key)
+        qs.append(EvalQuery(text, kind, ids, within))
+
+    for _, names in sorted(labels.items()):
+        if names:
+            add(names[0], "name", _ids_with_name(labels, names[0]))
+    if held is not None:
+        for _, names in sorted(held[0].items()):
+            for alt in names:
+                add(alt, "paraphrase", _ids_with_name(held[0], alt))
+    kinds: list[str] = []
+    root = getattr(scene, "root", None)
+    if root is not None and (Path(root) / "meta.json").is_file():
+        try:
+            pair = json.loads((Path(root) / "meta.json").read_text()).get("pair") or {}
+            if pair.get("kind"):
+                kinds.append(str(pair["kind"]))
+        except (OSError, ValueError):
+            pass
+    shared: dict[str, set[int]] = {}
+    for i, names in labels.items():
+        for nm in set(x.lower() for x in names):
+            if " " not in nm:
+                shared.setdefault(nm, set()).add(i)
+    kinds += sorted(nm for nm, ids in shared.items() if len(ids) > 1)
+    for word in dict.fromkeys(kinds):
+        add(_plural(word), "plural", _ids_with_name(labels, word))
+    for a in absent:
+        add(a, "absent", [])
+    if parts and scene.parts:
+        for pid, p in sorted(scene.parts.items()):
+            parent = labels.get(int(p.parent), [])
+            if p.names and parent:
+                add(p.names[0], "part", _ids_with_name(ptable, p.names[0]), within=parent[0])
+        if held is not None:
+            for pid, names in sorted(held[1].items()):
+                p = scene.parts.get(pid)
+                parent = labels.get(int(p.parent), []) if p is not None else []
+                for alt in names:
+                    if parent:
+                        add(alt, "part_paraphrase", _ids_with_name(held[1], alt), within=parent[0])
+    return qs
+
+
+def gt_mask(frame: Any, q: EvalQuery) -> np.ndarray | None:
+    m = frame.load_part() if q.is_part else frame.load_instance()
+    return None if m is None else np.isin(m, q.gt_ids)
+
+
+def _kind_rows(out: list[QueryEval]) -> dict[str, dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    for kind in KINDS:
+        sub = [qe for qe in out if qe.query.kind == kind]
+        if not sub:
+            continue
+        row = summarize_ious(v for qe in sub for v in qe.ious.values())
+        row["queries"] = len(sub)
+        row["decision_accuracy"] = float(np.mean([qe.decision_correct for qe in sub]))
+        row["held_out"] = kind in HELD_OUT_KINDS
+        rows[kind] = row
+    return rows
+
+
+def evaluate(
+    engine: "QueryEngine",
+    queries: Sequence[EvalQuery] | None = None,
+    *,
+    views: Sequence[str] | None = None,
+    protocol: str = "occlusion",
+    answer: AnswerFn = engine_answer,
+) -> EvalReport:
+    """Run the protocol (module docstring) with the query path ``answer`` (default: the engine's).
+
+    Args:
+        views: frame names (default: the scene's test split).
+    """
+    from cos3d.query.masks2d import check_protocol
+
+    check_protocol(protocol)
+    scene = engine.scene
+    qs = list(queries) if queries is not None else tabletop_queries(scene)
+    frames = [scene.frame(v) for v in views] if views is not None else scene.split("test")
+    out: list[QueryEval] = []
+    for q in qs:
+        t = time.perf_counter()
+        ans = answer(engine, q)
+        ms = (time.perf_counter() - t) * 1e3
+        ious: dict[str, float] = {}
+        if q.present:
+            for f in frames:
+                gt = gt_mask(f, q)
+                if gt is None or not gt.any():
+                    continue
+                pred = (engine.masks.mask(ans.selected, f.camera, protocol) if not ans.no_target and ans.selected.numel()
+                        else np.zeros_like(gt))
+                ious[f.name] = mask_iou(pred, gt)
+        out.append(QueryEval(q, ious, bool(ans.no_target or not ans.selected.numel()), ans.objects, ms))
+    pairs = [v for qe in out for v in qe.ious.values()]
+    held_pairs = [v for qe in out if qe.query.kind in HELD_OUT_KINDS for v in qe.ious.values()]
+    return EvalReport(
+        per_query=out,
+        protocol=protocol,
+        views=[f.name for f in frames],
+        summary=summarize_ious(pairs),
+        held_out=summarize_ious(held_pairs),
+        presence=presence_metrics([qe.query.present for qe in out], [qe.no_target for qe in out]),
+        by_kind=_kind_rows(out),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# image prompts
+
+BACKGROUND_NAMES = ("floor", "table")
+MIN_PROMPT_PIXELS = 50
+
+
+def image_prompts(scene: "Scene", *, max_per_view: int | None = None) -> list[dict[str, Any]]:
+    """Box prompts on held-out views: for each held-out view, each object (not floor/table) with at
+    least :data:`MIN_PROMPT_PIXELS` visible pixels gets the box of its visible pixels (the user's input;
+    the ground truth makes the prompt, the query path never sees it)."""
+    labels = {int(k): v for k, v in scene.labels.items()}
+    objects = [i for i, n in sorted(labels.items()) if not (n and n[0] in BACKGROUND_NAMES)]
+    out = []
+    for f in scene.split("test"):
+        inst = f.load_instance()
+        if inst is None:
+            continue
+        rows = []
+        for i in objects:
+            m = inst == i
+            if int(m.sum()) < MIN_PROMPT_PIXELS:
+                continue
+            ys, xs = np.nonzero(m)
+            rows.append({"view": f.name, "object": i, "name": labels[i][0], "pixels": int(m.sum()),
+                         "box": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]})
+        rows.sort(key=lambda r: -r["pixels"])
+        out += rows[:max_per_view] if max_per_view else rows
+    return out
+
+
+def evaluate_image_prompts(engine: "QueryEngine", *, protocol: str = "occlusion", lookup: bool = True,
+                           max_per_view: int | None = None) -> dict[str, Any]:
+    """Image prompts (box on a held-out view) on two paths, each scored by IoU in the *other* held-out
+    views where the object is visible:
+
+    - ``lift`` (held out; reads no ground truth): :func:`cos3d.query.lift.lift_region`;
+    - ``lookup`` (only with the oracle-2D ``labels`` embedder): the engine's image path, where the labels
+      embedder names the dataset object under the box from the frame's instance map and embeds its
+      training names — a name look-up that reads ground truth at query time, reported apart.
+    """
+    from cos3d.query.lift import lift_region
+    from cos3d.vision.prompts import prompt_mask
+
+    scene = engine.scene
+    test = {f.name: f for f in scene.split("test")}
+    rows = []
+    for p in image_prompts(scene, max_per_view=max_per_view):
+        f = test[p["view"]]
+        others = [g for n, g in test.items() if n != p["view"]]
+        paths: dict[str, Any] = {}
+        t = time.perf_counter()
+        region = prompt_mask(f.load_image(), box=p["box"])
+        obj, _, _ = lift_region(engine, f.camera, region)
+        paths["lift"] = (obj.gaussians, (time.perf_counter() - t) * 1e3)
+        if lookup and getattr(engine.embedder, "name", "") == "labels":
+            t = time.perf_counter()
+            res = engine.query(image=f.image_path, box=p["box"])
+            paths["lookup"] = (res.selected if not res.no_target else None, (time.perf_counter() - t) * 1e3)
+        for path, (sel, ms) in paths.items():
+            ious = {}
+            for g in others:
+                inst = g.load_instance()
+                gt = None if inst is None else inst == p["object"]
+                if gt is None or not gt.any():
+                    continue
+                pred = engine.masks.mask(sel, g.camera, protocol) if sel is not None and sel.numel() else np.zeros_like(gt)
+                ious[g.name] = mask_iou(pred, gt)
+            rows.append({**p, "path": path, "ious": ious, "ms": round(ms, 2)})
+    out: dict[str, Any] = {"prompts": rows}
+    for path in ("lift", "lookup"):
+        sub = [v for r in rows if r["path"] == path for v in r["ious"].values()]
+        if any(r["path"] == path for r in rows):
+            out[path] = summarize_ious(sub) | {"prompts": sum(r["path"] == path for r in rows)}
+    out["note"] = ("lift: the box's Gaussians by blending weight, answered in instance space (no ground truth "
+                   "read); lookup: the oracle-2D labels embedder names the object under the box from the "
+                   "frame's instance map (reads ground truth; not a measure of image prompting)")
+    return out

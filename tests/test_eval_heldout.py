@@ -1,0 +1,93 @@
+"""A prompt used for evaluation can never reach calibration or training (issue 11), and
+``cos3d eval tabletop`` end to end on the shared trained tabletop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from cos3d.errors import Cos3dError
+from cos3d.eval.tabletop import HELD_OUT_KINDS, tabletop_queries
+
+pytest.importorskip("pybullet")
+
+
+def _record_encodes(monkeypatch) -> list[str]:
+    """Every text the labels embedder is asked to encode from now on (cache hits included)."""
+    from cos3d.vision.labels_embedder import LabelsEmbedder
+
+    seen: list[str] = []
+    orig = LabelsEmbedder.encode
+
+    def encode(self, texts):
+        seen.extend(texts)
+        return orig(self, texts)
+
+    monkeypatch.setattr(LabelsEmbedder, "encode", encode)
+    return seen
+
+
+def test_evaluation_prompts_never_reach_training_or_calibration(tabletop_dir, trained_run, tmp_path, monkeypatch):
+    import cos3d
+    from cos3d.readers import load_scene
+    from cos3d.vision import prepare_masks
+    from cos3d.vision.models import ModelsConfig
+
+    scene = load_scene(tabletop_dir)
+    qs = tabletop_queries(scene)
+    held = {q.text.lower() for q in qs if q.kind in HELD_OUT_KINDS}
+    assert {"paraphrase", "absent", "plural"} <= {q.kind for q in qs}
+    assert held
+
+    seen = _record_encodes(monkeypatch)
+    # training: the masks stage embeds every training view's masks (a fresh cache: nothing is skipped)
+    models = ModelsConfig(masks="dataset", embedder="labels")
+    prepare_masks(scene, scene.split("train"), models.create_provider(scene), models.create_embedder(),
+                  tmp_path / "cache", progress=False)
+    trained = {t.lower() for t in seen}
+    assert trained, "the recording saw no training text"
+    # calibration: a fresh engine calibrates every level (canonical negatives + the negative vocabulary)
+    seen.clear()
+    ts = cos3d.load(trained_run)
+    for lvl in ts.fields:
+        ts.engine.calibration_for(lvl)
+    calibrated = {t.lower() for t in seen}
+    assert calibrated
+    assert not held & trained, f"held-out prompts embedded in training: {sorted(held & trained)}"
+    assert not held & calibrated, f"held-out prompts embedded in calibration: {sorted(held & calibrated)}"
+
+
+def test_overlap_with_calibration_or_training_names_is_refused(tabletop_dir, tmp_path):
+    from cos3d.readers import load_scene
+
+    scene = load_scene(tabletop_dir)
+    with pytest.raises(Cos3dError, match="calibration vocabulary: 'elephant'"):
+        tabletop_queries(scene, absent=("teapot", "elephant"))
+    with pytest.raises(Cos3dError, match="names of objects in the scene"):
+        tabletop_queries(scene, absent=(scene.labels[1][0],))
+    # a paraphrase file that reuses a training name is refused before anything is queried
+    bad = tmp_path / "scene"
+    shutil.copytree(tabletop_dir, bad, ignore=shutil.ignore_patterns("cos3d_masks"))
+    d = json.loads((bad / "eval_prompts.json").read_text())
+    d["instances"]["3"] = d["instances"].get("3", []) + [scene.labels[3][1]]
+    (bad / "eval_prompts.json").write_text(json.dumps(d))
+    with pytest.raises(Cos3dError, match="held-out paraphrases .* overlap training names"):
+        tabletop_queries(load_scene(bad))
+
+
+def test_cos3d_eval_tabletop(trained_run, tmp_path, capsys):
+    from cos3d.cli import entrypoint
+
+    assert entrypoint(["eval", "tabletop", "--run", str(trained_run), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "oracle-2D" in out and "always-present baseline" in out and "image prompts (lift)" in out
+    res = json.loads((tmp_path / "RESULTS.json").read_text())
+    main = res["main"]
+    assert res["oracle_2d"] is True and main["pairs"] > 0 and 0 <= main["mIoU"] <= 1
+    p = main["presence"]
+    assert p["absent"] >= 10 and p["always_absent_baseline"] == pytest.approx(p["absent"] / p["queries"])
+    assert {"paraphrase", "absent", "name"} <= set(main["by_kind"])
+    assert res["image_prompts"]["lift"]["prompts"] > 0 and "lookup" in res["image_prompts"]
+    assert main["mIoU"] > 0.3 and p["accuracy"] > 0.6
