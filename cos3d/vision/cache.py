@@ -67,6 +67,16 @@ class PrepareStats:
         """Computed views per second of their wall time (0 when nothing was computed)."""
         return self.done / self.compute_seconds if self.compute_seconds > 0 else 0.0
 
+    def add(self, out: "ViewOutcome") -> None:
+        """Count one view's outcome."""
+        if out.computed:
+            self.done += 1
+            self.corrupt += int(out.corrupt)
+            self.masks += out.masks
+            self.compute_seconds += out.seconds
+        else:
+            self.skipped += 1
+
     def summary(self) -> str:
         rate = f", {self.views_per_s:.2f} views/s" if self.done else ""
         extra = f", {self.corrupt} corrupt recomputed" if self.corrupt else ""
@@ -224,6 +234,103 @@ def load_view(cache_dir: str | Path, frame: "Frame | str") -> tuple[MaskSet, np.
 
 
 # ---- the stage -------------------------------------------------------------------------------------
+# The stage is three steps, so that an executor running views elsewhere (cos3d.distributed) writes the
+# same cache: the driver opens the manifest (:func:`open_manifest`), each view is one call of
+# :func:`process_view` (it writes only that view's file, atomically), and the driver alone records the
+# finished views (:func:`close_manifest`). Workers never touch the manifest, so concurrent views are safe.
+def manifest_header(provider: MaskProvider, embedder: Embedder) -> dict[str, Any]:
+    """The models part of a cache's manifest (JSON-able; what a worker holding the models reports)."""
+    return {
+        "format": CACHE_FORMAT,
+        "models_key": models_key(provider, embedder),
+        "provider": _ident(provider),
+        "embedder": _ident(embedder),
+        "dim": int(embedder.dim),
+        "levels": list(LEVELS),
+    }
+
+
+def open_manifest(cache_dir: str | Path, header: dict[str, Any], scene_root: str | Path) -> dict[str, Any]:
+    """Write the manifest of a run that starts: ``header`` (:func:`manifest_header`) + the views an
+    earlier run with the same models finished. Returns it (``views`` is that earlier list)."""
+    from tqdm import tqdm
+
+    man_path = Path(cache_dir) / MANIFEST
+    old_views: list[str] = []
+    if man_path.is_file():
+        try:
+            old = json.loads(man_path.read_text())
+            if old.get("models_key") == header["models_key"]:
+                old_views = list(old.get("views", []))
+        except (OSError, ValueError):
+            tqdm.write(f"note: {man_path}: unreadable mask-cache manifest; rewriting it", file=sys.stderr)
+    manifest = {**header, "scene": str(scene_root), "views": old_views}
+    write_json(man_path, manifest)
+    return manifest
+
+
+def close_manifest(cache_dir: str | Path, manifest: dict[str, Any], finished: Iterable[str]) -> None:
+    """Record the finished views (plus those the manifest already listed) in the manifest."""
+    manifest["views"] = sorted(set(manifest.get("views", [])) | set(finished))
+    write_json(Path(cache_dir) / MANIFEST, manifest)
+
+
+@dataclass
+class ViewOutcome:
+    """What :func:`process_view` did with one view."""
+
+    name: str
+    computed: bool
+    """True when the view was computed and written; False when its cached file was a hit."""
+    corrupt: bool = False
+    """The cached file could not be read (it was recomputed)."""
+    masks: int = 0
+    """Masks written (0 for a hit)."""
+    seconds: float = 0.0
+    """Wall time of a computed view (read image, masks, embeddings, write)."""
+
+
+def process_view(
+    frame: "Frame",
+    provider: MaskProvider,
+    embedder: Embedder,
+    cache_dir: str | Path,
+    mkey: str | None = None,
+    *,
+    force: bool = False,
+    note: Any = None,
+) -> ViewOutcome:
+    """Make sure one view is cached: skip it when its file holds the same key, else compute masks and
+    embeddings and write the file atomically. ``note(text)`` prints notes (default: tqdm.write to stderr)."""
+    t0 = time.perf_counter()
+    mkey = mkey or models_key(provider, embedder)
+    image = frame.load_image()
+    ihash = image_hash(image)
+    key = view_key(ihash + provider.frame_key(frame), mkey)
+    path = view_path(cache_dir, frame.name)
+    corrupt = False
+    if path.is_file() and not force:
+        try:
+            header, _, _ = read_view(path)
+            if header["key"] == key:
+                return ViewOutcome(frame.name, computed=False)
+        except Exception as e:
+            if note is None:
+                from tqdm import tqdm
+
+                def note(text: str) -> None:
+                    tqdm.write(text, file=sys.stderr)
+
+            note(f"note: {path}: corrupt mask-cache file ({type(e).__name__}); recomputing it")
+            corrupt = True
+    ms = provider.generate(image, frame)
+    emb = embedder.embed_masks(image, ms)
+    if emb.shape != (len(ms), embedder.dim):
+        raise AssertionError(f"{embedder.name} returned {emb.shape} for {len(ms)} masks of width {embedder.dim}")
+    save_view(path, key=key, mkey=mkey, img_hash=ihash, masks=ms, emb=emb)
+    return ViewOutcome(frame.name, computed=True, corrupt=corrupt, masks=len(ms), seconds=time.perf_counter() - t0)
+
+
 def prepare_masks(
     scene: "Scene",
     frames: "Iterable[Frame | str] | None",
@@ -234,7 +341,8 @@ def prepare_masks(
     *,
     force: bool = False,
 ) -> PrepareStats:
-    """Fill the per-view cache of ``frames`` (None = every frame of ``scene``).
+    """Fill the per-view cache of ``frames`` (None = every frame of ``scene``), one view after another
+    in this process (``cos3d prepare masks --executor ray`` runs the same :func:`process_view` on Ray).
 
     Views whose file holds the same key are skipped; the others are computed (masks, then
     embeddings) and written atomically, one file per view. A file that cannot be read is recomputed
@@ -245,60 +353,18 @@ def prepare_masks(
     t_start = time.perf_counter()
     cache_dir = Path(cache_dir)
     frame_list = [scene.frame(f) if isinstance(f, str) else f for f in (scene.frames if frames is None else frames)]
-    mkey = models_key(provider, embedder)
-    man_path = cache_dir / MANIFEST
-    old_views: list[str] = []
-    if man_path.is_file():
-        try:
-            old = json.loads(man_path.read_text())
-            if old.get("models_key") == mkey:
-                old_views = list(old.get("views", []))
-        except (OSError, ValueError):
-            tqdm.write(f"note: {man_path}: unreadable mask-cache manifest; rewriting it", file=sys.stderr)
-    manifest = {
-        "format": CACHE_FORMAT,
-        "models_key": mkey,
-        "provider": _ident(provider),
-        "embedder": _ident(embedder),
-        "dim": int(embedder.dim),
-        "levels": list(LEVELS),
-        "scene": str(scene.root),
-        "views": old_views,
-    }
-    write_json(man_path, manifest)
+    header = manifest_header(provider, embedder)
+    manifest = open_manifest(cache_dir, header, scene.root)
 
     stats = PrepareStats(total=len(frame_list))
-    finished = set(old_views)
+    finished: set[str] = set()
     bar = tqdm(frame_list, unit="view", desc="masks+embeddings", disable=not progress, dynamic_ncols=True)
     for frame in bar:
-        t0 = time.perf_counter()
-        image = frame.load_image()
-        ihash = image_hash(image)
-        key = view_key(ihash, mkey)
-        path = view_path(cache_dir, frame.name)
-        if path.is_file() and not force:
-            try:
-                header, _, _ = read_view(path)
-                if header["key"] == key:
-                    stats.skipped += 1
-                    finished.add(frame.name)
-                    bar.set_postfix(done=stats.done, skipped=stats.skipped)
-                    continue
-            except Exception as e:
-                tqdm.write(f"note: {path}: corrupt mask-cache file ({type(e).__name__}); recomputing it", file=sys.stderr)
-                stats.corrupt += 1
-        ms = provider.generate(image, frame)
-        emb = embedder.embed_masks(image, ms)
-        if emb.shape != (len(ms), embedder.dim):
-            raise AssertionError(f"{embedder.name} returned {emb.shape} for {len(ms)} masks of width {embedder.dim}")
-        save_view(path, key=key, mkey=mkey, img_hash=ihash, masks=ms, emb=emb)
-        stats.compute_seconds += time.perf_counter() - t0
-        stats.done += 1
-        stats.masks += len(ms)
+        out = process_view(frame, provider, embedder, cache_dir, header["models_key"], force=force)
+        stats.add(out)
         finished.add(frame.name)
         bar.set_postfix(done=stats.done, skipped=stats.skipped)
     bar.close()
-    manifest["views"] = sorted(finished)
-    write_json(man_path, manifest)
+    close_manifest(cache_dir, manifest, finished)
     stats.seconds = time.perf_counter() - t_start
     return stats
