@@ -40,6 +40,12 @@ class PrepareMasksConfig:
     """Recompute cached views too."""
     progress: bool = True
     """Show a progress bar."""
+    executor: Literal["local", "ray"] = "local"
+    """local: views one after another in this process; ray: views on model-holding Ray actors (pip install 'cos3d[ray]')."""
+    ray_address: str | None = None
+    """Ray cluster to use (auto, HOST:PORT); default: start a local one on 127.0.0.1 for this command."""
+    workers: int | None = None
+    """Ray: model-holding actors (default: one per GPU of the cluster, else one per CPU)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
         cfg.models.validate()
     except ConfigError as e:
         raise ConfigError(f"models.{e.key}", e.problem) from None
+    if cfg.executor == "ray":
+        return _run_ray(cfg)
+    if cfg.ray_address is not None or cfg.workers is not None:
+        flag = "--ray-address" if cfg.ray_address is not None else "--workers"
+        raise Cos3dError(f"{flag} applies to --executor ray only")
     scene = load_scene(cfg.scene, cfg.data_root)
     provider = cfg.models.create_provider(scene, device=cfg.device)
     embedder = cfg.models.create_embedder(device=cfg.device)
@@ -82,10 +93,35 @@ def run(args: argparse.Namespace) -> int:
     frames = scene.split(cfg.split) if cfg.split != "all" else scene.frames
     stats = prepare_masks(scene, frames, provider, embedder, cache, progress=cfg.progress, force=cfg.force)
     print(f"{stats.summary()} -> {cache}")
+    _oracle_note(cfg)
+    return 0
+
+
+def _oracle_note(cfg: PrepareMasksConfig) -> None:
     if cfg.models.oracle_2d:
         print(
             "note: dataset masks"
             + (" + labels embeddings" if cfg.models.embedder == "labels" else "")
             + " follow the oracle-2D protocol; results measure the 3D machinery, not CLIP/SAM"
         )
+
+
+def _run_ray(cfg: PrepareMasksConfig) -> int:
+    """The views on Ray actors (:mod:`cos3d.distributed.masks`): the same cache as the local executor."""
+    from cos3d.distributed import require_ray
+    from cos3d.distributed.masks import ModelsFactory, prepare_masks_ray
+    from cos3d.errors import Cos3dError
+    from cos3d.readers import load_scene
+
+    require_ray()
+    if cfg.workers is not None and cfg.workers < 1:
+        raise Cos3dError(f"--workers must be positive, got {cfg.workers}")
+    scene = load_scene(cfg.scene, cfg.data_root)
+    frames = scene.split(cfg.split) if cfg.split != "all" else scene.frames
+    stats, cache = prepare_masks_ray(
+        scene.root, [f.name for f in frames], ModelsFactory(cfg.models), cfg.cache,
+        workers=cfg.workers, device=cfg.device, force=cfg.force, progress=cfg.progress, address=cfg.ray_address,
+    )
+    print(f"{stats.summary()} -> {cache}")
+    _oracle_note(cfg)
     return 0

@@ -1,0 +1,73 @@
+"""Fault injection for the Ray executor's tests and benchmark (importable by Ray workers).
+
+:class:`InstrumentedFactory` wraps a models factory (:class:`cos3d.distributed.masks.ModelsFactory`):
+its provider has the wrapped provider's name, model id, params and frame key — so the cache keys
+and files are exactly those of the plain models — but it can sleep per view (so that a kill lands
+mid-view), fail on chosen frames, and append one line per computed view to a log file (so that a
+test can count how often each view was computed).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from cos3d.vision.base import MaskProvider
+
+
+class _Instrumented(MaskProvider):
+    def __init__(self, base: MaskProvider, delay_s: float, fail_on: tuple[str, ...], log: str | None) -> None:
+        self.base, self.delay_s, self.fail_on, self.log = base, delay_s, fail_on, log
+        self.name = base.name
+
+    @property
+    def model_id(self) -> str:
+        return self.base.model_id
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.base.params
+
+    def frame_key(self, frame: Any) -> str:
+        return self.base.frame_key(frame)
+
+    def generate(self, image: np.ndarray, frame: Any = None) -> Any:
+        name = getattr(frame, "name", "?")
+        if name in self.fail_on:
+            raise RuntimeError(f"injected failure on view {name}")
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        out = self.base.generate(image, frame)
+        if self.log:
+            with open(self.log, "a") as f:  # one short line: appends of this size do not interleave
+                f.write(f"{name} {os.getpid()}\n")
+        return out
+
+
+@dataclass(frozen=True)
+class InstrumentedFactory:
+    """``factory`` with a slower, failing or logging provider (see the module docstring)."""
+
+    factory: Callable[[Any, str], tuple[Any, Any]]
+    delay_s: float = 0.0
+    fail_on: tuple[str, ...] = ()
+    log: str | None = None
+
+    def __call__(self, scene: Any, device: str) -> tuple[Any, Any]:
+        provider, embedder = self.factory(scene, device)
+        return _Instrumented(provider, self.delay_s, tuple(self.fail_on), self.log), embedder
+
+
+def computed_counts(log: str) -> dict[str, int]:
+    """``{view: times computed}`` from an :class:`InstrumentedFactory` log."""
+    counts: dict[str, int] = {}
+    if os.path.exists(log):
+        for line in open(log).read().splitlines():
+            if line.strip():
+                name = line.split()[0]
+                counts[name] = counts.get(name, 0) + 1
+    return counts
