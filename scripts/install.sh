@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install cos3d into ./.venv on a fresh machine.
 #   bash scripts/install.sh          the package, the CLI and the offline models
-#   bash scripts/install.sh test     the same plus the test extras
+#   bash scripts/install.sh test     the same plus the test extras and Ray (the ray extra: its tests run in CI)
 # torch goes in first so that sam2's source build (CUDA extension disabled) finds it without
 # downloading torch again in an isolated build environment.
 set -euo pipefail
@@ -14,6 +14,6 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # robosuite is only read for its object meshes (tabletop scenes): its simulator deps are not needed.
 "${pip[@]}" --no-deps robosuite
 extra=""
-[ "${1:-}" = "test" ] && extra="[test]"
+[ "${1:-}" = "test" ] && extra="[test,ray]"
 SAM2_BUILD_CUDA=0 BUILD_NO_CUDA=1 "${pip[@]}" --no-build-isolation -e ".${extra}"
 echo "cos3d installed in $(pwd)/.venv"
