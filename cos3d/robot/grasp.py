@@ -1,0 +1,325 @@
+"""Parallel-jaw grasps from an object's points, checked against the rest of the scene.
+
+All inputs are in the robot base frame (``up`` is the base frame's up, +z by default), in metres.
+
+**Gripper frame** (``T_base_grasp``): the origin is the tool centre point between the fingertips; z is
+the approach direction (pointing from the gripper into the object; ``-up`` for a top-down grasp),
+x the closing direction (between the finger pads), y = z × x. The fingers extend from the palm at
+``-finger_depth`` along z to the origin.
+
+Candidates (:func:`plan_grasps`):
+
+- **top**: approach along ``-up``; for 12 yaws of the closing axis, the fingertips go down to
+  ``min(finger_depth, max(0.5·height, 1 cm))`` below the object's top; the opening needed is the
+  object's extent along the closing axis over the points between the finger pads.
+- **side**: approach horizontally from 12 directions at the object's mid-height (at least half a pad
+  above its bottom); the fingertips reach the object's middle or ``finger_depth``, whichever is less.
+
+A candidate is **feasible** when its opening (+ 2 × clearance) is within ``max_opening``. It is
+**collision-free** when no point of the rest of the scene (its Gaussians, the table included) lies in
+either finger's or the palm's box, each inflated by ``clearance``. The **antipodal quality** is the
+mean ``|n · x|`` of the contact points (the object's points at either jaw, normals from a local
+PCA): 1 for faces square to the closing axis, 0 for faces parallel to it. The score ranks candidates:
+collision-free and feasible first, then ``quality − 0.5 · opening / max_opening`` (narrower grasps are
+more stable), top grasps first on ties (``approach="auto"``).
+
+Point-cloud work uses numpy and scipy's cKDTree (module docstring of :mod:`cos3d.robot`: open3d was
+measured and not needed here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+APPROACHES = ("top", "side", "auto")
+APPROACH_DISTANCE = 0.10
+"""Metres: the pre-grasp pose is this far back along the approach; the hand's path from there is
+checked for collisions."""
+SELF_TOLERANCE = 0.03
+"""Share of the object's own surface samples allowed inside the fingers and palm at the grasp pose."""
+MIN_HELD_SHARE = 0.1
+"""A run of points between the jaws must hold this share of the points the fingers sweep past."""
+
+
+@dataclass(frozen=True)
+class GripperSpec:
+    """A parallel-jaw gripper (defaults: a Franka Hand's fingers, metres)."""
+
+    max_opening: float = 0.08
+    """Widest opening between the finger pads."""
+    finger_depth: float = 0.045
+    """Finger length from the palm to the tips."""
+    finger_width: float = 0.02
+    """Pad width across the closing direction (the gripper's y)."""
+    finger_thickness: float = 0.012
+    """Finger thickness along the closing direction."""
+    palm_depth: float = 0.03
+    """Palm thickness along the approach direction, behind the fingers."""
+    clearance: float = 0.012
+    """Free space each side of the object when opening (Gaussian centres lie inside the surface they
+    draw, by up to their size), and twice the inflation of the collision boxes."""
+
+    def validate(self) -> None:
+        for name in ("max_opening", "finger_depth", "finger_width", "finger_thickness", "palm_depth"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v > 0):
+                raise ValueError(f"GripperSpec.{name} must be a positive number of metres, got {v!r}")
+        if not (np.isfinite(self.clearance) and self.clearance >= 0):
+            raise ValueError(f"GripperSpec.clearance must be >= 0, got {self.clearance!r}")
+
+
+@dataclass
+class Grasp:
+    """One parallel-jaw grasp in the base frame."""
+
+    T_base_grasp: np.ndarray
+    """[4, 4] gripper pose (module docstring: origin between the fingertips, z approach, x closing)."""
+    approach: str
+    """``"top"`` or ``"side"``."""
+    width: float
+    """Opening to command before closing (object extent between the jaws + 2 × clearance), metres."""
+    object_width: float
+    """The object's extent between the jaws (what the closed gripper holds), metres."""
+    quality: float
+    """Antipodal quality in [0, 1] (module docstring)."""
+    feasible: bool
+    """The opening fits the gripper."""
+    collision_free: bool
+    """No point of the rest of the scene inside the fingers or the palm."""
+    collisions: int = 0
+    """Scene points inside the gripper's boxes."""
+    score: float = 0.0
+
+    @property
+    def approach_direction(self) -> np.ndarray:
+        """[3] unit approach direction (the pose's z axis)."""
+        return self.T_base_grasp[:3, 2].copy()
+
+    def pregrasp(self, distance: float = APPROACH_DISTANCE) -> np.ndarray:
+        """[4, 4] the pose ``distance`` back along the approach (where to go first)."""
+        T = self.T_base_grasp.copy()
+        T[:3, 3] -= distance * T[:3, 2]
+        return T
+
+    def to_dict(self) -> dict:
+        return {
+            "T_base_grasp": self.T_base_grasp.tolist(),
+            "approach": self.approach,
+            "approach_direction": self.approach_direction.tolist(),
+            "width": float(self.width),
+            "object_width": float(self.object_width),
+            "quality": float(self.quality),
+            "feasible": bool(self.feasible),
+            "collision_free": bool(self.collision_free),
+            "collisions": int(self.collisions),
+            "score": float(self.score),
+        }
+
+
+def estimate_normals(points: np.ndarray, k: int = 10) -> np.ndarray:
+    """``[K, 3]`` unit normals by local PCA over the ``k`` nearest points (sign arbitrary)."""
+    from scipy.spatial import cKDTree
+
+    P = np.asarray(points, np.float64)
+    n = len(P)
+    if n < 3:
+        return np.tile([0.0, 0.0, 1.0], (n, 1))
+    kk = min(k, n)
+    _, nb = cKDTree(P).query(P, k=kk)
+    X = P[nb] - P[nb].mean(1, keepdims=True)
+    C = np.einsum("nki,nkj->nij", X, X)
+    _, v = np.linalg.eigh(C)
+    return v[:, :, 0]
+
+
+def _frame(z: np.ndarray, x: np.ndarray) -> np.ndarray:
+    z = z / np.linalg.norm(z)
+    x = x - (x @ z) * z
+    x = x / np.linalg.norm(x)
+    y = np.cross(z, x)
+    return np.stack([x, y, z], axis=1)
+
+
+def _boxes_hits(obstacles: np.ndarray, origin: np.ndarray, R: np.ndarray, boxes: list[tuple]) -> int:
+    """Points of ``obstacles`` inside any box ``(center_local [3], half [3])`` of the frame (origin, R)."""
+    if len(obstacles) == 0:
+        return 0
+    local = (obstacles - origin) @ R
+    inside = np.zeros(len(local), bool)
+    for c, h in boxes:
+        inside |= np.all(np.abs(local - np.asarray(c)) <= np.asarray(h), axis=1)
+    return int(inside.sum())
+
+
+@dataclass
+class _Ctx:
+    P: np.ndarray
+    N: np.ndarray
+    obstacles: np.ndarray
+    up: np.ndarray
+    g: GripperSpec
+    centre: np.ndarray
+    candidates: list = field(default_factory=list)
+
+
+def _clusters(u: np.ndarray, gap: float) -> list[tuple[float, float]]:
+    """Runs of sorted ``u`` values split where two neighbours are more than ``gap`` apart: the parts of
+    the object a pair of fingers can close around (the fingers go into the gaps)."""
+    if len(u) == 0:
+        return []
+    v = np.sort(u)
+    cut = np.nonzero(np.diff(v) > gap)[0]
+    starts = np.r_[0, cut + 1]
+    ends = np.r_[cut, len(v) - 1]
+    return [(float(v[a]), float(v[b])) for a, b in zip(starts, ends)]
+
+
+def _evaluate(ctx: _Ctx, approach: str, R: np.ndarray, tip: np.ndarray, region: np.ndarray) -> list[Grasp]:
+    """Grasps with axes ``R`` (x closing, y pad, z approach) whose fingertip centre lies on the line
+    ``tip + t x``: one per run (:func:`_clusters`) of the object points ``region`` (bool [K]: the points
+    the fingers sweep past) along x, each centred on its run."""
+    g = ctx.g
+    if region.sum() < 2:
+        return []
+    ax = R[:, 0]
+    u_all = (ctx.P - tip) @ ax
+    u_reg = u_all[region]
+    out = []
+    for lo, hi in _clusters(u_reg, 2 * g.clearance + g.finger_thickness):
+        # a run of a few stray points is no part of the object to hold
+        if ((u_reg >= lo) & (u_reg <= hi)).sum() < max(3, MIN_HELD_SHARE * len(u_reg)):
+            continue
+        origin = tip + ax * (lo + hi) / 2
+        obj_w = hi - lo
+        width = obj_w + 2 * g.clearance
+        feasible = width <= g.max_opening
+        half_open = min(width, g.max_opening) / 2
+        c = g.clearance / 2
+        fd, fw, ft, pd, ad = g.finger_depth, g.finger_width, g.finger_thickness, g.palm_depth, APPROACH_DISTANCE
+        fingers = [
+            ((+(half_open + ft / 2), 0.0, -fd / 2), (ft / 2, fw / 2, fd / 2)),
+            ((-(half_open + ft / 2), 0.0, -fd / 2), (ft / 2, fw / 2, fd / 2)),
+        ]
+        palm = [((0.0, 0.0, -fd - pd / 2), (half_open + ft, fw / 2, pd / 2))]
+        # the rest of the scene: nothing in the volume the hand sweeps from the pre-grasp pose, inflated
+        swept = [((0.0, 0.0, -(fd + pd + ad) / 2), (half_open + ft + c, fw / 2 + c, (fd + pd + ad) / 2 + c))]
+        hits = _boxes_hits(ctx.obstacles, origin, R, swept)
+        # the object itself: the fingers and the palm at the grasp pose must not push into it (a few
+        # surface samples of its own there are the blur of its Gaussians, not a collision)
+        own = _boxes_hits(ctx.P, origin, R, fingers + palm)
+        hits += own if own > SELF_TOLERANCE * len(ctx.P) else 0
+        uu = u_all - (lo + hi) / 2
+        held = region & (uu >= -obj_w / 2 - 1e-9) & (uu <= obj_w / 2 + 1e-9)
+        # antipodal quality: the held points within 5 mm of either jaw
+        contact = held & ((uu < -obj_w / 2 + 0.005) | (uu > obj_w / 2 - 0.005))
+        quality = float(np.abs(ctx.N[contact] @ ax).mean()) if contact.any() else 0.0
+        T = np.eye(4)
+        T[:3, :3] = R
+        T[:3, 3] = origin
+        # prefer holding more of the object (its mass centre) and narrower, well-aligned jaws
+        share = float(held.sum()) / max(int(region.sum()), 1)
+        # jaws around the object's mass centre lift it without a torque
+        centred = lo - 1e-9 <= float((ctx.centre - tip) @ ax) <= hi + 1e-9
+        score = quality + 0.5 * share - 0.5 * min(width, 2 * g.max_opening) / g.max_opening + (1.0 if centred else 0.0)
+        score += (2.0 if hits == 0 else 0.0) + (4.0 if feasible else 0.0)
+        out.append(Grasp(T, approach, float(min(width, g.max_opening)), float(obj_w), quality, bool(feasible),
+                         hits == 0, hits, float(score)))
+    return out
+
+
+def _top(ctx: _Ctx, n_yaw: int) -> list[Grasp]:
+    g, P, up = ctx.g, ctx.P, ctx.up
+    h = P @ up
+    top, bottom = np.percentile(h, 98), np.percentile(h, 2)
+    height = top - bottom
+    depth = min(g.finger_depth, max(0.5 * height, 0.01))
+    # the fingertips reach ``depth`` below the top; the fingers sweep past every point above that
+    band = h >= top - depth
+    e1 = np.cross(up, [1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.cross(up, [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(up, e1)
+    centre = np.median(P[band], axis=0)
+    tip = centre + (top - depth - centre @ up) * up
+    out = []
+    for k in range(n_yaw):
+        th = np.pi * k / n_yaw
+        R = _frame(-up, np.cos(th) * e1 + np.sin(th) * e2)
+        v = (P - tip) @ R[:, 1]
+        region = band & (np.abs(v) <= g.finger_width / 2 + g.clearance)
+        for gr in _evaluate(ctx, "top", R, tip, region):
+            gr.score += 0.25  # top-down first on ties: the simplest motion
+            out.append(gr)
+    return out
+
+
+def _side(ctx: _Ctx, n_dir: int) -> list[Grasp]:
+    g, P, up = ctx.g, ctx.P, ctx.up
+    h = P @ up
+    top, bottom = np.percentile(h, 98), np.percentile(h, 2)
+    z = max(bottom + 0.5 * (top - bottom), bottom + g.finger_width / 2 + 2 * g.clearance)
+    z = min(z, top)
+    slab = np.abs(h - z) <= g.finger_width / 2 + g.clearance
+    if slab.sum() < 2:
+        return []
+    e1 = np.cross(up, [1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.cross(up, [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(up, e1)
+    c = np.median(P[slab], axis=0)
+    c = c + (z - c @ up) * up
+    out = []
+    for k in range(n_dir):
+        th = 2 * np.pi * k / n_dir
+        d = np.cos(th) * e1 + np.sin(th) * e2  # approach direction
+        R = _frame(d, np.cross(up, d))
+        s = (P - c) @ d
+        s_min, s_max = float(s[slab].min()), float(s[slab].max())
+        s_tip = min(s_min + g.finger_depth, 0.5 * (s_min + s_max))
+        # the fingers sweep past every slab point in front of their tips
+        out += _evaluate(ctx, "side", R, c + s_tip * d, slab & (s <= s_tip))
+    return out
+
+
+def plan_grasps(
+    points: np.ndarray,
+    obstacles: np.ndarray | None = None,
+    *,
+    up: np.ndarray | None = None,
+    approach: str = "auto",
+    gripper: GripperSpec | None = None,
+    normals: np.ndarray | None = None,
+    n_angles: int = 12,
+) -> list[Grasp]:
+    """Grasp candidates for an object, best first (module docstring).
+
+    Args:
+        points: ``[K, 3]`` the object's points (base frame).
+        obstacles: ``[M, 3]`` the rest of the scene's points (table included) for collision checks.
+        up: ``[3]`` the base frame's up (default +z).
+        approach: ``"top"``, ``"side"`` or ``"auto"`` (both, ranked together).
+        normals: ``[K, 3]`` the points' normals (estimated by local PCA when None).
+    """
+    if approach not in APPROACHES:
+        raise ValueError(f"approach must be one of {APPROACHES}, got {approach!r}")
+    g = gripper or GripperSpec()
+    g.validate()
+    P = np.asarray(points, np.float64).reshape(-1, 3)
+    if len(P) == 0:
+        return []
+    up_v = np.array([0.0, 0.0, 1.0]) if up is None else np.asarray(up, np.float64)
+    up_v = up_v / np.linalg.norm(up_v)
+    N = estimate_normals(P) if normals is None else np.asarray(normals, np.float64)
+    O = np.zeros((0, 3)) if obstacles is None else np.asarray(obstacles, np.float64).reshape(-1, 3)
+    # only obstacles near the object matter
+    if len(O):
+        lo, hi = P.min(0) - 0.3, P.max(0) + 0.3
+        O = O[np.all((O >= lo) & (O <= hi), axis=1)]
+    ctx = _Ctx(P=P, N=N, obstacles=O, up=up_v, g=g, centre=np.median(P, axis=0))
+    out: list[Grasp] = []
+    if approach in ("top", "auto"):
+        out += _top(ctx, n_angles)
+    if approach in ("side", "auto"):
+        out += _side(ctx, n_angles)
+    out.sort(key=lambda gr: -gr.score)
+    return out
