@@ -199,14 +199,16 @@ class InstanceIndex:
         """All (seed, Gaussian) pairs that may have ``cos > t``: ``(seed_index [P], gaussian_id [P])``,
         grouped by seed in order."""
         theta = math.acos(max(-1.0, min(1.0, t))) + 1e-6
-        assert theta < 0.85, "thresholds this loose need a different key spacing"
         cos_to_centroid = np.asarray(seed_features, np.float64) @ self.centroids.T  # [B, K]
         # clusters that can reach the seed at all: angle(seed, centroid) < θ + the cluster's largest β
         reach = cos_to_centroid > np.cos(np.minimum(np.pi, theta + self.radius))[None, :]
         seed_row, cluster = np.nonzero(reach)
         alpha = np.arccos(np.clip(cos_to_centroid[seed_row, cluster], -1, 1))
-        lo = np.searchsorted(self.keys, cluster * 4.0 + alpha - theta, "left")
-        hi = np.searchsorted(self.keys, cluster * 4.0 + alpha + theta, "right")
+        # a cluster's keys lie in [4c, 4c + π]: clamping the range there keeps loose thresholds (θ ≥ 0.85,
+        # i.e. d̄ ≥ 0.85) from reaching into a neighbouring cluster's keys, which would list members twice
+        base = cluster * 4.0
+        lo = np.searchsorted(self.keys, np.maximum(base + alpha - theta, base), "left")
+        hi = np.searchsorted(self.keys, np.minimum(base + alpha + theta, base + np.pi), "right")
         counts = hi - lo
         if counts.sum() == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
