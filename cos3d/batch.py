@@ -277,7 +277,7 @@ def run_batch(kind: str, items: list[_Item], bcfg: BatchConfig) -> BatchReport:
 
 
 def _run_ray(items: list[_Item], bcfg: BatchConfig, record: Callable[..., None]) -> dict[str, Any]:
-    from cos3d.distributed import cluster_resources, ray_session
+    from cos3d.distributed import cluster_resources, error_line, ray_session
 
     with ray_session(bcfg.ray_address) as ray:
         total = cluster_resources(ray)
@@ -293,6 +293,8 @@ def _run_ray(items: list[_Item], bcfg: BatchConfig, record: Callable[..., None])
                 raise Cos3dError(f"--{key}: no node of the Ray cluster can hold one scene "
                                  f"(asks {need:g}, the cluster has {have:g} in all)")
         task = ray.remote(_call).options(**opts)
+        died = tuple(c for c in (getattr(ray.exceptions, n, None) for n in (
+            "WorkerCrashedError", "NodeDiedError", "OutOfMemoryError")) if c is not None)
         started: dict[Any, tuple[_Item, float]] = {}
         for it in items:
             kwargs = dict(it.kwargs)
@@ -306,7 +308,11 @@ def _run_ray(items: list[_Item], bcfg: BatchConfig, record: Callable[..., None])
                 it, t = started[ref]
                 try:
                     out, err = ray.get(ref), None
-                except Exception as e:  # noqa: BLE001 - the scene's error (or its worker's death after retries)
+                except died as e:
+                    tries = bcfg.retries + 1
+                    out, err = None, Cos3dError(f"its worker died {tries} time{'s' if tries > 1 else ''} "
+                                                f"(--retries {bcfg.retries}): {error_line(e)}")
+                except Exception as e:  # noqa: BLE001 - the scene's own error: not retried
                     out, err = None, e
                 record(it, out, err, time.perf_counter() - t)
         res = {"num_cpus": bcfg.cpus_per_scene, "num_gpus": gpus, "max_retries": bcfg.retries}

@@ -152,3 +152,22 @@ def test_ray_batch_bad_scene_fails_alone(ray_cluster, tabletop_dir, tmp_path, ca
     good, bad = ev["results"]
     assert good["status"] == "ok" and 0.0 <= good["metrics"]["mIoU"] <= 1.0 and good["metrics"]["queries"] > 0
     assert bad["status"] == "failed" and "no trained run" in bad["error"]
+
+
+def test_ray_batch_retries_a_dead_worker(ray_cluster, tmp_path):
+    """A scene whose worker dies is run again (--retries); with --retries 0 it fails alone, with the reason."""
+    from cos3d.batch import BatchConfig, _Item, run_batch
+    from cos3d.distributed.testing import crash_once
+
+    def item(name: str) -> _Item:
+        d = tmp_path / name
+        d.mkdir()
+        return _Item(name, str(d), str(d), str(d / "log"), crash_once, (str(d / "marker"), str(d / "attempts")), {})
+
+    report = run_batch("train", [item("a")], BatchConfig(executor="ray", retries=1, progress=False))
+    (r,) = report.results
+    assert r.status == "ok" and r.metrics == {"attempts": 2}, r
+
+    report = run_batch("train", [item("b"), item("c")], BatchConfig(executor="ray", retries=0, progress=False))
+    assert [x.status for x in report.results] == ["failed", "failed"]
+    assert all("its worker died 1 time (--retries 0): WorkerCrashedError" in (x.error or "") for x in report.results), report.results

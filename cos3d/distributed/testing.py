@@ -71,3 +71,14 @@ def computed_counts(log: str) -> dict[str, int]:
                 name = line.split()[0]
                 counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def crash_once(marker: str, log: str) -> dict:
+    """A batch item's work that kills its own worker process the first time (no ``marker`` file yet)
+    and succeeds the second: what a crash, an OOM kill or a lost node looks like to a scene's task."""
+    with open(log, "a") as f:
+        f.write(f"attempt {os.getpid()}\n")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)  # no exception, no cleanup: the process is gone
+    return {"run": os.path.dirname(marker), "metrics": {"attempts": len(open(log).read().splitlines())}}
