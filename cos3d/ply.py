@@ -40,11 +40,19 @@ _DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.
 _INDEXED = re.compile(r"^(.+)_(\d+)$")
 
 
-def write_ply(path: str | os.PathLike, gaussians: Gaussians, *, features: bool | list[str] = True) -> Path:
+def write_ply(
+    path: str | os.PathLike,
+    gaussians: Gaussians,
+    *,
+    features: bool | list[str] = True,
+    extra_columns: dict[str, np.ndarray] | None = None,
+) -> Path:
     """Write ``gaussians`` to ``path`` atomically (binary little-endian float32).
 
     Args:
         features: True: every feature; False: none; a list: those names.
+        extra_columns: more per-Gaussian properties ``{name: [N] array}`` written as they are named,
+            with their own dtype (int32 labels, float32 scores); read back as ``[N, 1]`` features.
 
     Returns:
         The path written.
@@ -86,7 +94,17 @@ def write_ply(path: str | os.PathLike, gaussians: Gaussians, *, features: bool |
             raise Cos3dError(f"write_ply: feature {name!r} must be a float tensor, got {t.dtype}")
         comments.append(f"cos3d feature {name} {str(t.dtype).replace('torch.', '')}")
         add(f"{FEATURE_PREFIX}{name}_", f32(t))
-    data = np.empty(n, dtype=[(c, "<f4") for c, _ in cols])
+    dtypes = [(c, "<f4") for c, _ in cols]
+    for name, arr in (extra_columns or {}).items():
+        a = np.asarray(arr)
+        if a.shape != (n,):
+            raise ValueError(f"write_ply: extra column {name!r} must have shape ({n},), got {a.shape}")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) or name in {c for c, _ in cols}:
+            raise ValueError(f"write_ply: extra column name {name!r} is not a new PLY property name")
+        dt = "<i4" if np.issubdtype(a.dtype, np.integer) else "<f4"
+        dtypes.append((name, dt))
+        cols.append((name, a.astype(dt)))
+    data = np.empty(n, dtype=dtypes)
     for c, a in cols:
         data[c] = a
     el = PlyElement.describe(data, "vertex")
@@ -105,7 +123,9 @@ def _group_columns(names: list[str]) -> dict[str, list[tuple[int, str]]]:
 
 
 def read_ply(path: str | os.PathLike, *, device: torch.device | str = "cpu", features: bool = True) -> Gaussians:
-    """Read a Gaussian ``.ply`` (graphdeco / gsplat / splatfacto / cos3d).
+    """Read a Gaussian ``.ply`` (graphdeco / gsplat / splatfacto / cos3d, or a SuperSplat/PlayCanvas
+    compressed PLY, recognised by its ``chunk`` element and ``packed_*`` columns). Other formats:
+    :func:`read_gaussians`.
 
     Raises :class:`Cos3dError` naming the file and the problem for a missing file, a file without a
     ``vertex`` element, a missing required property, an ``f_rest`` count that is not 3·((d+1)²−1), or
@@ -122,6 +142,12 @@ def read_ply(path: str | os.PathLike, *, device: torch.device | str = "cpu", fea
         ply = PlyData.read(str(path))
     except Exception as e:
         raise Cos3dError(f"{path}: cannot parse as PLY ({e})") from None
+    if is_compressed_ply(ply):  # SuperSplat / splat-transform .compressed.ply
+        g = _decode_compressed_ply(path, ply)
+        bad, where = g.nonfinite_rows()
+        if where:
+            raise Cos3dError(f"{path}: {int(bad.sum())} of {g.num} Gaussians have NaN/inf values (in {', '.join(where)})")
+        return g.to(device)
     try:
         el = ply["vertex"]
     except KeyError:
@@ -191,4 +217,273 @@ def read_ply(path: str | os.PathLike, *, device: torch.device | str = "cpu", fea
             f"{int(bad.nonzero()[0, 0])}); the file is corrupt or its training diverged: re-export or retrain it "
             "(cos3d refuses such files rather than drop rows)"
         )
+    return g.to(device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Other splat formats: SuperSplat/PlayCanvas .compressed.ply, Niantic .spz (read v2/v3, write v3) and
+# antimatter15 .splat (read). Ours, in numpy: the one maintained Python library for these (PyPI
+# ``gsply``) needs numba and reads no .splat, and each format is a few dozen lines. Decoded values
+# follow the formats' definitions; tests check them against @playcanvas/splat-transform's conversions.
+
+SH_C0 = 0.28209479177387814
+SPZ_MAGIC = 0x5053474E  # "NGSP"
+SPZ_COLOR_SCALE = 0.15
+SPLAT_SUFFIXES = (".ply", ".compressed.ply", ".spz", ".splat")
+"""The splat files :func:`read_gaussians` reads."""
+
+
+def _unorm(v: np.ndarray, shift: int, bits: int) -> np.ndarray:
+    return ((v >> np.uint32(shift)) & np.uint32((1 << bits) - 1)).astype(np.float64) / float((1 << bits) - 1)
+
+
+def _logit(a: np.ndarray) -> np.ndarray:
+    a = np.clip(a, 1e-6, 1 - 1e-6)
+    return np.log(a / (1 - a))
+
+
+def _from_columns(means, quats, log_scales, opacity_logits, dc, rest: np.ndarray | None) -> Gaussians:
+    n = len(means)
+    k = 1 + (0 if rest is None else rest.shape[1])
+    sh = np.zeros((n, k, 3), np.float32)
+    sh[:, 0] = dc
+    if rest is not None:
+        sh[:, 1:] = rest
+    f = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+    return Gaussians(means=f(means), quats=f(quats), log_scales=f(log_scales), opacity_logits=f(opacity_logits),
+                     sh=f(sh), features={})
+
+
+def is_compressed_ply(ply) -> bool:
+    """True for a PlayCanvas/SuperSplat compressed PLY (``chunk`` + ``vertex`` with ``packed_*``)."""
+    names = [e.name for e in ply.elements]
+    if "chunk" not in names or "vertex" not in names:
+        return False
+    return "packed_position" in [p.name for p in ply["vertex"].properties]
+
+
+def _decode_compressed_ply(path: Path, ply) -> Gaussians:
+    """Decode a compressed PLY: per 256 splats a chunk of min/max bounds; per splat 11/10/11-bit
+    positions and log-scales, a 2+3×10-bit "smallest three" quaternion, 8-bit RGBA; optional 8-bit SH."""
+    v, c = ply["vertex"].data, ply["chunk"].data
+    n = len(v)
+    if len(c) != (n + 255) // 256:
+        raise Cos3dError(f"{path}: compressed PLY with {n} splats needs {(n + 255) // 256} chunks, has {len(c)}")
+    ci = np.arange(n) // 256
+    col = lambda nm: np.asarray(c[nm], np.float64)[ci]  # noqa: E731
+    pos = np.asarray(v["packed_position"], np.uint32)
+    rot = np.asarray(v["packed_rotation"], np.uint32)
+    scl = np.asarray(v["packed_scale"], np.uint32)
+    rgba = np.asarray(v["packed_color"], np.uint32)
+    lerp = lambda a, b, t: a * (1 - t) + b * t  # noqa: E731
+    means = np.stack([lerp(col("min_x"), col("max_x"), _unorm(pos, 21, 11)),
+                      lerp(col("min_y"), col("max_y"), _unorm(pos, 11, 10)),
+                      lerp(col("min_z"), col("max_z"), _unorm(pos, 0, 11))], 1)
+    log_scales = np.stack([lerp(col("min_scale_x"), col("max_scale_x"), _unorm(scl, 21, 11)),
+                           lerp(col("min_scale_y"), col("max_scale_y"), _unorm(scl, 11, 10)),
+                           lerp(col("min_scale_z"), col("max_scale_z"), _unorm(scl, 0, 11))], 1)
+    norm = 1.0 / (math.sqrt(2) * 0.5)
+    abc = np.stack([(_unorm(rot, s, 10) - 0.5) * norm for s in (20, 10, 0)], 1)
+    m = np.sqrt(np.clip(1.0 - (abc**2).sum(1), 0.0, None))
+    which = (rot >> np.uint32(30)).astype(np.int64)
+    quats = np.empty((n, 4))
+    for w in range(4):  # the largest component sits at index ``which``; the other three follow in order
+        sel = which == w
+        others = [i for i in range(4) if i != w]
+        quats[sel, w] = m[sel]
+        quats[np.ix_(sel, others)] = abc[sel]
+    t = [_unorm(rgba, s, 8) for s in (24, 16, 8, 0)]
+    names = [p.name for p in ply["chunk"].properties]
+    if "min_r" in names:
+        rgb = np.stack([lerp(col(f"min_{ch}"), col(f"max_{ch}"), t[i]) for i, ch in enumerate("rgb")], 1)
+    else:
+        rgb = np.stack(t[:3], 1)
+    dc = (rgb - 0.5) / SH_C0
+    rest = None
+    if "sh" in [e.name for e in ply.elements]:
+        shd = ply["sh"].data
+        cols = [p.name for p in ply["sh"].properties]
+        cnt = len(cols)
+        if cnt not in (9, 24, 45) or len(shd) != n:
+            raise Cos3dError(f"{path}: compressed PLY 'sh' element has {cnt} columns x {len(shd)} rows; "
+                             f"expected 9, 24 or 45 x {n}")
+        b = np.stack([np.asarray(shd[f"f_rest_{i}"], np.float64) for i in range(cnt)], 1)
+        u = np.where(b == 0, 0.0, np.where(b == 255, 1.0, (b + 0.5) / 256.0))
+        rest = ((u - 0.5) * 8.0).reshape(n, 3, cnt // 3).transpose(0, 2, 1)  # channel-major like f_rest
+    return _from_columns(means, quats, log_scales, _logit(t[3]), dc, rest)
+
+
+_FLIP_YZ_SH = np.array([-1, -1, 1, -1, 1, 1, -1, 1, -1, 1, -1, -1, 1, -1, 1], np.float64)
+"""Sign of each SH rest coefficient (bands 1-3, in order) under (x, y, z) → (x, −y, −z)."""
+
+
+def _flip_yz(g: Gaussians) -> Gaussians:
+    """The same splats seen with the y and z axes reversed (a 180° turn about x): PLY's RDF ↔ SPZ's RUB."""
+    k = g.sh.shape[1]
+    sign = torch.ones(k, 1, dtype=g.sh.dtype)
+    sign[1:, 0] = torch.from_numpy(_FLIP_YZ_SH[: k - 1]).to(g.sh.dtype)
+    ax = torch.tensor([1.0, -1.0, -1.0], dtype=g.means.dtype)
+    qs = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=g.quats.dtype)
+    return Gaussians(means=g.means * ax, quats=g.quats * qs, log_scales=g.log_scales.clone(),
+                     opacity_logits=g.opacity_logits.clone(), sh=g.sh * sign, features=dict(g.features))
+
+
+def _spz_rest_count(degree: int) -> int:
+    return {0: 0, 1: 3, 2: 8, 3: 15}[degree]
+
+
+def read_spz(path: str | os.PathLike, *, convert: bool = True) -> Gaussians:
+    """Read a Niantic ``.spz`` file (versions 2 and 3: gzip, 24-bit fixed-point positions, 8-bit
+    alpha/colour/log-scale, quaternions as 3 bytes (v2) or "smallest three" in 4 bytes (v3), 8-bit SH).
+
+    ``.spz`` stores splats in RUB axes (x right, y up, z back: OpenGL); 3DGS ``.ply`` files are RDF
+    (y down, z forward: OpenCV). ``convert`` (default) turns them into the ``.ply`` convention, as
+    splat-transform and Niantic's library do (y and z reversed, quaternions and SH bands with them);
+    False returns the values as stored."""
+    import gzip
+
+    path = Path(path)
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except FileNotFoundError:
+        raise Cos3dError(f"{path}: no such .spz file") from None
+    except OSError as e:
+        raise Cos3dError(f"{path}: not a gzip-compressed .spz file ({e})") from None
+    if len(raw) < 16:
+        raise Cos3dError(f"{path}: .spz header is {len(raw)} bytes; expected 16")
+    magic, version, n = np.frombuffer(raw[:12], "<u4")
+    degree, frac, _flags, _ = raw[12:16]
+    if magic != SPZ_MAGIC:
+        raise Cos3dError(f"{path}: not an .spz file (magic {int(magic):#x}, expected {SPZ_MAGIC:#x})")
+    if version not in (2, 3):
+        raise Cos3dError(f"{path}: .spz version {int(version)} is not supported (cos3d reads versions 2 and 3; "
+                         "convert with `splat-transform in.spz out.ply`)")
+    if degree > 3:
+        raise Cos3dError(f"{path}: .spz SH degree {degree} is not 0-3")
+    n = int(n)
+    k = _spz_rest_count(degree)
+    qb = 4 if version == 3 else 3
+    sizes = [9 * n, n, 3 * n, 3 * n, qb * n, 3 * k * n]
+    if len(raw) != 16 + sum(sizes):
+        raise Cos3dError(f"{path}: .spz body is {len(raw) - 16} bytes; {n} splats of degree {degree} need {sum(sizes)}")
+    parts, off = [], 16
+    for s in sizes:
+        parts.append(np.frombuffer(raw[off:off + s], np.uint8))
+        off += s
+    p, a, c, s_, r, sh = parts
+    p = p.reshape(n, 3, 3).astype(np.int32)
+    fixed = p[..., 0] | (p[..., 1] << 8) | (p[..., 2] << 16)
+    fixed = np.where(fixed & 0x800000, fixed - (1 << 24), fixed)
+    means = fixed.astype(np.float64) / (1 << frac)
+    opacity = _logit(a.astype(np.float64) / 255.0)
+    dc = (c.reshape(n, 3).astype(np.float64) / 255.0 - 0.5) / SPZ_COLOR_SCALE
+    log_scales = s_.reshape(n, 3).astype(np.float64) / 16.0 - 10.0
+    xyzw = np.empty((n, 4))
+    if version == 2:
+        xyz = r.reshape(n, 3).astype(np.float64) / 127.5 - 1.0
+        xyzw[:, :3] = xyz
+        xyzw[:, 3] = np.sqrt(np.clip(1.0 - (xyz**2).sum(1), 0.0, None))
+    else:
+        comp = r.reshape(n, 4).astype(np.uint32)
+        comp = comp[:, 0] | (comp[:, 1] << 8) | (comp[:, 2] << 16) | (comp[:, 3] << 24)
+        largest = (comp >> 30).astype(np.int64)
+        sumsq = np.zeros(n)
+        for i in (3, 2, 1, 0):  # the last-written component sits in the lowest bits
+            here = largest != i
+            mag = (comp & 511).astype(np.float64)
+            neg = ((comp >> 9) & 1).astype(bool)
+            val = math.sqrt(0.5) * mag / 511.0 * np.where(neg, -1.0, 1.0)
+            xyzw[here, i] = val[here]
+            sumsq[here] += val[here] ** 2
+            comp = np.where(here, comp >> 10, comp)
+        xyzw[np.arange(n), largest] = np.sqrt(np.clip(1.0 - sumsq, 0.0, None))
+    quats = xyzw[:, [3, 0, 1, 2]]
+    rest = (sh.reshape(n, k, 3).astype(np.float64) - 128.0) / 128.0 if k else None
+    g = _from_columns(means, quats, log_scales, opacity, dc, rest)
+    return _flip_yz(g) if convert else g
+
+
+def write_spz(path: str | os.PathLike, gaussians: Gaussians, *, fractional_bits: int = 12, convert: bool = True) -> Path:
+    """Write ``gaussians`` as ``.spz`` version 3 (atomically). Positions must lie within ±2^(23 − bits)
+    (±2048 m with the default 12 fractional bits). ``convert``: from the ``.ply`` axes (RDF) to the
+    ``.spz`` axes (RUB), as :func:`read_spz`."""
+    import gzip
+
+    path = Path(path)
+    g = gaussians.detach().to("cpu")
+    if convert:
+        g = _flip_yz(g)
+    g.validate_shapes()
+    n, degree = g.num, g.sh_degree
+    means = g.means.double().numpy()
+    lim = 2 ** (23 - fractional_bits)
+    if n and np.abs(means).max() >= lim:
+        raise Cos3dError(f"write_spz: positions reach {np.abs(means).max():.1f}; .spz with {fractional_bits} "
+                         f"fractional bits holds ±{lim}")
+    fixed = np.round(means * (1 << fractional_bits)).astype(np.int64) & 0xFFFFFF
+    pos = np.stack([(fixed >> s) & 0xFF for s in (0, 8, 16)], -1).astype(np.uint8).reshape(-1)
+    u8 = lambda x: np.clip(np.round(x), 0, 255).astype(np.uint8)  # noqa: E731
+    alpha = u8(torch.sigmoid(g.opacity_logits).double().numpy() * 255.0)
+    color = u8((g.sh[:, 0].double().numpy() * SPZ_COLOR_SCALE + 0.5) * 255.0).reshape(-1)
+    scales = u8((g.log_scales.double().numpy() + 10.0) * 16.0).reshape(-1)
+    q = torch.nn.functional.normalize(g.quats.double(), dim=1).numpy()[:, [1, 2, 3, 0]]  # xyzw
+    largest = np.abs(q).argmax(1)
+    q = q * np.where(q[np.arange(n), largest] < 0, -1.0, 1.0)[:, None]
+    comp = largest.astype(np.uint64)
+    for i in range(4):
+        here = largest != i
+        mag = np.round(511.0 * np.abs(q[:, i]) / math.sqrt(0.5)).clip(0, 511).astype(np.uint64)
+        neg = (q[:, i] < 0).astype(np.uint64)
+        comp = np.where(here, (comp << np.uint64(10)) | (neg << np.uint64(9)) | mag, comp)
+    comp = comp.astype(np.uint32)
+    rot = np.stack([(comp >> np.uint32(s)) & np.uint32(0xFF) for s in (0, 8, 16, 24)], -1).astype(np.uint8).reshape(-1)
+    k = _spz_rest_count(degree)
+    sh = u8(g.sh[:, 1:].double().numpy() * 128.0 + 128.0).reshape(-1) if k else np.zeros(0, np.uint8)
+    header = np.array([SPZ_MAGIC, 3, n], "<u4").tobytes() + bytes([degree, fractional_bits, 0, 0])
+    body = b"".join(a.tobytes() for a in (pos, alpha, color, scales, rot, sh))
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(gzip.compress(header + body, mtime=0))
+    return path
+
+
+def read_splat(path: str | os.PathLike) -> Gaussians:
+    """Read an antimatter15 ``.splat`` file: 32 bytes a splat (float32 position and linear scale, uint8
+    RGBA, uint8 quaternion wxyz mapped from [-1, 1])."""
+    path = Path(path)
+    if not path.is_file():
+        raise Cos3dError(f"{path}: no such .splat file")
+    raw = path.read_bytes()
+    if len(raw) == 0 or len(raw) % 32:
+        raise Cos3dError(f"{path}: .splat size {len(raw)} bytes is not a positive multiple of 32")
+    rec = np.frombuffer(raw, dtype=[("p", "<f4", 3), ("s", "<f4", 3), ("c", "u1", 4), ("r", "u1", 4)])
+    sc = rec["s"].astype(np.float64)
+    if (sc <= 0).any() or not np.isfinite(sc).all():
+        raise Cos3dError(f"{path}: {int((~(sc > 0)).any(1).sum())} splats have non-positive or non-finite scales")
+    rgba = rec["c"].astype(np.float64) / 255.0
+    q = rec["r"].astype(np.float64) / 255.0 * 2.0 - 1.0
+    qn = np.linalg.norm(q, axis=1, keepdims=True)
+    q = np.where(qn > 0, q / np.where(qn > 0, qn, 1.0), np.array([1.0, 0, 0, 0]))
+    return _from_columns(rec["p"].astype(np.float64), q, np.log(sc), _logit(rgba[:, 3]), (rgba[:, :3] - 0.5) / SH_C0, None)
+
+
+def splat_format(path: str | os.PathLike) -> str:
+    """``"ply"``, ``"compressed.ply"``, ``"spz"`` or ``"splat"`` from a file name (compressed PLYs are
+    also recognised by their content when read)."""
+    name = Path(path).name.lower()
+    for suf in (".compressed.ply", ".spz", ".splat", ".ply"):
+        if name.endswith(suf):
+            return suf[1:]
+    raise Cos3dError(f"{path}: unknown splat file type; cos3d reads {', '.join(SPLAT_SUFFIXES)}")
+
+
+def read_gaussians(path: str | os.PathLike, *, device: torch.device | str = "cpu", features: bool = True) -> Gaussians:
+    """Read any splat file cos3d knows (:data:`SPLAT_SUFFIXES`), dispatching on the name; non-finite
+    values are refused as in :func:`read_ply`."""
+    fmt = splat_format(path)
+    if fmt in ("ply", "compressed.ply"):
+        return read_ply(path, device=device, features=features)
+    g = read_spz(path) if fmt == "spz" else read_splat(path)
+    bad, where = g.nonfinite_rows()
+    if where:
+        raise Cos3dError(f"{path}: {int(bad.sum())} of {g.num} Gaussians have NaN/inf values (in {', '.join(where)})")
     return g.to(device)
