@@ -1,0 +1,51 @@
+"""``cos3d export``: scene-wide per-Gaussian labels, prompt selections and objects, as PLY/NPZ/JSON/SPZ.
+
+The flags are :class:`cos3d.export.ExportConfig`'s fields (:mod:`cos3d.config`). Examples::
+
+    cos3d export --run runs/tabletop                                   # labels from the training names
+    cos3d export --run RUN --vocabulary "mug,bowl,soda can" --prompt "red coffee mug,bowl" --formats ply,spz
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+HELP = "export per-Gaussian labels, prompt selections (PLY, point cloud, SPZ) and objects (JSON)"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from pathlib import Path
+
+    from cos3d.config import add_arguments, add_config_flag
+    from cos3d.export import ExportConfig
+
+    p = sub.add_parser(
+        "export",
+        help=HELP,
+        description=(
+            "Write a run's scene-wide decomposition into named objects (labels.ply with 'label' and "
+            "'label_score' properties, labels.npz, labels.json), each --prompt's selection (a 3DGS .ply, a "
+            "labelled point cloud _points.ply, objects with boxes and grasps as .json) and, with --formats spz, "
+            ".spz copies. Default output folder: RUN/export."
+        ),
+    )
+    add_config_flag(p)
+    add_arguments(p, ExportConfig, ExportConfig(run=Path("")))
+    p.set_defaults(func=run, config_cls=ExportConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cos3d.config import config_from_args
+    from cos3d.errors import Cos3dError
+    from cos3d.export import ExportConfig, export_run
+
+    cfg = config_from_args(ExportConfig, args, ExportConfig(run=Path("")))
+    if str(cfg.run) in ("", "."):
+        raise Cos3dError("--run is required: the run folder made by cos3d train")
+    t0 = time.perf_counter()
+    summary = export_run(cfg)
+    print(f"wrote {len(summary['files'])} files to {summary['out']} in {time.perf_counter() - t0:.1f} s")
+    return 0
