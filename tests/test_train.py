@@ -142,7 +142,10 @@ def test_query_is_delegated_to_the_engine(ts, monkeypatch):
     assert ts.query("mug", within="table") == "answer"
     assert ts.query(text="cup") == "answer"
     assert [c[0] for c in calls] == ["init", "query", "query"] and calls[0][1] is ts
-    assert calls[1][1] == ("mug",) and calls[1][2] == {"within": "table"}
+    # the typed signature forwards every prompt argument by name; only the given ones are set
+    assert calls[1][1] == ("mug",) and calls[1][2]["within"] == "table"
+    assert {k for k, v in calls[1][2].items() if v is not None} == {"within"}
+    assert calls[2][1] == ("cup",) or calls[2][2].get("text") == "cup"
 
 
 # ---------------------------------------------------------------------------------------------------
