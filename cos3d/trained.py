@@ -125,7 +125,7 @@ class TrainedScene:
         """The run's embedder, created on first use from its config (``cos3d.vision.create_embedder``)."""
         if self._embedder is None:
             models = self.config.models
-            emb = models.create_embedder(device="cpu" if models.embedder == "labels" else str(self.device))
+            emb = models.create_embedder(device=str(self.device))
             want = self.embedder_model_id
             if want and emb.model_id != want:
                 raise Cos3dError(

@@ -107,8 +107,8 @@ class ModelsConfig:
         return create_mask_provider("classical", method=self.classical_method)
 
     def create_embedder(self, device: str = "auto") -> Embedder:
-        """The embedder these settings describe (the sentence encoder of ``labels`` runs on the CPU
-        unless a device is named)."""
+        """The embedder these settings describe (the small sentence encoder of ``labels`` always runs on
+        the CPU, so that a run's embeddings do not depend on the machine's GPU)."""
         from cos3d.vision.registry import create_embedder
 
         if self.embedder == "openclip":
@@ -121,7 +121,7 @@ class ModelsConfig:
             )
         if self.embedder == "siglip":
             return create_embedder("siglip", model=self.siglip_model, device=device)
-        return create_embedder("labels", device="cpu" if device == "auto" else device)
+        return create_embedder("labels", device="cpu")
 
     def replace(self, **changes: object) -> "ModelsConfig":
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
