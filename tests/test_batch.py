@@ -92,3 +92,16 @@ def test_ray_executor_without_ray_says_how_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(Cos3dError, match=r"pip install 'cos3d\[ray\]'"):
         d.require_ray()
+
+
+def test_plan_workers_one_per_gpu_else_cpu_pool():
+    from cos3d.distributed.masks import plan_workers
+
+    p = plan_workers({"CPU": 64, "GPU": 8}, views=1000, workers=None, device="auto")
+    assert (p.workers, p.num_gpus, p.device) == (8, 1.0, "cuda")
+    p = plan_workers({"CPU": 64, "GPU": 8}, views=1000, workers=None, device="cpu")
+    assert (p.workers, p.num_gpus, p.device) == (64, 0.0, "cpu")
+    p = plan_workers({"CPU": 2}, views=1, workers=4, device="auto")
+    assert (p.workers, p.num_gpus, p.device) == (1, 0.0, "cpu")  # never more actors than views
+    with pytest.raises(Cos3dError, match="no GPU"):
+        plan_workers({"CPU": 2}, views=10, workers=None, device="cuda")

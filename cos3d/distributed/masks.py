@@ -11,8 +11,9 @@ Fault tolerance: a view is finished once its file exists with the right key, so
 - a re-run (or a retry) skips finished views: idempotent and resumable;
 - when a worker dies mid-run (killed, OOM, lost node), Ray restarts the actor and the driver hands the
   views it held to the workers again; a view that was being computed had written nothing (atomic
-  writes), a view whose file was written before the death is a cache hit. No finished view is ever
-  computed twice, and the job finishes with every view.
+  writes), a view whose file was written before the death is a cache hit (with ``force`` too: a
+  retried view whose file this run wrote is not forced again). No finished view is ever computed
+  twice, and the job finishes with every view.
 - a view whose computation raises (or whose worker dies ``max_attempts`` times) is reported by name at
   the end, after the manifest has recorded every other view.
 """
@@ -72,9 +73,17 @@ class MaskWorker:
             "device": self.device,
         }
 
-    def run(self, name: str, cache_dir: str, force: bool) -> dict[str, Any]:
-        """Make sure view ``name`` is cached (:func:`~cos3d.vision.cache.process_view`); its outcome + pid."""
-        from cos3d.vision.cache import process_view
+    def run(self, name: str, cache_dir: str, force: bool, since: float | None = None) -> dict[str, Any]:
+        """Make sure view ``name`` is cached (:func:`~cos3d.vision.cache.process_view`); its outcome + pid.
+
+        ``since`` (a retried view of a ``force`` run): a file written after this time was written by this
+        run before a worker died, so it is checked like any cached file instead of being recomputed."""
+        from cos3d.vision.cache import process_view, view_path
+
+        if force and since is not None:
+            path = view_path(cache_dir, name)
+            if path.is_file() and path.stat().st_mtime >= since:
+                force = False
 
         out = process_view(self.scene.frame(name), self.provider, self.embedder, cache_dir,
                            self.header["models_key"], force=force, note=print)
@@ -160,7 +169,7 @@ def prepare_masks_ray(
     from cos3d.readers import load_scene
     from cos3d.vision.cache import close_manifest, open_manifest
 
-    t_start = time.perf_counter()
+    t_start, t_wall = time.perf_counter(), time.time() - 1.0  # (mtimes may be coarser than the clock)
     sc = load_scene(str(scene), data_root)
     names = [f.name for f in sc.frames] if frames is None else [str(f) for f in frames]
     for n in names:
@@ -213,7 +222,8 @@ def prepare_masks_ray(
                 for i, a in enumerate(actors):
                     while queue and state[i] == "up" and load[i] < in_flight:
                         name = queue.popleft()
-                        pending[a.run.remote(name, str(cache_dir), force)] = (i, name)
+                        since = t_wall if name in attempts else None
+                        pending[a.run.remote(name, str(cache_dir), force, since)] = (i, name)
                         load[i] += 1
                 if not pending:  # every worker is dead for good (restarts exhausted)
                     for name in queue:
