@@ -161,6 +161,10 @@ class _Ctx:
     up: np.ndarray
     g: GripperSpec
     centre: np.ndarray
+    e1: np.ndarray
+    """Horizontal axes the candidate angles are measured from: the object's own (so that the grasps
+    move with the frame: a rotated base frame gives the same grasps, rotated)."""
+    e2: np.ndarray
     candidates: list = field(default_factory=list)
 
 
@@ -237,10 +241,8 @@ def _top(ctx: _Ctx, n_yaw: int) -> list[Grasp]:
     depth = min(g.finger_depth, max(0.5 * height, 0.01))
     # the fingertips reach ``depth`` below the top; the fingers sweep past every point above that
     band = h >= top - depth
-    e1 = np.cross(up, [1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.cross(up, [0.0, 1.0, 0.0])
-    e1 /= np.linalg.norm(e1)
-    e2 = np.cross(up, e1)
-    centre = np.median(P[band], axis=0)
+    e1, e2 = ctx.e1, ctx.e2
+    centre = P[band].mean(0)  # a mean, not a per-axis median: it moves with the frame
     tip = centre + (top - depth - centre @ up) * up
     out = []
     for k in range(n_yaw):
@@ -263,10 +265,8 @@ def _side(ctx: _Ctx, n_dir: int) -> list[Grasp]:
     slab = np.abs(h - z) <= g.finger_width / 2 + g.clearance
     if slab.sum() < 2:
         return []
-    e1 = np.cross(up, [1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.cross(up, [0.0, 1.0, 0.0])
-    e1 /= np.linalg.norm(e1)
-    e2 = np.cross(up, e1)
-    c = np.median(P[slab], axis=0)
+    e1, e2 = ctx.e1, ctx.e2
+    c = P[slab].mean(0)
     c = c + (z - c @ up) * up
     out = []
     for k in range(n_dir):
@@ -279,6 +279,21 @@ def _side(ctx: _Ctx, n_dir: int) -> list[Grasp]:
         # the fingers sweep past every slab point in front of their tips
         out += _evaluate(ctx, "side", R, c + s_tip * d, slab & (s <= s_tip))
     return out
+
+
+def _horizontal_axes(P: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The object's main horizontal axis (PCA of the points projected along ``up``; its sign makes the
+    third moment positive) and ``up × e1``: axes attached to the object, not to the frame."""
+    X = P - P.mean(0)
+    X = X - (X @ up)[:, None] * up
+    w, v = np.linalg.eigh(X.T @ X)
+    e1 = v[:, 2] - (v[:, 2] @ up) * up
+    if np.linalg.norm(e1) < 1e-9:  # no horizontal extent: any horizontal axis
+        e1 = np.cross(up, [1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.cross(up, [0.0, 1.0, 0.0])
+    e1 = e1 / np.linalg.norm(e1)
+    if ((X @ e1) ** 3).sum() < 0:
+        e1 = -e1
+    return e1, np.cross(up, e1)
 
 
 def plan_grasps(
@@ -315,7 +330,8 @@ def plan_grasps(
     if len(O):
         lo, hi = P.min(0) - 0.3, P.max(0) + 0.3
         O = O[np.all((O >= lo) & (O <= hi), axis=1)]
-    ctx = _Ctx(P=P, N=N, obstacles=O, up=up_v, g=g, centre=np.median(P, axis=0))
+    e1, e2 = _horizontal_axes(P, up_v)
+    ctx = _Ctx(P=P, N=N, obstacles=O, up=up_v, g=g, centre=P.mean(0), e1=e1, e2=e2)
     out: list[Grasp] = []
     if approach in ("top", "auto"):
         out += _top(ctx, n_angles)

@@ -402,7 +402,7 @@ def place_target(
         rim, bottom = float(np.percentile(h, 98)), float(np.percentile(h, 2))
         height = rim - bottom
         flat = P - h[:, None] * up_v
-        centre_flat = np.median(flat, axis=0)
+        centre_flat = flat.mean(0)
         # the box's horizontal extents: project its axes
         horiz = [box.extent[i] * np.linalg.norm(box.R[:, i] - (box.R[:, i] @ up_v) * up_v) for i in range(3)]
         small = sorted(horiz)[1] if len(horiz) == 3 else min(horiz)
