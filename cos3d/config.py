@@ -17,6 +17,7 @@ Why not tyro or jsonargparse: ``cos3d`` keeps argparse's contract (a bad flag or
 the derivation it needs is this small module.
 
 Field metadata understood here: ``cli=False`` (not a flag, not in files: e.g. a callback),
+``positional=True`` (an optional positional argument, like ``cos3d query``'s prompt),
 ``flatten=True`` (nested config whose flags carry no prefix), ``exclude=(names...)`` (fields of a
 nested config that the parent sets itself, e.g. the seed), ``aliases=("--x",)`` (extra flag names).
 """
@@ -338,12 +339,16 @@ def add_arguments(
                 add_arguments(group, tp, value, prefix=f"{key}.", exclude=sub_exclude)
             continue
         names = [flag_name(key), *f.metadata.get("aliases", ())]
+        if f.metadata.get("positional"):
+            names = [key]
         doc = docs.get(f.name, "")
         shown = "none" if value is None else ",".join(map(str, value)) if isinstance(value, tuple) else value
         if "default" not in doc.lower() and shown not in ("", "none"):
             doc = f"{doc} (default: {shown})".strip()
         help_text = doc.replace("%", "%%")
         kw: dict[str, Any] = dict(dest=key, default=argparse.SUPPRESS, help=help_text)
+        if f.metadata.get("positional"):
+            kw = dict(nargs="?", default=argparse.SUPPRESS, help=help_text)
         base, _ = _optional_arm(tp)
         if base is bool:
             kw["action"] = argparse.BooleanOptionalAction

@@ -37,7 +37,7 @@ from cos3d.errors import Cos3dError, brief
 if TYPE_CHECKING:
     from cos3d.train import TrainConfig
 
-__all__ = ["FIELDS_FORMAT", "RUN_FORMAT", "STAGES", "STAGE_TITLES", "RunFolder", "RunRecord"]
+__all__ = ["FIELDS_FORMAT", "RUN_FORMAT", "STAGES", "STAGE_TITLES", "RunFolder", "RunRecord", "latest_run"]
 
 RUN_FORMAT = "cos3d-run"
 RUN_VERSION = 2
@@ -229,3 +229,21 @@ class RunFolder:
         data = {**data, "format": FIELDS_FORMAT}
         with atomic_path(self.fields) as tmp:
             torch.save(data, tmp)
+
+
+def latest_run(root: Path) -> Path | None:
+    """The finished run under ``root`` (its sub-folders) whose training ended last, or None."""
+    best: tuple[float, Path] | None = None
+    if not root.is_dir():
+        return None
+    for rj in root.glob("*/run.json"):
+        try:
+            rec = RunFolder(rj.parent).read_record()
+        except Cos3dError:
+            continue
+        if rec is None or rec.unfinished():
+            continue
+        t = rj.stat().st_mtime
+        if best is None or t > best[0]:
+            best = (t, rj.parent)
+    return None if best is None else best[1]

@@ -75,3 +75,40 @@ def test_query_errors_exit_2(trained_run, tmp_path, capsys, argv, msg):
 def test_query_unknown_run_exit_2(tmp_path, capsys):
     rc, out, err = _run(["query", "mug", "--run", str(tmp_path / "nope")], capsys)
     assert rc == 2 and "no such run folder" in err
+
+
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["query", "mug", "--within", " "], "--within is empty"),
+        (["query", "mug", "--masks-out", "{file}"], "--masks-out"),
+        (["query", "mug", "--ply-out", "{tmp}"], "--ply-out"),
+        (["query", "mug", "--ply-out", "{file}/sel.ply"], "is a file, not a folder"),
+        (["query", "--run", "{tmp}"], "nothing to answer"),
+    ],
+)
+def test_query_bad_outputs_refused_before_any_work(tmp_path, capsys, argv, msg):
+    """Checked before the run is even loaded: the run folder given is empty."""
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    argv = [a.replace("{file}", str(f)).replace("{tmp}", str(tmp_path)) for a in argv]
+    if "--run" not in argv:
+        argv += ["--run", str(tmp_path)]
+    rc, out, err = _run(argv, capsys)
+    assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+    assert f.read_text() == "x"
+
+
+def test_query_defaults_to_the_latest_run(trained_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = _run(["query", "mug"], capsys)
+    assert rc == 2 and "--run" in err and "no trained run" in err
+    (tmp_path / "runs").mkdir()
+    shutil.copytree(trained_run, tmp_path / "runs" / "a")
+    (tmp_path / "runs" / "b").mkdir()  # not a run: ignored
+    rc, out, err = _run(["query", "blue mug", "--json"], capsys)
+    assert rc == 0, err
+    assert "runs/a" in err and "most recently trained" in err
+    assert json.loads(out)["objects"]

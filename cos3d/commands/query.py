@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryEngine, QueryResult
@@ -23,34 +24,57 @@ if TYPE_CHECKING:  # pragma: no cover
 HELP = "segment a trained scene by a text, image, click or part prompt"
 
 
+@dataclass
+class QueryConfig:
+    """What ``cos3d query`` does: one prompt on a trained run."""
+
+    text: str | None = field(default=None, metadata={"positional": True})
+    """Text prompt, e.g. "red mug" (optional with --image or --click)."""
+    run: Path | None = None
+    """Run folder made by cos3d train (default: the most recently trained run under ./runs)."""
+    image: Path | None = None
+    """Reference image (PNG/JPG) of an image prompt, with one of --box, --mask, --scribble, --points."""
+    box: str | None = None
+    """x0,y0,x1,y1 in reference-image pixels."""
+    mask: Path | None = None
+    """Binary mask PNG of the region in the reference image."""
+    scribble: Path | None = None
+    """PNG whose non-zero pixels are a scribble on the object."""
+    points: str | None = None
+    """"x,y;x,y" points on the object (x,y,0 = a background point)."""
+    click: str | None = None
+    """VIEW:x,y, a pixel in a scene frame: the object under it."""
+    within: str | None = None
+    """Parent prompt of a part query, e.g. "head" --within "robot"."""
+    within_object: int | None = None
+    """Parent object id (as printed by an earlier query) of a part query."""
+    level: Literal["s", "m", "l"] | None = None
+    """Field level to answer on (default: l; s for part queries)."""
+    refine: Literal["fast", "reference"] = "fast"
+    """Refinement implementation: fast, or the literal reference loop of COS3D."""
+    json: bool = False
+    """Print the answer as JSON."""
+    masks_out: Path | None = None
+    """Write DIR/<frame>.png masks (255 = selected) at the frames' own resolution."""
+    views: tuple[str, ...] | None = None
+    """Frames for --masks-out, comma separated (default: the scene's test split)."""
+    protocol: Literal["occlusion", "selected"] = "occlusion"
+    """2D mask protocol: occlusion-aware, or selected-only alpha > 0.7 (COS3D's)."""
+    ply_out: Path | None = None
+    """Write the selected Gaussians as a PLY."""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    from cos3d.config import add_arguments, add_config_flag
+
     p = sub.add_parser(
         "query",
         help=HELP,
         description="Answer a prompt on a trained run: 3D objects (table or JSON), optional 2D masks and PLY.",
     )
-    p.add_argument("text", nargs="?", default=None, help='text prompt, e.g. "red mug" (optional with --image/--click)')
-    p.add_argument("--run", required=True, type=Path, help="run folder made by cos3d train")
-    g = p.add_argument_group("image prompt (a reference image and one region prompt)")
-    g.add_argument("--image", type=Path, default=None, help="reference image (PNG/JPG)")
-    g.add_argument("--box", default=None, help="x0,y0,x1,y1 in reference-image pixels")
-    g.add_argument("--mask", dest="mask_png", type=Path, default=None, help="binary mask PNG of the region")
-    g.add_argument("--scribble", type=Path, default=None, help="PNG whose non-zero pixels are a scribble on the object")
-    g.add_argument("--points", default=None, help='"x,y;x,y" points on the object (x,y,0 = background point)')
-    p.add_argument("--click", default=None, help="VIEW:x,y — a pixel in a scene frame; returns the object under it")
-    p.add_argument("--within", default=None, help='parent prompt for a part query, e.g. "head" --within "robot"')
-    p.add_argument("--within-object", default=None, type=int, metavar="ID",
-                   help="parent object id (as printed by an earlier query) for a part query")
-    p.add_argument("--level", default=None, help="field level to answer on (default: l; s for part queries)")
-    p.add_argument("--refine", default="fast", choices=("fast", "reference"), help="refinement implementation")
-    p.add_argument("--json", action="store_true", help="print the answer as JSON")
-    p.add_argument("--masks-out", type=Path, default=None, help="write DIR/<frame>.png masks (255 = selected)")
-    p.add_argument("--views", action="append", default=None,
-                   help="frames for --masks-out, comma separated (default: the scene's test split)")
-    p.add_argument("--protocol", default="occlusion", choices=("occlusion", "selected"),
-                   help="2D mask protocol: occlusion-aware (default) or selected-only alpha > 0.7 (COS3D)")
-    p.add_argument("--ply-out", type=Path, default=None, help="write the selected Gaussians as a PLY")
-    p.set_defaults(func=run)
+    add_config_flag(p)
+    add_arguments(p, QueryConfig, QueryConfig())
+    p.set_defaults(func=run, config_cls=QueryConfig)
 
 
 def _print_table(res: QueryResult) -> None:
@@ -60,7 +84,8 @@ def _print_table(res: QueryResult) -> None:
     console = Console()
     title = f"{res.query}  ({res.kind}, level {res.level})"
     if res.no_target:
-        console.print(f"[bold]{title}[/bold]\n[yellow]no target[/yellow]: {res.reason}")
+        reason = res.reason.removeprefix("no target: ")
+        console.print(f"[bold]{title}[/bold]\n[yellow]no target[/yellow]: {reason}")
     else:
         t = Table(title=title, caption=res.reason)
         for col in ("object", "Gaussians", "score", "centroid (m)", "box extent (m)"):
@@ -107,47 +132,84 @@ def write_selection_ply(engine: QueryEngine, res: QueryResult, path: Path) -> No
     write_ply(path, engine.gaussians.subset(res.selected))  # atomic
 
 
+def check_outputs(cfg: QueryConfig) -> None:
+    """Refuse output paths that cannot be written before any work is done."""
+    from cos3d.errors import Cos3dError
+
+    if cfg.masks_out is not None and cfg.masks_out.exists() and not cfg.masks_out.is_dir():
+        raise Cos3dError(f"--masks-out {cfg.masks_out} is a file; give a folder for the mask PNGs")
+    if cfg.ply_out is not None:
+        if cfg.ply_out.is_dir():
+            raise Cos3dError(f"--ply-out {cfg.ply_out} is a folder; give a file name such as selection.ply")
+        if cfg.ply_out.parent.exists() and not cfg.ply_out.parent.is_dir():
+            raise Cos3dError(f"--ply-out {cfg.ply_out}: {cfg.ply_out.parent} is a file, not a folder")
+
+
+def resolve_run(run: Path | None) -> Path:
+    """``run``, or the most recently trained finished run under ``./runs`` (said in one line)."""
+    from cos3d.errors import Cos3dError
+    from cos3d.run_folder import latest_run
+
+    if run is not None:
+        if not run.is_dir():
+            raise Cos3dError(f"--run {run}: no such run folder (train one with cos3d train)")
+        return run
+    found = latest_run(Path("runs"))
+    if found is None:
+        raise Cos3dError(
+            "no trained run under ./runs; name one with --run RUN (train one with `cos3d train --scene S`)"
+        )
+    print(f"run: {found} (the most recently trained under ./runs; --run to choose)", file=sys.stderr)
+    return found
+
+
 def run(args: argparse.Namespace) -> int:
+    from cos3d.config import config_from_args
     from cos3d.errors import Cos3dError
     from cos3d.query.prompts import parse_box, parse_click, parse_views
 
-    if args.text is not None and not args.text.strip():
+    cfg = config_from_args(QueryConfig, args, QueryConfig())
+    if cfg.text is not None and not cfg.text.strip():
         raise Cos3dError('empty text prompt: give a phrase such as "red mug"')
-    if not args.run.is_dir():
-        raise Cos3dError(f"--run {args.run}: no such run folder (train one with cos3d train)")
-    box = parse_box(args.box) if args.box is not None else None
-    click = parse_click(args.click) if args.click is not None else None
-    views = parse_views(args.views)
-    if args.within_object is not None and args.within is not None:
+    if cfg.within is not None and not cfg.within.strip():
+        raise Cos3dError('--within is empty: give the parent\'s name, e.g. --within "robot"')
+    box = parse_box(cfg.box) if cfg.box is not None else None
+    click = parse_click(cfg.click) if cfg.click is not None else None
+    views = parse_views(list(cfg.views)) if cfg.views is not None else None
+    if cfg.text is None and cfg.image is None and cfg.click is None:
+        raise Cos3dError('nothing to answer: give a text prompt ("red mug"), --image with a region, or --click')
+    if cfg.within_object is not None and cfg.within is not None:
         raise Cos3dError("give either --within or --within-object, not both")
+    check_outputs(cfg)
+    run_dir = resolve_run(cfg.run)
 
     import cos3d
 
-    engine = cos3d.load(args.run).engine
+    engine = cos3d.load(run_dir).engine
     if views:
         for v in views:
             engine.camera(v)  # unknown view → error before any work
     res = engine.query(
-        args.text, image=args.image, box=box, mask=args.mask_png, scribble=args.scribble, points=args.points,
-        click=click, within=args.within, within_object=args.within_object, level=args.level, refine=args.refine,
+        cfg.text, image=cfg.image, box=box, mask=cfg.mask, scribble=cfg.scribble, points=cfg.points,
+        click=click, within=cfg.within, within_object=cfg.within_object, level=cfg.level, refine=cfg.refine,
     )
     written = []
-    if args.masks_out is not None:
-        written = write_masks(engine, res, args.masks_out, views, args.protocol)
-    if args.ply_out is not None:
-        write_selection_ply(engine, res, args.ply_out)
-    if args.json:
+    if cfg.masks_out is not None:
+        written = write_masks(engine, res, cfg.masks_out, views, cfg.protocol)
+    if cfg.ply_out is not None:
+        write_selection_ply(engine, res, cfg.ply_out)
+    if cfg.json:
         d = res.to_dict()
         if written:
-            d["masks"] = {"dir": str(args.masks_out), "protocol": args.protocol, "files": [p.name for p in written]}
-        if args.ply_out is not None:
-            d["ply"] = str(args.ply_out)
+            d["masks"] = {"dir": str(cfg.masks_out), "protocol": cfg.protocol, "files": [p.name for p in written]}
+        if cfg.ply_out is not None:
+            d["ply"] = str(cfg.ply_out)
         json.dump(d, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         _print_table(res)
         if written:
-            print(f"wrote {len(written)} masks ({args.protocol}) to {args.masks_out}")
-        if args.ply_out is not None:
-            print(f"wrote {res.num_gaussians} Gaussians to {args.ply_out}")
+            print(f"wrote {len(written)} masks ({cfg.protocol}) to {cfg.masks_out}")
+        if cfg.ply_out is not None:
+            print(f"wrote {res.num_gaussians} Gaussians to {cfg.ply_out}")
     return 0
