@@ -210,10 +210,9 @@ def eval_run(run: str, log: str, protocol: str = "occlusion", device: str = "aut
     with _logged(Path(log)):
         engine = QueryEngine(cos3d.trained.load(run, device=device))
         rep = evaluate(engine, protocol=protocol)
-        d = rep.to_dict()
-        print(json.dumps({k: v for k, v in d.items() if k != "queries"}, indent=1))
-    metrics = {"mIoU": d["mIoU"], "mAcc@0.25": d["mAcc@0.25"], "no_target_accuracy": d["no_target_accuracy"],
-               "pairs": d["pairs"], "queries": len(d["queries"]), "by_kind": d["by_kind"]}
+        print(json.dumps({k: v for k, v in rep.to_dict().items() if k != "queries"}, indent=1, default=str))
+    metrics = {"mIoU": rep.miou, "mAcc@0.25": rep.macc25, "no_target_accuracy": rep.no_target_accuracy,
+               "pairs": rep.num_pairs, "queries": len(rep.per_query), "by_kind": rep.by_kind}
     return {"run": str(run), "metrics": metrics}
 
 
