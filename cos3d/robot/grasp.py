@@ -7,21 +7,29 @@ the approach direction (pointing from the gripper into the object; ``-up`` for a
 x the closing direction (between the finger pads), y = z × x. The fingers extend from the palm at
 ``-finger_depth`` along z to the origin.
 
-Candidates (:func:`plan_grasps`):
+Candidates (:func:`plan_grasps`), at 12 angles measured from the object's own main horizontal axis
+(so that a rotated base frame gives the same grasps, rotated):
 
-- **top**: approach along ``-up``; for 12 yaws of the closing axis, the fingertips go down to
-  ``min(finger_depth, max(0.5·height, 1 cm))`` below the object's top; the opening needed is the
-  object's extent along the closing axis over the points between the finger pads.
-- **side**: approach horizontally from 12 directions at the object's mid-height (at least half a pad
-  above its bottom); the fingertips reach the object's middle or ``finger_depth``, whichever is less.
+- **top**: approach along ``-up``; the fingertips go down to ``min(finger_depth, max(0.5·height,
+  1 cm))`` below the object's top, through the points above that height;
+- **side**: approach horizontally at the object's mid-height (at least half a pad above its bottom);
+  the fingertips reach the object's middle or ``finger_depth``, whichever is less.
 
-A candidate is **feasible** when its opening (+ 2 × clearance) is within ``max_opening``. It is
-**collision-free** when no point of the rest of the scene (its Gaussians, the table included) lies in
-either finger's or the palm's box, each inflated by ``clearance``. The **antipodal quality** is the
-mean ``|n · x|`` of the contact points (the object's points at either jaw, normals from a local
-PCA): 1 for faces square to the closing axis, 0 for faces parallel to it. The score ranks candidates:
-collision-free and feasible first, then ``quality − 0.5 · opening / max_opening`` (narrower grasps are
-more stable), top grasps first on ties (``approach="auto"``).
+Along the closing axis, the points the fingers sweep past (within the pad's width) split into runs
+wherever a finger fits between two neighbours (a gap wider than its thickness + 2 × clearance); each
+run holding ≥ :data:`MIN_HELD_SHARE` of those points is a candidate, the jaws centred on it: the whole
+object for a can or a box, a mug's or bowl's wall (a rim grasp) or a handle otherwise.
+
+A candidate is **feasible** when its opening (run width + 2 × clearance) is within ``max_opening``.
+It is **collision-free** when no point of the rest of the scene (its Gaussians, the table included)
+lies in the volume the hand sweeps from the pre-grasp pose (:data:`APPROACH_DISTANCE` back along the
+approach) to the grasp, inflated by half the clearance, and at most :data:`SELF_TOLERANCE` of the
+object's own points lie inside the fingers or the palm. The **antipodal quality** is the mean
+``|n · x|`` of the contact points (the held points within 5 mm of either jaw, normals from a local
+PCA): 1 for faces square to the closing axis, 0 for faces parallel to it. The score ranks
+candidates: feasible, then collision-free, then ``quality + 0.5 · held share − 0.5 · opening /
+max_opening + 1`` when the jaws hold the object's centre (no torque when lifting); top grasps first
+on ties (``approach="auto"``).
 
 Point-cloud work uses numpy and scipy's cKDTree (module docstring of :mod:`cos3d.robot`: open3d was
 measured and not needed here).
