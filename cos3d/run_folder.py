@@ -11,6 +11,9 @@ the format.
     RUN/recon/            stage 0's work folder while it runs (checkpoint.pt: tensors only)
     RUN/fields.pt         stages 1-2: per level instance [N, d], language [N, D] fp16, anchors,
                           targets, d̄ (``FIELDS_FORMAT``; loaded with weights_only=True)
+    RUN/query_state.pt    per level: the refinement index and the no-target calibration, saved at the
+                          end of training (or by the first query), so a new process need not rebuild
+                          them; ignored when older than fields.pt or made for other settings
     RUN/checkpoints/      stage 1's resumable checkpoint while it runs (removed when the stage ends)
     RUN/cache/weights/    optional per-view blending weights (--cache-weights)
 
@@ -52,7 +55,7 @@ STAGE_TITLES = {
     "instance": "stage 1 instance",
     "language": "stage 2 language",
 }
-ENTRIES = frozenset({"run.json", "gaussians.ply", "fields.pt", "checkpoints", "recon", "cache"})
+ENTRIES = frozenset({"run.json", "gaussians.ply", "fields.pt", "query_state.pt", "checkpoints", "recon", "cache"})
 """What a run folder may hold (anything else means the folder is not a run)."""
 
 
@@ -223,6 +226,26 @@ class RunFolder:
                 "`cos3d train --resume` to recompute stages 1-2"
             ) from None
         return data
+
+    @property
+    def query_state(self) -> Path:
+        return self.root / "query_state.pt"
+
+    def read_query_state(self) -> dict[str, Any] | None:
+        """The saved query state (refinement index + no-target calibration per level), or None when
+        it is missing, unreadable or older than ``fields.pt`` (it is then rebuilt, never trusted)."""
+        p = self.query_state
+        if not p.is_file() or (self.fields.is_file() and p.stat().st_mtime_ns < self.fields.stat().st_mtime_ns):
+            return None
+        try:
+            data = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_query_state(self, state: dict[str, Any]) -> None:
+        with atomic_path(self.query_state) as tmp:
+            torch.save(state, tmp)
 
     def write_fields(self, data: dict[str, Any]) -> None:
         """Write ``fields.pt`` atomically (``data['format']`` is set to :data:`FIELDS_FORMAT`)."""

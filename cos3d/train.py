@@ -770,6 +770,13 @@ def _train(cfg: TrainConfig, config_files: tuple[str, ...]) -> Path:
         _update_counts(s, stage, info)
         state.save()
         _log(f"{title}: done in {dt:.1f} s")
+    if "language" in todo and state.done("language") and not state.running("language"):
+        from cos3d.trained import load
+
+        t0 = time.perf_counter()
+        load(run_dir, device=device).save_query_state()
+        state.data["timings"]["query_state"] = round(time.perf_counter() - t0, 3)
+        _log(f"query index and no-target calibration saved in {time.perf_counter() - t0:.1f} s")
     state.data["timings"]["total_last_call"] = round(time.perf_counter() - t_all, 3)
     state.data["peak_rss_gib"] = round(peak_rss_gib(), 3)
     state.save()

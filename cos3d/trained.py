@@ -82,6 +82,8 @@ class TrainedScene:
         self._scene = None
         self._embedder = None
         self._engine = None
+        self.query_state_loaded = False
+        """Whether :attr:`engine` adopted the index and calibration saved in the run folder."""
 
     # ---- recorded information
     @property
@@ -157,7 +159,15 @@ class TrainedScene:
             from cos3d.query.engine import QueryEngine
 
             self._engine = QueryEngine(self)
+            saved = RunFolder(self.run_dir).read_query_state()
+            self.query_state_loaded = saved is not None and self._engine.load_state_dict(saved)
         return self._engine
+
+    def save_query_state(self) -> None:
+        """Build (if needed) and save every level's refinement index and no-target calibration in the
+        run folder (``query_state.pt``), for the next process to load instead of rebuilding."""
+        RunFolder(self.run_dir).write_query_state(self.engine.state_dict())
+        self.query_state_loaded = True
 
     def query(
         self,

@@ -67,7 +67,7 @@ def _render_unit(ts, c, feats):
 
 def test_run_folder_and_record(trained_run):
     run = Path(trained_run)
-    for name in ("run.json", "gaussians.ply", "fields.pt"):
+    for name in ("run.json", "gaussians.ply", "fields.pt", "query_state.pt"):
         assert (run / name).exists(), name
     assert not (run / "checkpoints" / "instance.pt").exists()
     rec = json.loads((run / "run.json").read_text())

@@ -185,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
 
     import cos3d
 
-    engine = cos3d.load(run_dir).engine
+    trained = cos3d.load(run_dir)
+    engine = trained.engine
     if views:
         for v in views:
             engine.camera(v)  # unknown view → error before any work
@@ -193,6 +194,11 @@ def run(args: argparse.Namespace) -> int:
         cfg.text, image=cfg.image, box=box, mask=cfg.mask, scribble=cfg.scribble, points=cfg.points,
         click=click, within=cfg.within, within_object=cfg.within_object, level=cfg.level, refine=cfg.refine,
     )
+    if not trained.query_state_loaded:  # first use (a run trained before the state was saved): keep it
+        try:
+            trained.save_query_state()
+        except Cos3dError as e:
+            print(f"note: the query index was not saved for the next run ({e})", file=sys.stderr)
     written = []
     if cfg.masks_out is not None:
         written = write_masks(engine, res, cfg.masks_out, views, cfg.protocol)

@@ -292,6 +292,48 @@ class QueryEngine:
         """The object level's no-target calibration."""
         return self.calibration_for(self.level)
 
+    # ------------------------------------------------------------------ saved state
+    def state_key(self) -> str:
+        """What the saved index and calibration depend on besides the fields file: the Gaussians'
+        count, each level's ``d̄`` and anchors, the embedder and the calibration vocabularies."""
+        import hashlib
+        import json
+
+        blob = {
+            "n": self.num_gaussians,
+            "embedder": self.embedder.model_id,
+            "vocabulary": list(NEGATIVE_VOCABULARY),
+            "negatives": list(CANONICAL_NEGATIVES),
+            "levels": {k: [round(v.dbar, 8), int(v.targets.shape[0])] for k, v in sorted(self._levels.items())},
+        }
+        return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+    def state_dict(self) -> dict:
+        """Every level's refinement index and no-target calibration (computed now if not yet), as
+        tensors and plain values: saved in the run folder so that a new process skips building them."""
+        return {
+            "key": self.state_key(),
+            "levels": {
+                name: {"index": self.index(name).state_dict(), "calibration": self.calibration_for(name).state_dict()}
+                for name in self._levels
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> bool:
+        """Adopt a saved :meth:`state_dict` when its key matches this engine; returns whether it did."""
+        if not isinstance(state, dict) or state.get("key") != self.state_key():
+            return False
+        levels = state.get("levels", {})
+        if set(levels) != set(self._levels):
+            return False
+        for name, st in levels.items():
+            index = InstanceIndex.from_state_dict(st["index"])
+            if index.n != self.num_gaussians:
+                return False
+            self._levels[name].index = index
+            self._levels[name].calibration = NoTargetCalibration.from_state_dict(st["calibration"])
+        return True
+
     def camera(self, view: Camera | str) -> Camera:
         """A :class:`Camera`, or the camera of the scene frame named ``view``."""
         if isinstance(view, Camera):

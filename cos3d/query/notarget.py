@@ -148,6 +148,32 @@ class NoTargetCalibration:
     def present(self, score: float) -> bool:
         return bool(score >= self.threshold)
 
+    def state_dict(self) -> dict:
+        """Tensors and plain values (``torch.load(weights_only=True)`` reads them back)."""
+        return {
+            "threshold": float(self.threshold),
+            "floor": float(self.floor),
+            "method": self.method,
+            "top_k": int(self.top_k),
+            "positive_scores": torch.from_numpy(np.asarray(self.positive_scores, np.float64)),
+            "negative_scores": torch.from_numpy(np.asarray(self.negative_scores, np.float64)),
+            "negative_words": list(self.negative_words),
+            "dropped_words": list(self.dropped_words),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "NoTargetCalibration":
+        return cls(
+            threshold=float(state["threshold"]),
+            positive_scores=state["positive_scores"].numpy(),
+            negative_scores=state["negative_scores"].numpy(),
+            negative_words=list(state["negative_words"]),
+            dropped_words=list(state["dropped_words"]),
+            floor=float(state["floor"]),
+            method=str(state["method"]),
+            top_k=int(state["top_k"]),
+        )
+
     def to_dict(self) -> dict:
         return {
             "threshold": float(self.threshold),

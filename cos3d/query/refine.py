@@ -44,6 +44,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -187,6 +189,30 @@ class InstanceIndex:
         """``cluster · 4 + β`` of :attr:`order`, ascending."""
         self.ball_graphs: dict[tuple[float, ...], BallGraph] = {}
         """The :class:`BallGraph` of each threshold set served so far (:meth:`ball_graph`)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The index as tensors (what :meth:`from_state_dict` rebuilds it from; no ball graphs)."""
+        return {
+            "n": self.n,
+            "centroids": torch.from_numpy(self.centroids),
+            "radius": torch.from_numpy(self.radius),
+            "order": torch.from_numpy(self.order),
+            "keys": torch.from_numpy(self.keys),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "InstanceIndex":
+        """An index saved by :meth:`state_dict` (e.g. in the run folder), without re-clustering."""
+        index = cls.__new__(cls)
+        index.n = int(state["n"])
+        index.centroids = state["centroids"].numpy().astype(np.float64)
+        index.radius = state["radius"].numpy().astype(np.float64)
+        index.order = state["order"].numpy()
+        index.keys = state["keys"].numpy().astype(np.float64)
+        if not (len(index.order) == len(index.keys) == index.n and len(index.radius) == len(index.centroids)):
+            raise ValueError("inconsistent InstanceIndex state")
+        index.ball_graphs = {}
+        return index
 
     @staticmethod
     def _assign(F: Tensor, C: Tensor, chunk: int = 65536) -> Tensor:
