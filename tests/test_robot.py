@@ -223,3 +223,18 @@ def test_simulated_picks_lift_the_right_objects(ts, tabletop_dir):
     assert len(trials) == 7, summary
     assert sum(t.found for t in trials) >= MIN_FOUND, summary
     assert sum(t.success for t in trials) >= MIN_LIFTED, summary
+
+
+def test_click_and_image_prompts_give_the_same_object(ts):
+    """The ketchup bottle asked for by a click and by a box on a training frame, like the text prompt."""
+    kid = next(i for i, names in ts.scene.labels.items() if names and names[0] == "ketchup bottle")
+    frames = ts.scene.split("train")
+    best = max(frames, key=lambda f: int((f.load_instance() == kid).sum()))
+    ys, xs = np.nonzero(best.load_instance() == kid)
+    text = pick_targets(ts, "ketchup bottle")[0]
+    i = int(np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2))  # a pixel of the bottle near its middle
+    click = pick_targets(ts, click=(best.name, int(xs[i]), int(ys[i])))
+    image = pick_targets(ts, image=best.image_path, box=[int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
+    for t in (click, image):
+        assert t and np.linalg.norm(t[0].centroid - text.centroid) < 0.03, (t.reason, t[0].centroid, text.centroid)
+        assert t[0].grasp is not None
