@@ -192,6 +192,7 @@ def test_place_into_the_bowl(ts, tabletop_dir):
     assert np.all(x[:2] >= lo[:2]) and np.all(x[:2] <= hi[:2])
     assert lo[2] - 0.02 <= x[2] <= hi[2]  # on the bowl's floor, below its rim
     np.testing.assert_allclose(p[0].T_base_place[:3, 2], [0, 0, 1])
+    assert p[0].radius > 0.02 and "occupied" not in p[0].flags
 
 
 def test_part_prompt_reads_of_the(ts):

@@ -15,7 +15,8 @@ guess. ``"the handle of the mug"`` is read as the part query ``query("handle", w
 that finds something (else as a whole prompt).
 
 ``place_target(scene, "bowl")`` gives where to put something: inside the receptacle's opening when
-its middle is well below its rim (a bowl, a mug, a tray's floor), else on its top surface.
+its middle is well below its rim (a bowl, a mug, a tray's floor), else on its top surface; flagged
+``occupied`` when something stands within :data:`MIN_PLACE_RADIUS` of that point.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ OCCLUDED_FRACTION = 0.2
 """Share of an object's points covered from above by other Gaussians that flags it ``occluded``."""
 SAMPLE_SIGMA = 0.5
 """Surface samples of an object: its Gaussians' centres and their two largest axes' ends at this many σ."""
+MIN_PLACE_RADIUS = 0.03
+"""A placement point with less free radius is flagged ``occupied``."""
 OBSTACLE_OPACITY = 0.1
 """Gaussians less opaque than this are ignored as obstacles (floaters)."""
 
@@ -154,7 +157,8 @@ class PlaceTarget:
     rim_height: float
     """Height of the receptacle's top along up."""
     radius: float
-    """Free radius around the placement point on that surface (metres, from the points)."""
+    """Free radius around the placement point on that surface (metres): the horizontal distance to the
+    nearest Gaussian, of the object or anything else, standing higher than the surface."""
     box: Box
     flags: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -392,7 +396,7 @@ def place_target(
     res = _answer(ts, prompt, query)
     if res.no_target or not res.objects:
         return Targets(reason=res.reason or "no object matched the prompt", no_target=True, query=res)
-    means, _ = _gaussian_points(ts)
+    means, opac = _gaussian_points(ts)
     out = []
     for obj in res.objects[: k or len(res.objects)]:
         ids = obj.gaussians.detach().cpu().numpy().astype(np.int64)
@@ -418,9 +422,20 @@ def place_target(
         surface = float(h[col].max()) if col.any() else rim
         inside = (rim - surface) > max(0.3 * height, 0.01)
         kind = "inside" if inside else "on_top"
-        # free radius: horizontal distance from the middle to the nearest point higher than the surface
+        # free radius: horizontal distance from the middle to the nearest point, of the object or of
+        # anything else (what stands on a table), higher than the surface
+        mine = np.zeros(len(means), bool)
+        mine[ids] = True
+        O = transform_points(T, means[(opac > OBSTACLE_OPACITY) & ~mine])
+        ho = O @ up_v
+        do = np.linalg.norm(O - ho[:, None] * up_v - centre_flat, axis=1)
+        higher_o = (ho > surface + 0.01) & (ho < surface + 0.3)
         higher = h > surface + 0.01
-        radius = float(d[higher].min()) if higher.any() else float(max(horiz) / 2)
+        radius = float(min(d[higher].min() if higher.any() else max(horiz) / 2,
+                           do[higher_o].min() if higher_o.any() else np.inf))
+        if radius < MIN_PLACE_RADIUS:
+            flags.append("occupied")
+            notes.append(f"something stands {radius * 100:.1f} cm from the placement point")
         # x along the longer horizontal box axis
         ax = int(np.argmax(horiz))
         x = box.R[:, ax] - (box.R[:, ax] @ up_v) * up_v
