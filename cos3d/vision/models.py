@@ -2,7 +2,7 @@
 
 One dataclass for ``cos3d prepare masks``, ``cos3d train`` and a loaded run (which re-creates its
 embedder from the config recorded in ``run.json``). Its fields are the flags ``--masks``,
-``--embedder``, ``--perturb``, ``--sam2-checkpoint``, ``--clip-checkpoint`` ... (see
+``--embedder``, ``--perturb``, ``--sam2-checkpoint``, ``--sam2-model``, ``--sam3-model``, ``--clip-checkpoint`` ... (see
 :mod:`cos3d.config`); it builds the provider and embedder through the registry
 (:mod:`cos3d.vision.registry`) and names the per-model cache folder (:func:`mask_cache_dir`).
 """
@@ -19,10 +19,11 @@ from cos3d.vision.base import Embedder, MaskProvider
 
 if TYPE_CHECKING:
     from cos3d.scene import Scene
+    from cos3d.vision.prompts import PromptSegmenter
 
 __all__ = ["ModelsConfig", "mask_cache_dir"]
 
-MaskProviderName = Literal["dataset", "sam2", "classical"]
+MaskProviderName = Literal["dataset", "sam2", "sam2-hf", "sam3", "classical"]
 EmbedderName = Literal["labels", "openclip", "siglip"]
 
 
@@ -31,7 +32,8 @@ class ModelsConfig:
     """The 2D models: a mask provider (masks at levels s/m/l) and a mask/text embedder."""
 
     masks: MaskProviderName = "dataset"
-    """Mask provider: dataset (the scene's instance maps; oracle-2D), sam2, classical (superpixels)."""
+    """Mask provider: dataset (the scene's instance maps; oracle-2D), sam2 (sam2 package, official .pt),
+    sam2-hf (SAM2 through transformers), sam3 (SAM 3 tracker through transformers), classical (superpixels)."""
     embedder: EmbedderName = "labels"
     """Mask embedder: labels (sentence embeddings of mask names; oracle-2D), openclip, siglip."""
     perturb: float = 0.0
@@ -44,8 +46,14 @@ class ModelsConfig:
     """SAM2 config name or YAML path (default $COS3D_SAM2_CONFIG, else inferred from the checkpoint name)."""
     sam2_hub_id: str = "facebook/sam2.1-hiera-large"
     """SAM2 hub model used when no checkpoint is given."""
+    sam2_model: str | None = None
+    """SAM2 through transformers (masks sam2-hf): hub id or local save_pretrained folder (default
+    $COS3D_SAM2_MODEL, else facebook/sam2.1-hiera-large)."""
+    sam3_model: str | None = None
+    """SAM 3 through transformers (masks sam3, SAM 3 prompts): hub id or local save_pretrained folder
+    (default $COS3D_SAM3_MODEL, else facebook/sam3)."""
     points_per_side: int = 32
-    """SAM2 automatic masks: point grid per side."""
+    """SAM2 / SAM 3 automatic masks: point grid per side."""
     pred_iou_thresh: float = 0.7
     """SAM2: keep masks whose predicted IoU is above this."""
     stability_thresh: float = 0.85
@@ -75,7 +83,7 @@ class ModelsConfig:
             raise ConfigError(
                 "embedder",
                 "labels embeds mask names, which only masks=dataset provides (oracle-2D protocol); "
-                "use openclip or siglip with masks sam2/classical",
+                "use openclip or siglip with masks sam2/sam2-hf/sam3/classical",
             )
         if self.points_per_side < 1:
             raise ConfigError("points_per_side", f"must be positive, got {self.points_per_side}")
@@ -102,9 +110,40 @@ class ModelsConfig:
                 nms_thresh=self.nms_thresh,
                 image_size=self.sam2_image_size,
             )
+        if self.masks in ("sam2-hf", "sam3"):
+            return create_mask_provider(
+                self.masks,
+                model=self.sam2_model if self.masks == "sam2-hf" else self.sam3_model,
+                device=device,
+                points_per_side=self.points_per_side,
+                pred_iou_thresh=self.pred_iou_thresh,
+                stability_score_thresh=self.stability_thresh,
+                nms_thresh=self.nms_thresh,
+            )
         if self.masks == "dataset":
             return create_mask_provider("dataset", scene=scene, perturb=self.perturb, seed=self.perturb_seed)
         return create_mask_provider("classical", method=self.classical_method)
+
+    def create_prompt_segmenter(self, device: str = "auto") -> "PromptSegmenter | None":
+        """The box/point segmenter of image prompts that goes with these masks (the same SAM model:
+        sam2, sam2-hf or the SAM 3 tracker), or None for the offline providers (dataset, classical), whose
+        image prompts use the offline rules of :func:`cos3d.vision.prompts.prompt_mask`."""
+        from cos3d.vision.registry import create_prompt_segmenter
+
+        if self.masks == "sam2":
+            return create_prompt_segmenter(
+                "sam2",
+                checkpoint=self.sam2_checkpoint,
+                config=self.sam2_config,
+                hub_id=self.sam2_hub_id,
+                device=device,
+                image_size=self.sam2_image_size,
+            )
+        if self.masks in ("sam2-hf", "sam3"):
+            return create_prompt_segmenter(
+                self.masks, model=self.sam2_model if self.masks == "sam2-hf" else self.sam3_model, device=device
+            )
+        return None
 
     def create_embedder(self, device: str = "auto") -> Embedder:
         """The embedder these settings describe (the small sentence encoder of ``labels`` always runs on

@@ -7,7 +7,7 @@ embeddings, so the query engine uses it exactly like a text embedding (DESIGN.md
 Prompt → mask:
 
 ============  =====================================  =============================================
-prompt        with a SAM2 segmenter                  offline (``segmenter=None``)
+prompt        with a SAM segmenter                   offline (``segmenter=None``)
 ============  =====================================  =============================================
 mask          the mask itself                        the mask itself
 box           SAM2 box prompt (+ points if given)    the box region (∩ the points' region if given)
@@ -20,13 +20,19 @@ Coordinates are pixels, ``x`` right and ``y`` down; a box is ``[x0, y0, x1, y1]`
 (:mod:`cos3d.vision.masks`). Bad prompts (box outside the image, empty mask, a mask of another size)
 raise :class:`~cos3d.errors.Cos3dError` naming the problem.
 
+A SAM segmenter is any :class:`PromptSegmenter`: :class:`~cos3d.vision.sam2_masks.SAM2PromptSegmenter`
+(``sam2`` package), :class:`~cos3d.vision.sam2_hf.HFSamPromptSegmenter` (SAM2 through ``transformers``)
+or :class:`~cos3d.vision.sam2_hf.SAM3TrackerPromptSegmenter` (SAM 3's tracker); build one by name with
+:func:`cos3d.vision.registry.create_prompt_segmenter` or from a :class:`~cos3d.vision.models.ModelsConfig`
+(``create_prompt_segmenter``), and hand it to :class:`cos3d.query.engine.QueryEngine` (``segmenter=``).
+
 The ``labels`` embedder sees no pixels: pass ``names=[...]`` with an image prompt, or it raises.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -35,6 +41,25 @@ from cos3d.vision.base import Embedder, check_image
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+
+@runtime_checkable
+class PromptSegmenter(Protocol):
+    """Box / point prompts on one reference image → one mask: the interactive 2D segmenter of image prompts."""
+
+    def segment(
+        self,
+        image: np.ndarray,
+        *,
+        points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        level: str | None = None,
+    ) -> tuple[np.ndarray, float]:
+        """``(mask bool [H, W], score)`` for ``image`` (uint8 ``[H, W, 3]``); points pixel ``[K, 2]`` (x, y)
+        with labels 1 = object / 0 = background, ``box`` ``[4]`` x0, y0, x1, y1; ``level`` s/m/l picks one
+        of several candidate masks."""
+        ...
 
 
 def _check_box(box: Any, w: int, h: int) -> np.ndarray:
@@ -109,12 +134,12 @@ def prompt_mask(
     scribble: np.ndarray | None = None,
     points: np.ndarray | None = None,
     point_labels: np.ndarray | None = None,
-    segmenter: Any | None = None,
+    segmenter: PromptSegmenter | None = None,
 ) -> np.ndarray:
     """bool ``[H, W]`` mask of the prompted region of ``image`` (uint8 ``[H, W, 3]``); see the module table.
 
-    ``segmenter`` is a :class:`~cos3d.vision.sam2_masks.SAM2PromptSegmenter` (or anything with its
-    ``segment`` method); None uses the offline rules.
+    ``segmenter`` is a :class:`PromptSegmenter` (SAM2, SAM2 through transformers, SAM 3's tracker); None
+    uses the offline rules. A mask prompt never goes through the segmenter.
     """
     from cos3d.vision.classical_masks import region_around
 
@@ -132,6 +157,8 @@ def prompt_mask(
     scr = None if scribble is None else _scribble_mask(scribble, w, h)
 
     if segmenter is not None:
+        if not isinstance(segmenter, PromptSegmenter):
+            raise TypeError(f"segmenter must be a PromptSegmenter (a .segment method), got {type(segmenter).__name__}")
         sp, sl = pts, lab
         if scr is not None:
             ys, xs = np.nonzero(scr)
@@ -141,9 +168,11 @@ def prompt_mask(
             sl = np.ones(len(extra), np.int64) if sl is None else np.concatenate([sl, np.ones(len(extra), np.int64)])
         out, _ = segmenter.segment(image, points=sp, point_labels=sl, box=b)
         out = np.asarray(out, bool)
+        if out.shape != (h, w):
+            raise ValueError(f"the segmenter returned a mask of shape {out.shape}; the image is {(h, w)}")
         if out.any():
             return out
-        warnings.warn("SAM2 returned an empty mask for the image prompt; using the offline rule instead", stacklevel=2)
+        warnings.warn("SAM returned an empty mask for the image prompt; using the offline rule instead", stacklevel=2)
 
     seeds = np.zeros((h, w), bool)
     neg = np.zeros((h, w), bool)
@@ -176,7 +205,7 @@ def embed_image_prompt(
     scribble: np.ndarray | None = None,
     points: np.ndarray | None = None,
     point_labels: np.ndarray | None = None,
-    segmenter: Any | None = None,
+    segmenter: PromptSegmenter | None = None,
     names: list[str] | None = None,
 ) -> "torch.Tensor":
     """``[D]`` unit embedding of an image prompt, in ``embedder``'s space (see :func:`prompt_mask`).

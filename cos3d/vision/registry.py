@@ -8,16 +8,29 @@ naming the flag/env var to set and the offline alternative (``dataset`` masks, `
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cos3d.errors import Cos3dError
 from cos3d.vision.base import Embedder, MaskProvider
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cos3d.vision.prompts import PromptSegmenter
 
 MASK_PROVIDERS: dict[str, tuple[str, str, str]] = {
     "sam2": (
         "cos3d.vision.sam2_masks",
         "SAM2MaskProvider",
         "SAM2 automatic masks, levels s/m/l (hub facebook/sam2.1-hiera-large or --sam2-checkpoint)",
+    ),
+    "sam2-hf": (
+        "cos3d.vision.sam2_hf",
+        "HFSamMaskProvider",
+        "SAM2 automatic masks through transformers, levels s/m/l (hub facebook/sam2.1-hiera-large or --sam2-model DIR)",
+    ),
+    "sam3": (
+        "cos3d.vision.sam2_hf",
+        "SAM3TrackerMaskProvider",
+        "SAM 3 tracker automatic masks through transformers, levels s/m/l (hub facebook/sam3 or --sam3-model DIR)",
     ),
     "dataset": (
         "cos3d.vision.dataset_masks",
@@ -48,6 +61,25 @@ EMBEDDERS: dict[str, tuple[str, str, str]] = {
     ),
 }
 
+PROMPT_SEGMENTERS: dict[str, tuple[str, str, str]] = {
+    "sam2": (
+        "cos3d.vision.sam2_masks",
+        "SAM2PromptSegmenter.load",
+        "SAM2 image predictor, sam2 package (--sam2-checkpoint / --sam2-config)",
+    ),
+    "sam2-hf": (
+        "cos3d.vision.sam2_hf",
+        "HFSamPromptSegmenter",
+        "SAM2 box/point prompts through transformers (--sam2-model)",
+    ),
+    "sam3": (
+        "cos3d.vision.sam2_hf",
+        "SAM3TrackerPromptSegmenter",
+        "SAM 3 tracker box/point prompts through transformers (--sam3-model)",
+    ),
+}
+"""Box/point → mask segmenters for image prompts (:class:`cos3d.vision.prompts.PromptSegmenter`)."""
+
 
 def list_mask_providers() -> list[str]:
     """Registered mask provider names."""
@@ -62,15 +94,31 @@ def list_embedders() -> list[str]:
 def _create(table: dict[str, tuple[str, str, str]], kind: str, name: str, kw: dict[str, Any]) -> Any:
     if name not in table:
         raise Cos3dError(f"unknown {kind} {name!r}; choose one of {', '.join(table)}")
-    mod, cls, _ = table[name]
-    return getattr(importlib.import_module(mod), cls)(**kw)
+    mod, attr, _ = table[name]
+    obj: Any = importlib.import_module(mod)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj(**kw)
 
 
 def create_mask_provider(name: str, **kw: Any) -> MaskProvider:
     """``create_mask_provider("sam2", checkpoint=..., config=..., points_per_side=32, ...)``,
     ``create_mask_provider("dataset", scene=scene, perturb=0.3, seed=0)``,
-    ``create_mask_provider("classical", method="felzenszwalb")``."""
+    ``create_mask_provider("classical", method="felzenszwalb")``,
+    ``create_mask_provider("sam2-hf", model="facebook/sam2.1-hiera-large" | DIR, points_per_side=32, ...)``,
+    ``create_mask_provider("sam3", model="facebook/sam3" | DIR, ...)``."""
     return _create(MASK_PROVIDERS, "mask provider", name, kw)
+
+
+def list_prompt_segmenters() -> list[str]:
+    """Registered prompt segmenter names."""
+    return list(PROMPT_SEGMENTERS)
+
+
+def create_prompt_segmenter(name: str, **kw: Any) -> "PromptSegmenter":
+    """``create_prompt_segmenter("sam2-hf", model=DIR)``, ``create_prompt_segmenter("sam3", model=DIR)``,
+    ``create_prompt_segmenter("sam2", checkpoint=..., config=...)``: the box/point segmenter of image prompts."""
+    return _create(PROMPT_SEGMENTERS, "prompt segmenter", name, kw)
 
 
 def create_embedder(name: str, **kw: Any) -> Embedder:
