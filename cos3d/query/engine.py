@@ -71,6 +71,7 @@ from cos3d.vision.base import Embedder, ImageRegion
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.gaussians import Gaussians
     from cos3d.trained import LevelField
+    from cos3d.vision.prompts import PromptSegmenter
 
 REFINERS = ("fast", "reference")
 
@@ -201,6 +202,8 @@ class QueryEngine:
         level: the object level (``"l"``).
         part_level: the level for parts in hierarchical queries (default ``"s"``, else ``"m"``).
         refine: ``"fast"`` (default) or ``"reference"``.
+        segmenter: the box/point → mask segmenter of image prompts (:class:`cos3d.vision.prompts.PromptSegmenter`:
+            SAM2, SAM2 / SAM 3 tracker through transformers); None keeps the offline rules of ``prompt_mask``.
     """
 
     WEAKER_LOGIT = 0.75
@@ -215,8 +218,11 @@ class QueryEngine:
     query; :func:`cos3d.query.notarget.check_held_out` raises on overlap)."""
 
     def __init__(
-        self, source: QuerySource, *, level: str = "l", part_level: str | None = None, refine: str = "fast"
+        self, source: QuerySource, *, level: str = "l", part_level: str | None = None, refine: str = "fast",
+        segmenter: "PromptSegmenter | None" = None,
     ) -> None:
+        self.segmenter = segmenter
+        """Box/point → mask segmenter of image prompts (SAM2 / SAM 3 tracker); None: the offline rules."""
         self.scene: Scene = source.scene
         self.gaussians: Gaussians = source.gaussians
         self.embedder: Embedder = source.embedder
@@ -383,7 +389,8 @@ class QueryEngine:
             scribble = load_binary_image(scribble, "--scribble")
         if isinstance(points, str):
             points, point_labels = parse_points(points)
-        region = prompt_mask(image, box=box, mask=mask, scribble=scribble, points=points, point_labels=point_labels)
+        region = prompt_mask(image, box=box, mask=mask, scribble=scribble, points=points, point_labels=point_labels,
+                             segmenter=self.segmenter)
         lvl = level or self.level
         part = lvl == self.part_level and lvl != self.level
         return self.embedder.embed_region(
@@ -466,7 +473,8 @@ class QueryEngine:
             scribble = load_binary_image(scribble, "--scribble")
         if isinstance(points, str):
             points, point_labels = parse_points(points)
-        region = prompt_mask(image, box=box, mask=mask, scribble=scribble, points=points, point_labels=point_labels)
+        region = prompt_mask(image, box=box, mask=mask, scribble=scribble, points=points, point_labels=point_labels,
+                             segmenter=self.segmenter)
         lvl = level or self.level
         obj, ref, seed = lift_region(self, cam, region, lvl)
         return QueryResult(query=f"region of view {view}", kind="image", level=lvl, objects=[obj],

@@ -1,0 +1,318 @@
+"""SAM2 and SAM 3 through ``transformers``: tiny randomly initialised models saved with ``save_pretrained``
+and loaded through the real ``from_pretrained`` path (no downloads). Their outputs are meaningless; the
+tests check shapes, levels, scores, plumbing (registry, ModelsConfig flags, the engine's prompt seam) and
+the one-line errors without weights."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from cos3d.cli import entrypoint
+from cos3d.errors import Cos3dError, MissingWeightsError
+from cos3d.vision import create_mask_provider
+from cos3d.vision.masks import mask_iou
+from cos3d.vision.testing import synthetic_maps, write_synthetic_scene
+
+FAST = dict(device="cpu", points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+H, W = 48, 64
+
+
+def _sam3_vision(size: int) -> dict:
+    """A tiny SAM 3 ViT + FPN (patch 14): feature maps at 4x, 2x and 1x the patch grid."""
+    g = size // 14
+    return dict(
+        backbone_config=dict(
+            model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, image_size=size, patch_size=14, window_size=2, global_attn_indexes=[1],
+            pretrain_image_size=size,
+        ),
+        fpn_hidden_size=32,
+        backbone_feature_sizes=[[4 * g, 4 * g], [2 * g, 2 * g], [g, g]],
+    )
+
+
+def write_tiny_sam2_hf(folder, size: int = 64, seed: int = 0):
+    """A tiny random ``Sam2Model`` + ``Sam2Processor`` written with ``save_pretrained``."""
+    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
+
+    torch.manual_seed(seed)
+    cfg = Sam2Config(
+        vision_config=dict(
+            backbone_config=dict(
+                model_type="sam2_hiera_det_model", hidden_size=8, num_attention_heads=1, image_size=[size, size],
+                blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64],
+                num_attention_heads_per_stage=[1, 1, 1, 1], window_size_per_stage=[4, 4, 4, 4],
+                global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2],
+            ),
+            backbone_channel_list=[64, 32, 16, 8],
+            backbone_feature_sizes=[[size // 4] * 2, [size // 8] * 2, [size // 16] * 2],
+            fpn_hidden_size=32,
+        ),
+        prompt_encoder_config=dict(hidden_size=32, image_size=size, patch_size=16),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+    )
+    Sam2Model(cfg).save_pretrained(folder)
+    Sam2Processor(image_processor=Sam2ImageProcessor(size={"height": size, "width": size})).save_pretrained(folder)
+    return folder
+
+
+def write_tiny_sam3_tracker(folder, size: int = 56, seed: int = 0):
+    """A tiny random ``Sam3TrackerModel`` + ``Sam3TrackerProcessor`` (SAM2's interface on SAM 3's ViT)."""
+    from transformers import Sam3TrackerConfig, Sam3TrackerModel, Sam3TrackerProcessor, Sam2ImageProcessor
+
+    torch.manual_seed(seed)
+    cfg = Sam3TrackerConfig(
+        vision_config=dict(model_type="sam3_vision_model", **_sam3_vision(size)),
+        prompt_encoder_config=dict(hidden_size=32, image_size=size, patch_size=14),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+    )
+    Sam3TrackerModel(cfg).save_pretrained(folder)
+    Sam3TrackerProcessor(image_processor=Sam2ImageProcessor(size={"height": size, "width": size})).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def write_tiny_sam3(folder, size: int = 56, seed: int = 0):
+    """A tiny random ``Sam3Model`` + ``Sam3Processor``; the tokenizer is borrowed from the bundled MiniLM
+    model (SAM 3's CLIP tokenizer needs a download)."""
+    from transformers import AutoTokenizer, Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    from cos3d.vision.labels_embedder import default_labels_model_dir
+
+    tok = AutoTokenizer.from_pretrained(str(default_labels_model_dir()))
+    torch.manual_seed(seed)
+    cfg = Sam3Config(
+        vision_config=_sam3_vision(size),
+        text_config=dict(
+            model_type="clip_text_model", vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
+            projection_dim=32, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32,
+            pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+        ),
+        geometry_encoder_config=dict(
+            hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64, roi_size=2
+        ),
+        detr_encoder_config=dict(hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64),
+        detr_decoder_config=dict(
+            hidden_size=32, num_layers=1, num_queries=8, num_attention_heads=2, intermediate_size=64
+        ),
+        mask_decoder_config=dict(hidden_size=32, num_upsampling_stages=2, num_attention_heads=2),
+    )
+    Sam3Model(cfg).save_pretrained(folder)
+    proc = Sam3Processor(image_processor=Sam3ImageProcessor(size={"height": size, "width": size}), tokenizer=tok)
+    proc.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sam2_dir(tmp_path_factory):
+    return write_tiny_sam2_hf(tmp_path_factory.mktemp("sam2hf"))
+
+
+@pytest.fixture(scope="module")
+def sam3_tracker_dir(tmp_path_factory):
+    return write_tiny_sam3_tracker(tmp_path_factory.mktemp("sam3trk"))
+
+
+@pytest.fixture(scope="module")
+def sam3_dir(tmp_path_factory):
+    return write_tiny_sam3(tmp_path_factory.mktemp("sam3"))
+
+
+@pytest.fixture(scope="module")
+def sam2_hf(sam2_dir):
+    return create_mask_provider("sam2-hf", model=str(sam2_dir), **FAST)
+
+
+@pytest.fixture()
+def no_weight_env(monkeypatch):
+    for k in ("COS3D_SAM2_MODEL", "COS3D_SAM3_MODEL"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _check_levels(ms, provider):
+    assert ms.masks.dtype == bool and ms.masks.shape[1:] == (H, W)
+    assert ms.level.dtype == np.int8 and ms.score.dtype == np.float32 and ms.box.shape == (len(ms), 4)
+    assert set(ms.level.tolist()) <= {0, 1, 2} and len(ms) > 0
+    assert ms.names is None and (ms.source_id == -1).all()
+    assert ((ms.score >= 0) & (ms.score <= 1)).all() and ms.area.min() > 0
+    for lv in range(3):  # NMS within each level
+        sub = ms.masks[ms.level == lv]
+        assert (mask_iou(sub, sub) - np.eye(len(sub)) <= provider.nms_thresh + 1e-9).all()
+
+
+def test_sam2_hf_automatic_masks_levels(sam2_hf):
+    image, _, _ = synthetic_maps(W, H)
+    ms = sam2_hf.generate(image)
+    _check_levels(ms, sam2_hf)
+    assert set(ms.level.tolist()) == {0, 1, 2}  # the three multimask outputs kept apart
+    assert sam2_hf.name == "sam2-hf"
+    assert sam2_hf.model_id.startswith("sam2-hf:local-") and sam2_hf.model_id.endswith("@64")
+    assert sam2_hf.params["points_per_side"] == 3
+    # deterministic: the same image gives the same masks (the cached embeddings are reused)
+    again = sam2_hf.generate(image)
+    assert np.array_equal(again.masks, ms.masks) and np.allclose(again.score, ms.score)
+
+
+def test_sam2_hf_predictor_box_and_points(sam2_hf):
+    from cos3d.vision.prompts import PromptSegmenter, prompt_mask
+
+    image, _, _ = synthetic_maps(W, H)
+    seg = sam2_hf.prompt_segmenter()
+    assert isinstance(seg, PromptSegmenter)
+    m, s = seg.segment(image, box=np.array([5, 5, 30, 30]))
+    assert m.shape == (H, W) and m.dtype == bool and isinstance(s, float)
+    m2, _ = seg.segment(image, points=np.array([[10, 10], [40, 30]]), point_labels=np.array([1, 0]), box=[5, 5, 30, 30])
+    assert m2.shape == (H, W)
+    for lv in ("s", "m", "l"):  # one click: three candidates, a level picks one
+        assert seg.segment(image, points=np.array([[10.0, 12.0]]), level=lv)[0].shape == (H, W)
+    with pytest.raises(Cos3dError, match="points or a box"):
+        seg.segment(image)
+    # prompt_mask routes a box through the segmenter (or falls back, with a warning, on an empty mask)
+    with warnings.catch_warnings():  # a random model may return an empty mask: then the offline rule, warned
+        warnings.simplefilter("ignore")
+        region = prompt_mask(image, box=[5, 5, 30, 30], segmenter=seg)
+    assert region.shape == (H, W) and region.any()
+    if m.any():
+        assert np.array_equal(region, m)
+    with pytest.raises(TypeError, match="PromptSegmenter"):
+        prompt_mask(image, box=[5, 5, 30, 30], segmenter=object())
+
+
+def test_sam3_tracker_provider_and_predictor(sam3_tracker_dir):
+    p = create_mask_provider("sam3", model=str(sam3_tracker_dir), **FAST)
+    assert p.name == "sam3" and p.model_id.startswith("sam3-hf:local-")
+    image, _, _ = synthetic_maps(W, H)
+    _check_levels(p.generate(image), p)
+    from cos3d.vision.registry import create_prompt_segmenter
+
+    seg = create_prompt_segmenter("sam3", model=str(sam3_tracker_dir), device="cpu")
+    m, s = seg.segment(image, box=[5, 5, 30, 30])
+    assert m.shape == (H, W) and m.dtype == bool and np.isfinite(s)
+
+
+def test_sam3_concepts_text_exemplar_presence(sam3_dir):
+    from cos3d.vision.sam3 import ConceptMasks, SAM3ConceptSegmenter
+
+    image, _, _ = synthetic_maps(W, H)
+    seg = SAM3ConceptSegmenter(str(sam3_dir), device="cpu", score_thresh=0.0)
+    assert seg.model_id.startswith("sam3-concepts:local-")
+    r = seg.segment(image, "red mug")
+    assert isinstance(r, ConceptMasks) and r.prompt == "red mug" and r.present
+    k = len(r)
+    assert r.masks.shape == (k, H, W) and r.masks.dtype == bool and r.scores.shape == (k,) and r.boxes.shape == (k, 4)
+    assert 0.0 <= r.presence <= 1.0 and (r.scores <= r.presence + 1e-6).all()  # score = instance × presence
+    assert (np.diff(r.scores) <= 1e-7).all()  # best first
+    ms = r.to_mask_set("l")
+    assert len(ms) == k and (ms.level == 2).all() and r.union().shape == (H, W)
+    ex = seg.segment(image, exemplars=[[5, 5, 30, 30], [40, 10, 60, 40]], exemplar_labels=[1, 0])
+    assert ex.prompt == "visual" and ex.masks.shape[1:] == (H, W)
+    # an absent concept is an empty answer, not a forced guess
+    strict = SAM3ConceptSegmenter(seg.model, processor=seg.processor, device="cpu", score_thresh=0.99)
+    none = strict.segment(image, "red mug")
+    assert not none.present and none.masks.shape == (0, H, W) and none.union().shape == (H, W)
+    with pytest.raises(Cos3dError, match="needs a text"):
+        seg.segment(image)
+    with pytest.raises(Cos3dError, match="exemplar_labels"):
+        seg.segment(image, "mug", exemplars=[[5, 5, 30, 30]], exemplar_labels=[2])
+
+
+def test_wrong_model_kind_and_missing_weights(sam2_dir, sam3_dir, no_weight_env, tmp_path):
+    from cos3d.vision.sam3 import SAM3ConceptSegmenter
+
+    with pytest.raises(Cos3dError, match=r"holds a 'sam2' model, not SAM 3.*--sam3-model"):
+        SAM3ConceptSegmenter(str(sam2_dir), device="cpu")
+    with pytest.raises(Cos3dError, match=r"holds a 'sam3' model, not SAM2.*--sam2-model"):
+        create_mask_provider("sam2-hf", model=str(sam3_dir), device="cpu")
+    for name, flag, env in (
+        ("sam2-hf", "--sam2-model", "COS3D_SAM2_MODEL"),
+        ("sam3", "--sam3-model", "COS3D_SAM3_MODEL"),
+    ):
+        with pytest.raises(MissingWeightsError) as e:
+            create_mask_provider(name, device="cpu")  # the hub default, offline
+        msg = str(e.value)
+        assert flag in msg and env in msg and "--masks dataset" in msg and "\n" not in msg
+        with pytest.raises(MissingWeightsError, match=f"does not exist.*{flag}"):
+            create_mask_provider(name, model=str(tmp_path / "nope"), device="cpu")
+    with pytest.raises(MissingWeightsError, match="--sam3-model"):
+        SAM3ConceptSegmenter(device="cpu")
+
+
+def test_registry_models_config_and_cli_flags(sam2_dir, capsys, tmp_path, no_weight_env):
+    from cos3d.vision.models import ModelsConfig
+    from cos3d.vision.registry import list_mask_providers, list_prompt_segmenters
+    from cos3d.vision.sam2_hf import HFSamPromptSegmenter
+
+    assert {"sam2-hf", "sam3", "sam2"} <= set(list_mask_providers())
+    assert {"sam2-hf", "sam3", "sam2"} <= set(list_prompt_segmenters())
+    cfg = ModelsConfig(masks="sam2-hf", embedder="siglip", sam2_model=str(sam2_dir), points_per_side=2)
+    cfg.validate()
+    prov = cfg.create_provider(scene=None, device="cpu")
+    assert prov.name == "sam2-hf" and prov.points_per_side == 2
+    assert isinstance(cfg.create_prompt_segmenter(device="cpu"), HFSamPromptSegmenter)
+    assert ModelsConfig().create_prompt_segmenter() is None  # dataset masks: the offline rules
+    for cmd in (["prepare", "masks"], ["train"]):
+        with pytest.raises(SystemExit):
+            entrypoint([*cmd, "--help"])
+        out = capsys.readouterr().out
+        assert "--sam2-model" in out and "--sam3-model" in out and "sam2-hf" in out
+    # without weights, the CLI prints one line naming the flag and exits 2
+    scene = write_synthetic_scene(tmp_path / "s", n_frames=1)
+    code = entrypoint(["prepare", "masks", "--scene", str(scene.root), "--cache", str(tmp_path / "c"),
+                       "--masks", "sam3", "--embedder", "siglip"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--sam3-model" in err, err
+
+
+def test_engine_routes_image_prompts_through_the_segmenter(sam2_hf, tmp_path):
+    """The engine's seam: with a segmenter, the region of an image prompt is the segmenter's mask."""
+    from cos3d.gaussians import Gaussians
+    from cos3d.query.engine import QueryEngine, QueryInputs
+    from cos3d.trained import LevelField
+    from cos3d.vision.base import Embedder
+
+    class Recorder:
+        def __init__(self, inner):
+            self.inner, self.calls = inner, []
+
+        def segment(self, image, *, points=None, point_labels=None, box=None, level=None):
+            m, s = self.inner.segment(image, points=points, point_labels=point_labels, box=box, level=level)
+            m = m.copy()
+            m[H // 2, W // 2] = True  # never empty: no fallback to the offline rule
+            self.calls.append((None if box is None else list(box), m))
+            return m, s
+
+    class RegionEmbedder(Embedder):
+        name, dim, model_id = "probe", 8, "probe"
+        regions: list = []
+
+        def embed_masks(self, image, masks):
+            return np.zeros((len(masks), 8), np.float32)
+
+        def embed_text(self, texts):
+            return torch.nn.functional.normalize(torch.ones(len(texts), 8), dim=1)
+
+        def embed_image_prompt(self, image, mask, *, names=None):
+            self.regions.append(np.asarray(mask))
+            return torch.nn.functional.normalize(torch.ones(8), dim=0)
+
+    scene = write_synthetic_scene(tmp_path / "s", n_frames=1, width=W, height=H)
+    n = 20
+    g = Gaussians.from_points(torch.rand(n, 3), torch.rand(n, 3), scales=0.01, opacity=0.9, sh_degree=0)
+    fld = LevelField(instance=torch.randn(n, 16), language=torch.randn(n, 8).half(), anchors=torch.zeros(0, 16),
+                     targets=torch.randn(2, 8), dbar=0.05)
+    rec, emb = Recorder(sam2_hf.prompt_segmenter()), RegionEmbedder()
+    engine = QueryEngine(QueryInputs(scene=scene, gaussians=g, fields={"l": fld}, embedder=emb), segmenter=rec)
+    image = scene.frames[0].load_image()
+    e, _ = engine.embed_image(image, box=[5, 5, 30, 30])
+    assert e.shape == (8,) and len(rec.calls) == 1 and rec.calls[0][0] == [5, 5, 30, 30]
+    assert np.array_equal(emb.regions[-1], rec.calls[0][1])
+    # without a segmenter the box stays a rectangle (offline rule)
+    plain = QueryEngine(QueryInputs(scene=scene, gaussians=g, fields={"l": fld}, embedder=emb))
+    plain.embed_image(image, box=[5, 5, 30, 30])
+    assert emb.regions[-1].sum() == 25 * 25
