@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import stat
+import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -150,3 +151,75 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=1)
         f.write("\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole folders
+
+
+def check_output_folder(out: Path, force: bool, flag: str = "--out") -> None:
+    """Refuse an ``out`` that is a file, or a non-empty folder unless ``force`` (one line naming ``flag``)."""
+    if out.exists() and not out.is_dir():
+        raise Cos3dError(f"{flag} {out} exists and is not a folder; choose another path")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise Cos3dError(f"{flag} {out} already exists and is not empty; pass --force to replace it")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _remove_stale_siblings(out: Path) -> None:
+    """Delete temporary siblings of ``out`` (``.<name>.tmp-<pid>-*`` / ``.old-<pid>-*``) left by killed
+    runs: those whose process no longer exists."""
+    import glob
+    import shutil
+
+    for d in out.parent.glob(f".{glob.escape(out.name)}.*-*-*"):
+        kind, _, rest = d.name[len(out.name) + 2 :].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind not in ("tmp", "old") or not pid.isdigit() or not d.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (PermissionError, OverflowError):  # someone else's live process, or not a pid
+            continue
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike, *, force: bool = False, flag: str = "--out") -> Iterator[Path]:
+    """Build a folder aside and move it onto ``out`` whole when the block succeeds.
+
+    Yields an empty hidden sibling (``.<name>.tmp-<pid>-*``); on success it replaces ``out`` (an old
+    non-empty ``out``, allowed by ``force``, is swapped aside first, then removed) with the umask's
+    permissions; on any error or interrupt it is deleted and ``out`` is untouched. Siblings left by
+    killed runs are cleaned up first.
+    """
+    import shutil
+
+    out = Path(out).absolute()
+    check_output_folder(out, force, flag)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    try:
+        yield tmp
+        check_output_folder(out, force, flag)  # it may have appeared meanwhile
+        old = None
+        if out.is_dir():
+            if any(out.iterdir()):
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
+                os.replace(out, old / "previous")
+            else:
+                out.rmdir()
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it private
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -29,12 +29,9 @@ writes the format (tests make small files with it).
 
 from __future__ import annotations
 
-import glob
 import io
 import os
-import shutil
 import struct
-import tempfile
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -44,6 +41,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from cos3d.atomic import atomic_dir, check_output_folder
 from cos3d.errors import Cos3dError, SceneFormatError
 
 __all__ = [
@@ -358,49 +356,6 @@ def _matrix_text(m: np.ndarray) -> str:
     return "\n".join(" ".join(str(np.float32(v)) for v in row) for row in np.asarray(m, dtype=np.float32)) + "\n"
 
 
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise Cos3dError(f"--out {out} exists and is not a folder; choose another path")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise Cos3dError(f"--out {out} already exists and is not empty; pass --force to replace it")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _remove_stale(out: Path) -> None:
-    """Delete temporary siblings of ``out`` left by killed exports (their process no longer exists)."""
-    for d in out.parent.glob(f".{glob.escape(out.name)}.sens-*-*"):
-        pid = d.name[len(out.name) + 2:].split("-")[1]
-        if not pid.isdigit() or not d.is_dir():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except (PermissionError, OverflowError):
-            continue
-
-
-def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
-    """Move the finished folder onto ``out``; an old folder is swapped aside first, then removed."""
-    _check_out(out, force)  # it may have appeared meanwhile
-    old = None
-    if out.is_dir():
-        if any(out.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.sens-{os.getpid()}-old-", dir=out.parent))
-            os.replace(out, old / "scene")
-        else:
-            out.rmdir()
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it private
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _write_color(folder: Path, frame: SensFrame) -> None:
     h = frame.header
     if h.color_format == "raw":
@@ -427,7 +382,7 @@ def _write_depth(folder: Path, frame: SensFrame) -> None:
 
 def export_sens(cfg: SensExportConfig, progress: bool | None = None) -> SensExportSummary:
     """Export ``cfg.sens`` to ``cfg.out`` in the ScanNet layout (module docstring), every ``cfg.every``-th
-    frame. The folder is built in a hidden sibling (``.<name>.sens-<pid>-*``) and moved into place when
+    frame. The folder is built in a hidden sibling (``.<name>.tmp-<pid>-*``, :func:`cos3d.atomic.atomic_dir`) and moved into place when
     complete, so an interrupted or failed export leaves nothing at ``out``. ``progress``: a tqdm bar
     (frames/s) on stderr; None shows it on a terminal only."""
     from tqdm import tqdm
@@ -435,7 +390,7 @@ def export_sens(cfg: SensExportConfig, progress: bool | None = None) -> SensExpo
     cfg.validate()
     t0 = time.perf_counter()
     out = Path(cfg.out).absolute()
-    _check_out(out, cfg.force)
+    check_output_folder(out, cfg.force)
     with SensFile(cfg.sens) as sens:
         h = sens.header
         if h.depth_format == "occi_ushort":
@@ -444,10 +399,7 @@ def export_sens(cfg: SensExportConfig, progress: bool | None = None) -> SensExpo
         total = -(-h.num_frames // cfg.every)
         if cfg.max_frames is not None:
             total = min(total, cfg.max_frames)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale(out)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.sens-{os.getpid()}-", dir=out.parent))
-        try:
+        with atomic_dir(out, force=cfg.force) as tmp:
             dirs = {name: tmp / name for name in ("color", "depth", "pose", "intrinsic")}
             for d in dirs.values():
                 d.mkdir()
@@ -467,10 +419,6 @@ def export_sens(cfg: SensExportConfig, progress: bool | None = None) -> SensExpo
                     bar.update(1)
             if written == 0:
                 raise SensFormatError(f"{sens.path}: the file holds no frames")
-            _move_into_place(tmp, out, cfg.force)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return SensExportSummary(out=out, header=h, frames=written, invalid_poses=invalid,
                              seconds=time.perf_counter() - t0)
 

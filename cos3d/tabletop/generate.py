@@ -24,17 +24,14 @@ next run for the same ``out`` deletes temporary folders whose process is gone.
 
 from __future__ import annotations
 
-import glob
 import math
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cos3d.atomic import write_json
+from cos3d.atomic import atomic_dir, check_output_folder, write_json
 from cos3d.errors import Cos3dError
 from cos3d.readers.writers import write_scannet_frame, write_scannet_intrinsics, write_scannet_meta
 from cos3d.scene import PartInfo
@@ -141,7 +138,7 @@ def generate_tabletop(cfg: TabletopConfig) -> Path:
     cfg.validate()
     check_catalog()
     out = Path(cfg.out).absolute()
-    _check_out(out, cfg.force)
+    check_output_folder(out, cfg.force)
     # Independent streams: the objects and their layout do not change with the number of views.
     rng_objects = np.random.default_rng([cfg.seed, 0])
     rng_layout = np.random.default_rng([cfg.seed, 1])
@@ -149,10 +146,7 @@ def generate_tabletop(cfg: TabletopConfig) -> Path:
     selection = choose_objects(rng_objects, cfg.objects)
     scales = [e.scale * float(rng_objects.uniform(0.92, 1.08)) for e in selection.entries]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
-    try:
+    with atomic_dir(out, force=cfg.force) as tmp:
         texdir = tmp / ".textures"  # downsampled textures; inside tmp so a killed run's copies go with it
         texdir.mkdir()
         with sim() as cid:
@@ -167,10 +161,6 @@ def generate_tabletop(cfg: TabletopConfig) -> Path:
             visible = _render_views(cid, tmp, built, lens, Light(), views)
         shutil.rmtree(texdir)
         _write_sidecars(tmp, cfg, built, lens, views, visible)
-        _finish(tmp, out, cfg.force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -349,50 +339,3 @@ def eval_prompts_record(built: Built) -> dict:
         "instances": {str(k): list(v) for k, v in sorted(built.eval_names.items()) if v},
         "parts": {str(k): list(v) for k, v in sorted(built.part_eval_names.items()) if v},
     }
-
-
-# --- output folder --------------------------------------------------------------------------------
-
-
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise Cos3dError(f"--out {out} exists and is not a folder; choose another path")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise Cos3dError(f"--out {out} already exists and is not empty; pass --force to replace it")
-
-
-def _finish(tmp: Path, out: Path, force: bool) -> None:
-    """Move the finished scene onto ``out``; an old scene is swapped out first, then removed."""
-    _check_out(out, force)  # it may have appeared while we rendered
-    old = None
-    if out.is_dir():
-        if any(out.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
-            os.replace(out, old / "scene")
-        else:
-            out.rmdir()
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it private
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove_stale(out: Path) -> None:
-    """Delete temporary siblings of ``out`` left by killed runs (their process id no longer exists)."""
-    for d in out.parent.glob(f".{glob.escape(out.name)}.*-*-*"):
-        kind, _, rest = d.name[len(out.name) + 2:].partition("-")
-        pid = rest.split("-", 1)[0]
-        if kind not in ("tmp", "old") or not pid.isdigit() or not d.is_dir():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except (PermissionError, OverflowError):  # someone else's live process, or not a pid
-            continue
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
