@@ -660,8 +660,9 @@ def _stage_language(s: _Session) -> dict[str, Any]:
 _STAGE_FN = {"recon": _stage_recon, "masks": _stage_masks, "instance": _stage_instance, "language": _stage_language}
 
 
-def _prepare_run(cfg: TrainConfig, scene_root: Path, config_files: tuple[str, ...], todo: tuple[str, ...]) -> RunRecord:
-    out = Path(cfg.out) if cfg.out is not None else Path("runs") / scene_root.name
+def _prepare_run(
+    cfg: TrainConfig, out: Path, scene_root: Path, config_files: tuple[str, ...], todo: tuple[str, ...]
+) -> RunRecord:
     if out.exists() and not out.is_dir():
         raise ConfigError("out", f"{out} is a file; choose a folder")
     run = RunFolder(out)
@@ -724,7 +725,6 @@ def train(cfg: TrainConfig, *, config_files: tuple[str, ...] = ()) -> Path:
 
 def _train(cfg: TrainConfig, config_files: tuple[str, ...]) -> Path:
     from cos3d.readers import load_scene
-
     from cos3d.views import training_scene
 
     native = load_scene(cfg.scene, cfg.data_root)
@@ -735,7 +735,7 @@ def _train(cfg: TrainConfig, config_files: tuple[str, ...]) -> Path:
     out = Path(cfg.out) if cfg.out is not None else Path("runs") / scene_root.name
     if cfg.gaussians is not None and "recon" not in todo and not RunFolder(out).ply.is_file():
         todo = ("recon", *todo)
-    state = _prepare_run(cfg, scene_root, config_files, todo)
+    state = _prepare_run(cfg, out, scene_root, config_files, todo)
     run_dir = state.folder.root
     state.data["views"] = views
     state.save()
@@ -770,7 +770,8 @@ def _train(cfg: TrainConfig, config_files: tuple[str, ...]) -> Path:
         _update_counts(s, stage, info)
         state.save()
         _log(f"{title}: done in {dt:.1f} s")
-    if "language" in todo and state.done("language") and not state.running("language"):
+    fresh_state = state.folder.read_query_state() is not None
+    if "language" in todo and state.done("language") and not state.running("language") and not fresh_state:
         from cos3d.trained import load
 
         t0 = time.perf_counter()
