@@ -201,7 +201,7 @@ def _ablation(cfg: Any, ts: Any, qs: list, console: Any) -> dict[str, Any]:
     for branch in BRANCHES:
         rows[branch] = evaluate(ts.engine, qs, protocol=cfg.protocol, answer=b.fn(branch))
     variants = variant_configs(Path(cfg.run), perturbs=[s for s in cfg.perturb if s > 0],
-                               mlp=cfg.variants, balance0=cfg.variants)
+                               mlp=cfg.mlp, balance0=cfg.balance0)
     for name, vcfg in variants.items():
         folder = train_variant(vcfg, log=lambda m: console.print(f"[dim]{m}[/dim]"))
         rows[f"collaborative, {name}"] = evaluate(cos3d.load(folder).engine, qs, protocol=cfg.protocol)
@@ -213,9 +213,16 @@ def _ablation(cfg: Any, ts: Any, qs: list, console: Any) -> dict[str, Any]:
                   _f(rep.by_kind.get("name", {}).get("mIoU")), _f(rep.presence["accuracy"]),
                   _f(rep.presence["false_empty_rate"]))
     console.print(t)
-    best = max(("instance", "language", "collaborative_raw", "collaborative"), key=lambda k: rows[k].summary["mIoU"])
-    verdict = ("collaborative is best" if best.startswith("collaborative")
-               else f"{best} beats the collaborative query on this scene")
+    branches = sorted(("instance", "language", "collaborative_raw", "collaborative"),
+                      key=lambda k: -rows[k].summary["mIoU"])
+    best = branches[0]
+    verdict = " > ".join(f"{k} {rows[k].summary['mIoU']:.3f}" for k in branches)
+    single = max(rows["instance"].summary["mIoU"], rows["language"].summary["mIoU"])
+    if rows["collaborative_raw"].summary["mIoU"] <= single:
+        verdict += ("; COS3D's collaborative query without cos3d's post-filters is not above the best single branch "
+                    "here")
+    if rows["collaborative"].summary["mIoU"] <= single:
+        verdict += "; the collaborative query with the post-filters is not above the best single branch here"
     console.print(f"COS3D's own ablation on LERF-OVS (mIoU): instance {COS3D_LERF_ABLATION['instance']}, language "
                   f"{COS3D_LERF_ABLATION['language']}, collaborative {COS3D_LERF_ABLATION['collaborative']}; here: {verdict}")
     return {"rows": {k: {"summary": v.summary, "held_out": v.held_out, "presence": v.presence, "by_kind": v.by_kind}

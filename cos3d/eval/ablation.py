@@ -178,6 +178,8 @@ def train_variant(cfg: Any, log: Callable[[str], None] = print) -> Path:
         return Path(cfg.out)
     except Cos3dError:
         pass
+    if (Path(cfg.out) / "run.json").is_file():  # an interrupted variant: keep its finished stages
+        cfg = replace(cfg, resume=True, restart=False)
     t = time.perf_counter()
     train(cfg)
     log(f"ablation: trained {cfg.out} in {time.perf_counter() - t:.1f} s")

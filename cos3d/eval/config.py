@@ -30,8 +30,10 @@ class TabletopEvalConfig:
     and the training variants (balance 0, MLP mapping, --perturb sweep), trained into RUN/ablation/."""
     perturb: tuple[float, ...] = (0.25, 0.5)
     """Mask perturbation strengths of the ablation's sweep (comma list; 0 to skip)."""
-    variants: bool = True
-    """Train the ablation's training-time variants (balance 0, MLP); off: query-time branches and the sweep only."""
+    balance0: bool = True
+    """Ablation: train the stage-1 balance 0 variant (COS3D's plain pixel mean)."""
+    mlp: bool = True
+    """Ablation: train the MLP Ins2Lang variant (2,000 MLP steps per level: minutes on a small CPU)."""
     threads: int | None = None
     """CPU threads for torch (default: $COS3D_THREADS if set, else torch's)."""
 
