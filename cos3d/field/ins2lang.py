@@ -55,10 +55,15 @@ class Ins2LangConfig:
     chunk: int = 8192
     """Gaussians per batch in kernel regression / MLP inference."""
     mlp_iterations: int = 2000
+    """MLP option: Adam steps."""
     mlp_lr: float = 1e-3
+    """MLP option: learning rate."""
     mlp_batch: int = 4096
+    """MLP option: (pixel feature, mask embedding) pairs per step."""
     mlp_samples_per_view: int = 20000
+    """MLP option: pixel features sampled per training view as training pairs."""
     seed: int = 0
+    """Seed of the samplers and the MLP's initialisation."""
 
 
 @dataclass
