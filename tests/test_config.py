@@ -71,7 +71,7 @@ def test_later_files_win_and_nested_flattened_flags(tmp_path):
     [
         ("recon:\n  iteratons: 3\n", "recon.iteratons: unknown key"),
         ("recon:\n  iterations: many\n", "recon.iterations: expected an integer"),
-        ("models:\n  masks: magic\n", "models.masks: expected one of dataset, sam2, classical"),
+        ("models:\n  masks: magic\n", "models.masks: expected one of dataset, sam2, sam2-hf, sam3, classical"),
         ("levels: [l, q]\n", "levels: expected one of s, m, l"),
         ("recon: [1, 2]\n", "recon: expected a mapping"),
         ("recon: {iterations: 3\n", "not valid YAML"),
@@ -123,3 +123,20 @@ def test_run_json_round_trips_into_its_config(trained_run, tabletop_dir):
     assert rec.train_config() == expected
     # and a run.json is itself a config file for the next run
     assert _parse("--config", str(Path(trained_run) / "run.json")) == expected
+
+
+def test_every_flag_has_its_documentation():
+    from cos3d.commands.prepare_masks import PrepareMasksConfig
+    from cos3d.commands.query import QueryConfig
+    from cos3d.config import _fields, _is_config
+
+    def undocumented(cls, prefix="", exclude=()):
+        docs = field_docs(cls)
+        for f, tp in _fields(cls, exclude):
+            if _is_config(tp):
+                yield from undocumented(tp, f"{prefix}{f.name}.", tuple(f.metadata.get("exclude", ())))
+            elif not docs.get(f.name):
+                yield f"{cls.__name__}.{prefix}{f.name}"
+
+    missing = [m for c in (TrainConfig, PrepareMasksConfig, QueryConfig) for m in undocumented(c)]
+    assert missing == []
