@@ -1,0 +1,570 @@
+"""The viewer app: the scene and the GUI on a running ``viser.ViserServer``, and what the GUI calls.
+
+:class:`ViewerApp` draws the run's Gaussians as splats, the training cameras as frustums (sized to the
+scene), the world axes, and opens on a view framing the scene (:func:`cos3d.viewer.helpers.scene_framing`).
+Its public methods are what the page's controls call, and what the tests call directly:
+:meth:`~ViewerApp.query` (text, "part of"), :meth:`~ViewerApp.query_image` (a frame or an uploaded
+image with a box or points), :meth:`~ViewerApp.click` (a ray from a click in the 3D view; ``"add"`` /
+``"remove"`` for shift- / alt-click), :meth:`~ViewerApp.set_color_mode`, :meth:`~ViewerApp.focus`,
+:meth:`~ViewerApp.show_frame` (a training frame with the answer's 2D mask), :meth:`~ViewerApp.export`.
+Controls run them on one worker thread (:meth:`~ViewerApp.submit`), off viser's event loop, with a
+busy line in the panel meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from cos3d.errors import Cos3dError
+from cos3d.viewer import adapter
+from cos3d.viewer.adapter import Answer, ObjectView
+from cos3d.viewer.helpers import (
+    DEFAULT_MAX_SPLATS,
+    _np,
+    box_pose,
+    draw_prompt,
+    frustum_pose,
+    heatmap_colors,
+    label_colors,
+    object_colors,
+    parse_box,
+    pca_colors,
+    scene_framing,
+    splat_arrays,
+    tint_rgbs,
+    top_opacity_ids,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import viser
+
+    from cos3d.scene import Camera
+    from cos3d.trained import TrainedScene
+
+COLOR_MODES = ("RGB", "Instance features (PCA)", "Relevancy (last prompt)", "Objects (scene-wide)")
+"""The colour modes of the "Colour" dropdown, in order."""
+UPLOADED = "(uploaded image)"
+
+
+def _esc(text: str) -> str:
+    """Typed text shown as text in viser's markdown (which renders raw HTML)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _swatch(color: np.ndarray) -> str:
+    r, g, b = (np.clip(np.asarray(color), 0, 1) * 255).astype(int)
+    return f'<span style="color:#{r:02x}{g:02x}{b:02x}">■</span> '
+
+
+def format_answer(answer: Answer, colors: np.ndarray | None = None) -> str:
+    """One markdown line: objects with ids, scores and sizes, or the no-target reason, or the error.
+
+    With ``colors`` ``[K, 3]`` each object is preceded by a coloured square (its highlight colour).
+    """
+    head = f"**{_esc(answer.prompt) or '(empty)'}**"
+    ms = "" if answer.ms is None else f" · {answer.ms:.0f} ms"
+    if answer.error is not None:
+        return f"{head}: error: {_esc(answer.error)}"
+    if answer.no_target or not answer.objects:
+        why = _esc(answer.reason) or "nothing selected"
+        if why.lower().startswith("no target"):
+            return f"{head}: {why}{ms}"
+        return f"{head}: no target ({why}){ms}"
+    parts = []
+    for k, o in enumerate(answer.objects):
+        swatch = _swatch(colors[k]) if colors is not None and k < len(colors) else ""
+        parts.append(f"{swatch}#{o.id} {o.score:.3f} ({len(o.gaussians)} G)")
+    n = len(answer.objects)
+    return f"{head}: {n} object{'s' if n != 1 else ''}: " + ", ".join(parts) + ms
+
+
+def format_object(o: ObjectView, color: np.ndarray | None = None) -> str:
+    """The object list's row: ``#id · score · Gaussians · size (cm for metre scenes)``."""
+    w, h, d = (float(v) for v in o.size)
+    sw = _swatch(color) if color is not None else ""
+    return f"{sw}**#{o.id}** · score {o.score:.3f} · {len(o.gaussians):,} Gaussians · {w:.3f}×{h:.3f}×{d:.3f}"
+
+
+def scene_cameras(trained: TrainedScene) -> tuple[list[Camera], list[str], str | None]:
+    """The run's cameras, their frame names and, when the scene cannot be read, why (frustums are then
+    skipped)."""
+    try:
+        frames = list(trained.scene.frames)
+        return [f.camera for f in frames], [f.name for f in frames], None
+    except (Cos3dError, OSError, AttributeError) as e:
+        try:
+            cams = list(trained.scene.cameras)
+            return cams, [str(i) for i in range(len(cams))], None
+        except (Cos3dError, OSError, AttributeError):
+            return [], [], f"cameras not shown: {e}"
+
+
+class ViewerApp:
+    """The viewer on a running ``viser.ViserServer``: scene, GUI and the callbacks.
+
+    Args:
+        server: a started ``viser.ViserServer``.
+        trained: the run (:class:`cos3d.trained.TrainedScene`).
+        max_splats: splats shown (the most opaque ones); the panel shows the count.
+        show_cameras: whether camera frustums start visible.
+        export_dir: where the Export buttons write (default ``RUN/export``, else ``./cos3d-export``).
+        history: answers kept in the "Last answers" list.
+    """
+
+    def __init__(
+        self,
+        server: viser.ViserServer,
+        trained: TrainedScene,
+        *,
+        max_splats: int = DEFAULT_MAX_SPLATS,
+        show_cameras: bool = True,
+        export_dir: Path | None = None,
+        history: int = 8,
+    ) -> None:
+        self.server = server
+        self.trained = trained
+        self.history_size = history
+        self.history: list[str] = []
+        self.last_answer: Answer | None = None
+        self.last_text: str | None = None
+        self.color_mode = COLOR_MODES[0]
+        self.box_handles: list[Any] = []
+        self.overlay_handles: list[Any] = []
+        self.object_handles: list[Any] = []
+        self._lock = threading.RLock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cos3d-view")
+        self._base_cache: dict[str, np.ndarray] = {}
+        self.uploaded: np.ndarray | None = None
+        run = getattr(trained, "run_dir", None)
+        self.export_dir = Path(export_dir) if export_dir is not None else (
+            Path(run) / "export" if run is not None else Path("cos3d-export"))
+
+        g = trained.gaussians
+        self.num_gaussians = int(g.means.shape[0])
+        ids = top_opacity_ids(g.opacities, max_splats)
+        self.splats = splat_arrays(g, ids)
+        self.row_of = np.full(self.num_gaussians, -1, np.int64)
+        """Gaussian id → row of :attr:`splats` (−1: not shown)."""
+        self.row_of[ids] = np.arange(len(ids))
+        self.rgbs = self.splats.rgbs.copy()
+        """The colours currently shown, [K, 3] float32."""
+        self.means = _np(g.means)
+        self.cameras, self.frame_names, self.cameras_note = scene_cameras(trained)
+        self.framing = scene_framing(self.splats.centers, [c.c2w for c in self.cameras])
+        self.extent = self.framing.extent
+        self._build_scene(show_cameras)
+        self._build_gui(show_cameras)
+
+    # ------------------------------------------------------------------ construction
+    def _build_scene(self, show_cameras: bool) -> None:
+        sc = self.server.scene
+        fr = self.framing
+        if fr.up is not None:
+            sc.set_up_direction(fr.up)
+        self.frame_handle = sc.add_frame("/world", axes_length=fr.axes_length, axes_radius=0.04 * fr.axes_length)
+        s = self.splats
+        self.splat_handle = sc.add_gaussian_splats("/splats", s.centers, s.covariances, s.rgbs, s.opacities)
+        self.frustum_handles = []
+        for i, cam in enumerate(self.cameras):
+            fov, aspect, wxyz, pos = frustum_pose(cam)
+            h = sc.add_camera_frustum(
+                f"/cameras/{self.frame_names[i]}", fov, aspect, scale=fr.frustum_scale,
+                thickness=1.5, thickness_units="screen", color=(120, 120, 130), wxyz=wxyz, position=pos, visible=show_cameras,
+            )
+            name = self.frame_names[i]
+            h.on_click(lambda _e, name=name: self.submit(self.show_frame, name))
+            self.frustum_handles.append(h)
+        ic = self.server.initial_camera
+        ic.position = tuple(float(v) for v in fr.position)
+        ic.look_at = tuple(float(v) for v in fr.look_at)
+        if fr.up is not None:
+            ic.up = tuple(float(v) for v in fr.up)
+        ic.near = max(1e-4, 0.01 * fr.extent)
+        ic.far = 1000.0 * fr.extent
+
+        sc.on_click()(lambda e: self.submit(self.click, e.ray_origin, e.ray_direction, "replace"))
+        sc.on_click(modifier="shift")(lambda e: self.submit(self.click, e.ray_origin, e.ray_direction, "add"))
+        sc.on_click(modifier="alt")(lambda e: self.submit(self.click, e.ray_origin, e.ray_direction, "remove"))
+
+    def _build_gui(self, show_cameras: bool) -> None:
+        gui = self.server.gui
+        n_shown = len(self.splats.ids)
+        cap = "" if n_shown == self.num_gaussians else f" (the {n_shown:,} most opaque of {self.num_gaussians:,})"
+        self.busy_md = gui.add_markdown("Ready.")
+        with gui.add_folder("Query"):
+            self.prompt_text = gui.add_text("Prompt", "", hint='a text prompt, e.g. "red mug"')
+            self.within_text = gui.add_text(
+                "Part of", "", hint='optional parent for a part query ("robot"), or an object id like #123'
+            )
+            self.query_button = gui.add_button("Query")
+            self.clear_button = gui.add_button("Clear")
+            self.answer_md = gui.add_markdown("Type a prompt and press **Query**, or click an object.")
+            gui.add_markdown("*Click*: select the object under the cursor · *shift-click*: add · *alt-click*: remove")
+        with gui.add_folder("Answer"):
+            self.objects_md = gui.add_markdown("(no objects)")
+            self.objects_folder = gui.add_folder("Focus", expand_by_default=True)
+        with gui.add_folder("Image prompt", expand_by_default=False):
+            options = [*self.frame_names, UPLOADED] if self.frame_names else [UPLOADED]
+            self.frame_dropdown = gui.add_dropdown("Frame", options, initial_value=options[0])
+            self.upload_button = gui.add_upload_button("Upload image", mime_type="image/*")
+            self.box_text = gui.add_text("Box", "", hint="x0,y0,x1,y1 in the image's pixels")
+            self.points_text = gui.add_text("Points", "", hint="x,y;x,y in pixels (object points)")
+            self.image_query_button = gui.add_button("Query image")
+            self.frame_image = gui.add_image(np.zeros((8, 8, 3), np.uint8), label="frame")
+            self.frame_md = gui.add_markdown("Pick a frame (or click a camera) to see it with the answer's mask.")
+        with gui.add_folder("Colour"):
+            self.color_dropdown = gui.add_dropdown("Colour by", COLOR_MODES, initial_value=COLOR_MODES[0])
+            self.dim_checkbox = gui.add_checkbox("Dim the rest", False, hint="darken Gaussians outside the answer")
+        with gui.add_folder("Export", expand_by_default=False):
+            self.export_ply_button = gui.add_button("Selection (.ply)")
+            self.export_json_button = gui.add_button("Objects (.json)")
+            self.export_labels_button = gui.add_button("Labels (scene-wide)")
+            self.export_md = gui.add_markdown(f"Writes into `{_esc(str(self.export_dir))}`.")
+        with gui.add_folder("Display"):
+            self.cameras_checkbox = gui.add_checkbox(
+                "Show cameras", show_cameras, disabled=not self.cameras, hint=self.cameras_note
+            )
+            self.count_md = gui.add_markdown(f"{n_shown:,} splats{cap}; {len(self.cameras)} cameras.")
+        with gui.add_folder("Last answers", expand_by_default=False):
+            self.history_md = gui.add_markdown("(none yet)")
+
+        self.query_button.on_click(
+            lambda _e: self.submit(self.query, self.prompt_text.value, self.within_text.value))
+        self.clear_button.on_click(lambda _e: self.submit(self.clear))
+        self.image_query_button.on_click(lambda _e: self.submit(self._query_image_from_gui))
+        self.frame_dropdown.on_update(lambda _e: self.submit(self._frame_picked))
+        self.upload_button.on_upload(lambda _e: self.submit(self._uploaded, self.upload_button.value))
+        self.color_dropdown.on_update(lambda _e: self.submit(self.set_color_mode, self.color_dropdown.value))
+        self.dim_checkbox.on_update(lambda _e: self.submit(self.redraw))
+        self.cameras_checkbox.on_update(lambda _e: self.set_cameras_visible(self.cameras_checkbox.value))
+        self.export_ply_button.on_click(lambda _e: self.submit(self.export, "ply"))
+        self.export_json_button.on_click(lambda _e: self.submit(self.export, "json"))
+        self.export_labels_button.on_click(lambda _e: self.submit(self.export, "labels"))
+
+    # ------------------------------------------------------------------ the worker
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run ``fn(*args)`` on the app's worker thread (one at a time, in order), with a busy line in
+        the panel meanwhile; errors are shown there (and printed), never raised into viser."""
+        name = getattr(fn, "__name__", "work").strip("_").replace("_", " ")
+
+        def work() -> Any:
+            self.busy_md.content = f"⏳ Working: {_esc(name)} …"
+            for b in self._buttons():
+                b.disabled = True
+            try:
+                return fn(*args)
+            except Exception as e:  # keep the viewer alive; the traceback goes to the terminal
+                if not isinstance(e, Cos3dError):
+                    traceback.print_exc()
+                self.busy_md.content = f"Error: {_esc(f'{e}' if isinstance(e, Cos3dError) else f'{type(e).__name__}: {e}')}"
+                return None
+            finally:
+                for b in self._buttons():
+                    b.disabled = False
+                if self.busy_md.content.startswith("⏳"):
+                    self.busy_md.content = "Ready."
+
+        return self._pool.submit(work)
+
+    def _buttons(self) -> list[Any]:
+        return [self.query_button, self.image_query_button, self.export_ply_button, self.export_json_button,
+                self.export_labels_button]
+
+    def close(self) -> None:
+        """Stop the worker (after the work queued so far)."""
+        self._pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ queries
+    def query(self, text: str, within: str | None = None) -> Answer:
+        """Answer ``text`` (optionally within a parent), highlight it and log it; returns the :class:`Answer`."""
+        with self._lock:
+            desc = f"{(text or '').strip()} within {within.strip()}" if (within or "").strip() else (text or "").strip()
+            self.answer_md.content = f"Querying **{_esc(desc)}** …"
+            try:
+                answer = adapter.answer_query(self.trained, text, within=within)
+            except Exception as e:  # keep the viewer alive; the traceback goes to the terminal
+                traceback.print_exc()
+                answer = Answer(prompt=desc, error=f"{type(e).__name__}: {e}")
+            if answer.error is None and (text or "").strip():
+                self.last_text = text.strip()
+                self._base_cache.pop(COLOR_MODES[2], None)
+            return self._record(answer)
+
+    def query_image(self, image: str | np.ndarray, *, box: Any = None, points: Any = None,
+                    text: str | None = None) -> Answer:
+        """An image prompt: a frame name (or an uploaded uint8 ``[H, W, 3]`` image) with a box / points."""
+        with self._lock:
+            answer = adapter.answer_image(self.trained, image, box=box, points=points, text=text)
+            self._draw_prompt_image(image, box, points, answer)
+            return self._record(answer)
+
+    def click(self, origin: Any, direction: Any, mode: str = "replace") -> Answer:
+        """A click in the 3D view (a world ray): select the object under it (``"replace"``), add it to the
+        selection (``"add"``, shift-click) or remove it (``"remove"``, alt-click)."""
+        with self._lock:
+            answer = adapter.answer_click(self.trained, origin, direction)
+            if mode in ("add", "remove"):
+                answer = adapter.combine(self.last_answer, answer, mode)
+            elif mode != "replace":
+                raise ValueError(f"mode must be replace, add or remove, got {mode!r}")
+            return self._record(answer)
+
+    def _record(self, answer: Answer) -> Answer:
+        self.show(answer)
+        self.history.insert(0, self.answer_md.content)
+        del self.history[self.history_size :]
+        self.history_md.content = "\n".join(f"- {h}" for h in self.history)
+        return answer
+
+    def warm_up(self, prompt: str = "object") -> None:
+        """Answer a throw-away prompt so the first real query does not pay for building the engine
+        (embedder, calibration). Queries wait for it; failures are only reported in the panel."""
+        with self._lock:
+            self.answer_md.content = "Preparing the query engine …"
+            try:
+                adapter.answer_query(self.trained, prompt)
+                self.answer_md.content = "Ready. Type a prompt and press **Query**, or click an object."
+            except Exception as e:  # the first real query will raise it again, with its prompt
+                self.answer_md.content = f"Query engine not ready: {_esc(f'{type(e).__name__}: {e}')}"
+
+    # ------------------------------------------------------------------ drawing
+    def _base_colors(self) -> np.ndarray:
+        """The splats' colours under the current colour mode (before the answer's tint)."""
+        mode = self.color_mode
+        if mode == COLOR_MODES[0]:
+            return self.splats.rgbs
+        if mode not in self._base_cache:
+            ids = self.splats.ids
+            if mode == COLOR_MODES[1]:
+                cols = pca_colors(adapter.instance_features(self.trained)[ids])
+            elif mode == COLOR_MODES[2]:
+                if not self.last_text:
+                    raise Cos3dError("no text prompt yet: query one, then colour by its relevancy")
+                cols = heatmap_colors(adapter.relevancy(self.trained, self.last_text)[ids])
+            else:
+                label, self.decomposition_names = adapter.decomposition(self.trained)
+                self.decomposition_labels = label
+                cols = label_colors(label[ids], self.splats.rgbs)
+            self._base_cache[mode] = cols
+        return self._base_cache[mode]
+
+    def set_color_mode(self, mode: str) -> None:
+        """Colour the splats by ``mode`` (one of :data:`COLOR_MODES`) and redraw the answer on top."""
+        if mode not in COLOR_MODES:
+            raise ValueError(f"unknown colour mode {mode!r}; choose from {COLOR_MODES}")
+        with self._lock:
+            old = self.color_mode
+            self.color_mode = mode
+            try:
+                self.redraw()
+            except Exception:
+                self.color_mode = old
+                if self.color_dropdown.value != old:
+                    self.color_dropdown.value = old
+                raise
+            if mode == COLOR_MODES[2]:
+                self.count_md.content = f"Relevancy of **{_esc(self.last_text or '')}**: blue low, red high."
+            elif mode == COLOR_MODES[3]:
+                names = getattr(self, "decomposition_names", [""])[1:]
+                cols = object_colors(len(names))
+                self.count_md.content = "Objects: " + ", ".join(
+                    f"{_swatch(c)}{_esc(n)}" for n, c in zip(names, cols)) if names else "no objects found"
+
+    def redraw(self) -> None:
+        """Redraw with the current colour mode and answer."""
+        if self.last_answer is not None:
+            self.show(self.last_answer)
+        else:
+            self.rgbs = self._base_colors().copy()
+            self.splat_handle.rgbs = self.rgbs
+
+    def show(self, answer: Answer) -> None:
+        """Draw ``answer``: tinted splats (RGB/PCA modes), one box (and label) per object, the object list
+        with a focus button each, and the answer line."""
+        self._remove_overlays()
+        self.last_answer = answer
+        colors = object_colors(len(answer.objects))
+        ids = [o.gaussians[(o.gaussians >= 0) & (o.gaussians < self.num_gaussians)] for o in answer.objects]
+        rows = [self.row_of[i] for i in ids]
+        rows_shown = [r[r >= 0] for r in rows]
+        dim = 0.35 if (self.dim_checkbox.value and answer.objects) else 1.0
+        base = self._base_colors()
+        if self.color_mode in COLOR_MODES[:2]:
+            self.rgbs = tint_rgbs(base, rows_shown, colors, others=dim)
+        else:
+            self.rgbs = base * np.float32(dim) if dim != 1.0 else base.copy()
+        self.splat_handle.rgbs = self.rgbs
+        sc = self.server.scene
+        for k, o in enumerate(answer.objects):
+            col = tuple(int(v) for v in np.round(colors[k] * 255))
+            wxyz, pos, dims = box_pose(*o.box)
+            self.box_handles.append(
+                sc.add_box(f"/answer/box_{k}", color=col, dimensions=dims, wireframe=True,
+                           wxyz=wxyz, position=pos, cast_shadow=False, receive_shadow=False)
+            )
+            top = pos + 0.5 * dims[2] * np.asarray(o.box[1])[:, 2]
+            self.overlay_handles.append(sc.add_label(f"/answer/label_{k}", f"#{o.id} {o.score:.2f}", position=top))
+            hidden = ids[k][rows[k] < 0]
+            if len(hidden):  # selected but capped out by --max-splats: show their centres
+                self.overlay_handles.append(
+                    sc.add_point_cloud(f"/answer/points_{k}", self.means[hidden], col,
+                                       point_size=0.004 * self.extent)
+                )
+        self.answer_md.content = format_answer(answer, colors)
+        self.objects_md.content = (
+            "\n".join(f"- {format_object(o, colors[k])}" for k, o in enumerate(answer.objects))
+            if answer.objects else "(no objects)"
+        )
+        with self.objects_folder:
+            for k, o in enumerate(answer.objects[:20]):
+                b = self.server.gui.add_button(f"Focus #{o.id}")
+                b.on_click(lambda _e, k=k: self.focus(k))
+                self.object_handles.append(b)
+
+    def focus(self, k: int) -> None:
+        """Point every connected browser's camera at object ``k`` of the last answer."""
+        if self.last_answer is None or not 0 <= k < len(self.last_answer.objects):
+            raise Cos3dError(f"no object {k} in the last answer")
+        o = self.last_answer.objects[k]
+        center = np.asarray(o.box[0], np.float64)
+        r = max(float(np.linalg.norm(o.size)), 0.05 * self.extent)
+        for client in self.server.get_clients().values():
+            cam = client.camera
+            d = np.asarray(cam.position, np.float64) - np.asarray(cam.look_at, np.float64)
+            d = d / max(np.linalg.norm(d), 1e-12)
+            with client.atomic():
+                cam.look_at = center
+                cam.position = center + d * 2.0 * r / np.tan(0.5 * cam.fov)
+
+    def clear(self) -> None:
+        """Back to the plain scene (in the current colour mode)."""
+        with self._lock:
+            self._remove_overlays()
+            self.last_answer = None
+            self.rgbs = self._base_colors().copy()
+            self.splat_handle.rgbs = self.rgbs
+            self.answer_md.content = "Cleared. Type a prompt and press **Query**, or click an object."
+            self.objects_md.content = "(no objects)"
+
+    def _remove_overlays(self) -> None:
+        for h in self.box_handles + self.overlay_handles + self.object_handles:
+            h.remove()
+        self.box_handles, self.overlay_handles, self.object_handles = [], [], []
+
+    def set_cameras_visible(self, visible: bool) -> None:
+        for h in self.frustum_handles:
+            h.visible = bool(visible)
+
+    # ------------------------------------------------------------------ frames and image prompts
+    def show_frame(self, name: str) -> np.ndarray:
+        """Show training frame ``name`` in the panel with the last answer's 2D mask (occlusion-aware)
+        overlaid in red; it becomes the image prompt's frame. Returns the image shown."""
+        with self._lock:
+            img = adapter.frame_image(self.trained, name)
+            mask = None
+            sel = self.last_answer.selected if self.last_answer is not None else np.zeros(0, np.int64)
+            if len(sel):
+                mask = adapter.selection_mask(self.trained, sel, name)
+            shown = draw_prompt(img, mask=mask)
+            self.frame_image.image = shown
+            n = 0 if mask is None else int(mask.sum())
+            self.frame_md.content = f"Frame **{_esc(name)}** ({img.shape[1]}×{img.shape[0]})" + (
+                f": the answer covers {n:,} pixels (red)." if mask is not None else ".")
+            if self.frame_dropdown.value != name and name in self.frame_names:
+                self.frame_dropdown.value = name
+            return shown
+
+    def _frame_picked(self) -> None:
+        v = self.frame_dropdown.value
+        if v != UPLOADED:
+            self.show_frame(v)
+        elif self.uploaded is not None:
+            self.frame_image.image = self.uploaded
+
+    def _uploaded(self, file: Any) -> None:
+        import io
+
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(file.content)) as im:
+                self.uploaded = np.asarray(im.convert("RGB"))
+        except Exception as e:  # noqa: BLE001 - any decoding failure is the user's file
+            raise Cos3dError(f"{file.name}: not an image this viewer can read ({e})") from None
+        self.frame_image.image = self.uploaded
+        self.frame_md.content = f"Uploaded **{_esc(file.name)}** ({self.uploaded.shape[1]}×{self.uploaded.shape[0]})."
+        self.frame_dropdown.value = UPLOADED
+
+    def _query_image_from_gui(self) -> Answer:
+        v = self.frame_dropdown.value
+        if v == UPLOADED:
+            if self.uploaded is None:
+                raise Cos3dError("upload an image first (or pick a scene frame)")
+            image: str | np.ndarray = self.uploaded
+            h, w = self.uploaded.shape[:2]
+        else:
+            image = v
+            h, w = adapter.frame_image(self.trained, v).shape[:2]
+        try:
+            box = parse_box(self.box_text.value, w, h)
+            points = _parse_points(self.points_text.value)
+        except ValueError as e:
+            raise Cos3dError(str(e)) from None
+        return self.query_image(image, box=box, points=points, text=self.prompt_text.value or None)
+
+    def _draw_prompt_image(self, image: str | np.ndarray, box: Any, points: Any, answer: Answer) -> None:
+        try:
+            img = adapter.frame_image(self.trained, image) if isinstance(image, str) else np.asarray(image, np.uint8)
+            mask = None
+            if isinstance(image, str) and len(answer.selected):
+                mask = adapter.selection_mask(self.trained, answer.selected, image)
+            self.frame_image.image = draw_prompt(img, box=box, points=points, mask=mask)
+        except Cos3dError:
+            pass
+
+    # ------------------------------------------------------------------ export
+    def export(self, what: str) -> list[Path]:
+        """Write ``what`` into :attr:`export_dir`: ``"ply"`` the selection (3DGS .ply), ``"json"`` the
+        answer's objects, ``"labels"`` the scene-wide per-Gaussian labels (``cos3d export``'s writer)."""
+        with self._lock:
+            a = self.last_answer
+            if what in ("ply", "json") and (a is None or (not len(a.selected) and a.error is None and what == "ply")):
+                raise Cos3dError("nothing selected to export: query or click something first")
+            stem = "selection_" + time.strftime("%Y%m%d-%H%M%S")
+            if what == "ply":
+                paths = [adapter.export_selection(self.trained, a, self.export_dir, stem)]
+            elif what == "json":
+                paths = [adapter.export_objects(a, self.export_dir, stem)]
+            elif what == "labels":
+                self.export_md.content = "Labelling the scene (every training name is queried) …"
+                paths = adapter.export_labels(self.trained, self.export_dir)
+            else:
+                raise ValueError(f"unknown export {what!r}; choose ply, json or labels")
+            self.export_md.content = "Wrote " + ", ".join(f"`{_esc(p.name)}`" for p in paths) + \
+                f" into `{_esc(str(self.export_dir))}`."
+            return paths
+
+
+def _parse_points(text: str) -> np.ndarray | None:
+    """``"x,y;x,y"`` → ``[K, 2]`` float64; ``""`` → None. Raises ValueError naming the bad point."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    pts = []
+    for item in text.split(";"):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            x, y = (float(t) for t in item.split(","))
+        except ValueError:
+            raise ValueError(f"point {item!r}: give x,y in pixels, points separated by ';'") from None
+        pts.append((x, y))
+    return np.array(pts, np.float64).reshape(-1, 2) if pts else None

@@ -1,0 +1,408 @@
+"""Pure helpers of the viewer: numpy in, numpy out, no server and no run.
+
+Frames: everything is in the scene's world frame (the frame of ``gaussians.means`` and of the cameras'
+``c2w``, OpenCV camera axes: +x right, +y down, +z forward, which is also viser's camera convention).
+"""
+
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from cos3d.rotations import quat_to_rotmat
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cos3d.gaussians import Gaussians
+    from cos3d.scene import Camera
+
+DEFAULT_MAX_SPLATS = 300_000
+"""Splats sent to the browser by default (the most opaque ones)."""
+
+
+def _np(x: Any, dtype: Any = np.float32) -> np.ndarray:
+    """A numpy copy-or-view of a tensor or array-like."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- splats
+def quats_scales_to_covariances(quats: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """World covariances ``Σ = R S Sᵀ Rᵀ`` ``[N, 3, 3]`` float32.
+
+    Args:
+        quats: ``[N, 4]`` wxyz rotations, not necessarily normalised.
+        scales: ``[N, 3]`` standard deviations along the local axes (``Gaussians.scales``, not logs).
+    """
+    quats, scales = _np(quats, np.float64), _np(scales, np.float64)
+    n = quats.shape[0]
+    if quats.shape != (n, 4) or scales.shape != (n, 3):
+        raise ValueError(f"quats must be [N, 4] and scales [N, 3], got {list(quats.shape)} and {list(scales.shape)}")
+    M = quat_to_rotmat(quats) * scales[:, None, :]  # R S (scale the columns)
+    return (M @ np.swapaxes(M, 1, 2)).astype(np.float32)
+
+
+def top_opacity_ids(opacities: np.ndarray, max_splats: int) -> np.ndarray:
+    """Sorted int64 ids of the ``max_splats`` most opaque Gaussians (all of them when fewer)."""
+    op = _np(opacities).reshape(-1)
+    n = op.shape[0]
+    if max_splats <= 0:
+        raise ValueError(f"max_splats must be positive, got {max_splats}")
+    if n <= max_splats:
+        return np.arange(n, dtype=np.int64)
+    keep = np.argpartition(-op, max_splats - 1)[:max_splats]
+    return np.sort(keep).astype(np.int64)
+
+
+@dataclass
+class SplatArrays:
+    """What ``scene.add_gaussian_splats`` takes, for a subset of a scene's Gaussians."""
+
+    ids: np.ndarray
+    """[K] int64 Gaussian ids (rows of the full scene) in display order."""
+    centers: np.ndarray
+    """[K, 3] float32 world positions."""
+    covariances: np.ndarray
+    """[K, 3, 3] float32 world covariances."""
+    rgbs: np.ndarray
+    """[K, 3] float32 DC colours in [0, 1]."""
+    opacities: np.ndarray
+    """[K, 1] float32."""
+
+
+def splat_arrays(gaussians: Gaussians, ids: np.ndarray) -> SplatArrays:
+    """Splat arrays of ``gaussians`` (a :class:`cos3d.gaussians.Gaussians`) rows ``ids``."""
+    import torch
+
+    idx = torch.as_tensor(np.asarray(ids, np.int64), device=gaussians.means.device)
+    return SplatArrays(
+        ids=np.asarray(ids, np.int64),
+        centers=_np(gaussians.means[idx]),
+        covariances=quats_scales_to_covariances(gaussians.quats[idx], gaussians.scales[idx]),
+        rgbs=np.clip(_np(gaussians.rgb()[idx]), 0.0, 1.0),
+        opacities=_np(gaussians.opacities[idx]).reshape(-1, 1),
+    )
+
+
+# ----------------------------------------------------------------------------- colours
+def object_colors(k: int) -> np.ndarray:
+    """``[k, 3]`` float32 distinct saturated colours in [0, 1], the same for the same ``k`` (golden-ratio hues)."""
+    hues = (0.02 + 0.618033988749895 * np.arange(k)) % 1.0
+    return np.array([colorsys.hsv_to_rgb(h, 0.85, 1.0) for h in hues], np.float32).reshape(k, 3)
+
+
+def tint_rgbs(
+    rgbs: np.ndarray,
+    rows_per_object: Sequence[np.ndarray],
+    colors: np.ndarray,
+    *,
+    strength: float = 0.7,
+    others: float = 1.0,
+) -> np.ndarray:
+    """Highlight: a copy of ``rgbs`` with object ``k``'s rows blended towards ``colors[k]``.
+
+    Args:
+        rgbs: ``[N, 3]`` colours in [0, 1].
+        rows_per_object: per object, the row indices (into ``rgbs``) of its Gaussians. Where objects
+            overlap the earlier (better) object wins.
+        colors: ``[K, 3]`` object colours in [0, 1] (``K >= len(rows_per_object)``).
+        strength: blend weight of the object colour (0 = unchanged, 1 = flat colour).
+        others: multiplier for the rows of no object (1 = unchanged: only selected rows change;
+            < 1 dims the rest of the scene).
+
+    Returns:
+        ``[N, 3]`` float32.
+    """
+    base = np.asarray(rgbs, np.float32)
+    out = base * np.float32(others) if others != 1.0 else base.copy()
+    colors = np.asarray(colors, np.float32)
+    if len(rows_per_object) > len(colors):
+        raise ValueError(f"{len(rows_per_object)} objects but only {len(colors)} colours")
+    for k in reversed(range(len(rows_per_object))):  # best object last, so it wins overlaps
+        rows = np.asarray(rows_per_object[k], np.int64)
+        out[rows] = (1.0 - strength) * base[rows] + strength * colors[k]
+    return out
+
+
+_HEAT = np.array(  # dark blue → blue → cyan → yellow → red: a perceptually ordered heat ramp
+    [[0.05, 0.03, 0.25], [0.13, 0.30, 0.85], [0.10, 0.80, 0.85], [0.98, 0.90, 0.15], [0.90, 0.10, 0.05]],
+    np.float32,
+)
+
+
+def heatmap_colors(values: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """``[N, 3]`` float32 heat colours of ``values [N]``: ``lo`` (default the minimum) is dark blue, ``hi``
+    (default the maximum) red; values outside are clipped. A constant input is all ``lo`` colour."""
+    v = _np(values, np.float64).reshape(-1)
+    if len(v) == 0:
+        return np.zeros((0, 3), np.float32)
+    lo = float(np.min(v)) if lo is None else float(lo)
+    hi = float(np.max(v)) if hi is None else float(hi)
+    t = np.zeros_like(v) if hi <= lo else np.clip((v - lo) / (hi - lo), 0.0, 1.0)
+    x = t * (len(_HEAT) - 1)
+    i = np.minimum(x.astype(np.int64), len(_HEAT) - 2)
+    f = (x - i)[:, None]
+    return ((1 - f) * _HEAT[i] + f * _HEAT[i + 1]).astype(np.float32)
+
+
+def pca_colors(features: np.ndarray, *, sample: int = 20_000, seed: int = 0) -> np.ndarray:
+    """Instance features ``[N, F]`` → ``[N, 3]`` float32 RGB in [0, 1]: rows normalised, projected on their
+    top three principal axes (fitted on at most ``sample`` rows), each axis stretched over its 1–99 %
+    range. Gaussians of one instance share a colour; different instances differ."""
+    f = _np(features, np.float64)
+    if f.ndim != 2:
+        raise ValueError(f"features must be [N, F], got {list(f.shape)}")
+    n, d = f.shape
+    if n == 0:
+        return np.zeros((0, 3), np.float32)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    rows = np.random.default_rng(seed).choice(n, size=min(n, sample), replace=False)
+    mu = f[rows].mean(0)
+    _, _, vt = np.linalg.svd(f[rows] - mu, full_matrices=False)
+    axes = np.zeros((3, d))
+    axes[: min(3, len(vt))] = vt[:3]
+    proj = (f - mu) @ axes.T  # [N, 3]
+    lo, hi = np.percentile(proj[rows], 1, axis=0), np.percentile(proj[rows], 99, axis=0)
+    out = (proj - lo) / np.maximum(hi - lo, 1e-9)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def label_colors(labels: np.ndarray, base: np.ndarray, *, rest: float = 0.35) -> np.ndarray:
+    """The scene-wide decomposition: label ``k > 0`` gets ``object_colors`` colour ``k − 1``, label 0
+    keeps ``base`` darkened by ``rest``. ``labels [N]`` int, ``base [N, 3]`` → ``[N, 3]`` float32."""
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    out = np.asarray(base, np.float32) * np.float32(rest)
+    k = int(labels.max()) if len(labels) else 0
+    if k > 0:
+        cols = object_colors(k)
+        on = labels > 0
+        out[on] = cols[labels[on] - 1]
+    return out
+
+
+# ----------------------------------------------------------------------------- poses and framing
+def rotmat_to_wxyz(R: np.ndarray) -> np.ndarray:
+    """``[3, 3]`` rotation → ``[4]`` wxyz quaternion (via ``viser.transforms``)."""
+    import viser.transforms as vtf
+
+    R = np.asarray(R, np.float64)
+    u, _, vt = np.linalg.svd(R)  # nearest rotation: tolerate float error in PCA axes
+    R = u @ vt
+    if np.linalg.det(R) < 0:
+        R = u @ np.diag([1.0, 1.0, -1.0]) @ vt
+    return np.asarray(vtf.SO3.from_matrix(R).wxyz, np.float64)
+
+
+def box_pose(center: np.ndarray, R: np.ndarray, extent: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An oriented box ``T_world_box`` → ``(wxyz, position, dimensions)`` for ``scene.add_box``.
+
+    Zero extents (one-Gaussian objects) get a tiny positive size so the box stays visible.
+    """
+    dims = np.maximum(np.asarray(extent, np.float64).reshape(3), 1e-3)
+    return rotmat_to_wxyz(R), np.asarray(center, np.float64).reshape(3), dims
+
+
+def frustum_pose(camera: Camera) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """A :class:`cos3d.scene.Camera` → ``(fov_y, aspect, wxyz, position)`` for ``scene.add_camera_frustum``.
+
+    cos3d cameras and viser frustums share the OpenCV axes (+z forward, +y down), so ``T_world_camera``
+    is ``camera.c2w`` as is.
+    """
+    fy = float(camera.K[1, 1])
+    fov = 2.0 * float(np.arctan2(camera.height / 2.0, fy))
+    c2w = np.asarray(camera.c2w, np.float64)
+    return fov, camera.width / camera.height, rotmat_to_wxyz(c2w[:3, :3]), c2w[:3, 3].copy()
+
+
+def guess_up_direction(c2ws: Sequence[np.ndarray]) -> np.ndarray | None:
+    """The world's up as the mean camera up (−y in OpenCV); ``None`` when cameras disagree or are absent."""
+    if len(c2ws) == 0:
+        return None
+    ups = -np.stack([np.asarray(c, np.float64)[:3, 1] for c in c2ws])
+    m = ups.mean(0)
+    norm = float(np.linalg.norm(m))
+    if norm < 0.3:  # cameras rolled every which way: no reliable up
+        return None
+    return m / norm
+
+
+def scene_extent(points: np.ndarray) -> float:
+    """A robust size of a point set (diagonal of its 2–98 % box), at least 1e-3."""
+    p = np.asarray(points, np.float64)
+    if len(p) == 0:
+        return 1.0
+    lo, hi = np.percentile(p, 2, axis=0), np.percentile(p, 98, axis=0)
+    return max(float(np.linalg.norm(hi - lo)), 1e-3)
+
+
+@dataclass
+class Framing:
+    """How the viewer opens: what the first view looks at and how big the helpers are drawn."""
+
+    look_at: np.ndarray
+    """[3] centre of the scene's content (world)."""
+    position: np.ndarray
+    """[3] the first view's camera position (world)."""
+    up: np.ndarray | None
+    """[3] unit world up (from the cameras), or None."""
+    extent: float
+    """Diagonal of the content's robust box, metres (or scene units)."""
+    frustum_scale: float
+    """Depth of a drawn camera frustum."""
+    axes_length: float
+    """Length of the drawn world axes."""
+    inliers: np.ndarray
+    """[N] bool: the points that count as content (far floaters are False)."""
+
+
+def axes_focus(c2ws: Sequence[np.ndarray]) -> np.ndarray | None:
+    """The point closest (least squares) to every camera's optical axis: what the cameras look at.
+    ``None`` with fewer than two cameras or (near) parallel axes."""
+    if len(c2ws) < 2:
+        return None
+    A = np.zeros((3, 3))
+    b = np.zeros(3)
+    for c in c2ws:
+        c = np.asarray(c, np.float64)
+        o, d = c[:3, 3], c[:3, 2] / np.linalg.norm(c[:3, 2])
+        P = np.eye(3) - np.outer(d, d)  # distance to the axis = |P (x - o)|
+        A += P
+        b += P @ o
+    w = np.linalg.eigvalsh(A)
+    if w[0] < 1e-3 * len(c2ws):  # all axes (nearly) parallel: no single focus
+        return None
+    return np.linalg.solve(A, b)
+
+
+def scene_framing(
+    points: np.ndarray,
+    c2ws: Sequence[np.ndarray],
+    *,
+    fov_y: float = np.deg2rad(50.0),
+    back_off: float = 0.85,
+) -> Framing:
+    """A first view that frames the scene, from the cameras' bounds and the splat centres ``points [N, 3]``.
+
+    With cameras: the view looks at what they look at (:func:`axes_focus`, else the content's centre)
+    from the direction of the camera closest to the mean camera direction, ``back_off`` times their median distance to it (just in front of that
+    camera: what a training view holds, with no frustum in the way). Splats count as content only inside the
+    cameras' bounds grown by half their size on every side, then inside the 2–98 % box of those: far
+    floaters neither move nor widen the first view. Frustums are drawn 6 % of the cameras' distance
+    deep, the axes 15 % long. Without cameras, the view frames the content's robust box from +z.
+    """
+    p = np.asarray(points, np.float64).reshape(-1, 3)
+    cams = np.array([np.asarray(c, np.float64)[:3, 3] for c in c2ws]).reshape(-1, 3)
+    keep = np.ones(len(p), bool)
+    if len(cams) and len(p):
+        lo, hi = cams.min(0), cams.max(0)
+        grow = 0.5 * max(float(np.linalg.norm(hi - lo)), 1e-3)
+        inside = np.all((p >= lo - grow) & (p <= hi + grow), axis=1)
+        if inside.sum() >= max(10, 0.05 * len(p)):  # else the cameras say nothing about the content
+            keep = inside
+    if keep.sum() >= 10:
+        q = p[keep]
+        plo, phi = np.percentile(q, 2, axis=0), np.percentile(q, 98, axis=0)
+        keep &= np.all((p >= plo) & (p <= phi), axis=1)
+    content = p[keep] if keep.any() else p
+    if len(content):
+        clo, chi = content.min(0), content.max(0)
+        center = 0.5 * (clo + chi)
+        extent = max(float(np.linalg.norm(chi - clo)), 1e-3)
+    else:
+        center, extent = (cams.mean(0) if len(cams) else np.zeros(3)), 1.0
+    up = guess_up_direction(list(c2ws))
+    if len(cams):
+        focus = axes_focus(c2ws)
+        if focus is None or (len(content) and np.any(np.abs(focus - center) > extent)):
+            focus = center  # parallel axes, or a focus far outside the content
+        # from the training camera whose direction is closest to the mean one: a view like the training
+        # views (a ring of cameras has a mean straight above the focus, a view no camera had)
+        dirs = cams - focus
+        dirs /= np.maximum(np.linalg.norm(dirs, axis=1, keepdims=True), 1e-12)
+        m = dirs.mean(0)
+        direction = dirs[int(np.argmax(dirs @ m))] if np.linalg.norm(m) > 1e-9 else dirs[0]
+        cam_dist = float(np.median(np.linalg.norm(cams - focus, axis=1)))
+        return Framing(
+            look_at=focus, position=focus + direction * back_off * cam_dist, up=up, extent=extent,
+            frustum_scale=float(max(0.06 * cam_dist, 1e-4)), axes_length=float(max(0.15 * cam_dist, 1e-4)),
+            inliers=keep,
+        )
+    dist = 1.15 * 0.5 * extent / np.tan(0.5 * fov_y)
+    return Framing(look_at=center, position=center + np.array([0.0, 0.0, 1.0]) * dist, up=up, extent=extent,
+                   frustum_scale=0.05 * extent, axes_length=0.1 * extent, inliers=keep)
+
+
+def ray_camera(origin: np.ndarray, direction: np.ndarray, *, size: int = 33, fov_deg: float = 4.0) -> Camera:
+    """A small pinhole camera at ``origin`` looking along ``direction``: its centre pixel
+    ``((size − 1) / 2, (size − 1) / 2)`` lies on the ray. How a click in the 3D view (a viser scene click:
+    a world ray) becomes a click in a view, answered by the engine's click semantics."""
+    from cos3d.scene import Camera
+
+    o = np.asarray(origin, np.float64).reshape(3)
+    z = np.asarray(direction, np.float64).reshape(3)
+    n = float(np.linalg.norm(z))
+    if not np.isfinite(n) or n < 1e-12:
+        raise ValueError(f"ray direction must be a non-zero vector, got {z.tolist()}")
+    z = z / n
+    a = np.array([0.0, 0.0, 1.0]) if abs(z[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    x = np.cross(a, z)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    c2w = np.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, z, o
+    f = 0.5 * size / np.tan(0.5 * np.deg2rad(fov_deg))
+    c = (size - 1) / 2.0
+    return Camera(K=[[f, 0, c], [0, f, c], [0, 0, 1]], c2w=c2w, width=size, height=size)
+
+
+def parse_box(text: str, width: int, height: int) -> list[float] | None:
+    """``"x0,y0,x1,y1"`` pixels → a box inside a ``width`` × ``height`` image; ``""`` → None.
+
+    Raises ValueError naming the problem (the app shows it)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        v = [float(t) for t in text.replace(" ", ",").split(",") if t]
+    except ValueError:
+        raise ValueError(f"box {text!r}: give four numbers x0,y0,x1,y1 in pixels") from None
+    if len(v) != 4:
+        raise ValueError(f"box {text!r}: give four numbers x0,y0,x1,y1 in pixels")
+    x0, y0, x1, y1 = v
+    x0, x1 = sorted((x0, x1))
+    y0, y1 = sorted((y0, y1))
+    x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        raise ValueError(f"box {text!r} is empty inside the {width}x{height} image")
+    return [x0, y0, x1, y1]
+
+
+def draw_prompt(image: np.ndarray, box: Sequence[float] | None = None, points: np.ndarray | None = None,
+                mask: np.ndarray | None = None) -> np.ndarray:
+    """A copy of ``image`` uint8 ``[H, W, 3]`` with a prompt drawn on it: ``box`` (green outline),
+    ``points [K, 2]`` (x, y: yellow squares) and ``mask`` bool ``[H, W]`` (red overlay, half opaque)."""
+    out = np.array(image, np.uint8, copy=True)
+    h, w = out.shape[:2]
+    if mask is not None:
+        m = np.asarray(mask, bool)
+        if m.shape == (h, w):
+            out[m] = (0.5 * out[m] + 0.5 * np.array([255, 40, 40])).astype(np.uint8)
+    if box is not None:
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        x0, x1 = np.clip([x0, x1 - 1], 0, w - 1)
+        y0, y1 = np.clip([y0, y1 - 1], 0, h - 1)
+        t = max(1, min(h, w) // 120)
+        g = np.array([40, 230, 40], np.uint8)
+        out[y0 : y0 + t, x0 : x1 + 1] = g
+        out[max(y1 - t + 1, 0) : y1 + 1, x0 : x1 + 1] = g
+        out[y0 : y1 + 1, x0 : x0 + t] = g
+        out[y0 : y1 + 1, max(x1 - t + 1, 0) : x1 + 1] = g
+    if points is not None:
+        r = max(1, min(h, w) // 80)
+        for x, y in np.asarray(points, np.float64).reshape(-1, 2):
+            xi, yi = int(round(x)), int(round(y))
+            out[max(yi - r, 0) : yi + r + 1, max(xi - r, 0) : xi + r + 1] = (255, 220, 0)
+    return out
