@@ -20,7 +20,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'cos3d[ray]')")
 
 from cos3d.distributed.masks import ModelsFactory, prepare_masks_ray  # noqa: E402
-from cos3d.distributed.testing import InstrumentedFactory, computed_counts  # noqa: E402
+from cos3d.distributed.testing import DatasetHashFactory, InstrumentedFactory, computed_counts  # noqa: E402
 from cos3d.vision.models import ModelsConfig  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -61,27 +61,50 @@ def _same(a: Path, b: Path) -> None:
             assert np.array_equal(va[name][k], vb[name][k]), (name, k)
 
 
-def test_ray_cache_equals_local_and_is_idempotent(ray_cluster, tabletop_dir, tmp_path, capsys):
-    from cos3d.cli import entrypoint
+def test_ray_cache_equals_local_and_is_idempotent(ray_cluster, tabletop_dir, tmp_path):
     from cos3d.readers import load_scene
     from cos3d.vision import prepare_masks
 
     scene = load_scene(str(tabletop_dir))
+    factory = DatasetHashFactory()  # model-free embedder: workers start in seconds
     local = tmp_path / "local"
-    prov, emb = ModelsFactory(ORACLE)(scene, "cpu")
-    prepare_masks(scene, None, prov, emb, local, progress=False)
+    prepare_masks(scene, None, *factory(scene, "cpu"), local, progress=False)
 
     remote = tmp_path / "ray"
-    argv = ["prepare", "masks", "--scene", str(tabletop_dir), "--masks", "dataset", "--embedder", "labels",
-            "--cache", str(remote), "--executor", "ray", "--no-progress"]
-    assert entrypoint(argv) == 0
-    out = capsys.readouterr().out
-    assert f"{len(scene.frames)} views done, 0 skipped" in out and "2 CPU workers" in out, out
+    stats, cache = prepare_masks_ray(tabletop_dir, None, factory, remote, workers=2, progress=False)
+    assert (stats.done, stats.skipped, stats.workers) == (len(scene.frames), 0, "2 CPU workers (cpu)")
     _same(local, remote)
 
     # A second run: every view is a hit, nothing recomputed, the same files.
-    stats, cache = prepare_masks_ray(tabletop_dir, None, ModelsFactory(ORACLE), remote, workers=1, progress=False)
+    stats, cache = prepare_masks_ray(tabletop_dir, None, factory, remote, workers=1, progress=False)
     assert (stats.done, stats.skipped) == (0, len(scene.frames)) and cache == remote
+    _same(local, remote)
+
+
+def test_ray_cli_with_the_oracle_models(ray_cluster, tabletop_dir, tmp_path, capsys):
+    """``cos3d prepare masks --executor ray`` with the offline models (dataset + labels) in the
+    scene's default cache folder: the same files as the local executor's."""
+    import shutil
+
+    from cos3d.cli import entrypoint
+    from cos3d.readers import load_scene
+    from cos3d.vision import prepare_masks
+
+    scene_dir = tmp_path / "scene"
+    shutil.copytree(tabletop_dir, scene_dir, ignore=shutil.ignore_patterns("cos3d_masks"))
+    scene = load_scene(str(scene_dir))
+    local = tmp_path / "local"
+    prov, emb = ModelsFactory(ORACLE)(scene, "cpu")
+    prepare_masks(scene, scene.split("test"), prov, emb, local, progress=False)
+
+    argv = ["prepare", "masks", "--scene", str(scene_dir), "--masks", "dataset", "--embedder", "labels",
+            "--split", "test", "--executor", "ray", "--workers", "1", "--no-progress"]
+    assert entrypoint(argv) == 0
+    out = capsys.readouterr().out
+    n = len(scene.split("test"))
+    assert f"{n} views done, 0 skipped" in out and "1 CPU worker (cpu)" in out, out
+    (remote,) = (scene_dir / "cos3d_masks").iterdir()
+    assert remote.name.startswith("dataset-labels-")
     _same(local, remote)
 
 
@@ -104,7 +127,8 @@ def test_ray_worker_killed_mid_run_and_failed_view(ray_cluster, tabletop_dir, tm
             os.kill(out["pid"], signal.SIGKILL)
 
     cache = tmp_path / "cache"
-    factory = InstrumentedFactory(ModelsFactory(ORACLE), delay_s=0.4, fail_on=(bad,), log=log)
+    # Dataset masks + a model-free embedder: the workers start (and restart) in seconds.
+    factory = InstrumentedFactory(DatasetHashFactory(), delay_s=0.4, fail_on=(bad,), log=log)
     with pytest.raises(Cos3dError, match=rf"1 of {len(names)} views could not be computed \({bad}: RuntimeError: injected"):
         prepare_masks_ray(tabletop_dir, None, factory, cache, workers=2, progress=False, on_view=kill_once)
     assert killed, "no worker was killed"
@@ -117,7 +141,7 @@ def test_ray_worker_killed_mid_run_and_failed_view(ray_cluster, tabletop_dir, tm
         ms, emb = load_view(cache, name)
         assert len(ms) == emb.shape[0]
 
-    stats, _ = prepare_masks_ray(tabletop_dir, None, InstrumentedFactory(ModelsFactory(ORACLE), log=log), cache,
+    stats, _ = prepare_masks_ray(tabletop_dir, None, InstrumentedFactory(DatasetHashFactory(), log=log), cache,
                                  workers=1, progress=False)
     assert (stats.done, stats.skipped, stats.lost_workers) == (1, len(names) - 1, 0)
     assert computed_counts(log) == {n: 1 for n in names}

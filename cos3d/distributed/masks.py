@@ -21,6 +21,7 @@ Fault tolerance: a view is finished once its file exists with the right key, so
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -52,15 +53,11 @@ class MaskWorker:
         from cos3d.readers import load_scene
         from cos3d.vision.cache import manifest_header
 
-        try:
-            import torch
-
-            torch.set_num_threads(max(1, int(threads)))
-        except ImportError:  # pragma: no cover
-            pass
         self.scene = load_scene(scene, data_root)
         self.device = device
         self.provider, self.embedder = factory(self.scene, device)
+        if "torch" in sys.modules:  # the models use torch: one thread per CPU the actor declared
+            sys.modules["torch"].set_num_threads(max(1, int(threads)))
         self.header = manifest_header(self.provider, self.embedder)
 
     def identity(self) -> dict[str, Any]:

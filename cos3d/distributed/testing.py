@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cos3d.vision.base import MaskProvider
+from cos3d.vision.base import Embedder, MaskProvider
 
 
 class _Instrumented(MaskProvider):
@@ -60,6 +60,48 @@ class InstrumentedFactory:
     def __call__(self, scene: Any, device: str) -> tuple[Any, Any]:
         provider, embedder = self.factory(scene, device)
         return _Instrumented(provider, self.delay_s, tuple(self.fail_on), self.log), embedder
+
+
+class HashEmbedder(Embedder):
+    """A model-free embedder for executor tests: each mask's embedding is a seeded unit vector drawn
+    from a hash of its pixels (deterministic, no torch model to load, so a worker starts in seconds)."""
+
+    name = "hash"
+    dim = 16
+
+    @property
+    def model_id(self) -> str:
+        return "hash:test"
+
+    def _vec(self, data: bytes) -> np.ndarray:
+        import zlib
+
+        v = np.random.default_rng(zlib.crc32(data)).standard_normal(self.dim).astype(np.float32)
+        return v / np.linalg.norm(v)
+
+    def embed_masks(self, image: np.ndarray, masks: Any) -> np.ndarray:
+        out = np.stack([self._vec(np.packbits(m).tobytes()) for m in masks.masks]) if len(masks) else None
+        return out if out is not None else np.zeros((0, self.dim), np.float32)
+
+    def embed_text(self, texts: list[str]) -> Any:
+        import torch
+
+        return torch.from_numpy(np.stack([self._vec(t.encode()) for t in texts]))
+
+    def embed_image_prompt(self, image: np.ndarray, mask: np.ndarray, *, names: Any = None) -> Any:
+        import torch
+
+        return torch.from_numpy(self._vec(np.packbits(mask).tobytes()))
+
+
+@dataclass(frozen=True)
+class DatasetHashFactory:
+    """Dataset masks (oracle-2D) + :class:`HashEmbedder`: the cheapest real cache content."""
+
+    def __call__(self, scene: Any, device: str) -> tuple[Any, Any]:
+        from cos3d.vision.registry import create_mask_provider
+
+        return create_mask_provider("dataset", scene=scene), HashEmbedder()
 
 
 def computed_counts(log: str) -> dict[str, int]:
