@@ -249,6 +249,9 @@ def test_wrong_model_kind_and_missing_weights(sam2_dir, sam3_dir, no_weight_env,
         SAM3ConceptSegmenter(str(sam2_dir), device="cpu")
     with pytest.raises(Cos3dError, match=r"holds a 'sam3' model, not SAM2.*--sam2-model"):
         create_mask_provider("sam2-hf", model=str(sam3_dir), device="cpu")
+    # a SAM 3 folder without the tracker's weights (this tiny one holds the detector only): loud, not half-random
+    with pytest.raises(Cos3dError, match=r"lacks \d+ of the SAM 3 tracker weights.*--sam3-model"):
+        create_mask_provider("sam3", model=str(sam3_dir), device="cpu")
     for name, flag, env in (
         ("sam2-hf", "--sam2-model", "COS3D_SAM2_MODEL"),
         ("sam3", "--sam3-model", "COS3D_SAM3_MODEL"),

@@ -128,12 +128,19 @@ def load_pretrained_pair(
             f"{source} holds a {cfg.model_type!r} model, not {title} ({' / '.join(model_types)}) ({flag})"
         )
     try:
-        model = getattr(transformers, model_cls).from_pretrained(where)
+        model, info = getattr(transformers, model_cls).from_pretrained(where, output_loading_info=True)
         processor = getattr(transformers, processor_cls).from_pretrained(where)
     except (OSError, ValueError, KeyError) as e:
         if local:
             raise Cos3dError(f"{title} folder {source} could not be loaded ({brief(e, 200)}); {fix}") from None
         raise MissingWeightsError(f"{title} weights {source!r} are not available (no hub access?); {fix}") from None
+    params = dict(model.named_parameters())
+    missing = [k for k in info.get("missing_keys") or () if k in params]
+    if missing:  # loud, not a silently half-random model (open_clip #168)
+        raise Cos3dError(
+            f"{source} lacks {len(missing)} of the {title} weights (e.g. {', '.join(sorted(missing)[:2])}): "
+            f"not a {title} checkpoint ({flag})"
+        )
     weights_id = f"local-{file_fingerprint(path)}" if local else source
     return model, processor, source, weights_id
 
