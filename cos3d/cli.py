@@ -24,6 +24,8 @@ INTERRUPT_HINTS = {
     "prepare tabletop": "nothing was written to --out (scenes are built aside and moved in whole); run it again",
     "prepare scannet": "nothing was written to --out (scenes are built aside and moved in whole); run it again",
     "demo": "finished steps are kept; continue with `cos3d demo --resume`",
+    "batch train": "each scene's finished stages are kept; run the same command again with --resume",
+    "batch eval": "finished scenes' results are kept; run the same command again",
 }
 """What an interrupted command keeps and how to continue, per command (``prepare`` per subcommand)."""
 
