@@ -247,3 +247,246 @@ def test_unknown_run_and_bad_flags(capsys, tmp_path):
     assert "no such run folder" in capsys.readouterr().err
     assert entrypoint(["view", "--run", str(tmp_path), "--max-splats", "0"]) == 2
     assert "--max-splats" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- framing, colours, clicks
+def _ring_cameras(n=12, radius=0.8, height=0.5, focus=(0.0, 0.0, 0.0)):
+    """Cameras on a ring above ``focus``, each looking at it (OpenCV axes, world +z up)."""
+    out = []
+    f = np.asarray(focus, float)
+    for k in range(n):
+        a = 2 * np.pi * k / n
+        c = f + np.array([radius * np.cos(a), radius * np.sin(a), height])
+        z = (f - c) / np.linalg.norm(f - c)
+        x = np.cross(z, [0, 0, 1.0])
+        x /= np.linalg.norm(x)
+        y = np.cross(z, x)
+        T = np.eye(4)
+        T[:3, :3] = np.stack([x, y, z], 1)
+        T[:3, 3] = c
+        out.append(T)
+    return out
+
+
+def test_first_view_frames_the_scene_and_ignores_floaters():
+    from cos3d.viewer.helpers import axes_focus, scene_framing
+
+    rng = np.random.default_rng(0)
+    table = rng.uniform([-0.4, -0.3, 0.0], [0.4, 0.3, 0.15], size=(3000, 3))
+    floaters = rng.normal(0, 40.0, size=(60, 3)) + 100.0  # far away, as badly trained 3DGS leaves them
+    cams = _ring_cameras(focus=(0.0, 0.0, 0.05))
+    np.testing.assert_allclose(axes_focus(cams), [0, 0, 0.05], atol=1e-9)
+    fr = scene_framing(np.concatenate([table, floaters]), cams)
+    assert not fr.inliers[-60:].any() and fr.inliers[:3000].mean() > 0.85
+    np.testing.assert_allclose(fr.look_at, [0, 0, 0.05], atol=1e-6)
+    dist = np.linalg.norm(fr.position - fr.look_at)
+    cam_dist = np.linalg.norm(cams[0][:3, 3] - fr.look_at)
+    assert 0.7 * cam_dist < dist < cam_dist  # just in front of a training camera: no frustum in the way
+    assert fr.extent < 2.0  # the table's size, not the floaters'
+    assert fr.frustum_scale < 0.1 * cam_dist and fr.axes_length < 0.2 * cam_dist
+    np.testing.assert_allclose(fr.up, [0, 0, 1], atol=0.05)
+    # the same with the floaters gone: the same view
+    fr2 = scene_framing(table, cams)
+    np.testing.assert_allclose(fr2.position, fr.position, atol=1e-6)
+    # no cameras: the content's robust box, from +z
+    fr3 = scene_framing(table, [])
+    assert fr3.position[2] > fr3.look_at[2] and fr3.extent < 1.5
+
+
+def test_ray_camera_centre_pixel_lies_on_the_ray():
+    from cos3d.viewer.helpers import ray_camera
+
+    o, d = np.array([0.3, -0.2, 1.0]), np.array([0.1, 0.5, -1.0])
+    cam = ray_camera(o, d)
+    p = o + 2.0 * d / np.linalg.norm(d)  # a point on the ray
+    w2c = np.linalg.inv(cam.c2w)
+    q = w2c[:3, :3] @ p + w2c[:3, 3]
+    uv = (cam.K @ (q / q[2]))[:2]
+    np.testing.assert_allclose(uv, [(cam.width - 1) / 2] * 2, atol=1e-9)
+    np.testing.assert_allclose(np.linalg.det(cam.c2w[:3, :3]), 1.0, atol=1e-12)
+    with pytest.raises(ValueError, match="non-zero"):
+        ray_camera(o, [0, 0, 0])
+
+
+def test_colour_modes_pure():
+    from cos3d.viewer.helpers import heatmap_colors, label_colors, pca_colors
+
+    h = heatmap_colors(np.array([0.0, 0.5, 1.0, 2.0]), lo=0.0, hi=1.0)
+    assert h.shape == (4, 3) and h.dtype == np.float32
+    np.testing.assert_allclose(h[2], h[3])  # clipped above hi
+    assert h[0, 2] > h[0, 0] and h[2, 0] > h[2, 2]  # low blue, high red
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16))
+    feats = np.concatenate([c + 0.01 * rng.normal(size=(50, 16)) for c in centres])
+    cols = pca_colors(feats)
+    assert cols.shape == (150, 3) and cols.min() >= 0 and cols.max() <= 1
+    means = np.stack([cols[i * 50:(i + 1) * 50].mean(0) for i in range(3)])
+    spread = max(cols[i * 50:(i + 1) * 50].std(0).max() for i in range(3))
+    assert min(np.linalg.norm(means[i] - means[j]) for i in range(3) for j in range(i)) > 5 * spread
+    base = np.full((5, 3), 0.8, np.float32)
+    lab = label_colors(np.array([0, 1, 2, 2, 0]), base)
+    np.testing.assert_allclose(lab[0], 0.35 * 0.8, rtol=1e-6)
+    np.testing.assert_allclose(lab[2], lab[3])
+    np.testing.assert_allclose(lab[1], object_colors(2)[0])
+
+
+def test_parse_box_points_and_draw():
+    from cos3d.viewer.app import _parse_points
+    from cos3d.viewer.helpers import draw_prompt, parse_box
+
+    assert parse_box("", 64, 48) is None
+    assert parse_box("50, 40, 10, 5", 64, 48) == [10, 5, 50, 40]
+    assert parse_box("0,0,100,100", 64, 48) == [0, 0, 64, 48]
+    with pytest.raises(ValueError, match="four numbers"):
+        parse_box("1,2,3", 64, 48)
+    with pytest.raises(ValueError, match="empty"):
+        parse_box("70,0,90,10", 64, 48)
+    np.testing.assert_array_equal(_parse_points("3,4; 5,6"), [[3, 4], [5, 6]])
+    with pytest.raises(ValueError, match="x,y"):
+        _parse_points("3;4")
+    img = np.zeros((48, 64, 3), np.uint8)
+    m = np.zeros((48, 64), bool)
+    m[10:20, 10:20] = True
+    out = draw_prompt(img, box=[5, 5, 30, 30], points=np.array([[40, 40]]), mask=m)
+    assert out[5, 10].tolist() == [40, 230, 40] and out[40, 40].tolist() == [255, 220, 0]
+    assert out[15, 15, 0] > 100 and not img.any()
+
+
+def test_combine_adds_and_removes_objects():
+    from cos3d.viewer.adapter import ObjectView, combine
+
+    def obj(i, ids):
+        return ObjectView(id=i, gaussians=np.array(ids), score=0.5, centroid=np.zeros(3),
+                          box=(np.zeros(3), np.eye(3), np.ones(3)))
+
+    a = Answer(prompt="click", objects=[obj(1, [1, 2, 3])], selected=np.array([1, 2, 3]), kind="click")
+    b = Answer(prompt="click", objects=[obj(7, [7, 8])], selected=np.array([7, 8]), kind="click")
+    ab = combine(a, b, "add")
+    assert [o.id for o in ab.objects] == [1, 7] and ab.selected.tolist() == [1, 2, 3, 7, 8] and ab.kind == "selection"
+    assert [o.id for o in combine(ab, b, "add").objects] == [1, 7]  # adding twice adds once
+    rest = combine(ab, Answer(prompt="click", objects=[obj(2, [2])], selected=np.array([2])), "remove")
+    assert [o.id for o in rest.objects] == [7] and rest.selected.tolist() == [7, 8]
+    err = combine(ab, Answer(prompt="click", error="no Gaussian covers pixel"), "add")
+    assert [o.id for o in err.objects] == [1, 7] and "no Gaussian" in err.error
+    with pytest.raises(ValueError):
+        combine(a, b, "toggle")
+
+
+class ClickableFake(FakeTrained):
+    """FakeTrained whose clicks return the object whose Gaussians lie nearest the clicked ray."""
+
+    def query(self, text=None, **kw):
+        click = kw.get("click")
+        if click is None:
+            return super().query(text, **kw)
+        from cos3d.query.engine import QueryResult
+        from cos3d.query.objects import make_object
+
+        self.calls.append(("click", {}))
+        cam = click[0]
+        o, d = cam.c2w[:3, 3], cam.c2w[:3, 2]
+        means = self.gaussians.means.numpy()
+        v = means - o
+        dist = np.linalg.norm(v - (v @ d)[:, None] * d, axis=1)
+        ids = next(s for s in SEL if int(np.argmin(dist)) in s) if any(int(np.argmin(dist)) in s for s in SEL) else None
+        if ids is None:
+            raise Cos3dError("no Gaussian covers pixel (16, 16) of that view (empty background); click on an object")
+        obj = make_object(torch.tensor(ids), self.gaussians.means, self.gaussians.opacities, torch.ones(N))
+        return QueryResult(query="click", objects=[obj], selected=obj.gaussians, no_target=False, reason="clicked",
+                           timings={"total": 2.0}, kind="click")
+
+
+def test_app_click_add_remove_colour_and_export(server, tmp_path):
+    from cos3d.ply import read_ply
+
+    trained = ClickableFake()
+    trained.fields = {"l": SimpleNamespace(instance=torch.nn.functional.normalize(torch.randn(N, 16), dim=1))}
+    app = ViewerApp(server, trained, export_dir=tmp_path)
+    means = trained.gaussians.means.numpy()
+    eye = np.array([0.0, 0.0, -5.0])
+
+    def ray_to(gid):
+        return eye, means[gid] - eye
+
+    a = app.click(*ray_to(SEL[0][1]))
+    assert a.kind == "click" and a.objects[0].id == SEL[0][0] and len(app.box_handles) == 1
+    b = app.click(*ray_to(SEL[1][0]), "add")
+    assert b.kind == "selection" and sorted(o.id for o in b.objects) == [0, 30]
+    assert "Focus #30" in [h.label for h in app.object_handles]
+    c = app.click(*ray_to(SEL[0][2]), "remove")
+    assert [o.id for o in c.objects] == [30] and set(c.selected) == set(SEL[1])
+
+    app.focus(0)  # no client connected: nothing to move, no error
+    with pytest.raises(Cos3dError):
+        app.focus(5)
+    # colour modes: PCA changes the shown colours; relevancy needs a text prompt first
+    rgb = app.rgbs.copy()
+    app.set_color_mode("Instance features (PCA)")
+    assert np.abs(app.rgbs - rgb).max() > 0.05
+    with pytest.raises(Cos3dError, match="no text prompt"):
+        app.set_color_mode("Relevancy (last prompt)")
+    assert app.color_mode == "Instance features (PCA)"
+    app.set_color_mode("RGB")
+
+    ply, = app.export("ply")
+    g = read_ply(ply)
+    assert g.num == len(SEL[1])
+    np.testing.assert_allclose(g.means.numpy(), means[np.sort(SEL[1])], atol=1e-6)
+    js, = app.export("json")
+    import json
+
+    data = json.loads(js.read_text())
+    assert [o["id"] for o in data["objects"]] == [30] and data["objects"][0]["num_gaussians"] == len(SEL[1])
+    assert "Wrote" in app.export_md.content
+    with pytest.raises(Cos3dError, match="run folder"):
+        app.export("labels")  # a fake run has no run folder
+    app.clear()
+    with pytest.raises(Cos3dError, match="nothing selected"):
+        app.export("ply")
+    # a click on the background is an error line, not a crash
+    bad = app.click(eye, np.array([0.0, 50.0, 1.0]))
+    assert bad.error and "click on an object" in app.answer_md.content
+    # work submitted from the page runs on the worker and reports errors in the busy line
+    fut = app.submit(app.export, "ply")
+    assert fut.result(timeout=30) is None and "nothing selected" in app.busy_md.content
+    app.close()
+
+
+# ----------------------------------------------------------------------------- the command
+def test_view_flags_come_from_the_config(capsys):
+    from cos3d.cli import entrypoint
+    import dataclasses
+
+    from cos3d.config import flag_name
+    from cos3d.viewer import ViewConfig
+
+    with pytest.raises(SystemExit):
+        entrypoint(["view", "--help"])
+    help_text = capsys.readouterr().out
+    for f in dataclasses.fields(ViewConfig):
+        assert flag_name(f.name) in help_text, f.name
+    assert "--no-cameras" in help_text and "every interface" in help_text
+
+
+def test_non_loopback_host_warns_and_prints_addresses(monkeypatch):
+    from cos3d.viewer import server as srv
+
+    real_addresses = srv.interface_addresses
+    assert srv.exposure_warning("127.0.0.1", 8080) is None and srv.exposure_warning("localhost", 1) is None
+    w = srv.exposure_warning("0.0.0.0", 8080)
+    assert w.count("\n") == 0 and "anyone who can reach" in w and "query" in w and "export" in w
+    monkeypatch.setattr(srv, "interface_addresses", lambda: ["10.1.2.3", "127.0.0.1"])
+    assert srv.viewer_urls("0.0.0.0", 8080) == ["http://10.1.2.3:8080", "http://127.0.0.1:8080"]
+    assert srv.viewer_urls("127.0.0.1", 8080) == ["http://localhost:8080"]
+    assert srv.viewer_urls("192.168.0.5", 81) == ["http://192.168.0.5:81"]
+    # serve() on every interface: the warning line, then the real addresses
+    lines = []
+    app = srv.serve(FakeTrained(), host="0.0.0.0", port=0, block=False, log=lines.append)
+    try:
+        port = app.server.get_port()
+        assert lines[0].startswith("cos3d view: warning:") and f"0.0.0.0:{port}" in lines[0]
+        assert f"http://10.1.2.3:{port}" in lines[1] and f"http://127.0.0.1:{port}" in lines[1]
+    finally:
+        app.server.stop()
+        app.close()
+    assert real_addresses()[-1] == "127.0.0.1"

@@ -150,8 +150,8 @@ def heatmap_colors(values: np.ndarray, lo: float | None = None, hi: float | None
 
 def pca_colors(features: np.ndarray, *, sample: int = 20_000, seed: int = 0) -> np.ndarray:
     """Instance features ``[N, F]`` → ``[N, 3]`` float32 RGB in [0, 1]: rows normalised, projected on their
-    top three principal axes (fitted on at most ``sample`` rows), each axis stretched over its 1–99 %
-    range. Gaussians of one instance share a colour; different instances differ."""
+    top three principal axes (fitted on at most ``sample`` rows), shifted to start at their 1 % points
+    and scaled by the widest axis's 1–99 % range. Gaussians of one instance share a colour; different instances differ."""
     f = _np(features, np.float64)
     if f.ndim != 2:
         raise ValueError(f"features must be [N, F], got {list(f.shape)}")
@@ -166,7 +166,8 @@ def pca_colors(features: np.ndarray, *, sample: int = 20_000, seed: int = 0) -> 
     axes[: min(3, len(vt))] = vt[:3]
     proj = (f - mu) @ axes.T  # [N, 3]
     lo, hi = np.percentile(proj[rows], 1, axis=0), np.percentile(proj[rows], 99, axis=0)
-    out = (proj - lo) / np.maximum(hi - lo, 1e-9)
+    # one scale for the three axes (the widest 1-99 % range): an axis of mere noise stays dim
+    out = (proj - lo) / max(float((hi - lo).max()), 1e-9)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
