@@ -288,8 +288,8 @@ def scene_framing(
     """A first view that frames the scene, from the cameras' bounds and the splat centres ``points [N, 3]``.
 
     With cameras: the view looks at what they look at (:func:`axes_focus`, else the content's centre)
-    from the direction of the camera closest to the mean camera direction, ``back_off`` times their median distance to it (just in front of that
-    camera: what a training view holds, with no frustum in the way). Splats count as content only inside the
+    from the direction of the camera closest to the mean camera direction, ``back_off`` times that camera's distance, and in front of every
+    camera inside the view cone (what a training view holds, with no frustum in the way). Splats count as content only inside the
     cameras' bounds grown by half their size on every side, then inside the 2–98 % box of those: far
     floaters neither move nor widen the first view. Frustums are drawn 6 % of the cameras' distance
     deep, the axes 15 % long. Without cameras, the view frames the content's robust box from +z.
@@ -326,8 +326,18 @@ def scene_framing(
         m = dirs.mean(0)
         direction = dirs[int(np.argmax(dirs @ m))] if np.linalg.norm(m) > 1e-9 else dirs[0]
         cam_dist = float(np.median(np.linalg.norm(cams - focus, axis=1)))
+        t = back_off * float(np.linalg.norm(cams[int(np.argmax(dirs @ m))] - focus)) if np.linalg.norm(m) > 1e-9 \
+            else back_off * cam_dist
+        # stay in front of every camera (and its frustum) inside the view cone: no grey bars across the view
+        rel = cams - focus
+        along = rel @ direction
+        lateral = np.linalg.norm(rel - along[:, None] * direction, axis=1)
+        ahead = (along > 0) & (lateral < 0.6 * along)
+        if ahead.any():
+            t = min(t, float(along[ahead].min()) - 0.1 * cam_dist)
+        t = max(t, 0.4 * cam_dist)
         return Framing(
-            look_at=focus, position=focus + direction * back_off * cam_dist, up=up, extent=extent,
+            look_at=focus, position=focus + direction * t, up=up, extent=extent,
             frustum_scale=float(max(0.06 * cam_dist, 1e-4)), axes_length=float(max(0.15 * cam_dist, 1e-4)),
             inliers=keep,
         )
