@@ -490,3 +490,11 @@ def test_non_loopback_host_warns_and_prints_addresses(monkeypatch):
         app.server.stop()
         app.close()
     assert real_addresses()[-1] == "127.0.0.1"
+
+
+def test_a_million_gaussians_load_subsampled_with_the_count_shown(server):
+    g = Gaussians.random(1_000_000, sh_degree=0, generator=torch.Generator().manual_seed(0))
+    app = ViewerApp(server, SimpleNamespace(gaussians=g, scene=SimpleNamespace(cameras=[])), max_splats=200_000)
+    assert len(app.splats.ids) == 200_000 and app.splats.centers.shape == (200_000, 3)
+    assert "200,000 splats (the 200,000 most opaque of 1,000,000)" in app.count_md.content
+    app.close()
