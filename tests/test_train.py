@@ -135,6 +135,9 @@ def test_query_is_delegated_to_the_engine(ts, monkeypatch):
             calls.append(("query", a, k))
             return "answer"
 
+        def load_state_dict(self, state):
+            return False  # the saved index/calibration belong to the real engine
+
     mod = types.ModuleType("cos3d.query.engine")
     mod.QueryEngine = FakeEngine
     monkeypatch.setitem(sys.modules, "cos3d.query.engine", mod)
