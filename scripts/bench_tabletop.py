@@ -55,11 +55,13 @@ def machine() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()}-core {cpu}, {gpu}, torch {torch.__version__}, COS3D_THREADS={os.environ.get('COS3D_THREADS', 'unset')}"
+    load = ", load average %.1f" % os.getloadavg()[1] if hasattr(os, "getloadavg") else ""
+    return (f"{os.cpu_count()}-core {cpu}, {gpu}, torch {torch.__version__}, "
+            f"COS3D_THREADS={os.environ.get('COS3D_THREADS', 'unset')}{load} (shared machine)")
 
 
 def bench_scene(workdir: Path, seed: int, width: int, height: int, views: int, perturb: str, log: Path,
-                mlp: bool = True) -> dict:
+                mlp: bool = True, variants: bool = True) -> dict:
     scene = workdir / f"scene{seed}_{width}x{height}"
     run = workdir / f"run{seed}_{width}x{height}"
     out = run / "eval" / "tabletop"
@@ -74,11 +76,12 @@ def bench_scene(workdir: Path, seed: int, width: int, height: int, views: int, p
                                           "--masks", "dataset", "--embedder", "labels", "--no-progress", *extra], log)
     if not (out / "RESULTS.json").is_file():
         times["eval"] = _run(_cos3d() + ["eval", "tabletop", "--run", str(run), "--ablation", "--perturb", perturb,
-                                         *([] if mlp else ["--no-mlp"]), "--out", str(out)], log)
+                                         *([] if mlp else ["--no-mlp"]),
+                                         *([] if variants else ["--no-balance0", "--perturb", "0"]), "--out", str(out)], log)
     res = json.loads((out / "RESULTS.json").read_text())
     rec = json.loads((run / "run.json").read_text())
     return {"seed": seed, "size": f"{width}x{height}", "views": views, "scene": str(scene), "run": str(run),
-            "n_gaussians": rec.get("counts", {}).get("gaussians"), "times_s": {k: round(v, 1) for k, v in times.items()},
+            "n_gaussians": rec.get("counts", {}).get("n_gaussians"), "times_s": {k: round(v, 1) for k, v in times.items()},
             "results": res}
 
 
@@ -158,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--perturb", default="0.25,0.5", help="the ablation's mask-perturbation sweep")
     ap.add_argument("--mlp-scenes", type=int, default=1,
                     help="train the ablation's MLP variant on the first this many scenes only (it takes minutes)")
+    ap.add_argument("--variants-scenes", type=int, default=None,
+                    help="train the balance-0 and --perturb variants on the first this many scenes only (default all)")
     ap.add_argument("--write-docs", type=Path, default=None)
     args = ap.parse_args(argv)
     os.environ.setdefault("COS3D_THREADS", "1")
@@ -167,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     for k, spec in enumerate(args.scenes.split(",")):
         seed, size = spec.split(":")
         w, h = (int(v) for v in size.lower().split("x"))
-        rows.append(bench_scene(args.workdir, int(seed), w, h, args.views, args.perturb, log, mlp=k < args.mlp_scenes))
+        rows.append(bench_scene(args.workdir, int(seed), w, h, args.views, args.perturb, log, mlp=k < args.mlp_scenes,
+                                variants=args.variants_scenes is None or k < args.variants_scenes))
     cmd = (f"python scripts/bench_tabletop.py --scenes {args.scenes} --views {args.views} --perturb {args.perturb} "
-           f"--mlp-scenes {args.mlp_scenes}")
+           f"--mlp-scenes {args.mlp_scenes}"
+           + (f" --variants-scenes {args.variants_scenes}" if args.variants_scenes is not None else ""))
     mach = machine()
     text = tables(rows, cmd, mach)
     print(text)
