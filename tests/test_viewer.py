@@ -498,3 +498,34 @@ def test_a_million_gaussians_load_subsampled_with_the_count_shown(server):
     assert len(app.splats.ids) == 200_000 and app.splats.centers.shape == (200_000, 3)
     assert "200,000 splats (the 200,000 most opaque of 1,000,000)" in app.count_md.content
     app.close()
+
+
+def test_real_run_image_prompt_scene_objects_and_labels_export(trained_run, server, tmp_path):
+    """The paths the browser test does not drive, on the session's trained tabletop: an image prompt (a
+    box on a scene frame), the scene-wide objects colour mode, the labels export (cos3d export's writer)
+    and a frame with the answer's mask."""
+    import json
+
+    import cos3d
+    from cos3d.viewer.adapter import selection_mask
+
+    ts = cos3d.load(trained_run, device="cpu")
+    app = ViewerApp(server, ts, export_dir=tmp_path, max_splats=5000)
+    mug = app.query("red coffee mug")
+    assert mug.objects and mug.error is None
+    frame = next(f.name for f in ts.scene.frames if selection_mask(ts, mug.selected, f.name).sum() > 50)
+    ys, xs = np.nonzero(selection_mask(ts, mug.selected, frame))
+    img = app.query_image(frame, box=[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    assert img.error is None and img.kind == "image", img
+    assert np.intersect1d(img.selected, mug.selected).size >= 0.5 * len(mug.selected)
+    shown = app.show_frame(frame)  # what a frustum click shows: the frame with the answer's mask
+    cam = ts.scene.frame(frame).camera
+    assert shown.shape == (cam.height, cam.width, 3) and "pixels (red)" in app.frame_md.content
+    assert app.query_image(frame).error  # no box, no points: a message, not a crash
+    app.set_color_mode("Objects (scene-wide)")
+    assert "table" in app.count_md.content and (app.decomposition_labels > 0).any()
+    paths = app.export("labels")
+    assert {p.name for p in paths} >= {"labels.ply", "labels.json", "labels.npz"}
+    names = [o["names"][0] for o in json.loads((tmp_path / "labels.json").read_text())["objects"]]
+    assert "red coffee mug" in names
+    app.close()
