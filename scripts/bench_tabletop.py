@@ -122,17 +122,17 @@ def tables(rows: list[dict], cmd: str, mach: str) -> str:
         li, lo = ip.get("lift", {}), ip.get("lookup", {})
         L.append(f"| seed {r['seed']}, {r['size']} | {li.get('prompts', '–')} | {_f(li.get('mIoU'))} | "
                  f"{_f(li.get('mAcc@0.25'))} | {_f(lo.get('mIoU'))} |")
-    names = list(rows[0]["results"]["ablation"]["rows"]) if rows and "ablation" in rows[0]["results"] else []
+    names = list(dict.fromkeys(n for r in rows for n in r["results"].get("ablation", {}).get("rows", {})))
     if names:
         L += ["", "**Ablation** (mIoU over all present pairs / held-out kinds only; same presence test in every "
               "row). COS3D's own LERF-OVS ablation: instance 44.07, language 48.99, collaborative 50.76 mIoU.", "",
-              "| variant | " + " | ".join(f"seed {r['seed']} {r['size']}" for r in rows) + " | mean mIoU |",
+              "| variant | " + " | ".join(f"seed {r['seed']} {r['size']}" for r in rows) + " | mean mIoU (scenes) |",
               "|---|" + "---:|" * (len(rows) + 1)]
         for n in names:
             vals = [r["results"]["ablation"]["rows"].get(n) for r in rows]
             cells = [f"{_f(v['summary']['mIoU'])} / {_f(v['held_out']['mIoU'])}" if v else "–" for v in vals]
             ms = [v["summary"]["mIoU"] for v in vals if v]
-            L.append(f"| {n} | " + " | ".join(cells) + f" | {_f(sum(ms) / len(ms)) if ms else '–'} |")
+            L.append(f"| {n} | " + " | ".join(cells) + f" | {_f(sum(ms) / len(ms)) + f' ({len(ms)})' if ms else '–'} |")
         def order(r: dict) -> str:
             ab = r["results"]["ablation"]["rows"]
             ks = sorted(("instance", "language", "collaborative_raw", "collaborative"), key=lambda k: -ab[k]["summary"]["mIoU"])
