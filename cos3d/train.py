@@ -29,7 +29,7 @@ import torch
 from cos3d.atomic import atomic_path
 from cos3d.config import ConfigError, to_dict
 from cos3d.device import resolve_device
-from cos3d.errors import Cos3dError
+from cos3d.errors import Cos3dError, brief
 from cos3d.field.ins2lang import Ins2LangConfig
 from cos3d.field.instance import InstanceConfig
 from cos3d.recon import ReconConfig
@@ -405,18 +405,21 @@ def _bar(it, desc: str, enabled: bool, **kw):
 def _stage_recon(s: _Session) -> dict[str, Any]:
     cfg = s.cfg
     if cfg.gaussians is not None:
-        from cos3d.ply import read_ply
+        from cos3d.ply import read_gaussians, splat_format, write_ply
 
         src = Path(cfg.gaussians)
         try:
-            g = read_ply(src)
+            g = read_gaussians(src)  # .ply, .compressed.ply, .spz, .splat
         except Cos3dError:
             raise
         except Exception as e:
-            raise Cos3dError(f"--gaussians {src}: cannot read ({type(e).__name__}: {e})") from None
+            raise Cos3dError(f"--gaussians {src}: cannot read ({brief(e)})") from None
         g.validate(str(src))
-        with atomic_path(s.ply) as tmp:
-            shutil.copyfile(src, tmp)
+        if splat_format(src) == "ply":
+            with atomic_path(s.ply) as tmp:
+                shutil.copyfile(src, tmp)  # as it is: extra columns kept
+        else:
+            write_ply(s.ply, g)  # atomic
         s._gaussians = None
         _log(f"stage 0: imported {g.num} Gaussians from {src} (no held-out PSNR for an imported scene)")
         return {"source": "import", "path": str(src.resolve()), "n_gaussians": g.num, "psnr_test": None}

@@ -418,3 +418,17 @@ def test_cli_failed_import_leaves_folder_usable_and_finished_work_is_never_rerun
     assert (run / "run.json").read_text() == before
     rc, err = _cli(capsys, "--scene", tabletop_dir, "--out", run, "--gaussians", good, "--stage", "recon", "--restart")
     assert rc == 0, err
+
+
+def test_import_gaussians_from_spz(trained_run, tabletop_dir, tmp_path):
+    from cos3d.ply import read_ply, write_spz
+    from cos3d.train import TrainConfig, train
+
+    g = read_ply(Path(trained_run) / "gaussians.ply", features=False)
+    spz = tmp_path / "scene.spz"
+    write_spz(spz, g)
+    run = tmp_path / "run"
+    train(TrainConfig(scene=str(tabletop_dir), out=run, stage="recon", gaussians=spz, progress=False))
+    back = read_ply(run / "gaussians.ply", features=False)
+    assert back.num == g.num
+    assert torch.allclose(back.means, g.means, atol=1e-2)  # spz quantises positions
