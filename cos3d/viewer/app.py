@@ -241,7 +241,9 @@ class ViewerApp:
         self.image_query_button.on_click(lambda _e: self.submit(self._query_image_from_gui))
         self.frame_dropdown.on_update(lambda _e: self.submit(self._frame_picked))
         self.upload_button.on_upload(lambda _e: self.submit(self._uploaded, self.upload_button.value))
-        self.color_dropdown.on_update(lambda _e: self.submit(self.set_color_mode, self.color_dropdown.value))
+        self.color_dropdown.on_update(  # a change from the page (one made by set_color_mode is already drawn)
+            lambda _e: None if self.color_dropdown.value == self.color_mode
+            else self.submit(self.set_color_mode, self.color_dropdown.value))
         self.dim_checkbox.on_update(lambda _e: self.submit(self.redraw))
         self.cameras_checkbox.on_update(lambda _e: self.set_cameras_visible(self.cameras_checkbox.value))
         self.export_ply_button.on_click(lambda _e: self.submit(self.export, "ply"))
@@ -271,7 +273,12 @@ class ViewerApp:
                 if self.busy_md.content.startswith("⏳"):
                     self.busy_md.content = "Ready."
 
-        return self._pool.submit(work)
+        try:
+            return self._pool.submit(work)
+        except RuntimeError:  # closed (the server is stopping): nothing runs any more
+            done: Future = Future()
+            done.set_result(None)
+            return done
 
     def _buttons(self) -> list[Any]:
         return [self.query_button, self.image_query_button, self.export_ply_button, self.export_json_button,
@@ -369,6 +376,8 @@ class ViewerApp:
                 if self.color_dropdown.value != old:
                     self.color_dropdown.value = old
                 raise
+            if self.color_dropdown.value != mode:  # called from code: the page shows the mode too
+                self.color_dropdown.value = mode
             if mode == COLOR_MODES[2]:
                 self.count_md.content = f"Relevancy of **{_esc(self.last_text or '')}**: blue low, red high."
             elif mode == COLOR_MODES[3]:
