@@ -139,6 +139,10 @@ def bench_queries(sizes: list[int]) -> list[dict]:
                "warm_ms_max": float(np.max(warm)), "objects": len(first.objects), **ball_search(engine),
                "peak_rss_gib": rss_gib()}
         rows.append(row)
+        print(f"{row['n']:>9} {row['first_s']:>8.2f} {row['state_first_s']:>8.2f} {row['warm_ms']:>8.1f} "
+              f"{row['objects']:>5} | {row['build_ours_s']:>10.2f} {row['search_ours_ms']:>8.1f} "
+              f"{row.get('build_faiss_s', float('nan')):>11.2f} {row.get('search_faiss_ms', float('nan')):>9.1f} "
+              f"{row.get('same_balls', float('nan')):>5.2f} | {row['peak_rss_gib']:>7.2f}", flush=True)
         del engine, fresh
     return rows
 
@@ -180,14 +184,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    q = bench_queries(sizes)
     print(f"{'N':>9} {'first s':>8} {'state s':>8} {'warm ms':>8} {'objs':>5} | {'ours build':>10} {'ours ms':>8}"
-          f" {'faiss build':>11} {'faiss ms':>9} {'same':>5} | {'RSS GiB':>7}")
-    for r in q:
-        print(f"{r['n']:>9} {r['first_s']:>8.2f} {r['state_first_s']:>8.2f} {r['warm_ms']:>8.1f} {r['objects']:>5} | "
-              f"{r['build_ours_s']:>10.2f} {r['search_ours_ms']:>8.1f} {r.get('build_faiss_s', float('nan')):>11.2f} "
-              f"{r.get('search_faiss_ms', float('nan')):>9.1f} {r.get('same_balls', float('nan')):>5.2f} | "
-              f"{r['peak_rss_gib']:>7.2f}")
+          f" {'faiss build':>11} {'faiss ms':>9} {'same':>5} | {'RSS GiB':>7}", flush=True)
+    q = bench_queries(sizes)  # prints each row as it is measured
     t = bench_train([s for s in args.train.split(",") if s], args.threads) if args.train else []
     if t:
         print(f"\n{'views':>5} {'size':>9} {'wall s':>7} {'stage0':>7} {'masks':>6} {'stage1':>7} {'stage2':>7}"
