@@ -113,19 +113,14 @@ def is_loopback(host: str) -> bool:
 
 
 def interface_addresses() -> list[str]:
-    """This machine's non-loopback IPv4 addresses (best effort, no packet sent), loopback last."""
+    """This machine's non-loopback IPv4 addresses as its host name resolves (best effort; no socket is
+    opened towards any other address), loopback last."""
     found: list[str] = []
-    try:
-        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
-            found.append(info[4][0])
-    except OSError:
-        pass
-    try:  # the address of the default route; a UDP connect sends nothing
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("10.255.255.255", 1))
-            found.append(s.getsockname()[0])
-    except OSError:
-        pass
+    for name in dict.fromkeys((socket.gethostname(), socket.getfqdn())):
+        try:
+            found += [info[4][0] for info in socket.getaddrinfo(name, None, socket.AF_INET)]
+        except OSError:
+            continue
     out = []
     for a in found:
         if a not in out and not ipaddress.ip_address(a).is_loopback:
