@@ -35,7 +35,8 @@ import numpy as np
 
 from cos3d.errors import Cos3dError, MissingWeightsError, brief
 from cos3d.vision.base import MaskProvider, check_image, file_fingerprint, resolve_device
-from cos3d.vision.masks import LEVELS, MaskSet, masks_to_boxes, nms
+from cos3d.vision.masks import LEVELS, MaskSet
+from cos3d.vision.sam2_masks import AutoMaskFilters, _grid, keep_per_level, levels_to_maskset
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -168,13 +169,6 @@ def load_hf_sam(
     return net, proc, f"{family}-hf:{weights}@{size}"
 
 
-def _grid(n: int, width: int, height: int) -> np.ndarray:
-    """``[n*n, 2]`` pixel (x, y) at the centres of an n×n grid of cells."""
-    t = (np.arange(n) + 0.5) / n
-    xs, ys = np.meshgrid(t * width, t * height)
-    return np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float32)
-
-
 class _Encoded:
     """One image encoded by a SAM2-interface model: embeddings + original size (reused across prompts)."""
 
@@ -238,7 +232,7 @@ class _HFSam:
         return logits, out.iou_scores[0].float().cpu()
 
 
-class HFSamMaskProvider(_HFSam, MaskProvider):
+class HFSamMaskProvider(_HFSam, AutoMaskFilters, MaskProvider):
     """Automatic masks at levels s/m/l from SAM2 (``sam2-hf``) or the SAM 3 tracker (``sam3``) through
     ``transformers`` (module docstring)."""
 
@@ -265,38 +259,17 @@ class HFSamMaskProvider(_HFSam, MaskProvider):
                 ``$COS3D_SAM3_MODEL``, else the family's released model (:data:`FAMILIES`).
             family: ``"sam2"`` (registry ``sam2-hf``) or ``"sam3"`` (the SAM 3 tracker; registry ``sam3``).
         """
-        if points_per_side < 1 or points_per_batch < 1:
-            raise Cos3dError(
-                f"points_per_side and points_per_batch must be >= 1, got {points_per_side}, {points_per_batch}"
-            )
+        self.set_filters(points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
+                         stability_score_offset, mask_threshold, nms_thresh, min_area)
         self.family = family
         self.name = "sam2-hf" if family == "sam2" else "sam3"  # the registry name (cache folder)
         self.device = resolve_device(device)
         self.model, self.processor, self._model_id = load_hf_sam(family, model, device=self.device)
-        self.points_per_side = int(points_per_side)
-        self.points_per_batch = int(points_per_batch)
-        self.pred_iou_thresh = float(pred_iou_thresh)
-        self.stability_score_thresh = float(stability_score_thresh)
-        self.stability_score_offset = float(stability_score_offset)
-        self.mask_threshold = float(mask_threshold)
-        self.nms_thresh = float(nms_thresh)
-        self.min_area = int(min_area)
 
     @property
     def model_id(self) -> str:
         return self._model_id
 
-    @property
-    def params(self) -> dict[str, Any]:
-        return {
-            "points_per_side": self.points_per_side,
-            "pred_iou_thresh": self.pred_iou_thresh,
-            "stability_score_thresh": self.stability_score_thresh,
-            "stability_score_offset": self.stability_score_offset,
-            "mask_threshold": self.mask_threshold,
-            "nms_thresh": self.nms_thresh,
-            "min_area": self.min_area,
-        }
 
     def generate(self, image: np.ndarray, frame: "Frame | None" = None) -> MaskSet:
         """Masks of ``image`` (uint8 ``[H, W, 3]``) at levels s/m/l; ``frame`` is ignored."""
@@ -310,21 +283,8 @@ class HFSamMaskProvider(_HFSam, MaskProvider):
             logits, iou = self._decode(
                 enc, points=[[p.tolist()] for p in batch], labels=[[1] for _ in batch], multimask=True
             )  # [B, 3, H, W], [B, 3]
-            hi = (logits > self.mask_threshold + self.stability_score_offset).sum((-1, -2)).float()
-            lo = (logits > self.mask_threshold - self.stability_score_offset).sum((-1, -2)).float()
-            stab = hi / lo.clamp(min=1)
-            binary = logits > self.mask_threshold
-            area = binary.sum((-1, -2))
-            keep = (
-                (iou > self.pred_iou_thresh) & (stab >= self.stability_score_thresh) & (area >= max(self.min_area, 1))
-            )
-            for k in range(min(len(LEVELS), logits.shape[1])):
-                sel = keep[:, k]
-                if bool(sel.any()):
-                    per_level[k].append(
-                        (binary[sel, k].numpy(), (iou[sel, k] * stab[sel, k]).numpy().astype(np.float32))
-                    )
-        return _levels_to_maskset(per_level, h, w, self.nms_thresh)
+            keep_per_level(self, logits, iou, per_level)
+        return levels_to_maskset(per_level, h, w, self.nms_thresh)
 
     def prompt_segmenter(self) -> "HFSamPromptSegmenter":
         """A prompt segmenter sharing this provider's model (for image prompts)."""
@@ -339,29 +299,6 @@ class SAM3TrackerMaskProvider(HFSamMaskProvider):
     def __init__(self, model: str | os.PathLike | None = None, **kw: Any) -> None:
         kw.pop("family", None)
         super().__init__(model, family="sam3", **kw)
-
-
-def _levels_to_maskset(
-    per_level: list[list[tuple[np.ndarray, np.ndarray]]], h: int, w: int, nms_thresh: float
-) -> MaskSet:
-    sets = []
-    for k, chunks in enumerate(per_level):
-        if not chunks:
-            continue
-        masks = np.concatenate([c[0] for c in chunks])
-        scores = np.concatenate([c[1] for c in chunks])
-        boxes = masks_to_boxes(masks)
-        kept = nms(masks, scores, nms_thresh, boxes=boxes, mode="mask")
-        sets.append(
-            MaskSet(
-                masks=masks[kept],
-                level=np.full(len(kept), k, np.int8),
-                score=scores[kept],
-                box=boxes[kept],
-                source_id=np.full(len(kept), -1, np.int64),
-            )
-        )
-    return MaskSet.concat(sets) if sets else MaskSet.empty(h, w)
 
 
 class HFSamPromptSegmenter(_HFSam):

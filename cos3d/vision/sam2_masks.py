@@ -211,7 +211,97 @@ def _grid(n: int, width: int, height: int) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float32)
 
 
-class SAM2MaskProvider(MaskProvider):
+class AutoMaskFilters:
+    """The automatic-mask settings of every SAM provider (this module's and :mod:`cos3d.vision.sam2_hf`'s):
+    the point grid, the filters :func:`keep_per_level` applies, NMS; and their cache-key ``params``."""
+
+    def set_filters(
+        self,
+        points_per_side: int,
+        points_per_batch: int,
+        pred_iou_thresh: float,
+        stability_score_thresh: float,
+        stability_score_offset: float,
+        mask_threshold: float,
+        nms_thresh: float,
+        min_area: int,
+    ) -> None:
+        if points_per_side < 1 or points_per_batch < 1:
+            raise Cos3dError(
+                f"points_per_side and points_per_batch must be >= 1, got {points_per_side}, {points_per_batch}"
+            )
+        self.points_per_side = int(points_per_side)
+        self.points_per_batch = int(points_per_batch)
+        self.pred_iou_thresh = float(pred_iou_thresh)
+        self.stability_score_thresh = float(stability_score_thresh)
+        self.stability_score_offset = float(stability_score_offset)
+        self.mask_threshold = float(mask_threshold)
+        self.nms_thresh = float(nms_thresh)
+        self.min_area = int(min_area)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {
+            "points_per_side": self.points_per_side,
+            "pred_iou_thresh": self.pred_iou_thresh,
+            "stability_score_thresh": self.stability_score_thresh,
+            "stability_score_offset": self.stability_score_offset,
+            "mask_threshold": self.mask_threshold,
+            "nms_thresh": self.nms_thresh,
+            "min_area": self.min_area,
+        }
+
+
+def keep_per_level(provider: AutoMaskFilters, logits: Any, iou: Any,
+                   per_level: list[list[tuple[np.ndarray, np.ndarray]]]) -> None:
+    """Filter one batch of SAM outputs (``logits [B, 3, H, W]``, ``iou [B, 3]`` float tensors) by
+    predicted IoU, stability and area with ``provider``'s settings, and append the kept masks and their
+    scores (IoU × stability) to ``per_level[k]`` for output ``k`` = level s/m/l. Shared by the SAM2
+    package provider and the ``transformers`` ones."""
+    import torch
+
+    hi = (logits > provider.mask_threshold + provider.stability_score_offset).sum((-1, -2)).float()
+    lo = (logits > provider.mask_threshold - provider.stability_score_offset).sum((-1, -2)).float()
+    stab = torch.where(lo > 0, hi / lo.clamp(min=1), torch.zeros_like(hi))
+    binary = logits > provider.mask_threshold
+    area = binary.sum((-1, -2))
+    keep = (
+        (iou > provider.pred_iou_thresh)
+        & (stab >= provider.stability_score_thresh)
+        & (area >= max(provider.min_area, 1))
+    )
+    for k in range(min(len(LEVELS), logits.shape[1])):
+        sel = keep[:, k]
+        if bool(sel.any()):
+            per_level[k].append(
+                (binary[sel, k].cpu().numpy(), (iou[sel, k] * stab[sel, k]).cpu().numpy().astype(np.float32))
+            )
+
+
+def levels_to_maskset(per_level: list[list[tuple[np.ndarray, np.ndarray]]], h: int, w: int,
+                      nms_thresh: float) -> MaskSet:
+    """Mask-IoU NMS within each level, then one :class:`MaskSet` of all levels."""
+    sets = []
+    for k, chunks in enumerate(per_level):
+        if not chunks:
+            continue
+        masks = np.concatenate([c[0] for c in chunks])
+        scores = np.concatenate([c[1] for c in chunks])
+        boxes = masks_to_boxes(masks)
+        kept = nms(masks, scores, nms_thresh, boxes=boxes, mode="mask")
+        sets.append(
+            MaskSet(
+                masks=masks[kept],
+                level=np.full(len(kept), k, np.int8),
+                score=scores[kept],
+                box=boxes[kept],
+                source_id=np.full(len(kept), -1, np.int64),
+            )
+        )
+    return MaskSet.concat(sets) if sets else MaskSet.empty(h, w)
+
+
+class SAM2MaskProvider(AutoMaskFilters, MaskProvider):
     """SAM2 automatic masks, three levels kept separate (see the module docstring)."""
 
     name = "sam2"
@@ -233,39 +323,18 @@ class SAM2MaskProvider(MaskProvider):
         min_area: int = 0,
         image_size: int | None = None,
     ) -> None:
-        if points_per_side < 1 or points_per_batch < 1:
-            raise Cos3dError(
-                f"points_per_side and points_per_batch must be >= 1, got {points_per_side}, {points_per_batch}"
-            )
+        self.set_filters(points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
+                         stability_score_offset, mask_threshold, nms_thresh, min_area)
         self.device = resolve_device(device)
         self.model, self._model_id = load_sam2_model(
             checkpoint, config, hub_id=hub_id, device=self.device, image_size=image_size
         )
         self.predictor = _make_predictor(self.model)
-        self.points_per_side = int(points_per_side)
-        self.points_per_batch = int(points_per_batch)
-        self.pred_iou_thresh = float(pred_iou_thresh)
-        self.stability_score_thresh = float(stability_score_thresh)
-        self.stability_score_offset = float(stability_score_offset)
-        self.mask_threshold = float(mask_threshold)
-        self.nms_thresh = float(nms_thresh)
-        self.min_area = int(min_area)
 
     @property
     def model_id(self) -> str:
         return self._model_id
 
-    @property
-    def params(self) -> dict[str, Any]:
-        return {
-            "points_per_side": self.points_per_side,
-            "pred_iou_thresh": self.pred_iou_thresh,
-            "stability_score_thresh": self.stability_score_thresh,
-            "stability_score_offset": self.stability_score_offset,
-            "mask_threshold": self.mask_threshold,
-            "nms_thresh": self.nms_thresh,
-            "min_area": self.min_area,
-        }
 
     def generate(self, image: np.ndarray, frame: "Frame | None" = None) -> MaskSet:
         """Masks of ``image`` (uint8 ``[H, W, 3]``) at levels s/m/l; ``frame`` is ignored."""
@@ -285,46 +354,9 @@ class SAM2MaskProvider(MaskProvider):
                 logits, iou, _ = pred._predict(
                     coords[:, None, :], labels[:, None], multimask_output=True, return_logits=True
                 )
-                logits = logits.float()  # [B, 3, H, W]
-                iou = iou.float()  # [B, 3]
-                hi = (logits > self.mask_threshold + self.stability_score_offset).sum((-1, -2)).float()
-                lo = (logits > self.mask_threshold - self.stability_score_offset).sum((-1, -2)).float()
-                stab = torch.where(lo > 0, hi / lo.clamp(min=1), torch.zeros_like(hi))
-                binary = logits > self.mask_threshold
-                area = binary.sum((-1, -2))
-                keep = (
-                    (iou > self.pred_iou_thresh)
-                    & (stab >= self.stability_score_thresh)
-                    & (area >= max(self.min_area, 1))
-                )
-                for k in range(min(len(LEVELS), logits.shape[1])):
-                    sel = keep[:, k]
-                    if bool(sel.any()):
-                        per_level[k].append(
-                            (
-                                binary[sel, k].cpu().numpy(),
-                                (iou[sel, k] * stab[sel, k]).cpu().numpy().astype(np.float32),
-                            )
-                        )
+                keep_per_level(self, logits.float(), iou.float(), per_level)  # [B, 3, H, W], [B, 3]
             pred.reset_predictor()
-        sets = []
-        for k, chunks in enumerate(per_level):
-            if not chunks:
-                continue
-            masks = np.concatenate([c[0] for c in chunks])
-            scores = np.concatenate([c[1] for c in chunks])
-            boxes = masks_to_boxes(masks)
-            kept = nms(masks, scores, self.nms_thresh, boxes=boxes, mode="mask")
-            sets.append(
-                MaskSet(
-                    masks=masks[kept],
-                    level=np.full(len(kept), k, np.int8),
-                    score=scores[kept],
-                    box=boxes[kept],
-                    source_id=np.full(len(kept), -1, np.int64),
-                )
-            )
-        return MaskSet.concat(sets) if sets else MaskSet.empty(h, w)
+        return levels_to_maskset(per_level, h, w, self.nms_thresh)
 
     def prompt_segmenter(self) -> "SAM2PromptSegmenter":
         """A prompt segmenter sharing this provider's model (for image prompts)."""
