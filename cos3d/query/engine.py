@@ -362,6 +362,29 @@ class QueryEngine:
                 raise Cos3dError("empty text prompt: give a phrase such as \"red mug\"")
         return self.cache.embed(self.embedder, [t.strip() for t in texts])
 
+    def prompt_region(
+        self,
+        image: np.ndarray,
+        *,
+        box: Sequence[float] | None = None,
+        mask: BinaryInput | None = None,
+        scribble: BinaryInput | None = None,
+        points: PointsInput | None = None,
+        point_labels: np.ndarray | Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """bool ``[H, W]``: the region one prompt marks on ``image`` (files and "x,y;..." text read here;
+        through the segmenter when one is configured, else :func:`cos3d.vision.prompts.prompt_mask`'s rules)."""
+        from cos3d.vision.prompts import prompt_mask
+
+        if isinstance(mask, (str, Path)):
+            mask = load_binary_image(mask, "--mask")
+        if isinstance(scribble, (str, Path)):
+            scribble = load_binary_image(scribble, "--scribble")
+        if isinstance(points, str):
+            points, point_labels = parse_points(points)
+        return prompt_mask(image, box=box, mask=mask, scribble=scribble, points=points, point_labels=point_labels,
+                           segmenter=self.segmenter)
+
     def embed_image(
         self,
         image: ImageInput,
@@ -376,21 +399,14 @@ class QueryEngine:
         """``([D] unit embedding, note)`` of an image prompt: the prompted region
         (:func:`cos3d.vision.prompts.prompt_mask`) embedded by :meth:`Embedder.embed_region`; the note says
         how an embedder that sees no pixels named it (module docstring: oracle-2D for ``labels``)."""
-        from cos3d.vision.prompts import prompt_mask
 
         path = None
         if isinstance(image, (str, Path)):
             path = Path(image)
             image = load_rgb_image(path)
         image = np.asarray(image)
-        if isinstance(mask, (str, Path)):
-            mask = load_binary_image(mask, "--mask")
-        if isinstance(scribble, (str, Path)):
-            scribble = load_binary_image(scribble, "--scribble")
-        if isinstance(points, str):
-            points, point_labels = parse_points(points)
-        region = prompt_mask(image, box=box, mask=mask, scribble=scribble, points=points, point_labels=point_labels,
-                             segmenter=self.segmenter)
+        region = self.prompt_region(image, box=box, mask=mask, scribble=scribble, points=points,
+                                    point_labels=point_labels)
         lvl = level or self.level
         part = lvl == self.part_level and lvl != self.level
         return self.embedder.embed_region(
@@ -462,19 +478,12 @@ class QueryEngine:
         prompted region (:func:`cos3d.vision.prompts.prompt_mask` on the frame's image) is lifted into 3D
         through the frame's blending weights and answered in instance space (:mod:`cos3d.query.lift`)."""
         from cos3d.query.lift import lift_region
-        from cos3d.vision.prompts import prompt_mask
 
         t0 = time.perf_counter()
         cam = self.camera(view)
         image = self.scene.frame(str(view)).load_image()
-        if isinstance(mask, (str, Path)):
-            mask = load_binary_image(mask, "--mask")
-        if isinstance(scribble, (str, Path)):
-            scribble = load_binary_image(scribble, "--scribble")
-        if isinstance(points, str):
-            points, point_labels = parse_points(points)
-        region = prompt_mask(image, box=box, mask=mask, scribble=scribble, points=points, point_labels=point_labels,
-                             segmenter=self.segmenter)
+        region = self.prompt_region(image, box=box, mask=mask, scribble=scribble, points=points,
+                                    point_labels=point_labels)
         lvl = level or self.level
         obj, ref, seed = lift_region(self, cam, region, lvl)
         return QueryResult(query=f"region of view {view}", kind="image", level=lvl, objects=[obj],
