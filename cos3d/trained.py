@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from cos3d.train import TrainConfig
     from cos3d.vision.base import Embedder
+    from cos3d.vision.prompts import PromptSegmenter
 
 __all__ = ["LevelField", "TrainedScene", "load"]
 
@@ -82,6 +83,10 @@ class TrainedScene:
         self._scene = None
         self._embedder = None
         self._engine = None
+        self.segmenter_choice: Any = "auto"
+        """The image-prompt segmenter asked for (:func:`load`'s ``segmenter``)."""
+        self.segmenter_models: dict[str, Any] = {}
+        """Overrides of the run's model settings for it (``sam2_model``, ``sam3_model``, ``sam2_checkpoint``...)."""
         self.query_state_loaded = False
         """Whether :attr:`engine` adopted the index and calibration saved in the run folder."""
 
@@ -158,10 +163,25 @@ class TrainedScene:
         if self._engine is None:
             from cos3d.query.engine import QueryEngine
 
-            self._engine = QueryEngine(self)
+            self._engine = QueryEngine(self, segmenter=self._segmenter_factory)
             saved = RunFolder(self.run_dir).read_query_state()
             self.query_state_loaded = saved is not None and self._engine.load_state_dict(saved)
         return self._engine
+
+    def _segmenter_factory(self) -> "tuple[PromptSegmenter | None, str]":
+        """The engine's image-prompt segmenter, built on its first box/points/scribble prompt (SAM loads
+        in seconds; text queries never pay for it)."""
+        choice = self.segmenter_choice
+        if choice is None:
+            return None, "no 2D segmenter (segmenter=None)"
+        if not isinstance(choice, str):
+            from cos3d.query.engine import describe_segmenter
+
+            return choice, describe_segmenter(choice)
+        models = self.config.models
+        if self.segmenter_models:
+            models = models.replace(**self.segmenter_models)
+        return models.query_segmenter(choice, device=str(self.device))
 
     def save_query_state(self) -> None:
         """Build (if needed) and save every level's refinement index and no-target calibration in the
@@ -174,6 +194,7 @@ class TrainedScene:
         text: str | None = None,
         *,
         image: ImageInput | None = None,
+        view: str | None = None,
         box: Sequence[float] | None = None,
         mask: BinaryInput | None = None,
         scribble: BinaryInput | None = None,
@@ -184,14 +205,26 @@ class TrainedScene:
         within_object: WithinObject | QueryResult | None = None,
         level: str | None = None,
         refine: str | None = None,
+        lift: bool | None = None,
+        combine: str = "sum",
+        parts: bool = True,
     ) -> QueryResult:
         """Answer one prompt with :attr:`engine` (:meth:`cos3d.query.engine.QueryEngine.query`).
 
         Args:
-            text: a text prompt (``"red mug"``); combines with ``image`` (normalised sum).
+            text: a text prompt (``"red mug"``); combines with an image prompt (``combine``). A sentence
+                such as "the handle of the red mug" or "the robot's head" is a part query (``parts``).
             image: a reference image (uint8 ``[H, W, 3]`` or a path), with one region prompt:
                 ``box`` ``[x0, y0, x1, y1]`` pixels, ``mask`` / ``scribble`` (bool ``[H, W]`` or a PNG), or
-                ``points`` ``[K, 2]`` (x, y) with optional ``point_labels`` (1 object, 0 background).
+                ``points`` ``[K, 2]`` (x, y) with optional ``point_labels`` (1 object, 0 background). The
+                region is the segmenter's mask (SAM, see :func:`load`) or the offline rule; the answer is its
+                crop embedding's, or, on a scene frame, the region lifted into 3D through the frame's
+                blending weights.
+            view: a scene frame as the reference image (the lift), instead of ``image``.
+            lift: None lifts scene frames; False embeds the region even there.
+            combine: text + image as ``"sum"`` (normalised sum of embeddings) or ``"and"`` (intersection of
+                the two answers).
+            parts: read part sentences as part queries (False: the sentence is one name).
             click: ``(view, x, y)``, ``"VIEW:x,y"`` or a ``Click``: the object under that pixel.
             within: a parent prompt (or an earlier answer) for a part query: ``query("head", within="robot")``.
             within_object: a parent object id (as printed), an ``Object3D`` or Gaussian ids.
@@ -202,8 +235,9 @@ class TrainedScene:
             Cos3dError: for a bad prompt (empty text, a box outside the image, an unknown view...).
         """
         return self.engine.query(
-            text, image=image, box=box, mask=mask, scribble=scribble, points=points, point_labels=point_labels,
-            click=click, within=within, within_object=within_object, level=level, refine=refine,
+            text, image=image, view=view, box=box, mask=mask, scribble=scribble, points=points,
+            point_labels=point_labels, click=click, within=within, within_object=within_object, level=level,
+            refine=refine, lift=lift, combine=combine, parts=parts,
         )
 
     def __repr__(self) -> str:
@@ -217,12 +251,19 @@ def _bad(run_dir: Path, why: str) -> Cos3dError:
     )
 
 
-def load(run: str | Path, *, device: str | torch.device = "auto") -> TrainedScene:
+def load(run: str | Path, *, device: str | torch.device = "auto", segmenter: "str | PromptSegmenter | None" = "auto",
+         models: dict[str, Any] | None = None) -> TrainedScene:
     """Load a run folder written by ``cos3d train`` (layout: :mod:`cos3d.run_folder`).
 
     Args:
         run: the run folder (``RUN/run.json``, ``RUN/gaussians.ply``, ``RUN/fields.pt``).
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` ...
+        segmenter: the image prompts' box/point → mask segmenter, built on the first such prompt:
+            ``"auto"`` (the run's SAM model when it was trained with one and its weights load; else none,
+            and answers say so), ``"none"``/None, ``"sam2"``, ``"sam2-hf"``, ``"sam3"`` (missing weights raise,
+            naming the flag), or a :class:`~cos3d.vision.prompts.PromptSegmenter`.
+        models: overrides of the run's model settings for the segmenter (:class:`~cos3d.vision.models.ModelsConfig`
+            fields, e.g. ``{"sam2_model": "path/to/sam2"}``).
 
     Raises:
         Cos3dError: naming the folder, when it is missing, unfinished or corrupt.
@@ -271,4 +312,16 @@ def load(run: str | Path, *, device: str | torch.device = "auto") -> TrainedScen
         feats[f"language_{lev}"] = f.language
     g.features = feats
     meta = {k: v for k, v in data.items() if k != "levels"}
-    return TrainedScene(run_dir, record.data, g, fields, dev, meta)
+    ts = TrainedScene(run_dir, record.data, g, fields, dev, meta)
+    ts.segmenter_choice = "none" if segmenter is None else segmenter
+    if models:
+        import dataclasses
+
+        from cos3d.vision.models import ModelsConfig
+
+        known = {f.name for f in dataclasses.fields(ModelsConfig)}
+        bad = sorted(set(models) - known)
+        if bad:
+            raise Cos3dError(f"models: unknown setting(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+        ts.segmenter_models = {k: v for k, v in models.items() if v is not None}
+    return ts

@@ -140,12 +140,15 @@ def test_image_prompt_from_one_view_finds_the_object_in_3d(engine):
     oid = max(cands, key=lambda i: int((inst == i).sum()))
     ys, xs = np.nonzero(inst == oid)
     box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
-    res = engine.query(image=fr.image_path, box=box)
+    res = engine.query(image=fr.image_path, box=box, lift=False)  # the oracle-2D name look-up
     assert res.kind == "image" and not res.no_target
     assert "oracle-2D" in res.reason
     assert _mean_iou(engine, res, [oid]) >= IMAGE_IOU_BAR
+    # a scene frame lifts by default (no look-up)
+    lifted = engine.query(image=fr.image_path, box=box)
+    assert "lifted through view" in lifted.reason and "oracle-2D" not in lifted.reason
     # text + image combine
-    both = engine.query(labels[oid][0], image=fr.image_path, box=box)
+    both = engine.query(labels[oid][0], image=fr.image_path, box=box, lift=False)
     assert both.kind == "text+image" and not both.no_target
 
 

@@ -4,9 +4,13 @@ Examples::
 
     cos3d query "red mug" --run runs/tabletop
     cos3d query "mugs" --run RUN --json --masks-out masks/ --views 16,17 --protocol occlusion
-    cos3d query --run RUN --image RUN_SCENE/color/16.png --box 40,30,80,70
+    cos3d query --run RUN --image RUN_SCENE/color/16.png --box 40,30,80,70      # a scene frame: lifted into 3D
+    cos3d query --run RUN --view 16 --box 40,30,80,70                           # the same
+    cos3d query --run RUN --image photo.jpg --box 40,30,80,70 --segmenter sam2-hf --sam2-model DIR
+    cos3d query "mug" --run RUN --view 16 --box 40,30,80,70 --combine and
     cos3d query --run RUN --click 16:82,57
-    cos3d query "head" --within "robot" --run RUN --ply-out head.ply
+    cos3d query "the robot's head" --run RUN --ply-out head.ply
+    cos3d query "head" --within "robot" --run RUN
 """
 
 from __future__ import annotations
@@ -33,7 +37,11 @@ class QueryConfig:
     run: Path | None = None
     """Run folder made by cos3d train (default: the most recently trained run under ./runs)."""
     image: Path | None = None
-    """Reference image (PNG/JPG) of an image prompt, with one of --box, --mask, --scribble, --points."""
+    """Reference image (PNG/JPG) of an image prompt, with one of --box, --mask, --scribble, --points. A scene
+    frame's own file is lifted into 3D through its blending weights (as --view); any other image is embedded."""
+    view: str | None = None
+    """A scene frame (its name) as the reference image: the prompted region is lifted into 3D through the
+    frame's blending weights (reads no ground truth)."""
     box: str | None = None
     """x0,y0,x1,y1 in reference-image pixels."""
     mask: Path | None = None
@@ -44,6 +52,23 @@ class QueryConfig:
     """"x,y;x,y" points on the object (x,y,0 = a background point)."""
     click: str | None = None
     """VIEW:x,y, a pixel in a scene frame: the object under it."""
+    combine: Literal["sum", "and"] = "sum"
+    """Text + image prompt: sum (normalised sum of the two embeddings) or and (the objects both answers hold)."""
+    segmenter: Literal["auto", "none", "sam2", "sam2-hf", "sam3"] = "auto"
+    """Box/points/scribble -> mask segmenter of image prompts: auto (the run's SAM model when it was trained with
+    one and its weights load; else the offline rule, and the answer says so), none, or a SAM model (its
+    weights: --sam2-model, --sam3-model, --sam2-checkpoint, or the run's settings)."""
+    sam2_model: str | None = None
+    """SAM2 through transformers for --segmenter sam2-hf: hub id or save_pretrained folder (default: the run's)."""
+    sam3_model: str | None = None
+    """SAM 3 tracker for --segmenter sam3: hub id or save_pretrained folder (default: the run's)."""
+    sam2_checkpoint: Path | None = None
+    """Official SAM2 .pt checkpoint for --segmenter sam2 (default: the run's)."""
+    lift: bool = True
+    """Lift an image prompt on a scene frame into 3D (--no-lift: embed its region instead; with the oracle-2D
+    labels embedder that names the dataset object under it, a ground-truth look-up)."""
+    parts: bool = True
+    """Read "the handle of the red mug" / "the robot's head" as a part query (--no-parts: one name)."""
     within: str | None = None
     """Parent prompt of a part query, e.g. "head" --within "robot"."""
     within_object: int | None = None
@@ -82,7 +107,7 @@ def _print_table(res: QueryResult) -> None:
     from rich.table import Table
 
     console = Console()
-    title = f"{res.query}  ({res.kind}, level {res.level})"
+    title = f"{res.query}  ({res.kind}, level {res.level}, {res.targets} target{'s' if res.targets == 'many' else ''})"
     if res.no_target:
         reason = res.reason.removeprefix("no target: ")
         console.print(f"[bold]{title}[/bold]\n[yellow]no target[/yellow]: {reason}")
@@ -176,8 +201,13 @@ def run(args: argparse.Namespace) -> int:
     box = parse_box(cfg.box) if cfg.box is not None else None
     click = parse_click(cfg.click) if cfg.click is not None else None
     views = parse_views(list(cfg.views)) if cfg.views is not None else None
-    if cfg.text is None and cfg.image is None and cfg.click is None:
-        raise Cos3dError('nothing to answer: give a text prompt ("red mug"), --image with a region, or --click')
+    if cfg.text is None and cfg.image is None and cfg.view is None and cfg.click is None:
+        raise Cos3dError('nothing to answer: give a text prompt ("red mug"), --image/--view with a region, or --click')
+    if cfg.image is not None and cfg.view is not None:
+        raise Cos3dError("give the reference image either as --image or as --view (a scene frame), not both")
+    if (cfg.image is not None or cfg.view is not None) and all(
+            v is None for v in (cfg.box, cfg.mask, cfg.scribble, cfg.points)):
+        raise Cos3dError("an image prompt needs a region: add --box x0,y0,x1,y1, --mask M.png, --scribble S.png or --points")
     if cfg.within_object is not None and cfg.within is not None:
         raise Cos3dError("give either --within or --within-object, not both")
     check_outputs(cfg)
@@ -185,14 +215,19 @@ def run(args: argparse.Namespace) -> int:
 
     import cos3d
 
-    trained = cos3d.load(run_dir)
+    segmenter = cfg.segmenter
+    if segmenter == "auto":  # a model named on the command line is the one wanted
+        segmenter = "sam2-hf" if cfg.sam2_model else "sam3" if cfg.sam3_model else "sam2" if cfg.sam2_checkpoint else "auto"
+    overrides = {"sam2_model": cfg.sam2_model, "sam3_model": cfg.sam3_model, "sam2_checkpoint": cfg.sam2_checkpoint}
+    trained = cos3d.load(run_dir, segmenter=segmenter, models=overrides)
     engine = trained.engine
     if views:
         for v in views:
             engine.camera(v)  # unknown view → error before any work
     res = engine.query(
-        cfg.text, image=cfg.image, box=box, mask=cfg.mask, scribble=cfg.scribble, points=cfg.points,
+        cfg.text, image=cfg.image, view=cfg.view, box=box, mask=cfg.mask, scribble=cfg.scribble, points=cfg.points,
         click=click, within=cfg.within, within_object=cfg.within_object, level=cfg.level, refine=cfg.refine,
+        lift=None if cfg.lift else False, combine=cfg.combine, parts=cfg.parts,
     )
     if not trained.query_state_loaded:  # first use (a run trained before the state was saved): keep it
         try:

@@ -392,7 +392,7 @@ def evaluate_image_prompts(engine: "QueryEngine", *, protocol: str = "occlusion"
         paths["lift"] = (res.selected, (time.perf_counter() - t) * 1e3)
         if lookup and getattr(engine.embedder, "name", "") == "labels":
             t = time.perf_counter()
-            res = engine.query(image=f.image_path, box=p["box"])
+            res = engine.query(image=f.image_path, box=p["box"], lift=False)  # a scene frame lifts by default
             paths["lookup"] = (res.selected if not res.no_target else None, (time.perf_counter() - t) * 1e3)
         for path, (sel, ms) in paths.items():
             ious = {}

@@ -46,7 +46,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -74,6 +74,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from cos3d.vision.prompts import PromptSegmenter
 
 REFINERS = ("fast", "reference")
+COMBINE_MODES = ("sum", "and")
+"""Text + image: ``sum`` of the two embeddings (normalised), or ``and``: the intersection of the two answers."""
+SEPARATE_SHARE = 0.9
+"""A part answer separates the part when it holds less than this share of its parent's Gaussians."""
+NO_SEGMENTER = "no 2D segmenter configured: give one with --segmenter (QueryEngine(segmenter=...))"
 
 ImageInput = np.ndarray | str | Path
 """A reference image: uint8 ``[H, W, 3]`` or a PNG/JPG path."""
@@ -85,6 +90,19 @@ ClickInput = Click | str | tuple[str | Camera, float, float]
 """``Click``, ``"VIEW:x,y"`` or ``(view, x, y)`` (view: a frame name or a :class:`Camera`)."""
 WithinObject = int | Object3D | Tensor
 """A parent object: an object id (a Gaussian id, as printed), an :class:`Object3D`, or Gaussian ids."""
+SegmenterFactory = Callable[[], "tuple[PromptSegmenter | None, str]"]
+"""Builds the image-prompt segmenter on first use → ``(segmenter or None, what it is / why there is none)``."""
+
+
+def describe_segmenter(segmenter: object) -> str:
+    """A segmenter's name for notes: its ``model_id`` when it has one, else its class name."""
+    return str(getattr(segmenter, "model_id", None) or type(segmenter).__name__)
+
+
+def _prompt_kind(box: object, mask: object, scribble: object, points: object) -> str:
+    """``box``, ``box+points``, ``mask``, ``scribble``, ``points``, ``scribble+points`` ..."""
+    given = [k for k, v in (("box", box), ("mask", mask), ("scribble", scribble), ("points", points)) if v is not None]
+    return "+".join(given) or "region"
 
 
 class QuerySource(Protocol):
@@ -155,6 +173,14 @@ class QueryResult:
     def num_gaussians(self) -> int:
         return int(self.selected.numel())
 
+    @property
+    def targets(self) -> str:
+        """``"none"``, ``"one"`` or ``"many"``: how many targets the answer holds (OmniRIS's no-target /
+        single-target / multi-target answers)."""
+        if self.no_target or not self.objects:
+            return "none"
+        return "one" if len(self.objects) == 1 else "many"
+
     def mask(self, camera: Camera | str, protocol: str = "occlusion") -> np.ndarray:
         """bool ``[H, W]`` mask of the selection in ``camera`` (a :class:`Camera` or a frame name).
 
@@ -172,6 +198,7 @@ class QueryResult:
             "kind": self.kind,
             "level": self.level,
             "no_target": bool(self.no_target),
+            "targets": self.targets,
             "reason": self.reason,
             "score": None if self.score is None else float(self.score),
             "threshold": None if self.threshold is None else float(self.threshold),
@@ -219,10 +246,17 @@ class QueryEngine:
 
     def __init__(
         self, source: QuerySource, *, level: str = "l", part_level: str | None = None, refine: str = "fast",
-        segmenter: "PromptSegmenter | None" = None,
+        segmenter: "PromptSegmenter | SegmenterFactory | None" = None,
     ) -> None:
-        self.segmenter = segmenter
-        """Box/point → mask segmenter of image prompts (SAM2 / SAM 3 tracker); None: the offline rules."""
+        self._segmenter: PromptSegmenter | None = None
+        self._segmenter_factory: SegmenterFactory | None = None
+        self.segmenter_note = NO_SEGMENTER
+        """What :attr:`segmenter` is, or why there is none (quoted in image-prompt answers)."""
+        if segmenter is not None and not hasattr(segmenter, "segment") and callable(segmenter):
+            self._segmenter_factory = segmenter
+        else:
+            self.segmenter = segmenter
+        self._frame_paths: dict[Path, str] | None = None
         self.scene: Scene = source.scene
         self.gaussians: Gaussians = source.gaussians
         self.embedder: Embedder = source.embedder
@@ -255,6 +289,41 @@ class QueryEngine:
         self.masks = MaskRenderer(self.gaussians)
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def segmenter(self) -> "PromptSegmenter | None":
+        """Box/point → mask segmenter of image prompts (SAM2 / SAM 3 tracker); None: the offline rules of
+        :func:`cos3d.vision.prompts.prompt_mask`. A factory given to the constructor runs on first use."""
+        if self._segmenter_factory is not None:
+            factory, self._segmenter_factory = self._segmenter_factory, None
+            self._segmenter, self.segmenter_note = factory()
+        return self._segmenter
+
+    @segmenter.setter
+    def segmenter(self, segmenter: "PromptSegmenter | None") -> None:
+        self._segmenter_factory = None
+        self._segmenter = segmenter
+        self.segmenter_note = NO_SEGMENTER if segmenter is None else describe_segmenter(segmenter)
+
+    def frame_of(self, image: ImageInput) -> str | None:
+        """The name of the scene frame whose colour image file ``image`` is (None for any other image)."""
+        if not isinstance(image, (str, Path)):
+            return None
+        if self._frame_paths is None:
+            self._frame_paths = {Path(f.image_path).resolve(): f.name for f in self.scene.frames}
+        return self._frame_paths.get(Path(image).resolve())
+
+    def region_note(self, *, box: object = None, mask: object = None, scribble: object = None,
+                    points: object = None, point_labels: object = None) -> str:
+        """How an image prompt's region was made: the given mask, the segmenter's mask, or the offline rule."""
+        if mask is not None:
+            return "region: the given mask"
+        how = _prompt_kind(box, mask, scribble, points)
+        seg = self.segmenter
+        if seg is not None:
+            return f"region: {self.segmenter_note} mask from the {how}"
+        rule = "the box itself" if how == "box" else f"superpixels around the {how}"
+        return f"region: {rule} (offline rule; {self.segmenter_note})"
+
     @staticmethod
     def _check_refine(refine: str) -> str:
         if refine not in REFINERS:
@@ -474,22 +543,59 @@ class QueryEngine:
     def lift(self, view: str, *, box: Sequence[float] | None = None, mask: BinaryInput | None = None,
              scribble: BinaryInput | None = None, points: PointsInput | None = None,
              point_labels: np.ndarray | Sequence[int] | None = None, level: str | None = None) -> QueryResult:
-        """An image prompt on one of the scene's frames, answered with no 2D model and no ground truth: the
-        prompted region (:func:`cos3d.vision.prompts.prompt_mask` on the frame's image) is lifted into 3D
-        through the frame's blending weights and answered in instance space (:mod:`cos3d.query.lift`)."""
-        from cos3d.query.lift import lift_region
+        """An image prompt on one of the scene's frames, answered with no ground truth: the prompted region
+        (the segmenter's mask, or :func:`cos3d.vision.prompts.prompt_mask`'s offline rule) is lifted into 3D
+        through the frame's blending weights and answered in instance space (:mod:`cos3d.query.lift`).
+        The same as ``query(view=view, box=...)``."""
+        return self.query(view=view, box=box, mask=mask, scribble=scribble, points=points,
+                          point_labels=point_labels, level=level)
 
+    def part_query(self, part: str, parent: str | QueryResult, *, sentence: str | None = None,
+                   refine: str | None = None) -> QueryResult:
+        """``part`` of ``parent`` (a prompt or an earlier answer) on the finest level that separates it.
+
+        The parent is answered on the object level; then the part, restricted to the parent's Gaussians, on
+        each finer level, finest first (``s``, then ``m``); the first answer holding less than
+        :data:`SEPARATE_SHARE` of the parent's Gaussians is returned. When every level finds nothing inside
+        the parent, the answer is empty (no target). When a level finds the part but it covers the whole
+        parent (nothing separates it) and ``sentence`` is given ("bottle of ketchup"), the sentence is
+        answered as one name instead."""
         t0 = time.perf_counter()
-        cam = self.camera(view)
-        image = self.scene.frame(str(view)).load_image()
-        region = self.prompt_region(image, box=box, mask=mask, scribble=scribble, points=points,
-                                    point_labels=point_labels)
-        lvl = level or self.level
-        obj, ref, seed = lift_region(self, cam, region, lvl)
-        return QueryResult(query=f"region of view {view}", kind="image", level=lvl, objects=[obj],
-                           selected=obj.gaussians, no_target=False,
-                           reason=f"region lifted through view {view}'s blending weights; seed Gaussian {seed}",
-                           timings={"total": (time.perf_counter() - t0) * 1e3}, refine=ref, engine=self)
+        par = parent if isinstance(parent, QueryResult) else self.query(parent, parts=False, refine=refine)
+        pname = par.query
+        if par.no_target or par.num_gaussians == 0:
+            if sentence is not None:
+                res = self.query(sentence, parts=False, refine=refine)
+                res.reason = f"{res.reason}; read as one name (the parent {pname!r} was not found)"
+                return res
+            return self._empty(f"{part} within {pname}", "part:text", self.part_level,
+                               f"no target: the parent {pname!r} was not found ({par.reason})", t0, {})
+        order = [lv for lv in ("s", "m", "l") if lv in self._levels and lv != self.level]
+        if not order:
+            order = [self.part_level]
+        tried = []
+        covering = None
+        for lv in order:
+            res = self.query(part, within=par, level=lv, refine=refine)
+            share = res.num_gaussians / max(1, par.num_gaussians)
+            tried.append(f"{lv}: {'nothing' if res.no_target else f'{share:.0%} of the parent'}")
+            if res.no_target:
+                continue
+            if share < SEPARATE_SHARE:
+                res.reason = f"{res.reason}; level {lv}, the finest that separates {part!r} within {pname!r}"
+                res.timings["total"] = (time.perf_counter() - t0) * 1e3
+                return res
+            covering = covering or res
+        if covering is not None and sentence is not None:
+            res = self.query(sentence, parts=False, refine=refine)
+            res.reason = (f"{res.reason}; read as one name: no level separates {part!r} from {pname!r} "
+                          f"({', '.join(tried)})")
+            return res
+        if covering is not None:
+            covering.reason = f"{covering.reason}; no level separates {part!r} from {pname!r} ({', '.join(tried)})"
+            return covering
+        return self._empty(f"{part} within {pname}", "part:text", order[0],
+                           f"no target: no level finds {part!r} inside {pname!r} ({', '.join(tried)})", t0, {})
 
     def _empty(self, query: str, kind: str, level: str, reason: str, t0: float,
                timings: dict[str, float]) -> QueryResult:
@@ -537,6 +643,7 @@ class QueryEngine:
         text: str | None = None,
         *,
         image: ImageInput | None = None,
+        view: str | None = None,
         box: Sequence[float] | None = None,
         mask: BinaryInput | None = None,
         scribble: BinaryInput | None = None,
@@ -547,20 +654,52 @@ class QueryEngine:
         within_object: WithinObject | QueryResult | None = None,
         level: str | None = None,
         refine: str | None = None,
+        lift: bool | None = None,
+        combine: str = "sum",
+        parts: bool = True,
     ) -> QueryResult:
-        """Answer one prompt (see the module docstring). Raises :class:`Cos3dError` for bad prompts."""
+        """Answer one prompt (see the module docstring). Raises :class:`Cos3dError` for bad prompts.
+
+        ``view``: a scene frame whose image is the reference image. ``lift``: None (default) lifts the
+        region of a reference image that is a scene frame (``view=``, or ``image=`` that frame's file) into
+        3D through the frame's blending weights; False embeds the region instead (with the oracle-2D
+        ``labels`` embedder that names the dataset object under it: a ground-truth look-up). ``combine``:
+        text + image as ``"sum"`` (normalised sum of the two embeddings) or ``"and"`` (the text answer's
+        Gaussians that the image answer holds too). ``parts``: read a text such as "the handle of the red
+        mug" / "the robot's head" as a part query (:func:`cos3d.query.prompts.parse_part_sentence`)."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         if text is not None and (not isinstance(text, str) or not text.strip()):
             raise Cos3dError("empty text prompt: give a phrase such as \"red mug\"")
-        image_given = image is not None
+        if combine not in COMBINE_MODES:
+            raise Cos3dError(f"unknown --combine {combine!r}; choose one of {', '.join(COMBINE_MODES)}")
+        if view is not None and image is not None:
+            raise Cos3dError("give the reference image either as --image or as --view (a scene frame), not both")
+        frame = None
+        if view is not None:
+            self.camera(str(view))  # unknown view → one-line error
+            frame = str(view)
+            if lift is False:
+                image, frame = self.scene.frame(frame).image_path, None
+        elif image is not None and lift is not False:
+            frame = self.frame_of(image)
+        image_given = image is not None or frame is not None
         if not image_given and any(v is not None for v in (box, mask, scribble, points)):
-            raise Cos3dError("--box/--mask/--scribble/--points prompt a reference image: also pass --image")
+            raise Cos3dError("--box/--mask/--scribble/--points prompt a reference image: also pass --image (or --view)")
         if click is not None and (text is not None or image_given):
             raise Cos3dError("a click is a prompt on its own; do not combine it with text or an image")
         if text is None and not image_given and click is None:
             raise Cos3dError("nothing to query: give a text prompt, an --image prompt or a --click")
         hier = within is not None or within_object is not None
+        if parts and text is not None and not hier and not image_given and level is None:
+            from cos3d.query.prompts import parse_part_sentence
+
+            split = parse_part_sentence(text)
+            if split is not None:
+                return self.part_query(split[0], split[1], sentence=text, refine=refine)
+        if (text is not None and isinstance(within, str) and within_object is None and not image_given
+                and level is None):
+            return self.part_query(text.strip(), within, refine=refine)
         lvl = level or (self.part_level if hier else self.level)
         self._lv(lvl)
 
@@ -573,39 +712,100 @@ class QueryEngine:
         if click is not None:
             return self._click(click, lvl, subset, parent_desc, t0, timings)
 
-        # ---- the prompt embedding
-        ts = time.perf_counter()
-        parts, notes = [], []
+        desc = text.strip() if text is not None else ""
         kind = "text"
-        desc = ""
-        if text is not None:
-            parts.append(self.embed_text([text])[0])
-            desc = text.strip()
         if image_given:
-            emb, note = self.embed_image(image, box=box, mask=mask, scribble=scribble, points=points,
-                                         point_labels=point_labels, level=lvl)
-            parts.append(emb)
-            notes.append(note)
             kind = "text+image" if text is not None else "image"
-            src = Path(image).name if isinstance(image, (str, Path)) else "array"
-            how = "box" if box is not None else "mask" if mask is not None else "scribble" if scribble is not None else "points"
-            desc = (desc + " + " if desc else "") + f"image:{src}[{how}]"
-        if len(parts) > 1:
-            from cos3d.vision.prompts import combine_embeddings
-
-            p = combine_embeddings(parts)
-        else:
-            p = parts[0]
-        timings["embed"] = (time.perf_counter() - ts) * 1e3
+            src = f"view {frame}" if frame is not None else (
+                Path(image).name if isinstance(image, (str, Path)) else "array")
+            how = _prompt_kind(box, mask, scribble, points)
+            desc = (desc + (" & " if combine == "and" else " + ") if desc else "") + f"image:{src}[{how}]"
         if hier:
             desc = f"{desc} within {parent_desc}"
             kind = "part:" + kind
-        if subset is None and hier:
-            return self._empty(desc, kind, lvl, parent_desc, t0, timings)
+            if subset is None:
+                return self._empty(desc, kind, lvl, parent_desc, t0, timings)
+        region_kw = dict(box=box, mask=mask, scribble=scribble, points=points, point_labels=point_labels)
+
+        # ---- an image prompt on a posed scene frame: the region lifted into 3D
+        if frame is not None:
+            from cos3d.query.lift import region_prompt
+
+            ts = time.perf_counter()
+            cam = self.camera(frame)
+            region = self.prompt_region(self.scene.frame(frame).load_image(), **region_kw)
+            seed, lifted, votes = region_prompt(self, cam, region, lvl, subset)
+            timings["lift"] = (time.perf_counter() - ts) * 1e3
+            note = f"{self.region_note(**region_kw)}, lifted through view {frame}'s blending weights"
+            if text is None or combine == "and":
+                ts = time.perf_counter()
+                obj, ref = self.grow(seed, lvl, subset=subset, prompt=lifted, votes=votes)
+                timings["refine"] = (time.perf_counter() - ts) * 1e3
+                timings["total"] = (time.perf_counter() - t0) * 1e3
+                img = QueryResult(query=desc, kind=kind, level=lvl, objects=[obj], selected=obj.gaussians,
+                                  no_target=False, reason=f"{note}; seed Gaussian {seed}", timings=timings,
+                                  refine=ref, engine=self)
+                if text is None:
+                    return img
+                return self._intersect(text, img, desc, kind, lvl, subset, refine, t0)
+            ts = time.perf_counter()
+            from cos3d.vision.prompts import combine_embeddings
+
+            p = combine_embeddings([self.embed_text([text])[0], torch.nn.functional.normalize(lifted.float(), dim=0)])
+            timings["embed"] = (time.perf_counter() - ts) * 1e3
+            res = self._answer(p[None], [desc], kind, lvl, subset, refine, t0, timings)[0]
+            res.reason = f"{res.reason}; text + the region's rendered language feature ({note})"
+            return res
+
+        # ---- the prompt embedding
+        ts = time.perf_counter()
+        embs, notes = [], []
+        if text is not None:
+            embs.append(self.embed_text([text])[0])
+        if image_given:
+            emb, note = self.embed_image(image, level=lvl, **region_kw)
+            embs.append(emb)
+            notes.append("; ".join(x for x in (self.region_note(**region_kw), note) if x))
+        if image_given and text is not None and combine == "and":
+            timings["embed"] = (time.perf_counter() - ts) * 1e3
+            img = self._answer(embs[1][None], [desc], kind, lvl, subset, refine, t0, dict(timings))[0]
+            img.reason = f"{img.reason}; {notes[0]}"
+            return self._intersect(text, img, desc, kind, lvl, subset, refine, t0)
+        if len(embs) > 1:
+            from cos3d.vision.prompts import combine_embeddings
+
+            p = combine_embeddings(embs)
+        else:
+            p = embs[0]
+        timings["embed"] = (time.perf_counter() - ts) * 1e3
         res = self._answer(p[None], [desc], kind, lvl, subset, refine, t0, timings)[0]
         if notes and notes[0]:
             res.reason = f"{res.reason}; {notes[0]}"
         return res
+
+    def _intersect(self, text: str, img: QueryResult, desc: str, kind: str, lvl: str, subset: Tensor | None,
+                   refine: str | None, t0: float) -> QueryResult:
+        """``--combine and``: the text answer's objects cut to the Gaussians the image answer holds."""
+        txt = self._answer(self.embed_text([text]), [text.strip()], "text", lvl, subset, refine, t0, {})[0]
+        timings = {"total": (time.perf_counter() - t0) * 1e3}
+        both = f"text: {txt.reason}; image: {img.reason}"
+        if txt.no_target or img.no_target:
+            which = "the text" if txt.no_target else "the image"
+            return self._empty(desc, kind, lvl, f"no target: {which} prompt found nothing ({both})", t0, timings)
+        R = self.relevancy(self.embed_text([text]), lvl)[0]
+        objs = []
+        for o in txt.objects:
+            ids = o.gaussians[torch.isin(o.gaussians, img.selected)]
+            if ids.numel():
+                objs.append(make_object(ids, self.means, self.opacity, R))
+        if not objs:
+            return self._empty(desc, kind, lvl, f"no target: the text and image answers share no Gaussian ({both})",
+                               t0, timings)
+        objs.sort(key=lambda o: -o.score)
+        sel = torch.sort(torch.cat([o.gaussians for o in objs])).values
+        return QueryResult(query=desc, kind=kind, level=lvl, objects=objs, selected=sel, no_target=False,
+                           reason=f"{len(objs)} object{'s' if len(objs) != 1 else ''} in both answers ({both})",
+                           timings=timings, score=txt.score, threshold=txt.threshold, refine=txt.refine, engine=self)
 
     def query_many(self, texts: Sequence[str], *, level: str | None = None, refine: str | None = None,
                    within: str | QueryResult | None = None) -> list[QueryResult]:

@@ -60,9 +60,10 @@ def region_weights(engine: "QueryEngine", camera: "Camera", region: np.ndarray) 
     return ids, w_in[ids], w_all[ids]
 
 
-def lift_region(engine: "QueryEngine", camera: "Camera", region: np.ndarray, level: str | None = None,
-                subset: "Tensor | None" = None) -> tuple["Object3D", "RefineResult", int]:
-    """The object prompted by ``region`` of a posed view (module docstring) → (object, refinement, seed)."""
+def region_prompt(engine: "QueryEngine", camera: "Camera", region: np.ndarray, level: str | None = None,
+                  subset: "Tensor | None" = None) -> tuple[int, "Tensor", tuple["Tensor", "Tensor"]]:
+    """Steps 1-2 of the module docstring: ``(seed Gaussian, prompt [D] (the region's rendered language
+    feature over the seed's neighbourhood, not normalised), (candidate ids [K], w_in [K]))``."""
     from cos3d.query.refine import thresholds
 
     lvl = level or engine.level
@@ -86,5 +87,13 @@ def lift_region(engine: "QueryEngine", camera: "Camera", region: np.ndarray, lev
     seed = int(ids[best])
     members = B[best]
     prompt = (w_in[members, None] * lv.language[ids[members]].float()).sum(0)
-    obj, ref = engine.grow(seed, lvl, subset=subset, prompt=prompt, votes=(ids, w_in))
+    return seed, prompt, (ids, w_in)
+
+
+def lift_region(engine: "QueryEngine", camera: "Camera", region: np.ndarray, level: str | None = None,
+                subset: "Tensor | None" = None) -> tuple["Object3D", "RefineResult", int]:
+    """The object prompted by ``region`` of a posed view (module docstring) → (object, refinement, seed)."""
+    lvl = level or engine.level
+    seed, prompt, votes = region_prompt(engine, camera, region, lvl, subset)
+    obj, ref = engine.grow(seed, lvl, subset=subset, prompt=prompt, votes=votes)
     return obj, ref, seed

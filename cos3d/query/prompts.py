@@ -4,13 +4,16 @@
 - ``--points "x,y;x,y"`` → ``[K, 2]`` (a third value per point, ``x,y,0``, marks a negative point);
 - ``--click VIEW:x,y`` → ``(view, x, y)``;
 - ``--mask m.png`` / ``--scribble s.png`` → bool ``[H, W]`` (non-zero pixels, any channel);
-- ``--views v1,v2`` → frame names.
+- ``--views v1,v2`` → frame names;
+- a part sentence ("the handle of the red mug", "the robot's head") → ``(part, parent)``
+  (:func:`parse_part_sentence`).
 
 Every malformed value raises :class:`~cos3d.errors.Cos3dError` naming the flag and the expected form.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,3 +125,26 @@ def load_rgb_image(path: str | Path, flag: str = "--image") -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except Exception as e:
         raise Cos3dError(f"{flag} {p}: cannot read image ({e})") from None
+
+
+_ARTICLE = r"(?:(?:the|a|an|this|that)\s+)?"
+_PART_OF = re.compile(rf"^\s*{_ARTICLE}(?P<part>[\w][\w\s-]*?)\s+of\s+{_ARTICLE}(?P<whole>[\w][\w\s'-]*?)\s*$", re.I)
+_POSSESSIVE = re.compile(rf"^\s*{_ARTICLE}(?P<whole>[\w][\w\s-]*?)(?:'s|’s|s'|’)\s+(?P<part>[\w][\w\s-]*?)\s*$", re.I)
+
+
+def parse_part_sentence(text: str) -> tuple[str, str] | None:
+    """``(part, parent)`` of a part query written as one sentence, else None.
+
+    Forms: "the handle of the red mug" (``PART of PARENT``) and "the robot's
+    head" / "the robots' heads" (``PARENT's PART``); articles are dropped. Whether the sentence really
+    names a part ("bottle of ketchup" parses too) is decided by the query engine
+    (:meth:`cos3d.query.engine.QueryEngine.part_query`: no level separates a part → one name)."""
+    if not isinstance(text, str):
+        return None
+    for rx in (_POSSESSIVE, _PART_OF):
+        m = rx.match(text)
+        if m:
+            part, whole = m.group("part").strip(), m.group("whole").strip()
+            if part and whole:
+                return part, whole
+    return None

@@ -25,6 +25,9 @@ __all__ = ["ModelsConfig", "mask_cache_dir"]
 
 MaskProviderName = Literal["dataset", "sam2", "sam2-hf", "sam3", "classical"]
 EmbedderName = Literal["labels", "openclip", "siglip"]
+SegmenterChoice = Literal["auto", "none", "sam2", "sam2-hf", "sam3"]
+SEGMENTER_CHOICES: tuple[str, ...] = ("auto", "none", "sam2", "sam2-hf", "sam3")
+"""Image-prompt segmenters a query can ask for (:meth:`ModelsConfig.query_segmenter`)."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,33 @@ class ModelsConfig:
                 self.masks, model=self.sam2_model if self.masks == "sam2-hf" else self.sam3_model, device=device
             )
         return None
+
+    def query_segmenter(self, choice: str = "auto", device: str = "auto") -> "tuple[PromptSegmenter | None, str]":
+        """``(segmenter or None, note)``: the image-prompt segmenter a query uses, and what it is or why
+        there is none.
+
+        ``choice``: ``auto`` — the SAM model these settings train with (sam2, sam2-hf, sam3) when its weights
+        load, else None with the reason (missing weights, or an offline mask provider: oracle-2D);
+        ``none`` — no segmenter (the offline rules); ``sam2`` / ``sam2-hf`` / ``sam3`` — that model, whose
+        missing weights raise :class:`~cos3d.errors.MissingWeightsError` naming its flag."""
+        from cos3d.errors import Cos3dError, MissingWeightsError
+        from cos3d.query.engine import describe_segmenter
+
+        if choice not in SEGMENTER_CHOICES:
+            raise ConfigError("segmenter", f"must be one of {', '.join(SEGMENTER_CHOICES)}, got {choice!r}")
+        if choice == "none":
+            return None, "no 2D segmenter (--segmenter none)"
+        if choice != "auto":
+            seg = self.replace(masks=choice).create_prompt_segmenter(device=device)
+            return seg, describe_segmenter(seg)
+        if self.masks not in ("sam2", "sam2-hf", "sam3"):
+            return None, (f"no 2D segmenter: the run's masks are {self.masks!r} (offline); for SAM masks give "
+                          "--segmenter sam2-hf --sam2-model DIR (or sam3 / sam2)")
+        try:
+            seg = self.create_prompt_segmenter(device=device)
+        except (MissingWeightsError, Cos3dError) as e:
+            return None, f"no 2D segmenter: the run's {self.masks} weights did not load ({e})"
+        return seg, describe_segmenter(seg)
 
     def create_embedder(self, device: str = "auto") -> Embedder:
         """The embedder these settings describe (the small sentence encoder of ``labels`` always runs on

@@ -2,7 +2,8 @@
 
 - :func:`write_synthetic_scene`: a tiny scene of flat-coloured shapes with instance and part maps,
   written in the ScanNet layout and returned as a :class:`~cos3d.scene.Scene`;
-- :func:`write_random_sam2_checkpoint`, :func:`write_tiny_openclip`, :func:`write_random_siglip`:
+- :func:`write_random_sam2_checkpoint`, :func:`write_tiny_openclip`, :func:`write_random_siglip`,
+  :func:`write_tiny_sam2_hf`, :func:`write_tiny_sam3_tracker`, :func:`write_tiny_sam3`:
   randomly initialised models saved where the real loaders (``--sam2-checkpoint``,
   ``--clip-model/--clip-checkpoint``, ``--siglip-model``) read them, so the real code paths run offline.
   Their outputs are meaningless; only shapes, dtypes and plumbing can be checked with them.
@@ -184,5 +185,98 @@ def write_random_siglip(folder: str | Path, seed: int = 0) -> Path:
     model = SiglipModel(cfg)
     proc = SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 64, "width": 64}), tokenizer=tok)
     model.save_pretrained(folder)
+    proc.save_pretrained(folder)
+    return folder
+
+
+def _sam3_vision(size: int) -> dict:
+    """A tiny SAM 3 ViT + FPN (patch 14): feature maps at 4x, 2x and 1x the patch grid."""
+    g = size // 14
+    return dict(
+        backbone_config=dict(
+            model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, image_size=size, patch_size=14, window_size=2, global_attn_indexes=[1],
+            pretrain_image_size=size,
+        ),
+        fpn_hidden_size=32,
+        backbone_feature_sizes=[[4 * g, 4 * g], [2 * g, 2 * g], [g, g]],
+    )
+
+
+def write_tiny_sam2_hf(folder, size: int = 64, seed: int = 0):
+    """A tiny random ``Sam2Model`` + ``Sam2Processor`` written with ``save_pretrained``."""
+    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
+
+    import torch
+
+    torch.manual_seed(seed)
+    cfg = Sam2Config(
+        vision_config=dict(
+            backbone_config=dict(
+                model_type="sam2_hiera_det_model", hidden_size=8, num_attention_heads=1, image_size=[size, size],
+                blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64],
+                num_attention_heads_per_stage=[1, 1, 1, 1], window_size_per_stage=[4, 4, 4, 4],
+                global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2],
+            ),
+            backbone_channel_list=[64, 32, 16, 8],
+            backbone_feature_sizes=[[size // 4] * 2, [size // 8] * 2, [size // 16] * 2],
+            fpn_hidden_size=32,
+        ),
+        prompt_encoder_config=dict(hidden_size=32, image_size=size, patch_size=16),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+    )
+    Sam2Model(cfg).save_pretrained(folder)
+    Sam2Processor(image_processor=Sam2ImageProcessor(size={"height": size, "width": size})).save_pretrained(folder)
+    return folder
+
+
+def write_tiny_sam3_tracker(folder, size: int = 56, seed: int = 0):
+    """A tiny random ``Sam3TrackerModel`` + ``Sam3TrackerProcessor`` (SAM2's interface on SAM 3's ViT)."""
+    from transformers import Sam3TrackerConfig, Sam3TrackerModel, Sam3TrackerProcessor, Sam2ImageProcessor
+
+    import torch
+
+    torch.manual_seed(seed)
+    cfg = Sam3TrackerConfig(
+        vision_config=dict(model_type="sam3_vision_model", **_sam3_vision(size)),
+        prompt_encoder_config=dict(hidden_size=32, image_size=size, patch_size=14),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+    )
+    Sam3TrackerModel(cfg).save_pretrained(folder)
+    Sam3TrackerProcessor(image_processor=Sam2ImageProcessor(size={"height": size, "width": size})).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def write_tiny_sam3(folder, size: int = 56, seed: int = 0):
+    """A tiny random ``Sam3Model`` + ``Sam3Processor``; the tokenizer is borrowed from the bundled MiniLM
+    model (SAM 3's CLIP tokenizer needs a download)."""
+    from transformers import AutoTokenizer, Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    from cos3d.vision.labels_embedder import default_labels_model_dir
+
+    tok = AutoTokenizer.from_pretrained(str(default_labels_model_dir()))
+    import torch
+
+    torch.manual_seed(seed)
+    cfg = Sam3Config(
+        vision_config=_sam3_vision(size),
+        text_config=dict(
+            model_type="clip_text_model", vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
+            projection_dim=32, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32,
+            pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+        ),
+        geometry_encoder_config=dict(
+            hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64, roi_size=2
+        ),
+        detr_encoder_config=dict(hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64),
+        detr_decoder_config=dict(
+            hidden_size=32, num_layers=1, num_queries=8, num_attention_heads=2, intermediate_size=64
+        ),
+        mask_decoder_config=dict(hidden_size=32, num_upsampling_stages=2, num_attention_heads=2),
+    )
+    Sam3Model(cfg).save_pretrained(folder)
+    proc = Sam3Processor(image_processor=Sam3ImageProcessor(size={"height": size, "width": size}), tokenizer=tok)
     proc.save_pretrained(folder)
     return folder
