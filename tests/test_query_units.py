@@ -11,7 +11,7 @@ from cos3d.query.notarget import choose_threshold, filter_vocabulary, top_k_scor
 from cos3d.query.objects import oriented_box, split_objects
 from cos3d.query.prompts import parse_box, parse_click, parse_points, parse_views
 from cos3d.query.refine import InstanceIndex, refine_fast, refine_reference, thresholds
-from cos3d.query.relevancy import PromptCache, normalize_relevancy, raw_relevancy
+from cos3d.query.relevancy import PromptCache, negative_max, normalize_relevancy, raw_relevancy
 
 
 def _unit(x):
@@ -37,16 +37,28 @@ def test_raw_relevancy_matches_pairwise_softmax_min():
     L = _unit(torch.randn(50, 12, generator=g)).half()
     P = _unit(torch.randn(3, 12, generator=g))
     Nk = _unit(torch.randn(4, 12, generator=g))
-    R = raw_relevancy(L, P, Nk)
     Lf = L.float()
+    expect = []
     for t in range(3):
         pos = Lf @ P[t]
         per_neg = [torch.softmax(10 * torch.stack([pos, Lf @ Nk[k]], 1), 1)[:, 0] for k in range(4)]
-        expect = torch.stack(per_neg, 1).min(1).values
-        torch.testing.assert_close(R[t], expect, atol=1e-5, rtol=0)
+        expect.append(torch.stack(per_neg, 1).min(1).values)
+    expect = torch.stack(expect)
+    # float32 field: exact
+    torch.testing.assert_close(raw_relevancy(Lf, P, Nk), expect, atol=1e-5, rtol=0)
+    # fp16 field: a few prompts are multiplied in half precision (the prompt rounded to fp16; cosines
+    # within ~1e-3, i.e. within 10·1e-3/4 after the sigmoid), many prompts through float32 chunks (exact)
+    R = raw_relevancy(L, P, Nk)
+    torch.testing.assert_close(R, expect, atol=3e-3, rtol=0)
+    many = torch.cat([P, P])  # 6 > NATIVE_ROWS prompts: the float32 path
+    torch.testing.assert_close(raw_relevancy(L, many, Nk)[:3], expect, atol=1e-5, rtol=0)
     torch.testing.assert_close(raw_relevancy(L, P[0], Nk), R[0])
-    # chunking gives the same numbers
-    torch.testing.assert_close(raw_relevancy(L, P, Nk, chunk=7), R)
+    # the negatives' half, computed once, gives the same numbers
+    nm = negative_max(L, Nk)
+    torch.testing.assert_close(nm, (Lf @ Nk.T).amax(1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(raw_relevancy(L, P, Nk, neg_max=nm), R)
+    with pytest.raises(ValueError, match="neg_max"):
+        raw_relevancy(L, P, Nk, neg_max=nm[:5])
 
 
 def test_raw_relevancy_shape_errors():

@@ -64,7 +64,7 @@ from cos3d.query.notarget import (
 from cos3d.query.objects import Object3D, make_object, split_objects
 from cos3d.query.prompts import Click, load_binary_image, load_rgb_image, parse_click, parse_points
 from cos3d.query.refine import InstanceIndex, RefineResult, refine_fast, refine_reference, thresholds
-from cos3d.query.relevancy import CANONICAL_NEGATIVES, PromptCache, normalize_relevancy, raw_relevancy
+from cos3d.query.relevancy import CANONICAL_NEGATIVES, PromptCache, negative_max, normalize_relevancy, raw_relevancy
 from cos3d.scene import Camera, Scene
 from cos3d.vision.base import Embedder, ImageRegion
 
@@ -218,6 +218,7 @@ class _Level:
     dbar: float
     index: InstanceIndex | None = None
     calibration: NoTargetCalibration | None = None
+    neg_max: Tensor | None = None  # [N] max over the canonical negatives of L·n_k (prompt-independent)
 
 
 class QueryEngine:
@@ -344,6 +345,14 @@ class QueryEngine:
         """``[4, D]`` embeddings of the canonical negatives."""
         return self.cache.embed(self.embedder, list(CANONICAL_NEGATIVES))
 
+    def negative_max_for(self, level: str | None = None) -> Tensor:
+        """``[N]`` the level's ``max_k L·n_k`` over the canonical negatives (computed on first use, saved
+        with the query state): the half of the relevancy that no prompt changes."""
+        lv = self._lv(level or self.level)
+        if lv.neg_max is None:
+            lv.neg_max = negative_max(lv.language, self.negatives)
+        return lv.neg_max
+
     def index(self, level: str | None = None) -> InstanceIndex:
         """The level's :class:`InstanceIndex` (built on first use, ~0.1 s per 50k Gaussians)."""
         lv = self._lv(level or self.level)
@@ -389,7 +398,8 @@ class QueryEngine:
         return {
             "key": self.state_key(),
             "levels": {
-                name: {"index": self.index(name).state_dict(), "calibration": self.calibration_for(name).state_dict()}
+                name: {"index": self.index(name).state_dict(), "calibration": self.calibration_for(name).state_dict(),
+                       "negative_max": self.negative_max_for(name).cpu()}
                 for name in self._levels
             },
         }
@@ -407,6 +417,9 @@ class QueryEngine:
                 return False
             self._levels[name].index = index
             self._levels[name].calibration = NoTargetCalibration.from_state_dict(st["calibration"])
+            neg_max = st.get("negative_max")  # absent in states saved before it was kept: computed on first use
+            if isinstance(neg_max, Tensor) and neg_max.shape == (self.num_gaussians,):
+                self._levels[name].neg_max = neg_max.to(self._levels[name].language.device, torch.float32)
         return True
 
     def camera(self, view: Camera | str) -> Camera:
@@ -486,7 +499,7 @@ class QueryEngine:
     def relevancy(self, embeddings: Tensor, level: str | None = None) -> Tensor:
         """Raw relevancy ``[T, N]`` of every Gaussian to each of ``embeddings [T, D]``."""
         lv = self._lv(level or self.level)
-        return raw_relevancy(lv.language, embeddings, self.negatives)
+        return raw_relevancy(lv.language, embeddings, self.negatives, neg_max=self.negative_max_for(lv.name))
 
     def refine(
         self, r: Tensor, level: str | None = None, *, subset: Tensor | None = None, method: str | None = None
@@ -522,7 +535,7 @@ class QueryEngine:
         if self.SNAP_CLICK and len(lv.targets):
             # snap to the training-mask embedding (Ins2Lang target) closest to it: a clean, object-level prompt
             p = torch.nn.functional.normalize(lv.targets[int(torch.argmax(lv.targets @ p))], dim=0)
-        R = raw_relevancy(lv.language, p, self.negatives)
+        R = raw_relevancy(lv.language, p, self.negatives, neg_max=self.negative_max_for(lv.name))
         r = normalize_relevancy(R, subset)
         r[seed] = max(float(r[seed]), 1.0)  # the clicked Gaussian is a candidate whatever its relevancy
         ref = self.refine(r, lv.name, subset=subset)
@@ -829,7 +842,7 @@ class QueryEngine:
                 refine: str | None, t0: float, timings: dict[str, float]) -> list[QueryResult]:
         lv = self._lv(lvl)
         ts = time.perf_counter()
-        R_all = raw_relevancy(lv.language, P, self.negatives)  # [T, N]
+        R_all = raw_relevancy(lv.language, P, self.negatives, neg_max=self.negative_max_for(lvl))  # [T, N]
         t_rel = (time.perf_counter() - ts) * 1e3 / len(descs)
         if lv.calibration is None:
             ts = time.perf_counter()
