@@ -235,3 +235,48 @@ def test_eval_prompts_are_held_out(scene_dir, scene):
     train = {n.lower() for v in scene.labels.values() for n in v} | {n.lower() for p in scene.parts.values() for n in p.names}
     assert not held & train
     assert set(d["instances"]) <= {str(i) for i in scene.labels}
+
+
+def test_scan_in_the_scannet_export_layout(tmp_path):
+    """--trajectory scan with ScanNet's export layout: JPEG colour, depth (own camera) and id maps at
+    another size, blurred frames, lost tracking; read back by the ScanNet reader."""
+    from cos3d.readers import load_scene
+    from cos3d.views import select_views, sharpness
+
+    out = tmp_path / "scan"
+    cfg = TabletopConfig(out=out, seed=4, views=30, width=192, height=144, depth_width=96, depth_height=72,
+                         trajectory="scan", color_format="jpg", blur=0.2, lost_tracking=0.1, objects=4)
+    generate_tabletop(cfg)
+    meta = json.loads((out / "meta.json").read_text())
+    blurred = {v["name"] for v in meta["views"] if "blur_px" in v}
+    lost = {v["name"] for v in meta["views"] if v.get("lost_tracking")}
+    assert cfg.n_test() == 2 and len(blurred) == 6 and len(lost) == 3 and not blurred & lost
+    assert Image.open(out / "color" / "0.jpg").size == (192, 144)
+    assert Image.open(out / "depth" / "0.png").size == (96, 72)
+    assert Image.open(out / "instance" / "0.png").size == (96, 72)
+    assert np.isinf(np.loadtxt(out / "pose" / f"{sorted(lost)[0]}.txt")).all()
+
+    scene = load_scene(out)
+    assert len(scene.frames) == 30 - 3 and not {f.name for f in scene.frames} & lost
+    # one continuous walk: no jump between consecutive frames (a skipped lost frame doubles a step)
+    centres = np.array([f.camera.c2w[:3, 3] for f in scene.frames])
+    steps = np.linalg.norm(np.diff(centres, axis=0), axis=1)
+    assert steps.max() < 3.5 * np.median(steps)
+    # depth from its own camera and id maps at the depth size, both resampled to the colour frame,
+    # register: the table's pixels back-project (colour K and pose) onto the table top
+    f = scene.frames[0]
+    d = f.load_depth()
+    ids = f.load_instance()
+    assert d.shape == ids.shape == (144, 192) and (d > 0).mean() > 0.9 and len(np.unique(ids)) >= 4
+    v, u = np.nonzero((ids == 2) & (d > 0))
+    K, c2w = f.camera.K, f.camera.c2w
+    cam = np.stack([(u - K[0, 2]) / K[0, 0] * d[v, u], (v - K[1, 2]) / K[1, 1] * d[v, u], d[v, u]], 1)
+    z = cam @ c2w[:3, :3].T[:, 2] + c2w[2, 3]
+    err = np.abs(z - meta["table_top_z"])
+    assert len(z) > 500 and np.median(err) < 0.005 and np.quantile(err, 0.9) < 0.02
+    # the blurred frames are the least sharp: the view policy passes them over
+    score = {fr.name: sharpness(fr) for fr in scene.frames}
+    sharp = [v for k, v in score.items() if k not in blurred]
+    assert np.median([score[k] for k in blurred]) < 0.5 * np.median(sharp)
+    kept, _ = select_views(scene.frames, 9)
+    assert len({fr.name for fr in kept} & blurred) <= 1

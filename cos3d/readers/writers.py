@@ -29,7 +29,7 @@ def _placeholder(camera: Camera) -> np.ndarray:
 
 
 def save_image(path: str | Path, image: np.ndarray) -> Path:
-    """Save uint8 ``[H, W, 3]`` (or ``[H, W]``) to ``path``; the suffix picks the format."""
+    """Save uint8 ``[H, W, 3]`` (or ``[H, W]``) to ``path``; the suffix picks the format (JPEG at quality 90)."""
     from PIL import Image
 
     path = Path(path)
@@ -37,7 +37,8 @@ def save_image(path: str | Path, image: np.ndarray) -> Path:
     if arr.dtype != np.uint8:
         raise ValueError(f"image must be uint8, got {arr.dtype}")
     with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp)
+        jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+        Image.fromarray(arr).save(tmp, **({"quality": 90} if jpeg else {}))
     return path
 
 

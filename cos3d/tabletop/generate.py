@@ -28,6 +28,7 @@ import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -59,9 +60,11 @@ from cos3d.tabletop.render import (
     load_robot,
     load_stage,
     make_lens,
+    motion_blur,
     move_body,
     orbit_views,
     quat_to_matrix,
+    scan_views,
     sim,
     texture_size_for,
     yaw_quat,
@@ -101,9 +104,28 @@ class TabletopConfig:
     """Replace an existing, non-empty ``out``."""
     fov_deg: float = 55.0
     """Vertical field of view (degrees)."""
+    trajectory: Literal["orbit", "scan"] = "orbit"
+    """``orbit``: train views on up to three orbits, test views between them. ``scan``: one continuous
+    handheld walk around the table (a ScanNet-like sweep), test views spread evenly along it."""
+    color_format: Literal["png", "jpg"] = "png"
+    """Colour image format (ScanNet exports JPEG, quality 90 here)."""
+    depth_width: int | None = None
+    """Depth and instance/part map width (ScanNet: 640); default the colour width. Depth is rendered by
+    its own camera (``intrinsic_depth.txt``); id maps are the colour frame's ids resized (nearest)."""
+    depth_height: int | None = None
+    """Depth and instance/part map height (ScanNet: 480); default the colour height."""
+    blur: float = 0.0
+    """Fraction of train frames given motion blur (a handheld camera's shaken frames)."""
+    lost_tracking: float = 0.0
+    """Fraction of train frames whose pose is written as ``-inf`` (ScanNet's lost tracking)."""
 
     def n_test(self) -> int:
-        return max(2, round(self.views / 5)) if self.test_views is None else int(self.test_views)
+        if self.test_views is not None:
+            return int(self.test_views)
+        return max(2, round(self.views / (50 if self.trajectory == "scan" else 5)))
+
+    def depth_size(self) -> tuple[int, int]:
+        return (self.depth_width or self.width, self.depth_height or self.height)
 
     def validate(self) -> None:
         """Raise :class:`Cos3dError` naming the flag of the first bad setting."""
@@ -120,6 +142,14 @@ class TabletopConfig:
         for flag, value in (("--width", self.width), ("--height", self.height)):
             if not 16 <= value <= 4096:
                 raise Cos3dError(f"{flag} must be between 16 and 4096 pixels, got {value}")
+        if (self.depth_width is None) != (self.depth_height is None):
+            raise Cos3dError("--depth-width and --depth-height go together (e.g. 640 and 480); give both or neither")
+        for flag, value in (("--depth-width", self.depth_width), ("--depth-height", self.depth_height)):
+            if value is not None and not 16 <= value <= 4096:
+                raise Cos3dError(f"{flag} must be between 16 and 4096 pixels, got {value}")
+        for flag, value in (("--blur", self.blur), ("--lost-tracking", self.lost_tracking)):
+            if not 0.0 <= value <= 0.5:
+                raise Cos3dError(f"{flag} is a fraction of the train frames between 0 and 0.5, got {value}")
         if not 10.0 <= self.fov_deg <= 120.0:
             raise Cos3dError(f"field of view must be between 10 and 120 degrees, got {self.fov_deg}")
 
@@ -143,6 +173,7 @@ def generate_tabletop(cfg: TabletopConfig) -> Path:
     rng_objects = np.random.default_rng([cfg.seed, 0])
     rng_layout = np.random.default_rng([cfg.seed, 1])
     rng_cameras = np.random.default_rng([cfg.seed, 2])
+    rng_frames = np.random.default_rng([cfg.seed, 3])  # blurred frames, lost tracking
     selection = choose_objects(rng_objects, cfg.objects)
     scales = [e.scale * float(rng_objects.uniform(0.92, 1.08)) for e in selection.entries]
 
@@ -155,12 +186,18 @@ def generate_tabletop(cfg: TabletopConfig) -> Path:
             zoom = region_scale(cfg.objects)
             built = _build(cid, selection, scales, rng_layout, textures, tex_size, zoom)
             lens = make_lens(cfg.width, cfg.height, cfg.fov_deg)
+            dw, dh = cfg.depth_size()
+            depth_lens = lens if (dw, dh) == (cfg.width, cfg.height) else make_lens(dw, dh, cfg.fov_deg)
             center = np.array([0.0, 0.0, built.table_top + 0.06])
             n_test = cfg.n_test()
-            views = orbit_views(rng_cameras, cfg.views - n_test, n_test, center, radius_scale=zoom)
-            visible = _render_views(cid, tmp, built, lens, Light(), views)
+            if cfg.trajectory == "scan":
+                views = scan_views(rng_cameras, cfg.views, n_test, center, region=built.region, radius_scale=zoom)
+            else:
+                views = orbit_views(rng_cameras, cfg.views - n_test, n_test, center, radius_scale=zoom)
+            frames = _frame_effects(rng_frames, views, cfg)
+            visible = _render_views(cid, tmp, built, lens, depth_lens, Light(), views, frames, cfg)
         shutil.rmtree(texdir)
-        _write_sidecars(tmp, cfg, built, lens, views, visible)
+        _write_sidecars(tmp, cfg, built, lens, views, frames, visible)
     return out
 
 
@@ -279,23 +316,64 @@ def _r(x: np.ndarray | list | tuple | float, nd: int = 6) -> list | float:
 # --- rendering and writing ------------------------------------------------------------------------
 
 
-def _render_views(cid: int, root: Path, built: Built, lens: Lens, light: Light, views: list[View]) -> dict:
-    """Render and write every view; returns visible pixel counts per view, per instance and per part."""
-    write_scannet_intrinsics(root, lens.K, lens.K)
+@dataclass
+class FrameEffects:
+    """What a handheld capture does to some train frames (indices into the views)."""
+
+    blurred: dict[int, tuple[float, float]] = field(default_factory=dict)
+    """frame → (blur length in pixels, direction in radians)."""
+    lost: set[int] = field(default_factory=set)
+    """Frames whose pose is written as ``-inf`` (lost tracking)."""
+
+
+def _frame_effects(rng: np.random.Generator, views: list[View], cfg: TabletopConfig) -> FrameEffects:
+    train = np.array([i for i, v in enumerate(views) if v.split == "train"])
+    effects = FrameEffects()
+    n_blur, n_lost = round(cfg.blur * len(train)), round(cfg.lost_tracking * len(train))
+    if n_blur + n_lost > len(train) - MIN_TRAIN_VIEWS:
+        raise Cos3dError(f"--blur {cfg.blur} and --lost-tracking {cfg.lost_tracking} leave fewer than "
+                         f"{MIN_TRAIN_VIEWS} clean train views; lower them or add --views")
+    picked = rng.permutation(train)[: n_blur + n_lost]
+    for i in picked[:n_blur]:
+        # 1-4 % of the image width: a shake clearly visible at full size (ScanNet's blurry frames).
+        effects.blurred[int(i)] = (float(rng.uniform(0.01, 0.04) * cfg.width), float(rng.uniform(0, math.pi)))
+    effects.lost = {int(i) for i in picked[n_blur:]}
+    return effects
+
+
+def _render_views(cid: int, root: Path, built: Built, lens: Lens, depth_lens: Lens, light: Light, views: list[View],
+                  effects: FrameEffects, cfg: TabletopConfig) -> dict:  # fmt: skip
+    """Render and write every view; returns visible pixel counts per view, per instance and per part.
+
+    With a depth camera of another size, depth is rendered by that camera and the id maps are the colour
+    frame's ids resized (nearest) to its size, as ScanNet's 640×480 ``instance-filt`` maps are."""
+    write_scannet_intrinsics(root, lens.K, depth_lens.K)
+    own_depth = depth_lens is not lens
+    if own_depth:  # nearest colour pixel for each id-map pixel (pixel centres)
+        rows = np.floor((np.arange(depth_lens.height) + 0.5) * lens.height / depth_lens.height).astype(int)
+        cols = np.floor((np.arange(depth_lens.width) + 0.5) * lens.width / depth_lens.width).astype(int)
     counts: dict[str, dict] = {"instances": {}, "parts": {}}
     for i, view in enumerate(views):
         name = str(i)
         cap = capture(cid, lens, view.c2w, light)
         inst = built.inst_lut[cap.body + 1]
         part = np.where(cap.body == built.robot_body, built.part_lut[cap.link + 1], 0).astype(np.uint16)
-        write_scannet_frame(root, name, view.c2w, image=cap.rgb, depth=cap.depth, instance=inst, part=part)
+        depth = cap.depth
+        if own_depth:
+            inst, part = inst[rows][:, cols], part[rows][:, cols]
+            depth = capture(cid, depth_lens, view.c2w, light).depth
+        rgb = motion_blur(cap.rgb, *effects.blurred[i]) if i in effects.blurred else cap.rgb
+        pose = np.full((4, 4), -np.inf) if i in effects.lost else view.c2w
+        write_scannet_frame(root, name, pose, image=rgb, depth=depth, instance=inst, part=part,
+                            image_ext=f".{cfg.color_format}")
         for key, ids in (("instances", inst), ("parts", part)):
             u, c = np.unique(ids, return_counts=True)
             counts[key][name] = {str(a): int(n) for a, n in zip(u, c) if a}
     return counts
 
 
-def _write_sidecars(root: Path, cfg: TabletopConfig, built: Built, lens: Lens, views: list[View], visible: dict) -> None:
+def _write_sidecars(root: Path, cfg: TabletopConfig, built: Built, lens: Lens, views: list[View], effects: FrameEffects,
+                    visible: dict) -> None:  # fmt: skip
     from cos3d import __version__
 
     names = [str(i) for i in range(len(views))]
@@ -320,7 +398,10 @@ def _write_sidecars(root: Path, cfg: TabletopConfig, built: Built, lens: Lens, v
         "objects": built.objects,
         "parts": {str(pid): {"names": list(part.names), "parent": ROBOT_ID, "links": list(part.links)}
                   for pid, part in enumerate(ROBOT.parts, start=1)},
-        "views": [{"name": n, "split": v.split, "orbit": v.ring} for n, v in zip(names, views)],
+        "views": [{"name": n, "split": v.split, "orbit": v.ring}
+                  | ({"blur_px": round(effects.blurred[i][0], 2)} if i in effects.blurred else {})
+                  | ({"lost_tracking": True} if i in effects.lost else {})
+                  for i, (n, v) in enumerate(zip(names, views))],
         "visible_pixels": visible["instances"],
         "visible_part_pixels": visible["parts"],
     })

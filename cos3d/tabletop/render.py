@@ -328,6 +328,62 @@ def orbit_views(
     return views
 
 
+def scan_views(
+    rng: np.random.Generator,
+    n_frames: int,
+    n_test: int,
+    center: np.ndarray,
+    *,
+    region: tuple[float, float, float, float] = (-0.38, -0.25, 0.38, 0.25),
+    radius_scale: float = 1.0,
+) -> list[View]:
+    """A handheld scan: one continuous walk of about 1.3 turns around the table, like a ScanNet sweep.
+
+    The camera's azimuth advances at a slowly varying pace, its height and distance drift (a person
+    crouching and leaning in), its target wanders over the placement ``region`` and a little hand shake
+    perturbs every frame; consecutive frames are a few millimetres to a centimetre apart. ``n_test``
+    frames spread evenly along the walk are the test views (split ``"test"``, ring -1), the rest train.
+    """
+    t = np.linspace(0.0, 1.0, n_frames)
+
+    def smooth(k: int, amp: float) -> np.ndarray:
+        """A sum of ``k`` low-frequency sines with random phases: a smooth drift in [-amp, amp]."""
+        out = np.zeros_like(t)
+        for j in range(1, k + 1):
+            out += np.sin(2 * math.pi * (j * t + rng.uniform())) / j
+        return amp * out / sum(1 / j for j in range(1, k + 1))
+
+    pace = 1.0 + smooth(3, 0.35)
+    az = rng.uniform(0, 2 * math.pi) + 2.6 * math.pi * np.cumsum(pace) / np.sum(pace)
+    el = np.radians(46.0 + smooth(4, 16.0))
+    r = radius_scale * (0.95 + smooth(4, 0.17))
+    x0, y0, x1, y1 = region
+    tx = 0.5 * (x0 + x1) + smooth(5, 0.35 * (x1 - x0))
+    ty = 0.5 * (y0 + y1) + smooth(5, 0.35 * (y1 - y0))
+    test = set(np.round(np.linspace(0, n_frames - 1, n_test + 2)[1:-1]).astype(int).tolist()) if n_test else set()
+    views: list[View] = []
+    for i in range(n_frames):
+        target = center + np.array([tx[i], ty[i], 0.0]) + rng.normal(0.0, 0.004, 3)  # hand shake
+        eye = center + r[i] * np.array([math.cos(el[i]) * math.cos(az[i]), math.cos(el[i]) * math.sin(az[i]),
+                                        math.sin(el[i])])
+        views.append(View(look_at(eye, target), "test" if i in test else "train", -1 if i in test else 0))
+    return views
+
+
+def motion_blur(rgb: np.ndarray, length: float, angle: float) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` blurred along direction ``angle`` (radians) over ``length`` pixels: the mean of
+    shifted copies, as a camera moving during the exposure records (edges clamp)."""
+    n = max(2, int(round(length)))
+    acc = np.zeros(rgb.shape, dtype=np.float32)
+    H, W = rgb.shape[:2]
+    for s in np.linspace(-length / 2, length / 2, n):
+        dx, dy = int(round(s * math.cos(angle))), int(round(s * math.sin(angle)))
+        ys = np.clip(np.arange(H) + dy, 0, H - 1)
+        xs = np.clip(np.arange(W) + dx, 0, W - 1)
+        acc += rgb[ys][:, xs]
+    return np.clip(np.round(acc / n), 0, 255).astype(np.uint8)
+
+
 @dataclass
 class Lens:
     """A pinhole for TinyRenderer: the OpenGL projection it uses and the matching OpenCV K."""
