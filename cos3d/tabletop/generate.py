@@ -118,6 +118,8 @@ class TabletopConfig:
     """Fraction of train frames given motion blur (a handheld camera's shaken frames)."""
     lost_tracking: float = 0.0
     """Fraction of train frames whose pose is written as ``-inf`` (ScanNet's lost tracking)."""
+    workers: int = 1
+    """Processes rendering frames in parallel (each loads the scene itself); the files do not depend on it."""
 
     def n_test(self) -> int:
         if self.test_views is not None:
@@ -147,6 +149,8 @@ class TabletopConfig:
         for flag, value in (("--depth-width", self.depth_width), ("--depth-height", self.depth_height)):
             if value is not None and not 16 <= value <= 4096:
                 raise Cos3dError(f"{flag} must be between 16 and 4096 pixels, got {value}")
+        if not 1 <= self.workers <= 64:
+            raise Cos3dError(f"--workers must be between 1 and 64, got {self.workers}")
         for flag, value in (("--blur", self.blur), ("--lost-tracking", self.lost_tracking)):
             if not 0.0 <= value <= 0.5:
                 raise Cos3dError(f"{flag} is a fraction of the train frames between 0 and 0.5, got {value}")
@@ -169,6 +173,40 @@ def generate_tabletop(cfg: TabletopConfig) -> Path:
     check_catalog()
     out = Path(cfg.out).absolute()
     check_output_folder(out, cfg.force)
+    with atomic_dir(out, force=cfg.force) as tmp:
+        texdir = tmp / ".textures"  # downsampled textures; inside tmp so a killed run's copies go with it
+        with sim() as cid:
+            setup = _setup(cid, cfg, texdir / "0")
+            write_scannet_intrinsics(tmp, setup.lens.K, setup.depth_lens.K)
+            if cfg.workers == 1:
+                visible = _render_views(cid, tmp, setup, range(len(setup.views)), cfg)
+        if cfg.workers > 1:
+            import multiprocessing
+
+            shares = [(cfg, tmp, texdir / str(w + 1), range(w, len(setup.views), cfg.workers)) for w in range(cfg.workers)]
+            with multiprocessing.get_context("spawn").Pool(cfg.workers) as pool:
+                parts = pool.map(_render_share, shares)
+            visible = {key: {name: c for part in parts for name, c in part[key].items()} for key in parts[0]}
+            visible = {key: {str(i): visible[key][str(i)] for i in range(len(setup.views)) if str(i) in visible[key]}
+                       for key in visible}
+        shutil.rmtree(texdir)
+        _write_sidecars(tmp, cfg, setup.built, setup.lens, setup.views, setup.effects, visible)
+    return out
+
+
+@dataclass
+class Setup:
+    """A scene loaded into a physics client with its cameras: the same for a config in any process."""
+
+    built: "Built"
+    lens: Lens
+    depth_lens: Lens
+    views: list[View]
+    effects: "FrameEffects"
+
+
+def _setup(cid: int, cfg: TabletopConfig, texdir: Path) -> Setup:
+    """Build ``cfg``'s scene in ``cid`` and make its cameras (deterministic: seeded streams only)."""
     # Independent streams: the objects and their layout do not change with the number of views.
     rng_objects = np.random.default_rng([cfg.seed, 0])
     rng_layout = np.random.default_rng([cfg.seed, 1])
@@ -176,29 +214,29 @@ def generate_tabletop(cfg: TabletopConfig) -> Path:
     rng_frames = np.random.default_rng([cfg.seed, 3])  # blurred frames, lost tracking
     selection = choose_objects(rng_objects, cfg.objects)
     scales = [e.scale * float(rng_objects.uniform(0.92, 1.08)) for e in selection.entries]
+    texdir.mkdir(parents=True)
+    textures = Textures(cid, texdir)
+    tex_size = texture_size_for(cfg.width, cfg.height)
+    zoom = region_scale(cfg.objects)
+    built = _build(cid, selection, scales, rng_layout, textures, tex_size, zoom)
+    lens = make_lens(cfg.width, cfg.height, cfg.fov_deg)
+    dw, dh = cfg.depth_size()
+    depth_lens = lens if (dw, dh) == (cfg.width, cfg.height) else make_lens(dw, dh, cfg.fov_deg)
+    center = np.array([0.0, 0.0, built.table_top + 0.06])
+    n_test = cfg.n_test()
+    if cfg.trajectory == "scan":
+        views = scan_views(rng_cameras, cfg.views, n_test, center, region=built.region, radius_scale=zoom)
+    else:
+        views = orbit_views(rng_cameras, cfg.views - n_test, n_test, center, radius_scale=zoom)
+    return Setup(built, lens, depth_lens, views, _frame_effects(rng_frames, views, cfg))
 
-    with atomic_dir(out, force=cfg.force) as tmp:
-        texdir = tmp / ".textures"  # downsampled textures; inside tmp so a killed run's copies go with it
-        texdir.mkdir()
-        with sim() as cid:
-            textures = Textures(cid, texdir)
-            tex_size = texture_size_for(cfg.width, cfg.height)
-            zoom = region_scale(cfg.objects)
-            built = _build(cid, selection, scales, rng_layout, textures, tex_size, zoom)
-            lens = make_lens(cfg.width, cfg.height, cfg.fov_deg)
-            dw, dh = cfg.depth_size()
-            depth_lens = lens if (dw, dh) == (cfg.width, cfg.height) else make_lens(dw, dh, cfg.fov_deg)
-            center = np.array([0.0, 0.0, built.table_top + 0.06])
-            n_test = cfg.n_test()
-            if cfg.trajectory == "scan":
-                views = scan_views(rng_cameras, cfg.views, n_test, center, region=built.region, radius_scale=zoom)
-            else:
-                views = orbit_views(rng_cameras, cfg.views - n_test, n_test, center, radius_scale=zoom)
-            frames = _frame_effects(rng_frames, views, cfg)
-            visible = _render_views(cid, tmp, built, lens, depth_lens, Light(), views, frames, cfg)
-        shutil.rmtree(texdir)
-        _write_sidecars(tmp, cfg, built, lens, views, frames, visible)
-    return out
+
+def _render_share(share: tuple[TabletopConfig, Path, Path, range]) -> dict:
+    """A worker process: build the scene and render the frames of ``share`` (config, folder, own texture
+    folder, frame indices)."""
+    cfg, root, texdir, indices = share
+    with sim() as cid:
+        return _render_views(cid, root, _setup(cid, cfg, texdir), indices, cfg)
 
 
 # --- building the scene ---------------------------------------------------------------------------
@@ -341,19 +379,19 @@ def _frame_effects(rng: np.random.Generator, views: list[View], cfg: TabletopCon
     return effects
 
 
-def _render_views(cid: int, root: Path, built: Built, lens: Lens, depth_lens: Lens, light: Light, views: list[View],
-                  effects: FrameEffects, cfg: TabletopConfig) -> dict:  # fmt: skip
-    """Render and write every view; returns visible pixel counts per view, per instance and per part.
+def _render_views(cid: int, root: Path, setup: Setup, indices: range, cfg: TabletopConfig) -> dict:
+    """Render and write the views ``indices``; returns visible pixel counts per view, per instance and per part.
 
     With a depth camera of another size, depth is rendered by that camera and the id maps are the colour
     frame's ids resized (nearest) to its size, as ScanNet's 640×480 ``instance-filt`` maps are."""
-    write_scannet_intrinsics(root, lens.K, depth_lens.K)
+    built, lens, depth_lens, effects, light = setup.built, setup.lens, setup.depth_lens, setup.effects, Light()
     own_depth = depth_lens is not lens
     if own_depth:  # nearest colour pixel for each id-map pixel (pixel centres)
         rows = np.floor((np.arange(depth_lens.height) + 0.5) * lens.height / depth_lens.height).astype(int)
         cols = np.floor((np.arange(depth_lens.width) + 0.5) * lens.width / depth_lens.width).astype(int)
     counts: dict[str, dict] = {"instances": {}, "parts": {}}
-    for i, view in enumerate(views):
+    for i in indices:
+        view = setup.views[i]
         name = str(i)
         cap = capture(cid, lens, view.c2w, light)
         inst = built.inst_lut[cap.body + 1]
@@ -387,7 +425,7 @@ def _write_sidecars(root: Path, cfg: TabletopConfig, built: Built, lens: Lens, v
     write_json(root / "meta.json", {
         "generator": "cos3d.tabletop",
         "cos3d_version": __version__,
-        "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "force")} | {"test_views": cfg.n_test()},
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "force", "workers")} | {"test_views": cfg.n_test()},
         "renderer": "pybullet TinyRenderer (CPU)",
         "camera": {"fov_deg_vertical": cfg.fov_deg, "near": lens.near, "far": lens.far, "K": _r(lens.K, 9),
                    "convention": "OpenCV camera-to-world in metres; pixel centres at integer coordinates"},
