@@ -90,3 +90,22 @@ def test_embed_region_names_the_object_under_the_prompt(labels, tmp_path):
         labels.embed_region(ImageRegion(image=image, mask=box))  # no scene to name it from
     with pytest.raises(Cos3dError, match="covers no labelled object"):
         labels.embed_region(ImageRegion(image=image, mask=inst == 0, scene=scene))  # background only
+
+
+def test_plain_torch_minilm_matches_sentence_transformers(labels):
+    """The labels embedder runs the shipped MiniLM in plain torch (cos3d.vision.minilm, for a fast process
+    start); sentence-transformers on the same folder is the reference."""
+    from sentence_transformers import SentenceTransformer
+
+    from cos3d.vision.minilm import MiniLMEncoder
+
+    assert isinstance(labels.model, MiniLMEncoder)
+    texts = ["red mug", "a", "", "Something to drink TEA from!", "the handle of the mug", "Çafé crème brûlée 日本語",
+             "word " * 300, "x" * 60, "soda can", "the robot's head"]
+    ours = labels.model.encode(texts, batch_size=4)
+    ref = SentenceTransformer(str(labels.model_dir), device="cpu").encode(texts, convert_to_numpy=True,
+                                                                          normalize_embeddings=True)
+    assert ours.shape == ref.shape == (len(texts), 384)
+    assert np.abs(ours - ref).max() < 1e-5
+    tok = SentenceTransformer(str(labels.model_dir), device="cpu").tokenizer
+    assert [labels.model.token_count(t) for t in texts] == [len(tok(t)["input_ids"]) for t in texts]

@@ -64,7 +64,7 @@ class LabelsEmbedder(Embedder):
     def __init__(
         self, model_dir: str | os.PathLike | None = None, *, device: str | None = "cpu", batch_size: int = 256
     ) -> None:
-        from sentence_transformers import SentenceTransformer
+        from cos3d.vision.minilm import MiniLMEncoder, is_plain_bert_mean_pooling
 
         self.model_dir = Path(model_dir) if model_dir is not None else default_labels_model_dir()
         if not (self.model_dir / "config.json").is_file():
@@ -74,13 +74,21 @@ class LabelsEmbedder(Embedder):
         self.batch_size = int(batch_size)
         key = (str(self.model_dir.resolve()), self.device)
         if key not in _LOADED:  # one model (and one text cache) per process and device
-            model = SentenceTransformer(str(self.model_dir), device=self.device)
+            if is_plain_bert_mean_pooling(self.model_dir):  # the shipped MiniLM: plain torch, fast to start
+                model: Any = MiniLMEncoder(self.model_dir, device=self.device)
+            else:
+                from sentence_transformers import SentenceTransformer
+
+                model = SentenceTransformer(str(self.model_dir), device=self.device)
             _LOADED[key] = (model, {})
         self.model, self._cache = _LOADED[key]
         self._frame_hashes: tuple[Scene, dict[str, str]] | None = None
         """(scene, {sha1 of a frame's colour image: frame name}) for :meth:`embed_region`, built once per scene."""
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dim = int(get_dim())
+        if isinstance(self.model, MiniLMEncoder):
+            self.dim = self.model.dim
+        else:
+            get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+            self.dim = int(get_dim())
 
     @property
     def model_id(self) -> str:
@@ -92,13 +100,18 @@ class LabelsEmbedder(Embedder):
         """``[T, D]`` float32 unit rows; every distinct text is encoded once per process (dict cache)."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
         if missing:
-            emb = self.model.encode(
-                missing,
-                batch_size=self.batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
+            from cos3d.vision.minilm import MiniLMEncoder
+
+            if isinstance(self.model, MiniLMEncoder):
+                emb = self.model.encode(missing, batch_size=self.batch_size)
+            else:
+                emb = self.model.encode(
+                    missing,
+                    batch_size=self.batch_size,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
             for t, e in zip(missing, unit_rows(emb)):
                 self._cache[t] = e
         if not texts:
@@ -137,12 +150,15 @@ class LabelsEmbedder(Embedder):
 
         if isinstance(texts, str):
             texts = [texts]
-        tok, limit = getattr(self.model, "tokenizer", None), getattr(self.model, "max_seq_length", None)
-        if tok is not None and limit:  # sentence-transformers truncates longer prompts silently
-            check_prompt_lengths(
-                list(texts), lambda t: len(tok(t, verbose=False)["input_ids"]), int(limit),
-                f"labels ({self.model_dir.name if self._custom else LABELS_MODEL_NAME})",
-            )
+        from cos3d.vision.minilm import MiniLMEncoder
+
+        what = f"labels ({self.model_dir.name if self._custom else LABELS_MODEL_NAME})"
+        if isinstance(self.model, MiniLMEncoder):  # the encoder truncates longer prompts silently
+            check_prompt_lengths(list(texts), self.model.token_count, self.model.max_length, what)
+        else:
+            tok, limit = getattr(self.model, "tokenizer", None), getattr(self.model, "max_seq_length", None)
+            if tok is not None and limit:
+                check_prompt_lengths(list(texts), lambda t: len(tok(t, verbose=False)["input_ids"]), int(limit), what)
         return torch.from_numpy(self.encode(list(texts)).astype(np.float32))
 
     def embed_image_prompt(
