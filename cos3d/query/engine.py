@@ -258,6 +258,8 @@ class QueryEngine:
         else:
             self.segmenter = segmenter
         self._frame_paths: dict[Path, str] | None = None
+        self.last_region_note = ""
+        """How the last image prompt's region was made (:meth:`region_note`)."""
         self.scene: Scene = source.scene
         self.gaussians: Gaussians = source.gaussians
         self.embedder: Embedder = source.embedder
@@ -314,15 +316,17 @@ class QueryEngine:
         return self._frame_paths.get(Path(image).resolve())
 
     def region_note(self, *, box: object = None, mask: object = None, scribble: object = None,
-                    points: object = None, point_labels: object = None) -> str:
+                    points: object = None, fell_back: bool = False) -> str:
         """How an image prompt's region was made: the given mask, the segmenter's mask, or the offline rule."""
         if mask is not None:
             return "region: the given mask"
         how = _prompt_kind(box, mask, scribble, points)
-        seg = self.segmenter
-        if seg is not None:
-            return f"region: {self.segmenter_note} mask from the {how}"
         rule = "the box itself" if how == "box" else f"superpixels around the {how}"
+        seg = self.segmenter
+        if seg is not None and not fell_back:
+            return f"region: {self.segmenter_note} mask from the {how}"
+        if seg is not None:
+            return f"region: {rule} (offline rule: {self.segmenter_note} returned an empty mask)"
         return f"region: {rule} (offline rule; {self.segmenter_note})"
 
     @staticmethod
@@ -464,8 +468,17 @@ class QueryEngine:
             scribble = load_binary_image(scribble, "--scribble")
         if isinstance(points, str):
             points, point_labels = parse_points(points)
-        return prompt_mask(image, box=box, mask=mask, scribble=scribble, points=points, point_labels=point_labels,
-                           segmenter=self.segmenter)
+        import warnings
+
+        seg = None if mask is not None else self.segmenter
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            region = prompt_mask(image, box=box, mask=mask, scribble=scribble, points=points,
+                                 point_labels=point_labels, segmenter=seg)
+        fell_back = any("empty mask" in str(w.message) for w in caught)
+        self.last_region_note = self.region_note(box=box, mask=mask, scribble=scribble, points=points,
+                                                 fell_back=fell_back)
+        return region
 
     def embed_image(
         self,
@@ -749,7 +762,7 @@ class QueryEngine:
             region = self.prompt_region(self.scene.frame(frame).load_image(), **region_kw)
             seed, lifted, votes = region_prompt(self, cam, region, lvl, subset)
             timings["lift"] = (time.perf_counter() - ts) * 1e3
-            note = f"{self.region_note(**region_kw)}, lifted through view {frame}'s blending weights"
+            note = f"{self.last_region_note}, lifted through view {frame}'s blending weights"
             if text is None or combine == "and":
                 ts = time.perf_counter()
                 obj, ref = self.grow(seed, lvl, subset=subset, prompt=lifted, votes=votes)
@@ -778,7 +791,7 @@ class QueryEngine:
         if image_given:
             emb, note = self.embed_image(image, level=lvl, **region_kw)
             embs.append(emb)
-            notes.append("; ".join(x for x in (self.region_note(**region_kw), note) if x))
+            notes.append("; ".join(x for x in (self.last_region_note, note) if x))
         if image_given and text is not None and combine == "and":
             timings["embed"] = (time.perf_counter() - ts) * 1e3
             img = self._answer(embs[1][None], [desc], kind, lvl, subset, refine, t0, dict(timings))[0]

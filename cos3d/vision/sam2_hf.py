@@ -322,8 +322,10 @@ class HFSamPromptSegmenter(_HFSam):
             family: ``"sam2"`` or ``"sam3"`` when ``model`` is a name.
         """
         self.device = resolve_device(device)
+        self.model_id = f"{family}-hf:{type(model).__name__}"
+        """What answers quote as the region's source (``sam2-hf:<weights>@<size>`` when loaded by name)."""
         if processor is None:
-            model, processor, _ = load_hf_sam(family, model, device=self.device)
+            model, processor, self.model_id = load_hf_sam(family, model, device=self.device)
         self.model = model
         self.processor = processor
         self._last = None
