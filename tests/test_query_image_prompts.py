@@ -21,9 +21,10 @@ from cos3d.eval.metrics import mask_iou
 from cos3d.query.prompts import parse_part_sentence
 
 LIFT_MEAN_BAR = 0.45
-"""Mean over every object of the held-out view of its mean IoU in the other held-out views (measured 0.58)."""
+"""Mean over every object of the held-out view of its mean IoU in the other held-out views (measured 0.83 on
+this fixture, 0.58 on the benchmark's older run)."""
 LIFT_EACH_BAR = 0.25
-"""Every object's mean IoU (mAcc@0.25 semantics; measured minimum 0.35, butter)."""
+"""Every object's mean IoU (mAcc@0.25 semantics; measured minimum 0.71 here, 0.35 on the older run)."""
 PART_IOU_BAR = 0.4
 
 
@@ -163,23 +164,29 @@ def test_part_sentences(ts, view_objects):
 
 
 @pytest.fixture(scope="module")
-def tiny_sams(tmp_path_factory):
-    from cos3d.vision.testing import write_tiny_sam2_hf, write_tiny_sam3_tracker
+def tiny_sam2(tmp_path_factory):
+    from cos3d.vision.testing import write_tiny_sam2_hf
 
-    root = tmp_path_factory.mktemp("tinysam")
-    return write_tiny_sam2_hf(root / "sam2"), write_tiny_sam3_tracker(root / "sam3")
+    return write_tiny_sam2_hf(tmp_path_factory.mktemp("tinysam2"))
+
+
+@pytest.fixture(scope="module")
+def tiny_sam3(tmp_path_factory):
+    from cos3d.vision.testing import write_tiny_sam3_tracker
+
+    return write_tiny_sam3_tracker(tmp_path_factory.mktemp("tinysam3"))
 
 
 @pytest.mark.parametrize("family", ["sam2-hf", "sam3"])
-def test_cli_image_prompts_through_tiny_sam(trained_run, view_objects, tiny_sams, family, capsys, tmp_path):
+def test_cli_image_prompts_through_tiny_sam(trained_run, view_objects, request, family, capsys, tmp_path):
     """--segmenter sam2-hf / sam3 with tiny random models through the real loaders: box, points, scribble on a
     scene frame (the lift) and text + image; the answer names the model whose mask it used. (Random weights:
     only the plumbing and shapes are checked.)"""
     from PIL import Image
 
     f, others, objs, gts = view_objects
-    sam2, sam3 = tiny_sams
-    flag = ["--sam2-model", str(sam2)] if family == "sam2-hf" else ["--sam3-model", str(sam3)]
+    flag = (["--sam2-model", str(request.getfixturevalue("tiny_sam2"))] if family == "sam2-hf"
+            else ["--sam3-model", str(request.getfixturevalue("tiny_sam3"))])
     oid, name, box = objs[0]
     scr = np.zeros((f.camera.height, f.camera.width), np.uint8)
     x0, y0, x1, y1 = box
@@ -234,3 +241,125 @@ def test_load_with_a_segmenter_object(trained_run, view_objects):
     assert seg.calls == 1 and "half-box mask from the box" in res.reason and res.targets == "one"
     with pytest.raises(Cos3dError, match="unknown setting"):
         cos3d.load(trained_run, device="cpu", models={"sam9_model": "x"})
+
+
+def test_photo_prompt_embeds_the_sam_crop_with_tiny_openclip(tiny_sam2, tmp_path):
+    """A reference photo that is not a scene frame: tiny SAM2 (its mask) → tiny OpenCLIP (the crop embedding),
+    both through the real loaders, answered like a text embedding; text + image with sum and and. Random
+    weights: shapes and plumbing only."""
+    from PIL import Image
+
+    from cos3d.gaussians import Gaussians
+    from cos3d.query.engine import QueryEngine, QueryInputs
+    from cos3d.trained import LevelField
+    from cos3d.vision import create_embedder
+    from cos3d.vision.registry import create_prompt_segmenter
+    from cos3d.vision.testing import synthetic_maps, write_synthetic_scene, write_tiny_openclip
+
+    W, H = 64, 48
+    scene = write_synthetic_scene(tmp_path / "s", n_frames=1, width=W, height=H)
+    frame = scene.frames[0]
+    ys, xs = np.mgrid[0:H:2, 0:W:2]
+    depth = np.zeros((H, W))
+    depth[ys, xs] = 1.0
+    pts = frame.camera.backproject(depth)[depth > 0]
+    g = Gaussians.from_points(torch.from_numpy(pts).float(), torch.full((len(pts), 3), 0.5), scales=0.012,
+                              opacity=0.95, sh_degree=0)
+    cfg, ckpt = write_tiny_openclip(tmp_path / "clip")
+    emb = create_embedder("openclip", model=str(cfg), checkpoint=ckpt, device="cpu")
+    n, D = g.num, int(emb.dim)
+    torch.manual_seed(0)
+    fld = LevelField(instance=torch.randn(n, 16), language=torch.nn.functional.normalize(torch.randn(n, D), dim=1).half(),
+                     anchors=torch.zeros(0, 16), targets=torch.nn.functional.normalize(torch.randn(3, D), dim=1), dbar=0.05)
+    seg = create_prompt_segmenter("sam2-hf", model=str(tiny_sam2), device="cpu")
+    engine = QueryEngine(QueryInputs(scene=scene, gaussians=g, fields={"l": fld}, embedder=emb), segmenter=seg)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(synthetic_maps(W, H, shift=5)[0]).save(photo)  # not one of the scene's frames
+    assert engine.frame_of(photo) is None and engine.frame_of(frame.image_path) == "0"
+    for kw in (dict(box=[4, 10, 30, 40]), dict(points="20,25"), dict(box=[4, 10, 30, 40], text="red mug", combine="sum"),
+               dict(box=[4, 10, 30, 40], text="red mug", combine="and")):
+        res = engine.query(kw.pop("text", None), image=photo, **kw)
+        assert res.kind in ("image", "text+image") and "region: sam2-hf:" in res.reason
+        assert res.selected.dtype == torch.long and res.selected.ndim == 1
+        assert res.targets in ("none", "one", "many") and len(res.objects) == {"none": 0}.get(res.targets, len(res.objects))
+        assert res.num_gaussians == sum(o.num for o in res.objects)
+    e, note = engine.embed_image(photo, box=[4, 10, 30, 40])
+    assert e.shape == (D,) and abs(float(e.norm()) - 1) < 1e-4
+
+
+def test_part_level_choice_finest_that_separates(tmp_path, monkeypatch):
+    """part_query's level choice on a run with levels l, m, s (answers stubbed: this checks the rule only):
+    the finest level whose answer holds < 90% of the parent wins; all empty → no target; all covering → the
+    sentence as one name."""
+    from cos3d.gaussians import Gaussians
+    from cos3d.query.engine import QueryEngine, QueryInputs, QueryResult
+    from cos3d.trained import LevelField
+    from cos3d.vision.testing import write_synthetic_scene
+
+    scene = write_synthetic_scene(tmp_path / "s", n_frames=1)
+    n = 200
+    g = Gaussians.from_points(torch.rand(n, 3), torch.rand(n, 3), scales=0.01, opacity=0.9, sh_degree=0)
+
+    def lf():
+        return LevelField(instance=torch.randn(n, 16), language=torch.randn(n, 8).half(), anchors=torch.zeros(0, 16),
+                          targets=torch.randn(2, 8), dbar=0.05)
+
+    class Emb:
+        name, dim, model_id = "probe", 8, "probe"
+
+        def embed_text(self, texts):
+            return torch.nn.functional.normalize(torch.ones(len(texts), 8), dim=1)
+
+    engine = QueryEngine(QueryInputs(scene=scene, gaussians=g, fields={"l": lf(), "m": lf(), "s": lf()}, embedder=Emb()))
+    assert engine.part_level == "s"
+    parent_ids = torch.arange(100)
+    sizes: dict = {}
+    calls = []
+
+    def fake_query(text=None, *, within=None, level=None, parts=True, refine=None, **kw):
+        calls.append((text, level))
+        if within is None:  # the parent, or the sentence as one name
+            ids = parent_ids if text in ("robot", "ketchup", "bottle of ketchup") else torch.zeros(0, dtype=torch.long)
+            return QueryResult(query=text, objects=[], selected=ids, no_target=not ids.numel(), reason="r",
+                               kind="text", level="l", engine=engine)
+        k = sizes[level]
+        ids = torch.arange(k) if k else torch.zeros(0, dtype=torch.long)
+        return QueryResult(query=text, objects=[], selected=ids, no_target=not k, reason="r", kind="part:text",
+                           level=level, engine=engine)
+
+    monkeypatch.setattr(engine, "query", fake_query)
+    sizes.update(s=95, m=30)
+    res = engine.part_query("head", "robot")
+    assert res.level == "m" and "level m, the finest that separates" in res.reason
+    sizes.update(s=20, m=30)
+    assert engine.part_query("head", "robot").level == "s"
+    assert [c[1] for c in calls[-2:]] == [None, "s"]  # parent, then s (m never needed)
+    sizes.update(s=0, m=0)
+    none = engine.part_query("wheel", "robot")
+    assert none.no_target and none.targets == "none" and "s: nothing, m: nothing" in none.reason
+    sizes.update(s=95, m=96)
+    whole = engine.part_query("bottle", "ketchup", sentence="bottle of ketchup")
+    assert "read as one name: no level separates" in whole.reason and calls[-1] == ("bottle of ketchup", None)
+
+
+def test_2d_first_branch_with_an_oracle_against_the_field(ts):
+    """The 2D-first branch (concept2d) with an oracle standing in for SAM 3 (oracle-2D), against the field-only
+    answer, in the held-out views (scripts/bench_prompts2d.py measures every prompt kind; docs/benchmarks.md)."""
+    from cos3d.eval.tabletop import tabletop_queries
+    from cos3d.query.concept2d import compare_branches
+    from cos3d.vision.testing import OracleConceptSegmenter
+
+    scene = ts.scene
+    qs = [q for q in tabletop_queries(scene, parts=False) if q.kind in ("name", "plural")]
+    prompts = [(q.text, list(q.gt_ids)) for q in qs] + [("elephant", []), ("giraffe", [])]
+    oracle = OracleConceptSegmenter(scene, dict(prompts))
+    views = [(f.camera, f.load_instance()) for f in scene.split("test")]
+    r = compare_branches(ts.engine, oracle, prompts, views, k=4)
+    print({b: {k: round(v, 3) for k, v in row.items()} for b, row in r.items()})
+    assert oracle.calls == 4 * len(prompts)
+    assert r["2d"]["pairs"] == r["field"]["pairs"] > 20
+    # measured on this fixture (names + plurals): 2D-first 0.854, and 0.852, field 0.845; on the benchmark's
+    # older run with every prompt kind: 0.794 / 0.685 / 0.562 (docs/benchmarks.md)
+    assert r["2d"]["mIoU"] >= 0.65 and r["2d"]["mIoU"] >= r["field"]["mIoU"] - 0.03
+    assert r["and"]["mIoU"] >= r["field"]["mIoU"] - 0.03
+    assert r["2d"]["no_target_accuracy"] == 1.0  # the oracle knows what is absent: by construction

@@ -280,3 +280,33 @@ def write_tiny_sam3(folder, size: int = 56, seed: int = 0):
     proc = Sam3Processor(image_processor=Sam3ImageProcessor(size={"height": size, "width": size}), tokenizer=tok)
     proc.save_pretrained(folder)
     return folder
+
+
+class OracleConceptSegmenter:
+    """A concept segmenter that reads the answer from the scene's instance maps: it stands in for SAM 3 in the
+    oracle-2D protocol (tests and measurements only; never a query path). ``concepts`` maps a prompt to its
+    ground-truth instance ids (absent prompts map to nothing); the image is recognised as one of the scene's
+    frames by its pixels."""
+
+    def __init__(self, scene: Scene, concepts: dict[str, list[int]]) -> None:
+        import hashlib
+
+        self.scene = scene
+        self.concepts = {k.strip().lower(): list(v) for k, v in concepts.items()}
+        self._frame = {hashlib.sha1(f.load_image().tobytes()).hexdigest(): f for f in scene.frames}
+        self.calls = 0
+
+    def segment(self, image: np.ndarray, text: str | None = None, *, exemplars=None, exemplar_labels=None):  # noqa: ANN001, ANN201
+        import hashlib
+
+        from cos3d.vision.sam3 import ConceptMasks
+
+        self.calls += 1
+        f = self._frame.get(hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest())
+        if f is None:
+            raise ValueError("the oracle segments the scene's own frames only")
+        inst = f.load_instance()
+        ids = [i for i in self.concepts.get((text or "").strip().lower(), []) if (inst == i).any()]
+        masks = np.stack([inst == i for i in ids]) if ids else np.zeros((0, *inst.shape), bool)
+        return ConceptMasks(masks=masks, scores=np.ones(len(ids), np.float32),
+                            boxes=np.zeros((len(ids), 4), np.float32), presence=float(bool(ids)), prompt=text)
