@@ -107,7 +107,8 @@ def _print_table(res: QueryResult) -> None:
     from rich.table import Table
 
     console = Console()
-    title = f"{res.query}  ({res.kind}, level {res.level}, {res.targets} target{'s' if res.targets == 'many' else ''})"
+    targets = {"none": "no target", "one": "one target", "many": "many targets"}[res.targets]
+    title = f"{res.query}  ({res.kind}, level {res.level}, {targets})"
     if res.no_target:
         reason = res.reason.removeprefix("no target: ")
         console.print(f"[bold]{title}[/bold]\n[yellow]no target[/yellow]: {reason}")
