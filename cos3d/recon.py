@@ -60,6 +60,16 @@ class ReconConfig:
     footprint (depth / focal) of the training views, enlarged until at most ``init_max_points`` remain."""
     init_max_points: int = 100_000
     """Upper bound on the number of initial Gaussians (depth and points init)."""
+    init_focus: float = 0.0
+    """Depth init: spend the point budget on what the cameras look at. Points farther from the cameras'
+    common focus (the point nearest to every optical axis) than this × the median camera distance to it
+    get voxels enlarged by ``(distance / radius)²`` (a contraction of the background, as unbounded-scene
+    methods do), so a vast floor seen at grazing angles no longer takes most of the budget from the
+    objects. 0 disables."""
+    init_detail: float = 1.0
+    """Depth init: voxel edge multiplier for pixels on locally planar, uniformly coloured surfaces
+    (table tops, floors); 1 disables. Boundaries, depth edges and textured or curved pixels keep
+    the fine edge, so the budget goes to object boundaries."""
     init_random_points: int = 20_000
     """Number of Gaussians of the ``random`` initialisation."""
     init_opacity: float = 0.1
@@ -223,15 +233,62 @@ def _voxel_downsample(points: np.ndarray, colors: np.ndarray, voxel: np.ndarray 
     return (p / counts[:, None]).astype(np.float32), (c / counts[:, None]).astype(np.float32)
 
 
-def _depth_points(frames: Sequence[Frame], voxel: float | None, max_points: int) -> tuple[np.ndarray, np.ndarray, float]:
+def cameras_focus(frames: Sequence[Frame]) -> tuple[np.ndarray, float]:
+    """(the point nearest to every camera's optical axis in the least-squares sense, the median camera
+    distance to it). Cameras that do not converge (all axes parallel) fall back to the mean centre."""
+    A = np.zeros((3, 3))
+    b = np.zeros(3)
+    centres = []
+    for fr in frames:
+        c = fr.camera.center
+        d = fr.camera.c2w[:3, 2] / max(np.linalg.norm(fr.camera.c2w[:3, 2]), 1e-12)
+        M = np.eye(3) - np.outer(d, d)
+        A += M
+        b += M @ c
+        centres.append(c)
+    C = np.stack(centres)
+    if np.linalg.cond(A) > 1e6:
+        focus = C.mean(0)
+    else:
+        focus = np.linalg.solve(A, b)
+    return focus, float(np.median(np.linalg.norm(C - focus, axis=1)))
+
+
+def _planar_pixels(world: np.ndarray, image: np.ndarray, valid: np.ndarray, foot: np.ndarray,
+                   win: int = 7) -> np.ndarray:
+    """bool ``[H, W]``: pixels on locally planar, uniformly coloured surfaces. Surface variation of the
+    back-projected points in a ``win``² window (smallest covariance eigenvalue over the trace: 0 on a plane)
+    below 0.01 and its plane residual under a quarter of the pixel footprint, colour spread under 0.04,
+    and no depth edge (every window pixel valid)."""
+    from scipy.ndimage import uniform_filter
+
+    f = lambda x: uniform_filter(x, size=win, mode="nearest")  # noqa: E731
+    X = np.where(valid[..., None], world, 0.0)
+    m = f(valid.astype(np.float64))
+    mu = np.stack([f(X[..., i]) for i in range(3)], -1)
+    cov = np.empty(X.shape[:2] + (3, 3))
+    for i in range(3):
+        for j in range(i, 3):
+            cov[..., i, j] = cov[..., j, i] = f(X[..., i] * X[..., j]) - mu[..., i] * mu[..., j]
+    ev = np.linalg.eigvalsh(cov)
+    tr = ev.sum(-1).clip(1e-18)
+    flat = (ev[..., 0] / tr < 0.01) & (np.sqrt(ev[..., 0].clip(0)) < 0.25 * foot)
+    rgb = image.astype(np.float64) / 255.0
+    spread = sum(f(rgb[..., i] ** 2) - f(rgb[..., i]) ** 2 for i in range(3))
+    return flat & (spread < 0.04**2 * 3) & (m > 0.999) & valid
+
+
+def _depth_points(frames: Sequence[Frame], voxel: float | None, max_points: int, *, focus: float = 0.0,
+                  detail: float = 1.0) -> tuple[np.ndarray, np.ndarray, float]:
     """Back-project the frames' valid depth pixels and downsample them.
 
     With ``voxel`` None the voxel edge follows each point's pixel footprint (depth / focal, rounded
     to a power of two of the smallest footprint), so near surfaces keep their detail and far ones
-    merge across views; the edges grow by 1.25× until at most ``max_points`` remain. Returns
+    merge across views; the edges grow by 1.25× until at most ``max_points`` remain. ``focus`` and
+    ``detail``: :attr:`ReconConfig.init_focus` and :attr:`ReconConfig.init_detail`. Returns
     (points, colours, smallest voxel edge).
     """
-    pts, cols, foot = [], [], []
+    pts, cols, foot, coarse = [], [], [], []
     for fr in frames:
         depth = fr.load_depth()
         if depth is None:
@@ -240,9 +297,13 @@ def _depth_points(frames: Sequence[Frame], voxel: float | None, max_points: int)
         if not valid.any():
             continue
         world = fr.camera.backproject(depth)
+        image = fr.load_image()
+        fp = depth.astype(np.float64) / (0.5 * (fr.camera.K[0, 0] + fr.camera.K[1, 1]))
         pts.append(world[valid])
-        cols.append(fr.load_image()[valid].astype(np.float64) / 255.0)
-        foot.append(depth[valid].astype(np.float64) / (0.5 * (fr.camera.K[0, 0] + fr.camera.K[1, 1])))
+        cols.append(image[valid].astype(np.float64) / 255.0)
+        foot.append(fp[valid])
+        if detail != 1.0 and voxel is None:
+            coarse.append(_planar_pixels(world, image, valid, fp)[valid])
     if not pts:
         raise Cos3dError("init='depth': the training views have no valid depth; use init='points' or 'random'")
     P, C = np.concatenate(pts), np.concatenate(cols)
@@ -254,7 +315,14 @@ def _depth_points(frames: Sequence[Frame], voxel: float | None, max_points: int)
         return p, c, float(voxel)
     fp = np.concatenate(foot)
     base = float(np.percentile(fp, 1))
-    level = np.floor(np.log2(np.maximum(fp / base, 1.0)))
+    grow = np.ones_like(fp)
+    if focus > 0:
+        centre, dist = cameras_focus(frames)
+        radius = focus * dist
+        grow *= np.maximum(np.linalg.norm(P - centre, axis=1) / radius, 1.0) ** 2
+    if coarse:
+        grow *= np.where(np.concatenate(coarse), float(detail), 1.0)
+    level = np.floor(np.log2(np.maximum(fp * grow / base, 1.0)))
     mult = 1.0
     while True:
         p, c = _voxel_downsample(P, C, base * mult * np.exp2(level))
@@ -309,7 +377,8 @@ def init_gaussians(scene: Scene, cfg: ReconConfig | None = None) -> tuple[Gaussi
     if mode == "depth":
         if not all(f.depth_path is not None for f in train):
             raise Cos3dError(f"{scene.root}: init='depth' but the scene has no depth maps; use init='points' or 'random'")
-        p, c, v = _depth_points(train, cfg.voxel_size, cfg.init_max_points)
+        p, c, v = _depth_points(train, cfg.voxel_size, cfg.init_max_points, focus=cfg.init_focus,
+                                detail=cfg.init_detail)
         info["voxel_size"] = v
     elif mode == "points":
         if scene.points is None or len(scene.points) == 0:

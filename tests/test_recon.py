@@ -136,3 +136,39 @@ def test_checkpoint_with_densify_state_loads_weights_only(scene, tmp_path, monke
     monkeypatch.setattr(recon, "_save_checkpoint", real)
     g, m = reconstruct(scene, cfg, tmp_path, resume=True)
     assert m["iterations"] == 8 and g.num > 0 and not (tmp_path / recon.CHECKPOINT).exists()
+
+
+def _points_on_objects(scene, points: np.ndarray) -> int:
+    """How many ``points`` project, in some training view, onto an object pixel (not floor/table) at its depth."""
+    on = np.zeros(len(points), bool)
+    background = {i for i, n in scene.labels.items() if n and n[0] in ("floor", "table")}
+    for f in scene.split("train"):
+        depth, inst = f.load_depth(), f.load_instance()
+        cam = (points - f.camera.c2w[:3, 3]) @ f.camera.c2w[:3, :3]
+        z = cam[:, 2]
+        uv = cam[:, :2] / np.maximum(z[:, None], 1e-9) * np.diag(f.camera.K)[:2] + f.camera.K[:2, 2]
+        x, y = np.floor(uv).astype(int).T
+        ok = (z > 0) & (x >= 0) & (y >= 0) & (x < f.camera.width) & (y < f.camera.height)
+        i = np.nonzero(ok)[0]
+        d = depth[y[i], x[i]]
+        hit = (np.abs(d - z[i]) < 0.01) & ~np.isin(inst[y[i], x[i]], list(background) + [0])
+        on[i[hit]] = True
+    return int(on.sum())
+
+
+def test_init_focus_spends_the_budget_on_the_objects(scene):
+    """The focus/detail allocation of the fast preset puts several times more of the same point budget
+    on the objects than footprint-only voxels, which spend it on the floor seen at grazing angles."""
+    cams = scene.split("train")
+    focus, dist = recon.cameras_focus(cams)
+    # every camera looks at the focus: it lies near each optical axis, in front of the camera
+    for f in cams:
+        v = focus - f.camera.center
+        axis = f.camera.c2w[:3, 2]
+        assert float(v @ axis) > 0 and np.linalg.norm(np.cross(v, axis)) < 0.5 * dist
+    before, _ = init_gaussians(scene, ReconConfig(init_max_points=8000))
+    after, _ = init_gaussians(scene, ReconConfig(init_max_points=8000, init_focus=0.35, init_detail=2.0))
+    assert after.num <= 8000 and before.num <= 8000
+    n0 = _points_on_objects(scene, before.means.numpy())
+    n1 = _points_on_objects(scene, after.means.numpy())
+    assert n1 > 3 * n0, (n0, n1)
