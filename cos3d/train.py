@@ -68,7 +68,8 @@ class TrainConfig:
     gaussians: Path | None = None
     """Import a trained scene (.ply from graphdeco 3DGS, gsplat, splatfacto) instead of running stage 0."""
     levels: tuple[Level, ...] = ("l", "s")
-    """Mask levels to train a field for (a comma list of s, m, l)."""
+    """Mask levels to train a field for (a comma list of s, m, l; all three can be trained). Queries answer
+    objects on l; part queries on the finest trained level that separates the part (s, then m)."""
     iterations: int | None = None
     """Stage-1 iterations (default: iterations-per-view × training views within [iterations-min, iterations-max])."""
     iterations_per_view: int = 300
