@@ -2,9 +2,9 @@
 """How cos3d scales: queries as Gaussians grow (25k → 250k → 1M), and training as views and
 resolution grow. Prints tables; the last line is one JSON object.
 
-Queries run on a synthetic field with the real engine and the real offline text encoder (``labels``,
-all-MiniLM-L6-v2): K objects, each a Gaussian blob in space with its own instance feature and its
-name's embedding as language feature (plus noise). Per N it measures, in one process:
+Queries run on a trained field (``--run``, or a 160x120 tabletop trained here with ``--fast``,
+oracle-2D) resampled to each N (:func:`resampled_inputs`: a kernel-density resampling that keeps how a
+trained field's features spread), with the real engine and the run's own encoder. Per N, in one process:
 
 - ``first_s``: a fresh engine's first text query (it builds the refinement index and the no-target
   calibration), ``state_first_s``: the same with the state a run folder saves (``query_state.pt``);
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -36,42 +37,89 @@ from pathlib import Path
 import numpy as np
 import torch
 
-NAMES = ["red coffee mug", "soda can", "yellow rubber duck", "cereal box", "frying pan", "lemon", "ketchup bottle",
-         "milk carton", "soccer ball", "wooden tray", "bread loaf", "blue bowl"]
-PROMPTS = ["mug", "a can of soda", "duck toy", "box of cereal", "pan", "citrus fruit", "elephant", "bicycle"]
+ABSENT = ["elephant", "bicycle", "sports car", "tennis racket", "grand piano", "surfboard"]
+"""Things on no tabletop: their answers are no-target (no refinement), timed apart from present ones."""
+
+
+def scene_prompts(scene) -> list[str]:
+    """One name per labelled object of the scene (its last training name: a name the field knows, so the
+    answer is an object and the whole path runs; these time the engine, they do not score it), distinct,
+    highest id first: on a tabletop the first prompt is then a small object and the floor and table (ids
+    1, 2: the largest selections, the slowest answers) come last, timed among the warm ones."""
+    out = []
+    for i in sorted(scene.labels, reverse=True):
+        names = scene.names_of(i)
+        if names and names[-1] not in out:
+            out.append(names[-1])
+    return out
 
 
 def rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def synthetic_engine(n: int, embedder, seed: int = 0):
-    """A QueryEngine over ``n`` synthetic Gaussians in len(NAMES) objects (plus background)."""
+def feature_bandwidth(unit: torch.Tensor, sample: int = 2000, seed: int = 0) -> float:
+    """Median angle (radians) from a Gaussian's instance feature to its nearest other Gaussian's, over a
+    sample: the spacing of the trained field's features, used as the resampling kernel's width."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(unit.shape[0], generator=g)[:sample]
+    cos = unit[idx] @ unit.T
+    cos[torch.arange(len(idx)), idx] = -2.0  # not itself
+    return float(torch.arccos(cos.max(1).values.clamp(-1, 1)).median())
+
+
+def resampled_inputs(run: Path, n: int, seed: int = 0):
+    """The run's trained scene resampled to ``n`` Gaussians (:class:`QueryInputs`).
+
+    A kernel-density resampling of the trained field, so that a 1M-Gaussian field has the statistics of a
+    trained one (how its features spread within and between objects), not those of a made-up one: every
+    trained Gaussian is kept, and each extra one copies a random trained Gaussian ("parent"): its position
+    drawn within the parent's own footprint (its rotated scales), its scales shrunk so the total volume
+    stays the same, its opacity and colour, its language feature, and its instance feature turned by
+    noise of half the field's nearest-neighbour feature spacing (:func:`feature_bandwidth`).
+    """
+    import cos3d
     from cos3d.gaussians import Gaussians
-    from cos3d.query.engine import QueryEngine, QueryInputs
-    from cos3d.scene import Camera, Frame, Scene
+    from cos3d.query.engine import QueryInputs
+    from cos3d.rotations import quat_to_rotmat
     from cos3d.trained import LevelField
 
-    g = torch.Generator().manual_seed(seed)
-    k = len(NAMES)
-    obj = torch.randint(0, k + 1, (n,), generator=g)  # k = background
-    centres = torch.rand(k + 1, 3, generator=g) * 2 - 1
-    means = centres[obj] + 0.05 * torch.randn(n, 3, generator=g)
-    inst_c = torch.nn.functional.normalize(torch.randn(k + 1, 16, generator=g), dim=1)
-    inst = torch.nn.functional.normalize(inst_c[obj] + 0.08 * torch.randn(n, 16, generator=g), dim=1)
-    names = torch.as_tensor(embedder.embed_text(NAMES + ["table"])).float()
-    lang = torch.nn.functional.normalize(names[obj] + 0.02 * torch.randn(n, names.shape[1], generator=g), dim=1)
-    gs = Gaussians(
-        means=means,
-        quats=torch.tensor([1.0, 0, 0, 0]).repeat(n, 1),
-        log_scales=torch.full((n, 3), -4.0),
-        opacity_logits=torch.full((n,), 3.0),
-        sh=torch.zeros(n, 1, 3),
-    )
-    field = LevelField(instance=inst, language=lang.half(), anchors=inst_c, targets=names, dbar=0.05)
-    cam = Camera(K=np.array([[100.0, 0, 79.5], [0, 100.0, 59.5], [0, 0, 1]]), c2w=np.eye(4), width=160, height=120)
-    scene = Scene(root=Path("."), frames=[Frame(name="0", camera=cam, image_path=Path("none.png"))])
-    return QueryEngine(QueryInputs(scene=scene, gaussians=gs, fields={"l": field}, embedder=embedder))
+    ts = cos3d.load(run, device="cpu", segmenter="none")
+    g0 = ts.gaussians
+    n0 = g0.num
+    gen = torch.Generator().manual_seed(seed)
+    parent = torch.cat([torch.arange(n0), torch.randint(0, n0, (max(0, n - n0),), generator=gen)])[:n]
+    extra = torch.arange(n) >= n0
+    shrink = math.log(max(n / n0, 1.0)) / 3.0
+    scales = g0.log_scales.exp()[parent]
+    offset = (quat_to_rotmat(g0.quats[parent]) @ (scales * torch.randn(n, 3, generator=gen)).unsqueeze(-1)).squeeze(-1)
+    means = g0.means[parent] + extra[:, None] * offset
+    gs = Gaussians(means=means, quats=g0.quats[parent], log_scales=g0.log_scales[parent] - extra[:, None] * shrink,
+                   opacity_logits=g0.opacity_logits[parent], sh=g0.sh[parent])
+    fields = {}
+    for level, f in ts.fields.items():
+        unit = torch.nn.functional.normalize(f.instance.float(), dim=1)
+        d = unit.shape[1]
+        sigma = math.tan(feature_bandwidth(unit) / 2) / math.sqrt(d - 1)
+        inst = unit[parent] + extra[:, None] * sigma * torch.randn(n, d, generator=gen)
+        fields[level] = LevelField(instance=torch.nn.functional.normalize(inst, dim=1), language=f.language[parent],
+                                   anchors=f.anchors, targets=f.targets, dbar=f.dbar)
+    return QueryInputs(scene=ts.scene, gaussians=gs, fields=fields, embedder=ts.embedder), n0
+
+
+def train_small_run(workdir: Path, threads: int) -> Path:
+    """A 160x120 tabletop (seed 0) trained with ``--fast`` under oracle-2D, reused when present."""
+    run = workdir / "run"
+    if (run / "run.json").is_file() and (run / "fields.pt").is_file():
+        return run
+    cmd = [sys.executable, "-m", "cos3d"]
+    scene = workdir / "scene"
+    if not (scene / "splits.json").is_file():
+        subprocess.run(cmd + ["prepare", "tabletop", "--out", str(scene), "--width", "160", "--height", "120",
+                              "--seed", "0", "--force"], check=True)
+    subprocess.run(cmd + ["train", "--scene", str(scene), "--out", str(run), "--fast", "--masks", "dataset",
+                          "--embedder", "labels", "--no-progress", "--threads", str(threads), "--restart"], check=True)
+    return run
 
 
 def ball_search(engine, n_seeds: int = 256) -> dict:
@@ -92,6 +140,16 @@ def ball_search(engine, n_seeds: int = 256) -> dict:
     ours = time.perf_counter() - t0
     ours_sets = np.bincount(row[hit], minlength=n_seeds)
     out = {"build_ours_s": build_ours, "search_ours_ms": ours * 1e3, "ball_mean": float(ours_sets.mean())}
+    # no index at all: one float32 matmul of every feature against the seeds, in 64k-row chunks
+    Ft, St = torch.from_numpy(np.ascontiguousarray(F, dtype=np.float32)), torch.from_numpy(F[seeds].astype(np.float32))
+    t0 = time.perf_counter()
+    members = []  # (Gaussian id, seed) pairs, as our index's answer holds them
+    for s in range(0, Ft.shape[0], 65536):
+        ij = (Ft[s : s + 65536] @ St.T > t).nonzero()
+        members.append(ij[:, 1])
+    brute_sets = np.bincount(torch.cat(members).numpy(), minlength=n_seeds)
+    out["search_brute_ms"] = (time.perf_counter() - t0) * 1e3
+    out["same_balls_brute"] = float(np.mean(np.abs(brute_sets - ours_sets) <= np.maximum(1, 1e-4 * ours_sets)))
     try:
         import faiss
     except ImportError:
@@ -111,39 +169,51 @@ def ball_search(engine, n_seeds: int = 256) -> dict:
     return out
 
 
-def bench_queries(sizes: list[int]) -> list[dict]:
-    from cos3d.vision.registry import create_embedder
+def bench_queries(run: Path, sizes: list[int], n_warm: int) -> list[dict]:
+    from cos3d.query.engine import QueryEngine
 
-    embedder = create_embedder("labels", device="cpu")
-    embedder.embed_text(["warm up"])
     rows = []
     for n in sizes:
-        engine = synthetic_engine(n, embedder)
+        inputs, n0 = resampled_inputs(run, n)
+        present = scene_prompts(inputs.scene)
+        if len(present) < 2:
+            raise SystemExit(f"{run}: the scene needs at least 2 labelled objects for the query bench")
+        engine = QueryEngine(inputs)
+        engine.embedder.embed_text(["warm up"])  # the encoder's own first-call cost is not the index's
         t0 = time.perf_counter()
-        first = engine.query(PROMPTS[0])
+        first = engine.query(present[0])
         first_s = time.perf_counter() - t0
         state = engine.state_dict()
-        warm = []
-        for p in PROMPTS[1:]:
+        warm, warm_absent, objects = [], [], []
+        for p in present[1 : 1 + n_warm]:
+            t0 = time.perf_counter()
+            r = engine.query(p)
+            warm.append((time.perf_counter() - t0) * 1e3)
+            objects.append(len(r.objects))
+        for p in ABSENT:
             t0 = time.perf_counter()
             engine.query(p)
-            warm.append((time.perf_counter() - t0) * 1e3)
-        fresh = synthetic_engine(n, embedder)
-        fresh.cache = engine.cache  # the same text-embedding cache a process keeps: measure the state alone
+            warm_absent.append((time.perf_counter() - t0) * 1e3)
+        fresh = QueryEngine(inputs)
+        fresh.cache = engine.cache  # the text embeddings a process keeps: time the state alone
         t0 = time.perf_counter()
         assert fresh.load_state_dict(state)
-        again = fresh.query(PROMPTS[0])
+        again = fresh.query(present[0])
         state_s = time.perf_counter() - t0
         assert torch.equal(first.selected, again.selected)
-        row = {"n": n, "first_s": first_s, "state_first_s": state_s, "warm_ms": float(np.median(warm)),
-               "warm_ms_max": float(np.max(warm)), "objects": len(first.objects), **ball_search(engine),
-               "peak_rss_gib": rss_gib()}
+        row = {"n": n, "trained_n": n0, "first_prompt": present[0], "first_s": first_s, "state_first_s": state_s,
+               "warm_prompts": present[1 : 1 + n_warm], "warm_ms": float(np.median(warm)),
+               "warm_ms_max": float(np.max(warm)), "warm_absent_ms": float(np.median(warm_absent)),
+               "answered_with_objects": int(sum(o > 0 for o in objects)), "first_objects": len(first.objects),
+               "selected": int(first.selected.numel()), **ball_search(engine), "peak_rss_gib": rss_gib()}
         rows.append(row)
         print(f"{row['n']:>9} {row['first_s']:>8.2f} {row['state_first_s']:>8.2f} {row['warm_ms']:>8.1f} "
-              f"{row['objects']:>5} | {row['build_ours_s']:>10.2f} {row['search_ours_ms']:>8.1f} "
+              f"{row['warm_ms_max']:>8.1f} {row['warm_absent_ms']:>7.1f} {row['answered_with_objects']:>3}/{len(warm):<2}| "
+              f"{row['build_ours_s']:>10.2f} {row['search_ours_ms']:>8.1f} "
               f"{row.get('build_faiss_s', float('nan')):>11.2f} {row.get('search_faiss_ms', float('nan')):>9.1f} "
-              f"{row.get('same_balls', float('nan')):>5.2f} | {row['peak_rss_gib']:>7.2f}", flush=True)
-        del engine, fresh
+              f"{row.get('same_balls', float('nan')):>5.2f} {row['search_brute_ms']:>8.1f} {row['ball_mean']:>7.0f} | "
+              f"{row['peak_rss_gib']:>7.2f}", flush=True)
+        del engine, fresh, inputs
     return rows
 
 
@@ -181,12 +251,22 @@ def main() -> None:
     ap.add_argument("--sizes", default="25000,250000,1000000", help="Gaussian counts for the query bench")
     ap.add_argument("--train", default="", help="views x width levels for the training bench, e.g. 24x160,96x320")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--run", type=Path, default=None,
+                    help="trained run whose field is resampled for the query bench (default: train a 160x120 "
+                         "tabletop with --fast in --workdir)")
+    ap.add_argument("--workdir", type=Path, default=Path("bench_scale_work"))
+    ap.add_argument("--warm", type=int, default=8, help="distinct warm prompts (scene objects) per size")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    print(f"{'N':>9} {'first s':>8} {'state s':>8} {'warm ms':>8} {'objs':>5} | {'ours build':>10} {'ours ms':>8}"
-          f" {'faiss build':>11} {'faiss ms':>9} {'same':>5} | {'RSS GiB':>7}", flush=True)
-    q = bench_queries(sizes)  # prints each row as it is measured
+    q = []
+    if sizes:
+        run = args.run or train_small_run(args.workdir, args.threads)
+        print(f"query bench on {run} resampled (oracle-2D field, labels encoder)")
+        print(f"{'N':>9} {'first s':>8} {'state s':>8} {'warm ms':>8} {'max ms':>8} {'absent':>7} {'hit':>6}| {'ours build':>10}"
+              f" {'ours ms':>8} {'faiss build':>11} {'faiss ms':>9} {'same':>5} {'brute ms':>8} {'ball':>7} | {'RSS GiB':>7}",
+              flush=True)
+        q = bench_queries(run, sizes, args.warm)  # prints each row as it is measured
     t = bench_train([s for s in args.train.split(",") if s], args.threads) if args.train else []
     if t:
         print(f"\n{'views':>5} {'size':>9} {'wall s':>7} {'stage0':>7} {'masks':>6} {'stage1':>7} {'stage2':>7}"

@@ -129,6 +129,25 @@ def test_fast_refinement_with_subset_and_ties():
     assert bool(sub[ref.selected].all())
 
 
+@pytest.mark.parametrize("ratio", [0.0, float("inf")])
+def test_balls_by_matmul_or_by_index_give_the_reference_answer(monkeypatch, ratio):
+    # BRUTE_FORCE_RATIO 0: every ball by one matmul against all features; inf: every ball from the index
+    import cos3d.query.refine as refine_mod
+
+    monkeypatch.setattr(refine_mod, "BRUTE_FORCE_RATIO", ratio)
+    calls = []
+    real = refine_mod._balls_by_matmul
+    monkeypatch.setattr(refine_mod, "_balls_by_matmul", lambda *a: calls.append(1) or real(*a))
+    F, r, o, lab = synthetic_field(n=3000, noise=0.05, r_noise=0.4)
+    for dbar, sub in ((0.1, None), (0.05, lab < 5)):
+        ref = refine_reference(F, r, o, dbar, subset=sub)
+        fast = refine_fast(F, r, o, dbar, subset=sub, index=InstanceIndex(F))
+        assert ref.seeds == fast.seeds and torch.equal(ref.selected, fast.selected)
+        assert all(torch.equal(a, b) for a, b in zip(ref.regions, fast.regions))
+        assert ref.region_thresholds == fast.region_thresholds
+    assert bool(calls) == (ratio == 0.0)
+
+
 @pytest.mark.parametrize("min_wave", [1, 8, 10**9])
 def test_fast_refinement_reuses_ball_cache_across_queries(monkeypatch, min_wave):
     # one index shared by several queries (as the engine does): balls cached by an earlier query (with or

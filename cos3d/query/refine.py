@@ -224,6 +224,20 @@ class InstanceIndex:
     def candidates(self, seed_features: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
         """All (seed, Gaussian) pairs that may have ``cos > t``: ``(seed_index [P], gaussian_id [P])``,
         grouped by seed in order."""
+        seed_row, lo, hi = self._ranges(seed_features, t)
+        counts = hi - lo
+        if counts.sum() == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        pos = _concat_ranges(np.stack([lo, hi], 1).ravel(), np.arange(0, 2 * len(lo), 2))
+        return np.repeat(seed_row, counts), self.order[pos]
+
+    def count_candidates(self, seed_features: np.ndarray, t: float) -> int:
+        """How many pairs :meth:`candidates` would list (cheap: no pair is made)."""
+        _, lo, hi = self._ranges(seed_features, t)
+        return int((hi - lo).sum())
+
+    def _ranges(self, seed_features: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(seed row, lo, hi): for each reachable (seed, cluster), the range of :attr:`order` to scan."""
         theta = math.acos(max(-1.0, min(1.0, t))) + 1e-6
         cos_to_centroid = np.asarray(seed_features, np.float64) @ self.centroids.T  # [B, K]
         # clusters that can reach the seed at all: angle(seed, centroid) < θ + the cluster's largest β
@@ -235,11 +249,7 @@ class InstanceIndex:
         base = cluster * 4.0
         lo = np.searchsorted(self.keys, np.maximum(base + alpha - theta, base), "left")
         hi = np.searchsorted(self.keys, np.minimum(base + alpha + theta, base + np.pi), "right")
-        counts = hi - lo
-        if counts.sum() == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        pos = _concat_ranges(np.stack([lo, hi], 1).ravel(), np.arange(0, 2 * len(lo), 2))
-        return np.repeat(seed_row, counts), self.order[pos]
+        return seed_row, lo, hi
 
     def ball_graph(self, unit_features: np.ndarray, dbar: float) -> BallGraph:
         """The :class:`BallGraph` for compactness ``dbar``'s thresholds (created empty on first use, then
@@ -269,17 +279,45 @@ def _concat_ranges(ptr: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + offs
 
 
+BRUTE_FORCE_RATIO = 0.1
+"""Balls are found by one matmul of every feature against the seeds (no index) when the index would list
+more than this fraction of all N × seeds pairs: gathering a candidate's feature costs about ten
+multiply-adds of a matmul row. Large, loose balls (a 1M-Gaussian field's floor) go that way: 10× faster
+there (docs/benchmarks.md, "Real-size scenes")."""
+_BRUTE_CHUNK = 65536
+
+
 def _loosest_balls(index: InstanceIndex, F: np.ndarray, seeds: np.ndarray, ts: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Loosest-ball entries of ``seeds``: ``(row [P], gaussian [P], level [P])`` grouped by row in order;
     ``level`` = the tightest of the thresholds ``ts`` the cosine passes (0..len(ts)-1)."""
     seed_features = F[seeds]
-    row, gaussian = index.candidates(seed_features, float(ts[0]))
-    cos = np.einsum("ij,ij->i", F[gaussian], seed_features[row])
-    hit = cos > ts[0]
-    row, gaussian, cos = row[hit], gaussian[hit], cos[hit]
+    t0 = float(ts[0])
+    if index.count_candidates(seed_features, t0) > BRUTE_FORCE_RATIO * F.shape[0] * len(seeds):
+        row, gaussian, cos = _balls_by_matmul(F, seed_features, t0)
+    else:
+        row, gaussian = index.candidates(seed_features, t0)
+        cos = np.einsum("ij,ij->i", F[gaussian], seed_features[row])
+        hit = cos > t0
+        row, gaussian, cos = row[hit], gaussian[hit], cos[hit]
     level = (cos[:, None] > ts[None, :]).sum(1).astype(np.int8) - 1
     return row, gaussian, level
+
+
+def _balls_by_matmul(F: np.ndarray, seed_features: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (seed row, Gaussian, cos) with ``cos > t``, grouped by row (Gaussian ids ascending within)."""
+    Ft = torch.from_numpy(np.ascontiguousarray(F, dtype=np.float32))
+    S = torch.from_numpy(np.ascontiguousarray(seed_features, dtype=np.float32))
+    rows, gids, coss = [], [], []
+    for s in range(0, Ft.shape[0], _BRUTE_CHUNK):
+        cos = Ft[s : s + _BRUTE_CHUNK] @ S.T  # [c, B]
+        g, r = (cos > t).nonzero(as_tuple=True)
+        rows.append(r)
+        gids.append(g + s)
+        coss.append(cos[g, r])
+    row, gid, cos = torch.cat(rows), torch.cat(gids), torch.cat(coss)
+    order = torch.argsort(row, stable=True)  # gids ascend within each row (chunks are in order)
+    return row[order].numpy(), gid[order].numpy(), cos[order].numpy()
 
 
 class BallGraph:
