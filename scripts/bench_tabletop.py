@@ -61,7 +61,8 @@ def machine() -> str:
 
 
 def bench_scene(workdir: Path, seed: int, width: int, height: int, views: int, perturb: str, log: Path,
-                mlp: bool = True, variants: bool = True) -> dict:
+                mlp: bool = True, variants: bool = True, ablation: bool = True, budget: bool = False,
+                image_prompts: bool = True) -> dict:
     scene = workdir / f"scene{seed}_{width}x{height}"
     run = workdir / f"run{seed}_{width}x{height}"
     out = run / "eval" / "tabletop"
@@ -75,11 +76,14 @@ def bench_scene(workdir: Path, seed: int, width: int, height: int, views: int, p
         times["train"] = _run(_cos3d() + ["train", "--scene", str(scene), "--out", str(run), "--config", "fast",
                                           "--masks", "dataset", "--embedder", "labels", "--no-progress", *extra], log)
     if not (out / "RESULTS.json").is_file():
-        times["eval"] = _run(_cos3d() + ["eval", "tabletop", "--run", str(run), "--ablation", "--perturb", perturb,
-                                         *([] if mlp else ["--no-mlp"]),
-                                         *([] if variants else ["--no-balance0", "--perturb", "0"]), "--out", str(out)], log)
+        abl = (["--ablation", "--perturb", perturb, *([] if mlp else ["--no-mlp"]),
+                *([] if variants else ["--no-balance0", "--perturb", "0"])] if ablation else [])
+        times["eval"] = _run(_cos3d() + ["eval", "tabletop", "--run", str(run), *abl, *(["--budget"] if budget else []),
+                                         *([] if image_prompts else ["--no-image-prompts"]), "--out", str(out)], log)
     res = json.loads((out / "RESULTS.json").read_text())
     rec = json.loads((run / "run.json").read_text())
+    if budget and "budget" not in res:
+        raise SystemExit(f"{out / 'RESULTS.json'} has no error budget: delete it and run again")
     return {"seed": seed, "size": f"{width}x{height}", "views": views, "scene": str(scene), "run": str(run),
             "n_gaussians": rec.get("counts", {}).get("n_gaussians"), "times_s": {k: round(v, 1) for k, v in times.items()},
             "results": res}
@@ -112,16 +116,46 @@ def tables(rows: list[dict], cmd: str, mach: str) -> str:
         L.append(f"| seed {r['seed']}, {r['size']} | {p['queries']} ({p['present']} / {p['absent']}) | {_f(p['accuracy'])} | "
                  f"{_f(p['always_present_baseline'])} | {_f(p['always_absent_baseline'])} | {_f(p['balanced_accuracy'])} | "
                  f"{_f(p['false_empty_rate'])} | {_f(p['false_present_rate'])} |")
-    L += ["", "**Image prompts** (a box around each object visible in a held-out view, scored in the other held-out "
-          "views). *lift*: the box's Gaussians by blending weight, answered in instance space — reads no ground "
-          "truth. *lookup*: the oracle-2D labels embedder names the object under the box from the frame's "
-          "instance map — a name look-up, not image prompting.", "",
-          "| scene | prompts | lift mIoU | lift mAcc@0.25 | lookup mIoU |", "|---|---:|---:|---:|---:|"]
-    for r in rows:
-        ip = r["results"].get("image_prompts", {})
-        li, lo = ip.get("lift", {}), ip.get("lookup", {})
-        L.append(f"| seed {r['seed']}, {r['size']} | {li.get('prompts', '–')} | {_f(li.get('mIoU'))} | "
-                 f"{_f(li.get('mAcc@0.25'))} | {_f(lo.get('mIoU'))} |")
+    if any("budget" in r["results"] for r in rows):
+        L += ["", "**Error budget** (present queries, held-out views; `cos3d eval tabletop --budget`, "
+              "`cos3d/eval/budget.py`). *ceiling*: an oracle selection — every Gaussian takes the ground-truth id "
+              "carrying most of its blending weight over the training views' instance/part maps (reads ground "
+              "truth: the limit the frozen geometry sets). *selected masks*: the same under COS3D's alpha > 0.7 "
+              "protocol. *instance field*: each Gaussian takes the object of its nearest training-mask anchor "
+              "(a perfect language side). The next four rows answer the real prompt with the presence test "
+              "forced to \"present\" (selection alone); the last row is the engine as users get it (a present "
+              "query answered \"not here\" scores 0). mIoU (mAcc@0.25).", "",
+              "| row | " + " | ".join(f"seed {r['seed']} {r['size']}" for r in rows) + " | mean mIoU | names | paraphrases | plurals | parts | part paraphrases |",
+              "|---|" + "---:|" * (len(rows) + 6)]
+        rnames = list(dict.fromkeys(n for r in rows for n in r["results"].get("budget", {}).get("rows", {})))
+        for n in rnames:
+            vals = [r["results"].get("budget", {}).get("rows", {}).get(n) for r in rows]
+            cells = [f"{_f(v['mIoU'])} ({_f(v['mAcc@0.25'])})" if v else "–" for v in vals]
+            ms = [v["mIoU"] for v in vals if v]
+            kinds = []
+            for k in ("name", "paraphrase", "plural", "part", "part_paraphrase"):
+                ks = [v["by_kind"].get(k) for v in vals if v and v["by_kind"].get(k) is not None]
+                kinds.append(_f(sum(ks) / len(ks)) if ks else "–")
+            L.append(f"| {n} | " + " | ".join(cells) + f" | {_f(sum(ms) / len(ms)) if ms else '–'} | " + " | ".join(kinds) + " |")
+        L += ["", "Per-kind columns: mean over the scenes. Prompts the engine answers ≥ 0.1 below their ceiling, "
+              "and why (from the oracle labels of the selected Gaussians):", ""]
+        for r in rows:
+            bad = [p for p in r["results"].get("budget", {}).get("prompts", [])
+                   if p["ceiling"] is not None and p["mIoU"] < p["ceiling"] - 0.1]
+            if bad:
+                L.append(f"- seed {r['seed']}, {r['size']}: " + "; ".join(
+                    f"\"{p['query']}\" ({p['kind']}) {p['mIoU']:.2f}/{p['ceiling']:.2f}: {p['why']}" for p in bad))
+    if any("image_prompts" in r["results"] for r in rows):
+        L += ["", "**Image prompts** (a box around each object visible in a held-out view, scored in the other held-out "
+              "views). *lift*: the box's Gaussians by blending weight, answered in instance space — reads no ground "
+              "truth. *lookup*: the oracle-2D labels embedder names the object under the box from the frame's "
+              "instance map — a name look-up, not image prompting.", "",
+              "| scene | prompts | lift mIoU | lift mAcc@0.25 | lookup mIoU |", "|---|---:|---:|---:|---:|"]
+        for r in rows:
+            ip = r["results"].get("image_prompts", {})
+            li, lo = ip.get("lift", {}), ip.get("lookup", {})
+            L.append(f"| seed {r['seed']}, {r['size']} | {li.get('prompts', '–')} | {_f(li.get('mIoU'))} | "
+                     f"{_f(li.get('mAcc@0.25'))} | {_f(lo.get('mIoU'))} |")
     names = list(dict.fromkeys(n for r in rows for n in r["results"].get("ablation", {}).get("rows", {})))
     if names:
         L += ["", "**Ablation** (mIoU over all present pairs / held-out kinds only; same presence test in every "
@@ -163,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="train the ablation's MLP variant on the first this many scenes only (it takes minutes)")
     ap.add_argument("--variants-scenes", type=int, default=None,
                     help="train the balance-0 and --perturb variants on the first this many scenes only (default all)")
+    ap.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
+                    help="run cos3d eval tabletop --ablation (query-time branches and training variants)")
+    ap.add_argument("--budget", action="store_true", help="also the error budget (cos3d eval tabletop --budget)")
+    ap.add_argument("--image-prompts", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--write-docs", type=Path, default=None)
     args = ap.parse_args(argv)
     os.environ.setdefault("COS3D_THREADS", "1")
@@ -173,10 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         seed, size = spec.split(":")
         w, h = (int(v) for v in size.lower().split("x"))
         rows.append(bench_scene(args.workdir, int(seed), w, h, args.views, args.perturb, log, mlp=k < args.mlp_scenes,
-                                variants=args.variants_scenes is None or k < args.variants_scenes))
+                                variants=args.variants_scenes is None or k < args.variants_scenes,
+                                ablation=args.ablation, budget=args.budget, image_prompts=args.image_prompts))
     cmd = (f"python scripts/bench_tabletop.py --scenes {args.scenes} --views {args.views} --perturb {args.perturb} "
            f"--mlp-scenes {args.mlp_scenes}"
-           + (f" --variants-scenes {args.variants_scenes}" if args.variants_scenes is not None else ""))
+           + (f" --variants-scenes {args.variants_scenes}" if args.variants_scenes is not None else "")
+           + ("" if args.ablation else " --no-ablation") + (" --budget" if args.budget else "")
+           + ("" if args.image_prompts else " --no-image-prompts"))
     mach = machine()
     text = tables(rows, cmd, mach)
     print(text)

@@ -156,7 +156,30 @@ def _tabletop(cfg: Any) -> dict[str, Any]:
         _print_images(console, results["image_prompts"])
     if cfg.ablation:
         results["ablation"] = _ablation(cfg, ts, qs, console)
+    if cfg.budget:
+        results["budget"] = _budget(ts, qs, console)
     return results
+
+
+def _budget(ts: Any, qs: list, console: Any) -> dict[str, Any]:
+    from rich.table import Table
+
+    from cos3d.eval.budget import error_budget
+
+    res = error_budget(ts, qs)
+    t = Table(title="error budget (present queries, held-out views; rows after 'instance field' force presence "
+                    "until the last)")
+    for c in ("row", "pairs", "mIoU", "mAcc@0.25", "names", "paraphrases", "plurals", "parts", "part paraphrases"):
+        t.add_column(c, justify="right")
+    for name, r in res["rows"].items():
+        k = r["by_kind"]
+        t.add_row(name, str(r["pairs"]), _f(r["mIoU"]), _f(r["mAcc@0.25"]), *[_f(k.get(x)) for x in
+                  ("name", "paraphrase", "plural", "part", "part_paraphrase")])
+    console.print(t)
+    for p in res["prompts"]:
+        if p["ceiling"] is not None and p["mIoU"] < p["ceiling"] - 0.1:
+            console.print(f"  {p['query']!r} ({p['kind']}): {p['mIoU']:.2f} vs ceiling {p['ceiling']:.2f}: {p['why']}")
+    return res
 
 
 def _print_main(console: Any, rep: Any, oracle: bool) -> None:

@@ -34,6 +34,9 @@ class TabletopEvalConfig:
     """Ablation: train the stage-1 balance 0 variant (COS3D's plain pixel mean)."""
     mlp: bool = True
     """Ablation: train the MLP Ins2Lang variant (2,000 MLP steps per level: minutes on a small CPU)."""
+    budget: bool = False
+    """Also write the error budget (cos3d/eval/budget.py): the geometry ceiling (an oracle selection of the
+    ground-truth Gaussians) and what each step of the query path loses to it, with the failing prompts."""
     threads: int | None = None
     """CPU threads for torch (default: $COS3D_THREADS if set, else torch's)."""
 
