@@ -68,7 +68,7 @@ def feature_bandwidth(unit: torch.Tensor, sample: int = 2000, seed: int = 0) -> 
     return float(torch.arccos(cos.max(1).values.clamp(-1, 1)).median())
 
 
-def resampled_inputs(run: Path, n: int, seed: int = 0):
+def resampled_inputs(run: Path, n: int, seed: int = 0, kernel: float = 0.5):
     """The run's trained scene resampled to ``n`` Gaussians (:class:`QueryInputs`).
 
     A kernel-density resampling of the trained field, so that a 1M-Gaussian field has the statistics of a
@@ -76,7 +76,9 @@ def resampled_inputs(run: Path, n: int, seed: int = 0):
     trained Gaussian is kept, and each extra one copies a random trained Gaussian ("parent"): its position
     drawn within the parent's own footprint (its rotated scales), its scales shrunk so the total volume
     stays the same, its opacity and colour, its language feature, and its instance feature turned by
-    noise of half the field's nearest-neighbour feature spacing (:func:`feature_bandwidth`).
+    noise of ``kernel`` times the field's nearest-neighbour feature spacing (:func:`feature_bandwidth`;
+    0 = exact copies, as a densification split leaves them, 0.5 = the default). The kernel decides how many
+    copies share a refinement ball, so it bounds the timings from both sides: say which was used.
     """
     import cos3d
     from cos3d.gaussians import Gaussians
@@ -100,7 +102,7 @@ def resampled_inputs(run: Path, n: int, seed: int = 0):
     for level, f in ts.fields.items():
         unit = torch.nn.functional.normalize(f.instance.float(), dim=1)
         d = unit.shape[1]
-        sigma = math.tan(feature_bandwidth(unit) / 2) / math.sqrt(d - 1)
+        sigma = math.tan(kernel * feature_bandwidth(unit)) / math.sqrt(d - 1)
         inst = unit[parent] + extra[:, None] * sigma * torch.randn(n, d, generator=gen)
         fields[level] = LevelField(instance=torch.nn.functional.normalize(inst, dim=1), language=f.language[parent],
                                    anchors=f.anchors, targets=f.targets, dbar=f.dbar)
@@ -169,12 +171,12 @@ def ball_search(engine, n_seeds: int = 256) -> dict:
     return out
 
 
-def bench_queries(run: Path, sizes: list[int], n_warm: int) -> list[dict]:
+def bench_queries(run: Path, sizes: list[int], n_warm: int, kernel: float = 0.5) -> list[dict]:
     from cos3d.query.engine import QueryEngine
 
     rows = []
     for n in sizes:
-        inputs, n0 = resampled_inputs(run, n)
+        inputs, n0 = resampled_inputs(run, n, kernel=kernel)
         present = scene_prompts(inputs.scene)
         if len(present) < 2:
             raise SystemExit(f"{run}: the scene needs at least 2 labelled objects for the query bench")
@@ -255,6 +257,8 @@ def main() -> None:
                     help="trained run whose field is resampled for the query bench (default: train a 160x120 "
                          "tabletop with --fast in --workdir)")
     ap.add_argument("--workdir", type=Path, default=Path("bench_scale_work"))
+    ap.add_argument("--kernel", type=float, default=0.5,
+                    help="resampling kernel, a fraction of the field's nearest-neighbour feature spacing (0: copies)")
     ap.add_argument("--warm", type=int, default=8, help="distinct warm prompts (scene objects) per size")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -262,11 +266,11 @@ def main() -> None:
     q = []
     if sizes:
         run = args.run or train_small_run(args.workdir, args.threads)
-        print(f"query bench on {run} resampled (oracle-2D field, labels encoder)")
+        print(f"query bench on {run} resampled with kernel {args.kernel} (oracle-2D field, labels encoder)")
         print(f"{'N':>9} {'first s':>8} {'state s':>8} {'warm ms':>8} {'max ms':>8} {'absent':>7} {'hit':>6}| {'ours build':>10}"
               f" {'ours ms':>8} {'faiss build':>11} {'faiss ms':>9} {'same':>5} {'brute ms':>8} {'ball':>7} | {'RSS GiB':>7}",
               flush=True)
-        q = bench_queries(run, sizes, args.warm)  # prints each row as it is measured
+        q = bench_queries(run, sizes, args.warm, args.kernel)  # prints each row as it is measured
     t = bench_train([s for s in args.train.split(",") if s], args.threads) if args.train else []
     if t:
         print(f"\n{'views':>5} {'size':>9} {'wall s':>7} {'stage0':>7} {'masks':>6} {'stage1':>7} {'stage2':>7}"
@@ -281,6 +285,7 @@ def main() -> None:
     big = max(q, key=lambda r: r["n"]) if q else {}
     summary = {
         "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} thread(s))",
+        "kernel": args.kernel,
         "largest_n": big.get("n"),
         "query_warm_ms_1m": big.get("warm_ms") if big.get("n") == 1_000_000 else None,
         "query_first_s_1m": big.get("state_first_s") if big.get("n") == 1_000_000 else None,
