@@ -56,8 +56,8 @@ class QueryConfig:
     """Text + image prompt: sum (normalised sum of the two embeddings) or and (the objects both answers hold)."""
     segmenter: Literal["auto", "none", "sam2", "sam2-hf", "sam3"] = "auto"
     """Box/points/scribble -> mask segmenter of image prompts: auto (the run's SAM model when it was trained with
-    one and its weights load; else the offline rule, and the answer says so), none, or a SAM model (its
-    weights: --sam2-model, --sam3-model, --sam2-checkpoint, or the run's settings)."""
+    one and its weights load; else the offline rule, and the answer says so; with --sam2-model, --sam3-model or
+    --sam2-checkpoint given, that model), none, or a SAM model (its weights: those flags, or the run's settings)."""
     sam2_model: str | None = None
     """SAM2 through transformers for --segmenter sam2-hf: hub id or save_pretrained folder (default: the run's)."""
     sam3_model: str | None = None
