@@ -47,7 +47,9 @@ ROWS = ("ceiling", "ceiling, selected masks", "instance field", "instance-only",
 
 def oracle_labels(engine: "QueryEngine", frames: Sequence[Any], *, parts: bool = False) -> "Tensor":
     """``[N]`` long: the GT instance (``parts``: part) id carrying the most blending weight of each Gaussian
-    over ``frames`` (their instance/part maps); -1 for Gaussians no frame sees (or only id 0 / unlabelled)."""
+    over ``frames`` (their instance/part maps); -1 for Gaussians no frame sees, or whose heaviest id is 0 (no
+    instance; for parts: not a part — it competes with the part ids, so the pixels around a part do not hand
+    their Gaussians to it)."""
     n = engine.num_gaussians
     votes: dict[int, torch.Tensor] = {}
     for f in frames:
@@ -59,7 +61,7 @@ def oracle_labels(engine: "QueryEngine", frames: Sequence[Any], *, parts: bool =
         w = c.weight.detach().cpu().double()
         g = c.gaussian.cpu()
         for i in torch.unique(ids).tolist():
-            if i <= 0:
+            if i < 0:
                 continue
             sel = ids == i
             v = votes.setdefault(int(i), torch.zeros(n, dtype=torch.float64))
@@ -70,7 +72,7 @@ def oracle_labels(engine: "QueryEngine", frames: Sequence[Any], *, parts: bool =
     V = torch.stack([votes[k] for k in keys], 1)
     best = V.argmax(1)
     out = torch.tensor(keys, dtype=torch.long)[best]
-    out[V.max(1).values <= 0] = -1
+    out[(V.max(1).values <= 0) | (out == 0)] = -1  # id 0 (no instance / not a part) competes, then means none
     return out
 
 
