@@ -107,7 +107,12 @@ def test_metric_less_scene_scale_is_handled(ts):
     T[:3, :3] *= 4.0
     b = pick_targets(ts, "ketchup bottle", T_base_scene=T)[0]
     np.testing.assert_allclose(b.box.extent, 4 * a.box.extent, rtol=1e-9)
-    assert b.grasp is not None and b.grasp.object_width > a.grasp.object_width
+    # widths are in metres: the 4x scene offers spans no candidate of the metric one has (in scene units
+    # they would be the same); which grasp wins depends on the trained geometry, so the test does not fix it
+    wa = [g.object_width for g in a.grasps]
+    wb = [g.object_width for g in b.grasps]
+    assert wa and wb and max(wb) > 2 * max(wa)
+    assert b.grasp is not None and b.grasp.feasible and b.grasp.object_width <= 0.08  # a Franka Hand's opening
 
 
 # ---------------------------------------------------------------------------------------------------

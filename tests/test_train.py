@@ -128,7 +128,7 @@ def test_query_is_delegated_to_the_engine(ts, monkeypatch):
     calls = []
 
     class FakeEngine:
-        def __init__(self, trained):
+        def __init__(self, trained, **kwargs):  # kwargs: the image-prompt segmenter seam
             calls.append(("init", trained))
 
         def query(self, *a, **k):
@@ -147,7 +147,9 @@ def test_query_is_delegated_to_the_engine(ts, monkeypatch):
     assert [c[0] for c in calls] == ["init", "query", "query"] and calls[0][1] is ts
     # the typed signature forwards every prompt argument by name; only the given ones are set
     assert calls[1][1] == ("mug",) and calls[1][2]["within"] == "table"
-    assert {k for k, v in calls[1][2].items() if v is not None} == {"within"}
+    # (combine / parts have non-None defaults: "sum" / True)
+    assert {k for k, v in calls[1][2].items() if v is not None} == {"within", "combine", "parts"}
+    assert calls[1][2]["combine"] == "sum" and calls[1][2]["parts"] is True
     assert calls[2][1] == ("cup",) or calls[2][2].get("text") == "cup"
 
 

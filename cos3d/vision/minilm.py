@@ -105,19 +105,15 @@ class MiniLMEncoder:
 
     def encode(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
         """``[T, D]`` float32 unit rows; texts longer than the model's limit are truncated (as
-        sentence-transformers does: callers check lengths first)."""
+        sentence-transformers does: callers check lengths first). ``batch_size`` is accepted for the
+        sentence-transformers signature; texts are encoded one at a time (deterministic, see below)."""
         out = np.zeros((len(texts), self.dim), np.float32)
-        # sorted by length so each batch pads little (sentence-transformers does the same)
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            encs = [self.tokenizer.encode(texts[i]).ids for i in idx]
-            encs = [e[: self.max_length - 1] + e[-1:] if len(e) > self.max_length else e for e in encs]
-            L = max(len(e) for e in encs)
-            ids = torch.zeros(len(encs), L, dtype=torch.long)
-            mask = torch.zeros(len(encs), L, dtype=torch.long)
-            for r, e in enumerate(encs):
-                ids[r, : len(e)] = torch.tensor(e)
-                mask[r, : len(e)] = 1
-            out[idx] = self.forward(ids.to(self.device), mask.to(self.device)).cpu().numpy()
+        encs = [self.tokenizer.encode(t).ids for t in texts]
+        encs = [e[: self.max_length - 1] + e[-1:] if len(e) > self.max_length else e for e in encs]
+        # one text at a time: a text's embedding must not depend on what it was batched with (padding and
+        # the matmul's blocking change the float rounding; mask caches written by different processes, e.g.
+        # Ray workers, must agree bit for bit). Prompts and mask names are short: ~1-2 ms a text on a CPU.
+        for i, e in enumerate(encs):
+            ids = torch.tensor(e, dtype=torch.long)[None]
+            out[i] = self.forward(ids.to(self.device), torch.ones_like(ids).to(self.device)).cpu().numpy()[0]
         return out
