@@ -26,10 +26,10 @@ def test_windowed_forward_mask_matches_recorded_weights(loaded):
             continue
         for f in frames:
             fresh = MaskRenderer(loaded.gaussians)
-            one_off = fresh.occlusion(res.selected, f.camera)  # no weights recorded: the forward path
+            one_off = fresh.occlusion(res.selected, f.camera)  # first ask of the view: the forward path
             assert f.camera.key() not in fresh._contrib
-            fresh.contributions(f.camera)
-            recorded = fresh.occlusion(res.selected, f.camera)  # the sparse product on recorded weights
+            recorded = fresh.occlusion(res.selected, f.camera)  # second ask: weights recorded, sparse product
+            assert f.camera.key() in fresh._contrib
             assert one_off.shape == recorded.shape == (f.camera.height, f.camera.width)
             differ = int((one_off != recorded).sum())
             assert differ <= max(3, 0.01 * recorded.sum()), (prompt, f.name, differ, int(recorded.sum()))
