@@ -9,11 +9,12 @@
 The occlusion protocol only needs the view's blending weights, which do not depend on the selection:
 :class:`MaskRenderer` records them once per camera (:func:`cos3d.render.compute_contributions`) and
 then every mask of that view is a sparse product. The first mask asked of a view comes from a forward
-render instead (the second one records the view's weights, so evaluations and the viewer, which ask a
-view many times, still get sparse products) (the indicator as a one-channel feature, over the window the
-selection's 3σ footprints cover): at 1296×968 with 25k Gaussians, 0.3–2 s against 13 s for recording
-the weights. Both compute ``Σ_sel w_i / Σ_all w_i``; the recorded weights leave out those below 1e-4,
-so a handful of boundary pixels in ten thousand can differ.
+render instead: the indicator as a one-channel feature, over the window the selection's 3σ footprints
+cover (at 1296×968 with 25k Gaussians, 0.2–0.4 s against 10–13 s for recording the weights). The
+second ask of a view records its weights, so evaluations and the viewer, which ask a view many times,
+still get sparse products. Both compute ``Σ_sel w_i / Σ_all w_i``; the recorded weights leave out those
+below 1e-4 and the window changes the projection's frustum clamp (:meth:`Camera.cropped`), so a handful
+of boundary pixels in ten thousand can differ.
 """
 
 from __future__ import annotations
