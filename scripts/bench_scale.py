@@ -126,7 +126,7 @@ def train_small_run(workdir: Path, threads: int) -> Path:
 
 def ball_search(engine, n_seeds: int = 256) -> dict:
     """Our index vs faiss IndexFlatIP range search for the loosest ball of ``n_seeds`` seeds."""
-    from cos3d.query.refine import InstanceIndex, thresholds
+    from cos3d.query.refine import InstanceIndex, _balls_by_matmul, thresholds
 
     lv = engine._lv(engine.level)
     F = lv.unit_np
@@ -142,14 +142,10 @@ def ball_search(engine, n_seeds: int = 256) -> dict:
     ours = time.perf_counter() - t0
     ours_sets = np.bincount(row[hit], minlength=n_seeds)
     out = {"build_ours_s": build_ours, "search_ours_ms": ours * 1e3, "ball_mean": float(ours_sets.mean())}
-    # no index at all: one float32 matmul of every feature against the seeds, in 64k-row chunks
-    Ft, St = torch.from_numpy(np.ascontiguousarray(F, dtype=np.float32)), torch.from_numpy(F[seeds].astype(np.float32))
+    # no index at all: refinement's own matmul path (one float32 matmul against every feature, in chunks)
     t0 = time.perf_counter()
-    members = []  # (Gaussian id, seed) pairs, as our index's answer holds them
-    for s in range(0, Ft.shape[0], 65536):
-        ij = (Ft[s : s + 65536] @ St.T > t).nonzero()
-        members.append(ij[:, 1])
-    brute_sets = np.bincount(torch.cat(members).numpy(), minlength=n_seeds)
+    brute_row = _balls_by_matmul(F, F[seeds], t)[0]
+    brute_sets = np.bincount(brute_row, minlength=n_seeds)
     out["search_brute_ms"] = (time.perf_counter() - t0) * 1e3
     out["same_balls_brute"] = float(np.mean(np.abs(brute_sets - ours_sets) <= np.maximum(1, 1e-4 * ours_sets)))
     try:

@@ -199,7 +199,9 @@ def test_refuses_existing_output_without_force(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, flag",
     [({"views": 1}, "--views"), ({"views": 6, "test_views": 5}, "--test-views"), ({"objects": 2}, "--objects"),
-     ({"width": 4}, "--width")],
+     ({"width": 4}, "--width"), ({"depth_width": 64}, "--depth-height"), ({"depth_width": 8, "depth_height": 6},
+     "--depth-width"), ({"blur": 0.9}, "--blur"), ({"lost_tracking": -0.1}, "--lost-tracking"),
+     ({"workers": 0}, "--workers"), ({"views": 6, "blur": 0.5, "lost_tracking": 0.5}, "--lost-tracking")],
 )
 def test_bad_settings_are_clear_errors(tmp_path, kwargs, flag):
     with pytest.raises(Cos3dError) as ei:

@@ -102,7 +102,7 @@ def test_plain_torch_minilm_matches_sentence_transformers(labels):
     assert isinstance(labels.model, MiniLMEncoder)
     texts = ["red mug", "a", "", "Something to drink TEA from!", "the handle of the mug", "Çafé crème brûlée 日本語",
              "word " * 300, "x" * 60, "soda can", "the robot's head"]
-    ours = labels.model.encode(texts, batch_size=4)
+    ours = labels.model.encode(texts)
     ref = SentenceTransformer(str(labels.model_dir), device="cpu").encode(texts, convert_to_numpy=True,
                                                                           normalize_embeddings=True)
     assert ours.shape == ref.shape == (len(texts), 384)

@@ -224,20 +224,19 @@ class InstanceIndex:
     def candidates(self, seed_features: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
         """All (seed, Gaussian) pairs that may have ``cos > t``: ``(seed_index [P], gaussian_id [P])``,
         grouped by seed in order."""
-        seed_row, lo, hi = self._ranges(seed_features, t)
+        return self.pairs(*self.ranges(seed_features, t))
+
+    def pairs(self, seed_row: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The (seed, Gaussian) pairs of :meth:`ranges`' output (``hi - lo`` of them per range)."""
         counts = hi - lo
         if counts.sum() == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         pos = _concat_ranges(np.stack([lo, hi], 1).ravel(), np.arange(0, 2 * len(lo), 2))
         return np.repeat(seed_row, counts), self.order[pos]
 
-    def count_candidates(self, seed_features: np.ndarray, t: float) -> int:
-        """How many pairs :meth:`candidates` would list (cheap: no pair is made)."""
-        _, lo, hi = self._ranges(seed_features, t)
-        return int((hi - lo).sum())
-
-    def _ranges(self, seed_features: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(seed row, lo, hi): for each reachable (seed, cluster), the range of :attr:`order` to scan."""
+    def ranges(self, seed_features: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(seed row, lo, hi): for each reachable (seed, cluster), the range of :attr:`order` to scan (cheap:
+        no pair is made, so a caller can count the pairs before deciding to list them)."""
         theta = math.acos(max(-1.0, min(1.0, t))) + 1e-6
         cos_to_centroid = np.asarray(seed_features, np.float64) @ self.centroids.T  # [B, K]
         # clusters that can reach the seed at all: angle(seed, centroid) < θ + the cluster's largest β
@@ -293,10 +292,11 @@ def _loosest_balls(index: InstanceIndex, F: np.ndarray, seeds: np.ndarray, ts: n
     ``level`` = the tightest of the thresholds ``ts`` the cosine passes (0..len(ts)-1)."""
     seed_features = F[seeds]
     t0 = float(ts[0])
-    if index.count_candidates(seed_features, t0) > BRUTE_FORCE_RATIO * F.shape[0] * len(seeds):
+    ranges = index.ranges(seed_features, t0)
+    if int((ranges[2] - ranges[1]).sum()) > BRUTE_FORCE_RATIO * F.shape[0] * len(seeds):
         row, gaussian, cos = _balls_by_matmul(F, seed_features, t0)
     else:
-        row, gaussian = index.candidates(seed_features, t0)
+        row, gaussian = index.pairs(*ranges)
         cos = np.einsum("ij,ij->i", F[gaussian], seed_features[row])
         hit = cos > t0
         row, gaussian, cos = row[hit], gaussian[hit], cos[hit]

@@ -103,7 +103,7 @@ class LabelsEmbedder(Embedder):
             from cos3d.vision.minilm import MiniLMEncoder
 
             if isinstance(self.model, MiniLMEncoder):
-                emb = self.model.encode(missing, batch_size=self.batch_size)
+                emb = self.model.encode(missing)
             else:
                 emb = self.model.encode(
                     missing,

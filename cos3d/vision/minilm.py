@@ -103,10 +103,9 @@ class MiniLMEncoder:
         pooled = (x * m).sum(1) / m.sum(1).clamp_min(1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1)
 
-    def encode(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+    def encode(self, texts: list[str]) -> np.ndarray:
         """``[T, D]`` float32 unit rows; texts longer than the model's limit are truncated (as
-        sentence-transformers does: callers check lengths first). ``batch_size`` is accepted for the
-        sentence-transformers signature; texts are encoded one at a time (deterministic, see below)."""
+        sentence-transformers does: callers check lengths first). One text at a time (see below)."""
         out = np.zeros((len(texts), self.dim), np.float32)
         encs = [self.tokenizer.encode(t).ids for t in texts]
         encs = [e[: self.max_length - 1] + e[-1:] if len(e) > self.max_length else e for e in encs]
