@@ -179,12 +179,72 @@ def test_fast_refinement_reuses_ball_cache_across_queries(monkeypatch, min_wave)
         index.ball_graph(F[:10].numpy(), 0.1)
 
 
+def _compiled(F, r, o, dbar, subset=None, index=None):
+    from cos3d.query.refine_compiled import refine_compiled, sorted_field
+
+    F = _unit(F)
+    return refine_compiled(r, o, dbar, sorted_field(index or InstanceIndex(F), F.numpy()), subset=subset)
+
+
+@pytest.mark.parametrize("noise,dbar,subset,k", [(0.03, 0.15, False, None), (0.08, 0.05, True, 12),
+                                                 (0.05, 0.1, True, 1), (0.05, 1.2, False, 40)])
+def test_compiled_refinement_equals_reference(noise, dbar, subset, k):
+    # the numba loop: the reference's seeds, regions (in acceptance order), thresholds and selection, with
+    # or without a subset, on indexes of one cluster, a few, or many (dbar 1.2: balls wider than 90 degrees)
+    pytest.importorskip("numba")
+    F, r, o, lab = synthetic_field(n=3000, noise=noise, r_noise=0.4)
+    r = (r * 8).round() / 8  # ties in r: seeds go to the lowest id
+    sub = (lab < 5) if subset else None
+    ref = refine_reference(F, r, o, dbar, subset=sub)
+    fast = _compiled(F, r, o, dbar, subset=sub, index=InstanceIndex(F, k=k))
+    assert len(ref.regions) > 1
+    assert ref.n_seeds == fast.n_seeds
+    assert ref.seeds == fast.seeds
+    assert torch.equal(ref.selected, fast.selected)
+    assert len(ref.regions) == len(fast.regions)
+    assert all(torch.equal(a, b) for a, b in zip(ref.regions, fast.regions))
+    assert ref.region_thresholds == fast.region_thresholds
+    if sub is not None:
+        assert bool(sub[fast.selected].all())
+
+
+def test_engine_refiners_give_one_selection(monkeypatch):
+    # the engine's four refinement choices on one relevancy: the same selection ("fast" picks the compiled
+    # loop from COMPILED_MIN_GAUSSIANS Gaussians)
+    pytest.importorskip("numba")
+    import cos3d.query.engine as engine_mod
+    from cos3d.query import refine_compiled
+
+    F, r, o, _ = synthetic_field(n=2000, noise=0.05)
+    used = []
+    real = refine_compiled.refine_compiled
+    monkeypatch.setattr(refine_compiled, "refine_compiled", lambda *a, **kw: used.append(1) or real(*a, **kw))
+
+    class _Stub(engine_mod.QueryEngine):
+        def __init__(self):  # only what refine() reads
+            unit = _unit(F)
+            self.refine_method = "fast"
+            self.opacity = o
+            self.means = torch.zeros(len(F), 3)
+            self._levels = {"l": engine_mod._Level(name="l", unit=unit, unit_np=unit.numpy(), language=unit,
+                                                   targets=unit[:1], dbar=0.1)}
+
+    eng = _Stub()
+    answers = {m: eng.refine(r, "l", method=m).selected for m in ("reference", "numpy", "compiled")}
+    assert used == [1]
+    monkeypatch.setattr(engine_mod, "COMPILED_MIN_GAUSSIANS", 1000)
+    answers["fast"] = eng.refine(r, "l").selected
+    assert used == [1, 1]
+    assert all(torch.equal(answers["reference"], a) for a in answers.values())
+    assert answers["reference"].numel() > 100
+
+
 def test_refinement_semantics_small_example():
     # two tight clusters; cluster A relevant (accepted), cluster B has one stray candidate (rejected)
     F = _unit(torch.tensor([[1, 0, 0]] * 4 + [[0, 1, 0]] * 4, dtype=torch.float32) + 1e-3 * torch.arange(24).reshape(8, 3))
     r = torch.tensor([0.9, 0.8, 0.7, 0.2, 0.9, 0.0, 0.0, 0.0])
     o = torch.ones(8)
-    for fn in (refine_reference, refine_fast):
+    for fn in (refine_reference, refine_fast) + ((_compiled,) if _has_numba() else ()):
         res = fn(F, r, o, 0.1)
         assert res.selected.tolist() == [0, 1, 2, 3]
         assert res.n_seeds == 2  # seed 0 accepted (mean 0.65), seed 4 rejected (mean 0.225)
@@ -194,8 +254,14 @@ def test_refinement_semantics_small_example():
 
 def test_refinement_empty_when_no_candidates():
     F, r, o, _ = synthetic_field(n=200)
-    for fn in (refine_reference, refine_fast):
+    for fn in (refine_reference, refine_fast) + ((_compiled,) if _has_numba() else ()):
         assert fn(F, torch.zeros(200), o, 0.1).selected.numel() == 0
+
+
+def _has_numba() -> bool:
+    from cos3d.query.refine_compiled import available
+
+    return available()
 
 
 # ---------------------------------------------------------------- objects
@@ -220,6 +286,33 @@ def test_split_objects_separates_two_blobs_and_boxes_cover_points():
     first = objs[0] if bool((objs[0].gaussians < 300).all()) else objs[1]
     assert abs(first.box.R[0, 0]) > 0.9
     assert split_objects(torch.zeros(0, dtype=torch.long), means, feats, o, score, 0.1) == []
+
+
+def test_split_objects_on_a_sample_keeps_two_objects_apart():
+    # a selection larger than graph_max is split on a sample (touching distances scaled by its spacing);
+    # every Gaussian follows its nearest sampled one: two same-kind blobs (same features) 0.3 apart stay two
+    # objects, a far floater is dropped, and both paths agree
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3000, 3, generator=g) * 0.02
+    b = torch.randn(3000, 3, generator=g) * 0.02 + torch.tensor([0.3, 0.0, 0.0])
+    floater = torch.randn(20, 3, generator=g) * 0.002 + torch.tensor([0.0, 1.0, 0.0])
+    means = torch.cat([a, b, floater])
+    n = len(means)
+    feats = _unit(torch.tensor([1.0, 0, 0]).expand(n, 3) + 0.01 * torch.randn(n, 3, generator=g))
+    o = torch.full((n,), 0.9)
+    score = torch.rand(n, generator=g)
+    scales = torch.full((n,), 0.004)
+    full = split_objects(torch.arange(n), means, feats, o, score, 0.01, scales=scales)
+    sampled = split_objects(torch.arange(n), means, feats, o, score, 0.01, scales=scales, graph_max=500)
+    for objs in (full, sampled):
+        assert len(objs) == 2
+        sides = sorted(tuple(sorted(set((ob.gaussians >= 3000).tolist()))) for ob in objs)
+        assert sides == [(False,), (True,)]
+        assert sum(ob.num for ob in objs) >= 5900
+        assert not any(bool((ob.gaussians >= 6000).any()) for ob in objs)  # the floater is dropped
+    overlap = sum(len(np.intersect1d(x.gaussians.numpy(), y.gaussians.numpy())) for x in full for y in sampled
+                  if bool((x.gaussians[0] >= 3000) == (y.gaussians[0] >= 3000)))
+    assert overlap >= 5900
 
 
 def test_oriented_box_degenerate():

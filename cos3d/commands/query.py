@@ -75,8 +75,9 @@ class QueryConfig:
     """Parent object id (as printed by an earlier query) of a part query."""
     level: Literal["s", "m", "l"] | None = None
     """Field level to answer on (default: l; s for part queries)."""
-    refine: Literal["fast", "reference"] = "fast"
-    """Refinement implementation: fast, or the literal reference loop of COS3D."""
+    refine: Literal["fast", "compiled", "numpy", "reference"] = "fast"
+    """Refinement implementation (the same selection): fast (compiled loop on large fields, numpy waves on
+    small ones), compiled (numba), numpy, or the literal reference loop of COS3D."""
     json: bool = False
     """Print the answer as JSON."""
     masks_out: Path | None = None

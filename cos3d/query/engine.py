@@ -64,6 +64,7 @@ from cos3d.query.notarget import (
 from cos3d.query.objects import Object3D, make_object, split_objects
 from cos3d.query.prompts import Click, load_binary_image, load_rgb_image, parse_click, parse_points
 from cos3d.query.refine import InstanceIndex, RefineResult, refine_fast, refine_reference, thresholds
+from cos3d.query import refine_compiled
 from cos3d.query.relevancy import CANONICAL_NEGATIVES, PromptCache, negative_max, normalize_relevancy, raw_relevancy
 from cos3d.scene import Camera, Scene
 from cos3d.vision.base import Embedder, ImageRegion
@@ -73,7 +74,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from cos3d.trained import LevelField
     from cos3d.vision.prompts import PromptSegmenter
 
-REFINERS = ("fast", "reference")
+REFINERS = ("fast", "compiled", "numpy", "reference")
+"""Refinement implementations, all the same selection: ``fast`` picks ``compiled`` (the numba loop,
+:mod:`cos3d.query.refine_compiled`) for fields of at least :data:`COMPILED_MIN_GAUSSIANS` when numba is
+installed, else ``numpy`` (the vectorised waves, :func:`cos3d.query.refine.refine_fast`); ``reference``
+is COS3D's literal loop."""
+COMPILED_MIN_GAUSSIANS = 100_000
+"""``fast`` refinement uses the compiled loop from this many Gaussians: below it the numpy waves answer in
+tens of milliseconds and a fresh process saves numba's import and code loading (~0.3 s)."""
 COMBINE_MODES = ("sum", "and")
 """Text + image: ``sum`` of the two embeddings (normalised), or ``and``: the intersection of the two answers."""
 SEPARATE_SHARE = 0.9
@@ -217,6 +225,7 @@ class _Level:
     targets: Tensor  # [J, D]
     dbar: float
     index: InstanceIndex | None = None
+    sorted_field: refine_compiled.SortedField | None = None  # the index's layout for the compiled loop
     calibration: NoTargetCalibration | None = None
     neg_max: Tensor | None = None  # [N] max over the canonical negatives of L·n_k (prompt-independent)
 
@@ -420,6 +429,7 @@ class QueryEngine:
             if index.n != self.num_gaussians:
                 return False
             self._levels[name].index = index
+            self._levels[name].sorted_field = None
             self._levels[name].calibration = NoTargetCalibration.from_state_dict(st["calibration"])
             neg_max = st.get("negative_max")  # absent in states saved before it was kept: computed on first use
             if isinstance(neg_max, Tensor) and neg_max.shape == (self.num_gaussians,):
@@ -522,6 +532,13 @@ class QueryEngine:
         method = self._check_refine(method or self.refine_method)
         if method == "reference":
             return refine_reference(lv.unit, r, self.opacity, lv.dbar, subset=subset)
+        if method == "fast":
+            big = self.num_gaussians >= COMPILED_MIN_GAUSSIANS
+            method = "compiled" if big and refine_compiled.available() else "numpy"
+        if method == "compiled":
+            if lv.sorted_field is None:
+                lv.sorted_field = refine_compiled.sorted_field(self.index(lv.name), lv.unit_np)
+            return refine_compiled.refine_compiled(r, self.opacity, lv.dbar, lv.sorted_field, subset=subset)
         return refine_fast(lv.unit, r, self.opacity, lv.dbar, subset=subset, index=self.index(lv.name), unit_instance=lv.unit_np)
 
     def grow(self, seed: int, level: str | None = None, *, subset: Tensor | None = None,

@@ -15,6 +15,11 @@
 4. **Fragments** join the object holding their nearest point when that is within 2 × the touching
    distance; the others (floaters) are dropped.
 
+A selection of more than :data:`SPLIT_GRAPH_MAX` Gaussians (a floor of a 1M-Gaussian field) runs steps 1–4
+on a fixed random sample of that many, touching distances scaled by the sample's spacing; every other
+Gaussian then follows a sampled one in its voxel (side: the sample's median touching distance), else in a
+neighbouring voxel, and is dropped as a floater when there is none.
+
 Objects are ordered by score (then size). An object's ``id`` is the id of its highest-scoring
 Gaussian: stable for a given run and prompt, and a valid ``within_object=`` / ``--within-object``
 handle (the parent is re-grown from that Gaussian like a click).
@@ -140,6 +145,12 @@ def _components(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return connected_components(g, directed=False)[1]
 
 
+SPLIT_GRAPH_MAX = 8192
+"""Selections larger than this are split on a fixed random sample of this many Gaussians (their touching
+distances scaled by the sample's spacing, ``(n / SPLIT_GRAPH_MAX)^(1/3)``); every other Gaussian follows
+its nearest sampled one. Bounds the work of a floor-sized selection of a 1M-Gaussian field."""
+
+
 def split_objects(
     selected: Tensor,
     means: Tensor,
@@ -154,6 +165,7 @@ def split_objects(
     link: float | None = None,
     min_fraction: float = 0.05,
     min_gaussians: int = 8,
+    graph_max: int = SPLIT_GRAPH_MAX,
 ) -> list[Object3D]:
     """Split ``selected`` (LongTensor of Gaussian ids) into objects (module docstring).
 
@@ -166,9 +178,8 @@ def split_objects(
             its 4th nearest neighbour instead.
         link: feature link, in ``1 − cos``; default ``max(0.1, 10 d̄)``.
         min_fraction: components with less opacity mass than this share are fragments.
+        graph_max: the largest selection split Gaussian by Gaussian (:data:`SPLIT_GRAPH_MAX`).
     """
-    from scipy.spatial import cKDTree
-
     sel = torch.sort(selected.long()).values
     n = int(sel.numel())
     if n == 0:
@@ -176,18 +187,81 @@ def split_objects(
     if n == 1:
         return [make_object(sel, means, opacity, scores)]
     X = means[sel].double().numpy()
-    Fs = instance_unit[sel].float()
     w = opacity[sel].double().numpy().clip(1e-8)
+    s = None if scales is None else scales[sel].double().numpy()
+    if link is None:
+        link = max(0.1, 10.0 * float(dbar))
+    if n > graph_max:
+        pick = np.sort(np.random.default_rng(0).choice(n, graph_max, replace=False))
+        spread = (n / graph_max) ** (1.0 / 3.0)  # the sample's spacing grows with the cube root of the thinning
+        final_s, labels_s, mass_s, s_used = _object_labels(X[pick], instance_unit[sel[pick]].float(), w[pick],
+                                                           None if s is None else s[pick] * spread, k, reach,
+                                                           link, min_fraction)
+        near = _sampled_neighbour(X, X[pick], reach * 2.0 * float(np.median(s_used)))
+        final = np.where(near >= 0, final_s[near], -1)  # no sampled Gaussian near: a floater
+        final[pick] = final_s
+        labels = np.where(near >= 0, labels_s[near], labels_s[0])
+        labels[pick] = labels_s
+        mass = np.bincount(labels, weights=w, minlength=len(mass_s))
+    else:
+        final, labels, mass, _ = _object_labels(X, instance_unit[sel].float(), w, s, k, reach, link, min_fraction)
+    objs = []
+    for rt in np.unique(final[final >= 0]):
+        m = final == rt
+        if m.sum() >= min(min_gaussians, n):
+            objs.append(make_object(sel[torch.from_numpy(m)], means, opacity, scores))
+    if not objs:  # everything is specks: keep the heaviest fragment rather than nothing
+        c = int(np.argmax(mass))
+        objs.append(make_object(sel[torch.from_numpy(labels == c)], means, opacity, scores))
+    objs.sort(key=lambda o: (-o.score, -o.num))
+    return objs
+
+
+def _sampled_neighbour(X: np.ndarray, S: np.ndarray, h: float) -> np.ndarray:
+    """int64 ``[n]``: for each point of ``X [n, 3]``, a point of ``S [m, 3]`` in its own voxel of side ``h``
+    (the lowest such index), else in one of the 26 neighbouring voxels, else −1. A hash look-up: at 500k
+    points a k-d tree's nearest-neighbour query costs ~5× more."""
+    n = len(X)
+    out = np.full(n, -1, np.int64)
+    if not h > 0 or len(S) == 0:
+        return out
+    lo = np.minimum(X.min(0), S.min(0))
+    base = np.floor((np.maximum(X.max(0), S.max(0)) - lo) / h).astype(np.int64) + 3
+
+    def key(v: np.ndarray) -> np.ndarray:  # cells are offset by 1, so a neighbour's key never wraps
+        return (v[..., 0] * base[1] + v[..., 1]) * base[2] + v[..., 2]
+
+    cell_keys, first = np.unique(key(np.floor((S - lo) / h).astype(np.int64) + 1), return_index=True)
+    query = key(np.floor((X - lo) / h).astype(np.int64) + 1)
+    offsets = np.stack(np.meshgrid([-1, 0, 1], [-1, 0, 1], [-1, 0, 1], indexing="ij"), -1).reshape(-1, 3)
+    offsets = offsets[np.argsort(np.abs(offsets).sum(1), kind="stable")]  # own voxel first, then faces, ...
+    todo = np.arange(n)
+    for off in key(offsets):
+        q = query[todo] + off
+        at = np.minimum(np.searchsorted(cell_keys, q), len(cell_keys) - 1)
+        found = cell_keys[at] == q
+        out[todo[found]] = first[at[found]]
+        todo = todo[~found]
+        if len(todo) == 0:
+            break
+    return out
+
+
+def _object_labels(X: np.ndarray, Fs: Tensor, w: np.ndarray, s: np.ndarray | None, k: int, reach: float,
+                   link: float, min_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 1–4 of the module docstring over points ``X [n, 3]`` with unit features ``Fs [n, F]``,
+    opacities ``w [n]`` and largest standard deviations ``s [n]`` (None: from the spacing) →
+    ``(object [n]`` (its root component, −1: a dropped floater), ``component [n]``, ``mass [C]``, the
+    ``s [n]`` used)."""
+    from scipy.spatial import cKDTree
+
+    n = X.shape[0]
     kk = min(k, n - 1)
     tree = cKDTree(X)
     dist, nb = tree.query(X, k=kk + 1)
     dist, nb = dist[:, 1:], nb[:, 1:]
-    if scales is not None:
-        s = scales[sel].double().numpy()
-    else:
+    if s is None:
         s = np.full(n, 0.5 * float(np.median(dist[:, min(3, kk - 1)])) + 1e-12)
-    if link is None:
-        link = max(0.1, 10.0 * float(dbar))
     rows = np.repeat(np.arange(n), kk)
     cols = nb.reshape(-1)
     near = dist.reshape(-1) < reach * (s[rows] + s[cols])
@@ -226,7 +300,6 @@ def split_objects(
             cc = _components(len(big), np.array(mr), np.array(mc))
             for i, a in enumerate(big):
                 parent[a] = big[int(np.nonzero(cc == cc[i])[0][0])]
-    roots = np.unique(parent[big])
     # fragments join the big component holding their nearest point when it is within 2 × reach, else drop
     is_big = np.zeros(ncomp, bool)
     is_big[big] = True
@@ -244,13 +317,4 @@ def split_objects(
             m = frag == c
             if ok_pt[m].mean() >= 0.5:
                 final[small[m]] = np.bincount(host[m][ok_pt[m]]).argmax()
-    objs = []
-    for rt in roots:
-        m = final == rt
-        if m.sum() >= min(min_gaussians, n):
-            objs.append(make_object(sel[torch.from_numpy(m)], means, opacity, scores))
-    if not objs:  # everything is specks: keep the heaviest fragment rather than nothing
-        c = int(np.argmax(mass))
-        objs.append(make_object(sel[torch.from_numpy(labels == c)], means, opacity, scores))
-    objs.sort(key=lambda o: (-o.score, -o.num))
-    return objs
+    return final, labels, mass, s
