@@ -8,7 +8,8 @@ trained field's features spread), with the real engine and the run's own encoder
 
 - ``first_s``: a fresh engine's first text query (it builds the refinement index and the no-target
   calibration), ``state_first_s``: the same with the state a run folder saves (``query_state.pt``);
-- ``warm_ms``: the median of distinct prompts on the warm engine (never the same prompt twice);
+- ``warm_ms``: the median of distinct prompts on the warm engine (never the same prompt twice); the
+  refinement alone, numpy waves vs the compiled loop, side by side on each of those prompts' relevancy;
 - the ball search at the heart of refinement (``cos > t`` around 256 seeds), our spherical k-means
   index side by side with faiss-cpu's exact inner-product range search (IndexFlatIP), on the same
   seeds, with both answers checked equal.
@@ -167,6 +168,30 @@ def ball_search(engine, n_seeds: int = 256) -> dict:
     return out
 
 
+def refine_side_by_side(engine, prompts: list[str], warm_up: str) -> dict:
+    """The refinement alone, numpy waves vs the compiled loop, on each prompt's own relevancy (the same ``r``
+    for both; distinct prompts): medians in ms, and whether every selection agreed. The compiled loop is
+    compiled (or loaded from numba's cache) on ``warm_up`` first: that is a process's cost, not a query's."""
+    from cos3d.query.relevancy import normalize_relevancy
+
+    times: dict[str, list[float]] = {"numpy": [], "compiled": []}
+    agree = True
+    # the numpy waves keep the balls they compute on the index: start empty, so each prompt finds only the
+    # balls of the earlier (distinct) prompts, as on a warm engine, never its own from the warm queries
+    engine.index().ball_graphs.clear()
+    engine.refine(normalize_relevancy(engine.relevancy(engine.embed_text([warm_up]))[0]), method="compiled")
+    for p in prompts:
+        r = normalize_relevancy(engine.relevancy(engine.embed_text([p]))[0])
+        picked = {}
+        for method in ("compiled", "numpy"):
+            t0 = time.perf_counter()
+            picked[method] = engine.refine(r, method=method).selected
+            times[method].append((time.perf_counter() - t0) * 1e3)
+        agree &= bool(torch.equal(picked["numpy"], picked["compiled"]))
+    return {"refine_numpy_ms": float(np.median(times["numpy"])), "refine_compiled_ms": float(np.median(times["compiled"])),
+            "refine_same_selection": agree}
+
+
 def bench_queries(run: Path, sizes: list[int], n_warm: int, kernel: float = 0.5) -> list[dict]:
     from cos3d.query.engine import QueryEngine
 
@@ -192,6 +217,7 @@ def bench_queries(run: Path, sizes: list[int], n_warm: int, kernel: float = 0.5)
             t0 = time.perf_counter()
             engine.query(p)
             warm_absent.append((time.perf_counter() - t0) * 1e3)
+        refiners = refine_side_by_side(engine, present[1 : 1 + n_warm], warm_up=present[0])
         fresh = QueryEngine(inputs)
         fresh.cache = engine.cache  # the text embeddings a process keeps: time the state alone
         t0 = time.perf_counter()
@@ -200,14 +226,15 @@ def bench_queries(run: Path, sizes: list[int], n_warm: int, kernel: float = 0.5)
         state_s = time.perf_counter() - t0
         assert torch.equal(first.selected, again.selected)
         row = {"n": n, "trained_n": n0, "first_prompt": present[0], "first_s": first_s, "state_first_s": state_s,
-               "warm_prompts": present[1 : 1 + n_warm], "warm_ms": float(np.median(warm)),
+               "warm_prompts": present[1 : 1 + n_warm], "warm_each_ms": [round(w, 1) for w in warm],
+               "warm_ms": float(np.median(warm)), **refiners,
                "warm_ms_max": float(np.max(warm)), "warm_absent_ms": float(np.median(warm_absent)),
                "answered_with_objects": int(sum(o > 0 for o in objects)), "first_objects": len(first.objects),
                "selected": int(first.selected.numel()), **ball_search(engine), "peak_rss_gib": rss_gib()}
         rows.append(row)
         print(f"{row['n']:>9} {row['first_s']:>8.2f} {row['state_first_s']:>8.2f} {row['warm_ms']:>8.1f} "
               f"{row['warm_ms_max']:>8.1f} {row['warm_absent_ms']:>7.1f} {row['answered_with_objects']:>3}/{len(warm):<2}| "
-              f"{row['build_ours_s']:>10.2f} {row['search_ours_ms']:>8.1f} "
+              f"{row['refine_numpy_ms']:>8.0f} {row['refine_compiled_ms']:>8.0f} | {row['build_ours_s']:>10.2f} {row['search_ours_ms']:>8.1f} "
               f"{row.get('build_faiss_s', float('nan')):>11.2f} {row.get('search_faiss_ms', float('nan')):>9.1f} "
               f"{row.get('same_balls', float('nan')):>5.2f} {row['search_brute_ms']:>8.1f} {row['ball_mean']:>7.0f} | "
               f"{row['peak_rss_gib']:>7.2f}", flush=True)
@@ -263,7 +290,7 @@ def main() -> None:
     if sizes:
         run = args.run or train_small_run(args.workdir, args.threads)
         print(f"query bench on {run} resampled with kernel {args.kernel} (oracle-2D field, labels encoder)")
-        print(f"{'N':>9} {'first s':>8} {'state s':>8} {'warm ms':>8} {'max ms':>8} {'absent':>7} {'hit':>6}| {'ours build':>10}"
+        print(f"{'N':>9} {'first s':>8} {'state s':>8} {'warm ms':>8} {'max ms':>8} {'absent':>7} {'hit':>6}| {'np ref':>8} {'nb ref':>8} | {'ours build':>10}"
               f" {'ours ms':>8} {'faiss build':>11} {'faiss ms':>9} {'same':>5} {'brute ms':>8} {'ball':>7} | {'RSS GiB':>7}",
               flush=True)
         q = bench_queries(run, sizes, args.warm, args.kernel)  # prints each row as it is measured

@@ -209,9 +209,10 @@ def refine_compiled(
         raise ValueError(f"expected r [{n}] and opacity [{n}]; got {tuple(r.shape)}, {tuple(opacity.shape)}")
     relevancy = r.detach().float().cpu().numpy()
     opac = opacity.detach().float().cpu().numpy()
-    allowed = np.ones(n, bool) if subset is None else subset.detach().cpu().numpy().astype(bool)
+    allowed = None if subset is None else subset.detach().cpu().numpy().astype(bool)
     res = RefineResult(selected=torch.zeros(0, dtype=torch.long))
-    candidates = np.nonzero(allowed & (relevancy > R_MIN) & (opac > OPACITY_MIN))[0]
+    is_candidate = (relevancy > R_MIN) & (opac > OPACITY_MIN)
+    candidates = np.nonzero(is_candidate if allowed is None else is_candidate & allowed)[0]
     if len(candidates) == 0:
         return res
     # step 3's order: r descending, then id ascending (candidates are id-sorted; stable sort)
@@ -220,9 +221,9 @@ def refine_compiled(
     theta = math.acos(max(-1.0, min(1.0, float(ts[0])))) + 1e-6
     cos_reach = np.cos(np.minimum(np.pi, theta + field.radius))
     order = field.order
-    r_sorted = relevancy[order].astype(np.float64)
-    o_sorted = opac[order].astype(np.float64)
-    processed = ~allowed[order]
+    r_sorted = relevancy[order]
+    o_sorted = opac[order]
+    processed = np.zeros(n, bool) if allowed is None else ~allowed[order]
     member_out = np.empty(n, np.int64)
     region_out = np.empty(n, np.int64)
     seed_out = np.empty(len(candidates), np.int64)
