@@ -86,7 +86,10 @@ def _kernel():
     file, so a later process only loads it)."""
     import numba
 
-    return numba.njit(cache=True, nogil=True)(_greedy)
+    try:
+        return numba.njit(cache=True, nogil=True)(_greedy)
+    except RuntimeError:  # no writable cache location (a read-only install): compile in each process instead
+        return numba.njit(cache=False, nogil=True)(_greedy)
 
 
 def _greedy(feat, beta, cstart, centroids, cos_reach, theta, ts, visit, r, o, processed,
