@@ -110,6 +110,41 @@ def resampled_inputs(run: Path, n: int, seed: int = 0, kernel: float = 0.5):
     return QueryInputs(scene=ts.scene, gaussians=gs, fields=fields, embedder=ts.embedder), n0
 
 
+def write_resampled_run(run: Path, inputs, out: Path) -> Path:
+    """A run folder at ``out`` holding the resampled field ``inputs`` (:func:`resampled_inputs`): the run's
+    record, the resampled ``gaussians.ply`` and ``fields.pt``, and the query state saved as ``cos3d train``
+    saves it — what a trained 1M-Gaussian run would hold."""
+    import shutil
+
+    import cos3d
+    from cos3d.ply import write_ply
+    from cos3d.run_folder import RunFolder
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(run / "run.json", out / "run.json")
+    write_ply(out / "gaussians.ply", inputs.gaussians, features=False)
+    data = RunFolder(run).read_fields()
+    data["n_gaussians"] = inputs.gaussians.num
+    for level, f in inputs.fields.items():
+        data["levels"][level].update(instance=f.instance.float(), language=f.language.half())
+    RunFolder(out).write_fields(data)
+    cos3d.load(out, device="cpu", segmenter="none").save_query_state()
+    return out
+
+
+def fresh_processes(run_dir: Path, prompts: list[str], threads: int) -> list[float]:
+    """Wall seconds of one ``cos3d query PROMPT --run RUN`` process per prompt (distinct prompts): imports,
+    reading the run and its saved query state, the query, printing."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    out = []
+    for p in prompts:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "cos3d", "query", p, "--run", str(run_dir)], check=True,
+                       capture_output=True, env=env)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def train_small_run(workdir: Path, threads: int) -> Path:
     """A 160x120 tabletop (seed 0) trained with ``--fast`` under oracle-2D, reused when present."""
     run = workdir / "run"
@@ -192,7 +227,8 @@ def refine_side_by_side(engine, prompts: list[str], warm_up: str) -> dict:
             "refine_same_selection": agree}
 
 
-def bench_queries(run: Path, sizes: list[int], n_warm: int, kernel: float = 0.5) -> list[dict]:
+def bench_queries(run: Path, sizes: list[int], n_warm: int, kernel: float = 0.5,
+                  fresh_dir: Path | None = None, threads: int = 1) -> list[dict]:
     from cos3d.query.engine import QueryEngine
 
     rows = []
@@ -231,6 +267,11 @@ def bench_queries(run: Path, sizes: list[int], n_warm: int, kernel: float = 0.5)
                "warm_ms_max": float(np.max(warm)), "warm_absent_ms": float(np.median(warm_absent)),
                "answered_with_objects": int(sum(o > 0 for o in objects)), "first_objects": len(first.objects),
                "selected": int(first.selected.numel()), **ball_search(engine), "peak_rss_gib": rss_gib()}
+        if fresh_dir is not None:  # whole processes on the resampled run written to disk (3 distinct prompts)
+            run_n = write_resampled_run(run, inputs, fresh_dir / f"run_{n}")
+            walls = fresh_processes(run_n, present[-3:][::-1], threads)
+            row.update(fresh_process_s=walls, fresh_process_prompts=present[-3:][::-1],
+                       run_bytes=sum(f.stat().st_size for f in run_n.iterdir() if f.is_file()))
         rows.append(row)
         print(f"{row['n']:>9} {row['first_s']:>8.2f} {row['state_first_s']:>8.2f} {row['warm_ms']:>8.1f} "
               f"{row['warm_ms_max']:>8.1f} {row['warm_absent_ms']:>7.1f} {row['answered_with_objects']:>3}/{len(warm):<2}| "
@@ -283,6 +324,9 @@ def main() -> None:
     ap.add_argument("--kernel", type=float, default=0.5,
                     help="resampling kernel, a fraction of the field's nearest-neighbour feature spacing (0: copies)")
     ap.add_argument("--warm", type=int, default=8, help="distinct warm prompts (scene objects) per size")
+    ap.add_argument("--fresh-process", action="store_true",
+                    help="also write each resampled field as a run folder under --workdir and time whole "
+                         "`cos3d query` processes on it (3 distinct prompts)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -293,7 +337,12 @@ def main() -> None:
         print(f"{'N':>9} {'first s':>8} {'state s':>8} {'warm ms':>8} {'max ms':>8} {'absent':>7} {'hit':>6}| {'np ref':>8} {'nb ref':>8} | {'ours build':>10}"
               f" {'ours ms':>8} {'faiss build':>11} {'faiss ms':>9} {'same':>5} {'brute ms':>8} {'ball':>7} | {'RSS GiB':>7}",
               flush=True)
-        q = bench_queries(run, sizes, args.warm, args.kernel)  # prints each row as it is measured
+        q = bench_queries(run, sizes, args.warm, args.kernel, fresh_dir=args.workdir if args.fresh_process else None,
+                          threads=args.threads)  # prints each row as it is measured
+        for r in q:
+            if "fresh_process_s" in r:
+                print(f"{r['n']:>9}: whole `cos3d query` processes {', '.join(f'{w:.2f}' for w in r['fresh_process_s'])} s "
+                      f"({', '.join(r['fresh_process_prompts'])}; run folder {r['run_bytes'] / 2**20:.0f} MiB)")
     t = bench_train([s for s in args.train.split(",") if s], args.threads) if args.train else []
     if t:
         print(f"\n{'views':>5} {'size':>9} {'wall s':>7} {'stage0':>7} {'masks':>6} {'stage1':>7} {'stage2':>7}"
@@ -313,6 +362,8 @@ def main() -> None:
         "query_warm_ms_1m": big.get("warm_ms") if big.get("n") == 1_000_000 else None,
         "query_first_s_1m": big.get("state_first_s") if big.get("n") == 1_000_000 else None,
         "query_first_s_1m_without_state": big.get("first_s") if big.get("n") == 1_000_000 else None,
+        "query_fresh_process_s_1m": (float(np.median(big["fresh_process_s"]))
+                                     if big.get("n") == 1_000_000 and "fresh_process_s" in big else None),
         "peak_rss_gib": max([r["peak_rss_gib"] for r in q + t if "peak_rss_gib" in r], default=None),
         "queries": q,
         "train": t,

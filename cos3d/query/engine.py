@@ -269,7 +269,8 @@ class QueryEngine:
         self._frame_paths: dict[Path, str] | None = None
         self.last_region_note = ""
         """How the last image prompt's region was made (:meth:`region_note`)."""
-        self.scene: Scene = source.scene
+        self._source = source
+        self._scene: Scene | None = None
         self.gaussians: Gaussians = source.gaussians
         self.embedder: Embedder = source.embedder
         fields = source.fields
@@ -343,6 +344,14 @@ class QueryEngine:
         if refine not in REFINERS:
             raise Cos3dError(f"unknown refinement {refine!r}; choose one of {', '.join(REFINERS)}")
         return refine
+
+    @property
+    def scene(self) -> Scene:
+        """The scene (frames, cameras, names), read from the source on first use: a text query needs none of
+        it, and reading a 1,000-frame scan's frame list takes seconds."""
+        if self._scene is None:
+            self._scene = self._source.scene
+        return self._scene
 
     def _lv(self, level: str) -> _Level:
         if level not in self._levels:
