@@ -30,8 +30,8 @@ from cos3d.query.refine import ACCEPT, OPACITY_MIN, R_MIN, InstanceIndex, Refine
 
 
 def available() -> bool:
-    """Whether numba can be imported (the compiled loop needs it; :func:`refine_fast` falls back to the
-    vectorised numpy loop otherwise)."""
+    """Whether numba can be imported (the compiled loop needs it; the engine's ``fast`` refinement uses the
+    numpy waves, :func:`cos3d.query.refine.refine_fast`, otherwise)."""
     try:
         import numba  # noqa: F401
     except ImportError:
@@ -174,7 +174,7 @@ def _greedy(feat, beta, cstart, centroids, cos_reach, theta, ts, visit, r, o, pr
             sum_o[lv] = acc_o
         accepted = -1
         for lv in range(n_levels):
-            if sum_r[lv] >= 0.5 * sum_o[lv]:
+            if sum_r[lv] >= ACCEPT * sum_o[lv]:
                 accepted = lv
                 break
         if accepted < 0:
