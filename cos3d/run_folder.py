@@ -213,7 +213,8 @@ class RunFolder:
         if not path.is_file():
             raise Cos3dError(f"{path}: missing; run `cos3d train` (stages instance and language) for this run")
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            # mapped, not read: a level's features are paged in when first used (a query reads one level's)
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             if (
                 not isinstance(data, dict)
                 or data.get("format") != FIELDS_FORMAT

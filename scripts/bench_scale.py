@@ -132,17 +132,19 @@ def write_resampled_run(run: Path, inputs, out: Path) -> Path:
     return out
 
 
-def fresh_processes(run_dir: Path, prompts: list[str], threads: int) -> list[float]:
-    """Wall seconds of one ``cos3d query PROMPT --run RUN`` process per prompt (distinct prompts): imports,
-    reading the run and its saved query state, the query, printing."""
+def fresh_processes(run_dir: Path, prompts: list[str], threads: int) -> tuple[list[float], list[float]]:
+    """One ``cos3d query PROMPT --run RUN --json`` process per prompt (distinct prompts): ``(wall seconds of
+    each process — imports, reading the run and its saved query state, the query, printing —, the query's
+    own milliseconds as it reports them)``."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    out = []
+    walls, query_ms = [], []
     for p in prompts:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "cos3d", "query", p, "--run", str(run_dir)], check=True,
-                       capture_output=True, env=env)
-        out.append(time.perf_counter() - t0)
-    return out
+        out = subprocess.run([sys.executable, "-m", "cos3d", "query", p, "--run", str(run_dir), "--json"],
+                             check=True, capture_output=True, text=True, env=env)
+        walls.append(time.perf_counter() - t0)
+        query_ms.append(float(json.loads(out.stdout)["timings"]["total"]))
+    return walls, query_ms
 
 
 def train_small_run(workdir: Path, threads: int) -> Path:
@@ -269,8 +271,8 @@ def bench_queries(run: Path, sizes: list[int], n_warm: int, kernel: float = 0.5,
                "selected": int(first.selected.numel()), **ball_search(engine), "peak_rss_gib": rss_gib()}
         if fresh_dir is not None:  # whole processes on the resampled run written to disk (3 distinct prompts)
             run_n = write_resampled_run(run, inputs, fresh_dir / f"run_{n}")
-            walls = fresh_processes(run_n, present[-3:][::-1], threads)
-            row.update(fresh_process_s=walls, fresh_process_prompts=present[-3:][::-1],
+            walls, query_ms = fresh_processes(run_n, present[-3:][::-1], threads)
+            row.update(fresh_process_s=walls, fresh_process_query_ms=query_ms, fresh_process_prompts=present[-3:][::-1],
                        run_bytes=sum(f.stat().st_size for f in run_n.iterdir() if f.is_file()))
         rows.append(row)
         print(f"{row['n']:>9} {row['first_s']:>8.2f} {row['state_first_s']:>8.2f} {row['warm_ms']:>8.1f} "
@@ -341,7 +343,8 @@ def main() -> None:
                           threads=args.threads)  # prints each row as it is measured
         for r in q:
             if "fresh_process_s" in r:
-                print(f"{r['n']:>9}: whole `cos3d query` processes {', '.join(f'{w:.2f}' for w in r['fresh_process_s'])} s "
+                print(f"{r['n']:>9}: whole `cos3d query` processes {', '.join(f'{w:.2f}' for w in r['fresh_process_s'])} s, "
+                      f"their queries {', '.join(f'{q:.0f}' for q in r['fresh_process_query_ms'])} ms "
                       f"({', '.join(r['fresh_process_prompts'])}; run folder {r['run_bytes'] / 2**20:.0f} MiB)")
     t = bench_train([s for s in args.train.split(",") if s], args.threads) if args.train else []
     if t:
@@ -364,6 +367,8 @@ def main() -> None:
         "query_first_s_1m_without_state": big.get("first_s") if big.get("n") == 1_000_000 else None,
         "query_fresh_process_s_1m": (float(np.median(big["fresh_process_s"]))
                                      if big.get("n") == 1_000_000 and "fresh_process_s" in big else None),
+        "query_fresh_process_query_ms_1m": (float(np.median(big["fresh_process_query_ms"]))
+                                            if big.get("n") == 1_000_000 and "fresh_process_s" in big else None),
         "peak_rss_gib": max([r["peak_rss_gib"] for r in q + t if "peak_rss_gib" in r], default=None),
         "queries": q,
         "train": t,
