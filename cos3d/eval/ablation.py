@@ -59,19 +59,17 @@ class BranchAnswers:
     # ---------------------------------------------------------------- shared steps
     def _presence(self, p: "Tensor", lvl: str, subset: "Tensor | None") -> tuple[bool, "Tensor"]:
         """(present?, raw relevancy [N]) by the engine's calibrated test."""
-        from cos3d.query.notarget import OPACITY_MIN, top_k_score
-        from cos3d.query.relevancy import raw_relevancy
+        from cos3d.query.notarget import OPACITY_MIN, decide, presence_statistics
+        from cos3d.query.relevancy import negative_max, raw_relevancy
 
         e = self.engine
         lang = self.ts.fields[lvl].language.detach().cpu().float()
-        R = raw_relevancy(lang, p[None], e.negatives)[0]
+        neg_max = negative_max(lang, e.negatives)
+        R = raw_relevancy(lang, p[None], e.negatives, neg_max=neg_max)
         cal = e.calibration_for(lvl)
         valid = e.opacity > OPACITY_MIN
-        score = float(top_k_score(R[None], valid, cal.top_k)[0])
-        ok = cal.present(score)
-        if ok and subset is not None:
-            ok = float(top_k_score(R[None], valid & subset, cal.top_k)[0]) >= cal.floor
-        return ok, R
+        st = presence_statistics(cal, R, p[None], valid, neg_max=neg_max, subset=subset, language=lang)[0]
+        return decide(st)[0], R[0]
 
     def _subset(self, branch: str, q: EvalQuery) -> "Tensor | None | bool":
         """The parent selection of a part query (bool [N]); False when the parent is absent; None: no parent."""

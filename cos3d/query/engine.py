@@ -57,9 +57,11 @@ from cos3d.query.masks2d import MaskRenderer, check_protocol
 from cos3d.query.notarget import (
     NEGATIVE_VOCABULARY,
     OPACITY_MIN,
+    PRESENCE_STATE_VERSION,
     NoTargetCalibration,
     calibrate,
-    top_k_score,
+    decide,
+    presence_statistics,
 )
 from cos3d.query.objects import Object3D, make_object, split_objects
 from cos3d.query.prompts import Click, load_binary_image, load_rgb_image, parse_click, parse_points
@@ -410,6 +412,7 @@ class QueryEngine:
             "embedder": self.embedder.model_id,
             "vocabulary": list(NEGATIVE_VOCABULARY),
             "negatives": list(CANONICAL_NEGATIVES),
+            "presence": PRESENCE_STATE_VERSION,
             "levels": {k: [round(v.dbar, 8), int(v.targets.shape[0])] for k, v in sorted(self._levels.items())},
         }
         return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
@@ -890,8 +893,9 @@ class QueryEngine:
         ts = time.perf_counter()
         cal = self.calibration_for(lvl)
         valid = self.opacity > OPACITY_MIN
-        scores = top_k_score(R_all, valid, cal.top_k)
-        inner = top_k_score(R_all, valid & subset, cal.top_k) if subset is not None else scores
+        stats = presence_statistics(cal, R_all, P, valid, neg_max=self.negative_max_for(lvl), subset=subset,
+                                    language=lv.language)
+        decisions = [decide(st) for st in stats]
         t_pres = (time.perf_counter() - ts) * 1e3
         out = []
         for q, desc in enumerate(descs):
@@ -899,19 +903,13 @@ class QueryEngine:
             tim = dict(timings, relevancy=t_rel, presence=t_pres / len(descs))
             shared = sum(tim.values())
             R = R_all[q]
-            score = float(scores[q])
-            reason = ""
-            if not cal.present(score):
-                reason = (f"no target: nothing in the scene matches {desc!r} (relevancy score {score:.3f} < "
-                          f"calibrated threshold {cal.threshold:.3f})")
-            elif subset is not None and float(inner[q]) < cal.floor:
-                reason = (f"no target: nothing inside the parent matches {desc!r} (relevancy score there "
-                          f"{float(inner[q]):.3f} < {cal.floor:.3f}, the level of absent names)")
+            present, score, threshold, why = decisions[q]
+            reason = "" if present else f"no target: {why} for {desc!r}"
             if reason:
                 tim["total"] = shared + (time.perf_counter() - tq) * 1e3
                 out.append(QueryResult(query=desc, kind=kind, level=lvl, objects=[],
                                        selected=torch.zeros(0, dtype=torch.long), no_target=True, reason=reason,
-                                       timings=tim, score=score, threshold=cal.threshold, engine=self))
+                                       timings=tim, score=score, threshold=threshold, engine=self))
                 continue
             if lv.index is None and (refine or self.refine_method) == "fast":
                 ts = time.perf_counter()
@@ -928,12 +926,12 @@ class QueryEngine:
             sel = torch.sort(torch.cat([o.gaussians for o in objs])).values if objs else torch.zeros(0, dtype=torch.long)
             tim["total"] = shared + (time.perf_counter() - tq) * 1e3
             if objs:
-                reason = (f"{len(objs)} object{'s' if len(objs) != 1 else ''} (relevancy score {score:.3f} >= "
-                          f"threshold {cal.threshold:.3f}; {len(ref.regions)} region{'s' if len(ref.regions) != 1 else ''} accepted)")
+                reason = (f"{len(objs)} object{'s' if len(objs) != 1 else ''} ({why}; "
+                          f"{len(ref.regions)} region{'s' if len(ref.regions) != 1 else ''} accepted)")
             else:
-                reason = f"no region passed the refinement (relevancy score {score:.3f}); no target"
+                reason = f"no region passed the refinement ({why}); no target"
             out.append(QueryResult(query=desc, kind=kind, level=lvl, objects=objs, selected=sel, no_target=not objs,
-                                   reason=reason, timings=tim, score=score, threshold=cal.threshold, refine=ref,
+                                   reason=reason, timings=tim, score=score, threshold=threshold, refine=ref,
                                    engine=self))
         return out
 

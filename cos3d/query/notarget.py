@@ -46,6 +46,9 @@ from cos3d.query.relevancy import raw_relevancy
 TOP_K = 32
 OPACITY_MIN = 0.1
 MARGIN = 0.15
+PRESENCE_STATE_VERSION = 2
+"""Bumped when the saved calibration gains fields (2: the cosine statistics and the kept vocabulary's
+embeddings of the presence rules), so that a query state saved before is rebuilt, not misread."""
 
 NEGATIVE_VOCABULARY: tuple[str, ...] = (
     # animals
@@ -144,6 +147,12 @@ class NoTargetCalibration:
     method: str = "separated"
     """``separated`` (margin between the classes) or ``balanced`` (overlapping classes)."""
     top_k: int = TOP_K
+    positive_cos: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    """The known positives' top-k mean cosine (the ``cosine`` rule's positives)."""
+    negative_cos: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    """The known negatives' top-k mean cosine (the ``cosine`` rule's negatives)."""
+    vocabulary_embeddings: Tensor | None = field(repr=False, default=None)
+    """``[V', D]`` the kept vocabulary words' embeddings: the "rest of the world" of the ``relative`` rule."""
 
     def present(self, score: float) -> bool:
         return bool(score >= self.threshold)
@@ -159,6 +168,10 @@ class NoTargetCalibration:
             "negative_scores": torch.from_numpy(np.asarray(self.negative_scores, np.float64)),
             "negative_words": list(self.negative_words),
             "dropped_words": list(self.dropped_words),
+            "positive_cos": torch.from_numpy(np.asarray(self.positive_cos, np.float64)),
+            "negative_cos": torch.from_numpy(np.asarray(self.negative_cos, np.float64)),
+            "vocabulary_embeddings": (torch.zeros(0) if self.vocabulary_embeddings is None
+                                      else self.vocabulary_embeddings.float().cpu()),
         }
 
     @classmethod
@@ -172,6 +185,9 @@ class NoTargetCalibration:
             floor=float(state["floor"]),
             method=str(state["method"]),
             top_k=int(state["top_k"]),
+            positive_cos=state["positive_cos"].numpy(),
+            negative_cos=state["negative_cos"].numpy(),
+            vocabulary_embeddings=state["vocabulary_embeddings"] if state["vocabulary_embeddings"].numel() else None,
         )
 
     def to_dict(self) -> dict:
@@ -200,6 +216,12 @@ def choose_threshold(pos: np.ndarray, neg: np.ndarray, margin: float = MARGIN) -
         tau = q_hi + margin * (p_lo - q_hi)
         return float(1 / (1 + math.exp(-tau))), "separated"
     # overlapping: maximise balanced accuracy over candidate cut points
+    return float(1 / (1 + math.exp(-_balanced_cut(lp, ln)))), "balanced"
+
+
+def _balanced_cut(lp: np.ndarray, ln: np.ndarray) -> float:
+    """The cut point (a midpoint between sorted values) maximising balanced accuracy of ``lp >= c`` vs
+    ``ln < c``."""
     cuts = np.unique(np.concatenate([lp, ln]))
     mids = np.concatenate([[cuts[0] - 1e-3], (cuts[:-1] + cuts[1:]) / 2, [cuts[-1] + 1e-3]])
     best, best_acc = mids[0], -1.0
@@ -207,7 +229,7 @@ def choose_threshold(pos: np.ndarray, neg: np.ndarray, margin: float = MARGIN) -
         acc = 0.5 * ((lp >= c).mean() + (ln < c).mean())
         if acc > best_acc:
             best, best_acc = c, acc
-    return float(1 / (1 + math.exp(-best))), "balanced"
+    return float(best)
 
 
 def filter_vocabulary(
@@ -270,6 +292,8 @@ def calibrate(
     neg = top_k_score(raw_relevancy(language, Vk, negatives), valid, top_k).numpy() if len(keep) else np.zeros(0)
     thr, method = choose_threshold(pos, neg)
     floor = float(np.percentile(neg, 95)) if len(neg) else 0.5
+    pos_cos = top_k_score(_cosines(language, U), valid, top_k).numpy() if len(U) else np.zeros(0)
+    neg_cos = top_k_score(_cosines(language, Vk), valid, top_k).numpy() if len(keep) else np.zeros(0)
     return NoTargetCalibration(
         threshold=thr,
         floor=min(floor, thr),
@@ -279,4 +303,151 @@ def calibrate(
         dropped_words=[vocabulary[i] for i in dropped],
         method=method,
         top_k=top_k,
+        positive_cos=pos_cos,
+        negative_cos=neg_cos,
+        vocabulary_embeddings=torch.nn.functional.normalize(Vk.float(), dim=1) if len(keep) else None,
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# presence rules (issue 13): which statistic decides, against what
+
+RULES: tuple[str, ...] = ("relevancy", "cosine", "relative")
+"""Object-level presence rules, each with one parameter (:func:`decide`):
+
+- ``relevancy`` (margin ``m``): the top-k mean raw LERF relevancy ``s(p)`` ≥ the calibrated threshold
+  ``q_hi + m (p_lo − q_hi)`` in logit space (the module docstring; ``m = 0.15`` before issue 13);
+- ``cosine`` (margin ``m``): the same calibration on the top-k mean **cosine** ``c(p) = topk(L·p)``: the
+  canonical negatives' term ``max_k L·n_k`` differs from object to object (0.29 for a bowl, 0.54 for a
+  robot under the ``labels`` embedder), so the relevancy favours some objects whatever the prompt;
+- ``relative`` (margin ``δ``): ``c(p) − w(p) ≥ δ`` with ``w(p) = max_v p·v`` over the kept calibration
+  vocabulary (the words that resemble nothing in the scene): the prompt must match something in the scene
+  better than it matches anything else it could mean. The negatives move to the prompt's side."""
+PART_RULES: tuple[str, ...] = ("scene", "inner")
+"""Presence rules of a part inside a found parent (:func:`decide`):
+
+- ``scene``: the object rule on the part level over the whole scene, and inside the parent at least as
+  relevant as the negatives' 95th percentile (before issue 13);
+- ``inner`` (quantile ``q``): only inside the parent: ``c_parent(p)`` (top-k mean cosine over the parent's
+  Gaussians) ≥ the ``q``-quantile of the kept vocabulary words' ``c_parent``: the parent is there (the user
+  named it and it was found), so the question is whether the prompt is more like one of its parts than an
+  unrelated word is."""
+RULE = "relevancy"
+RULE_PARAM = MARGIN
+PART_RULE = "scene"
+PART_PARAM = 0.5
+
+
+def _cosines(language: Tensor, Q: Tensor) -> Tensor:
+    """``[T, N]`` float32 ``Q @ language.T``."""
+    from cos3d.query.relevancy import _similarities
+
+    return _similarities(language, Q.float(), native=False)
+
+
+def _margin_threshold(pos: np.ndarray, neg: np.ndarray, margin: float, *, logit: bool) -> float:
+    """``q_hi + margin (p_lo − q_hi)`` (logit space when ``logit``), or the balanced split when the classes
+    overlap (:func:`choose_threshold`)."""
+    if logit:
+        return choose_threshold(pos, neg, margin)[0]
+    if len(pos) == 0 or len(neg) == 0:
+        return 0.0
+    p_lo, q_hi = float(np.percentile(pos, 10)), float(np.percentile(neg, 95))
+    if p_lo > q_hi:
+        return q_hi + margin * (p_lo - q_hi)
+    return _balanced_cut(np.asarray(pos, np.float64), np.asarray(neg, np.float64))
+
+
+def presence_statistics(
+    cal: NoTargetCalibration, R: Tensor, P: Tensor, valid: Tensor, *, neg_max: Tensor,
+    subset: Tensor | None = None, language: Tensor | None = None, temperature: float | None = None,
+) -> list[dict]:
+    """What every rule of :func:`decide` reads, per prompt.
+
+    Args:
+        R: ``[T, N]`` raw relevancy of the prompts ``P [T, D]``; ``neg_max``: ``[N]`` the canonical
+            negatives' term it was computed with (the cosines ``L·p`` are recovered from ``R``, exactly:
+            no second read of the field).
+        valid: bool ``[N]`` (opacity > :data:`OPACITY_MIN`); ``subset``: bool ``[N]`` the parent of a
+            hierarchical query (then ``language`` ``[N, D]`` is needed for the vocabulary inside it).
+    """
+    from cos3d.query.relevancy import TEMPERATURE
+
+    tau = TEMPERATURE if temperature is None else temperature
+    k = cal.top_k
+    score = top_k_score(R, valid, k)
+    C = neg_max.to(R.device)[None] + torch.logit(R.double().clamp(1e-12, 1 - 1e-12)).float() / tau
+    cos = top_k_score(C, valid, k)
+    V = cal.vocabulary_embeddings
+    world = (P.float() @ V.T).amax(1) if V is not None and len(V) else torch.full((len(P),), -1.0)
+    inner_score = inner_cos = None
+    inner_neg = None
+    if subset is not None:
+        inner_score = top_k_score(R, valid & subset, k)
+        inner_cos = top_k_score(C, valid & subset, k)
+        if V is not None and len(V) and language is not None:
+            keep = valid & subset
+            inner_neg = np.sort(top_k_score(_cosines(language[keep], V), torch.ones(int(keep.sum()), dtype=torch.bool),
+                                            k).numpy())
+        else:
+            inner_neg = np.zeros(0)
+    out = []
+    for t in range(len(P)):
+        out.append({
+            "score": float(score[t]), "cos": float(cos[t]), "world": float(world[t]),
+            "inner_score": None if inner_score is None else float(inner_score[t]),
+            "inner_cos": None if inner_cos is None else float(inner_cos[t]),
+            "inner_negative_cos": inner_neg, "cal": cal,
+        })
+    return out
+
+
+def decide(stats: dict, rule: str | None = None, param: float | None = None, *, part_rule: str | None = None,
+           part_param: float | None = None) -> tuple[bool, float, float, str]:
+    """``(present, statistic, threshold, what)`` of one prompt's :func:`presence_statistics` under a rule
+    (:data:`RULES`, :data:`PART_RULES`; defaults :data:`RULE` / :data:`RULE_PARAM`, :data:`PART_RULE` /
+    :data:`PART_PARAM`). ``what`` says, in words, the test that failed (or passed)."""
+    rule = RULE if rule is None else rule
+    param = (RULE_PARAM if rule == RULE else _DEFAULT_PARAM[rule]) if param is None else float(param)
+    part_rule = PART_RULE if part_rule is None else part_rule
+    part_param = PART_PARAM if part_param is None else float(part_param)
+    if rule not in RULES or part_rule not in PART_RULES:
+        raise ValueError(f"unknown presence rule {rule!r}/{part_rule!r}; rules: {RULES}, part rules: {PART_RULES}")
+    cal: NoTargetCalibration = stats["cal"]
+    hier = stats["inner_cos"] is not None
+    if hier and part_rule == "inner":
+        neg = stats["inner_negative_cos"]
+        thr = float(np.quantile(neg, min(max(part_param, 0.0), 1.0))) if len(neg) else -1.0
+        v = stats["inner_cos"]
+        return (v >= thr, v, thr, f"cosine inside the parent {v:.3f} vs {thr:.3f}, the {part_param:.0%} quantile of "
+                f"unrelated words there")
+    key = (rule, param)
+    thr_cache = cal.__dict__.setdefault("_thresholds", {})
+    if rule == "relevancy":
+        if key not in thr_cache:
+            thr_cache[key] = (_margin_threshold(cal.positive_scores, cal.negative_scores, param, logit=True),
+                              min(cal.floor, _margin_threshold(cal.positive_scores, cal.negative_scores, param, logit=True)))
+        thr, floor = thr_cache[key]
+        v, inner = stats["score"], stats["inner_score"]
+        name = "relevancy score"
+    elif rule == "cosine":
+        if key not in thr_cache:
+            t = _margin_threshold(cal.positive_cos, cal.negative_cos, param, logit=False)
+            q95 = float(np.percentile(cal.negative_cos, 95)) if len(cal.negative_cos) else t
+            thr_cache[key] = (t, min(q95, t))
+        thr, floor = thr_cache[key]
+        v, inner = stats["cos"], stats["inner_cos"]
+        name = "cosine score"
+    else:
+        thr = floor = param
+        v = stats["cos"] - stats["world"]
+        inner = None if stats["inner_cos"] is None else stats["inner_cos"] - stats["world"]
+        name = f"cosine {stats['cos']:.3f} minus the best unrelated word's {stats['world']:.3f} ="
+    if v < thr:
+        return False, v, thr, f"nothing in the scene matches ({name} {v:.3f} < threshold {thr:.3f})"
+    if hier and inner is not None and inner < floor:
+        return False, inner, floor, f"nothing inside the parent matches ({name} there {inner:.3f} < {floor:.3f})"
+    return True, v, thr, f"{name} {v:.3f} >= threshold {thr:.3f}"
+
+
+_DEFAULT_PARAM = {"relevancy": MARGIN, "cosine": MARGIN, "relative": 0.0}

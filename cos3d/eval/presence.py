@@ -1,0 +1,157 @@
+"""Presence decisions alone: the statistics of every rule, and their trade-off curves (issue 13).
+
+A query's presence decision (present → select; absent → the empty, "not here" answer) is cheap to score
+without selecting anything, so every rule of :mod:`cos3d.query.notarget` can be swept over its one
+parameter on a fixed set of prompts: the **false-empty rate** (present prompts answered "not here") against
+the **no-target accuracy** on absent prompts. :func:`presence_statistics` computes, per prompt, what each
+rule reads; :func:`sweep` applies a rule at each parameter value.
+
+Two prompt sets (never mixed):
+
+- ``dev`` (:mod:`cos3d.eval.devprompts`): where a rule's parameter is **chosen**; disjoint from every
+  evaluation prompt, training name and calibration word (checked);
+- ``eval`` (the tabletop protocol's queries, :func:`cos3d.eval.tabletop.tabletop_queries`): where the
+  chosen setting is **reported**, with the whole curve for reference. Nothing here reads ground truth
+  beyond which prompts name something in the scene.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+from cos3d.eval.devprompts import DEV_ABSENT, DEV_PARAPHRASES, DEV_PART_PARAPHRASES, check_dev_disjoint
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cos3d.query.engine import QueryEngine
+    from cos3d.scene import Scene
+
+
+@dataclass(frozen=True)
+class PresenceQuery:
+    text: str
+    present: bool
+    kind: str
+    within: str | None = None
+
+
+def dev_queries(scene: "Scene", *, absent_parts: int = 6) -> list[PresenceQuery]:
+    """The development prompts for ``scene``: the development phrasings of the objects it holds (catalogue
+    keys from ``meta.json``), of its articulated object's parts (within its canonical name), every
+    development absent thing, and the first ``absent_parts`` of them as parts of that object."""
+    check_dev_disjoint()
+    root = Path(getattr(scene, "root", "."))
+    try:
+        objects = json.loads((root / "meta.json").read_text()).get("objects", [])
+    except (OSError, ValueError):
+        objects = []
+    out: list[PresenceQuery] = []
+    seen: set[tuple[str, str | None]] = set()
+
+    def add(q: PresenceQuery) -> None:
+        if (q.text, q.within) not in seen:
+            seen.add((q.text, q.within))
+            out.append(q)
+
+    parent = None
+    for o in objects:
+        for p in DEV_PARAPHRASES.get(str(o.get("key")), ()):
+            add(PresenceQuery(p, True, "paraphrase"))
+    if scene.parts:
+        pid = next(iter(scene.parts.values())).parent
+        names = scene.labels.get(int(pid)) or scene.labels.get(str(pid)) or []  # type: ignore[call-overload]
+        parent = names[0] if names else None
+        present_parts = {p.names[0] for p in scene.parts.values() if p.names}
+        if parent:
+            for part, phr in DEV_PART_PARAPHRASES.items():
+                if part in present_parts:
+                    for p in phr:
+                        add(PresenceQuery(p, True, "part_paraphrase", parent))
+    for a in DEV_ABSENT:
+        add(PresenceQuery(a, False, "absent"))
+    if parent:
+        for a in DEV_ABSENT[:absent_parts]:
+            add(PresenceQuery(a, False, "part_absent", parent))
+    return out
+
+
+def eval_queries(scene: "Scene") -> list[PresenceQuery]:
+    """The tabletop protocol's queries as presence queries."""
+    from cos3d.eval.tabletop import tabletop_queries
+
+    return [PresenceQuery(q.text, q.present, q.kind, q.within) for q in tabletop_queries(scene)]
+
+
+def presence_statistics(engine: "QueryEngine", queries: Sequence[PresenceQuery]) -> list[dict[str, Any]]:
+    """Per query: what every presence rule reads (:func:`cos3d.query.notarget.prompt_statistics`), on the
+    object level for whole-object prompts and on the part level (scene-wide and inside the parent's answer)
+    for part prompts."""
+    from cos3d.query.notarget import OPACITY_MIN, presence_statistics
+    from cos3d.query.relevancy import raw_relevancy
+
+    valid = engine.opacity > OPACITY_MIN
+    rows: list[dict[str, Any]] = []
+    parents: dict[str, torch.Tensor | None] = {}
+    for q in queries:
+        subset = None
+        lvl = engine.level
+        if q.within is not None:
+            lvl = engine.part_level
+            if q.within not in parents:
+                par = engine.query(q.within, parts=False)
+                m = None
+                if not par.no_target:
+                    m = torch.zeros(engine.num_gaussians, dtype=torch.bool)
+                    m[par.selected] = True
+                parents[q.within] = m
+            subset = parents[q.within]
+        if q.within is not None and subset is None:  # the parent itself is answered "not here"
+            rows.append({"text": q.text, "present": q.present, "kind": q.kind, "within": q.within, "level": lvl,
+                         "parent_found": False})
+            continue
+        lv = engine._lv(lvl)
+        P = engine.embed_text([q.text])
+        neg_max = engine.negative_max_for(lvl)
+        R = raw_relevancy(lv.language, P, engine.negatives, neg_max=neg_max)
+        st = presence_statistics(engine.calibration_for(lvl), R, P, valid, neg_max=neg_max, subset=subset,
+                                 language=lv.language)[0]
+        rows.append({"text": q.text, "present": q.present, "kind": q.kind, "within": q.within, "level": lvl,
+                     "parent_found": True, **st})
+    return rows
+
+
+def sweep(rows: Sequence[dict[str, Any]], rule: str, values: Sequence[float]) -> list[dict[str, Any]]:
+    """At each parameter value of ``rule`` (:data:`cos3d.query.notarget.RULES`): the false-empty rate over
+    the present rows and the no-target accuracy over the absent rows (whole objects and parts apart)."""
+    from cos3d.query.notarget import PART_RULES, decide
+
+    out = []
+    for v in values:
+        if rule in PART_RULES:
+            pres = [decide(r, part_rule=rule, part_param=v)[0] if r["parent_found"] else False for r in rows]
+        else:
+            pres = [decide(r, rule, v)[0] if r["parent_found"] else False for r in rows]
+        def rate(sel: list[bool], want: bool) -> tuple[float | None, int]:
+            n = sum(sel)
+            return (None if n == 0 else float(np.mean([p == want for p, s in zip(pres, sel) if s]))), n
+        obj = [r["within"] is None for r in rows]
+        fe, n_p = rate([r["present"] for r in rows], False)
+        nt, n_a = rate([not r["present"] and o for r, o in zip(rows, obj)], False)
+        ntp, n_ap = rate([not r["present"] and not o for r, o in zip(rows, obj)], False)
+        out.append({"value": float(v), "false_empty": fe, "present": n_p, "no_target": nt, "absent": n_a,
+                    "no_target_parts": ntp, "absent_parts": n_ap})
+    return out
+
+
+def choose(curve: Sequence[dict[str, Any]], *, min_no_target: float = 0.9) -> dict[str, Any] | None:
+    """The point of ``curve`` with the lowest false-empty rate whose no-target accuracy on absent whole
+    objects is at least ``min_no_target`` (ties: the higher no-target accuracy, then the stricter value)."""
+    ok = [c for c in curve if c["no_target"] is not None and c["no_target"] >= min_no_target]
+    if not ok:
+        return None
+    return min(ok, key=lambda c: (c["false_empty"], -c["no_target"], -c["value"]))
