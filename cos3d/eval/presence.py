@@ -148,10 +148,12 @@ def sweep(rows: Sequence[dict[str, Any]], rule: str, values: Sequence[float]) ->
     return out
 
 
-def choose(curve: Sequence[dict[str, Any]], *, min_no_target: float = 0.9) -> dict[str, Any] | None:
+def choose(curve: Sequence[dict[str, Any]], *, min_no_target: float = 0.9, parts: bool = False) -> dict[str, Any] | None:
     """The point of ``curve`` with the lowest false-empty rate whose no-target accuracy on absent whole
-    objects is at least ``min_no_target`` (ties: the higher no-target accuracy, then the stricter value)."""
-    ok = [c for c in curve if c["no_target"] is not None and c["no_target"] >= min_no_target]
+    objects (``parts``: absent things inside the parent) is at least ``min_no_target`` (ties: the higher
+    no-target accuracy, then the lower, i.e. less strict, value)."""
+    key = "no_target_parts" if parts else "no_target"
+    ok = [c for c in curve if c[key] is not None and c[key] >= min_no_target]
     if not ok:
         return None
-    return min(ok, key=lambda c: (c["false_empty"], -c["no_target"], -c["value"]))
+    return min(ok, key=lambda c: (c["false_empty"], -c[key], c["value"]))

@@ -35,8 +35,9 @@ is not enough: with Gaussian features spread far more than the rendered pixels t
 ball (cos > 1 − 0.4 d̄) holds only tens of Gaussians. ``within_object=<Gaussian id>`` re-grows that
 object the same way, with the mean language feature of the Gaussian's tightest instance ball as prompt.
 
-Objects weaker than the best are dropped (:attr:`QueryEngine.WEAKER_LOGIT`): the median relevancy logit
-of an object's Gaussians must be within 0.75 of the best object's. COS3D's per-query min-max normalisation turns a moderately relevant neighbour (a ketchup
+Objects weaker than the best are dropped (:attr:`QueryEngine.WEAKER_LOGIT`): the median of 10 × the prompt's
+cosine over an object's Gaussians (:attr:`QueryEngine.WEAKER_ON`; the relevancy logit before issue 13) must be
+within 0.75 of the best object's. COS3D's per-query min-max normalisation turns a moderately relevant neighbour (a ketchup
 bottle for "lemon") into a selected one; this keeps it out while keeping equally relevant instances
 ("cans").
 """
@@ -67,7 +68,14 @@ from cos3d.query.objects import Object3D, make_object, split_objects
 from cos3d.query.prompts import Click, load_binary_image, load_rgb_image, parse_click, parse_points
 from cos3d.query.refine import InstanceIndex, RefineResult, refine_fast, refine_reference, thresholds
 from cos3d.query import refine_compiled
-from cos3d.query.relevancy import CANONICAL_NEGATIVES, PromptCache, negative_max, normalize_relevancy, raw_relevancy
+from cos3d.query.relevancy import (
+    CANONICAL_NEGATIVES,
+    TEMPERATURE,
+    PromptCache,
+    negative_max,
+    normalize_relevancy,
+    raw_relevancy,
+)
 from cos3d.scene import Camera, Scene
 from cos3d.vision.base import Embedder, ImageRegion
 
@@ -248,6 +256,17 @@ class QueryEngine:
     WEAKER_LOGIT = 0.75
     """An object is dropped when the median relevancy logit of its Gaussians is this much below the best
     object's (1 logit = 0.1 of cosine margin between the prompt and the canonical negatives)."""
+    WEAKER_ON = "cosine"
+    """What the weaker-object filter compares: ``"cosine"`` (the prompt's cosine with the Gaussians' language
+    features, ×10 so that :attr:`WEAKER_LOGIT` keeps its scale) or ``"relevancy"`` (the raw LERF logit, before
+    issue 13). The canonical negatives' term of the logit differs from object to object whatever the prompt
+    (0.29 for a bowl, 0.54 for a robot under the ``labels`` embedder), so on the logit a neighbour can look as
+    relevant as the target ("red mug" kept the blue mug)."""
+    SELECT_PARTS_ON = "cosine"
+    """What a part query (inside a parent) normalises and refines: ``"cosine"`` or ``"relevancy"`` (before
+    issue 13). Inside the parent the question is which part; the canonical negatives' per-part term and the
+    sigmoid's saturation near 1 (a body at cosine 0.9 and legs at 0.54 both map to R > 0.8) would decide it
+    instead of the prompt ("body" selected the legs too)."""
     SNAP_CLICK = True
     """Clicks (and ``within_object``) snap their language prompt to the nearest Ins2Lang target."""
     LANGUAGE_FP32_BYTES = 1 << 29
@@ -916,12 +935,15 @@ class QueryEngine:
                 self.index(lvl)
                 tim["index"] = (time.perf_counter() - ts) * 1e3  # once per engine and level
             ts = time.perf_counter()
-            r = normalize_relevancy(R, subset)
+            cos = None
+            if self.WEAKER_ON == "cosine" or (subset is not None and self.SELECT_PARTS_ON == "cosine"):
+                cos = self.negative_max_for(lvl) + torch.logit(R.double().clamp(1e-12, 1 - 1e-12)).float() / TEMPERATURE
+            r = normalize_relevancy(cos if subset is not None and self.SELECT_PARTS_ON == "cosine" else R, subset)
             ref = self.refine(r, lvl, subset=subset, method=refine)
             tim["refine"] = (time.perf_counter() - ts) * 1e3
             ts = time.perf_counter()
             objs = split_objects(ref.selected, self.means, lv.unit, self.opacity, R, lv.dbar, scales=self.scales)
-            objs = self._filter_weaker(objs, R)
+            objs = self._filter_weaker(objs, R, cos if self.WEAKER_ON == "cosine" else None)
             tim["objects"] = (time.perf_counter() - ts) * 1e3
             sel = torch.sort(torch.cat([o.gaussians for o in objs])).values if objs else torch.zeros(0, dtype=torch.long)
             tim["total"] = shared + (time.perf_counter() - tq) * 1e3
@@ -935,11 +957,12 @@ class QueryEngine:
                                    engine=self))
         return out
 
-    def _filter_weaker(self, objs: list[Object3D], R: Tensor) -> list[Object3D]:
-        """Drop objects whose relevancy is clearly below the best object's (module docstring)."""
+    def _filter_weaker(self, objs: list[Object3D], R: Tensor, cos: Tensor | None = None) -> list[Object3D]:
+        """Drop objects whose relevancy is clearly below the best object's (module docstring); on ``cos × 10``
+        when the cosines are given (:attr:`WEAKER_ON`)."""
         if len(objs) < 2:
             return objs
-        lg = torch.logit(R.double().clamp(1e-7, 1 - 1e-7))
+        lg = cos.double() * TEMPERATURE if cos is not None else torch.logit(R.double().clamp(1e-7, 1 - 1e-7))
         lv = [float(lg[o.gaussians].median()) for o in objs]
         best = max(lv)
         return [o for o, v in zip(objs, lv) if v >= best - self.WEAKER_LOGIT]
