@@ -179,6 +179,10 @@ def _budget(ts: Any, qs: list, console: Any) -> dict[str, Any]:
     for p in res["prompts"]:
         if p["ceiling"] is not None and p["mIoU"] < p["ceiling"] - 0.1:
             console.print(f"  {p['query']!r} ({p['kind']}): {p['mIoU']:.2f} vs ceiling {p['ceiling']:.2f}: {p['why']}")
+    for r in res.get("instances", []):
+        console.print(f"  same-kind {r['query']!r}: {r['instances']} instances, refinement found {r['found_refined']}, "
+                      f"answer keeps {r['found_final']} as {r['separate']} separate object(s) of {r['objects']}"
+                      + (f"; dropped by the post-filters: {r['dropped_by_post_filters']}" if r["dropped_by_post_filters"] else ""))
     return res
 
 

@@ -146,7 +146,7 @@ def presence_forced(engine: "QueryEngine") -> Iterator[None]:
     for name in list(engine._levels):
         cal = engine.calibration_for(name)
         saved[name] = cal
-        engine._levels[name].calibration = dataclasses.replace(cal, threshold=-1.0, floor=-1.0)
+        engine._levels[name].calibration = dataclasses.replace(cal, threshold=-1.0, floor=-1.0, forced=True)
     try:
         yield
     finally:
@@ -218,8 +218,57 @@ def error_budget(ts: "TrainedScene", queries: Sequence[EvalQuery], *, views: Seq
             prompts.append({"query": q.label, "kind": q.kind, "gt": q.gt_ids, "ceiling": c.miou if c else None,
                             "mIoU": qe.miou if qe.miou is not None else 0.0, "objects": qe.num_objects,
                             "why": diagnose(ans, q, lab, e.opacity) if lab is not None else ""})
-    return {"rows": out_rows, "prompts": prompts,
+    return {"rows": out_rows, "prompts": prompts, "instances": instance_recall(e, present, b.labels, b.part_labels),
             "oracle": "ceiling: GT ids voted by blending weight over the training views' instance/part maps"}
+
+
+FOUND_SHARE = 0.25
+"""An instance counts as found when the selection holds at least this share of its (opaque) Gaussians."""
+
+
+def instance_recall(engine: "QueryEngine", queries: Sequence[EvalQuery], labels: "Tensor",
+                    part_labels: "Tensor | None" = None) -> list[dict[str, Any]]:
+    """Every present query with several true instances ("cans", "tin", "cup"), answered with the presence
+    test forced: how many instances the refinement found (:data:`FOUND_SHARE` of their Gaussians), how many
+    the final answer keeps after cos3d's post-filters (object split, fragments, weaker objects), and how
+    many of them are the main instance of an object of their own (two cans → two objects). Evaluation only
+    (the oracle labels of :func:`oracle_labels`)."""
+    out = []
+    valid = engine.opacity > 0.1
+    for q in queries:
+        if len(q.gt_ids) < 2:
+            continue
+        lab = part_labels if q.is_part else labels
+        if lab is None:
+            continue
+        with presence_forced(engine):
+            res = engine.query(q.text, within=q.within) if q.within else engine.query(q.text)
+
+        def found(sel: "Tensor") -> list[int]:
+            hit = torch.zeros(engine.num_gaussians, dtype=torch.bool)
+            hit[sel.long()] = True
+            ids = []
+            for i in q.gt_ids:
+                tgt = (lab == i) & valid
+                if tgt.any() and float(hit[tgt].double().mean()) >= FOUND_SHARE:
+                    ids.append(int(i))
+            return ids
+
+        refined = res.refine.selected if res.refine is not None else torch.zeros(0, dtype=torch.long)
+        final = found(res.selected)
+        own = set()
+        for o in res.objects:
+            ol = lab[o.gaussians.long()]
+            ol = ol[ol >= 0]
+            if ol.numel():
+                top = int(torch.mode(ol).values)
+                if top in final:
+                    own.add(top)
+        pre = found(refined)
+        out.append({"query": q.label, "kind": q.kind, "instances": len(q.gt_ids), "found_refined": len(pre),
+                    "found_final": len(final), "dropped_by_post_filters": sorted(set(pre) - set(final)),
+                    "objects": len(res.objects), "separate": len(own)})
+    return out
 
 
 def geometry_ceiling(scene: Any, gaussians: Any, queries: Sequence[EvalQuery] | None = None, *,

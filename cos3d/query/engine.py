@@ -267,6 +267,9 @@ class QueryEngine:
     issue 13). Inside the parent the question is which part; the canonical negatives' per-part term and the
     sigmoid's saturation near 1 (a body at cosine 0.9 and legs at 0.54 both map to R > 0.8) would decide it
     instead of the prompt ("body" selected the legs too)."""
+    SELECT_OBJECTS_ON = "relevancy"
+    """What a whole-object query normalises and refines: ``"relevancy"`` (COS3D's LERF relevancy) or
+    ``"cosine"``."""
     SNAP_CLICK = True
     """Clicks (and ``within_object``) snap their language prompt to the nearest Ins2Lang target."""
     LANGUAGE_FP32_BYTES = 1 << 29
@@ -935,10 +938,11 @@ class QueryEngine:
                 self.index(lvl)
                 tim["index"] = (time.perf_counter() - ts) * 1e3  # once per engine and level
             ts = time.perf_counter()
+            on = self.SELECT_PARTS_ON if subset is not None else self.SELECT_OBJECTS_ON
             cos = None
-            if self.WEAKER_ON == "cosine" or (subset is not None and self.SELECT_PARTS_ON == "cosine"):
+            if self.WEAKER_ON == "cosine" or on == "cosine":
                 cos = self.negative_max_for(lvl) + torch.logit(R.double().clamp(1e-12, 1 - 1e-12)).float() / TEMPERATURE
-            r = normalize_relevancy(cos if subset is not None and self.SELECT_PARTS_ON == "cosine" else R, subset)
+            r = normalize_relevancy(cos if on == "cosine" else R, subset)
             ref = self.refine(r, lvl, subset=subset, method=refine)
             tim["refine"] = (time.perf_counter() - ts) * 1e3
             ts = time.perf_counter()

@@ -153,6 +153,8 @@ class NoTargetCalibration:
     """The known negatives' top-k mean cosine (the ``cosine`` rule's negatives)."""
     vocabulary_embeddings: Tensor | None = field(repr=False, default=None)
     """``[V', D]`` the kept vocabulary words' embeddings: the "rest of the world" of the ``relative`` rule."""
+    forced: bool = False
+    """Every prompt counts as present (evaluation only: the error budget measures the selection alone)."""
 
     def present(self, score: float) -> bool:
         return bool(score >= self.threshold)
@@ -423,6 +425,8 @@ def decide(stats: dict, rule: str | None = None, param: float | None = None, *, 
         raise ValueError(f"unknown presence rule {rule!r}/{part_rule!r}; rules: {RULES}, part rules: {PART_RULES}")
     cal: NoTargetCalibration = stats["cal"]
     hier = stats["inner_cos"] is not None
+    if cal.forced:
+        return True, stats["score"], -1.0, "presence forced (evaluation)"
     if hier and part_rule == "inner":
         neg = stats["inner_negative_cos"]
         thr = float(np.quantile(neg, min(max(part_param, 0.0), 1.0))) if len(neg) else -1.0
