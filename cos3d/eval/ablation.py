@@ -113,6 +113,11 @@ class BranchAnswers:
         valid = e.opacity > OPACITY_MIN
         if subset is not None:
             valid = valid & subset
+        # a part query normalises what the engine's does (QueryEngine.SELECT_PARTS_ON), so that the branches
+        # differ only in how they select
+        on_cos = subset is not None and e.SELECT_PARTS_ON == "cosine"
+        if on_cos:
+            R = self.ts.fields[lvl].language.detach().cpu().float() @ p.float()
         if branch == "language":
             sel = torch.nonzero((normalize_relevancy(R, subset) > 0.5) & valid).flatten()
         elif branch == "collaborative_raw":
@@ -120,7 +125,8 @@ class BranchAnswers:
             sel = ref.selected
         elif branch == "instance":
             f = self.ts.fields[lvl]
-            Ra = raw_relevancy(f.targets.detach().cpu().float(), p[None], e.negatives)[0]  # [J]
+            T = f.targets.detach().cpu().float()
+            Ra = T @ p.float() if on_cos else raw_relevancy(T, p[None], e.negatives)[0]  # [J]
             ra = normalize_relevancy(Ra)
             chosen = ra > 0.5
             sel = torch.nonzero(chosen[self._anchors(lvl)] & valid).flatten()
