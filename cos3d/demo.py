@@ -241,7 +241,10 @@ def run_demo(cfg: DemoConfig) -> list[DemoRow]:
     engine = cos3d.load(run).engine
     t = time.perf_counter()
     engine.calibration  # noqa: B018 - computed once, reported
-    _log(f"no-target calibration: threshold {engine.calibration.threshold:.3f} ({time.perf_counter() - t:.1f} s)")
+    cal = engine.calibration.to_dict()
+    thr = cal["cosine_threshold"]
+    _log(f"no-target calibration: {cal['rule']}, cosine threshold {'-' if thr is None else f'{thr:.3f}'} "
+         f"({time.perf_counter() - t:.1f} s)")
     prompts = demo_prompts(engine.scene)
     rows = answer_prompts(engine, prompts, cfg.protocol)
     wall = time.perf_counter() - t0

@@ -2,7 +2,7 @@
 
 - :mod:`.relevancy` — LERF relevancy against canonical negatives, COS3D normalisation, prompt cache;
 - :mod:`.refine` — adaptive Lang2Ins refinement: the literal reference loop and the fast engine version;
-- :mod:`.notarget` — the calibrated presence test on raw relevancy;
+- :mod:`.notarget` — the calibrated presence test (the prompt's cosine with the field; parts inside their parent);
 - :mod:`.objects` — instances, centroids, oriented boxes; :mod:`.masks2d` — masks under two protocols;
 - :mod:`.prompts` — parsing CLI prompt specs; :mod:`.engine` — :class:`QueryEngine` (on a :class:`QuerySource`:
   a loaded run, or :class:`QueryInputs`) and :class:`QueryResult`.

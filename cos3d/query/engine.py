@@ -21,7 +21,9 @@
   at level ``l``; the part prompt is answered on the part level (``s``) restricted to the parent's Gaussians.
 
 Text/image pipeline (DESIGN.md "Query"): raw LERF relevancy ``R`` (:mod:`.relevancy`) → presence test on
-``R`` (:mod:`.notarget`; an absent target gives an empty answer with a reason) → COS3D normalisation →
+the prompt's cosine with the field, recovered from ``R`` (:mod:`.notarget`, :func:`~.notarget.decide`; a part
+inside its found parent; an absent target gives an empty answer with a reason) → COS3D normalisation (of the
+cosine for parts inside a parent, :attr:`QueryEngine.SELECT_PARTS_ON`) →
 adaptive Lang2Ins refinement (:mod:`.refine`; ``refine="fast"`` by default, ``"reference"`` for the literal
 loop) → objects (:mod:`.objects`). The selection of the answer is the union of its objects' Gaussians.
 
@@ -179,9 +181,10 @@ class QueryResult:
     level: str = "l"
     """Field level the answer was computed on."""
     score: float | None = None
-    """Presence score (top-k mean raw relevancy), when the prompt has an embedding."""
+    """The presence rule's statistic (:func:`cos3d.query.notarget.decide`: the top-k mean cosine by default;
+    inside the parent for parts), when the prompt has an embedding."""
     threshold: float | None = None
-    """The calibrated presence threshold it was compared with."""
+    """The presence rule's threshold it was compared with."""
     refine: RefineResult | None = field(default=None, repr=False)
     """The refinement's details (regions, seeds), when a refinement ran."""
     engine: "QueryEngine | None" = field(default=None, repr=False, compare=False)

@@ -1,34 +1,39 @@
-"""No-target detection: a per-scene calibrated threshold on raw LERF relevancy.
+"""No-target detection: a per-scene calibrated presence test (issue 13: on the prompt's cosine with the field).
 
 COS3D's normalised relevancy (min-max, then ``clip(2r − 1, 0, 1)``) always selects something, so an
-absent object ("elephant" on a tabletop) would return whatever is least irrelevant. We decide
-presence on the **raw** relevancy ``R`` (:func:`cos3d.query.relevancy.raw_relevancy`) instead.
+absent object ("elephant" on a tabletop) would return whatever is least irrelevant. Presence is decided
+before that, on a raw statistic of the prompt against the field.
 
-Statistic. For a prompt embedding ``p``: ``s(p)`` = the mean of the ``k = 32`` largest raw ``R`` over the
-Gaussians with opacity > 0.1 (within the parent for hierarchical queries). A mean of the top 32 rather
-than the maximum keeps one odd Gaussian from deciding.
+Statistics (:func:`presence_statistics`). For a prompt embedding ``p``, over the Gaussians with opacity > 0.1:
+``s(p)`` = the mean of the ``k = 32`` largest raw LERF relevancies ``R``; ``c(p)`` = the same of the cosines
+``L·p`` (recovered exactly from ``R``: no second read of the field). A mean of the top 32 rather than the
+maximum keeps one odd Gaussian from deciding. The rules (:data:`RULES`, :func:`decide`) read one of them;
+the engine's is :data:`RULE` = ``cosine``: the relevancy's canonical-negatives term differs from object to
+object whatever the prompt, so on ``s`` a present thing ("desk" on a table) could score below an absent one
+("napkin" near a bowl).
 
 Calibration (per scene and level, computed once by the engine, :func:`calibrate`):
 
 - **Known positives**: the level's Ins2Lang targets ``c_j`` (the embeddings of masks seen in training,
   i.e. things that are in the scene), de-duplicated (cos > 0.995) and capped at 64 by farthest-point
-  sampling; ``P = {s(c_j)}``.
+  sampling; ``P = {s(c_j)}`` (and their ``c``).
 - **Known negatives**: a shipped vocabulary of common object names (:data:`NEGATIVE_VOCABULARY`, ~190
   words), embedded by the scene's embedder, minus the words too close to any target: cosine > 0.6, or a
   similarity more than 2.5 standard deviations above that target's mean similarity over the vocabulary
   (so "cup" is not a negative in a scene with a mug, whatever the embedding space's scale);
-  ``Q = {s(n)}``.
-- **Threshold**, in logit space ``λ = logit(s)``: with ``p_lo`` = the 10th percentile of ``λ(P)`` and
-  ``q_hi`` = the 95th percentile of ``λ(Q)``, ``τ = q_hi + 0.15 (p_lo − q_hi)`` when they are separated
-  (closer to the negatives, because a paraphrase like "cup" scores below the exact training embedding),
-  else the midpoint of the split that maximises balanced accuracy on ``P ∪ Q``.
+  ``Q = {s(n)}`` (and their ``c``).
+- **Threshold**: with ``p_lo`` = the 10th percentile of the positives and ``q_hi`` = the 95th percentile of
+  the negatives (for ``s`` in logit space), ``τ = q_hi + m (p_lo − q_hi)`` when they are separated (``m =
+  0.15``: closer to the negatives, because a paraphrase like "cup" scores below the exact training
+  embedding), else the split that maximises balanced accuracy on ``P ∪ Q``.
 
-A prompt is answered as **absent** when ``s(p) < sigmoid(τ)``; the answer is then empty and its
-``reason`` names the score and the threshold. A hierarchical prompt ("head" within "robot") is decided on
-the part level's calibration over the whole scene, and must also reach, inside the parent's Gaussians, the
-negatives' 95th percentile (``floor``: at least as relevant as a typical absent name) — the parent's
-selection may miss a sliver of the part, so the scene-wide test is the main one. The calibration (threshold, score distributions, counts)
-is kept on the engine (:attr:`QueryEngine.calibration`) and reported in JSON output.
+A prompt is answered as **absent** when its statistic is below ``τ``; the answer is then empty and its
+``reason`` names the statistic and the threshold. A hierarchical prompt ("head" within "robot") is decided
+inside the parent's Gaussians (:data:`PART_RULE` = ``inner``): its top-k cosine there must reach the 0.7
+quantile of the kept vocabulary words' top-k cosines there. The calibration (thresholds, score
+distributions, counts) is kept on the engine (:attr:`QueryEngine.calibration`) and reported in JSON output.
+The rules' parameters were chosen on development prompts, never on evaluation prompts
+(:mod:`cos3d.eval.devprompts`, :mod:`cos3d.eval.presence`, ``scripts/presence_curve.py``).
 """
 
 from __future__ import annotations
@@ -197,6 +202,9 @@ class NoTargetCalibration:
             "threshold": float(self.threshold),
             "floor": float(self.floor),
             "statistic": f"mean of the top {self.top_k} raw relevancies over Gaussians with opacity > {OPACITY_MIN}",
+            "rule": f"{RULE} ({RULE_PARAM:g}); parts: {PART_RULE} ({PART_PARAM:g})",
+            "cosine_threshold": (float(_margin_threshold(self.positive_cos, self.negative_cos, RULE_PARAM, logit=False))
+                                 if len(self.positive_cos) and len(self.negative_cos) else None),
             "method": self.method,
             "positives": int(len(self.positive_scores)),
             "negatives": int(len(self.negative_scores)),
