@@ -81,6 +81,16 @@ def test_statistics_recover_cosines_and_rules_match_their_definitions():
         assert st["inner_cos"] == pytest.approx(float(inner_cos[t]), abs=1e-5)
         assert st["world"] == pytest.approx(float(world[t]), abs=1e-6)
         assert st["score"] == pytest.approx(float(top_k_score(R, valid, cal.top_k)[t]), abs=1e-7)
+    # the cosines handed over by raw_relevancy give the same statistics as the ones recovered from R
+    R2, C2 = raw_relevancy(L, P, Nn, neg_max=nm, return_cosines=True)
+    assert torch.equal(R2, R) and torch.allclose(C2, P @ L.T, atol=1e-6)
+    direct = presence_statistics(cal, R, P, valid, neg_max=nm, subset=subset, language=L, cosines=C2,
+                                 relevancy_score=False)
+    for a, b in zip(stats, direct):
+        assert b["score"] is None and b["cos"] == pytest.approx(a["cos"], abs=1e-5)
+        assert b["inner_cos"] == pytest.approx(a["inner_cos"], abs=1e-5) and b["world"] == a["world"]
+    with pytest.raises(ValueError, match="relevancy rule needs"):
+        decide({**direct[0], "inner_cos": None}, "relevancy", MARGIN)
     st = dict(stats[0])
     # relevancy at the default margin is the calibrated threshold (and the inner floor)
     flat = {**st, "inner_cos": None, "inner_score": None}

@@ -65,6 +65,7 @@ from cos3d.query.notarget import (
     calibrate,
     decide,
     presence_statistics,
+    relevancy_rule,
 )
 from cos3d.query.objects import Object3D, make_object, split_objects
 from cos3d.query.prompts import Click, load_binary_image, load_rgb_image, parse_click, parse_points
@@ -909,7 +910,8 @@ class QueryEngine:
                 refine: str | None, t0: float, timings: dict[str, float]) -> list[QueryResult]:
         lv = self._lv(lvl)
         ts = time.perf_counter()
-        R_all = raw_relevancy(lv.language, P, self.negatives, neg_max=self.negative_max_for(lvl))  # [T, N]
+        R_all, C_all = raw_relevancy(lv.language, P, self.negatives, neg_max=self.negative_max_for(lvl),
+                                     return_cosines=True)  # [T, N] each: relevancy and the cosines behind it
         t_rel = (time.perf_counter() - ts) * 1e3 / len(descs)
         if lv.calibration is None:
             ts = time.perf_counter()
@@ -919,7 +921,8 @@ class QueryEngine:
         cal = self.calibration_for(lvl)
         valid = self.opacity > OPACITY_MIN
         stats = presence_statistics(cal, R_all, P, valid, neg_max=self.negative_max_for(lvl), subset=subset,
-                                    language=lv.language)
+                                    language=lv.language, cosines=C_all,
+                                    relevancy_score=relevancy_rule())
         decisions = [decide(st) for st in stats]
         t_pres = (time.perf_counter() - ts) * 1e3
         out = []
@@ -942,9 +945,7 @@ class QueryEngine:
                 tim["index"] = (time.perf_counter() - ts) * 1e3  # once per engine and level
             ts = time.perf_counter()
             on = self.SELECT_PARTS_ON if subset is not None else self.SELECT_OBJECTS_ON
-            cos = None
-            if self.WEAKER_ON == "cosine" or on == "cosine":
-                cos = self.negative_max_for(lvl) + torch.logit(R.double().clamp(1e-12, 1 - 1e-12)).float() / TEMPERATURE
+            cos = C_all[q]
             r = normalize_relevancy(cos if on == "cosine" else R, subset)
             ref = self.refine(r, lvl, subset=subset, method=refine)
             tim["refine"] = (time.perf_counter() - ts) * 1e3

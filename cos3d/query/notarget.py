@@ -381,6 +381,7 @@ def _margin_threshold(pos: np.ndarray, neg: np.ndarray, margin: float, *, logit:
 def presence_statistics(
     cal: NoTargetCalibration, R: Tensor, P: Tensor, valid: Tensor, *, neg_max: Tensor,
     subset: Tensor | None = None, language: Tensor | None = None, temperature: float | None = None,
+    cosines: Tensor | None = None, relevancy_score: bool = True,
 ) -> list[dict]:
     """What every rule of :func:`decide` reads, per prompt.
 
@@ -390,20 +391,22 @@ def presence_statistics(
             no second read of the field).
         valid: bool ``[N]`` (opacity > :data:`OPACITY_MIN`); ``subset``: bool ``[N]`` the parent of a
             hierarchical query (then ``language`` ``[N, D]`` is needed for the vocabulary inside it).
+        cosines: ``[T, N]`` the cosines when the caller has them (:func:`raw_relevancy` ``return_cosines``).
+        relevancy_score: also the top-k relevancy ``score`` (only the ``relevancy`` rule reads it; None if not).
     """
     from cos3d.query.relevancy import TEMPERATURE
 
     tau = TEMPERATURE if temperature is None else temperature
     k = cal.top_k
-    score = top_k_score(R, valid, k)
-    C = neg_max.to(R.device)[None] + torch.logit(R.double().clamp(1e-12, 1 - 1e-12)).float() / tau
+    score = top_k_score(R, valid, k) if relevancy_score else None
+    C = cosines if cosines is not None else recover_cosines(R, neg_max, tau)
     cos = top_k_score(C, valid, k)
     V = cal.vocabulary_embeddings
     world = (P.float() @ V.T).amax(1) if V is not None and len(V) else torch.full((len(P),), -1.0)
     inner_score = inner_cos = None
     inner_neg = None
     if subset is not None:
-        inner_score = top_k_score(R, valid & subset, k)
+        inner_score = top_k_score(R, valid & subset, k) if relevancy_score else None
         inner_cos = top_k_score(C, valid & subset, k)
         if V is not None and len(V) and language is not None:
             keep = valid & subset
@@ -414,12 +417,26 @@ def presence_statistics(
     out = []
     for t in range(len(P)):
         out.append({
-            "score": float(score[t]), "cos": float(cos[t]), "world": float(world[t]),
+            "score": None if score is None else float(score[t]), "cos": float(cos[t]), "world": float(world[t]),
             "inner_score": None if inner_score is None else float(inner_score[t]),
             "inner_cos": None if inner_cos is None else float(inner_cos[t]),
             "inner_negative_cos": inner_neg, "cal": cal,
         })
     return out
+
+
+def relevancy_rule() -> bool:
+    """Whether the engine's rule (:data:`RULE`, read at call time) reads the relevancy score."""
+    return RULE == "relevancy"
+
+
+def recover_cosines(R: Tensor, neg_max: Tensor, temperature: float | None = None) -> Tensor:
+    """The cosines ``L·p`` behind a raw relevancy ``R`` (any shape ``[..., N]``) and its negatives' term
+    ``neg_max [N]``: ``neg_max + logit(R) / τ``, exact up to float32 rounding (1e-5 here)."""
+    from cos3d.query.relevancy import TEMPERATURE
+
+    tau = TEMPERATURE if temperature is None else temperature
+    return neg_max.to(R.device) + torch.logit(R.float().clamp(1e-7, 1 - 1e-7)) / tau
 
 
 def decide(stats: dict, rule: str | None = None, param: float | None = None, *, part_rule: str | None = None,
@@ -436,7 +453,7 @@ def decide(stats: dict, rule: str | None = None, param: float | None = None, *, 
     cal: NoTargetCalibration = stats["cal"]
     hier = stats["inner_cos"] is not None
     if cal.forced:
-        return True, stats["score"], -1.0, "presence forced (evaluation)"
+        return True, stats["cos"], -1.0, "presence forced (evaluation)"
     if hier and part_rule == "inner":
         neg = stats["inner_negative_cos"]
         thr = float(np.quantile(neg, min(max(part_param, 0.0), 1.0))) if len(neg) else -1.0
@@ -446,6 +463,8 @@ def decide(stats: dict, rule: str | None = None, param: float | None = None, *, 
     key = (rule, param)
     thr_cache = cal.__dict__.setdefault("_thresholds", {})
     if rule == "relevancy":
+        if stats["score"] is None:
+            raise ValueError("the relevancy rule needs presence_statistics(..., relevancy_score=True)")
         if key not in thr_cache:
             thr_cache[key] = (_margin_threshold(cal.positive_scores, cal.negative_scores, param, logit=True),
                               min(cal.floor, _margin_threshold(cal.positive_scores, cal.negative_scores, param, logit=True)))

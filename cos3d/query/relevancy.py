@@ -99,7 +99,8 @@ def raw_relevancy(
     *,
     temperature: float = TEMPERATURE,
     neg_max: Tensor | None = None,
-) -> Tensor:
+    return_cosines: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Raw LERF relevancy ``R`` of every Gaussian to every positive.
 
     Args:
@@ -109,7 +110,8 @@ def raw_relevancy(
         neg_max: optional ``[N]`` :func:`negative_max` of these negatives, computed once and reused.
 
     Returns:
-        ``[T, N]`` float32 in (0, 1) (``[N]`` when ``positives`` is 1-D).
+        ``[T, N]`` float32 in (0, 1) (``[N]`` when ``positives`` is 1-D); with ``return_cosines`` also the
+        cosines ``L·p`` it was computed from, same shape (the presence test reads them: no second pass).
     """
     single = positives.dim() == 1
     P = positives[None] if single else positives
@@ -123,6 +125,8 @@ def raw_relevancy(
         raise ValueError(f"neg_max must be [N={language.shape[0]}], got {tuple(neg_max.shape)}")
     sims = _similarities(language, P)
     out = torch.sigmoid(temperature * (sims - neg_max.to(sims.device)))
+    if return_cosines:
+        return (out[0], sims[0]) if single else (out, sims)
     return out[0] if single else out
 
 
