@@ -137,3 +137,28 @@ def test_sweep_is_monotone_and_choose_takes_the_lowest_false_empty_at_the_bar():
     # 0.42 misses nothing and gets 5 of 6 absent right (0.833 >= 0.8)
     assert best["value"] == 0.42 and best["false_empty"] == 0.0
     assert choose(sweep(rows, "relative", [-1.0]), min_no_target=0.9) is None
+
+
+def test_large_parent_is_sampled_evenly_for_prompt_and_vocabulary(monkeypatch):
+    from cos3d.query import notarget
+
+    rng = np.random.default_rng(3)
+    L, P, Nn, V = _field(n=400, seed=4)
+    cal = _calibration(rng, V)
+    nm = negative_max(L, Nn)
+    R, C = raw_relevancy(L, P, Nn, neg_max=nm, return_cosines=True)
+    valid = torch.ones(len(L), dtype=torch.bool)
+    subset = torch.zeros(len(L), dtype=torch.bool)
+    subset[50:350] = True
+    full = presence_statistics(cal, R, P, valid, neg_max=nm, subset=subset, language=L, cosines=C)
+    monkeypatch.setattr(notarget, "INNER_SAMPLE", 60)
+    sampled = presence_statistics(cal, R, P, valid, neg_max=nm, subset=subset, language=L, cosines=C)
+    ids = torch.arange(50, 350)[torch.linspace(0, 299, 60).round().long()]
+    keep = torch.zeros(len(L), dtype=torch.bool)
+    keep[ids] = True
+    for t, st in enumerate(sampled):
+        assert st["inner_cos"] == pytest.approx(float(top_k_score(C, keep, cal.top_k)[t]), abs=1e-6)
+        assert st["cos"] == full[t]["cos"]  # the scene-wide statistic is not sampled
+    ref = np.sort(top_k_score(V @ L[ids].T, torch.ones(60, dtype=torch.bool), cal.top_k).numpy())
+    np.testing.assert_allclose(sampled[0]["inner_negative_cos"], ref, atol=1e-6)
+    assert len(full[0]["inner_negative_cos"]) == len(V)
