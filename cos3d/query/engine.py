@@ -265,7 +265,7 @@ class QueryEngine:
     features, ×10 so that :attr:`WEAKER_LOGIT` keeps its scale) or ``"relevancy"`` (the raw LERF logit, before
     issue 13). The canonical negatives' term of the logit differs from object to object whatever the prompt
     (0.29 for a bowl, 0.54 for a robot under the ``labels`` embedder), so on the logit a neighbour can look as
-    relevant as the target ("red mug" kept the blue mug)."""
+    relevant as the target ("condiment" kept the bowl beside the ketchup bottle)."""
     SELECT_PARTS_ON = "cosine"
     """What a part query (inside a parent) normalises and refines: ``"cosine"`` or ``"relevancy"`` (before
     issue 13). Inside the parent the question is which part; the canonical negatives' per-part term and the
