@@ -24,7 +24,8 @@ Text/image pipeline (DESIGN.md "Query"): raw LERF relevancy ``R`` (:mod:`.releva
 the prompt's cosine with the field, recovered from ``R`` (:mod:`.notarget`, :func:`~.notarget.decide`; a part
 inside its found parent; an absent target gives an empty answer with a reason) → COS3D normalisation (of the
 cosine for parts inside a parent, :attr:`QueryEngine.SELECT_PARTS_ON`) →
-adaptive Lang2Ins refinement (:mod:`.refine`; ``refine="fast"`` by default, ``"reference"`` for the literal
+adaptive Lang2Ins refinement (:mod:`.refine`, :mod:`.refine_compiled`; ``refine="fast"`` by default: the
+compiled loop from :data:`COMPILED_MIN_GAUSSIANS`, the numpy waves below; ``"reference"`` for the literal
 loop) → objects (:mod:`.objects`). The selection of the answer is the union of its objects' Gaussians.
 
 Click (our definition): the seed is the Gaussian with the largest blending weight at the pixel; the prompt
@@ -939,7 +940,7 @@ class QueryEngine:
                                        selected=torch.zeros(0, dtype=torch.long), no_target=True, reason=reason,
                                        timings=tim, score=score, threshold=threshold, engine=self))
                 continue
-            if lv.index is None and (refine or self.refine_method) == "fast":
+            if lv.index is None and (refine or self.refine_method) in ("fast", "compiled", "numpy"):
                 ts = time.perf_counter()
                 self.index(lvl)
                 tim["index"] = (time.perf_counter() - ts) * 1e3  # once per engine and level

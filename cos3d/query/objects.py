@@ -147,8 +147,9 @@ def _components(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 SPLIT_GRAPH_MAX = 8192
 """Selections larger than this are split on a fixed random sample of this many Gaussians (their touching
-distances scaled by the sample's spacing, ``(n / SPLIT_GRAPH_MAX)^(1/3)``); every other Gaussian follows
-its nearest sampled one. Bounds the work of a floor-sized selection of a 1M-Gaussian field."""
+distances scaled by the sample's spacing, ``(n / SPLIT_GRAPH_MAX)^(1/3)``); every other Gaussian follows a
+sampled one in its own or a neighbouring voxel (module docstring). Bounds the work of a floor-sized
+selection of a 1M-Gaussian field."""
 
 
 def split_objects(
@@ -200,6 +201,7 @@ def split_objects(
         near = _sampled_neighbour(X, X[pick], reach * 2.0 * float(np.median(s_used)))
         final = np.where(near >= 0, final_s[near], -1)  # no sampled Gaussian near: a floater
         final[pick] = final_s
+        # a floater's component only weighs in the fallback below (every component a speck)
         labels = np.where(near >= 0, labels_s[near], labels_s[0])
         labels[pick] = labels_s
         mass = np.bincount(labels, weights=w, minlength=len(mass_s))
