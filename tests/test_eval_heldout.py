@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from cos3d.errors import Cos3dError
+from cos3d.eval.heldout import ABSENT_PART_PROMPTS
 from cos3d.eval.tabletop import HELD_OUT_KINDS, tabletop_queries
 
 pytest.importorskip("pybullet")
@@ -40,6 +41,11 @@ def test_evaluation_prompts_never_reach_training_or_calibration(tabletop_dir, tr
     held = {q.text.lower() for q in qs if q.kind in HELD_OUT_KINDS}
     assert {"paraphrase", "absent", "plural"} <= {q.kind for q in qs}
     assert held
+    if scene.parts:  # absent parts are asked within the parent that has parts, and are held out too
+        absent_parts = [q for q in qs if q.kind == "absent_part"]
+        parent = {scene.labels[int(p.parent)][0] for p in scene.parts.values()}
+        assert {q.text for q in absent_parts} == set(ABSENT_PART_PROMPTS)
+        assert {q.within for q in absent_parts} == parent and not any(q.present for q in absent_parts)
 
     seen = _record_encodes(monkeypatch)
     # training: the masks stage embeds every training view's masks (a fresh cache: nothing is skipped)
@@ -71,6 +77,12 @@ def test_overlap_with_calibration_or_training_names_is_refused(tabletop_dir, tmp
         tabletop_queries(scene, absent=("teapot", "elephant"))
     with pytest.raises(Cos3dError, match="names of objects in the scene"):
         tabletop_queries(scene, absent=(scene.labels[1][0],))
+    with pytest.raises(Cos3dError, match="absent-part prompts overlap the no-target calibration vocabulary: 'keyboard'"):
+        tabletop_queries(scene, absent_parts=("propeller", "keyboard"))
+    if scene.parts:
+        part_name = next(iter(scene.parts.values())).names[0]
+        with pytest.raises(Cos3dError, match="absent-part prompts overlap names in the scene"):
+            tabletop_queries(scene, absent_parts=(part_name,))
     # a paraphrase file that reuses a training name is refused before anything is queried
     bad = tmp_path / "scene"
     shutil.copytree(tabletop_dir, bad, ignore=shutil.ignore_patterns("cos3d_masks"))

@@ -78,7 +78,7 @@ def dev_texts() -> set[str]:
 
 def reserved_texts() -> dict[str, set[str]]:
     """What the development prompts must not be: evaluation prompts, training names, calibration words."""
-    from cos3d.eval.heldout import ABSENT_PROMPTS
+    from cos3d.eval.heldout import ABSENT_PART_PROMPTS, ABSENT_PROMPTS
     from cos3d.query.notarget import NEGATIVE_VOCABULARY
     from cos3d.tabletop.catalog import CATALOG, FLOOR_EVAL_NAMES, ROBOT, TABLE_EVAL_NAMES, training_names
 
@@ -87,7 +87,7 @@ def reserved_texts() -> dict[str, set[str]]:
     evaluation |= {_norm(n) for n in FLOOR_EVAL_NAMES + TABLE_EVAL_NAMES}
     return {
         "evaluation phrasings (eval_prompts.json)": evaluation,
-        "held-out absent prompts": {_norm(n) for n in ABSENT_PROMPTS},
+        "held-out absent prompts": {_norm(n) for n in ABSENT_PROMPTS + ABSENT_PART_PROMPTS},
         "training names": {_norm(n) for n in training_names()},
         "the no-target calibration vocabulary": {_norm(n) for n in NEGATIVE_VOCABULARY},
     }

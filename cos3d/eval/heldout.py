@@ -27,6 +27,12 @@ ABSENT_PROMPTS: tuple[str, ...] = (
 )
 """Absent-object prompts of the tabletop protocol (written for cos3d)."""
 
+ABSENT_PART_PROMPTS: tuple[str, ...] = ("propeller", "tail", "wing", "spout", "zipper", "handlebar")
+"""Absent-part prompts of the tabletop protocol (written for cos3d): asked within a parent that has parts
+(the toy robot), none of them a part it has; the right answer is empty. Disjoint from the calibration
+vocabulary (the part rule compares a part against those words inside the parent), from every name of the
+scene and from the development prompts (checked)."""
+
 
 def _norm(t: str) -> str:
     return " ".join(t.lower().split())

@@ -13,7 +13,10 @@ and ``eval_prompts.json`` (held-out phrasings, written by :mod:`cos3d.tabletop`)
 - ``absent``: :data:`~cos3d.eval.heldout.ABSENT_PROMPTS` (near-domain and far things); disjoint from the
   no-target calibration vocabulary and from every name of the scene (checked); the right answer is empty;
 - ``part``: each part's canonical name within its parent's canonical name ("head" within "toy robot");
-- ``part_paraphrase``: a part's held-out phrasing within its parent ("dome" within "toy robot").
+- ``part_paraphrase``: a part's held-out phrasing within its parent ("dome" within "toy robot");
+- ``absent_part``: :data:`~cos3d.eval.heldout.ABSENT_PART_PROMPTS` within each parent that has parts
+  ("propeller" within "toy robot"); disjoint from the calibration vocabulary and the scene's names
+  (checked); the right answer is empty.
 
 A query's ground truth is every instance (or part) that has the query text among its names of the same
 kind (training names for ``name`` / ``plural``, held-out phrasings for ``paraphrase``).
@@ -40,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from cos3d.errors import Cos3dError
-from cos3d.eval.heldout import ABSENT_PROMPTS, calibration_vocabulary, check_disjoint
+from cos3d.eval.heldout import ABSENT_PART_PROMPTS, ABSENT_PROMPTS, calibration_vocabulary, check_disjoint
 from cos3d.eval.metrics import mask_iou, presence_metrics, summarize_ious
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,8 +52,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryEngine
     from cos3d.scene import Scene
 
-KINDS = ("name", "paraphrase", "plural", "absent", "part", "part_paraphrase")
-HELD_OUT_KINDS = ("paraphrase", "plural", "absent", "part_paraphrase")
+KINDS = ("name", "paraphrase", "plural", "absent", "part", "part_paraphrase", "absent_part")
+HELD_OUT_KINDS = ("paraphrase", "plural", "absent", "part_paraphrase", "absent_part")
 """Kinds whose prompts no training mask was embedded with."""
 EVAL_PROMPTS_FILE = "eval_prompts.json"
 
@@ -198,7 +201,7 @@ def training_names(scene: "Scene") -> list[str]:
 
 def tabletop_queries(
     scene: "Scene", *, absent: Sequence[str] = ABSENT_PROMPTS, parts: bool = True,
-    vocabulary: Sequence[str] | None = None,
+    vocabulary: Sequence[str] | None = None, absent_parts: Sequence[str] = ABSENT_PART_PROMPTS,
 ) -> list[EvalQuery]:
     """The protocol's queries for ``scene`` (module docstring). Raises :class:`Cos3dError` when a held-out
     prompt overlaps a training name or the calibration vocabulary."""
@@ -209,18 +212,22 @@ def tabletop_queries(
     vocab = calibration_vocabulary() if vocabulary is None else tuple(vocabulary)
     check_disjoint(absent, vocab, what="absent prompts", reserved_as="the no-target calibration vocabulary")
     check_disjoint(absent, train_names, what="absent prompts", reserved_as="names of objects in the scene")
+    check_disjoint(absent_parts, vocab, what="absent-part prompts", reserved_as="the no-target calibration vocabulary")
+    check_disjoint(absent_parts, train_names, what="absent-part prompts", reserved_as="names in the scene")
     if held is not None:
         inst_h, part_h = held
         check_disjoint([n for ns in list(inst_h.values()) + list(part_h.values()) for n in ns], train_names,
                        what="held-out paraphrases (eval_prompts.json)", reserved_as="training names (labels.json/parts.json)")
         check_disjoint(absent, [n for ns in inst_h.values() for n in ns], what="absent prompts",
                        reserved_as="held-out names of objects in the scene")
+        check_disjoint(absent_parts, [n for ns in list(inst_h.values()) + list(part_h.values()) for n in ns],
+                       what="absent-part prompts", reserved_as="held-out names in the scene")
     qs: list[EvalQuery] = []
     seen: set[tuple[str, str | None]] = set()
 
     def add(text: str, kind: str, ids: list[int], within: str | None = None) -> None:
         key = (text.lower(), within)
-        if key in seen or (kind != "absent" and not ids):
+        if key in seen or (kind not in ("absent", "absent_part") and not ids):
             return
         seen.add(key)
         qs.append(EvalQuery(text, kind, ids, within))
@@ -263,6 +270,10 @@ def tabletop_queries(
                 for alt in names:
                     if parent:
                         add(alt, "part_paraphrase", _ids_with_name(held[1], alt), within=parent[0])
+        parents = dict.fromkeys(labels[int(p.parent)][0] for p in scene.parts.values() if labels.get(int(p.parent)))
+        for parent_name in parents:
+            for a in absent_parts:
+                add(a, "absent_part", [], within=parent_name)
     return qs
 
 
