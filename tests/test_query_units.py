@@ -106,6 +106,17 @@ def _iou(a, b, n):
     return float((ma & mb).sum()) / max(1, float((ma | mb).sum()))
 
 
+def _assert_same_refinement(ref, got):
+    """``got`` made the reference's decisions: seeds tried and accepted, regions in acceptance order, their
+    thresholds, the selection."""
+    assert ref.n_seeds == got.n_seeds
+    assert ref.seeds == got.seeds
+    assert torch.equal(ref.selected, got.selected)
+    assert len(ref.regions) == len(got.regions)
+    assert all(torch.equal(a, b) for a, b in zip(ref.regions, got.regions))
+    assert ref.region_thresholds == got.region_thresholds
+
+
 @pytest.mark.parametrize("noise,dbar", [(0.03, 0.15), (0.08, 0.05), (0.05, 0.1)])
 def test_fast_refinement_equals_reference(noise, dbar):
     F, r, o, _ = synthetic_field(noise=noise)
@@ -165,12 +176,7 @@ def test_fast_refinement_reuses_ball_cache_across_queries(monkeypatch, min_wave)
         dbar = 0.05 if it == 3 else 0.1
         ref = refine_reference(F, rq, o, dbar, subset=sub)
         fast = refine_fast(F, rq, o, dbar, subset=sub, index=index)
-        assert ref.n_seeds == fast.n_seeds
-        assert ref.seeds == fast.seeds
-        assert torch.equal(ref.selected, fast.selected)
-        assert len(ref.regions) == len(fast.regions)
-        assert all(torch.equal(a, b) for a, b in zip(ref.regions, fast.regions))
-        assert ref.region_thresholds == fast.region_thresholds
+        _assert_same_refinement(ref, fast)
     # the index owns the balls: one graph per threshold set (dbar 0.1 and 0.05), filled by the queries
     keys = [tuple(np.float32(t).item() for t in thresholds(dbar)) for dbar in (0.05, 0.1)]
     assert sorted(index.ball_graphs) == sorted(keys)
@@ -198,12 +204,7 @@ def test_compiled_refinement_equals_reference(noise, dbar, subset, k):
     ref = refine_reference(F, r, o, dbar, subset=sub)
     fast = _compiled(F, r, o, dbar, subset=sub, index=InstanceIndex(F, k=k))
     assert len(ref.regions) > 1
-    assert ref.n_seeds == fast.n_seeds
-    assert ref.seeds == fast.seeds
-    assert torch.equal(ref.selected, fast.selected)
-    assert len(ref.regions) == len(fast.regions)
-    assert all(torch.equal(a, b) for a, b in zip(ref.regions, fast.regions))
-    assert ref.region_thresholds == fast.region_thresholds
+    _assert_same_refinement(ref, fast)
     if sub is not None:
         assert bool(sub[fast.selected].all())
 
