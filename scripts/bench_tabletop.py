@@ -137,6 +137,25 @@ def tables(rows: list[dict], cmd: str, mach: str) -> str:
                 ks = [v["by_kind"].get(k) for v in vals if v and v["by_kind"].get(k) is not None]
                 kinds.append(_f(sum(ks) / len(ks)) if ks else "–")
             L.append(f"| {n} | " + " | ".join(cells) + f" | {_f(sum(ms) / len(ms)) if ms else '–'} | " + " | ".join(kinds) + " |")
+        fr = [(r, r["results"].get("budget", {}).get("presence_frontier")) for r in rows]
+        if any(f for _, f in fr):
+            L += ["", "**Presence frontier** (`cos3d/eval/presence.py`: each prompt's best cosine with the targets a "
+                  "*perfect* language field would hold, one threshold per scene chosen in hindsight — a bound on "
+                  "every presence rule that thresholds the prompt's match with the scene, not a setting): false-empty at no-target ≥ 0.9, whole objects / parts / all, "
+                  "beside the engine's own false-empty and no-target accuracy (absent things and absent parts) on the same "
+                  "prompts.", "",
+                  "| scene | frontier: objects | frontier: parts | frontier: all | engine: false-empty | engine: no-target |",
+                  "|---|---:|---:|---:|---:|---:|"]
+            for r, f in fr:
+                if not f:
+                    continue
+                def cell(x: dict) -> str:
+                    a = x["at_no_target"]
+                    return "–" if a is None else f"{a['false_empty']:.3f} ({a['false_empty_n']}/{x['present']})"
+                p = r["results"]["main"]["presence"]
+                L.append(f"| seed {r['seed']}, {r['size']} | {cell(f['objects'])} | {cell(f['parts'])} | "
+                         f"{_f(f['all'].get('false_empty_at_no_target'))} ({f['all'].get('false_empty_n', '–')}/"
+                         f"{f['all']['present']}) | {_f(p['false_empty_rate'])} | {_f(1 - p['false_present_rate'])} |")
         L += ["", "Per-kind columns: mean over the scenes. Prompts the engine answers ≥ 0.1 below their ceiling, "
               "and why (from the oracle labels of the selected Gaussians):", ""]
         for r in rows:

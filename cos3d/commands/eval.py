@@ -183,6 +183,14 @@ def _budget(ts: Any, qs: list, console: Any) -> dict[str, Any]:
         console.print(f"  same-kind {r['query']!r}: {r['instances']} instances, refinement found {r['found_refined']}, "
                       f"answer keeps {r['found_final']} as {r['separate']} separate object(s) of {r['objects']}"
                       + (f"; dropped by the post-filters: {r['dropped_by_post_filters']}" if r["dropped_by_post_filters"] else ""))
+    fr = res.get("presence_frontier")
+    if fr:
+        for part, r in (("whole objects", fr["objects"]), ("parts", fr["parts"])):
+            a = r["at_no_target"]
+            if a is not None:
+                console.print(f"  presence frontier ({part}; perfect field, threshold in hindsight): at no-target "
+                              f"{a['no_target']:.3f}, false-empty {a['false_empty']:.3f} ({a['false_empty_n']} of {r['present']})")
+        console.print(f"  lowest present: {fr['lowest_present']}; highest absent: {fr['highest_absent']}")
     return res
 
 

@@ -20,6 +20,10 @@ what that step costs.
 - ``collaborative + presence``: the engine's answer as users get it: present queries answered "not
   here" score 0 (the false-empty cost).
 
+``presence_frontier`` (:func:`cos3d.eval.presence.presence_frontier`, over every query, present and absent):
+the presence trade-off the embedder's text side allows a *perfect* field with a threshold chosen in
+hindsight — the presence decision's ceiling, as ``ceiling`` is the selection's.
+
 :func:`diagnose` names, for each present query, why the engine's answer falls short of the ceiling:
 answered empty, the wrong object, merged with other objects, a missed instance, or a partial object.
 """
@@ -218,7 +222,10 @@ def error_budget(ts: "TrainedScene", queries: Sequence[EvalQuery], *, views: Seq
             prompts.append({"query": q.label, "kind": q.kind, "gt": q.gt_ids, "ceiling": c.miou if c else None,
                             "mIoU": qe.miou if qe.miou is not None else 0.0, "objects": qe.num_objects,
                             "why": diagnose(ans, q, lab, e.opacity) if lab is not None else ""})
+    from cos3d.eval.presence import presence_frontier
+
     return {"rows": out_rows, "prompts": prompts, "instances": instance_recall(e, present, b.labels, b.part_labels),
+            "presence_frontier": presence_frontier(ts, queries),
             "oracle": "ceiling: GT ids voted by blending weight over the training views' instance/part maps"}
 
 

@@ -13,6 +13,11 @@ Two prompt sets (never mixed):
 - ``eval`` (the tabletop protocol's queries, :func:`cos3d.eval.tabletop.tabletop_queries`): where the
   chosen setting is **reported**, with the whole curve for reference. Nothing here reads ground truth
   beyond which prompts name something in the scene.
+
+:func:`presence_frontier` bounds every rule of that family from the embedder's side: the prompt's best
+cosine with the targets a perfect language field would hold (:func:`perfect_field_scores`), thresholded in
+hindsight per scene (:func:`frontier`). It reads the dataset's ids and the answers, so it is a measurement
+(``cos3d eval tabletop --budget``), never a setting.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ import torch
 from cos3d.eval.devprompts import DEV_ABSENT, DEV_PARAPHRASES, DEV_PART_PARAPHRASES, check_dev_disjoint
 
 if TYPE_CHECKING:  # pragma: no cover
+    from cos3d.eval.tabletop import EvalQuery
     from cos3d.query.engine import QueryEngine
     from cos3d.scene import Scene
+    from cos3d.trained import TrainedScene
 
 
 @dataclass(frozen=True)
@@ -157,3 +164,98 @@ def choose(curve: Sequence[dict[str, Any]], *, min_no_target: float = 0.9, parts
     if not ok:
         return None
     return min(ok, key=lambda c: (c["false_empty"], -c[key], c["value"]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the perfect-field presence frontier: what the embedder itself allows
+
+FRONTIER_NO_TARGET = 0.9
+FRONTIER_FALSE_EMPTY = 0.05
+"""Issue 13's bars: the frontier reports the fewest false-empty answers at no-target ≥ 0.9, and the best
+no-target accuracy at false-empty ≤ 5 %."""
+
+
+def perfect_field_scores(ts: "TrainedScene", queries: Sequence["EvalQuery"]) -> list[dict[str, Any]]:
+    """Per tabletop query (:class:`cos3d.eval.tabletop.EvalQuery`): ``score`` = the prompt's best cosine with
+    the targets a **perfect** language field would hold where the engine looks: for a whole object, every
+    Ins2Lang target of the object level (the embeddings of the training masks: under oracle-2D, the mean
+    embedding of an object's training names); for a part, the part level's targets whose training mask is a
+    part of the query's parent (:func:`cos3d.eval.budget.anchor_objects`: reads the dataset's ids, so
+    evaluation only). A field whose every Gaussian carried its mask's target exactly would give the engine's
+    top-k cosine statistic this value (for any object of at least ``k`` opaque Gaussians), so no per-scene
+    threshold on that statistic can separate present from absent prompts better than a threshold on it."""
+    from cos3d.eval.budget import anchor_objects
+
+    e = ts.engine
+    scene = e.scene
+    obj_T = torch.nn.functional.normalize(e._lv(e.level).targets.float(), dim=1)
+    part_T = None
+    if any(q.within is not None for q in queries) and scene.parts:
+        lv = e._lv(e.part_level)
+        part_T = (torch.nn.functional.normalize(lv.targets.float(), dim=1), anchor_objects(ts, e.part_level, parts=True))
+    names = {int(i): [n.lower() for n in v] for i, v in scene.labels.items()}
+    rows = []
+    for q in queries:
+        p = e.embed_text([q.text]).float()[0]
+        if q.within is None:
+            T = obj_T
+        else:
+            parents = {i for i, v in names.items() if q.within.lower() in v}
+            ids = [int(k) for k, info in scene.parts.items() if int(info.parent) in parents]
+            T = (part_T[0][torch.isin(part_T[1], torch.tensor(ids, dtype=torch.long))] if part_T is not None and ids
+                 else torch.zeros(0, obj_T.shape[1]))
+        score = float((T @ p).max()) if len(T) else -1.0
+        rows.append({"query": q.label, "kind": q.kind, "present": q.present, "part": q.within is not None,
+                     "score": score})
+    return rows
+
+
+def frontier(rows: Sequence[dict[str, Any]], *, min_no_target: float = FRONTIER_NO_TARGET,
+             max_false_empty: float = FRONTIER_FALSE_EMPTY) -> dict[str, Any]:
+    """The presence trade-off a threshold on ``score`` allows, chosen **in hindsight** on these very rows
+    (so a bound, not a setting): ``at_no_target`` = the fewest false-empty answers among thresholds with
+    no-target accuracy ≥ ``min_no_target``; ``at_false_empty`` = the best no-target accuracy among thresholds
+    with false-empty ≤ ``max_false_empty``. Counts included; None where the rows hold no present or no absent
+    prompt."""
+    s = np.array([r["score"] for r in rows], np.float64)
+    pr = np.array([bool(r["present"]) for r in rows], dtype=bool)
+    n_p, n_a = int(pr.sum()), int((~pr).sum())
+    out: dict[str, Any] = {"present": n_p, "absent": n_a, "at_no_target": None, "at_false_empty": None}
+    if n_p == 0 or n_a == 0:
+        return out
+    cuts = np.unique(np.concatenate([s, s + 1e-9, [s.max() + 1.0]]))
+    fe = np.array([(s[pr] < c).sum() for c in cuts])  # present answered "not here" at threshold c
+    nt = np.array([(s[~pr] < c).sum() for c in cuts])  # absent answered "not here"
+    ok = nt >= min_no_target * n_a - 1e-9
+    if ok.any():
+        j = np.flatnonzero(ok)
+        i = int(j[fe[j] == fe[j].min()][0])  # ties: the most lenient such threshold
+        out["at_no_target"] = {"threshold": float(cuts[i]), "false_empty": int(fe[i]) / n_p,
+                               "false_empty_n": int(fe[i]), "no_target": int(nt[i]) / n_a}
+    ok = fe <= max_false_empty * n_p + 1e-9
+    if ok.any():
+        j = np.flatnonzero(ok)
+        i = int(j[nt[j] == nt[j].max()][-1])  # ties: the strictest such threshold
+        out["at_false_empty"] = {"threshold": float(cuts[i]), "false_empty": int(fe[i]) / n_p,
+                                 "no_target": int(nt[i]) / n_a, "no_target_n": int(nt[i])}
+    return out
+
+
+def presence_frontier(ts: "TrainedScene", queries: Sequence["EvalQuery"]) -> dict[str, Any]:
+    """:func:`frontier` of :func:`perfect_field_scores`, whole objects and parts apart (the engine decides them
+    with separate rules), and both together (``all``: each at its own hindsight threshold, false-empty over
+    every present query): what the embedder's text side allows whatever the 3D side does."""
+    rows = perfect_field_scores(ts, queries)
+    obj = frontier([r for r in rows if not r["part"]])
+    par = frontier([r for r in rows if r["part"]])
+    both: dict[str, Any] = {"present": obj["present"] + par["present"]}
+    a, b = obj["at_no_target"], par["at_no_target"]
+    if a is not None and (b is not None or par["present"] == 0):
+        n = a["false_empty_n"] + (b["false_empty_n"] if b else 0)
+        both["false_empty_at_no_target"] = n / max(both["present"], 1)
+        both["false_empty_n"] = n
+    lowest = sorted((r for r in rows if r["present"]), key=lambda r: r["score"])[:6]
+    highest = sorted((r for r in rows if not r["present"]), key=lambda r: -r["score"])[:6]
+    return {"objects": obj, "parts": par, "all": both, "rows": rows,
+            "lowest_present": [(r["query"], round(r["score"], 3)) for r in lowest],
+            "highest_absent": [(r["query"], round(r["score"], 3)) for r in highest]}
