@@ -78,3 +78,25 @@ def test_perfect_field_scores_on_a_trained_tabletop(trained_run):
 
 def test_frontier_of_no_rows():
     assert frontier([]) == {"present": 0, "absent": 0, "at_no_target": None, "at_false_empty": None}
+
+
+def test_budget_frontier_row_answers_empty_exactly_where_the_frontier_does(trained_run):
+    import cos3d
+    from cos3d.eval.budget import error_budget
+    from cos3d.eval.tabletop import tabletop_queries
+
+    ts = cos3d.load(trained_run)
+    qs = [q for q in tabletop_queries(ts.engine.scene) if q.kind in ("name", "paraphrase", "absent")]
+    res = error_budget(ts, qs, rows=("collaborative", "collaborative + frontier presence"))
+    fr = res["presence_frontier"]
+    present = [q for q in qs if q.present]
+    dropped = [q for q in present if q.label not in fr["decided_present"]]
+    row = res["rows"]["collaborative + frontier presence"]
+    assert row["false_empty"] == len(dropped) / len(present)
+    # its thresholds keep no-target >= 0.9 on the absent prompts
+    absent = [q for q in qs if not q.present]
+    passed = [q for q in absent if q.label in fr["decided_present"]]
+    assert len(passed) <= 0.1 * len(absent)
+    # answering a prompt "not here" only removes pairs' IoU: never above the forced-presence row
+    assert row["mIoU"] <= res["rows"]["collaborative"]["mIoU"] + 1e-9
+    assert row["pairs"] == res["rows"]["collaborative"]["pairs"]

@@ -17,6 +17,9 @@ what that step costs.
   (:mod:`cos3d.eval.ablation`) with the **presence test forced to "present"**, so these rows measure the
   selection alone: prompt → anchors (instance-only), the per-Gaussian language field (language-only), the
   Lang2Ins refinement (raw) and cos3d's post-filters (object split, weaker objects dropped);
+- ``collaborative + frontier presence``: ``collaborative`` where the presence frontier (below) answers present,
+  empty elsewhere: the best any presence threshold on the prompt's match with the scene could give this
+  selection (evaluation only: the thresholds are chosen in hindsight on the answers);
 - ``collaborative + presence``: the engine's answer as users get it: present queries answered "not
   here" score 0 (the false-empty cost).
 
@@ -46,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from cos3d.trained import TrainedScene
 
 ROWS = ("ceiling", "ceiling, selected masks", "instance field", "instance-only", "language-only",
-        "collaborative (raw)", "collaborative", "collaborative + presence")
+        "collaborative (raw)", "collaborative", "collaborative + frontier presence", "collaborative + presence")
 
 
 def oracle_labels(engine: "QueryEngine", frames: Sequence[Any], *, parts: bool = False) -> "Tensor":
@@ -195,15 +198,29 @@ def error_budget(ts: "TrainedScene", queries: Sequence[EvalQuery], *, views: Seq
 
     ``prompts`` lists every present query with its ceiling IoU, the engine's IoU and :func:`diagnose`.
     """
+    from cos3d.eval.presence import presence_frontier
+
     present = [q for q in queries if q.present]
     b = BudgetAnswers(ts)
     e = ts.engine
+    frontier = presence_frontier(ts, queries)
+    decided = set(frontier["decided_present"])
     reps = {}
     for row in rows:
         proto = "selected" if row == "ceiling, selected masks" else "occlusion"
         if row in ("instance-only", "language-only", "collaborative (raw)", "collaborative"):
             with presence_forced(e):
                 reps[row] = evaluate(e, present, views=views, protocol=proto, answer=b.fn(row))
+        elif row == "collaborative + frontier presence":
+            selection = b.fn("collaborative")
+
+            def answer(engine: "QueryEngine", q: EvalQuery) -> Answer:
+                if q.label not in decided:
+                    return Answer(torch.zeros(0, dtype=torch.long), True)
+                return selection(engine, q)
+
+            with presence_forced(e):
+                reps[row] = evaluate(e, present, views=views, protocol=proto, answer=answer)
         else:
             reps[row] = evaluate(e, present, views=views, protocol=proto, answer=b.fn(row))
     out_rows = {}
@@ -222,10 +239,8 @@ def error_budget(ts: "TrainedScene", queries: Sequence[EvalQuery], *, views: Seq
             prompts.append({"query": q.label, "kind": q.kind, "gt": q.gt_ids, "ceiling": c.miou if c else None,
                             "mIoU": qe.miou if qe.miou is not None else 0.0, "objects": qe.num_objects,
                             "why": diagnose(ans, q, lab, e.opacity) if lab is not None else ""})
-    from cos3d.eval.presence import presence_frontier
-
     return {"rows": out_rows, "prompts": prompts, "instances": instance_recall(e, present, b.labels, b.part_labels),
-            "presence_frontier": presence_frontier(ts, queries),
+            "presence_frontier": frontier,
             "oracle": "ceiling: GT ids voted by blending weight over the training views' instance/part maps"}
 
 

@@ -23,6 +23,7 @@ hindsight per scene (:func:`frontier`). It reads the dataset's ids and the answe
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -244,7 +245,9 @@ def frontier(rows: Sequence[dict[str, Any]], *, min_no_target: float = FRONTIER_
 def presence_frontier(ts: "TrainedScene", queries: Sequence["EvalQuery"]) -> dict[str, Any]:
     """:func:`frontier` of :func:`perfect_field_scores`, whole objects and parts apart (the engine decides them
     with separate rules), and both together (``all``: each at its own hindsight threshold, false-empty over
-    every present query): what the embedder's text side allows whatever the 3D side does."""
+    every present query): what the embedder's text side allows whatever the 3D side does. ``decided_present``
+    lists the queries (labels) its thresholds answer as present (the budget's ``collaborative + frontier
+    presence`` row)."""
     rows = perfect_field_scores(ts, queries)
     obj = frontier([r for r in rows if not r["part"]])
     par = frontier([r for r in rows if r["part"]])
@@ -254,8 +257,14 @@ def presence_frontier(ts: "TrainedScene", queries: Sequence["EvalQuery"]) -> dic
         n = a["false_empty_n"] + (b["false_empty_n"] if b else 0)
         both["false_empty_at_no_target"] = n / max(both["present"], 1)
         both["false_empty_n"] = n
+    thr = {}
+    for key, f in (("objects", obj), ("parts", par)):
+        a = f["at_no_target"]
+        # no absent prompt to answer: every prompt of the group counts as present
+        thr[key] = a["threshold"] if a is not None else (-math.inf if f["absent"] == 0 else math.inf)
+    decided = [r["query"] for r in rows if r["score"] >= thr["parts" if r["part"] else "objects"]]
     lowest = sorted((r for r in rows if r["present"]), key=lambda r: r["score"])[:6]
     highest = sorted((r for r in rows if not r["present"]), key=lambda r: -r["score"])[:6]
-    return {"objects": obj, "parts": par, "all": both, "rows": rows,
+    return {"objects": obj, "parts": par, "all": both, "rows": rows, "decided_present": decided,
             "lowest_present": [(r["query"], round(r["score"], 3)) for r in lowest],
             "highest_absent": [(r["query"], round(r["score"], 3)) for r in highest]}
