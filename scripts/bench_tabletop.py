@@ -197,7 +197,7 @@ def tables(rows: list[dict], cmd: str, mach: str) -> str:
 
 
 def write_docs(path: Path, text: str) -> None:
-    doc = path.read_text()
+    doc = path.read_text() if path.is_file() else ""
     if BEGIN in doc and END in doc:
         a, b = doc.index(BEGIN) + len(BEGIN), doc.index(END)
         doc = doc[:a] + "\n" + text + doc[b:]
