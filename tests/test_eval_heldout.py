@@ -107,3 +107,24 @@ def test_cos3d_eval_tabletop(trained_run, tmp_path, capsys):
     assert {"paraphrase", "absent", "name"} <= set(main["by_kind"])
     assert res["image_prompts"]["lift"]["prompts"] > 0 and "lookup" in res["image_prompts"]
     assert main["mIoU"] > 0.3 and p["accuracy"] > 0.6
+
+
+def test_cos3d_eval_tabletop_budget(trained_run, tmp_path, capsys):
+    from cos3d.cli import entrypoint
+
+    assert entrypoint(["eval", "tabletop", "--run", str(trained_run), "--budget", "--no-image-prompts",
+                       "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "error budget" in out and "presence frontier (whole objects" in out and "lowest present" in out
+    res = json.loads((tmp_path / "RESULTS.json").read_text())
+    b = res["budget"]
+    rows = list(b["rows"])
+    assert rows.index("collaborative") < rows.index("collaborative + frontier presence") < rows.index(
+        "collaborative + presence")
+    fr = b["presence_frontier"]
+    p = res["main"]["presence"]
+    assert fr["all"]["present"] == p["present"]
+    assert fr["objects"]["absent"] + fr["parts"]["absent"] == p["absent"]
+    # the ceiling bounds every row; the frontier row only empties answers of the forced-presence row
+    assert all(r["mIoU"] <= b["rows"]["ceiling"]["mIoU"] + 0.02 for r in b["rows"].values())
+    assert b["rows"]["collaborative + frontier presence"]["mIoU"] <= b["rows"]["collaborative"]["mIoU"] + 1e-9
