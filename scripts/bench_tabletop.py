@@ -140,10 +140,10 @@ def tables(rows: list[dict], cmd: str, mach: str) -> str:
         fr = [(r, r["results"].get("budget", {}).get("presence_frontier")) for r in rows]
         if any(f for _, f in fr):
             L += ["", "**Presence frontier** (`cos3d/eval/presence.py`: each prompt's best cosine with the targets a "
-                  "*perfect* language field would hold, one threshold per scene chosen in hindsight — a bound on "
-                  "every presence rule that thresholds the prompt's match with the scene, not a setting): false-empty at no-target ≥ 0.9, whole objects / parts / all, "
-                  "beside the engine's own false-empty and no-target accuracy (absent things and absent parts) on the same "
-                  "prompts.", "",
+                  "*perfect* language field would hold, one threshold per scene chosen in hindsight — with such a "
+                  "field, a bound on every presence rule that thresholds the prompt's match with the scene; not a "
+                  "setting): false-empty at no-target ≥ 0.9, whole objects / parts / all, beside the engine's own "
+                  "false-empty and no-target accuracy (absent things and absent parts) on the same prompts.", "",
                   "| scene | frontier: objects | frontier: parts | frontier: all | engine: false-empty | engine: no-target |",
                   "|---|---:|---:|---:|---:|---:|"]
             for r, f in fr:
