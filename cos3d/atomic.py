@@ -153,6 +153,29 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         f.write("\n")
 
 
+def ensure_output_folder(out: str | os.PathLike, flag: str = "--out") -> Path:
+    """Create the folder ``out`` (with its parents) and check that a file can be written in it, *before* a
+    long computation writes its results there: an evaluation that runs for an hour and then cannot write
+    would lose it all. Raises one :class:`OutputWriteError` line naming ``flag``; returns ``out``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputWriteError(f"{flag} {out} is a file, not a folder; pass a folder path")
+    def why(e: OSError) -> str:
+        return _WRITE_ERRNOS.get(e.errno or 0, e.strerror or str(e))
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where one of its folders should be
+        raise OutputWriteError(f"{flag} {out}: {_WRITE_ERRNOS[errno.ENOTDIR]}") from None
+    except OSError as e:  # every error here is about the output folder
+        raise OutputWriteError(f"{flag} {out}: cannot create the folder: {why(e)}") from None
+    try:
+        _create_temp(out / ".cos3d-write-check").unlink()
+    except OSError as e:
+        raise OutputWriteError(f"{flag} {out}: cannot write a file there: {why(e)}") from None
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Whole folders
 

@@ -360,6 +360,30 @@ def _cli_mixed_sizes(tmp, mp):
             "--no-progress"], ["1.png", "different sizes"]  # fmt: skip
 
 
+def _cli_eval_out(kind: str):
+    """``cos3d eval tabletop --out`` that cannot take RESULTS.json: refused before anything is evaluated (a
+    budget or an ablation runs for minutes to an hour, and used to fail only when writing)."""
+
+    def make(tmp, mp):
+        import cos3d.commands.eval as ev
+
+        run = tmp / "run"
+        run.mkdir()
+        mp.setattr(ev, "_tabletop", lambda cfg: (tmp / MARKER).write_text("evaluated") and {})
+        if kind == "under-a-file":
+            (tmp / "f").write_text("x")
+            return ["eval", "tabletop", "--run", str(run), "--out", str(tmp / "f" / "out")], [
+                "--out", "a part of its folder path is a file"]
+        if kind == "is-a-file":
+            (tmp / "f").write_text("x")
+            return ["eval", "tabletop", "--run", str(run), "--out", str(tmp / "f")], ["--out", "is a file"]
+        _fail_os(mp, "open", errno.EROFS)  # the folder exists, no file can be created in it
+        (tmp / "ro").mkdir()
+        return ["eval", "tabletop", "--run", str(run), "--out", str(tmp / "ro")], ["--out", "read-only"]
+
+    return make
+
+
 CASES = [
     Case("stage0-checkpoint-malicious", _ckpt_malicious, _no_marker),
     Case("stage0-checkpoint-malicious-plain-pickle", _ckpt_malicious_plain_pickle, _no_marker),
@@ -386,6 +410,9 @@ CASES = [
     Case("write-folder-is-a-file", _write_folder_is_a_file),
     Case("write-file-is-a-folder", _write_file_is_a_folder, lambda tmp: None),
     Case("cli-scene-mixed-image-sizes", _cli_mixed_sizes, cli=True),
+    Case("cli-eval-out-under-a-file", _cli_eval_out("under-a-file"), _no_marker, cli=True),
+    Case("cli-eval-out-is-a-file", _cli_eval_out("is-a-file"), _no_marker, cli=True),
+    Case("cli-eval-out-read-only", _cli_eval_out("read-only"), _no_marker, cli=True),
 ]
 
 

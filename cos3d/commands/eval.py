@@ -45,10 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _write(out: Path, results: dict[str, Any]) -> Path:
-    from cos3d.atomic import write_json
+    from cos3d.atomic import ensure_output_folder, write_json
 
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "RESULTS.json"
+    path = ensure_output_folder(out) / "RESULTS.json"
     write_json(path, results)
     return path
 
@@ -77,12 +76,15 @@ def run(args: argparse.Namespace) -> int:
         raise Cos3dError("--run is required: the run folder made by cos3d train")
     if not Path(cfg.run).exists():
         raise Cos3dError(f"--run {cfg.run}: no such folder")
+    out = Path(cfg.out) if cfg.out is not None else Path(cfg.run) / "eval" / args.what
+    from cos3d.atomic import ensure_output_folder
+
+    ensure_output_folder(out)  # before evaluating: a budget or ablation runs for minutes to an hour
     _threads(cfg.threads)
     t0 = time.perf_counter()
     results = {"tabletop": _tabletop, "lerf": _lerf, "scannet": _scannet}[args.what](cfg)
     results["command"] = f"cos3d eval {args.what}"
     results["seconds"] = round(time.perf_counter() - t0, 1)
-    out = Path(cfg.out) if cfg.out is not None else Path(cfg.run) / "eval" / args.what
     print(f"wrote {_write(out, results)} ({results['seconds']} s)")
     return 0
 
