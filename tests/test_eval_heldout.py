@@ -128,3 +128,20 @@ def test_cos3d_eval_tabletop_budget(trained_run, tmp_path, capsys):
     # the ceiling bounds every row; the frontier row only empties answers of the forced-presence row
     assert all(r["mIoU"] <= b["rows"]["ceiling"]["mIoU"] + 0.02 for r in b["rows"].values())
     assert b["rows"]["collaborative + frontier presence"]["mIoU"] <= b["rows"]["collaborative"]["mIoU"] + 1e-9
+
+
+def test_cos3d_eval_tabletop_on_development_prompts(trained_run, tmp_path, capsys):
+    from cos3d.cli import entrypoint
+    from cos3d.eval.devprompts import DEV_ABSENT
+
+    assert entrypoint(["eval", "tabletop", "--run", str(trained_run), "--prompts", "dev", "--no-image-prompts",
+                       "--out", str(tmp_path)]) == 0
+    assert "development prompts" in capsys.readouterr().out
+    res = json.loads((tmp_path / "RESULTS.json").read_text())
+    assert res["prompts"] == "dev"
+    main = res["main"]
+    assert {"paraphrase", "absent"} <= set(main["by_kind"]) and "name" not in main["by_kind"]
+    assert main["pairs"] > 0 and 0 <= main["mIoU"] <= 1
+    assert main["presence"]["absent"] >= len(DEV_ABSENT)
+    asked = {q["query"] for q in main["queries"]}
+    assert set(DEV_ABSENT) <= asked and "toy robot" not in asked  # development rows only, no canonical names

@@ -162,3 +162,34 @@ def test_large_parent_is_sampled_evenly_for_prompt_and_vocabulary(monkeypatch):
     ref = np.sort(top_k_score(V @ L[ids].T, torch.ones(60, dtype=torch.bool), cal.top_k).numpy())
     np.testing.assert_allclose(sampled[0]["inner_negative_cos"], ref, atol=1e-6)
     assert len(full[0]["inner_negative_cos"]) == len(V)
+
+
+def test_dev_tabletop_queries_carry_their_catalogue_ground_truth(tabletop_dir):
+    import json
+
+    from cos3d.eval.presence import dev_queries
+    from cos3d.eval.tabletop import tabletop_queries
+    from cos3d.readers import load_scene
+
+    scene = load_scene(tabletop_dir)
+    qs = devprompts.dev_tabletop_queries(scene)
+    meta = json.loads((tabletop_dir / "meta.json").read_text())
+    ids_of: dict[str, set[int]] = {}
+    for o in meta["objects"]:
+        ids_of.setdefault(o["key"], set()).add(int(o["id"]))
+    present = [q for q in qs if q.kind == "paraphrase"]
+    assert present
+    for q in present:  # every instance of the catalogue entry the phrasing was written for, and only those
+        keys = [k for k, ps in devprompts.DEV_PARAPHRASES.items() if q.text in ps]
+        assert len(keys) == 1 and set(q.gt_ids) == ids_of[keys[0]], q
+    parts = [q for q in qs if q.kind == "part_paraphrase"]
+    assert parts and all(q.within == scene.labels[next(iter(scene.parts.values())).parent][0] for q in parts)
+    for q in parts:
+        canon = next(k for k, ps in devprompts.DEV_PART_PARAPHRASES.items() if q.text in ps)
+        assert q.gt_ids and all(scene.parts[i].names[0] == canon for i in q.gt_ids)
+    assert [q.text for q in qs if q.kind == "absent"] == list(devprompts.DEV_ABSENT)
+    assert [q.text for q in qs if q.kind == "absent_part"] == list(devprompts.DEV_ABSENT[:devprompts.DEV_ABSENT_PARTS])
+    assert all(not q.gt_ids for q in qs if q.kind in ("absent", "absent_part"))
+    # disjoint from the protocol's own prompts; the presence sweep reads the same rows
+    assert not {(q.text, q.within) for q in qs} & {(q.text, q.within) for q in tabletop_queries(scene)}
+    assert [(r.text, r.present, r.within) for r in dev_queries(scene)] == [(q.text, q.present, q.within) for q in qs]

@@ -142,17 +142,23 @@ def _tabletop(cfg: Any) -> dict[str, Any]:
     console = Console(width=max(Console().width, 150))
     ts = cos3d.load(cfg.run)
     engine = ts.engine
-    qs = tabletop_queries(engine.scene, absent=cfg.absent)
+    if cfg.prompts == "dev":
+        from cos3d.eval.devprompts import dev_tabletop_queries
+
+        qs = dev_tabletop_queries(engine.scene)
+    else:
+        qs = tabletop_queries(engine.scene, absent=cfg.absent)
     models = ts.record.get("config", {}).get("models", {}) if hasattr(ts, "record") else {}
     oracle = models.get("masks") == "dataset" and models.get("embedder") == "labels"
     rep = evaluate(engine, qs, protocol=cfg.protocol)
     results: dict[str, Any] = {
         "run": str(cfg.run),
         "oracle_2d": oracle,
+        "prompts": cfg.prompts,
         "models": models,
         "main": rep.to_dict(),
     }
-    _print_main(console, rep, oracle)
+    _print_main(console, rep, oracle, cfg.prompts)
     if cfg.image_prompts:
         results["image_prompts"] = evaluate_image_prompts(engine, protocol=cfg.protocol)
         _print_images(console, results["image_prompts"])
@@ -196,11 +202,12 @@ def _budget(ts: Any, qs: list, console: Any) -> dict[str, Any]:
     return res
 
 
-def _print_main(console: Any, rep: Any, oracle: bool) -> None:
+def _print_main(console: Any, rep: Any, oracle: bool, prompts: str = "eval") -> None:
     from rich.table import Table
 
-    t = Table(title=f"tabletop protocol ({'oracle-2D' if oracle else 'real 2D models'}), {rep.protocol} masks, "
-                    f"{len(rep.views)} held-out views")
+    which = "development prompts (where settings are chosen)" if prompts == "dev" else "evaluation prompts"
+    t = Table(title=f"tabletop protocol ({'oracle-2D' if oracle else 'real 2D models'}), {which}, {rep.protocol} "
+                    f"masks, {len(rep.views)} held-out views")
     for c in ("kind", "held out", "queries", "pairs", "mIoU", "mAcc@0.25", "mAcc@0.5", "decision acc."):
         t.add_column(c, justify="right")
     for kind, r in rep.by_kind.items():

@@ -21,6 +21,10 @@ class TabletopEvalConfig:
     """Folder for RESULTS.json (default: RUN/eval/tabletop)."""
     protocol: Protocol2D = "occlusion"
     """2D mask protocol: occlusion (visible pixels mostly from the selection) or selected (alpha > 0.7, COS3D)."""
+    prompts: Literal["eval", "dev"] = "eval"
+    """Which prompts: ``eval``, the held-out protocol's (names, eval_prompts.json phrasings, plurals, absent
+    things and parts); ``dev``, the development prompts (cos3d/eval/devprompts.py: where settings are chosen,
+    disjoint from every eval prompt) with their catalogue entries as ground truth."""
     absent: tuple[str, ...] = ABSENT_PROMPTS
     """Absent-object prompts (comma list); must not overlap the no-target calibration vocabulary or the scene's names."""
     image_prompts: bool = True

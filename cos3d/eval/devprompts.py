@@ -12,13 +12,20 @@ made here instead, on lists written for cos3d and kept disjoint (by string, case
 Beyond the string check, no development phrasing contains an evaluation phrasing as a word ("soup tin"
 would shadow "tin"), so the choice is not made on near-copies of the evaluation prompts.
 
-:func:`check_dev_disjoint` raises on any overlap (a test calls it). These prompts are scored only for the
-presence decision (:mod:`cos3d.eval.presence`), never for IoU, and no query path reads them.
+:func:`check_dev_disjoint` raises on any overlap (a test calls it). These prompts are scored for the
+presence decision (:mod:`cos3d.eval.presence`) and, with their catalogue entries as ground truth, for IoU
+(:func:`dev_tabletop_queries`, ``cos3d eval tabletop --prompts dev``); no query path reads them.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from cos3d.errors import Cos3dError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cos3d.eval.tabletop import EvalQuery
+    from cos3d.scene import Scene
 
 DEV_PARAPHRASES: dict[str, tuple[str, ...]] = {
     "red_coffee_mug": ("espresso mug", "drinking mug"),
@@ -113,3 +120,57 @@ def check_dev_disjoint() -> None:
     if near:
         raise Cos3dError(f"development prompts share a phrase with evaluation prompts: {', '.join(near[:6])}; "
                          "choose other development phrasings")
+
+
+DEV_ABSENT_PARTS = 6
+"""How many of :data:`DEV_ABSENT` (the first ones) are also asked as parts of the scene's articulated object."""
+
+
+def dev_tabletop_queries(scene: "Scene", *, absent_parts: int = DEV_ABSENT_PARTS) -> "list[EvalQuery]":
+    """The development prompts of a tabletop ``scene`` as protocol rows with their ground truth, so a setting
+    can be chosen on development IoU as well as on presence (``cos3d eval tabletop --prompts dev``): each
+    development phrasing of an object the scene holds (``meta.json`` keys) with every instance of that
+    catalogue entry as its target (kind ``paraphrase``); each phrasing of a robot part within the parent's
+    canonical name (``part_paraphrase``; the parts whose canonical name it paraphrases); every development
+    absent thing (``absent``) and the first ``absent_parts`` of them within the parent (``absent_part``).
+    Disjoint from every evaluation prompt (:func:`check_dev_disjoint`)."""
+    import json
+    from pathlib import Path
+
+    from cos3d.eval.tabletop import EvalQuery
+
+    check_dev_disjoint()
+    try:
+        objects = json.loads((Path(scene.root) / "meta.json").read_text()).get("objects", [])
+    except (OSError, ValueError):
+        objects = []
+    ids_of: dict[str, list[int]] = {}
+    for o in objects:
+        ids_of.setdefault(str(o.get("key")), []).append(int(o["id"]))
+    out: list[EvalQuery] = []
+    seen: set[tuple[str, str | None]] = set()
+
+    def add(q: EvalQuery) -> None:
+        if (q.text, q.within) not in seen:
+            seen.add((q.text, q.within))
+            out.append(q)
+
+    for key, ids in ids_of.items():
+        for p in DEV_PARAPHRASES.get(key, ()):
+            add(EvalQuery(p, "paraphrase", sorted(ids)))
+    parent = None
+    if scene.parts:
+        pid = next(iter(scene.parts.values())).parent
+        names = scene.labels.get(int(pid)) or []
+        parent = names[0] if names else None
+        if parent:
+            for part, phrasings in DEV_PART_PARAPHRASES.items():
+                pids = sorted(int(k) for k, info in scene.parts.items() if info.names and info.names[0] == part)
+                for p in phrasings if pids else ():
+                    add(EvalQuery(p, "part_paraphrase", pids, parent))
+    for a in DEV_ABSENT:
+        add(EvalQuery(a, "absent", []))
+    if parent:
+        for a in DEV_ABSENT[:absent_parts]:
+            add(EvalQuery(a, "absent_part", [], parent))
+    return out

@@ -22,16 +22,14 @@ hindsight per scene (:func:`frontier`). It reads the dataset's ids and the answe
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
-from cos3d.eval.devprompts import DEV_ABSENT, DEV_PARAPHRASES, DEV_PART_PARAPHRASES, check_dev_disjoint
+from cos3d.eval.devprompts import DEV_ABSENT_PARTS, dev_tabletop_queries
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.eval.tabletop import EvalQuery
@@ -48,44 +46,12 @@ class PresenceQuery:
     within: str | None = None
 
 
-def dev_queries(scene: "Scene", *, absent_parts: int = 6) -> list[PresenceQuery]:
-    """The development prompts for ``scene``: the development phrasings of the objects it holds (catalogue
-    keys from ``meta.json``), of its articulated object's parts (within its canonical name), every
-    development absent thing, and the first ``absent_parts`` of them as parts of that object."""
-    check_dev_disjoint()
-    root = Path(getattr(scene, "root", "."))
-    try:
-        objects = json.loads((root / "meta.json").read_text()).get("objects", [])
-    except (OSError, ValueError):
-        objects = []
-    out: list[PresenceQuery] = []
-    seen: set[tuple[str, str | None]] = set()
-
-    def add(q: PresenceQuery) -> None:
-        if (q.text, q.within) not in seen:
-            seen.add((q.text, q.within))
-            out.append(q)
-
-    parent = None
-    for o in objects:
-        for p in DEV_PARAPHRASES.get(str(o.get("key")), ()):
-            add(PresenceQuery(p, True, "paraphrase"))
-    if scene.parts:
-        pid = next(iter(scene.parts.values())).parent
-        names = scene.labels.get(int(pid)) or scene.labels.get(str(pid)) or []  # type: ignore[call-overload]
-        parent = names[0] if names else None
-        present_parts = {p.names[0] for p in scene.parts.values() if p.names}
-        if parent:
-            for part, phr in DEV_PART_PARAPHRASES.items():
-                if part in present_parts:
-                    for p in phr:
-                        add(PresenceQuery(p, True, "part_paraphrase", parent))
-    for a in DEV_ABSENT:
-        add(PresenceQuery(a, False, "absent"))
-    if parent:
-        for a in DEV_ABSENT[:absent_parts]:
-            add(PresenceQuery(a, False, "part_absent", parent))
-    return out
+def dev_queries(scene: "Scene", *, absent_parts: int = DEV_ABSENT_PARTS) -> list[PresenceQuery]:
+    """The development prompts for ``scene`` (:func:`cos3d.eval.devprompts.dev_tabletop_queries`) as presence
+    queries: the development phrasings of the objects it holds, of its articulated object's parts (within
+    its canonical name), every development absent thing, and the first ``absent_parts`` of them as parts."""
+    return [PresenceQuery(q.text, q.present, q.kind, q.within)
+            for q in dev_tabletop_queries(scene, absent_parts=absent_parts)]
 
 
 def eval_queries(scene: "Scene") -> list[PresenceQuery]:
