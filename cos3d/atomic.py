@@ -160,6 +160,7 @@ def ensure_output_folder(out: str | os.PathLike, flag: str = "--out") -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputWriteError(f"{flag} {out} is a file, not a folder; pass a folder path")
+
     def why(e: OSError) -> str:
         return _WRITE_ERRNOS.get(e.errno or 0, e.strerror or str(e))
 

@@ -146,12 +146,13 @@ def tables(rows: list[dict], cmd: str, mach: str) -> str:
                   "false-empty and no-target accuracy (absent things and absent parts) on the same prompts.", "",
                   "| scene | frontier: objects | frontier: parts | frontier: all | engine: false-empty | engine: no-target |",
                   "|---|---:|---:|---:|---:|---:|"]
+            def cell(x: dict) -> str:
+                a = x["at_no_target"]
+                return "–" if a is None else f"{a['false_empty']:.3f} ({a['false_empty_n']}/{x['present']})"
+
             for r, f in fr:
                 if not f:
                     continue
-                def cell(x: dict) -> str:
-                    a = x["at_no_target"]
-                    return "–" if a is None else f"{a['false_empty']:.3f} ({a['false_empty_n']}/{x['present']})"
                 p = r["results"]["main"]["presence"]
                 L.append(f"| seed {r['seed']}, {r['size']} | {cell(f['objects'])} | {cell(f['parts'])} | "
                          f"{_f(f['all'].get('false_empty_at_no_target'))} ({f['all'].get('false_empty_n', '–')}/"

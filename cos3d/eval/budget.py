@@ -205,22 +205,24 @@ def error_budget(ts: "TrainedScene", queries: Sequence[EvalQuery], *, views: Seq
     e = ts.engine
     frontier = presence_frontier(ts, queries)
     decided = set(frontier["decided_present"])
+    forced: dict[str, Answer] = {}  # the collaborative answers with presence forced, shared by two rows
+
+    def collaborative(engine: "QueryEngine", q: EvalQuery) -> Answer:
+        if q.label not in forced:
+            forced[q.label] = b.fn("collaborative")(engine, q)
+        return forced[q.label]
+
+    def frontier_answer(engine: "QueryEngine", q: EvalQuery) -> Answer:
+        return collaborative(engine, q) if q.label in decided else Answer(torch.zeros(0, dtype=torch.long), True)
+
     reps = {}
     for row in rows:
         proto = "selected" if row == "ceiling, selected masks" else "occlusion"
-        if row in ("instance-only", "language-only", "collaborative (raw)", "collaborative"):
+        if row in ("instance-only", "language-only", "collaborative (raw)", "collaborative",
+                   "collaborative + frontier presence"):
+            fn = {"collaborative": collaborative, "collaborative + frontier presence": frontier_answer}.get(row)
             with presence_forced(e):
-                reps[row] = evaluate(e, present, views=views, protocol=proto, answer=b.fn(row))
-        elif row == "collaborative + frontier presence":
-            selection = b.fn("collaborative")
-
-            def answer(engine: "QueryEngine", q: EvalQuery) -> Answer:
-                if q.label not in decided:
-                    return Answer(torch.zeros(0, dtype=torch.long), True)
-                return selection(engine, q)
-
-            with presence_forced(e):
-                reps[row] = evaluate(e, present, views=views, protocol=proto, answer=answer)
+                reps[row] = evaluate(e, present, views=views, protocol=proto, answer=fn or b.fn(row))
         else:
             reps[row] = evaluate(e, present, views=views, protocol=proto, answer=b.fn(row))
     out_rows = {}
