@@ -201,7 +201,9 @@ class NoTargetCalibration:
         return {
             "threshold": float(self.threshold),
             "floor": float(self.floor),
-            "statistic": f"mean of the top {self.top_k} raw relevancies over Gaussians with opacity > {OPACITY_MIN}",
+            "statistic": (f"mean of the top {self.top_k} " + ("raw relevancies" if RULE == "relevancy" else "cosines L·p")
+                          + f" over Gaussians with opacity > {OPACITY_MIN}; compared with "
+                          + ("'threshold'" if RULE == "relevancy" else "the rule's threshold ('cosine_threshold' for cosine)")),
             "rule": f"{RULE} ({RULE_PARAM:g}); parts: {PART_RULE} ({PART_PARAM:g})",
             "cosine_threshold": (float(_margin_threshold(self.positive_cos, self.negative_cos, RULE_PARAM, logit=False))
                                  if len(self.positive_cos) and len(self.negative_cos) else None),
