@@ -177,6 +177,30 @@ def ensure_output_folder(out: str | os.PathLike, flag: str = "--out") -> Path:
     return out
 
 
+def check_writable(path: str | os.PathLike, flag: str, kind: str = "folder") -> Path:
+    """Check, before any work, that the output ``path`` (a ``folder`` or a ``file``, given by ``flag``)
+    can be written, without creating anything: a file where a folder is expected (or the reverse), a
+    read-only file system, permission denied (EACCES, EPERM: an immutable folder) are one
+    :class:`OutputWriteError` line naming ``flag`` and the path. Returns ``path``."""
+    path = Path(path)
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise OutputWriteError(f"{flag} {path} is a file, not a folder; pass a folder path")
+    if kind == "file" and path.is_dir():
+        raise OutputWriteError(f"{flag} {path} is a folder; pass a file name")
+    probe = path if kind == "folder" else path.parent
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputWriteError(f"{flag} {path}: a part of its folder path is a file, not a folder ({probe}); "
+                               "pass another path (or remove that file)")
+    try:
+        _create_temp(probe / ".cos3d-write-check").unlink()
+    except OSError as e:
+        raise OutputWriteError(f"{flag} {path}: cannot write in {probe}: "
+                               f"{_WRITE_ERRNOS.get(e.errno or 0, e.strerror or str(e))}") from None  # fmt: skip
+    return path
+
+
 # --------------------------------------------------------------------------------------------------
 # Whole folders
 
@@ -187,12 +211,6 @@ def check_output_folder(out: Path, force: bool, flag: str = "--out") -> None:
         raise Cos3dError(f"{flag} {out} exists and is not a folder; choose another path")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise Cos3dError(f"{flag} {out} already exists and is not empty; pass --force to replace it")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _remove_stale_siblings(out: Path) -> None:
@@ -214,22 +232,40 @@ def _remove_stale_siblings(out: Path) -> None:
             continue
 
 
+def _make_sibling_dir(out: Path) -> Path:
+    """A new empty hidden sibling ``.<name>.tmp-<pid>-<random>`` of ``out``, created with mode 0777 so the
+    kernel applies the umask (the permissions a plain ``mkdir`` gives; no process-wide umask change)."""
+    for _ in range(100):
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.mkdir(tmp, 0o777)
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(errno.EEXIST, "could not create a unique temporary folder", str(out))  # pragma: no cover
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, *, force: bool = False, flag: str = "--out") -> Iterator[Path]:
     """Build a folder aside and move it onto ``out`` whole when the block succeeds.
 
     Yields an empty hidden sibling (``.<name>.tmp-<pid>-*``); on success it replaces ``out`` (an old
     non-empty ``out``, allowed by ``force``, is swapped aside first, then removed) with the umask's
-    permissions; on any error or interrupt it is deleted and ``out`` is untouched. Siblings left by
+    permissions (it was made with them); on any error or interrupt it is deleted and ``out`` is untouched. Siblings left by
     killed runs are cleaned up first.
     """
     import shutil
 
     out = Path(out).absolute()
     check_output_folder(out, force, flag)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_siblings(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    check_writable(out.parent, flag)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_siblings(out)
+        tmp = _make_sibling_dir(out)
+    except OSError as e:
+        raise OutputWriteError(f"{flag} {out}: cannot create a folder beside it: "
+                               f"{_WRITE_ERRNOS.get(e.errno or 0, e.strerror or str(e))}") from None  # fmt: skip
     try:
         yield tmp
         check_output_folder(out, force, flag)  # it may have appeared meanwhile
@@ -240,7 +276,6 @@ def atomic_dir(out: str | os.PathLike, *, force: bool = False, flag: str = "--ou
                 os.replace(out, old / "previous")
             else:
                 out.rmdir()
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it private
         os.replace(tmp, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

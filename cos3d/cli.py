@@ -11,7 +11,9 @@ for a bad flag; a :class:`cos3d.config.ConfigError` is printed naming the flag o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
 
 from cos3d.errors import Cos3dError
@@ -77,24 +79,49 @@ def _message(e: Cos3dError, args: argparse.Namespace) -> str:
     return str(e)
 
 
+def _lock_early(argv: list[str], held: contextlib.ExitStack) -> None:
+    """``cos3d train --out RUN``: take RUN's writer lock before the heavy imports (torch), so that a
+    second training into the same folder is refused within a fraction of a second. ``train`` takes it
+    again (re-entering is free), and also where ``--out`` is left to its default."""
+    if _selected(argv, COMMANDS) != "train" or "-h" in argv or "--help" in argv:
+        return
+    out = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"), None)
+    out = next((a.split("=", 1)[1] for a in argv if a.startswith("--out=")), out)
+    if out:
+        from cos3d.runlock import writer_lock
+
+        held.enter_context(writer_lock(out, flag="--out", what="train"))
+
+
 def entrypoint(argv: list[str] | None = None) -> int:
+    """Run ``cos3d ARGV``; returns the exit status: 0, 2 for a user error (one line on stderr), 130 when
+    interrupted (Ctrl-C at any moment, start-up included: one line, no traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    command = _selected(argv, COMMANDS) or "cos3d"
+    args: argparse.Namespace | None = None
     try:
-        rc = args.func(args)
+        with contextlib.ExitStack() as held:
+            _lock_early(argv, held)
+            args = build_parser(argv).parse_args(argv)
+            return int(args.func(args) or 0)
     except Cos3dError as e:
-        print(f"cos3d {args.command}: error: {_message(e, args)}", file=sys.stderr)
+        name = args.command if args is not None else command
+        print(f"cos3d {name}: error: {_message(e, args) if args is not None else e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = INTERRUPT_HINTS.get(f"{args.command} {getattr(args, 'what', '')}".strip())
-        print(f"cos3d {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        hint = None
+        if args is not None:
+            command = args.command
+            hint = INTERRUPT_HINTS.get(f"{args.command} {getattr(args, 'what', '')}".strip())
+        print(f"cos3d {command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
-    return int(rc or 0)
 
 
 def main() -> None:
-    sys.exit(entrypoint())
+    rc = entrypoint()
+    if rc == 130:  # a second Ctrl-C while the interpreter shuts down must not print a traceback either
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(rc)
 
 
 if __name__ == "__main__":

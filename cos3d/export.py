@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cos3d.atomic import atomic_path, write_json
+from cos3d.atomic import atomic_path, check_writable, write_json
 from cos3d.errors import Cos3dError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -183,6 +183,7 @@ def export_run(cfg: ExportConfig, *, log=print) -> dict:
     cfg.validate()
     run = Path(cfg.run)
     out = Path(cfg.out) if cfg.out is not None else run / "export"
+    check_writable(out, "--out")  # before the work: a write failure after minutes of it loses it all
     ts = cos3d.load(run, device=cfg.device)
     g = ts.gaussians.detach().to("cpu")
     means = g.means.double().numpy()

@@ -22,6 +22,13 @@ The per-view masks and embeddings of the training views live in the shared 2D ca
 masks`` fills too; ``run.json`` records its folder (``stages.masks.cache``).
 
 A stage is *finished* when ``run.json`` marks it done and its artefact exists.
+
+One writer at a time: ``cos3d train`` holds :func:`writer_lock` (``RUN/.cos3d-lock``, an OS lock the
+kernel releases when the process ends, however it ends) while it writes; readers never need it, and
+may ask :func:`lock_holder` whether a training is writing the run (:mod:`cos3d.runlock`).
+
+Paths recorded in ``run.json`` are data, not commands: the mask cache it names is used only inside the
+run folder or the scene folder (or where ``--mask-cache`` says), :meth:`RunRecord.checked_mask_cache`.
 """
 
 from __future__ import annotations
@@ -35,12 +42,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cos3d.atomic import atomic_path, write_json
-from cos3d.errors import Cos3dError, brief
+from cos3d.errors import Cos3dError, SceneFormatError, brief
+from cos3d.paths import safe_name
+from cos3d.runlock import LOCK_NAME, RunLockedError, lock_holder, writer_lock
 
 if TYPE_CHECKING:
     from cos3d.train import TrainConfig
 
-__all__ = ["FIELDS_FORMAT", "RUN_FORMAT", "STAGES", "STAGE_TITLES", "RunFolder", "RunRecord", "latest_run"]
+__all__ = ["FIELDS_FORMAT", "RUN_FORMAT", "STAGES", "STAGE_TITLES", "RunFolder", "RunLockedError", "RunRecord",
+           "latest_run", "lock_holder", "writer_lock"]
 
 RUN_FORMAT = "cos3d-run"
 RUN_VERSION = 2
@@ -55,7 +65,8 @@ STAGE_TITLES = {
     "instance": "stage 1 instance",
     "language": "stage 2 language",
 }
-ENTRIES = frozenset({"run.json", "gaussians.ply", "fields.pt", "query_state.pt", "checkpoints", "recon", "cache"})
+ENTRIES = frozenset({"run.json", "gaussians.ply", "fields.pt", "query_state.pt", "checkpoints", "recon", "cache",
+                     LOCK_NAME})
 """What a run folder may hold (anything else means the folder is not a run)."""
 
 
@@ -116,6 +127,24 @@ class RunRecord:
         p = self.stages.get("masks", {}).get("cache")
         return Path(p) if p else None
 
+    def checked_mask_cache(self, *allowed: Path | None) -> Path | None:
+        """:attr:`mask_cache`, checked to lie inside the run folder, the recorded scene folder or one of
+        ``allowed`` (the ``--mask-cache`` given): a run.json from elsewhere must not point cos3d at the
+        user's other files. Otherwise one :class:`SceneFormatError` line naming the file, field, value."""
+        p = self.mask_cache
+        if p is None:
+            return None
+        roots = [self.folder.root, *(Path(a) for a in allowed if a is not None)]
+        if self.scene:
+            roots.append(Path(self.scene))
+        real = p.resolve()
+        if any(real == r.resolve() or real.is_relative_to(r.resolve()) for r in roots):
+            return p
+        raise SceneFormatError(
+            f"{self.folder.run_json}: stages.masks.cache {str(p)!r} lies outside the run folder and the scene "
+            "folder; pass that cache with --mask-cache if you trust it, or train into a new folder"
+        )
+
     def train_config(self) -> "TrainConfig":
         """The :class:`~cos3d.train.TrainConfig` the run was trained with (``config`` round-trips)."""
         from cos3d.config import ConfigError, from_dict
@@ -163,6 +192,11 @@ class RunFolder:
     def weights_cache(self) -> Path:
         return self.root / "cache" / "weights"
 
+    def weights_file(self, frame_name: str) -> Path:
+        """The cached blending weights of frame ``frame_name`` (a name from data: escaped,
+        :func:`cos3d.paths.safe_name`)."""
+        return self.weights_cache / f"{safe_name(frame_name)}.pt"
+
     def is_foreign(self) -> bool:
         """True when the folder exists, holds files, and is not a cos3d run."""
         if not self.root.is_dir() or self.run_json.is_file():
@@ -181,6 +215,12 @@ class RunFolder:
                 raise ValueError("not a cos3d run.json")
             if int(data.get("version", 1)) != RUN_VERSION:
                 raise ValueError(f"format version {data.get('version', 1)}, this cos3d reads {RUN_VERSION}")
+            if not isinstance(data.get("scene", ""), str) or not isinstance(data.get("stages", {}), dict):
+                raise ValueError("'scene' must be a path string and 'stages' an object")
+            cache = data.get("stages", {}).get("masks", {}).get("cache") if isinstance(
+                data.get("stages", {}).get("masks", {}), dict) else None
+            if cache is not None and (not isinstance(cache, str) or "\0" in cache):
+                raise ValueError(f"stages.masks.cache must be a path string, got {cache!r}")
         except (OSError, ValueError, TypeError) as e:
             raise Cos3dError(
                 f"{self.run_json}: unreadable run record ({e}); re-train into another folder or delete {self.root}"

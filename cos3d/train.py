@@ -33,7 +33,7 @@ from cos3d.errors import Cos3dError, brief
 from cos3d.field.ins2lang import Ins2LangConfig
 from cos3d.field.instance import InstanceConfig
 from cos3d.recon import ReconConfig
-from cos3d.run_folder import STAGE_TITLES, STAGES, RunFolder, RunRecord
+from cos3d.run_folder import STAGE_TITLES, STAGES, RunFolder, RunRecord, writer_lock
 from cos3d.scene import Scene
 from cos3d.views import ViewPolicy
 from cos3d.vision.models import ModelsConfig
@@ -215,7 +215,7 @@ class _Session:
         """The shared 2D cache of this run's masks: set by the masks stage, else the recorded one."""
         if self._mask_dir is not None:
             return self._mask_dir
-        recorded = self.state.mask_cache
+        recorded = self.state.checked_mask_cache(self.cfg.mask_cache)
         if recorded is None:
             raise Cos3dError(f"{self.run.run_json}: the masks stage has not run; run --stage masks or --stage all")
         return recorded
@@ -236,9 +236,10 @@ class _Session:
         if stage == "recon":
             return self.ply.is_file()
         if stage == "masks":
-            if self.state.mask_cache is None:
+            cache = self.state.checked_mask_cache(self.cfg.mask_cache)
+            if cache is None:
                 return False
-            man = self.state.mask_cache / "manifest.json"
+            man = cache / "manifest.json"
             if not man.is_file():
                 return False
             try:
@@ -313,7 +314,7 @@ class _Session:
         for i, f in enumerate(bar):
             vw = None
             if cache_dir is not None:
-                p = cache_dir / f"{f.name}.pt"
+                p = self.run.weights_file(f.name)  # a frame name is data: escaped, never a path
                 if p.is_file():
                     try:
                         st = torch.load(p, map_location="cpu", weights_only=True)
@@ -336,7 +337,7 @@ class _Session:
                     self.sampled_views += 1
                 del contrib
                 if cache_dir is not None:
-                    with atomic_path(cache_dir / f"{f.name}.pt") as tmp:
+                    with atomic_path(self.run.weights_file(f.name)) as tmp:
                         torch.save({"key": key, "camera": f.camera.key(), "weights": vw.state_dict()}, tmp)
             if vw.nnz > 0:
                 out.append((i, vw))
@@ -667,13 +668,16 @@ _STAGE_FN = {"recon": _stage_recon, "masks": _stage_masks, "instance": _stage_in
 def _prepare_run(
     cfg: TrainConfig, out: Path, scene_root: Path, config_files: tuple[str, ...], todo: tuple[str, ...]
 ) -> RunRecord:
-    if out.exists() and not out.is_dir():
-        raise ConfigError("out", f"{out} is a file; choose a folder")
     run = RunFolder(out)
-    if run.is_foreign():
-        raise ConfigError("out", f"{out} exists and is not a cos3d run folder; choose another folder or empty it")
     state = run.read_record()
     if state is not None:
+        kept = [p for p in (run.recon_dir / "checkpoint.pt", run.instance_checkpoint) if p.is_file()]
+        if kept and not (cfg.resume or cfg.restart):  # a killed run's work is never discarded silently
+            raise ConfigError(
+                "out",
+                f"{out} holds an interrupted run: checkpoint {kept[0]} exists; continue it with --resume, or "
+                "start the interrupted stage over with --restart",
+            )
         recorded = state.scene
         if recorded and Path(recorded) != scene_root:
             raise ConfigError(
@@ -696,7 +700,6 @@ def _prepare_run(
     state.data["versions"] = _versions()
     state.data.setdefault("counts", {})
     state.data.setdefault("timings", {})
-    out.mkdir(parents=True, exist_ok=True)
     state.save()
     return state
 
@@ -728,6 +731,19 @@ def train(cfg: TrainConfig, *, config_files: tuple[str, ...] = ()) -> Path:
 
 
 def _train(cfg: TrainConfig, config_files: tuple[str, ...]) -> Path:
+    from cos3d.readers import resolve_scene_path
+
+    scene_dir = resolve_scene_path(cfg.scene, cfg.data_root)
+    out = Path(cfg.out) if cfg.out is not None else Path("runs") / scene_dir.resolve().name
+    if out.exists() and not out.is_dir():
+        raise ConfigError("out", f"{out} is a file; choose a folder")
+    if RunFolder(out).is_foreign():  # before the lock writes into it
+        raise ConfigError("out", f"{out} exists and is not a cos3d run folder; choose another folder or empty it")
+    with writer_lock(out, flag="--out", what="train"):  # one writer per run; checks --out can be written
+        return _train_locked(cfg, config_files, out)
+
+
+def _train_locked(cfg: TrainConfig, config_files: tuple[str, ...], out: Path) -> Path:
     from cos3d.readers import load_scene
     from cos3d.views import training_scene
 
@@ -736,7 +752,6 @@ def _train(cfg: TrainConfig, config_files: tuple[str, ...]) -> Path:
     device = resolve_device(cfg.device)
     scene, views = training_scene(native, cfg.views)
     todo: tuple[str, ...] = STAGES if cfg.stage == "all" else (cfg.stage,)
-    out = Path(cfg.out) if cfg.out is not None else Path("runs") / scene_root.name
     if cfg.gaussians is not None and "recon" not in todo and not RunFolder(out).ply.is_file():
         todo = ("recon", *todo)
     state = _prepare_run(cfg, out, scene_root, config_files, todo)

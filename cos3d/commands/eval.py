@@ -76,10 +76,15 @@ def run(args: argparse.Namespace) -> int:
         raise Cos3dError("--run is required: the run folder made by cos3d train")
     if not Path(cfg.run).exists():
         raise Cos3dError(f"--run {cfg.run}: no such folder")
+    if getattr(cfg, "prompts", None) == "dev" and tuple(cfg.absent) != tuple(cls().absent):
+        raise Cos3dError("--absent has no effect with --prompts dev (the development prompts carry their own "
+                         "absent things); drop --absent, or use --prompts eval")
     out = Path(cfg.out) if cfg.out is not None else Path(cfg.run) / "eval" / args.what
-    from cos3d.atomic import ensure_output_folder
+    from cos3d.atomic import check_writable
 
-    ensure_output_folder(out)  # before evaluating: a budget or ablation runs for minutes to an hour
+    # before evaluating (a budget or ablation runs for minutes to an hour); nothing is created until the
+    # results are written, so a run that fails to load leaves no empty folder behind
+    check_writable(out, "--out")
     _threads(cfg.threads)
     t0 = time.perf_counter()
     results = {"tabletop": _tabletop, "lerf": _lerf, "scannet": _scannet}[args.what](cfg)

@@ -127,11 +127,14 @@ def _print_table(res: QueryResult) -> None:
 
 def write_masks(engine: QueryEngine, res: QueryResult, out_dir: Path, views: list[str] | None,
                 protocol: str) -> list[Path]:
-    """Write ``out_dir/<frame>.png`` (uint8, 255 = selected) for each view; returns the paths."""
+    """Write ``out_dir/<frame>.png`` (uint8, 255 = selected) for each view; returns the paths. A frame
+    name is data, not a path: names with separators, ``..`` or other characters are escaped
+    (:func:`cos3d.paths.safe_name`), so every mask lands in ``out_dir``."""
     import numpy as np
     from PIL import Image
 
     from cos3d.atomic import atomic_path
+    from cos3d.paths import safe_name
 
     if views:
         for v in views:
@@ -146,7 +149,7 @@ def write_masks(engine: QueryEngine, res: QueryResult, out_dir: Path, views: lis
             m = np.zeros((cam.height, cam.width), bool)
         else:
             m = engine.mask(res, cam, protocol)
-        path = out_dir / f"{f.name}.png"
+        path = out_dir / f"{safe_name(f.name)}.png"
         with atomic_path(path) as tmp:
             Image.fromarray(m.astype(np.uint8) * 255).save(tmp, format="PNG")
         written.append(path)
@@ -161,15 +164,19 @@ def write_selection_ply(engine: QueryEngine, res: QueryResult, path: Path) -> No
 
 def check_outputs(cfg: QueryConfig) -> None:
     """Refuse output paths that cannot be written before any work is done."""
+    from cos3d.atomic import check_writable
     from cos3d.errors import Cos3dError
 
-    if cfg.masks_out is not None and cfg.masks_out.exists() and not cfg.masks_out.is_dir():
-        raise Cos3dError(f"--masks-out {cfg.masks_out} is a file; give a folder for the mask PNGs")
+    if cfg.masks_out is not None:
+        if cfg.masks_out.exists() and not cfg.masks_out.is_dir():
+            raise Cos3dError(f"--masks-out {cfg.masks_out} is a file; give a folder for the mask PNGs")
+        check_writable(cfg.masks_out, "--masks-out")
     if cfg.ply_out is not None:
         if cfg.ply_out.is_dir():
             raise Cos3dError(f"--ply-out {cfg.ply_out} is a folder; give a file name such as selection.ply")
         if cfg.ply_out.parent.exists() and not cfg.ply_out.parent.is_dir():
             raise Cos3dError(f"--ply-out {cfg.ply_out}: {cfg.ply_out.parent} is a file, not a folder")
+        check_writable(cfg.ply_out, "--ply-out", kind="file")
 
 
 def resolve_run(run: Path | None) -> Path:

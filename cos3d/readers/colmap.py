@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from cos3d.errors import SceneFormatError
+from cos3d.paths import inside_folder
 from cos3d.readers.scannet import note, read_sidecars
 from cos3d.rotations import quat_to_rotmat
 from cos3d.scene import Camera, Frame, Scene, frame_names, read_image_size
@@ -344,6 +345,9 @@ def read_colmap(root: str | Path, images_dir: str = "images") -> Scene:
     """
     root = Path(root)
     sparse, ext = find_sparse_dir(root)
+    for name in ("cameras", "images", "points3D"):
+        if (sparse / f"{name}{ext}").is_file():
+            inside_folder(root, sparse / f"{name}{ext}", source=sparse, field="file", value=f"{name}{ext}")
     cams, images, cam_path, img_path = read_model(sparse, ext)
     if not images:
         raise SceneFormatError(f"{img_path}: the model has no registered images; re-run COLMAP's mapper")
@@ -367,7 +371,7 @@ def read_colmap(root: str | Path, images_dir: str = "images") -> Scene:
             Camera(K=intrinsics[cam.id][0], c2w=np.eye(4), width=cam.width, height=cam.height,
                    dist=intrinsics[cam.id][1]).validate(f"{cam_path} (camera {cam.id})")
         K, dist = intrinsics[cam.id]
-        path = image_root / im.name
+        path = inside_folder(root, image_root / im.name, source=img_path, field=f"image {im.id} name", value=im.name)
         if not path.is_file():
             raise SceneFormatError(f"{path}: image listed in {img_path.name} is missing; restore it or re-run COLMAP")
         size = read_image_size(path)  # every image: a header read, no pixels

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cos3d.errors import SceneFormatError
+from cos3d.paths import inside_folder
 from cos3d.readers.scannet import aspect_differs, depth_file_size, note, read_labels, read_parts, read_splits
 from cos3d.scene import Camera, Frame, Scene, frame_names, read_image_size
 
@@ -56,14 +58,26 @@ def _matrix(value: Any, path: Path, what: str) -> np.ndarray:
     return m
 
 
-def _resolve_file(root: Path, rel: str) -> Path:
+def _resolve_file(root: Path, rel: str, source: Path, field: str) -> Path:
+    """The file ``rel`` (``field`` of ``source``) names, relative to ``root``; it must resolve inside
+    ``root`` (:func:`cos3d.paths.inside_folder`: one line naming the file, the field and the value)."""
+    if "\0" in rel:
+        raise SceneFormatError(f"{source}: {field} {rel!r} contains a NUL byte; fix the file")
     p = Path(rel)
     p = p if p.is_absolute() else root / p
     if p.suffix == "" and not p.is_file():
         for ext in (".png", ".jpg", ".jpeg"):
             if p.with_name(p.name + ext).is_file():
-                return p.with_name(p.name + ext)
-    return p
+                p = p.with_name(p.name + ext)
+                break
+    return inside_folder(root, p, source=source, field=field, value=rel)
+
+
+def _name_path(root: Path, p: Path) -> str:
+    """``p`` relative to ``root`` (lexically normalised) for naming its frame; outside it (a trusted
+    scene, :data:`cos3d.paths.TRUST_ENV`), the file name alone."""
+    p, root = Path(os.path.normpath(p)), Path(os.path.normpath(root))
+    return p.relative_to(root).as_posix() if p.is_relative_to(root) else p.name
 
 
 def _rel_key(root: Path, rel: str) -> str:
@@ -113,8 +127,8 @@ def read_nerfstudio(root: str | Path, filename: str = "transforms.json") -> Scen
 
     default_size: tuple[int, int] | None = None
     default_img: Path | None = None
-    image_paths = [_resolve_file(root, str(fr["file_path"])) for fr in raw_frames]
-    names = frame_names([p.relative_to(root).as_posix() if p.is_relative_to(root) else p.name for p in image_paths])
+    image_paths = [_resolve_file(root, str(fr["file_path"]), path, "file_path") for fr in raw_frames]
+    names = frame_names([_name_path(root, p) for p in image_paths])
     depth_factor = meta.get("depth_unit_scale_factor")  # metres per raw depth unit, if the file says
 
     frames: list[Frame] = []
@@ -173,7 +187,7 @@ def read_nerfstudio(root: str | Path, filename: str = "transforms.json") -> Scen
             )
         depth_path, depth_scale = None, 1000.0
         if fr.get("depth_file_path"):
-            depth_path = _resolve_file(root, str(fr["depth_file_path"]))
+            depth_path = _resolve_file(root, str(fr["depth_file_path"]), path, f"{where}: depth_file_path")
             if not depth_path.is_file():
                 raise SceneFormatError(f"{depth_path}: depth file listed in {path.name} ({where}) is missing")
             dsize = depth_file_size(depth_path)
@@ -205,7 +219,7 @@ def read_nerfstudio(root: str | Path, filename: str = "transforms.json") -> Scen
 
     points = colors = None
     if meta.get("ply_file_path"):
-        points, colors = _read_ply_points(_resolve_file(root, str(meta["ply_file_path"])), path)
+        points, colors = _read_ply_points(_resolve_file(root, str(meta["ply_file_path"]), path, "ply_file_path"), path)
 
     splits: dict[str, list[str]] = {}
     key_to_name = {_rel_key(root, str(fr["file_path"])): n for fr, n in zip(raw_frames, names)}

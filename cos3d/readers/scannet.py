@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from cos3d.errors import SceneFormatError
+from cos3d.paths import inside_folder
 from cos3d.scene import Camera, Frame, PartInfo, Scene, read_image_size
 
 log = logging.getLogger("cos3d")
@@ -149,6 +150,9 @@ def read_sidecars(root: Path, scene_frames: list[str], skipped: set[str], notes:
     Returns keyword arguments for :class:`Scene` (``labels``, ``parts``, ``splits``).
     """
     out: dict[str, Any] = {}
+    for name in ("labels.json", "parts.json", "splits.json"):
+        if (root / name).is_file():
+            in_scene(root, root / name)
     if (root / "labels.json").is_file():
         out["labels"] = read_labels(root / "labels.json")
     if (root / "parts.json").is_file():
@@ -178,8 +182,15 @@ def note(notes: list[str], message: str) -> None:
     log.warning(message)
 
 
+def in_scene(root: Path, path: Path) -> Path:
+    """``path``, a file of the scene at ``root``, checked to resolve inside it (symlinks resolved:
+    :func:`cos3d.paths.inside_folder`)."""
+    return inside_folder(root, path, source=path.parent, field="file", value=path.name)
+
+
 def _index(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
-    """Files of ``folder`` with one of ``exts``, keyed by stem."""
+    """Files of ``folder`` with one of ``exts``, keyed by stem; each must resolve inside the scene
+    folder (``folder``'s parent)."""
     out: dict[str, Path] = {}
     if not folder.is_dir():
         return out
@@ -187,7 +198,7 @@ def _index(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
         if p.suffix.lower() in exts and p.is_file():
             if p.stem in out:
                 raise SceneFormatError(f"{folder}: both {out[p.stem].name} and {p.name} exist; keep one")
-            out[p.stem] = p
+            out[p.stem] = in_scene(folder.parent, p)
     return out
 
 
@@ -292,9 +303,9 @@ def read_scannet(root: str | Path) -> Scene:
         raise SceneFormatError(f"{color_dir}: no .jpg/.png images found; export the colour frames there")
     stems = sorted(images, key=_numeric_key)
 
-    K = read_intrinsics(root / "intrinsic" / "intrinsic_color.txt")
+    K = read_intrinsics(in_scene(root, root / "intrinsic" / "intrinsic_color.txt"))
     depth_K_path = root / "intrinsic" / "intrinsic_depth.txt"
-    depth_K = read_intrinsics(depth_K_path) if depth_K_path.is_file() else None
+    depth_K = read_intrinsics(in_scene(root, depth_K_path)) if depth_K_path.is_file() else None
 
     first = images[stems[0]]
     width, height = _one_size(
@@ -327,7 +338,7 @@ def read_scannet(root: str | Path) -> Scene:
             raise SceneFormatError(
                 f"{pose_path}: pose file is missing for {images[stem].name}; export it or delete the colour frame"
             )
-        c2w = read_pose(pose_path)
+        c2w = read_pose(in_scene(root, pose_path))
         if not np.all(np.isfinite(c2w)):
             skipped.append(stem)
             continue

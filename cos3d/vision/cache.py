@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sys
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -33,6 +31,7 @@ import numpy as np
 
 from cos3d.atomic import atomic_path, write_json
 from cos3d.errors import Cos3dError
+from cos3d.paths import safe_name
 from cos3d.vision.base import Embedder, MaskProvider
 from cos3d.vision.masks import LEVELS, MaskSet, pack_masks, unpack_masks
 
@@ -114,10 +113,7 @@ def view_key(img_hash: str, mkey: str) -> str:
 
 def view_path(cache_dir: str | Path, frame_name: str) -> Path:
     """The file of one view (frame names with unsafe characters are escaped, with a hash for uniqueness)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", frame_name)
-    if safe != frame_name or safe.startswith("."):
-        safe = f"{safe.lstrip('.')}-{zlib.crc32(frame_name.encode()):08x}"
-    return Path(cache_dir) / "views" / f"{safe}.npz"
+    return Path(cache_dir) / "views" / f"{safe_name(frame_name)}.npz"
 
 
 def load_manifest(cache_dir: str | Path) -> dict[str, Any]:
