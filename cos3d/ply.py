@@ -105,8 +105,21 @@ def write_ply(
         dtypes.append((name, dt))
         cols.append((name, a.astype(dt)))
     data = np.empty(n, dtype=dtypes)
+    bad = np.zeros(n, bool)
+    where: list[str] = []
     for c, a in cols:
         data[c] = a
+        if data.dtype[c].kind == "f" and not np.isfinite(data[c]).all():
+            bad |= ~np.isfinite(data[c])
+            where.append(c)
+    if where:  # read_ply refuses such rows: never write what cannot be read back
+        rows = np.flatnonzero(bad)
+        shown = ", ".join(str(int(r)) for r in rows[:5]) + (", …" if len(rows) > 5 else "")
+        raise Cos3dError(
+            f"write_ply {path}: {len(rows)} of {n} Gaussians have NaN/inf values (rows {shown}; columns "
+            f"{', '.join(where[:4])}{', …' if len(where) > 4 else ''}); nothing was written: drop them "
+            "(Gaussians.subset) or fix the training that produced them"
+        )
     el = PlyElement.describe(data, "vertex")
     with atomic_path(path) as tmp:
         PlyData([el], text=False, byte_order="<", comments=comments).write(str(tmp))
@@ -332,6 +345,42 @@ def _spz_rest_count(degree: int) -> int:
     return {0: 0, 1: 3, 2: 8, 3: 15}[degree]
 
 
+SPZ_MAX_SPLATS = 1 << 27
+"""The most splats a ``.spz`` header may announce (134M: more than any scene cos3d can train on)."""
+SPZ_MAX_RATIO = 64
+"""The most a ``.spz`` body may expand over its file size (real splats gzip 1.5-3x; a gzip bomb ~1000x)."""
+
+
+def _read_spz_bytes(path: Path) -> bytes:
+    """The decompressed ``.spz`` stream, bounded in memory: the 16-byte header is read first, and then
+    exactly the bytes its splat count and SH degree call for (one more shows a mismatch), never a
+    gzip bomb's gigabytes. A count above :data:`SPZ_MAX_SPLATS` or a body above
+    :data:`SPZ_MAX_RATIO` × the file size is one :class:`Cos3dError` line."""
+    import gzip
+    import zlib
+
+    try:
+        size = path.stat().st_size
+        with gzip.open(path, "rb") as f:
+            head = f.read(16)
+            if len(head) < 16:
+                return head
+            _, version, n = np.frombuffer(head[:12], "<u4")
+            degree = head[12]
+            qb = 4 if version == 3 else 3
+            need = int(n) * (9 + 1 + 3 + 3 + qb + 3 * _spz_rest_count(min(int(degree), 3)))
+            if int(n) > SPZ_MAX_SPLATS or need > SPZ_MAX_RATIO * size + (1 << 20):
+                raise Cos3dError(
+                    f"{path}: .spz header announces {int(n):,} splats ({need / 2**20:,.0f} MiB decompressed) "
+                    f"from a {size:,}-byte file; refused (a corrupt or hostile file)"
+                )
+            return head + f.read(need + 1)
+    except FileNotFoundError:
+        raise Cos3dError(f"{path}: no such .spz file") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise Cos3dError(f"{path}: not a gzip-compressed .spz file ({e})") from None
+
+
 def read_spz(path: str | os.PathLike, *, convert: bool = True) -> Gaussians:
     """Read a Niantic ``.spz`` file (versions 2 and 3: gzip, 24-bit fixed-point positions, 8-bit
     alpha/colour/log-scale, quaternions as 3 bytes (v2) or "smallest three" in 4 bytes (v3), 8-bit SH).
@@ -340,15 +389,8 @@ def read_spz(path: str | os.PathLike, *, convert: bool = True) -> Gaussians:
     (y down, z forward: OpenCV). ``convert`` (default) turns them into the ``.ply`` convention, as
     splat-transform and Niantic's library do (y and z reversed, quaternions and SH bands with them);
     False returns the values as stored."""
-    import gzip
-
     path = Path(path)
-    try:
-        raw = gzip.decompress(path.read_bytes())
-    except FileNotFoundError:
-        raise Cos3dError(f"{path}: no such .spz file") from None
-    except OSError as e:
-        raise Cos3dError(f"{path}: not a gzip-compressed .spz file ({e})") from None
+    raw = _read_spz_bytes(path)
     if len(raw) < 16:
         raise Cos3dError(f"{path}: .spz header is {len(raw)} bytes; expected 16")
     magic, version, n = np.frombuffer(raw[:12], "<u4")

@@ -347,10 +347,14 @@ class Scene:
     def __post_init__(self) -> None:
         if not self.frames:
             raise SceneFormatError(f"{self.root}: scene has no usable frames")
-        names = [f.name for f in self.frames]
-        if len(set(names)) != len(names):
-            raise SceneFormatError(f"{self.root}: duplicate frame names")
-        self._by_name = {f.name: f for f in self.frames}
+        self._by_name: dict[str, Frame] = {}
+        for f in self.frames:
+            other = self._by_name.setdefault(f.name, f)
+            if other is not f:
+                raise SceneFormatError(
+                    f"{self.root}: two frames are named {f.name!r} ({other.image_path} and {f.image_path}); "
+                    "frame names must be unique: rename one of the images"
+                )
 
     @property
     def cameras(self) -> list[Camera]:

@@ -9,6 +9,7 @@ registry) and a query engine (:mod:`cos3d.query.engine`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from cos3d.errors import Cos3dError
-from cos3d.run_folder import RunFolder, RunRecord
+from cos3d.run_folder import RunFolder, RunRecord, lock_holder
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -185,7 +186,12 @@ class TrainedScene:
 
     def save_query_state(self) -> None:
         """Build (if needed) and save every level's refinement index and no-target calibration in the
-        run folder (``query_state.pt``), for the next process to load instead of rebuilding."""
+        run folder (``query_state.pt``), for the next process to load instead of rebuilding. A reader
+        never writes into a run that a training is writing (:func:`cos3d.run_folder.lock_holder`): then
+        one :class:`Cos3dError` line, and nothing is saved."""
+        holder = lock_holder(self.run_dir)
+        if holder is not None and holder != os.getpid():
+            raise Cos3dError(f"{self.run_dir} is being written by process {holder}; the query index is not saved into it")
         RunFolder(self.run_dir).write_query_state(self.engine.state_dict())
         self.query_state_loaded = True
 

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from cos3d.errors import Cos3dError
+from ply_faults import write_nonfinite_ply
 
 W, H = 40, 30
 MARKER = "PAYLOAD_RAN"
@@ -178,21 +179,21 @@ def _ckpt_foreign_dict(tmp, mp):
 
 
 def _ply_nan_rows(tmp, mp):
-    from cos3d.ply import read_ply, write_ply
+    from cos3d.ply import read_ply
 
     g = _gaussians(16)
     g.means[3, 1] = float("nan")
     g.log_scales[9, 0] = float("inf")
-    write_ply(tmp / "scene.ply", g)
+    write_nonfinite_ply(tmp / "scene.ply", g)
     return (lambda: read_ply(tmp / "scene.ply")), ["scene.ply: 2 of 16 Gaussians have NaN/inf values", "first: row 3"]
 
 
 def _ply_all_nan(tmp, mp):
-    from cos3d.ply import read_ply, write_ply
+    from cos3d.ply import read_ply
 
     g = _gaussians(16)
     g.means[:] = float("nan")
-    write_ply(tmp / "scene.ply", g)
+    write_nonfinite_ply(tmp / "scene.ply", g)
     return (lambda: read_ply(tmp / "scene.ply", features=False)), ["scene.ply: 16 of 16 Gaussians have NaN/inf"]
 
 

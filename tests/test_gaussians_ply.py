@@ -9,6 +9,7 @@ import torch
 from cos3d.errors import Cos3dError
 from cos3d.gaussians import Gaussians
 from cos3d.ply import read_ply, write_ply
+from ply_faults import write_nonfinite_ply
 
 
 def _scene(n=50, degree=3, seed=0) -> Gaussians:
@@ -116,11 +117,14 @@ def test_read_ply_refuses_non_finite_rows(tmp_path):
     g = _scene()
     g.means[2, 0] = float("nan")
     g.opacity_logits[5] = float("-inf")
-    write_ply(tmp_path / "bad.ply", g)
+    with pytest.raises(Cos3dError, match=r"bad\.ply: 2 of \d+ Gaussians have NaN/inf values \(rows 2, 5; columns x, opacity\)"):
+        write_ply(tmp_path / "bad.ply", g)  # never writes what read_ply refuses
+    assert not (tmp_path / "bad.ply").exists()
+    write_nonfinite_ply(tmp_path / "bad.ply", g)
     with pytest.raises(Cos3dError, match=r"bad\.ply: 2 of \d+ Gaussians have NaN/inf values \(in means, opacity_logits; first: row 2\)"):
         read_ply(tmp_path / "bad.ply")
     g.means[:] = float("nan")
-    write_ply(tmp_path / "all.ply", g)
+    write_nonfinite_ply(tmp_path / "all.ply", g)
     with pytest.raises(Cos3dError, match=rf"all\.ply: {g.num} of {g.num} Gaussians"):
         read_ply(tmp_path / "all.ply", features=False)
 

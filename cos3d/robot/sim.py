@@ -98,9 +98,29 @@ def _vhacd(p, cid: int, obj: Path, cache: Path) -> Path:
 
 
 def _cache_dir() -> Path:
-    d = Path(os.environ.get("COS3D_SIM_CACHE", Path(tempfile.gettempdir()) / "cos3d_sim_cache"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    """Where convex decompositions are cached: ``$COS3D_SIM_CACHE``, else ``$XDG_CACHE_HOME/cos3d/sim``
+    (``~/.cache/cos3d/sim``), private to the user (0700). A shared, predictable folder in /tmp would let
+    another user plant the meshes the simulation loads. Where no cache folder can be made (a read-only
+    home), a private ``mkdtemp`` folder serves this process."""
+    env = os.environ.get("COS3D_SIM_CACHE")
+    if env:
+        d = Path(env)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        d = Path(base) / "cos3d" / "sim"
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not env and d.stat().st_uid != os.getuid():
+            raise PermissionError(f"{d} belongs to another user")
+        return d
+    except OSError:
+        global _PRIVATE_CACHE
+        if _PRIVATE_CACHE is None:
+            _PRIVATE_CACHE = Path(tempfile.mkdtemp(prefix="cos3d_sim_"))
+        return _PRIVATE_CACHE
+
+
+_PRIVATE_CACHE: Path | None = None
 
 
 def load_tabletop_physics(p, cid: int, scene_dir: str | Path) -> dict[int, int]:
