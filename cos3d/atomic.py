@@ -178,12 +178,14 @@ def ensure_output_folder(out: str | os.PathLike, flag: str = "--out") -> Path:
 
 
 def check_writable(path: str | os.PathLike, flag: str, kind: str = "folder") -> Path:
-    """Check, before any work, that the output ``path`` (a ``folder`` or a ``file``, given by ``flag``)
-    can be written, without creating anything: a file where a folder is expected (or the reverse), a
-    read-only file system, permission denied (EACCES, EPERM: an immutable folder) are one
-    :class:`OutputWriteError` line naming ``flag`` and the path. Returns ``path``."""
+    """Check, before any work, that the output ``path`` (given by ``flag``) can be written, without
+    creating anything. ``kind``: ``folder`` (files go into it), ``file`` (written in its folder) or
+    ``sibling`` (a folder built beside it and moved in: its parent must take it). A file where a folder
+    is expected (or the reverse), a read-only file system, permission denied (EACCES, EPERM: an
+    immutable folder) are one :class:`OutputWriteError` line naming ``flag`` and the path. Returns
+    ``path``."""
     path = Path(path)
-    if kind == "folder" and path.exists() and not path.is_dir():
+    if kind in ("folder", "sibling") and path.exists() and not path.is_dir():
         raise OutputWriteError(f"{flag} {path} is a file, not a folder; pass a folder path")
     if kind == "file" and path.is_dir():
         raise OutputWriteError(f"{flag} {path} is a folder; pass a file name")
@@ -258,7 +260,7 @@ def atomic_dir(out: str | os.PathLike, *, force: bool = False, flag: str = "--ou
 
     out = Path(out).absolute()
     check_output_folder(out, force, flag)
-    check_writable(out.parent, flag)
+    check_writable(out, flag, kind="sibling")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_siblings(out)

@@ -129,6 +129,8 @@ class Case:
     make: Callable[[Path, Any], tuple[Any, list[str]]]
     check: Callable[[Path], None] | None = None
     cli: bool = False
+    rc: int = 2
+    """The exit status of a CLI row (2: a user error; 130: interrupted)."""
 
 
 def _ckpt_malicious(tmp, mp):
@@ -361,6 +363,15 @@ def _cli_mixed_sizes(tmp, mp):
             "--no-progress"], ["1.png", "different sizes"]  # fmt: skip
 
 
+def _cli_eval_out_kind(tmp, mp, kind: str):
+    import cos3d.commands.eval as ev
+
+    (tmp / "run").mkdir()
+    mp.setattr(ev, "_tabletop", _marker(tmp))
+    out = _blocked(kind, tmp, mp)
+    return ["eval", "tabletop", "--run", str(tmp / "run"), "--out", str(out)], ["--out", str(out), _WHY[kind]]
+
+
 def _cli_eval_out(kind: str):
     """``cos3d eval tabletop --out`` that cannot take RESULTS.json: refused before anything is evaluated (a
     budget or an ablation runs for minutes to an hour, and used to fail only when writing)."""
@@ -384,6 +395,608 @@ def _cli_eval_out(kind: str):
 
     return make
 
+
+
+# ------------------------------------------------------------------- issue 25: scene paths stay inside
+_OUT = "outside the scene folder"
+
+
+def _ns(tmp: Path, **kw) -> Path:
+    from cos3d.readers.writers import write_transforms_json
+
+    return write_transforms_json(tmp / "s", _rig(), **kw)
+
+
+def _outside_image(tmp: Path, name: str = "stolen.png") -> Path:
+    """An image outside the scene folder (one the user owns, that a hostile scene points at)."""
+    p = tmp / "private" / name
+    _image(p, W, H)
+    return p
+
+
+def _edit_transforms(root: Path, edit: Callable[[dict], None]) -> None:
+    import json
+
+    meta = json.loads((root / "transforms.json").read_text())
+    edit(meta)
+    (root / "transforms.json").write_text(json.dumps(meta))
+
+
+def _load(root: Path):
+    from cos3d.readers import load_scene
+
+    return lambda: load_scene(root)
+
+
+def _ns_file_path(value: Callable[[Path], str]):
+    """A frame's ``file_path`` naming a file outside the scene (that file exists: the read would work)."""
+
+    def make(tmp, mp):
+        root = _ns(tmp)
+        v = value(tmp)
+        _edit_transforms(root, lambda m: m["frames"][1].__setitem__("file_path", v))
+        return _load(root), [f"transforms.json: file_path {v!r}", _OUT, "COS3D_TRUST_SCENE_PATHS=1"]
+
+    return make
+
+
+def _outside_rel(tmp: Path) -> str:
+    _outside_image(tmp)
+    return "../private/stolen.png"
+
+
+def _outside_abs(tmp: Path) -> str:
+    return str(_outside_image(tmp))
+
+
+def _outside_no_suffix(tmp: Path) -> str:
+    _outside_image(tmp)
+    return "../private/stolen"  # Blender style: the reader adds .png
+
+
+def _ns_symlinked_image(tmp, mp):
+    root = _ns(tmp)
+    (root / "images" / "1.png").unlink()
+    (root / "images" / "1.png").symlink_to(_outside_image(tmp))
+    return _load(root), ["transforms.json: file_path 'images/1.png' resolves to", str(tmp / "private"), _OUT]
+
+
+def _ns_symlinked_folder(tmp, mp):
+    root = _ns(tmp)
+    import shutil
+
+    shutil.move(root / "images", tmp / "private")
+    (root / "images").symlink_to(tmp / "private", target_is_directory=True)
+    return _load(root), ["transforms.json: file_path 'images/0.png'", _OUT]
+
+
+def _ns_nul(tmp, mp):
+    root = _ns(tmp)
+    _edit_transforms(root, lambda m: m["frames"][0].__setitem__("file_path", "images/0.png\x00.jpg"))
+    return _load(root), ["transforms.json: file_path", "contains a NUL byte"]
+
+
+def _ns_depth_outside(tmp, mp):
+    root = _ns(tmp, depths=[np.ones((H, W))] * 3)
+    save = tmp / "private" / "d.png"
+    from cos3d.readers.writers import save_depth
+
+    save_depth(save, np.ones((H, W)))
+    _edit_transforms(root, lambda m: m["frames"][2].__setitem__("depth_file_path", "../private/d.png"))
+    return _load(root), ["transforms.json: frame 'images/2.png': depth_file_path '../private/d.png'", _OUT]
+
+
+def _ns_ply_outside(tmp, mp):
+    root = _ns(tmp, points=np.zeros((4, 3)))
+    (tmp / "private").mkdir()
+    os.replace(root / "sparse_pc.ply", tmp / "private" / "pc.ply")
+    _edit_transforms(root, lambda m: m.__setitem__("ply_file_path", str(tmp / "private" / "pc.ply")))
+    return _load(root), ["transforms.json: ply_file_path", "pc.ply", _OUT]
+
+
+def _colmap(tmp: Path, names=None, binary=False) -> Path:
+    from cos3d.readers.writers import write_colmap
+
+    return write_colmap(tmp / "c" / "scene", _rig(), names=names, binary=binary)
+
+
+def _colmap_name(kind: str):
+    def make(tmp, mp):
+        if kind == "dotdot":
+            root = _colmap(tmp, names=["0", "../../private/1", "2"])  # the writer puts the image there
+            return _load(root), ["images.txt: image 2 name '../../private/1.png'", _OUT]
+        if kind == "binary":
+            root = _colmap(tmp, names=["0", "../../private/1", "2"], binary=True)
+            return _load(root), ["images.bin: image 2 name '../../private/1.png'", _OUT]
+        if kind == "absolute":
+            outside = _outside_image(tmp, "1.png")
+            root = _colmap(tmp)
+            txt = root / "sparse" / "0" / "images.txt"
+            txt.write_text(txt.read_text().replace(" 1.png", f" {outside}"))
+            return _load(root), [f"images.txt: image 2 name '{outside}'", _OUT]
+        if kind == "symlink":
+            root = _colmap(tmp)
+            (root / "images" / "2.png").unlink()
+            (root / "images" / "2.png").symlink_to(_outside_image(tmp))
+            return _load(root), ["images.txt: image 3 name '2.png' resolves to", _OUT]
+        root = _colmap(tmp)  # the model file itself a link out of the scene
+        cams = root / "sparse" / "0" / "cameras.txt"
+        (tmp / "private").mkdir()
+        os.replace(cams, tmp / "private" / "cameras.txt")
+        cams.symlink_to(tmp / "private" / "cameras.txt")
+        return _load(root), ["sparse/0: file 'cameras.txt' resolves to", _OUT]
+
+    return make
+
+
+def _scannet_link(sub: str, name: str):
+    """A file of a ScanNet-layout scene (tabletop scenes use it too) replaced by a symlink out of it."""
+
+    def make(tmp, mp):
+        root = _scannet(tmp / "s", depths=[np.ones((H, W))] * 3, instances=[np.ones((H, W), np.int64)] * 3,
+                        labels={1: "mug"})
+        target = root / sub / name if sub else root / name
+        (tmp / "private").mkdir(exist_ok=True)
+        moved = tmp / "private" / name
+        os.replace(target, moved)
+        target.symlink_to(moved)
+        return _load(root), [f"file {name!r} resolves to {moved}", _OUT]
+
+    return make
+
+
+def _scannet_folder_link(tmp, mp):
+    root = _scannet(tmp / "s")
+    os.replace(root / "pose", tmp / "elsewhere")
+    (root / "pose").symlink_to(tmp / "elsewhere", target_is_directory=True)
+    return _load(root), ["pose: file '0.txt' resolves to", _OUT]
+
+
+def _trusted_still_refuses_nul(tmp, mp):
+    mp.setenv("COS3D_TRUST_SCENE_PATHS", "1")
+    return _ns_nul(tmp, mp)
+
+
+def _scannet_duplicate_stems(tmp, mp):
+    root = _scannet(tmp / "s")
+    _image(root / "color" / "1.jpg", W, H)
+    return _load(root), ["color: both", "1.png", "1.jpg", "keep one"]
+
+
+def _duplicate_frame_names(tmp, mp):
+    from cos3d.scene import Frame, Scene
+
+    cam = _rig(1)[0]
+    frames = [Frame(name="a", camera=cam, image_path=tmp / "x" / "a.png"),
+              Frame(name="a", camera=cam, image_path=tmp / "y" / "a.png")]  # fmt: skip
+    return (lambda: Scene(root=tmp, frames=frames)), ["two frames are named 'a'", "x/a.png and", "y/a.png",
+                                                     "rename one"]  # fmt: skip
+
+
+# ---------------------------------------------------------------------- run.json: recorded paths
+def _run_json(tmp: Path, **data) -> Path:
+    import json
+
+    run = tmp / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    rec = {"format": "cos3d-run", "version": 2, "scene": str(tmp / "s"), "stages": {}}
+    rec.update(data)
+    (run / "run.json").write_text(json.dumps(rec))
+    return run
+
+
+def _run_json_cache(value, expected):
+    def make(tmp, mp):
+        from cos3d.run_folder import RunFolder
+
+        run = _run_json(tmp, stages={"masks": {"done": True, "cache": value(tmp) if callable(value) else value}})
+        return (lambda: RunFolder(run).read_record().checked_mask_cache()), expected
+
+    return make
+
+
+def _run_json_scene_not_text(tmp, mp):
+    from cos3d.run_folder import RunFolder
+
+    run = _run_json(tmp, scene=["/etc"])
+    return (lambda: RunFolder(run).read_record()), ["run.json: unreadable run record", "'scene' must be a path string"]
+
+
+# ------------------------------------------------------------------- write failures, named by flag
+def _blocked(kind: str, tmp: Path, mp) -> Path:
+    """An output path that cannot be written: under a file, a file itself, or in a folder where the
+    OS refuses file creation with ``kind`` (EROFS, EACCES, EPERM, ENOSPC)."""
+    if kind == "under-a-file":
+        (tmp / "f").write_text("x")
+        return tmp / "f" / "out"
+    if kind == "is-a-file":
+        (tmp / "f").write_text("x")
+        return tmp / "f"
+    err = {"read-only": errno.EROFS, "denied": errno.EACCES, "immutable": errno.EPERM, "full": errno.ENOSPC}[kind]
+    (tmp / "blocked").mkdir()
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def refuse(fn):
+        def call(path, *a, **k):
+            if str(path).startswith(str(tmp / "blocked")):
+                raise OSError(err, os.strerror(err), str(path))
+            return fn(path, *a, **k)
+
+        return call
+
+    mp.setattr(os, "open", refuse(real_open))
+    mp.setattr(os, "mkdir", refuse(real_mkdir))
+    return tmp / "blocked" / "out"
+
+
+_WHY = {"under-a-file": "a part of its folder path is a file", "is-a-file": "is a file", "read-only": "read-only",
+        "denied": "permission denied", "immutable": "permission denied", "full": "no space left"}
+
+
+def _marker(tmp: Path):
+    def run(*a, **k):
+        (tmp / MARKER).write_text("the work ran")
+        raise AssertionError("the work ran before the output was checked")
+
+    return run
+
+
+def _cli_train_out(kind: str):
+    def make(tmp, mp):
+        import cos3d.readers
+
+        scene = _scannet(tmp / "s")
+        out = _blocked(kind, tmp, mp)
+        mp.setattr(cos3d.readers, "load_scene", _marker(tmp))  # nothing is read before --out is checked
+        return ["train", "--scene", str(scene), "--out", str(out), "--fast"], ["--out", str(out), _WHY[kind]]
+
+    return make
+
+
+def _cli_train_default_out_blocked(tmp, mp):
+    """Without --out the run goes to ./runs/<scene>: checked (and locked) inside train, before loading."""
+    import cos3d.readers
+
+    scene = _scannet(tmp / "s")
+    mp.chdir(tmp)
+    (tmp / "runs").write_text("a file where the runs folder should be")
+    mp.setattr(cos3d.readers, "load_scene", _marker(tmp))
+    return ["train", "--scene", str(scene), "--fast"], ["--out", "runs/s", "a part of its folder path is a file"]
+
+
+def _cli_export_out(kind: str):
+    def make(tmp, mp):
+        import cos3d
+
+        out = _blocked(kind, tmp, mp)
+        mp.setattr(cos3d, "load", _marker(tmp))  # the run is not even opened
+        return ["export", "--run", str(tmp / "run"), "--out", str(out)], ["--out", str(out), _WHY[kind]]
+
+    return make
+
+
+def _cli_query_out(flag: str, kind: str):
+    def make(tmp, mp):
+        import cos3d
+
+        out = _blocked(kind, tmp, mp)
+        if flag == "--ply-out":
+            out = out / "sel.ply" if kind not in ("is-a-file", "under-a-file") else out
+        mp.setattr(cos3d, "load", _marker(tmp))
+        why = {"is-a-file": "is a file"}
+        if flag == "--ply-out" and kind == "under-a-file":
+            why["under-a-file"] = "is a file, not a folder"
+        return ["query", "mug", "--run", str(tmp / "run"), flag, str(out)], [flag, str(out), why.get(kind, _WHY[kind])]
+
+    return make
+
+
+def _cli_query_ply_out_folder(tmp, mp):
+    import cos3d
+
+    (tmp / "d").mkdir()
+    mp.setattr(cos3d, "load", _marker(tmp))
+    return ["query", "mug", "--run", str(tmp / "run"), "--ply-out", str(tmp / "d")], ["--ply-out", "is a folder"]
+
+
+def _cli_prepare_tabletop_out(kind: str):
+    def make(tmp, mp):
+        import cos3d.tabletop.generate as gen
+
+        out = _blocked(kind, tmp, mp)
+        mp.setattr(gen, "_setup", _marker(tmp))  # nothing is rendered
+        expect = ["--out", _WHY[kind]] if kind != "is-a-file" else ["--out", "exists and is not a folder"]
+        return ["prepare", "tabletop", "--out", str(out), "--views", "4"], expect
+
+    return make
+
+
+def _sens(tmp: Path) -> Path:
+    from cos3d.readers.sens import write_sens
+
+    K = np.array([[45.0, 0, 19.5], [0, 45.0, 14.5], [0, 0, 1]])
+    return write_sens(tmp / "scan.sens", [np.eye(4)], [np.zeros((H, W, 3), np.uint8)], [np.zeros((H, W), np.uint16)],
+                      intrinsic_color=K, intrinsic_depth=K, color_size=(W, H), depth_size=(W, H))  # fmt: skip
+
+
+def _cli_prepare_scannet_out(kind: str):
+    def make(tmp, mp):
+        sens = _sens(tmp)
+        out = _blocked(kind, tmp, mp)
+        return ["prepare", "scannet", "--sens", str(sens), "--out", str(out)], ["--out", _WHY[kind]]
+
+    return make
+
+
+def _write_eperm(where: str):
+    def make(tmp, mp):
+        from cos3d.atomic import write_json
+
+        if where == "replace":
+            _fail_os(mp, "replace", errno.EPERM)  # chattr +i on the file being replaced
+        else:
+            _fail_os(mp, "mkdir", errno.EPERM)  # an immutable parent folder
+        return (lambda: write_json(tmp / "out" / "run.json", {})), [
+            f"cannot write {tmp / 'out' / 'run.json'}", "permission denied"]
+
+    return make
+
+
+def _write_atomic_dir_eperm(tmp, mp):
+    from cos3d.atomic import atomic_dir
+
+    def call():
+        with atomic_dir(tmp / "blocked" / "scene", flag="--out"):
+            raise AssertionError("the block ran")
+
+    _blocked("immutable", tmp, mp)
+    return call, ["--out", "blocked/scene", "permission denied"]
+
+
+def _ensure_folder_eexist(tmp, mp):
+    from cos3d.atomic import ensure_output_folder
+
+    _fail_os(mp, "mkdir", errno.EEXIST)  # a file appeared where the folder goes
+    return (lambda: ensure_output_folder(tmp / "new" / "out", "--out")), ["--out", "a part of its folder path is a file"]
+
+
+# ------------------------------------------------------------------------- one writer per run folder
+_held_fds: list[int] = []
+
+
+def _hold_lock(run: Path, pid: str = "4242") -> None:
+    """Hold ``run``'s writer lock on a separate open file, as another process would (flock locks
+    belong to open files), with ``pid`` written where the holder's PID goes."""
+    import fcntl
+
+    from cos3d.runlock import LOCK_NAME
+
+    run.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"{pid} train\n".encode() if pid else b"")
+    _held_fds.append(fd)
+
+
+def _release_locks(tmp: Path) -> None:
+    while _held_fds:
+        os.close(_held_fds.pop())
+
+
+def _cli_train_locked(extra: tuple[str, ...]):
+    def make(tmp, mp):
+        import cos3d.readers
+
+        scene = _scannet(tmp / "s")
+        _run_json(tmp, scene=str(scene.resolve()))
+        _hold_lock(tmp / "run")
+        mp.setattr(cos3d.readers, "load_scene", _marker(tmp))
+        return ["train", "--scene", str(scene), "--out", str(tmp / "run"), "--fast", *extra], [
+            f"--out {tmp / 'run'} is being written by process 4242", "wait for it to finish"]
+
+    return make
+
+
+def _check_locked_untouched(tmp: Path) -> None:
+    _release_locks(tmp)
+    _no_marker(tmp)
+    assert sorted(p.name for p in (tmp / "run").iterdir()) == [".cos3d-lock", "run.json"]
+
+
+def _lock_in_process(tmp, mp):
+    from cos3d.run_folder import writer_lock
+
+    _hold_lock(tmp / "run", pid="")
+
+    def call():
+        with writer_lock(tmp / "run"):
+            raise AssertionError("got a lock another open file holds")
+
+    return call, ["is being written by another process", "write to another folder"]
+
+
+# ----------------------------------------------------------------------- interrupted runs and Ctrl-C
+def _cli_train_over_checkpoint(which: str):
+    """A run killed (-9) in stage 0 or 1 keeps its checkpoint; a re-run without --resume says so."""
+
+    def make(tmp, mp):
+        scene = _scannet(tmp / "s")
+        run = _run_json(tmp, scene=str(scene.resolve()), stages={"recon": {"done": which == "instance",
+                                                                            "running": which == "recon"}})
+        ck = run / "recon" / "checkpoint.pt" if which == "recon" else run / "checkpoints" / "instance.pt"
+        ck.parent.mkdir(parents=True)
+        ck.write_bytes(b"work of an hour")
+        return ["train", "--scene", str(scene), "--out", str(run), "--fast"], [
+            f"holds an interrupted run: checkpoint {ck} exists", "continue it with --resume", "--restart"]
+
+    return make
+
+
+def _checkpoints_kept(tmp: Path) -> None:
+    kept = [p.read_bytes() for p in (tmp / "run").rglob("*.pt")]
+    assert kept == [b"work of an hour"], kept
+
+
+def _cli_interrupt_at(where: str):
+    def make(tmp, mp):
+        import cos3d.cli
+        import cos3d.readers
+
+        def interrupt(*a, **k):
+            raise KeyboardInterrupt
+
+        if where == "start-up":
+            mp.setattr(cos3d.cli, "build_parser", interrupt)
+        else:
+            mp.setattr(cos3d.readers, "load_scene", interrupt)
+        scene = _scannet(tmp / "s")
+        return ["train", "--scene", str(scene), "--out", str(tmp / "run")], ["cos3d train: interrupted"]
+
+    return make
+
+
+def _nothing_at(name: str) -> Callable[[Path], None]:
+    def check(tmp: Path) -> None:
+        assert not (tmp / name).exists(), f"{name} was created"
+
+    return check
+
+
+def _cli_train_scene_missing(tmp, mp):
+    return ["train", "--scene", str(tmp / "nope"), "--out", str(tmp / "run")], ["scene", "not found"]
+
+
+def _cli_train_scene_malformed(tmp, mp):
+    (tmp / "s").mkdir()
+    (tmp / "s" / "readme.txt").write_text("not a scene")
+    return ["train", "--scene", str(tmp / "s"), "--out", str(tmp / "run")], ["unknown scene layout"]
+
+
+def _cli_train_foreign_out(tmp, mp):
+    scene = _scannet(tmp / "s")
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "thesis.tex").write_text("years of work")
+    return ["train", "--scene", str(scene), "--out", str(tmp / "mine")], ["--out", "is not a cos3d run folder"]
+
+
+def _foreign_untouched(tmp: Path) -> None:
+    assert sorted(p.name for p in (tmp / "mine").iterdir()) == ["thesis.tex"]
+
+
+def _cli_eval_dev_absent(tmp, mp):
+    import cos3d.commands.eval as ev
+
+    (tmp / "run").mkdir()
+    mp.setattr(ev, "_tabletop", _marker(tmp))
+    return ["eval", "tabletop", "--run", str(tmp / "run"), "--prompts", "dev", "--absent", "unicorn"], [
+        "--absent has no effect with --prompts dev", "--prompts eval"]
+
+
+def _cli_eval_corrupt_run(tmp, mp):
+    run = tmp / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{ not json")
+    return ["eval", "tabletop", "--run", str(run)], ["run.json: unreadable run record"]
+
+
+def _cli_query_corrupt_run(tmp, mp):
+    run = tmp / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"format": "cos3d-run", "version": 2, "scene": 7}')
+    return ["query", "mug", "--run", str(run)], ["run.json: unreadable run record", "'scene' must be a path string"]
+
+
+# ------------------------------------------------------------------------------- splat files
+def _write_ply_nonfinite(which: str):
+    def make(tmp, mp):
+        from cos3d.ply import write_ply
+
+        g = _gaussians(16)
+        extra = None
+        if which == "means":
+            g.means[4, 2] = float("nan")
+            expect = ["write_ply", "1 of 16 Gaussians have NaN/inf values (rows 4; columns z)", "nothing was written"]
+        elif which == "feature":
+            g.features["instance_l"] = torch.zeros(16, 2)
+            g.features["instance_l"][[1, 7, 8, 9, 10, 12], 0] = float("inf")
+            expect = ["6 of 16 Gaussians", "rows 1, 7, 8, 9, 10, …", "columns feat_instance_l_0"]
+        else:
+            extra = {"score": np.where(np.arange(16) == 3, np.nan, 0.5)}
+            expect = ["1 of 16 Gaussians", "rows 3", "columns score"]
+        return (lambda: write_ply(tmp / "out" / "g.ply", g, extra_columns=extra)), expect
+
+    return make
+
+
+def _spz_header(n: int, degree: int = 0, version: int = 3) -> bytes:
+    import struct
+
+    return struct.pack("<IIIBBBB", 0x5053474E, version, n, degree, 12, 0, 0)
+
+
+def _spz_bomb(tmp, mp):
+    import gzip
+
+    body = _spz_header(1 << 24) + bytes(1 << 20)  # 16M splats announced; 1 MiB of zeros gzip to ~1 KiB
+    (tmp / "bomb.spz").write_bytes(gzip.compress(body))
+    from cos3d.ply import read_gaussians
+
+    return (lambda: read_gaussians(tmp / "bomb.spz")), ["bomb.spz: .spz header announces 16,777,216 splats", "refused"]
+
+
+def _spz_count_over_limit(tmp, mp):
+    import gzip
+
+    (tmp / "huge.spz").write_bytes(gzip.compress(_spz_header(0xFFFFFFF0)))
+    from cos3d.ply import read_spz
+
+    return (lambda: read_spz(tmp / "huge.spz")), ["huge.spz: .spz header announces 4,294,967,280 splats", "refused"]
+
+
+def _spz_not_gzip(tmp, mp):
+    (tmp / "x.spz").write_bytes(b"plain bytes, not gzip")
+    from cos3d.ply import read_spz
+
+    return (lambda: read_spz(tmp / "x.spz")), ["x.spz: not a gzip-compressed .spz file"]
+
+
+def _spz_truncated_stream(tmp, mp):
+    import gzip
+
+    data = gzip.compress(_spz_header(100) + bytes(100 * 19))
+    (tmp / "t.spz").write_bytes(data[: len(data) // 2])
+    from cos3d.ply import read_spz
+
+    return (lambda: read_spz(tmp / "t.spz")), ["t.spz: "]
+
+
+def _spz_short_body(tmp, mp):
+    import gzip
+
+    (tmp / "s.spz").write_bytes(gzip.compress(_spz_header(100) + bytes(50)))
+    from cos3d.ply import read_spz
+
+    return (lambda: read_spz(tmp / "s.spz")), ["s.spz: .spz body is 50 bytes; 100 splats of degree 0 need 2000"]
+
+
+def _compressed_ply_count(tmp, mp):
+    from cos3d.ply import read_ply
+
+    header = ("ply\nformat binary_little_endian 1.0\nelement chunk 1000000\n"
+              + "".join(f"property float {p}\n" for p in ("min_x", "min_y", "min_z", "max_x", "max_y", "max_z"))
+              + "element vertex 256000000\nproperty uint packed_position\nproperty uint packed_rotation\n"
+              "property uint packed_scale\nproperty uint packed_color\nend_header\n")  # fmt: skip
+    (tmp / "c.compressed.ply").write_bytes(header.encode() + bytes(4096))
+    return (lambda: read_ply(tmp / "c.compressed.ply")), ["c.compressed.ply: "]
+
+
+def _cli_train_gaussians_bomb(tmp, mp):
+    import gzip
+
+    scene = _scannet(tmp / "s")
+    (tmp / "bomb.spz").write_bytes(gzip.compress(_spz_header(1 << 24) + bytes(1 << 20)))
+    return ["train", "--scene", str(scene), "--out", str(tmp / "run"), "--gaussians", str(tmp / "bomb.spz"),
+            "--stage", "recon"], ["bomb.spz", "refused"]  # fmt: skip
 
 CASES = [
     Case("stage0-checkpoint-malicious", _ckpt_malicious, _no_marker),
@@ -414,6 +1027,89 @@ CASES = [
     Case("cli-eval-out-under-a-file", _cli_eval_out("under-a-file"), _no_marker, cli=True),
     Case("cli-eval-out-is-a-file", _cli_eval_out("is-a-file"), _no_marker, cli=True),
     Case("cli-eval-out-read-only", _cli_eval_out("read-only"), _no_marker, cli=True),
+    # issue 25: a scene's files stay inside its folder (every reader; symlinks resolved)
+    Case("nerfstudio-file-path-dotdot", _ns_file_path(_outside_rel)),
+    Case("nerfstudio-file-path-absolute", _ns_file_path(_outside_abs)),
+    Case("nerfstudio-file-path-etc-passwd", _ns_file_path(lambda tmp: "../../../../../../../../etc/passwd")),
+    Case("nerfstudio-file-path-no-suffix-outside", _ns_file_path(_outside_no_suffix)),
+    Case("nerfstudio-file-path-nul-byte", _ns_nul),
+    Case("nerfstudio-image-symlink-out", _ns_symlinked_image),
+    Case("nerfstudio-images-folder-symlink-out", _ns_symlinked_folder),
+    Case("nerfstudio-depth-file-path-outside", _ns_depth_outside),
+    Case("nerfstudio-ply-file-path-absolute", _ns_ply_outside),
+    Case("nerfstudio-trusted-still-refuses-nul", _trusted_still_refuses_nul),
+    Case("colmap-image-name-dotdot", _colmap_name("dotdot")),
+    Case("colmap-image-name-dotdot-binary", _colmap_name("binary")),
+    Case("colmap-image-name-absolute", _colmap_name("absolute")),
+    Case("colmap-image-symlink-out", _colmap_name("symlink")),
+    Case("colmap-model-file-symlink-out", _colmap_name("model")),
+    Case("scannet-color-symlink-out", _scannet_link("color", "1.png")),
+    Case("scannet-depth-symlink-out", _scannet_link("depth", "2.png")),
+    Case("scannet-instance-symlink-out", _scannet_link("instance", "0.png")),
+    Case("scannet-pose-symlink-out", _scannet_link("pose", "1.txt")),
+    Case("scannet-intrinsic-symlink-out", _scannet_link("intrinsic", "intrinsic_color.txt")),
+    Case("scannet-labels-json-symlink-out", _scannet_link("", "labels.json")),
+    Case("scannet-pose-folder-symlink-out", _scannet_folder_link),
+    Case("scannet-duplicate-stems-named", _scannet_duplicate_stems),
+    Case("scene-duplicate-frame-names-named", _duplicate_frame_names),
+    Case("run-json-mask-cache-outside", _run_json_cache("/etc", ["run.json: stages.masks.cache '/etc'",
+                                                                 "outside the run folder and the scene folder",
+                                                                 "--mask-cache"])),
+    Case("run-json-mask-cache-dotdot", _run_json_cache(lambda tmp: str(tmp / "run" / ".." / ".."),
+                                                       ["stages.masks.cache", "outside the run folder"])),
+    Case("run-json-mask-cache-not-text", _run_json_cache(["x"], ["unreadable run record",
+                                                                 "stages.masks.cache must be a path string"])),
+    Case("run-json-mask-cache-nul", _run_json_cache("a\x00b", ["stages.masks.cache must be a path string"])),
+    Case("run-json-scene-not-text", _run_json_scene_not_text),
+    # write failures: one line naming the flag and the path, before any work
+    *[Case(f"cli-train-out-{k}", _cli_train_out(k), _no_marker, cli=True)
+      for k in ("under-a-file", "is-a-file", "read-only", "denied", "immutable", "full")],
+    Case("cli-train-default-out-under-a-file", _cli_train_default_out_blocked, _no_marker, cli=True),
+    *[Case(f"cli-export-out-{k}", _cli_export_out(k), _no_marker, cli=True)
+      for k in ("under-a-file", "is-a-file", "read-only", "denied", "immutable")],
+    *[Case(f"cli-query-masks-out-{k}", _cli_query_out("--masks-out", k), _no_marker, cli=True)
+      for k in ("under-a-file", "is-a-file", "read-only", "immutable")],
+    *[Case(f"cli-query-ply-out-{k}", _cli_query_out("--ply-out", k), _no_marker, cli=True)
+      for k in ("under-a-file", "read-only", "denied", "immutable")],
+    Case("cli-query-ply-out-is-a-folder", _cli_query_ply_out_folder, _no_marker, cli=True),
+    Case("cli-eval-out-immutable", lambda tmp, mp: _cli_eval_out_kind(tmp, mp, "immutable"), _no_marker, cli=True),
+    Case("cli-eval-out-denied", lambda tmp, mp: _cli_eval_out_kind(tmp, mp, "denied"), _no_marker, cli=True),
+    *[Case(f"cli-prepare-tabletop-out-{k}", _cli_prepare_tabletop_out(k), _no_marker, cli=True)
+      for k in ("under-a-file", "is-a-file", "read-only", "immutable")],
+    *[Case(f"cli-prepare-scannet-out-{k}", _cli_prepare_scannet_out(k), _nothing_at("blocked/out"), cli=True)
+      for k in ("under-a-file", "read-only", "immutable")],
+    Case("write-eperm-at-replace", _write_eperm("replace"), _nothing_left_in("out")),
+    Case("write-eperm-creating-folder", _write_eperm("mkdir"), _nothing_at("out")),
+    Case("write-atomic-dir-eperm", _write_atomic_dir_eperm, _nothing_at("blocked/scene")),
+    Case("write-folder-eexist", _ensure_folder_eexist, _nothing_at("new")),
+    # one writer per run folder
+    Case("cli-train-run-locked", _cli_train_locked(()), _check_locked_untouched, cli=True),
+    Case("cli-train-resume-run-locked", _cli_train_locked(("--resume",)), _check_locked_untouched, cli=True),
+    Case("cli-train-restart-run-locked", _cli_train_locked(("--restart",)), _check_locked_untouched, cli=True),
+    Case("run-lock-held-by-another-open-file", _lock_in_process, _release_locks),
+    # interrupted runs: a kept checkpoint is never discarded silently; Ctrl-C is one line
+    Case("cli-train-over-stage0-checkpoint", _cli_train_over_checkpoint("recon"), _checkpoints_kept, cli=True),
+    Case("cli-train-over-stage1-checkpoint", _cli_train_over_checkpoint("instance"), _checkpoints_kept, cli=True),
+    Case("cli-interrupt-at-start-up", _cli_interrupt_at("start-up"), _nothing_at("run"), cli=True, rc=130),
+    Case("cli-interrupt-loading-the-scene", _cli_interrupt_at("load"), _nothing_at("run"), cli=True, rc=130),
+    Case("cli-train-scene-missing", _cli_train_scene_missing, _nothing_at("run"), cli=True),
+    Case("cli-train-scene-malformed", _cli_train_scene_malformed, _nothing_at("run"), cli=True),
+    Case("cli-train-out-foreign-folder", _cli_train_foreign_out, _foreign_untouched, cli=True),
+    # flags ignored in a mode are refused; corrupt runs leave nothing behind
+    Case("cli-eval-dev-prompts-with-absent", _cli_eval_dev_absent, _no_marker, cli=True),
+    Case("cli-eval-corrupt-run", _cli_eval_corrupt_run, _nothing_at("run/eval"), cli=True),
+    Case("cli-query-run-json-scene-not-text", _cli_query_corrupt_run, cli=True),
+    # splat files: never written with NaN/inf, read within bounded memory
+    Case("write-ply-nan-in-means", _write_ply_nonfinite("means"), _nothing_at("out/g.ply")),
+    Case("write-ply-inf-in-feature", _write_ply_nonfinite("feature"), _nothing_at("out/g.ply")),
+    Case("write-ply-nan-in-extra-column", _write_ply_nonfinite("extra"), _nothing_at("out/g.ply")),
+    Case("spz-gzip-bomb", _spz_bomb),
+    Case("spz-count-over-limit", _spz_count_over_limit),
+    Case("spz-not-gzip", _spz_not_gzip),
+    Case("spz-truncated-stream", _spz_truncated_stream),
+    Case("spz-short-body", _spz_short_body),
+    Case("compressed-ply-count-beyond-file", _compressed_ply_count),
+    Case("cli-train-gaussians-spz-bomb", _cli_train_gaussians_bomb, cli=True),
 ]
 
 
@@ -426,7 +1122,7 @@ def test_bad_input_is_one_clear_line(case: Case, tmp_path, monkeypatch, capsys):
         capsys.readouterr()
         rc = entrypoint(built)
         err = capsys.readouterr().err
-        assert rc == 2, err
+        assert rc == case.rc, err
         lines = err.strip("\n").splitlines()
         assert len(lines) == 1, err
         msg = lines[0]
