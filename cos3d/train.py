@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
-from cos3d.atomic import atomic_path
+from cos3d.atomic import atomic_path, check_writable
 from cos3d.config import ConfigError, to_dict
 from cos3d.device import resolve_device
 from cos3d.errors import Cos3dError, brief
@@ -755,6 +755,10 @@ def _train_locked(cfg: TrainConfig, config_files: tuple[str, ...], out: Path) ->
     if cfg.gaussians is not None and "recon" not in todo and not RunFolder(out).ply.is_file():
         todo = ("recon", *todo)
     state = _prepare_run(cfg, out, scene_root, config_files, todo)
+    if "masks" in todo and not (cfg.resume and state.done("masks")):
+        # the 2D cache lives in the scene folder by default: a read-only scene fails now, not after stage 0
+        check_writable(Path(cfg.mask_cache) if cfg.mask_cache is not None else native.root / "cos3d_masks",
+                       "--mask-cache")
     run_dir = state.folder.root
     state.data["views"] = views
     state.save()

@@ -728,6 +728,34 @@ def _cli_prepare_scannet_out(kind: str):
     return make
 
 
+def _cli_prepare_masks_cache(kind: str):
+    def make(tmp, mp):
+        import cos3d.readers
+
+        scene = _scannet(tmp / "s")
+        out = _blocked(kind, tmp, mp)
+        mp.setattr(cos3d.readers, "load_scene", _marker(tmp))  # the scene is not even read
+        return ["prepare", "masks", "--scene", str(scene), "--cache", str(out), "--masks", "dataset",
+                "--embedder", "labels", "--no-progress"], ["--cache", str(out), _WHY[kind]]  # fmt: skip
+
+    return make
+
+
+def _cli_train_mask_cache_blocked(kind: str):
+    """The 2D cache (by default inside the scene folder: a read-only scene) is checked before stage 0."""
+
+    def make(tmp, mp):
+        import cos3d.recon
+
+        scene = _scannet(tmp / "s")
+        out = _blocked(kind, tmp, mp)
+        mp.setattr(cos3d.recon, "reconstruct", _marker(tmp))
+        return ["train", "--scene", str(scene), "--out", str(tmp / "run"), "--mask-cache", str(out), "--fast",
+                "--no-progress"], ["--mask-cache", str(out), _WHY[kind]]  # fmt: skip
+
+    return make
+
+
 def _write_eperm(where: str):
     def make(tmp, mp):
         from cos3d.atomic import write_json
@@ -1078,6 +1106,10 @@ CASES = [
       for k in ("under-a-file", "is-a-file", "read-only", "immutable")],
     *[Case(f"cli-prepare-scannet-out-{k}", _cli_prepare_scannet_out(k), _nothing_at("blocked/out"), cli=True)
       for k in ("under-a-file", "read-only", "immutable")],
+    *[Case(f"cli-prepare-masks-cache-{k}", _cli_prepare_masks_cache(k), _no_marker, cli=True)
+      for k in ("under-a-file", "read-only", "immutable")],
+    *[Case(f"cli-train-mask-cache-{k}", _cli_train_mask_cache_blocked(k), _no_marker, cli=True)
+      for k in ("read-only", "denied")],
     Case("write-eperm-at-replace", _write_eperm("replace"), _nothing_left_in("out")),
     Case("write-eperm-creating-folder", _write_eperm("mkdir"), _nothing_at("out")),
     Case("write-atomic-dir-eperm", _write_atomic_dir_eperm, _nothing_at("blocked/scene")),

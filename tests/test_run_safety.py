@@ -214,3 +214,36 @@ def test_simulation_cache_is_private_to_the_user(tmp_path, monkeypatch):
     d = sim._cache_dir()  # no usable cache folder: a private one for this process
     assert d.name.startswith("cos3d_sim_") and stat.S_IMODE(d.stat().st_mode) == 0o700
     os.rmdir(d)
+
+
+# ---------------------------------------------------------------------------------------- Ctrl-C
+def test_ctrl_c_during_start_up_is_one_line_and_130(tmp_path):
+    """SIGINT while cos3d is still importing (torch takes seconds): one line, exit 130, no traceback,
+    and no run folder left behind."""
+    p = subprocess.Popen([sys.executable, "-m", "cos3d", "train", "--scene", str(tmp_path / "s"), "--out",
+                          str(tmp_path / "run")], env=_env(), stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and len(err.strip().splitlines()) == 1 and "interrupted" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------- readers never write
+def test_a_query_never_writes_into_a_run_a_training_holds(trained_run, tmp_path):
+    import shutil
+
+    import cos3d
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "query_state.pt").unlink(missing_ok=True)
+    ts = cos3d.load(run, device="cpu")
+    holder = _holder(run)
+    try:
+        with pytest.raises(Cos3dError, match=f"being written by process {holder.pid}"):
+            ts.save_query_state()
+        assert not (run / "query_state.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait()

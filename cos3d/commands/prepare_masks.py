@@ -68,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cos3d.atomic import check_writable
     from cos3d.config import ConfigError, config_from_args
     from cos3d.errors import Cos3dError
     from cos3d.readers import load_scene
@@ -86,10 +87,12 @@ def run(args: argparse.Namespace) -> int:
     if cfg.ray_address is not None or cfg.workers is not None:
         flag = "--ray-address" if cfg.ray_address is not None else "--workers"
         raise Cos3dError(f"{flag} applies to --executor ray only")
+    if cfg.cache is not None:  # before any model runs (the default cache is checked once it is known)
+        check_writable(cfg.cache, "--cache")
     scene = load_scene(cfg.scene, cfg.data_root)
     provider = cfg.models.create_provider(scene, device=cfg.device)
     embedder = cfg.models.create_embedder(device=cfg.device)
-    cache = cfg.cache or mask_cache_dir(scene.root, provider, embedder)
+    cache = cfg.cache or check_writable(mask_cache_dir(scene.root, provider, embedder), "the scene's mask cache")
     frames = scene.split(cfg.split) if cfg.split != "all" else scene.frames
     stats = prepare_masks(scene, frames, provider, embedder, cache, progress=cfg.progress, force=cfg.force)
     print(f"{stats.summary()} -> {cache}")
