@@ -151,8 +151,11 @@ def read_scene_list(path: str | Path) -> list[str]:
 
 
 def run_names(scenes: list[str]) -> list[str]:
-    """Each scene's run-folder name (its folder name); two scenes with the same name are refused."""
-    names = [Path(s.rstrip("/")).name or s for s in scenes]
+    """Each scene's run-folder name (its folder name, escaped like a frame name: ``..`` or ``.`` never
+    names a folder outside OUT_ROOT); two scenes with the same name are refused."""
+    from cos3d.paths import safe_name
+
+    names = [safe_name(Path(s.rstrip("/")).name or s) for s in scenes]
     seen: dict[str, str] = {}
     for s, n in zip(scenes, names):
         if n in seen:

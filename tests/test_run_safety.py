@@ -44,6 +44,9 @@ def test_safe_name_is_never_a_path_and_keeps_plain_names():
     # the 2D cache's file names are unchanged by the move to the shared helper (caches stay valid)
     assert view_path("c", "a/b").name == "a_b-" + f"{__import__('zlib').crc32(b'a/b'):08x}.npz"
     assert view_path("c", "frame_1").name == "frame_1.npz"
+    from cos3d.batch import run_names
+
+    assert run_names(["data/scene0", "data/x/.."])[0] == "scene0" and ".." not in run_names(["data/x/.."])[0]
 
 
 def _hostile_names(outside: Path) -> list[str]:
