@@ -781,6 +781,8 @@ def _train_locked(cfg: TrainConfig, config_files: tuple[str, ...], out: Path) ->
                     f"{stage} needs stage {prev}'s output in {run_dir}, which is missing; run --stage {prev} "
                     "first, or --stage all",
                 )
+        if state.running(stage) and not cfg.resume:  # killed earlier with no checkpoint (one would be refused)
+            _log(f"{title}: interrupted in an earlier run, with no checkpoint to continue from; starting it over")
         state.begin(stage)  # a finished stage stays valid (loadable) until its new output replaces it
         t0 = time.perf_counter()
         info = _STAGE_FN[stage](s)
