@@ -470,6 +470,21 @@ def _ns_symlinked_folder(tmp, mp):
     return _load(root), ["transforms.json: file_path 'images/0.png'", _OUT]
 
 
+def _ns_sidecar_link(name: str):
+    def make(tmp, mp):
+        root = _ns(tmp)
+        if name == "splits.json":
+            (tmp / "private").mkdir()
+            (tmp / "private" / name).write_text('{"train": ["0"]}')
+        else:
+            (tmp / "private").mkdir()
+            os.replace(root / name, tmp / "private" / name)
+        (root / name).symlink_to(tmp / "private" / name)
+        return _load(root), [f"file {name!r} resolves to {tmp / 'private' / name}", _OUT]
+
+    return make
+
+
 def _ns_nul(tmp, mp):
     root = _ns(tmp)
     _edit_transforms(root, lambda m: m["frames"][0].__setitem__("file_path", "images/0.png\x00.jpg"))
@@ -1066,6 +1081,8 @@ CASES = [
     Case("nerfstudio-depth-file-path-outside", _ns_depth_outside),
     Case("nerfstudio-ply-file-path-absolute", _ns_ply_outside),
     Case("nerfstudio-trusted-still-refuses-nul", _trusted_still_refuses_nul),
+    Case("nerfstudio-transforms-json-symlink-out", _ns_sidecar_link("transforms.json")),
+    Case("nerfstudio-splits-json-symlink-out", _ns_sidecar_link("splits.json")),
     Case("colmap-image-name-dotdot", _colmap_name("dotdot")),
     Case("colmap-image-name-dotdot-binary", _colmap_name("binary")),
     Case("colmap-image-name-absolute", _colmap_name("absolute")),

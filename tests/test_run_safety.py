@@ -104,7 +104,7 @@ def test_hostile_frame_names_write_nothing_outside_the_output_folders(tmp_path, 
 
 # ------------------------------------------------------------------------------------ run lock
 def _holder(run: Path, seconds: float = 60) -> subprocess.Popen:
-    code = ("import sys, time; from cos3d.run_folder import writer_lock\n"
+    code = ("import sys, time; from cos3d.runlock import writer_lock\n"  # no torch: starts fast
             f"with writer_lock({str(run)!r}):\n    print('locked', flush=True); time.sleep({seconds})")  # fmt: skip
     p = subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "locked"

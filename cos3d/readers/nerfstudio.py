@@ -35,7 +35,15 @@ import numpy as np
 
 from cos3d.errors import SceneFormatError
 from cos3d.paths import inside_folder
-from cos3d.readers.scannet import aspect_differs, depth_file_size, note, read_labels, read_parts, read_splits
+from cos3d.readers.scannet import (
+    aspect_differs,
+    depth_file_size,
+    in_scene,
+    note,
+    read_labels,
+    read_parts,
+    read_splits,
+)
 from cos3d.scene import Camera, Frame, Scene, frame_names, read_image_size
 
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -103,10 +111,14 @@ def read_nerfstudio(root: str | Path, filename: str = "transforms.json") -> Scen
     Frames are sorted by ``file_path`` (as nerfstudio does); a frame's name is its image's file stem.
     Every image's header is read (no pixels): its size must match the frame's ``w``/``h`` (sizes missing
     from the file come from the images, which must then share one size), and a depth map must have its
-    image's aspect ratio; each mismatch is one :class:`SceneFormatError` line naming the file.
+    image's aspect ratio; each mismatch is one :class:`SceneFormatError` line naming the file. Every
+    file the scene names must resolve inside ``root`` (:mod:`cos3d.paths`: ``../``, absolute paths and
+    symlinks out of the folder are refused unless ``COS3D_TRUST_SCENE_PATHS=1``).
     """
     root = Path(root)
     path = root / filename
+    if path.is_file():
+        in_scene(root, path)
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
@@ -232,6 +244,9 @@ def read_nerfstudio(root: str | Path, filename: str = "transforms.json") -> Scen
             raise SceneFormatError(f"{path}: {split}_filenames lists {missing[0]!r}, which is not among the frames")
         splits[split] = [key_to_name[_rel_key(root, str(f))] for f in listed]
 
+    for side in ("labels.json", "parts.json", "splits.json"):
+        if (root / side).is_file():
+            in_scene(root, root / side)
     labels = read_labels(root / "labels.json") if (root / "labels.json").is_file() else {}
     parts = read_parts(root / "parts.json") if (root / "parts.json").is_file() else {}
     if (root / "splits.json").is_file():
