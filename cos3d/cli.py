@@ -17,6 +17,7 @@ import signal
 import sys
 
 from cos3d.errors import Cos3dError
+from cos3d.runlock import writer_lock
 
 COMMANDS = ("prepare", "train", "query", "view", "eval", "export", "demo", "batch", "doctor")
 
@@ -88,8 +89,6 @@ def _lock_early(argv: list[str], held: contextlib.ExitStack) -> None:
     out = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"), None)
     out = next((a.split("=", 1)[1] for a in argv if a.startswith("--out=")), out)
     if out:
-        from cos3d.runlock import writer_lock
-
         held.enter_context(writer_lock(out, flag="--out", what="train"))
 
 

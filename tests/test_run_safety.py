@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def test_safe_name_is_never_a_path_and_keeps_plain_names():
         assert len(n) <= 130 and Path(n).name == n
     assert len(set(names)) == len(names)  # distinct names stay distinct
     # the 2D cache's file names are unchanged by the move to the shared helper (caches stay valid)
-    assert view_path("c", "a/b").name == "a_b-" + f"{__import__('zlib').crc32(b'a/b'):08x}.npz"
+    assert view_path("c", "a/b").name == f"a_b-{zlib.crc32(b'a/b'):08x}.npz"
     assert view_path("c", "frame_1").name == "frame_1.npz"
     from cos3d.batch import run_names
 

@@ -6,6 +6,11 @@ dispatches to the matching reader:
 - ScanNet export (``color/``, ``pose/``, ``intrinsic/``; our tabletop scenes use it too) → :mod:`.scannet`
 - COLMAP (``images/`` + ``sparse/0/`` or ``sparse/``) → :mod:`.colmap`
 - nerfstudio / instant-ngp ``transforms.json`` → :mod:`.nerfstudio`
+
+Every reader holds every file a scene names (a ``file_path``, a COLMAP image name, an entry of
+``color/``, a symlink) to one rule: it resolves inside the scene folder, or the load stops with one
+line naming the file, the field and the value (:mod:`cos3d.paths`; ``COS3D_TRUST_SCENE_PATHS=1``
+lifts it for scenes you trust).
 """
 
 from __future__ import annotations
