@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import time
 from pathlib import Path
@@ -44,6 +45,10 @@ __all__ = ["LOCK_NAME", "RunLockedError", "lock_holder", "writer_lock"]
 LOCK_NAME = ".cos3d-lock"
 """The lock file inside a run folder, there while a writer holds it (removed when it ends; one left by a
 killed process is harmless: holding the lock is what counts, not the file)."""
+
+
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
+log = logging.getLogger("cos3d")
 
 
 class RunLockedError(Cos3dError):
@@ -132,6 +137,10 @@ def _acquire(path: Path, run: Path, flag: str, what: str) -> int:
         try:
             _flock_soon(fd)
         except OSError as e:
+            if e.errno in _NO_LOCKS:  # a file system without locks (some NFS mounts): run unlocked, and say so
+                log.warning("%s %s: the file system cannot lock the run folder (%s); make sure no other "
+                            "training writes into it", flag, run, e.strerror or e)
+                return fd
             os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise OutputWriteError(f"{flag} {run}: cannot lock the run folder ({e.strerror or e})") from None

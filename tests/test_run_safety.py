@@ -251,3 +251,19 @@ def test_a_query_never_writes_into_a_run_a_training_holds(trained_run, tmp_path)
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_file_system_without_locks_still_trains(tmp_path, monkeypatch, caplog):
+    """flock is unsupported on some NFS mounts: the run goes on unlocked, with a warning, not a refusal."""
+    import errno
+    import fcntl
+
+    from cos3d.run_folder import writer_lock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level("WARNING", logger="cos3d"), writer_lock(tmp_path / "run"):
+        assert (tmp_path / "run" / ".cos3d-lock").is_file()
+    assert "cannot lock the run folder" in caplog.text
