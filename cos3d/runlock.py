@@ -98,7 +98,11 @@ def writer_lock(run: str | os.PathLike, *, flag: str = "--out", what: str = "tra
             _held[key][1] -= 1
         return
     path = run / LOCK_NAME
-    fd = _acquire(path, run, flag, what)
+    try:
+        fd = _acquire(path, run, flag, what)
+    except BaseException:
+        _remove_empty(created)
+        raise
     _held[key] = [fd, 1]
     try:
         yield run
@@ -106,10 +110,14 @@ def writer_lock(run: str | os.PathLike, *, flag: str = "--out", what: str = "tra
         del _held[key]
         with contextlib.suppress(OSError):
             path.unlink()  # while still locked: a waiting process sees the inode change and retries
-        for d in created:  # folders made for a run that wrote nothing (a failed start)
-            with contextlib.suppress(OSError):
-                d.rmdir()
+        _remove_empty(created)  # folders made for a run that wrote nothing (a failed start)
         os.close(fd)  # releases the lock
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for d in folders:  # deepest first; a folder with anything in it stays
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 def _flock_soon(fd: int, tries: int = 5) -> None:
