@@ -5,7 +5,12 @@ A row's ``make(tmp_path, monkeypatch)`` builds the input and returns ``(call, ex
 must raise a :class:`Cos3dError` whose message is ONE line containing every string of ``expected``
 (file names, counts, the fix). ``check(tmp_path)`` (optional) then asserts what must not have happened
 (no payload ran, nothing half-written left behind). CLI rows (``cli=True``) return the argument list
-instead of a call: ``cos3d.cli.entrypoint`` must exit with 2 and print exactly one line on stderr.
+instead of a call: ``cos3d.cli.entrypoint`` must exit with the row's ``rc`` (2 for a user error, 130
+for an interrupt) and print exactly one line on stderr, never a traceback.
+
+Write-failure rows make the OS refuse the output (:func:`_blocked`: a file in the way, EROFS, EACCES,
+EPERM, ENOSPC) and stub the command's work with :func:`_marker`, so the row also proves the output was
+checked before any work ran.
 """
 
 from __future__ import annotations
@@ -560,6 +565,20 @@ def _scannet_link(sub: str, name: str):
     return make
 
 
+def _tabletop_sidecar_link(name: str):
+    """A tabletop scene's evaluation prompts or simulation record (read by eval and the robot
+    simulation) as a link out of the scene: refused when the scene loads."""
+
+    def make(tmp, mp):
+        root = _scannet(tmp / "s")
+        (tmp / "private").mkdir()
+        (tmp / "private" / name).write_text("{}")
+        (root / name).symlink_to(tmp / "private" / name)
+        return _load(root), [f"file {name!r} resolves to {tmp / 'private' / name}", _OUT]
+
+    return make
+
+
 def _scannet_folder_link(tmp, mp):
     root = _scannet(tmp / "s")
     os.replace(root / "pose", tmp / "elsewhere")
@@ -1094,6 +1113,8 @@ CASES = [
     Case("scannet-pose-symlink-out", _scannet_link("pose", "1.txt")),
     Case("scannet-intrinsic-symlink-out", _scannet_link("intrinsic", "intrinsic_color.txt")),
     Case("scannet-labels-json-symlink-out", _scannet_link("", "labels.json")),
+    Case("tabletop-eval-prompts-symlink-out", _tabletop_sidecar_link("eval_prompts.json")),
+    Case("tabletop-meta-json-symlink-out", _tabletop_sidecar_link("meta.json")),
     Case("scannet-pose-folder-symlink-out", _scannet_folder_link),
     Case("scannet-duplicate-stems-named", _scannet_duplicate_stems),
     Case("scene-duplicate-frame-names-named", _duplicate_frame_names),

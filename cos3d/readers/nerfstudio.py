@@ -36,6 +36,7 @@ import numpy as np
 from cos3d.errors import SceneFormatError
 from cos3d.paths import inside_folder
 from cos3d.readers.scannet import (
+    SIDECARS,
     aspect_differs,
     depth_file_size,
     in_scene,
@@ -244,7 +245,7 @@ def read_nerfstudio(root: str | Path, filename: str = "transforms.json") -> Scen
             raise SceneFormatError(f"{path}: {split}_filenames lists {missing[0]!r}, which is not among the frames")
         splits[split] = [key_to_name[_rel_key(root, str(f))] for f in listed]
 
-    for side in ("labels.json", "parts.json", "splits.json"):
+    for side in SIDECARS:
         if (root / side).is_file():
             in_scene(root, root / side)
     labels = read_labels(root / "labels.json") if (root / "labels.json").is_file() else {}

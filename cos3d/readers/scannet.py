@@ -143,6 +143,11 @@ def read_splits(path: Path) -> dict[str, list[str]]:
     return {str(k): [str(n) for n in v] for k, v in data.items()}
 
 
+SIDECARS = ("labels.json", "parts.json", "splits.json", "meta.json", "eval_prompts.json")
+"""Files at a scene's top level that readers, evaluation and the simulation read (tabletop scenes
+carry all five); each must resolve inside the scene folder."""
+
+
 def read_sidecars(root: Path, scene_frames: list[str], skipped: set[str], notes: list[str]) -> dict[str, Any]:
     """Read the optional ``labels.json`` / ``parts.json`` / ``splits.json`` at ``root``.
 
@@ -150,7 +155,7 @@ def read_sidecars(root: Path, scene_frames: list[str], skipped: set[str], notes:
     Returns keyword arguments for :class:`Scene` (``labels``, ``parts``, ``splits``).
     """
     out: dict[str, Any] = {}
-    for name in ("labels.json", "parts.json", "splits.json"):
+    for name in SIDECARS:
         if (root / name).is_file():
             in_scene(root, root / name)
     if (root / "labels.json").is_file():
