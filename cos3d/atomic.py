@@ -251,10 +251,11 @@ def _make_sibling_dir(out: Path) -> Path:
 def atomic_dir(out: str | os.PathLike, *, force: bool = False, flag: str = "--out") -> Iterator[Path]:
     """Build a folder aside and move it onto ``out`` whole when the block succeeds.
 
-    Yields an empty hidden sibling (``.<name>.tmp-<pid>-*``); on success it replaces ``out`` (an old
-    non-empty ``out``, allowed by ``force``, is swapped aside first, then removed) with the umask's
-    permissions (it was made with them); on any error or interrupt it is deleted and ``out`` is untouched. Siblings left by
-    killed runs are cleaned up first.
+    Yields an empty hidden sibling (``.<name>.tmp-<pid>-*``, made with the umask's permissions); on
+    success it replaces ``out`` (an old non-empty ``out``, allowed by ``force``, is swapped aside first,
+    then removed); on any error or interrupt it is deleted and ``out`` is untouched. Siblings left by
+    killed runs are cleaned up first. An ``out`` whose folder cannot be written is one
+    :class:`OutputWriteError` line naming ``flag``, before the block runs.
     """
     import shutil
 

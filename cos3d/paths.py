@@ -59,7 +59,9 @@ def inside_folder(root: str | os.PathLike, path: str | os.PathLike, *, source: s
     try:
         real = Path(path).resolve()
     except (OSError, RuntimeError) as e:  # a symlink loop
-        raise SceneFormatError(f"{source}: {field} {shown!r} cannot be resolved ({type(e).__name__}); fix the file") from None
+        raise SceneFormatError(
+            f"{source}: {field} {shown!r} cannot be resolved ({type(e).__name__}); fix the file"
+        ) from None
     if real != real_root and not real.is_relative_to(real_root):
         raise SceneFormatError(
             f"{source}: {field} {shown!r} resolves to {real}, outside {what} {real_root}; cos3d reads only files "

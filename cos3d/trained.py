@@ -191,7 +191,9 @@ class TrainedScene:
         one :class:`Cos3dError` line, and nothing is saved."""
         holder = lock_holder(self.run_dir)
         if holder is not None and holder != os.getpid():
-            raise Cos3dError(f"{self.run_dir} is being written by process {holder}; the query index is not saved into it")
+            raise Cos3dError(
+                f"{self.run_dir} is being written by process {holder}; the query index is not saved into it"
+            )
         RunFolder(self.run_dir).write_query_state(self.engine.state_dict())
         self.query_state_loaded = True
 

@@ -819,7 +819,8 @@ def _ensure_folder_eexist(tmp, mp):
     from cos3d.atomic import ensure_output_folder
 
     _fail_os(mp, "mkdir", errno.EEXIST)  # a file appeared where the folder goes
-    return (lambda: ensure_output_folder(tmp / "new" / "out", "--out")), ["--out", "a part of its folder path is a file"]
+    return (lambda: ensure_output_folder(tmp / "new" / "out", "--out")), [
+        "--out", "a part of its folder path is a file"]
 
 
 # ------------------------------------------------------------------------- one writer per run folder
