@@ -81,6 +81,9 @@ class Client:
             raise ServeError(str(msg), e.code) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
             reason = getattr(e, "reason", e)
+            if data is not None and len(data) > 1 << 20 and isinstance(reason, (BrokenPipeError, ConnectionResetError)):
+                raise ServeError(f"the server closed the connection while a {len(data) / 2**20:.1f} MiB request was "
+                                 "sent: over its upload limit (cos3d serve --max-upload-mb)?", 413) from None
             raise ServeError(f"cos3d server {self.url} unreachable ({reason})", 503) from None
         if raw:
             return payload, headers

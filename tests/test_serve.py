@@ -12,8 +12,7 @@
 
 from __future__ import annotations
 
-import base64
-import io
+import http.client
 import json
 import os
 import shutil
@@ -182,15 +181,30 @@ def test_bad_requests_get_one_line_4xx_and_the_server_keeps_serving(server, remo
         ("/runs/run/query", b'{"click": "0:100000,5"}', 400, "outside"),
         ("/runs/run/query", b'{"image_b64": "%%%", "box": [1, 2, 3, 4]}', 400, "base64"),
         ("/runs/run/masks", json.dumps({"query": {"text": "mug"}, "view": "nope"}).encode(), 400, "unknown view"),
-        ("/runs/run/query", json.dumps({"image_b64": "A" * (2 << 20)}).encode(), 413, "limit"),
     ]
     for path, data, status, words in cases:
         code, body = _post(u + path, data)
         assert code == status, (path, data[:60], code, body)
         assert words in body["error"] and "\n" not in body["error"], body
+    # a body over --max-upload-mb (1 MiB here): 413 on its Content-Length, before it is read
+    conn = http.client.HTTPConnection(u.removeprefix("http://"), timeout=30)
+    conn.putrequest("POST", "/runs/run/query")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(2 << 20))
+    conn.endheaders(b'{"image_b64": "')
+    r = conn.getresponse()
+    assert r.status == 413 and "limit of 1 MiB" in json.loads(r.read())["error"]
+    conn.close()
+    with pytest.raises(ServeError) as e:  # the client says so too
+        noise = np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)  # ~1.5 MB as PNG
+        remote.query(image=noise, box=[1, 2, 3, 4])
+    assert e.value.status == 413
     with pytest.raises(ServeError) as e:
         remote.query(text="mug", box=[1, 2, 3, 4])  # a box without an image
     assert e.value.status == 400 and "--image" in str(e.value)
+    with pytest.raises(ServeError) as e:  # an uploaded photo: this offline run cannot embed pixels (one line)
+        remote.query(image=np.zeros((40, 40, 3), np.uint8), box=[1, 2, 30, 30])
+    assert e.value.status == 400 and "CLIP" in str(e.value)
     assert remote.query("red coffee mug").objects  # still serving
 
 
@@ -285,14 +299,14 @@ def _env(tmp_path: Path) -> dict:
     return env
 
 
-def test_cos3d_query_uses_a_running_server_without_torch(trained_run, local, tmp_path):
+def test_cos3d_query_uses_a_running_server_without_torch(trained_run, local, tmp_path, monkeypatch):
     env = _env(tmp_path)
+    monkeypatch.setenv("COS3D_RUNTIME_DIR", env["COS3D_RUNTIME_DIR"])
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     proc = subprocess.Popen([sys.executable, "-m", "cos3d", "serve", "--run", str(run), "--port", "0", "--device", "cpu"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        os.environ["COS3D_RUNTIME_DIR"] = env["COS3D_RUNTIME_DIR"]
         t0 = time.time()
         while discovery.find(run) is None:
             assert proc.poll() is None, proc.stdout.read()
@@ -313,7 +327,6 @@ def test_cos3d_query_uses_a_running_server_without_torch(trained_run, local, tmp
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
-        os.environ.pop("COS3D_RUNTIME_DIR", None)
     assert not list((tmp_path / "rt" / "servers").glob("*.json"))  # removed on the way out
 
 

@@ -140,10 +140,16 @@ def build_app(executor: Any, *, token: str | None = None, timeout: float = 30.0,
     async def lifespan(app: FastAPI):  # noqa: ANN202
         yield
         pool.shutdown(wait=False, cancel_futures=True)
+        for fn in app.state.on_shutdown:  # before uvicorn re-raises a SIGTERM it caught
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                log.exception("cos3d serve: shutdown step failed")
 
     app = FastAPI(title="cos3d serve", version=__version__, lifespan=lifespan,
                   description="Open-vocabulary queries on trained cos3d runs (3D Gaussian splats), kept loaded.")
     app.state.executor = executor
+    app.state.on_shutdown = []  # callables run when the server stops (the discovery file's removal)
     app.state.pool = pool
 
     @app.middleware("http")

@@ -124,6 +124,7 @@ def serve(cfg: ServeConfig, *, log=print) -> None:
     if not is_loopback(cfg.host):
         log(f"cos3d serve: WARNING: listening on {cfg.host}: anyone who can reach port {entry.port} and holds the "
             "token can query these runs")
+    app.state.on_shutdown.append(lambda: discovery.remove(entry))
     try:
         if cfg.discovery:
             discovery.write(entry)
