@@ -37,15 +37,20 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Sequence
 
 from cos3d.errors import ServeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 __all__ = ["Client", "RemoteObject", "RemoteResult", "RemoteScene", "connect", "load"]
 
 DEFAULT_TIMEOUT = 120.0
+
+
+def _list(x: Any) -> list:
+    return x.tolist() if hasattr(x, "tolist") else list(x)
 
 
 class Client:
@@ -120,7 +125,7 @@ class RemoteBox:
     extent: np.ndarray
 
     def to_dict(self) -> dict:
-        return {"center": self.center.tolist(), "R": self.R.tolist(), "extent": self.extent.tolist()}
+        return {"center": _list(self.center), "R": _list(self.R), "extent": _list(self.extent)}
 
 
 @dataclass
@@ -136,10 +141,10 @@ class RemoteObject:
     points: np.ndarray | None = None
 
     def to_dict(self, points: bool = False) -> dict:
-        d = {"id": self.id, "num_gaussians": self.num, "score": self.score, "centroid": self.centroid.tolist(),
+        d = {"id": self.id, "num_gaussians": self.num, "score": self.score, "centroid": _list(self.centroid),
              "box": self.box.to_dict()}
         if points and self.points is not None:
-            d["points"] = self.points.tolist()
+            d["points"] = _list(self.points)
         return d
 
 
@@ -168,21 +173,27 @@ class RemoteResult:
         return int(len(self.selected))
 
     @classmethod
-    def from_dict(cls, d: dict, request: dict, scene: "RemoteScene | None") -> "RemoteResult":
+    def from_dict(cls, d: dict, request: dict, scene: "RemoteScene | None", arrays: bool = True) -> "RemoteResult":
+        """From the server's JSON; ``arrays=False`` keeps lists (no numpy import: what ``cos3d query`` prints)."""
+        if arrays:
+            import numpy as np
+
+            f64, i64 = (lambda v: np.asarray(v, np.float64)), (lambda v: np.asarray(v, np.int64))  # noqa: E731
+            f32 = lambda v: np.asarray(v, np.float32)  # noqa: E731
+        else:
+            f64 = i64 = f32 = list
         objs = []
         for o in d.get("objects", []):
             b = o["box"]
             objs.append(RemoteObject(
-                id=int(o["id"]), num=int(o["num_gaussians"]), score=float(o["score"]),
-                centroid=np.asarray(o["centroid"], np.float64),
-                box=RemoteBox(np.asarray(b["center"], np.float64), np.asarray(b["R"], np.float64),
-                              np.asarray(b["extent"], np.float64)),
-                gaussians=np.asarray(o["gaussians"], np.int64) if "gaussians" in o else None,
-                points=np.asarray(o["points"], np.float32) if "points" in o else None,
+                id=int(o["id"]), num=int(o["num_gaussians"]), score=float(o["score"]), centroid=f64(o["centroid"]),
+                box=RemoteBox(f64(b["center"]), f64(b["R"]), f64(b["extent"])),
+                gaussians=i64(o["gaussians"]) if "gaussians" in o else None,
+                points=f32(o["points"]) if "points" in o else None,
             ))
         return cls(query=d["query"], kind=d["kind"], level=d["level"], no_target=bool(d["no_target"]),
                    targets=d["targets"], reason=d["reason"], score=d.get("score"), threshold=d.get("threshold"),
-                   objects=objs, selected=np.asarray(d.get("selected", []), np.int64),
+                   objects=objs, selected=i64(d.get("selected", [])),
                    timings=dict(d.get("timings", {})), version=d.get("version", ""), request=request, scene=scene)
 
     def to_dict(self, points: bool = False) -> dict:
@@ -208,6 +219,7 @@ def _file_or_array(value: Any, key: str, local: bool, binary: bool) -> dict:
         if local:
             return {f"{key}_path": str(p.resolve())}
         return {f"{key}_b64": base64.b64encode(p.read_bytes()).decode()}
+    import numpy as np
     from PIL import Image
 
     a = np.asarray(value)
@@ -273,7 +285,7 @@ class RemoteScene:
         if box is not None:
             r["box"] = box if isinstance(box, str) else [float(v) for v in box]
         if points is not None:
-            r["points"] = points if isinstance(points, str) else np.asarray(points, np.float64).tolist()
+            r["points"] = points if isinstance(points, str) else [[float(v) for v in p] for p in points]
         if point_labels is not None:
             r["point_labels"] = [int(v) for v in point_labels]
         if click is not None:
@@ -301,16 +313,17 @@ class RemoteScene:
             r["parts"] = False
         return r
 
-    def query(self, text: str | None = None, *, points_out: bool = False, **kw: Any) -> RemoteResult:
+    def query(self, text: str | None = None, *, points_out: bool = False, arrays: bool = True, **kw: Any) -> RemoteResult:
         """Answer one prompt on the server (the arguments of :meth:`cos3d.trained.TrainedScene.query`;
-        ``points_out``: also fetch each object's points)."""
+        ``points_out``: also fetch each object's points; ``arrays=False``: lists instead of numpy arrays)."""
         req = self.request(text, **kw)
         body = dict(req, points_out=True) if points_out else req
         d = self.client.request("POST", self._path("query"), body)
-        return RemoteResult.from_dict(d, req, self)
+        return RemoteResult.from_dict(d, req, self, arrays=arrays)
 
     def mask(self, result: RemoteResult | dict, view: str, protocol: str = "occlusion") -> np.ndarray:
         """bool ``[H, W]`` mask of an answer (or a query request) in the frame ``view``."""
+        import numpy as np
         from PIL import Image
 
         req = result.request if isinstance(result, RemoteResult) else dict(result)
@@ -340,6 +353,8 @@ class RemoteScene:
         """``cos3d.robot.pick_targets`` / ``place_target`` on the server (``op``: ``pick`` or ``place``),
         rebuilt as :class:`cos3d.robot.Targets`."""
         import dataclasses
+
+        import numpy as np
 
         from cos3d.robot.grasp import Grasp
         from cos3d.robot.targets import Box, PickTarget, PlaceTarget, Targets

@@ -42,7 +42,7 @@ def answer_remotely(cfg: "QueryConfig") -> int | None:
         res = remote.query(
             cfg.text, image=cfg.image, view=cfg.view, box=cfg.box, mask=cfg.mask, scribble=cfg.scribble,
             points=cfg.points, click=cfg.click, within=cfg.within, within_object=cfg.within_object, level=cfg.level,
-            refine=cfg.refine, lift=None if cfg.lift else False, combine=cfg.combine, parts=cfg.parts,
+            refine=cfg.refine, lift=None if cfg.lift else False, combine=cfg.combine, parts=cfg.parts, arrays=False,
         )
     except ServeError as e:
         if e.status == 503 and "unreachable" in str(e):
