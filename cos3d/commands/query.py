@@ -201,6 +201,12 @@ def check_prompt(cfg: QueryConfig) -> None:
         raise Cos3dError('empty text prompt: give a phrase such as "red mug"')
     if cfg.within is not None and not cfg.within.strip():
         raise Cos3dError('--within is empty: give the parent\'s name, e.g. --within "robot"')
+
+
+def check_combination(cfg: QueryConfig) -> None:
+    """Whether the flags make one prompt (one-line errors, before anything is loaded)."""
+    from cos3d.errors import Cos3dError
+
     if cfg.text is None and cfg.image is None and cfg.view is None and cfg.click is None:
         raise Cos3dError('nothing to answer: give a text prompt ("red mug"), --image/--view with a region, or --click')
     if cfg.image is not None and cfg.view is not None:
@@ -218,7 +224,6 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(QueryConfig, args, QueryConfig())
     check_prompt(cfg)
-    check_outputs(cfg)
     if cfg.server and cfg.run is not None:
         from cos3d.serve.remote_query import answer_remotely
 
@@ -230,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
     box = parse_box(cfg.box) if cfg.box is not None else None
     click = parse_click(cfg.click) if cfg.click is not None else None
     views = parse_views(list(cfg.views)) if cfg.views is not None else None
+    check_combination(cfg)
+    check_outputs(cfg)
     run_dir = resolve_run(cfg.run)
 
     import cos3d

@@ -32,6 +32,7 @@ def answer_remotely(cfg: "QueryConfig") -> int | None:
     """Answer ``cfg`` through the server that serves ``cfg.run``; None when there is none (or it stopped
     answering: the caller then answers in-process)."""
     from cos3d.client import connect
+    from cos3d.commands.query import check_combination, check_outputs
 
     if not usable(cfg) or cfg.run is None or not Path(cfg.run).is_dir():
         return None
@@ -39,6 +40,8 @@ def answer_remotely(cfg: "QueryConfig") -> int | None:
         remote = connect(cfg.run)
         if remote is None:
             return None
+        check_combination(cfg)
+        check_outputs(cfg)
         res = remote.query(
             cfg.text, image=cfg.image, view=cfg.view, box=cfg.box, mask=cfg.mask, scribble=cfg.scribble,
             points=cfg.points, click=cfg.click, within=cfg.within, within_object=cfg.within_object, level=cfg.level,
