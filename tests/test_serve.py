@@ -55,7 +55,9 @@ def local(trained_run):
 
 @pytest.fixture(scope="module")
 def server(trained_run):
-    s = start_in_thread(ServeConfig(run=(trained_run,), port=0, device="cpu", max_upload_mb=1.0, timeout=60))
+    # no answer cache: every request below is answered by the engine (concurrently, under the run lock)
+    s = start_in_thread(ServeConfig(run=(trained_run,), port=0, device="cpu", max_upload_mb=1.0, timeout=60,
+                                    result_cache=0))
     yield s
     s.stop()
 
