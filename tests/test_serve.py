@@ -402,3 +402,24 @@ def test_ray_serve_replica_killed_is_replaced(trained_run, local):
             s.stop()
     finally:
         ray.shutdown()
+
+
+def test_a_folder_of_runs_serves_runs_added_later(tmp_path):
+    folder = tmp_path / "runs"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "run.json").write_text("{}")
+    cat = Catalogue.from_paths([folder])
+    assert sorted(cat.runs) == ["a"] and cat.path("b") is None
+    (folder / "b").mkdir()
+    (folder / "b" / "run.json").write_text("{}")
+    assert cat.path("b") == folder / "b"  # a name not known yet: the folder is looked at again
+    e = discovery.new_entry(url="http://127.0.0.1:9", host="127.0.0.1", port=9, runs={}, folders=[folder],
+                            token=None, executor="local")
+    assert e.name_of(folder / "b") == "b" and e.name_of(tmp_path) is None
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Cos3dError, match="neither a run folder"):
+        Catalogue.from_paths([tmp_path / "empty"])
+    with pytest.raises(Cos3dError, match="two runs are named 'a'"):
+        (tmp_path / "x" / "a").mkdir(parents=True)
+        (tmp_path / "x" / "a" / "run.json").write_text("{}")
+        Catalogue.from_paths([folder / "a", tmp_path / "x" / "a"])
