@@ -421,8 +421,10 @@ def connect(run: str | os.PathLike, *, check: bool = True) -> RemoteScene | None
     found = discovery.find(run)
     if found is None:
         return None
+    from cos3d.serve.config import is_loopback
+
     entry, name = found
-    c = Client(entry.url, entry.token, local=True)
+    c = Client(entry.url, entry.token, local=is_loopback(entry.host))  # only a loopback server reads local paths
     try:
         info = c.request("GET", f"/runs/{urllib.parse.quote(name, safe='')}", timeout=DEFAULT_TIMEOUT)
     except ServeError as e:
