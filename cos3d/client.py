@@ -244,6 +244,8 @@ class RemoteScene:
         self.views: list[str] = list(info.get("views", []))
         """The scene's frame names (``mask`` renders in these)."""
         self.test_views: list[str] = list(info.get("test_views", []))
+        self.accepts_paths = bool(info.get("accepts_paths", client.local))
+        """Whether the server reads files by path (a loopback server on this machine); else they are uploaded."""
 
     def __repr__(self) -> str:
         return f"RemoteScene({self.name!r} at {self.client.url}, {self.info.get('num_gaussians')} Gaussians)"
@@ -276,10 +278,10 @@ class RemoteScene:
         if text is not None:
             r["text"] = text
         if image is not None:
-            r.update(_file_or_array(image, "image", self.client.local, binary=False))
+            r.update(_file_or_array(image, "image", self.accepts_paths, binary=False))
         for key, v in (("mask", mask), ("scribble", scribble)):
             if v is not None:
-                r.update(_file_or_array(v, key, self.client.local, binary=True))
+                r.update(_file_or_array(v, key, self.accepts_paths, binary=True))
         if view is not None:
             r["view"] = str(view)
         if box is not None:

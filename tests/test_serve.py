@@ -93,8 +93,10 @@ PROMPTS = [
 
 def test_answers_identical_to_in_process(local, remote, probe):
     view, (x, y), box = probe
-    prompts = PROMPTS + [dict(click=(view, x, y)), dict(view=view, box=box),
+    frame_file = str(local.scene.frame(view).image_path)  # a scene frame's own file: lifted as view=
+    prompts = PROMPTS + [dict(click=(view, x, y)), dict(view=view, box=box), dict(image=frame_file, box=box),
                          dict(text="mug", view=view, box=box, combine="and")]
+    assert remote.accepts_paths  # a loopback server: the file is passed by path, not uploaded
     for kw in prompts:
         mine = local.query(**kw)
         theirs = remote.query(**kw)

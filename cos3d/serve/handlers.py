@@ -276,7 +276,8 @@ def result_dict(run: LoadedRun, res: "QueryResult", body: dict) -> dict:
 def _info(run: LoadedRun) -> dict:
     ts = run.scene
     out = {"name": run.name, "path": str(run.path), "version": run.version, "loaded_at": run.loaded_at,
-           "num_gaussians": int(ts.gaussians.num), "levels": ts.levels, "device": str(ts.device)}
+           "num_gaussians": int(ts.gaussians.num), "levels": ts.levels, "device": str(ts.device),
+           "accepts_paths": run.allow_paths}
     try:
         sc = ts.scene
         out["views"] = [f.name for f in sc.frames]
