@@ -244,6 +244,11 @@ def test_deadline_token_and_loopback_rules():
         assert tc.post("/runs/r/query", json={"text": "x"}).status_code == 401
         assert tc.post("/runs/r/query", json={"text": "x"}, headers={"Authorization": "Bearer nope"}).status_code == 401
         assert tc.post("/runs/r/query", json={"text": "x"}, headers={"Authorization": "Bearer s3cret"}).json()["op"] == "query"
+    with TestClient(build_app(_Slow(0.0), max_body=1000)) as tc:  # a body without Content-Length, as it arrives
+        chunks = iter([b'{"text": "', b"a" * 2000, b'"}'])
+        r = tc.post("/runs/r/query", content=chunks, headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and "limit" in r.json()["error"]
+        assert tc.post("/runs/r/query", json={"text": "a" * 10}).status_code == 200
     with pytest.raises(Cos3dError, match="--token"):
         ServeConfig(run=(Path("."),), host="0.0.0.0").validate()
     ServeConfig(run=(Path("."),), host="0.0.0.0", token="t").validate()

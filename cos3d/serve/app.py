@@ -29,6 +29,7 @@ import concurrent.futures
 import contextlib
 import hmac
 import logging
+import math
 import time
 from typing import Any, Literal, Union
 
@@ -113,6 +114,60 @@ class BodyTooLarge(HTTPException):
                               "send a smaller image")
 
 
+class Guard:
+    """ASGI middleware: the bearer token (when the server has one) and the body-size limit, checked before
+    a route runs: on ``Content-Length`` at once, on a body without one as it arrives."""
+
+    def __init__(self, app: Any, *, token: str | None, max_body: int) -> None:
+        self.app, self.token, self.max_body = app, token, max_body
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.token is not None:
+            auth = headers.get("authorization", "")
+            given = auth[7:] if auth.lower().startswith("bearer ") else headers.get("x-cos3d-token", "")
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                return await _error(401, "missing or wrong token: send 'Authorization: Bearer TOKEN'")(scope, receive, send)
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await _error(400, f"bad Content-Length {length!r}")(scope, receive, send)
+            if int(length) > self.max_body:
+                return await _error(413, BodyTooLarge(self.max_body).detail)(scope, receive, send)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            msg = await receive()
+            if msg.get("type") == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_body:
+                    raise BodyTooLarge(self.max_body)  # FastAPI passes an HTTPException from the body read on
+            return msg
+
+        return await self.app(scope, limited, send)
+
+
+def _finite(x: Any) -> Any:
+    """``x`` with NaN/inf floats as None (JSON has no such numbers)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _json(out: dict, headers: dict[str, str]) -> JSONResponse:
+    try:
+        return JSONResponse(out, headers=headers)
+    except ValueError:  # a NaN or an infinity somewhere
+        return JSONResponse(_finite(out), headers=headers)
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": " ".join(str(message).split()), "status": status}, status_code=status)
 
@@ -152,34 +207,7 @@ def build_app(executor: Any, *, token: str | None = None, timeout: float = 30.0,
     app.state.on_shutdown = []  # callables run when the server stops (the discovery file's removal)
     app.state.pool = pool
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):  # noqa: ANN202
-        if token is not None:
-            auth = request.headers.get("authorization", "")
-            given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-cos3d-token", "")
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                return _error(401, "missing or wrong token: send 'Authorization: Bearer TOKEN'")
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                if int(length) > max_body:
-                    return _error(413, BodyTooLarge(max_body).detail)
-            except ValueError:
-                return _error(400, f"bad Content-Length {length!r}")
-        elif request.method in ("POST", "PUT"):
-            receive = request._receive
-            seen = 0
-
-            async def limited() -> dict:
-                nonlocal seen
-                msg = await receive()
-                seen += len(msg.get("body", b""))
-                if seen > max_body:
-                    raise BodyTooLarge(max_body)
-                return msg
-
-            request._receive = limited
-        return await call_next(request)
+    app.add_middleware(Guard, token=token, max_body=max_body)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -218,7 +246,7 @@ def build_app(executor: Any, *, token: str | None = None, timeout: float = 30.0,
         ms = f"{(time.perf_counter() - t0) * 1e3:.1f}"
         if isinstance(out, Blob):
             return Response(out.data, media_type=out.media_type, headers={**out.headers, "X-Cos3d-Ms": ms})
-        return JSONResponse(out, headers={"X-Cos3d-Ms": ms})
+        return _json(out, {"X-Cos3d-Ms": ms})
 
     T = Query(None, description="Deadline in seconds (at most the server's --timeout).")
 
