@@ -109,7 +109,8 @@ def load_run(name: str, path: Path, *, device: str = "auto", allow_paths: bool =
 
     Run-folder files are replaced whole (:mod:`cos3d.atomic`), but a retraining replaces several of them;
     the load is accepted only when the folder's :func:`signature` is the same before and after it (else
-    it is retried), so an answer never mixes two versions of a run."""
+    it is retried), so an answer never mixes two versions of a run. (A reader side of a run-folder lock,
+    once :mod:`cos3d.run_folder` has one, belongs around the load below.)"""
     import cos3d
 
     last = None
