@@ -19,7 +19,7 @@ import sys
 from cos3d.errors import Cos3dError
 from cos3d.runlock import writer_lock
 
-COMMANDS = ("prepare", "train", "query", "view", "eval", "export", "demo", "batch", "doctor")
+COMMANDS = ("prepare", "train", "query", "view", "serve", "eval", "export", "demo", "batch", "doctor")
 
 INTERRUPT_HINTS = {
     "train": "finished stages are kept; continue with the same command and --resume",

@@ -28,3 +28,12 @@ def brief(exc: BaseException, limit: int = 120) -> str:
         cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
         text = cut.rstrip(",;:") + "…"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class ServeError(Cos3dError):
+    """A request ``cos3d serve`` refuses or cannot answer: the message is one line, ``status`` its HTTP code
+    (404 unknown run, 409 run not ready, 413 too large, 504 timed out, 503 unavailable...)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = int(status)

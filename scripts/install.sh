@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install cos3d into ./.venv on a fresh machine.
 #   bash scripts/install.sh          the package, the CLI and the offline models
-#   bash scripts/install.sh test     the same plus the test extras and Ray (the ray extra: its tests run in CI),
+#   bash scripts/install.sh test     the same plus the test extras and Ray with Ray Serve (the ray extra: its tests run in CI),
 #                                    and, where apt-get exists and we run as root (CI on Debian), Debian's
 #                                    chromium + chromium-driver for the viewer's browser tests (they skip without)
 # torch goes in first so that sam2's source build (CUDA extension disabled) finds it without

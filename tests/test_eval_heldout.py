@@ -93,6 +93,11 @@ def test_overlap_with_calibration_or_training_names_is_refused(tabletop_dir, tmp
         tabletop_queries(load_scene(bad))
 
 
+PRESENCE_MARGIN = 0.1
+"""How far the presence decisions' accuracy must beat max(always present, always absent) on the fixture's
+held-out mix."""
+
+
 def test_cos3d_eval_tabletop(trained_run, tmp_path, capsys):
     from cos3d.cli import entrypoint
 
@@ -106,7 +111,9 @@ def test_cos3d_eval_tabletop(trained_run, tmp_path, capsys):
     assert p["absent"] >= 10 and p["always_absent_baseline"] == pytest.approx(p["absent"] / p["queries"])
     assert {"paraphrase", "absent", "name"} <= set(main["by_kind"])
     assert res["image_prompts"]["lift"]["prompts"] > 0 and "lookup" in res["image_prompts"]
-    assert main["mIoU"] > 0.3 and p["accuracy"] > 0.6
+    assert main["mIoU"] > 0.3
+    # presence beats the better trivial answer on the same mix by a stated margin
+    assert p["accuracy"] >= max(p["always_present_baseline"], p["always_absent_baseline"]) + PRESENCE_MARGIN, p
 
 
 def test_cos3d_eval_tabletop_budget(trained_run, tmp_path, capsys):

@@ -1,5 +1,5 @@
-"""Occlusion masks two ways: from a view's recorded blending weights, and as a one-off forward render of
-the selection's window (cos3d.query.masks2d); they must agree up to the weights below 1e-4."""
+"""Occlusion masks two ways: from a view's recorded blending weights, and as a one-off forward render of the
+view (cos3d.query.masks2d); they must agree up to the weights below 1e-4 (a pixel or two)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def loaded(trained_run):
     return cos3d.trained.load(trained_run, device="cpu", segmenter="none")
 
 
-def test_windowed_forward_mask_matches_recorded_weights(loaded):
+def test_forward_mask_matches_recorded_weights(loaded):
     from cos3d.query.masks2d import MaskRenderer
 
     engine = loaded.engine
@@ -32,10 +32,10 @@ def test_windowed_forward_mask_matches_recorded_weights(loaded):
             assert f.camera.key() in fresh._contrib
             assert one_off.shape == recorded.shape == (f.camera.height, f.camera.width)
             differ = int((one_off != recorded).sum())
-            assert differ <= max(3, 0.01 * recorded.sum()), (prompt, f.name, differ, int(recorded.sum()))
+            assert differ <= 2, (prompt, f.name, differ, int(recorded.sum()))
             compared += int(recorded.any())
             win = fresh.footprint(res.selected, f.camera)
-            if recorded.any():  # every selected pixel lies inside the window the forward path renders
+            if recorded.any():  # every selected pixel lies inside the selection's footprint
                 ys, xs = np.nonzero(recorded)
                 x0, y0, x1, y1 = win
                 assert x0 <= xs.min() and xs.max() < x1 and y0 <= ys.min() and ys.max() < y1

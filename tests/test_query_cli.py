@@ -43,7 +43,7 @@ def test_query_json_masks_and_ply(trained_run, tmp_path, capsys):
     assert read_ply(ply).num == sum(o["num_gaussians"] for o in d["objects"])
 
     # absent: all-zero masks for the views asked for, protocol "selected", and the rich table by default
-    rc, out, err = _run(["query", "elephant", "--run", str(trained_run), "--masks-out", str(tmp_path / "e"),
+    rc, out, err = _run(["query", "walrus", "--run", str(trained_run), "--masks-out", str(tmp_path / "e"),
                          "--views", test_views[0], "--protocol", "selected"], capsys)
     assert rc == 0, err
     assert "no target" in out

@@ -232,14 +232,24 @@ def test_eval_prompts_are_held_out(scene_dir, scene):
     """eval_prompts.json holds phrasings that no training name (labels.json / parts.json) carries."""
     from cos3d.tabletop.catalog import check_catalog
 
+    from cos3d.phrases import content_words, normalize
+
     check_catalog()  # catalogue-wide: no held-out phrasing is any entry's training name
     d = json.loads((scene_dir / "eval_prompts.json").read_text())
-    assert d["format"] == "cos3d-eval-prompts/1"
-    held = {n.lower() for v in list(d["instances"].values()) + list(d["parts"].values()) for n in v}
+    assert d["format"] == "cos3d-eval-prompts/2"
+    held = {normalize(n) for v in list(d["instances"].values()) + list(d["parts"].values()) for n in v}
     assert held, "no held-out phrasings written"
-    train = {n.lower() for v in scene.labels.values() for n in v} | {n.lower() for p in scene.parts.values() for n in p.names}
+    train = {normalize(n) for v in scene.labels.values() for n in v}
+    train |= {normalize(n) for p in scene.parts.values() for n in p.names}
     assert not held & train
     assert set(d["instances"]) <= {str(i) for i in scene.labels}
+    # each object's held-out phrasings share no content word with its own names (colour and size aside)
+    for i, phrasings in d["instances"].items():
+        own = set().union(*(content_words(n, keep_color_size=False) for n in scene.labels[int(i)]))
+        for p in phrasings:
+            assert not content_words(p, keep_color_size=False) & own, (scene.labels[int(i)], p)
+    # the near-training phrasings (the old set) are written apart, for their own row
+    assert d["near_instances"] and set(d["near_instances"]) <= {str(i) for i in scene.labels}
 
 
 def test_scan_in_the_scannet_export_layout(tmp_path):

@@ -88,6 +88,9 @@ class QueryConfig:
     """2D mask protocol: occlusion-aware, or selected-only alpha > 0.7 (COS3D's)."""
     ply_out: Path | None = None
     """Write the selected Gaussians as a PLY."""
+    server: bool = True
+    """Answer through a running `cos3d serve` that serves --run when there is one (found by its discovery file;
+    no torch import here); --no-server answers in this process."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -197,19 +200,20 @@ def resolve_run(run: Path | None) -> Path:
     return found
 
 
-def run(args: argparse.Namespace) -> int:
-    from cos3d.config import config_from_args
+def check_prompt(cfg: QueryConfig) -> None:
+    """The checks of a prompt that need no run (one-line errors, before anything is loaded)."""
     from cos3d.errors import Cos3dError
-    from cos3d.query.prompts import parse_box, parse_click, parse_views
 
-    cfg = config_from_args(QueryConfig, args, QueryConfig())
     if cfg.text is not None and not cfg.text.strip():
         raise Cos3dError('empty text prompt: give a phrase such as "red mug"')
     if cfg.within is not None and not cfg.within.strip():
         raise Cos3dError('--within is empty: give the parent\'s name, e.g. --within "robot"')
-    box = parse_box(cfg.box) if cfg.box is not None else None
-    click = parse_click(cfg.click) if cfg.click is not None else None
-    views = parse_views(list(cfg.views)) if cfg.views is not None else None
+
+
+def check_combination(cfg: QueryConfig) -> None:
+    """Whether the flags make one prompt (one-line errors, before anything is loaded)."""
+    from cos3d.errors import Cos3dError
+
     if cfg.text is None and cfg.image is None and cfg.view is None and cfg.click is None:
         raise Cos3dError('nothing to answer: give a text prompt ("red mug"), --image/--view with a region, or --click')
     if cfg.image is not None and cfg.view is not None:
@@ -219,6 +223,26 @@ def run(args: argparse.Namespace) -> int:
         raise Cos3dError("an image prompt needs a region: add --box x0,y0,x1,y1, --mask M.png, --scribble S.png or --points")
     if cfg.within_object is not None and cfg.within is not None:
         raise Cos3dError("give either --within or --within-object, not both")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cos3d.config import config_from_args
+    from cos3d.errors import Cos3dError
+
+    cfg = config_from_args(QueryConfig, args, QueryConfig())
+    check_prompt(cfg)
+    if cfg.server and cfg.run is not None:
+        from cos3d.serve.remote_query import answer_remotely
+
+        rc = answer_remotely(cfg)  # None: no server for this run (or not usable for these flags)
+        if rc is not None:
+            return rc
+    from cos3d.query.prompts import parse_box, parse_click, parse_views
+
+    box = parse_box(cfg.box) if cfg.box is not None else None
+    click = parse_click(cfg.click) if cfg.click is not None else None
+    views = parse_views(list(cfg.views)) if cfg.views is not None else None
+    check_combination(cfg)
     check_outputs(cfg)
     run_dir = resolve_run(cfg.run)
 

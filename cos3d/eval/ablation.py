@@ -68,8 +68,10 @@ class BranchAnswers:
         R = raw_relevancy(lang, p[None], e.negatives, neg_max=neg_max)
         cal = e.calibration_for(lvl)
         valid = e.opacity > OPACITY_MIN
-        st = presence_statistics(cal, R, p[None], valid, neg_max=neg_max, subset=subset, language=lang)[0]
-        return decide(st)[0], R[0]
+        st = presence_statistics(cal, R, p[None], valid, neg_max=neg_max, subset=subset, language=lang,
+                                 relevancy_score=e.settings.presence_rule == "relevancy")[0]
+        s = e.settings
+        return decide(st, s.presence_rule, s.presence_margin, part_rule=s.part_rule, part_param=s.part_quantile)[0], R[0]
 
     def _subset(self, branch: str, q: EvalQuery) -> "Tensor | None | bool":
         """The parent selection of a part query (bool [N]); False when the parent is absent; None: no parent."""
@@ -113,9 +115,9 @@ class BranchAnswers:
         valid = e.opacity > OPACITY_MIN
         if subset is not None:
             valid = valid & subset
-        # a part query normalises what the engine's does (QueryEngine.SELECT_PARTS_ON), so that the branches
+        # a part query normalises what the engine's does (QuerySettings.select_parts_on), so that the branches
         # differ only in how they select
-        on_cos = subset is not None and e.SELECT_PARTS_ON == "cosine"
+        on_cos = subset is not None and e.settings.select_parts_on == "cosine"
         if on_cos:
             R = self.ts.fields[lvl].language.detach().cpu().float() @ p.float()
         if branch == "language":

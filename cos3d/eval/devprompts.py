@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cos3d.errors import Cos3dError
+from cos3d.phrases import normalize as _norm
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.eval.tabletop import EvalQuery
@@ -72,26 +73,36 @@ DEV_ABSENT: tuple[str, ...] = (
 """Development absent things (disjoint from :data:`cos3d.eval.heldout.ABSENT_PROMPTS`)."""
 
 
-def _norm(t: str) -> str:
-    return " ".join(t.lower().split())
+def dev_prompts() -> list[str]:
+    """Every development prompt, as written."""
+    out = [p for ps in DEV_PARAPHRASES.values() for p in ps]
+    out += [p for ps in DEV_PART_PARAPHRASES.values() for p in ps]
+    return out + list(DEV_ABSENT)
 
 
 def dev_texts() -> set[str]:
-    """Every development prompt, normalised."""
-    out = {_norm(p) for ps in DEV_PARAPHRASES.values() for p in ps}
-    out |= {_norm(p) for ps in DEV_PART_PARAPHRASES.values() for p in ps}
-    return out | {_norm(p) for p in DEV_ABSENT}
+    """Every development prompt, normalised (:func:`cos3d.phrases.normalize`)."""
+    return {_norm(p) for p in dev_prompts()}
 
 
 def reserved_texts() -> dict[str, set[str]]:
     """What the development prompts must not be: evaluation prompts, training names, calibration words."""
     from cos3d.eval.heldout import ABSENT_PART_PROMPTS, ABSENT_PROMPTS
     from cos3d.query.notarget import NEGATIVE_VOCABULARY
-    from cos3d.tabletop.catalog import CATALOG, FLOOR_EVAL_NAMES, ROBOT, TABLE_EVAL_NAMES, training_names
+    from cos3d.tabletop.catalog import (
+        CATALOG,
+        FLOOR_EVAL_NAMES,
+        FLOOR_NEAR_NAMES,
+        ROBOT,
+        TABLE_EVAL_NAMES,
+        TABLE_NEAR_NAMES,
+        training_names,
+    )
 
-    evaluation = {_norm(n) for e in CATALOG.values() for n in e.eval_names}
-    evaluation |= {_norm(n) for n in ROBOT.eval_names} | {_norm(n) for p in ROBOT.parts for n in p.eval_names}
-    evaluation |= {_norm(n) for n in FLOOR_EVAL_NAMES + TABLE_EVAL_NAMES}
+    evaluation = {_norm(n) for e in CATALOG.values() for n in e.eval_names + e.near_names}
+    evaluation |= {_norm(n) for n in ROBOT.eval_names + ROBOT.near_names}
+    evaluation |= {_norm(n) for p in ROBOT.parts for n in p.eval_names + p.near_names}
+    evaluation |= {_norm(n) for n in FLOOR_EVAL_NAMES + TABLE_EVAL_NAMES + FLOOR_NEAR_NAMES + TABLE_NEAR_NAMES}
     return {
         "evaluation phrasings (eval_prompts.json)": evaluation,
         "held-out absent prompts": {_norm(n) for n in ABSENT_PROMPTS + ABSENT_PART_PROMPTS},

@@ -5,9 +5,12 @@ and ``eval_prompts.json`` (held-out phrasings, written by :mod:`cos3d.tabletop`)
 
 - ``name``: each object's canonical (first) training name — a prompt the training masks were embedded
   with, so it is *not* held out; reported on its own row;
-- ``paraphrase``: the held-out phrasings of ``eval_prompts.json`` ("cup" for both mugs); never a training
-  name (checked: :func:`cos3d.eval.heldout.check_disjoint`). A scene without ``eval_prompts.json`` has
-  no paraphrase queries (its other names are training names, not held out);
+- ``paraphrase``: the held-out phrasings of ``eval_prompts.json`` ("something to sip a latte from" for both
+  mugs): never a training name up to case, punctuation, articles, number and word order (checked:
+  :func:`cos3d.eval.heldout.check_disjoint`), and, in the tabletop catalogue, sharing no content word with
+  their object's training names, the calibration vocabulary or the development prompts
+  (:func:`cos3d.eval.heldout.check_eval_phrasings`, a test). A scene without ``eval_prompts.json`` has no
+  paraphrase queries (its other names are training names, not held out);
 - ``plural``: the plural of a kind word several objects share ("mugs", "cans"): a phrasing no mask was
   embedded with;
 - ``absent``: :data:`~cos3d.eval.heldout.ABSENT_PROMPTS` (near-domain and far things); disjoint from the
@@ -16,7 +19,10 @@ and ``eval_prompts.json`` (held-out phrasings, written by :mod:`cos3d.tabletop`)
 - ``part_paraphrase``: a part's held-out phrasing within its parent ("dome" within "toy robot");
 - ``absent_part``: :data:`~cos3d.eval.heldout.ABSENT_PART_PROMPTS` within each parent that has parts
   ("propeller" within "toy robot"); disjoint from the calibration vocabulary and the scene's names
-  (checked); the right answer is empty.
+  (checked); the right answer is empty;
+- ``near_paraphrase`` / ``near_part_paraphrase``: the near-training phrasings of ``eval_prompts.json`` (the
+  held-out set before issue 23: "red mug" for a "red coffee mug", "robot toy" for a "toy robot"), a row of
+  their own (:attr:`EvalReport.near`) so that the drop from near-copies to held-out phrasings stays visible.
 
 A query's ground truth is every instance (or part) that has the query text among its names of the same
 kind (training names for ``name`` / ``plural``, held-out phrasings for ``paraphrase``).
@@ -24,8 +30,9 @@ kind (training names for ``name`` / ``plural``, held-out phrasings for ``paraphr
 Metrics, per (held-out frame, query) pair where the ground truth is visible (≥ 1 pixel) in that frame:
 IoU of the answer's 2D mask (``protocol``: ``occlusion`` by default, or ``selected``) with the GT mask; mIoU,
 mAcc@0.25, mAcc@0.5 over pairs (:mod:`cos3d.eval.metrics`). A present query answered as no-target scores 0
-on all its pairs. The presence decision of every query (present and absent) gives the no-target accuracy,
-reported with the "always present" / "always absent" baselines on the same mix and the false-empty rate.
+on all its pairs. The presence decision of every held-out query (present and absent) gives the no-target
+accuracy, reported with the "always present" / "always absent" baselines on the same mix and the
+false-empty rate. ``summary`` covers every kind but the near-training rows; ``held_out`` the held-out kinds.
 
 All numbers are oracle-2D when the run used the dataset masks and the ``labels`` embedder: the 2D masks
 and embeddings come from the dataset's own instance maps and training names, so they measure the 3D
@@ -45,6 +52,7 @@ import numpy as np
 from cos3d.errors import Cos3dError
 from cos3d.eval.heldout import ABSENT_PART_PROMPTS, ABSENT_PROMPTS, calibration_vocabulary, check_disjoint
 from cos3d.eval.metrics import mask_iou, presence_metrics, summarize_ious
+from cos3d.phrases import normalize
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -52,9 +60,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryEngine
     from cos3d.scene import Scene
 
-KINDS = ("name", "paraphrase", "plural", "absent", "part", "part_paraphrase", "absent_part")
+KINDS = ("name", "paraphrase", "plural", "absent", "part", "part_paraphrase", "absent_part", "near_paraphrase",
+         "near_part_paraphrase")
 HELD_OUT_KINDS = ("paraphrase", "plural", "absent", "part_paraphrase", "absent_part")
-"""Kinds whose prompts no training mask was embedded with."""
+"""Kinds whose prompts no training mask was embedded with and that share no content word with a training name
+of their object (the headline numbers)."""
+NEAR_KINDS = ("near_paraphrase", "near_part_paraphrase")
+"""The near-training phrasings (the held-out set before issue 23: "red mug" for a "red coffee mug"): a row of
+their own, in neither the summary nor the held-out numbers."""
 EVAL_PROMPTS_FILE = "eval_prompts.json"
 
 
@@ -74,7 +87,7 @@ class EvalQuery:
 
     @property
     def is_part(self) -> bool:
-        return self.kind in ("part", "part_paraphrase")
+        return self.kind in ("part", "part_paraphrase", "near_part_paraphrase")
 
     @property
     def label(self) -> str:
@@ -124,12 +137,14 @@ class EvalReport:
     protocol: str
     views: list[str]
     summary: dict[str, Any]
-    """``pairs``, ``mIoU``, ``mAcc@0.25``, ``mAcc@0.5`` over every present query's pairs."""
+    """``pairs``, ``mIoU``, ``mAcc@0.25``, ``mAcc@0.5`` over every present query's pairs (near-training rows aside)."""
     held_out: dict[str, Any]
     """The same over the held-out kinds only (:data:`HELD_OUT_KINDS`)."""
     presence: dict[str, Any]
-    """:func:`cos3d.eval.metrics.presence_metrics` over every query."""
+    """:func:`cos3d.eval.metrics.presence_metrics` over the held-out queries (:data:`HELD_OUT_KINDS`)."""
     by_kind: dict[str, dict[str, Any]] = field(default_factory=dict)
+    near: dict[str, Any] = field(default_factory=dict)
+    """The near-training phrasings' row (:data:`NEAR_KINDS`): pairs, mIoU, mAcc, queries, false-empty answers."""
 
     @property
     def miou(self) -> float:
@@ -154,6 +169,7 @@ class EvalReport:
             **{k: v for k, v in self.summary.items()},
             "held_out": self.held_out,
             "presence": self.presence,
+            "near_training": self.near,
             "by_kind": self.by_kind,
             "queries": [
                 {"query": q.query.label, "kind": q.query.kind, "gt": q.query.gt_ids, "no_target": q.no_target,
@@ -176,8 +192,10 @@ def _ids_with_name(table: dict[int, list[str]], text: str) -> list[int]:
     return sorted(i for i, names in table.items() if t in (n.lower() for n in names))
 
 
-def read_eval_prompts(root: str | Path | None) -> tuple[dict[int, list[str]], dict[int, list[str]]] | None:
-    """``(instances, parts)``: held-out phrasings per id from ``root/eval_prompts.json``; None without one."""
+def read_eval_prompts(root: str | Path | None, *, near: bool = False
+                      ) -> tuple[dict[int, list[str]], dict[int, list[str]]] | None:
+    """``(instances, parts)``: held-out phrasings per id from ``root/eval_prompts.json`` (the near-training
+    phrasings when ``near``; empty when the file has none); None without the file."""
     if root is None:
         return None
     path = Path(root) / EVAL_PROMPTS_FILE
@@ -185,8 +203,9 @@ def read_eval_prompts(root: str | Path | None) -> tuple[dict[int, list[str]], di
         return None
     try:
         d = json.loads(path.read_text())
-        inst = {int(k): [str(x) for x in v] for k, v in d.get("instances", {}).items()}
-        parts = {int(k): [str(x) for x in v] for k, v in d.get("parts", {}).items()}
+        pre = "near_" if near else ""
+        inst = {int(k): [str(x) for x in v] for k, v in d.get(f"{pre}instances", {}).items()}
+        parts = {int(k): [str(x) for x in v] for k, v in d.get(f"{pre}parts", {}).items()}
     except (ValueError, TypeError, AttributeError) as e:
         raise Cos3dError(f"{path}: not an eval_prompts.json file ({e})") from None
     return inst, parts
@@ -201,13 +220,15 @@ def training_names(scene: "Scene") -> list[str]:
 
 def tabletop_queries(
     scene: "Scene", *, absent: Sequence[str] = ABSENT_PROMPTS, parts: bool = True,
-    vocabulary: Sequence[str] | None = None, absent_parts: Sequence[str] = ABSENT_PART_PROMPTS,
+    vocabulary: Sequence[str] | None = None, absent_parts: Sequence[str] = ABSENT_PART_PROMPTS, near: bool = True,
 ) -> list[EvalQuery]:
-    """The protocol's queries for ``scene`` (module docstring). Raises :class:`Cos3dError` when a held-out
-    prompt overlaps a training name or the calibration vocabulary."""
+    """The protocol's queries for ``scene`` (module docstring); with ``near``, also the near-training phrasings
+    (:data:`NEAR_KINDS`). Raises :class:`Cos3dError` when a held-out prompt overlaps a training name or the
+    calibration vocabulary (up to :func:`cos3d.phrases.normalize`)."""
     labels = {int(k): list(v) for k, v in scene.labels.items()}
     ptable = {int(k): list(p.names) for k, p in (scene.parts or {}).items()}
     held = read_eval_prompts(getattr(scene, "root", None))
+    near_held = read_eval_prompts(getattr(scene, "root", None), near=True) if near else None
     train_names = training_names(scene)
     vocab = calibration_vocabulary() if vocabulary is None else tuple(vocabulary)
     check_disjoint(absent, vocab, what="absent prompts", reserved_as="the no-target calibration vocabulary")
@@ -226,7 +247,7 @@ def tabletop_queries(
     seen: set[tuple[str, str | None]] = set()
 
     def add(text: str, kind: str, ids: list[int], within: str | None = None) -> None:
-        key = (text.lower(), within)
+        key = (normalize(text), within, kind in NEAR_KINDS)
         if key in seen or (kind not in ("absent", "absent_part") and not ids):
             return
         seen.add(key)
@@ -256,6 +277,10 @@ def tabletop_queries(
     kinds += sorted(nm for nm, ids in shared.items() if len(ids) > 1)
     for word in dict.fromkeys(kinds):
         add(_plural(word), "plural", _ids_with_name(labels, word))
+    if near_held is not None:
+        for _, names in sorted(near_held[0].items()):
+            for alt in names:
+                add(alt, "near_paraphrase", _ids_with_name(near_held[0], alt))
     for a in absent:
         add(a, "absent", [])
     if parts and scene.parts:
@@ -270,6 +295,13 @@ def tabletop_queries(
                 for alt in names:
                     if parent:
                         add(alt, "part_paraphrase", _ids_with_name(held[1], alt), within=parent[0])
+        if near_held is not None:
+            for pid, names in sorted(near_held[1].items()):
+                p = scene.parts.get(pid)
+                parent = labels.get(int(p.parent), []) if p is not None else []
+                for alt in names:
+                    if parent:
+                        add(alt, "near_part_paraphrase", _ids_with_name(near_held[1], alt), within=parent[0])
         parents = dict.fromkeys(labels[int(p.parent)][0] for p in scene.parts.values() if labels.get(int(p.parent)))
         for parent_name in parents:
             for a in absent_parts:
@@ -337,16 +369,19 @@ def evaluate(
                         else np.zeros_like(gt))
                 ious[f.name] = mask_iou(pred, gt)
         out.append(QueryEval(q, ious, bool(ans.no_target or not ans.selected.numel()), ans.objects, ms))
-    pairs = [v for qe in out for v in qe.ious.values()]
-    held_pairs = [v for qe in out if qe.query.kind in HELD_OUT_KINDS for v in qe.ious.values()]
+    main = [qe for qe in out if qe.query.kind not in NEAR_KINDS]
+    held = [qe for qe in out if qe.query.kind in HELD_OUT_KINDS]
+    near = [qe for qe in out if qe.query.kind in NEAR_KINDS]
     return EvalReport(
         per_query=out,
         protocol=protocol,
         views=[f.name for f in frames],
-        summary=summarize_ious(pairs),
-        held_out=summarize_ious(held_pairs),
-        presence=presence_metrics([qe.query.present for qe in out], [qe.no_target for qe in out]),
+        summary=summarize_ious(v for qe in main for v in qe.ious.values()),
+        held_out=summarize_ious(v for qe in held for v in qe.ious.values()),
+        presence=presence_metrics([qe.query.present for qe in held], [qe.no_target for qe in held]),
         by_kind=_kind_rows(out),
+        near=(summarize_ious(v for qe in near for v in qe.ious.values())
+              | {"queries": len(near), "false_empty": sum(qe.no_target for qe in near)}) if near else {},
     )
 
 

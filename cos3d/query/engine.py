@@ -23,7 +23,7 @@
 Text/image pipeline (DESIGN.md "Query"): raw LERF relevancy ``R`` (:mod:`.relevancy`) → presence test on
 the prompt's cosine with the field, recovered from ``R`` (:mod:`.notarget`, :func:`~.notarget.decide`; a part
 inside its found parent; an absent target gives an empty answer with a reason) → COS3D normalisation (of the
-cosine for parts inside a parent, :attr:`QueryEngine.SELECT_PARTS_ON`) →
+cosine for parts inside a parent, :attr:`QuerySettings.select_parts_on`) →
 adaptive Lang2Ins refinement (:mod:`.refine`, :mod:`.refine_compiled`; ``refine="fast"`` by default: the
 compiled loop from :data:`COMPILED_MIN_GAUSSIANS`, the numpy waves below; ``"reference"`` for the literal
 loop) → objects (:mod:`.objects`). The selection of the answer is the union of its objects' Gaussians.
@@ -38,9 +38,9 @@ is not enough: with Gaussian features spread far more than the rendered pixels t
 ball (cos > 1 − 0.4 d̄) holds only tens of Gaussians. ``within_object=<Gaussian id>`` re-grows that
 object the same way, with the mean language feature of the Gaussian's tightest instance ball as prompt.
 
-Objects weaker than the best are dropped (:attr:`QueryEngine.WEAKER_LOGIT`): the median of 10 × the prompt's
-cosine over an object's Gaussians (:attr:`QueryEngine.WEAKER_ON`; the relevancy logit before issue 13) must be
-within 0.75 of the best object's. COS3D's per-query min-max normalisation turns a moderately relevant neighbour (a ketchup
+Objects weaker than the best are dropped (:attr:`QuerySettings.weaker_logit`): the median of 10 × the prompt's
+cosine over an object's Gaussians (:attr:`QuerySettings.weaker_on`, or the relevancy logit) must be within that
+of the best object's. Every such setting is chosen on the development prompts (:mod:`cos3d.query.settings`). COS3D's per-query min-max normalisation turns a moderately relevant neighbour (a ketchup
 bottle for "lemon") into a selected one; this keeps it out while keeping equally relevant instances
 ("cans").
 """
@@ -66,10 +66,10 @@ from cos3d.query.notarget import (
     calibrate,
     decide,
     presence_statistics,
-    relevancy_rule,
 )
 from cos3d.query.objects import Object3D, make_object, split_objects
 from cos3d.query.prompts import Click, load_binary_image, load_rgb_image, parse_click, parse_points
+from cos3d.query.settings import QuerySettings
 from cos3d.query.refine import InstanceIndex, RefineResult, refine_fast, refine_reference, thresholds
 from cos3d.query import refine_compiled
 from cos3d.query.relevancy import (
@@ -256,25 +256,9 @@ class QueryEngine:
         refine: ``"fast"`` (default) or ``"reference"``.
         segmenter: the box/point → mask segmenter of image prompts (:class:`cos3d.vision.prompts.PromptSegmenter`:
             SAM2, SAM2 / SAM 3 tracker through transformers); None keeps the offline rules of ``prompt_mask``.
+        settings: the tunable settings (default: the shipped ones, :meth:`QuerySettings.shipped`).
     """
 
-    WEAKER_LOGIT = 0.75
-    """An object is dropped when the median relevancy logit of its Gaussians is this much below the best
-    object's (1 logit = 0.1 of cosine margin between the prompt and the canonical negatives)."""
-    WEAKER_ON = "cosine"
-    """What the weaker-object filter compares: ``"cosine"`` (the prompt's cosine with the Gaussians' language
-    features, ×10 so that :attr:`WEAKER_LOGIT` keeps its scale) or ``"relevancy"`` (the raw LERF logit, before
-    issue 13). The canonical negatives' term of the logit differs from object to object whatever the prompt
-    (0.29 for a bowl, 0.54 for a robot under the ``labels`` embedder), so on the logit a neighbour can look as
-    relevant as the target ("condiment" kept the bowl beside the ketchup bottle)."""
-    SELECT_PARTS_ON = "cosine"
-    """What a part query (inside a parent) normalises and refines: ``"cosine"`` or ``"relevancy"`` (before
-    issue 13). Inside the parent the question is which part; the canonical negatives' per-part term and the
-    sigmoid's saturation near 1 (a body at cosine 0.9 and legs at 0.54 both map to R > 0.8) would decide it
-    instead of the prompt ("body" selected the legs too)."""
-    SELECT_OBJECTS_ON = "relevancy"
-    """What a whole-object query normalises and refines: ``"relevancy"`` (COS3D's LERF relevancy) or
-    ``"cosine"``."""
     SNAP_CLICK = True
     """Clicks (and ``within_object``) snap their language prompt to the nearest Ins2Lang target."""
     LANGUAGE_FP32_BYTES = 1 << 29
@@ -285,8 +269,11 @@ class QueryEngine:
 
     def __init__(
         self, source: QuerySource, *, level: str = "l", part_level: str | None = None, refine: str = "fast",
-        segmenter: "PromptSegmenter | SegmenterFactory | None" = None,
+        segmenter: "PromptSegmenter | SegmenterFactory | None" = None, settings: QuerySettings | None = None,
     ) -> None:
+        self.settings = QuerySettings.shipped() if settings is None else settings
+        """The tunable settings (:class:`cos3d.query.settings.QuerySettings`; shipped: chosen on the development
+        prompts, ``cos3d/query/tuned.json``)."""
         self._segmenter: PromptSegmenter | None = None
         self._segmenter_factory: SegmenterFactory | None = None
         self.segmenter_note = NO_SEGMENTER
@@ -412,13 +399,14 @@ class QueryEngine:
         return lv.index
 
     def calibration_for(self, level: str | None = None) -> NoTargetCalibration:
-        """The level's no-target calibration (computed on first use; see :mod:`cos3d.query.notarget`)."""
+        """The level's no-target calibration (computed on first use, and again when :attr:`settings` ask for
+        another top-k; see :mod:`cos3d.query.notarget`)."""
         lv = self._lv(level or self.level)
-        if lv.calibration is None:
+        if lv.calibration is None or lv.calibration.top_k != self.settings.presence_top_k:
             vocab = list(NEGATIVE_VOCABULARY)
             lv.calibration = calibrate(
                 lv.language, self.opacity, lv.targets, self.negatives, self.cache.embed(self.embedder, vocab), vocab,
-                held_out=self.held_out_prompts,
+                held_out=self.held_out_prompts, top_k=self.settings.presence_top_k,
             )
         return lv.calibration
 
@@ -440,6 +428,7 @@ class QueryEngine:
             "vocabulary": list(NEGATIVE_VOCABULARY),
             "negatives": list(CANONICAL_NEGATIVES),
             "presence": PRESENCE_STATE_VERSION,
+            "top_k": self.settings.presence_top_k,
             "levels": {k: [round(v.dbar, 8), int(v.targets.shape[0])] for k, v in sorted(self._levels.items())},
         }
         return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
@@ -923,8 +912,10 @@ class QueryEngine:
         valid = self.opacity > OPACITY_MIN
         stats = presence_statistics(cal, R_all, P, valid, neg_max=self.negative_max_for(lvl), subset=subset,
                                     language=lv.language, cosines=C_all,
-                                    relevancy_score=relevancy_rule())
-        decisions = [decide(st) for st in stats]
+                                    relevancy_score=self.settings.presence_rule == "relevancy")
+        s = self.settings
+        decisions = [decide(st, s.presence_rule, s.presence_margin, part_rule=s.part_rule, part_param=s.part_quantile)
+                     for st in stats]
         t_pres = (time.perf_counter() - ts) * 1e3
         out = []
         for q, desc in enumerate(descs):
@@ -945,14 +936,15 @@ class QueryEngine:
                 self.index(lvl)
                 tim["index"] = (time.perf_counter() - ts) * 1e3  # once per engine and level
             ts = time.perf_counter()
-            on = self.SELECT_PARTS_ON if subset is not None else self.SELECT_OBJECTS_ON
+            on = self.settings.select_parts_on if subset is not None else self.settings.select_objects_on
             cos = C_all[q]
             r = normalize_relevancy(cos if on == "cosine" else R, subset)
             ref = self.refine(r, lvl, subset=subset, method=refine)
             tim["refine"] = (time.perf_counter() - ts) * 1e3
             ts = time.perf_counter()
             objs = split_objects(ref.selected, self.means, lv.unit, self.opacity, R, lv.dbar, scales=self.scales)
-            objs = self._filter_weaker(objs, R, cos if self.WEAKER_ON == "cosine" else None)
+            if self.settings.weaker_on != "off":
+                objs = self._filter_weaker(objs, R, cos if self.settings.weaker_on == "cosine" else None)
             tim["objects"] = (time.perf_counter() - ts) * 1e3
             sel = torch.sort(torch.cat([o.gaussians for o in objs])).values if objs else torch.zeros(0, dtype=torch.long)
             tim["total"] = shared + (time.perf_counter() - tq) * 1e3
@@ -968,13 +960,13 @@ class QueryEngine:
 
     def _filter_weaker(self, objs: list[Object3D], R: Tensor, cos: Tensor | None = None) -> list[Object3D]:
         """Drop objects whose relevancy is clearly below the best object's (module docstring); on ``cos × 10``
-        when the cosines are given (:attr:`WEAKER_ON`)."""
+        when the cosines are given (:attr:`QuerySettings.weaker_on`)."""
         if len(objs) < 2:
             return objs
         lg = cos.double() * TEMPERATURE if cos is not None else torch.logit(R.double().clamp(1e-7, 1 - 1e-7))
         lv = [float(lg[o.gaussians].median()) for o in objs]
         best = max(lv)
-        return [o for o, v in zip(objs, lv) if v >= best - self.WEAKER_LOGIT]
+        return [o for o, v in zip(objs, lv) if v >= best - self.settings.weaker_logit]
 
     def pick(self, camera: Camera | str, x: float, y: float) -> int:
         """The id of the Gaussian with the largest blending weight at pixel ``(x, y)`` of ``camera``."""

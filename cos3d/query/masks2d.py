@@ -9,12 +9,14 @@
 The occlusion protocol only needs the view's blending weights, which do not depend on the selection:
 :class:`MaskRenderer` records them once per camera (:func:`cos3d.render.compute_contributions`) and
 then every mask of that view is a sparse product. The first mask asked of a view comes from a forward
-render instead: the indicator as a one-channel feature, over the window the selection's 3σ footprints
-cover (at 1296×968 with 25k Gaussians, 0.2–0.4 s against 10–13 s for recording the weights). The
-second ask of a view records its weights, so evaluations and the viewer, which ask a view many times,
-still get sparse products. Both compute ``Σ_sel w_i / Σ_all w_i``; the recorded weights leave out those
-below 1e-4 and the window changes the projection's frustum clamp (:meth:`Camera.cropped`), so a handful
-of boundary pixels in ten thousand can differ.
+render of the whole view instead: the indicator as a one-channel feature (a fraction of the cost of
+recording the weights at 1296×968). The second ask of a view records its weights, so evaluations and the
+viewer, which ask a view many times, get sparse products. Both compute ``Σ_sel w_i / Σ_all w_i`` over the
+same projection of the same camera, so ``cos3d query --masks-out`` (a fresh process: forward renders) and
+``cos3d eval`` (recorded weights) score the same masks; the recorded weights leave out those below 1e-4,
+which can flip a pixel whose ratio sits within that of 0.5 (tested equal on the test scene). A render of
+only the selection's window would be cheaper but changes the projection's frustum clamp
+(:meth:`Camera.cropped`): up to a tenth of a small object's mask differed that way.
 """
 
 from __future__ import annotations
@@ -98,8 +100,8 @@ class MaskRenderer:
 
     def occlusion(self, selected: Tensor, camera: Camera, *, ratio: float = OCCLUSION_RATIO) -> np.ndarray:
         """bool ``[H, W]``: pixels whose blending weight is mostly (> ``ratio``) from ``selected``: a forward
-        render of the selection's window the first time a view is asked, the view's recorded weights
-        (recorded on the second ask) after that (module docstring)."""
+        render of the view the first time it is asked, the view's recorded weights (recorded on the second
+        ask) after that (module docstring)."""
         h, w = camera.height, camera.width
         if selected.numel() == 0:
             return np.zeros((h, w), bool)
@@ -118,17 +120,13 @@ class MaskRenderer:
     def _occlusion_forward(self, selected: Tensor, camera: Camera, ratio: float) -> np.ndarray:
         from cos3d.render import render
 
-        out = np.zeros((camera.height, camera.width), bool)
-        win = self.footprint(selected, camera)
-        if win is None:
-            return out
-        x0, y0, x1, y1 = win
+        if self.footprint(selected, camera) is None:  # the selection cannot reach this view
+            return np.zeros((camera.height, camera.width), bool)
         ind = self._indicator(selected)[:, None].to(self.gaussians.means.dtype)
         with torch.no_grad():
-            r = render(self.gaussians, camera.cropped(x0, y0, x1, y1), features=ind, render_rgb=False)
+            r = render(self.gaussians, camera, features=ind, render_rgb=False)
         sel_w, alpha = r.features[0, ..., 0], r.alpha[0]
-        out[y0:y1, x0:x1] = ((sel_w > ratio * alpha) & (alpha > 1e-6)).cpu().numpy()
-        return out
+        return ((sel_w > ratio * alpha) & (alpha > 1e-6)).cpu().numpy()
 
     def occlusion_many(self, selections: list[Tensor], camera: Camera, *, ratio: float = OCCLUSION_RATIO) -> list[np.ndarray]:
         """:meth:`occlusion` for several selections at once (one sparse product)."""

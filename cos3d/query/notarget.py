@@ -9,8 +9,7 @@ Statistics (:func:`presence_statistics`). For a prompt embedding ``p``, over the
 ``L·p`` (recovered exactly from ``R``: no second read of the field). A mean of the top 32 rather than the
 maximum keeps one odd Gaussian from deciding. The rules (:data:`RULES`, :func:`decide`) read one of them;
 the engine's is :data:`RULE` = ``cosine``: the relevancy's canonical-negatives term differs from object to
-object whatever the prompt, so on ``s`` a present thing ("desk" on a table) could score below an absent one
-("napkin" near a bowl).
+object whatever the prompt, so on ``s`` a present thing could score below an absent one.
 
 Calibration (per scene and level, computed once by the engine, :func:`calibrate`):
 
@@ -20,20 +19,22 @@ Calibration (per scene and level, computed once by the engine, :func:`calibrate`
 - **Known negatives**: a shipped vocabulary of common object names (:data:`NEGATIVE_VOCABULARY`, ~190
   words), embedded by the scene's embedder, minus the words too close to any target: cosine > 0.6, or a
   similarity more than 2.5 standard deviations above that target's mean similarity over the vocabulary
-  (so "cup" is not a negative in a scene with a mug, whatever the embedding space's scale);
+  (so a word for something in the scene is not a negative, whatever the embedding space's scale);
   ``Q = {s(n)}`` (and their ``c``).
 - **Threshold**: with ``p_lo`` = the 10th percentile of the positives and ``q_hi`` = the 95th percentile of
-  the negatives (for ``s`` in logit space), ``τ = q_hi + m (p_lo − q_hi)`` when they are separated (``m =
-  0.15``: closer to the negatives, because a paraphrase like "cup" scores below the exact training
-  embedding), else the split that maximises balanced accuracy on ``P ∪ Q``.
+  the negatives (for ``s`` in logit space), ``τ = q_hi + m (p_lo − q_hi)`` when they are separated (the
+  margin ``m`` is :attr:`cos3d.query.settings.QuerySettings.presence_margin`, chosen on the development
+  prompts: a paraphrase scores below the exact training embedding, so the best margin sits near the
+  negatives), else the split that maximises balanced accuracy on ``P ∪ Q``.
 
 A prompt is answered as **absent** when its statistic is below ``τ``; the answer is then empty and its
 ``reason`` names the statistic and the threshold. A hierarchical prompt ("head" within "robot") is decided
 inside the parent's Gaussians (:data:`PART_RULE` = ``inner``): its top-k cosine there must reach the 0.9
 quantile of the kept vocabulary words' top-k cosines there. The calibration (thresholds, score
 distributions, counts) is kept on the engine (:attr:`QueryEngine.calibration`) and reported in JSON output.
-The rules' parameters were chosen on development prompts, never on evaluation prompts
-(:mod:`cos3d.eval.devprompts`, :mod:`cos3d.eval.presence`, ``scripts/presence_curve.py``).
+The rules' parameters (:class:`cos3d.query.settings.QuerySettings`) are chosen on the development prompts
+alone (:mod:`cos3d.eval.devprompts`) by ``scripts/tune_dev.py``, which records every candidate's development
+score and the choice in ``cos3d/query/tuned.json``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import torch
 from torch import Tensor
 
 from cos3d.query.relevancy import raw_relevancy
+from cos3d.query.settings import QuerySettings
 
 TOP_K = 32
 OPACITY_MIN = 0.1
@@ -96,17 +98,16 @@ NEGATIVE_VOCABULARY: tuple[str, ...] = (
 
 
 def check_held_out(prompts: Iterable[str], vocabulary: Iterable[str] = NEGATIVE_VOCABULARY) -> None:
-    """Raise :class:`~cos3d.errors.Cos3dError` when an evaluation prompt is a calibration word (case and
-    spacing aside): a no-target accuracy measured on the calibration set would overstate it."""
+    """Raise :class:`~cos3d.errors.Cos3dError` when an evaluation prompt is a calibration word up to case,
+    punctuation, articles, number and word order (:func:`cos3d.phrases.normalize`: "Elephants." is
+    "elephant"): a no-target accuracy measured on the calibration set would overstate it."""
     from cos3d.errors import Cos3dError
+    from cos3d.phrases import overlapping
 
-    def norm(t: str) -> str:
-        return " ".join(t.lower().split())
-
-    vocab = {norm(v) for v in vocabulary}
-    clash = sorted({p for p in prompts if norm(p) in vocab})
+    clash = overlapping(prompts, vocabulary)
     if clash:
-        raise Cos3dError(f"evaluation prompts overlap the no-target calibration vocabulary: {', '.join(map(repr, clash[:6]))}"
+        shown = ", ".join(f"{p!r}" + (f" (~ {v!r})" if p != v else "") for p, v in clash[:6])
+        raise Cos3dError(f"evaluation prompts overlap the no-target calibration vocabulary: {shown}"
                          f"{' and more' if len(clash) > 6 else ''}; evaluation prompts must be held out")
 
 
@@ -344,20 +345,17 @@ PART_RULES: tuple[str, ...] = ("scene", "inner")
   Gaussians) ≥ the ``q``-quantile of the kept vocabulary words' ``c_parent``: the parent is there (the user
   named it and it was found), so the question is whether the prompt is more like one of its parts than an
   unrelated word is."""
-RULE = "cosine"
-"""The engine's object rule. Chosen on the development prompts (:mod:`cos3d.eval.devprompts`, seeds 0–2 at
-320×240): along the whole false-empty / no-target curve the cosine statistic answers fewer present prompts
-"not here" than the relevancy at the same no-target accuracy (docs/benchmarks.md, issue 13)."""
-RULE_PARAM = MARGIN
-"""Its margin: the pre-issue-13 value, not re-tuned (the development curve's own choice, 0.05, is reported
-beside it: on the evaluation's absent things it falls below 0.9 no-target accuracy)."""
-PART_RULE = "inner"
-"""The engine's part rule (the scene-wide test answered every part paraphrase "not here")."""
-PART_PARAM = 0.9
-"""Its quantile. By construction it is the share of the vocabulary's unrelated words that a part query inside
-the parent answers "not here", so 0.9 is issue 13's no-target bar applied to them (at 0.7, 30 % of unrelated
-words pass: "elephant of the robot" did). The development prompts agree: every development absent thing asked
-as a part is answered "not here" from 0.7 up, at a development false-empty rate of 0.17 (0.12 at 0.7)."""
+_SHIPPED = QuerySettings.shipped()
+RULE = _SHIPPED.presence_rule
+"""The shipped object rule (:class:`cos3d.query.settings.QuerySettings`, chosen on the development prompts:
+``cos3d/query/tuned.json``); the default of :func:`decide`."""
+RULE_PARAM = _SHIPPED.presence_margin
+"""Its margin (shipped)."""
+PART_RULE = _SHIPPED.part_rule
+"""The shipped part rule."""
+PART_PARAM = _SHIPPED.part_quantile
+"""Its quantile (shipped). By construction it is the share of the vocabulary's unrelated words that a part query
+inside the parent answers "not here"."""
 
 
 INNER_SAMPLE = 8192
@@ -435,11 +433,6 @@ def presence_statistics(
             "inner_negative_cos": inner_neg, "cal": cal,
         })
     return out
-
-
-def relevancy_rule() -> bool:
-    """Whether the engine's rule (:data:`RULE`, read at call time) reads the relevancy score."""
-    return RULE == "relevancy"
 
 
 def recover_cosines(R: Tensor, neg_max: Tensor, temperature: float | None = None) -> Tensor:

@@ -195,6 +195,13 @@ def render(
     if which == "gsplat":
         from cos3d.render.gsplat_backend import rasterize_gsplat
 
+        # the torch rasterizer's one departure from gsplat, applied here too: a Gaussian around a camera, seen
+        # from the side, is not splatted (torch_raster.around_camera); with several cameras, one culled in any
+        # of them is left out of all
+        cull = torch_raster.around_camera(means_v, quats_v, scales_v, viewmats, Ks, width, height).any(0)
+        if bool(cull.any()):
+            op_v = op_v.masked_fill(cull, 0.0)
+
         img, alpha, gmeta = rasterize_gsplat(
             means_v, quats_v, scales_v, op_v, colors, viewmats, Ks, width, height,
             near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,

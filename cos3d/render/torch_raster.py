@@ -5,6 +5,13 @@ It follows gsplat's conventions so that both backends render the same image:
 - projection: EWA splatting, ``cov2d = J W Σ Wᵀ Jᵀ + 0.3 I`` (the 3DGS low-pass "blur"), with the
   Jacobian evaluated at the mean clamped to 1.3× the field of view; Gaussians closer than
   ``near_plane`` (0.01) or farther than ``far_plane`` are culled, as are those with opacity < 1/255;
+- one departure from gsplat (:func:`around_camera`): a Gaussian whose 3σ ellipsoid holds the camera centre
+  and whose mean lies outside the field of view widened by 30 % is culled. EWA linearises the projection at
+  the (clamped) mean, which says nothing about a Gaussian around the camera seen from the side: a 50 m
+  "background" Gaussian grown in stage 0, its mean 22 m to the side of a held-out camera and 0.65 m ahead of
+  its image plane, was splatted over the whole view in front of every object (every occlusion mask of that
+  view came out empty). Such Gaussians inside the field of view are kept: they are the background that
+  training views fitted. :func:`cos3d.render.render`'s gsplat path culls the same Gaussians;
 - footprint: an axis-aligned box of half-size ``ceil(extend · sqrt(cov2d_ii))`` with
   ``extend = min(3.33, sqrt(2 ln(255 · opacity)))`` (gsplat's radii). Every pixel where a Gaussian
   reaches ``alpha >= 1/255`` lies inside that box, so the image does not depend on how pixels are
@@ -48,6 +55,8 @@ ALPHA_MIN = 1.0 / 255.0
 T_MIN = 1e-4
 EPS2D = 0.3
 NEAR_PLANE = 0.01
+ENCLOSE_SIGMAS = 3.0
+"""A Gaussian whose ``ENCLOSE_SIGMAS``-σ ellipsoid holds a camera's centre is not splatted in that camera."""
 FAR_PLANE = 1e10
 
 DEFAULT_CHUNK = 16
@@ -119,7 +128,7 @@ def project_gaussians(
     b = (TM0 * TM1).sum(-1)
     c = (TM1 * TM1).sum(-1) + eps2d
     det = a * c - b * b
-    ok = in_depth & (det > 0)
+    ok = in_depth & (det > 0) & ~around_camera(means, quats, scales, viewmats, Ks, width, height)
     det_s = torch.where(ok, det, torch.ones_like(det))
     conics = torch.stack([c / det_s, -b / det_s, a / det_s], dim=-1)
     means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], dim=-1)
@@ -138,6 +147,42 @@ def project_gaussians(
 def _take(t: Tensor, idx: Tensor) -> Tensor:
     """``t[idx]`` along dim 0 for an index tensor of any shape (index_select: much faster on CPU)."""
     return t.index_select(0, idx.reshape(-1)).reshape(idx.shape + t.shape[1:])
+
+
+@torch.no_grad()
+def encloses_camera(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor,
+                    sigmas: float = ENCLOSE_SIGMAS) -> Tensor:
+    """``[C, N]`` bool: whether camera c's centre lies inside Gaussian n's ``sigmas``-σ ellipsoid, i.e. the
+    Mahalanobis distance ``|S⁻¹ Rᵀ (o_c − μ_n)| < sigmas`` (module docstring: such Gaussians are culled).
+
+    Args:
+        means: [N, 3]; quats: [N, 4] wxyz; scales: [N, 3] (activated); viewmats: [C, 4, 4] world-to-camera.
+    """
+    Rw, tw = viewmats[:, :3, :3], viewmats[:, :3, 3]
+    centres = -torch.einsum("cji,cj->ci", Rw, tw)  # [C, 3]: o = -Rᵀ t for a rigid world-to-camera
+    R = quat_to_rotmat(quats.detach())  # [N, 3, 3]
+    d = centres[:, None, :] - means.detach()[None]  # [C, N, 3]
+    local = torch.einsum("nji,cnj->cni", R, d) / scales.detach().clamp_min(1e-12)[None]
+    return (local * local).sum(-1) < sigmas * sigmas
+
+
+@torch.no_grad()
+def around_camera(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: Tensor, width: int,
+                  height: int) -> Tensor:
+    """``[C, N]`` bool: the Gaussians culled in each camera besides gsplat's rules (module docstring): their
+    3σ ellipsoid holds the camera centre (:func:`encloses_camera`) and their mean lies outside the field of
+    view widened by 30 % (where EWA clamps the Jacobian), or behind the camera."""
+    Rw, tw = viewmats[:, :3, :3], viewmats[:, :3, 3]
+    pc = torch.einsum("cij,nj->cni", Rw, means.detach()) + tw[:, None, :]
+    x, y, z = pc.unbind(-1)
+    fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]
+    cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
+    tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
+    zs = torch.where(z > 0, z, torch.ones_like(z))
+    u, v = x / zs, y / zs
+    outside = ((z <= 0) | (u > (width - cx) / fx + 0.3 * tan_x) | (u < -(cx / fx + 0.3 * tan_x))
+               | (v > (height - cy) / fy + 0.3 * tan_y) | (v < -(cy / fy + 0.3 * tan_y)))
+    return outside & encloses_camera(means, quats, scales, viewmats)
 
 
 @torch.no_grad()

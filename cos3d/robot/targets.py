@@ -299,7 +299,8 @@ def pick_targets(
     """Pick targets for a prompt, best first, in the robot base frame (module docstring).
 
     Args:
-        scene: a loaded run (``cos3d.load(RUN)``) or a run folder.
+        scene: a loaded run (``cos3d.load(RUN)``), a run folder, or a served run (``cos3d.client.load(RUN)``:
+            the server computes the targets).
         prompt: text (``"red mug"``, ``"the handle of the mug"``), an earlier ``QueryResult``, or None
             with image/click keywords (``image=, box=, mask=, points=, click=, within=``: those of
             ``TrainedScene.query``).
@@ -316,6 +317,9 @@ def pick_targets(
     """
     if approach not in APPROACHES:
         raise ValueError(f"approach must be one of {APPROACHES}, got {approach!r}")
+    if callable(getattr(scene, "remote_targets", None)):  # a run served by cos3d serve (cos3d.client)
+        return scene.remote_targets("pick", prompt, T_base_scene=T_base_scene, correspondences=correspondences,
+                                    approach=approach, k=k, gripper=gripper, up=up, **query)
     if k is not None and k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     ts = _resolve_scene(scene)
@@ -388,6 +392,9 @@ def place_target(
     rim, the object has an opening and the target is ``inside``, on the opening's floor; otherwise
     ``on_top``, on the top surface. Other arguments as :func:`pick_targets`.
     """
+    if callable(getattr(scene, "remote_targets", None)):  # a run served by cos3d serve (cos3d.client)
+        return scene.remote_targets("place", prompt, T_base_scene=T_base_scene, correspondences=correspondences,
+                                    clearance=clearance, k=k, up=up, **query)
     ts = _resolve_scene(scene)
     T = _resolve_T(T_base_scene, correspondences)
     up_v = np.array([0.0, 0.0, 1.0]) if up is None else np.asarray(up, np.float64) / np.linalg.norm(up)

@@ -34,15 +34,18 @@ import numpy as np
 
 from cos3d.atomic import atomic_dir, check_output_folder, write_json
 from cos3d.errors import Cos3dError
+from cos3d.phrases import overlapping
 from cos3d.readers.writers import write_scannet_frame, write_scannet_intrinsics, write_scannet_meta
 from cos3d.scene import PartInfo
 from cos3d.tabletop.catalog import (
     FLOOR_EVAL_NAMES,
+    FLOOR_NEAR_NAMES,
     FLOOR_NAMES,
     FLOOR_URDF,
     PACKAGES,
     ROBOT,
     TABLE_EVAL_NAMES,
+    TABLE_NEAR_NAMES,
     TABLE_NAMES,
     TABLE_URDF,
     check_catalog,
@@ -77,9 +80,11 @@ REGION = (-0.38, -0.25, 0.38, 0.25)
 REGION_MAX_SCALE = 1.75
 MIN_TRAIN_VIEWS = 2
 MIN_VIEWS = 4
-EVAL_PROMPTS_FORMAT = "cos3d-eval-prompts/1"
+EVAL_PROMPTS_FORMAT = "cos3d-eval-prompts/2"
 """``eval_prompts.json``: ``{"format": ..., "instances": {"<id>": [phrasing, ...]}, "parts": {"<part id>":
-[phrasing, ...]}}``: held-out phrasings, never among ``labels.json`` / ``parts.json``'s names."""
+[phrasing, ...]}, "near_instances": {...}, "near_parts": {...}}``: held-out phrasings, never among
+``labels.json`` / ``parts.json``'s names (up to :func:`cos3d.phrases.normalize`) and sharing no content word
+with their object's names; ``near_*``: the near-training phrasings (the set before issue 23), scored apart."""
 
 
 @dataclass
@@ -262,6 +267,10 @@ class Built:
     """Held-out phrasings per instance id (``eval_prompts.json``)."""
     part_eval_names: dict[int, list[str]] = field(default_factory=dict)
     """Held-out phrasings per part id."""
+    near_names: dict[int, list[str]] = field(default_factory=dict)
+    """Near-training phrasings per instance id (:attr:`cos3d.tabletop.catalog.CatalogEntry.near_names`)."""
+    part_near_names: dict[int, list[str]] = field(default_factory=dict)
+    """Near-training phrasings per part id."""
 
 
 def _build(
@@ -288,6 +297,7 @@ def _build(
     body_to_id = {stage.floor: FLOOR_ID, stage.table: TABLE_ID, robot_body: ROBOT_ID}
     labels = {FLOOR_ID: list(FLOOR_NAMES), TABLE_ID: list(TABLE_NAMES), ROBOT_ID: list(ROBOT.names)}
     eval_names = {FLOOR_ID: list(FLOOR_EVAL_NAMES), TABLE_ID: list(TABLE_EVAL_NAMES), ROBOT_ID: list(ROBOT.eval_names)}
+    near_names = {FLOOR_ID: list(FLOOR_NEAR_NAMES), TABLE_ID: list(TABLE_NEAR_NAMES), ROBOT_ID: list(ROBOT.near_names)}
     objects = [
         {"id": FLOOR_ID, "key": "floor", "names": list(FLOOR_NAMES), "source": "pybullet_data",
          "distribution": PACKAGES["pybullet_data"], "asset": FLOOR_URDF},
@@ -306,6 +316,7 @@ def _build(
         body_to_id[body] = oid
         labels[oid] = list(entry.names)
         eval_names[oid] = list(entry.eval_names)
+        near_names[oid] = list(entry.near_names)
         if k in selection.pair:
             pair_ids.append(oid)
         objects.append({
@@ -320,14 +331,16 @@ def _build(
     part_lut = np.zeros(max(robot_links.values()) + 2, dtype=np.uint16)
     parts = {}
     part_eval = {}
+    part_near = {}
     for pid, part in enumerate(ROBOT.parts, start=1):
         parts[pid] = PartInfo(names=list(part.names), parent=ROBOT_ID)
         part_eval[pid] = list(part.eval_names)
+        part_near[pid] = list(part.near_names)
         for link in part.links:
             part_lut[robot_links[link] + 1] = pid
     return Built(table_top=top, region=region, robot_body=robot_body, inst_lut=inst_lut, part_lut=part_lut,
                  labels=labels, parts=parts, objects=objects, pair={"kind": selection.pair_kind, "ids": pair_ids},
-                 eval_names=eval_names, part_eval_names=part_eval)
+                 eval_names=eval_names, part_eval_names=part_eval, near_names=near_names, part_near_names=part_near)
 
 
 def _pose_record(pos: np.ndarray, quat: np.ndarray, fp: Footprint) -> dict:
@@ -449,12 +462,15 @@ def eval_prompts_record(built: Built) -> dict:
     """The ``eval_prompts.json`` record; raises ValueError if a held-out phrasing is a training name here."""
     train = {n.lower() for ns in built.labels.values() for n in ns}
     train |= {n.lower() for p in built.parts.values() for n in p.names}
-    held = {n.lower() for ns in list(built.eval_names.values()) + list(built.part_eval_names.values()) for n in ns}
-    if held & train:
-        raise ValueError(f"held-out phrasings that are training names of this scene: {sorted(held & train)}")
+    held = [n for ns in list(built.eval_names.values()) + list(built.part_eval_names.values()) for n in ns]
+    clash = overlapping(held, train)
+    if clash:
+        raise ValueError(f"held-out phrasings that are training names of this scene: {clash}")
     return {
         "format": EVAL_PROMPTS_FORMAT,
         "note": "held-out phrasings for cos3d eval; never in labels.json/parts.json, never embedded in training",
         "instances": {str(k): list(v) for k, v in sorted(built.eval_names.items()) if v},
         "parts": {str(k): list(v) for k, v in sorted(built.part_eval_names.items()) if v},
+        "near_instances": {str(k): list(v) for k, v in sorted(built.near_names.items()) if v},
+        "near_parts": {str(k): list(v) for k, v in sorted(built.part_near_names.items()) if v},
     }

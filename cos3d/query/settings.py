@@ -1,0 +1,87 @@
+"""The query engine's tunable settings, and the record of how each was chosen (``tuned.json``).
+
+Every setting that decides an answer and could be tuned (presence margin and top-k, the part rule's
+quantile, the weaker-object filter, what parts and objects are refined on) lives in :class:`QuerySettings`.
+Its shipped values are the ``choice`` of each entry of ``tuned.json`` beside this file, written by
+``scripts/tune_dev.py``: each candidate's score on the **development prompts** (:mod:`cos3d.eval.devprompts`,
+disjoint from every evaluation prompt), the chosen one and its score. The evaluation prompts never take part
+in a choice. Settings that are COS3D's or DESIGN.md's defaults (the refinement thresholds, r > 0.5, opacity
+> 0.1) are not tunables here.
+
+A caller may pass its own settings (``QueryEngine(source, settings=QuerySettings(...))``); the tuning script
+does so to score each candidate.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+TUNED_FILE = Path(__file__).with_name("tuned.json")
+"""The record of the shipped choices (package data)."""
+
+WEAKER_MODES = ("cosine", "relevancy", "off")
+SELECT_ON = ("cosine", "relevancy")
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    """What the engine's answers depend on besides the fields and the prompt (module docstring)."""
+
+    presence_rule: str = "cosine"
+    """Object-level presence rule (:data:`cos3d.query.notarget.RULES`)."""
+    presence_margin: float = 0.15
+    """The rule's margin: the threshold sits this far from the negatives' 95th percentile towards the
+    positives' 10th (:func:`cos3d.query.notarget.decide`)."""
+    presence_top_k: int = 32
+    """How many of the most similar Gaussians the presence statistic averages."""
+    part_rule: str = "inner"
+    """Presence rule of a part inside its found parent (:data:`cos3d.query.notarget.PART_RULES`)."""
+    part_quantile: float = 0.9
+    """The part rule's quantile of the calibration words' scores inside the parent."""
+    weaker_on: str = "cosine"
+    """What the weaker-object filter compares (:data:`WEAKER_MODES`; ``off``: no filter)."""
+    weaker_logit: float = 0.75
+    """An object is dropped when its median score (10 × cosine, or the relevancy logit) is this far below the
+    best object's."""
+    select_parts_on: str = "cosine"
+    """What a part query inside its parent normalises and refines (:data:`SELECT_ON`)."""
+    select_objects_on: str = "relevancy"
+    """What a whole-object query normalises and refines (:data:`SELECT_ON`; COS3D's is the relevancy)."""
+
+    def __post_init__(self) -> None:
+        from cos3d.query.notarget import PART_RULES, RULES
+
+        for name, value, allowed in (("presence_rule", self.presence_rule, RULES), ("part_rule", self.part_rule, PART_RULES),
+                                     ("weaker_on", self.weaker_on, WEAKER_MODES),
+                                     ("select_parts_on", self.select_parts_on, SELECT_ON),
+                                     ("select_objects_on", self.select_objects_on, SELECT_ON)):
+            if value not in allowed:
+                raise ValueError(f"QuerySettings.{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.presence_top_k < 1:
+            raise ValueError(f"QuerySettings.presence_top_k must be >= 1, got {self.presence_top_k}")
+
+    @classmethod
+    def shipped(cls) -> "QuerySettings":
+        """The settings recorded as chosen in :data:`TUNED_FILE` (the dataclass defaults where it has none)."""
+        return _shipped()
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def read_record(path: Path = TUNED_FILE) -> dict:
+    """The tuning record: ``{"tunables": {name: {"choice", "score", "candidates": [{value, score, ...}]}}, ...}``."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {"tunables": {}}
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped() -> QuerySettings:
+    rec = read_record().get("tunables", {})
+    names = {f.name for f in fields(QuerySettings)}
+    return QuerySettings(**{k: v["choice"] for k, v in rec.items() if k in names})
