@@ -25,6 +25,12 @@ def _masks_out(run, prompt, views, out) -> dict[str, np.ndarray]:
     return {v: np.asarray(Image.open(out / f"{v}.png")) > 0 for v in views}
 
 
+def _two_pixels(mask: np.ndarray, gt: np.ndarray) -> float:
+    """How much two flipped pixels can move an IoU against ``gt``: the recorded weights leave out those below
+    1e-4, which can flip a pixel whose ratio sits at 0.5 (tests/test_masks2d.py: at most 2 per view)."""
+    return 2.0 / max(1, int((mask | gt).sum()) - 2) + 1e-9
+
+
 @pytest.fixture(scope="module")
 def written(trained_run, tmp_path_factory):
     import cos3d
@@ -53,7 +59,8 @@ def test_eval_tabletop_scores_the_masks_query_writes(trained_run, written):
     for qe in rep.per_query:
         for view, iou in qe.ious.items():
             gt = np.isin(ts.scene.frame(view).load_instance(), qe.query.gt_ids)
-            assert mask_iou(masks[qe.query.text][view], gt) == pytest.approx(iou, abs=2e-3), (qe.query.text, view)
+            mine = masks[qe.query.text][view]
+            assert mask_iou(mine, gt) == pytest.approx(iou, abs=_two_pixels(mine, gt)), (qe.query.text, view)
             compared += 1
     assert compared >= 4
 
@@ -87,4 +94,5 @@ def test_eval_lerf_scores_the_masks_query_writes(trained_run, written, tmp_path)
     assert len(res["pairs"]) >= 4
     for row in res["pairs"]:
         gt = by[row["frame"]].masks[row["query"]]
-        assert mask_iou(masks[row["query"]][row["frame"]], gt) == pytest.approx(row["occlusion"], abs=2e-3), row
+        mine = masks[row["query"]][row["frame"]]
+        assert mask_iou(mine, gt) == pytest.approx(row["occlusion"], abs=_two_pixels(mine, gt)), row

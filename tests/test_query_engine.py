@@ -26,8 +26,12 @@ IMAGE_IOU_BAR = 0.5
 MIOU_BAR = 0.5
 """Tabletop protocol mIoU of the object-name queries (measured 0.73 on this fixture, oracle-2D; over every
 present query, held-out paraphrases and part paraphrases included, 0.49)."""
-PARAPHRASE_SHARE = 0.5
-"""Share of held-out paraphrases (eval_prompts.json: never training names) found with IoU > 0.25."""
+PARAPHRASE_SHARE = 0.2
+"""Share of held-out phrasings (eval_prompts.json: no content word of their object's training names) found with
+IoU > 0.25 (measured 4 of 15 with the settings before tuning: the sentence encoder knows "desk" for a table
+but not "linoleum", "automaton" or "tin"; docs/benchmarks.md)."""
+NEAR_SHARE = 0.5
+"""The same for the near-training phrasings ("red mug" for a "red coffee mug": the held-out set before issue 23)."""
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +76,10 @@ def test_paraphrase_finds_the_object(engine, report):
     assert paras
     ok = [q for q in paras if not q.no_target and (q.miou or 0) > 0.25]
     assert len(ok) >= PARAPHRASE_SHARE * len(paras), [(q.query.label, q.no_target, q.miou) for q in paras]
+    near = [q for q in report.per_query if q.query.kind == "near_paraphrase"]
+    assert near
+    ok = [q for q in near if not q.no_target and (q.miou or 0) > 0.25]
+    assert len(ok) >= NEAR_SHARE * len(near), [(q.query.label, q.no_target, q.miou) for q in near]
 
 
 UNSEEN_ABSENT = ("walrus", "trombone", "hovercraft")

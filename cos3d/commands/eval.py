@@ -219,11 +219,16 @@ def _print_main(console: Any, rep: Any, oracle: bool, prompts: str = "eval") -> 
         t.add_row(kind, "yes" if r["held_out"] else "no", str(r["queries"]), str(r["pairs"]), _f(r["mIoU"]),
                   _f(r["mAcc@0.25"]), _f(r["mAcc@0.5"]), _f(r["decision_accuracy"]))
     s, h = rep.summary, rep.held_out
-    t.add_row("all", "", str(len(rep.per_query)), str(s["pairs"]), _f(s["mIoU"]), _f(s["mAcc@0.25"]), _f(s["mAcc@0.5"]), "")
+    t.add_row("all but near-training", "", "", str(s["pairs"]), _f(s["mIoU"]), _f(s["mAcc@0.25"]), _f(s["mAcc@0.5"]), "")
     t.add_row("held-out kinds", "yes", "", str(h["pairs"]), _f(h["mIoU"]), _f(h["mAcc@0.25"]), _f(h["mAcc@0.5"]), "")
     console.print(t)
+    if rep.near:
+        n = rep.near
+        console.print(f"near-training phrasings (the held-out set before issue 23, its own row): mIoU {_f(n['mIoU'])}, "
+                      f"mAcc@0.25 {_f(n['mAcc@0.25'])} over {n['pairs']} pairs, {n['false_empty']} of {n['queries']} "
+                      "answered not here")
     p = rep.presence
-    console.print(f"presence: accuracy {_f(p['accuracy'])} on {p['queries']} queries ({p['present']} present, "
+    console.print(f"presence (held-out kinds): accuracy {_f(p['accuracy'])} on {p['queries']} queries ({p['present']} present, "
                   f"{p['absent']} absent); always-present baseline {_f(p['always_present_baseline'])}, "
                   f"always-absent {_f(p['always_absent_baseline'])}; balanced accuracy {_f(p['balanced_accuracy'])}; "
                   f"false-empty rate {_f(p['false_empty_rate'])}, false-present rate {_f(p['false_present_rate'])}")

@@ -58,7 +58,7 @@ def eval_queries(scene: "Scene") -> list[PresenceQuery]:
     """The tabletop protocol's queries as presence queries."""
     from cos3d.eval.tabletop import tabletop_queries
 
-    return [PresenceQuery(q.text, q.present, q.kind, q.within) for q in tabletop_queries(scene)]
+    return [PresenceQuery(q.text, q.present, q.kind, q.within) for q in tabletop_queries(scene, near=False)]
 
 
 def presence_statistics(engine: "QueryEngine", queries: Sequence[PresenceQuery]) -> list[dict[str, Any]]:
@@ -213,8 +213,13 @@ def presence_frontier(ts: "TrainedScene", queries: Sequence["EvalQuery"]) -> dic
     with separate rules), and both together (``all``: each at its own hindsight threshold, false-empty over
     every present query): what the embedder's text side allows whatever the 3D side does. ``decided_present``
     lists the queries (labels) its thresholds answer as present (the budget's ``collaborative + frontier
-    presence`` row)."""
-    rows = perfect_field_scores(ts, queries)
+    presence`` row). Only the held-out kinds (:data:`cos3d.eval.tabletop.HELD_OUT_KINDS`) take part, as in the
+    protocol's presence numbers; the other present queries (training names, near-training phrasings) count
+    as decided present."""
+    from cos3d.eval.tabletop import HELD_OUT_KINDS
+
+    rows = perfect_field_scores(ts, [q for q in queries if q.kind in HELD_OUT_KINDS])
+    others = [q.label for q in queries if q.present and q.kind not in HELD_OUT_KINDS]
     obj = frontier([r for r in rows if not r["part"]])
     par = frontier([r for r in rows if r["part"]])
     both: dict[str, Any] = {"present": obj["present"] + par["present"]}
@@ -228,7 +233,7 @@ def presence_frontier(ts: "TrainedScene", queries: Sequence["EvalQuery"]) -> dic
         a = f["at_no_target"]
         # no absent prompt to answer: every prompt of the group counts as present
         thr[key] = a["threshold"] if a is not None else (-math.inf if f["absent"] == 0 else math.inf)
-    decided = [r["query"] for r in rows if r["score"] >= thr["parts" if r["part"] else "objects"]]
+    decided = [r["query"] for r in rows if r["score"] >= thr["parts" if r["part"] else "objects"]] + others
     lowest = sorted((r for r in rows if r["present"]), key=lambda r: r["score"])[:6]
     highest = sorted((r for r in rows if not r["present"]), key=lambda r: -r["score"])[:6]
     return {"objects": obj, "parts": par, "all": both, "rows": rows, "decided_present": decided,
