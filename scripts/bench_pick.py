@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import cos3d
+    from cos3d.phrases import normalize
     from cos3d.robot.sim import evaluate_tabletop, scene_training_names, summarize_trials
 
     cli = [sys.executable, "-m", "cos3d"]
@@ -81,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         if not (run / "fields.pt").is_file():
             subprocess.run(cli + ["train", "--scene", str(scene), "--out", str(run), "--fast"], check=True)
         ts = cos3d.load(run, device="cpu")
-        names = {" ".join(n.lower().split()) for n in scene_training_names(scene)}
+        names = {normalize(n) for n in scene_training_names(scene)}
         for s in sets:
             for t in evaluate_tabletop(scene, ts, prompt_set=s, approach=args.approach, ids=args.ids):
                 t.scene = f"seed {seed}"
-                if s == "evaluation" and " ".join(t.prompt.lower().split()) in names:
+                if s == "evaluation" and normalize(t.prompt) in names:
                     leaked.append(f"seed {seed}: {t.prompt!r}")
                 trials[s].append(t)
                 print(f"seed {seed} [{s}] {t.kind:28s} {t.prompt!r:30} grounded={t.grounded} e2e={t.end_to_end} "

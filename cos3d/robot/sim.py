@@ -329,6 +329,7 @@ def tabletop_prompts(scene_dir: str | Path, prompt_set: str = "evaluation") -> l
     the scene (:func:`cos3d.eval.heldout.check_disjoint`).
     """
     from cos3d.eval.heldout import check_disjoint
+    from cos3d.phrases import normalize
     from cos3d.tabletop.catalog import CATALOG
 
     if prompt_set not in PROMPT_SETS:
@@ -338,9 +339,7 @@ def tabletop_prompts(scene_dir: str | Path, prompt_set: str = "evaluation") -> l
     held_file = root / "eval_prompts.json"
     held = json.loads(held_file.read_text()).get("instances", {}) if held_file.is_file() else {}
     rigid = [o for o in meta["objects"] if _pickable(o)]
-
-    def norm(t: str) -> str:
-        return " ".join(t.lower().split())
+    norm = normalize  # "cups" and "a cup" are one prompt, asked once
 
     by_prompt: dict[str, tuple[str, list[int]]] = {}
     for o in rigid:
