@@ -298,7 +298,9 @@ def score_pick(intended, in_box, lifted: dict[int, float], *, answered: bool = T
     """
     intended = {int(i) for i in intended}
     if not answered:
-        return False, False, f"no target: {reason}" if reason else "no target"
+        if not reason:
+            return False, False, "no target"
+        return False, False, reason if reason.startswith("no target") else f"no target: {reason}"
     risen = {int(i) for i, r in lifted.items() if r >= LIFT_SUCCESS}
     grounded = bool(intended & {int(i) for i in in_box}) or bool(intended & risen)
     e2e = len(risen) == 1 and risen <= intended
