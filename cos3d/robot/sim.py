@@ -16,6 +16,11 @@ Success: the intended object rose ≥ :data:`LIFT_SUCCESS` (10 cm) at the end of
 object did. The scene frame of a tabletop is its world frame (metres, z up), so ``T_base_scene`` is the
 identity there.
 
+:func:`evaluate_tabletop` is the pick benchmark, grounded like a user: every rigid object is asked for
+by its held-out phrasings (the catalogue's ``eval_names``, never training names), the robot API's first
+target is executed, and ground truth only scores the outcome (:func:`score_pick`: grounding, grasp given
+grounding, end to end; :func:`summarize_trials`). ``scripts/bench_pick.py`` runs it over seeded scenes.
+
 Imports pybullet when called (it is a dependency of the tabletop generator).
 """
 
@@ -252,69 +257,219 @@ def simulate_pick(
     return PickOutcome(bool(ok), rise, float(rise[target_id]), note)
 
 
+PROMPT_SETS = ("evaluation", "training")
+"""What :func:`evaluate_tabletop` asks with: ``"evaluation"``, the held-out phrasings of each object's
+catalogue entry (``CATALOG[key].eval_names``, never training names); ``"training"``, each object's
+canonical training name (``meta.json`` ``names[0]``: not held out, kept to show the drop)."""
+
+
 @dataclass
 class PickTrial:
-    """One object of a tabletop scene: prompt → target → simulated pick."""
+    """One prompt on a tabletop scene: the robot API's first target, executed and scored.
+
+    Ground truth (``meta.json`` boxes, the simulator's object heights) only scores the pick; it never
+    chooses what is executed.
+    """
 
     scene: str
-    object_id: int
-    kind: str
-    """The catalogue key (``soda_can``, ``red_coffee_mug``, ...)."""
     prompt: str
-    found: bool
-    """The answer held a target whose centroid lies inside this object's true box."""
+    prompt_set: str
+    """``"evaluation"`` or ``"training"`` (:data:`PROMPT_SETS`)."""
+    kind: str
+    """The intended objects' catalogue keys, ``+``-joined when a phrasing names objects of several keys."""
+    intended: list[int]
+    """Instance ids the prompt names (every rigid object with this phrasing: a shared kind names several)."""
+    answered: bool
+    """``pick_targets`` returned a target (an empty answer is a grounding failure)."""
+    in_box: list[int]
+    """Instance ids whose true box holds the executed target's centroid (scoring only)."""
     approach: str | None
     width: float | None
     flags: list[str]
-    success: bool
-    rise: float
+    lifted: dict[int, float]
+    """Instance id → rise (metres) of every rigid object after the hold; empty when nothing was executed."""
+    grounded: bool
+    """The right object was chosen: the target's centroid lies in an intended object's true box, or the
+    lift raised an intended object >= :data:`LIFT_SUCCESS`."""
+    end_to_end: bool
+    """An intended object rose >= :data:`LIFT_SUCCESS` and no other object did."""
     note: str
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["lifted"] = {str(k): round(v, 4) for k, v in self.lifted.items()}
+        return d
+
+
+def score_pick(intended, in_box, lifted: dict[int, float], *, answered: bool = True,
+               reason: str = "") -> tuple[bool, bool, str]:
+    """``(grounded, end_to_end, note)`` of one executed pick, from ground truth (scoring only).
+
+    Args:
+        intended: instance ids the prompt names.
+        in_box: instance ids whose true box holds the executed target's centroid.
+        lifted: instance id → rise (metres) of every rigid object (empty: nothing was executed).
+        answered: False when the API returned no target (``reason`` says why): a grounding failure.
+
+    Grounded: an intended object's box holds the target's centroid, or an intended object rose
+    >= :data:`LIFT_SUCCESS`. End to end: exactly one object rose that far and it is an intended one
+    (lifting a wrong object, or two at once, is no success). A wrong object chosen is a grounding
+    failure even if it lifts.
+    """
+    intended = {int(i) for i in intended}
+    if not answered:
+        if not reason:
+            return False, False, "no target"
+        return False, False, reason if reason.startswith("no target") else f"no target: {reason}"
+    risen = {int(i) for i, r in lifted.items() if r >= LIFT_SUCCESS}
+    grounded = bool(intended & {int(i) for i in in_box}) or bool(intended & risen)
+    e2e = len(risen) == 1 and risen <= intended
+    if not grounded:
+        where = f"objects {sorted(in_box)}" if in_box else "no object's true box"
+        note = f"wrong object: the target's centroid lies in {where}, not in {sorted(intended)}"
+        if risen:
+            note += f"; lifted {sorted(risen)}"
+        return False, False, note
+    if e2e:
+        return True, True, ""
+    if not lifted:
+        return True, False, reason or "nothing executed"
+    wrong = sorted(risen - intended)
+    if wrong or len(risen) > 1:
+        return True, False, f"lifted {sorted(risen)} (more than the one intended object)"
+    top = max((lifted.get(i, 0.0) for i in intended), default=0.0)
+    return True, False, f"object rose {top * 100:.1f} cm (< {LIFT_SUCCESS * 100:.0f})"
+
+
+def tabletop_prompts(scene_dir: str | Path, prompt_set: str = "evaluation") -> list[tuple[str, list[int]]]:
+    """``[(prompt, intended instance ids)]`` for the rigid objects of a tabletop scene, read at run time.
+
+    ``"evaluation"``: each object's held-out phrasings, ``CATALOG[meta key].eval_names`` (falling back on
+    the scene's ``eval_prompts.json`` for a key the catalogue no longer holds); a phrasing shared by
+    several objects (a kind: "cup" for two mugs) is asked once and names all of them. ``"training"``:
+    each object's canonical name. Raises ValueError when an evaluation phrasing is a training name of
+    the scene (:func:`cos3d.eval.heldout.check_disjoint`).
+    """
+    from cos3d.eval.heldout import check_disjoint
+    from cos3d.phrases import normalize
+    from cos3d.tabletop.catalog import CATALOG
+
+    if prompt_set not in PROMPT_SETS:
+        raise ValueError(f"prompt_set must be one of {PROMPT_SETS}, got {prompt_set!r}")
+    root = Path(scene_dir)
+    meta = json.loads((root / "meta.json").read_text())
+    held_file = root / "eval_prompts.json"
+    held = json.loads(held_file.read_text()).get("instances", {}) if held_file.is_file() else {}
+    rigid = [o for o in meta["objects"] if _pickable(o)]
+    norm = normalize  # "cups" and "a cup" are one prompt, asked once
+
+    by_prompt: dict[str, tuple[str, list[int]]] = {}
+    for o in rigid:
+        if prompt_set == "training":
+            phrasings = [o["names"][0]]
+        elif o["key"] in CATALOG:
+            phrasings = list(CATALOG[o["key"]].eval_names)
+        else:
+            phrasings = list(held.get(str(o["id"]), []))
+        for ph in phrasings:
+            ids = by_prompt.setdefault(norm(ph), (ph, []))[1]
+            if int(o["id"]) not in ids:
+                ids.append(int(o["id"]))
+    if prompt_set == "training":  # a canonical name may be another object's name too ("butter")
+        for key, (ph, ids) in by_prompt.items():
+            ids[:] = [int(o["id"]) for o in rigid if key in {norm(n) for n in o["names"]}]
+    out = [(ph, sorted(ids)) for ph, ids in by_prompt.values()]
+    if prompt_set == "evaluation":
+        try:
+            check_disjoint([ph for ph, _ in out], scene_training_names(root), what="pick benchmark evaluation phrasings",
+                           reserved_as="training names of the scene")
+        except Exception as e:  # Cos3dError: one line
+            raise ValueError(str(e)) from None
+    return out
+
+
+def scene_training_names(scene_dir: str | Path) -> list[str]:
+    """Every training name of a tabletop scene: its objects' names (``meta.json``) and parts' (``parts.json``)."""
+    root = Path(scene_dir)
+    out = [n for o in json.loads((root / "meta.json").read_text())["objects"] for n in o.get("names", [])]
+    if (root / "parts.json").is_file():
+        out += [n for p in json.loads((root / "parts.json").read_text()).values() for n in p.get("names", [])]
+    return out
+
+
+def _pickable(o: dict) -> bool:
+    return o["key"] not in ("floor", "table") and not o["asset"].endswith(".urdf")
 
 
 def evaluate_tabletop(
     scene_dir: str | Path,
     ts,
     *,
+    prompt_set: str = "evaluation",
     approach: str = "auto",
     gripper: GripperSpec | None = None,
     ids: list[int] | None = None,
 ) -> list[PickTrial]:
-    """Pick every rigid object of a tabletop scene by its canonical name, in simulation.
+    """Pick on a tabletop scene as a user would: a phrasing in, the robot API's first target executed.
 
-    For each object (``meta.json``; the fixed robot, table and floor are not pickable) the prompt is its
-    first name; among the answer's targets, the one whose centroid lies inside the object's true box
-    (``aabb_world``) is executed (two objects may share a name: a prompt names both); none there is a
-    failure ("found": False). ``ts`` is the loaded run trained on ``scene_dir`` (its scene frame is the
-    world frame, so ``T_base_scene`` is the identity).
+    For every prompt of :func:`tabletop_prompts` (``ids``: only prompts naming one of these instances),
+    ``pick_targets(ts, prompt, k=1)`` decides alone: its first target (the top grasp of the top-ranked
+    object) is executed by :func:`simulate_pick`; an empty answer is a grounding failure (its reason
+    kept). Only then does ground truth score it (:func:`score_pick`): the true boxes of ``meta.json``
+    (``aabb_world``) and every object's rise in the simulation. ``ts`` is the loaded run trained on
+    ``scene_dir`` (its scene frame is the world frame, so ``T_base_scene`` is the identity).
     """
     from cos3d.robot.targets import pick_targets
 
     meta = json.loads((Path(scene_dir) / "meta.json").read_text())
+    keys = {int(o["id"]): o["key"] for o in meta["objects"]}
+    boxes = {int(o["id"]): np.asarray(o["aabb_world"], np.float64) for o in meta["objects"]
+             if o["key"] not in ("floor", "table") and "aabb_world" in o}
     trials = []
-    for o in meta["objects"]:
-        if o["key"] in ("floor", "table") or o["asset"].endswith(".urdf"):
+    for prompt, intended in tabletop_prompts(scene_dir, prompt_set):
+        if ids is not None and not set(intended) & set(ids):
             continue
-        if ids is not None and int(o["id"]) not in ids:
+        base = dict(scene=str(scene_dir), prompt=prompt, prompt_set=prompt_set,
+                    kind="+".join(sorted({keys[i] for i in intended})), intended=intended)
+        targets = pick_targets(ts, prompt, approach=approach, gripper=gripper, k=1)
+        if not targets:
+            g, e, note = score_pick(intended, [], {}, answered=False, reason=targets.reason)
+            trials.append(PickTrial(**base, answered=False, in_box=[], approach=None, width=None, flags=[],
+                                    lifted={}, grounded=g, end_to_end=e, note=note))
             continue
-        prompt = o["names"][0]
-        targets = pick_targets(ts, prompt, approach=approach, gripper=gripper)
-        lo, hi = np.asarray(o["aabb_world"], np.float64)
-        hit = [t for t in targets if np.all((t.centroid >= lo) & (t.centroid <= hi))]
-        base = dict(scene=str(scene_dir), object_id=int(o["id"]), kind=o["key"], prompt=prompt)
-        if not hit:
-            why = targets.reason if not targets else "no target's centroid inside the object's true box"
-            trials.append(PickTrial(**base, found=False, approach=None, width=None, flags=[], success=False,
-                                    rise=0.0, note=why))
-            continue
-        t = hit[0]
-        if t.grasp is None:
-            trials.append(PickTrial(**base, found=True, approach=None, width=None, flags=t.flags, success=False,
-                                    rise=0.0, note="no grasp"))
-            continue
-        r = simulate_pick(scene_dir, t.grasp, int(o["id"]), gripper=gripper)
-        trials.append(PickTrial(**base, found=True, approach=t.grasp.approach, width=round(t.grasp.width, 4),
-                                flags=t.flags, success=r.success, rise=round(r.target_rise, 4), note=r.note))
+        t = targets[0]
+        in_box = sorted(i for i, (lo, hi) in boxes.items() if np.all((t.centroid >= lo) & (t.centroid <= hi)))
+        lifted: dict[int, float] = {}
+        if t.grasp is not None:
+            # simulate_pick needs an instance to report on; every object's rise comes back and is scored here
+            aim = next((i for i in in_box if i in intended), intended[0])
+            lifted = simulate_pick(scene_dir, t.grasp, aim, gripper=gripper).lifted
+        g, e, note = score_pick(intended, in_box, lifted, reason="" if t.grasp is not None else "no grasp")
+        trials.append(PickTrial(**base, answered=True, in_box=in_box,
+                                approach=None if t.grasp is None else t.grasp.approach,
+                                width=None if t.grasp is None else round(t.grasp.width, 4), flags=list(t.flags),
+                                lifted={int(k): float(v) for k, v in lifted.items()}, grounded=g, end_to_end=e,
+                                note=note))
     return trials
+
+
+def summarize_trials(trials: list[PickTrial]) -> dict:
+    """Grounding, grasp-given-grounded and end-to-end counts and rates, per kind and overall.
+
+    ``{"overall": {...}, "per_kind": {kind: {...}}}`` with ``trials``, ``grounded``, ``grounding_rate``,
+    ``grasped_given_grounded``, ``grasp_rate_given_grounded`` (of the grounded trials),
+    ``end_to_end``, ``end_to_end_rate``; a rate is None over zero trials.
+    """
+
+    def block(ts: list[PickTrial]) -> dict:
+        n, g, e = len(ts), sum(t.grounded for t in ts), sum(t.end_to_end for t in ts)
+        ok_given = sum(t.end_to_end for t in ts if t.grounded)
+        return {"trials": n, "grounded": g, "grounding_rate": round(g / n, 4) if n else None,
+                "grasped_given_grounded": ok_given,
+                "grasp_rate_given_grounded": round(ok_given / g, 4) if g else None,
+                "end_to_end": e, "end_to_end_rate": round(e / n, 4) if n else None}
+
+    kinds: dict[str, list[PickTrial]] = {}
+    for t in trials:
+        kinds.setdefault(t.kind, []).append(t)
+    return {"overall": block(trials), "per_kind": {k: block(v) for k, v in sorted(kinds.items())}}
