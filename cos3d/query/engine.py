@@ -40,9 +40,9 @@ object the same way, with the mean language feature of the Gaussian's tightest i
 
 Objects weaker than the best are dropped (:attr:`QuerySettings.weaker_logit`): the median of 10 × the prompt's
 cosine over an object's Gaussians (:attr:`QuerySettings.weaker_on`, or the relevancy logit) must be within that
-of the best object's. Every such setting is chosen on the development prompts (:mod:`cos3d.query.settings`). COS3D's per-query min-max normalisation turns a moderately relevant neighbour (a ketchup
-bottle for "lemon") into a selected one; this keeps it out while keeping equally relevant instances
-("cans").
+of the best object's. COS3D's per-query min-max normalisation turns a moderately relevant neighbour (a ketchup
+bottle for "lemon") into a selected one; this keeps it out while keeping equally relevant instances ("cans").
+Every such setting is chosen on the development prompts (:mod:`cos3d.query.settings`).
 """
 
 from __future__ import annotations
