@@ -15,7 +15,8 @@ the finished ones (the work lives in a hidden sibling ``.<out>.sfm-work/`` of ``
    ``capture.json``, built aside and moved onto ``--out`` whole.
 
 **Scale and up.** Images alone fix a scene only up to a similarity. The scene is written with +z along the
-cameras' average up direction, the sparse points' median at the origin, and the median camera distance
+normal of the dominant plane of the sparse points (a table, a floor) when it lies within 30° of the
+cameras' average up direction, else along that average (``up_from`` in ``capture.json``), the sparse points' median at the origin, and the median camera distance
 to it equal to 1 unit. ``capture.json`` records ``sfm_to_scene`` (the 4×4 similarity applied to the
 mapper's output) and ``scale``. To work in metres: measure one distance ``d_m`` (metres) whose two
 ends are at scene points ``a`` and ``b``; every scene length × ``d_m / |a − b|`` is in metres. For a
@@ -319,7 +320,7 @@ def _run(cfg: CaptureConfig, kind: str, out: Path, work: _Work) -> CaptureResult
         spread = float(np.linalg.norm(centres - centres.mean(0), axis=1).max()) if len(centres) else 0.0
         if spread < 1e-9:
             raise Cos3dError(f"{cfg.source}: the camera does not move; walk around the scene while filming")
-        s, R, t = sfm.normalising_similarity(centres, ups, pts)
+        s, R, t, up_from = sfm.normalising_similarity(centres, ups, pts)
         sfm.apply_similarity(rec, s, R, t)
         norm_dir.mkdir(parents=True)
         rec.write(str(norm_dir))
@@ -327,7 +328,7 @@ def _run(cfg: CaptureConfig, kind: str, out: Path, work: _Work) -> CaptureResult
         T[:3, :3], T[:3, 3] = s * R, t
         timed("mapping", t0)
         work.finish("mapping", registered=registered, points=int(rec.num_points3D()), registered_names=rnames,
-                    sfm_to_scene=T.tolist(), scale=s, timings=timings)
+                    sfm_to_scene=T.tolist(), scale=s, up_from=up_from, timings=timings)
     registered = work.info["registered"]
     _say(cfg, 4, "mapping", f"{registered} of {n} frames registered, {work.info['points']} points")
 
@@ -362,7 +363,9 @@ def _run(cfg: CaptureConfig, kind: str, out: Path, work: _Work) -> CaptureResult
             "camera_model": cfg.camera_model,
             "sfm_to_scene": work.info["sfm_to_scene"],
             "scale": work.info["scale"],
-            "units": "normalised, not metres: +z is the cameras' mean up, the origin the sparse points' median, "
+            "up_from": work.info["up_from"],
+            "units": "normalised, not metres: +z is the dominant plane's normal (up_from: plane) or the cameras' "
+                     "mean up (up_from: cameras), the origin the sparse points' median, "
                      "the median camera distance to it 1; multiply by (a known distance in metres / the same "
                      "distance in the scene) for metres, or use cos3d.robot.transform_from_correspondences(scale=True)",
             "timings": timings,
@@ -370,3 +373,58 @@ def _run(cfg: CaptureConfig, kind: str, out: Path, work: _Work) -> CaptureResult
         })
     return CaptureResult(out=out, frames=n, registered=registered, points=work.info["points"],
                          scale=work.info["scale"], timings=timings, resumed=work.resumed)
+
+
+def capture_scene_path(source: Path) -> Path:
+    """Where ``cos3d train --images/--video SOURCE`` poses a capture by default: ``<name>_scene`` beside it."""
+    source = Path(source).absolute()
+    stem = source.name if source.is_dir() else source.stem
+    return source.parent / f"{stem}_scene"
+
+
+def scene_for_training(cfg: Any) -> Any:
+    """``cfg`` (a :class:`cos3d.train.TrainConfig`) with ``scene`` set to a posed scene: when it names
+    ``--images``/``--video``, or a ``--scene`` folder holding only photos, the capture is posed first (or a
+    scene posed earlier from the same source is reused) and ``scene`` points at it. Other configs pass
+    through unchanged."""
+    import dataclasses
+
+    from cos3d.readers import default_data_root
+
+    if cfg.images is not None and cfg.video is not None:
+        raise ConfigError("video", "give --images or --video, not both")
+    source, kind = None, "auto"
+    if cfg.images is not None:
+        source, kind = Path(cfg.images), "images"
+    elif cfg.video is not None:
+        source, kind = Path(cfg.video), "video"
+    elif cfg.scene:
+        p = Path(cfg.scene)
+        p = p if p.exists() else Path(cfg.data_root or default_data_root()) / p
+        if p.is_file() and p.suffix.lower() in VIDEO_EXTS:
+            source, kind = p, "video"
+        elif is_photo_folder(p):
+            source, kind = p, "images"
+    if source is None:
+        return cfg
+    if cfg.scene and Path(cfg.scene).absolute() != source.absolute() and (cfg.images or cfg.video):
+        raise ConfigError("scene", f"--scene {cfg.scene} and --{kind} {source} name two inputs; give one")
+    out = Path(cfg.capture_out) if cfg.capture_out is not None else capture_scene_path(source)
+    made = out / CAPTURE_FILE
+    reuse = False
+    if made.is_file():
+        try:
+            reuse = json.loads(made.read_text()).get("source") == str(source.resolve())
+        except (OSError, ValueError):
+            reuse = False
+        if not reuse:
+            raise ConfigError("capture_out", f"{out} holds a scene posed from another source; pass another "
+                              "--capture-out or remove it")
+    if reuse:
+        print(f"cos3d train: using the scene posed earlier from {source}: {out}", file=sys.stderr)
+    else:
+        print(f"cos3d train: {source} has no camera poses; posing it by structure-from-motion into {out} "
+              f"(`cos3d prepare {'video' if kind == 'video' else 'images'}`)", file=sys.stderr)
+        prepare_capture(CaptureConfig(source=source, out=out, kind=kind, threads=cfg.threads, seed=cfg.seed,
+                                      progress=cfg.progress))
+    return dataclasses.replace(cfg, scene=str(out), images=None, video=None, capture_out=None)

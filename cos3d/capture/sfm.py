@@ -2,7 +2,8 @@
 similarity that puts its arbitrary frame into a normalised one.
 
 The mapper's frame has an arbitrary origin, rotation and scale. :func:`normalising_similarity` picks
-``scene = s · R · sfm + t`` with +z the cameras' average up (gravity for a handheld capture: people hold
+``scene = s · R · sfm + t`` with +z the normal of the dominant plane (a table, a floor) when one lies
+within 30° of the cameras' average up, else that average up (gravity for a handheld capture: people hold
 phones upright), the origin at the median of the sparse points, and the median camera distance to it
 1 unit. Metres are unknown from images alone: see :mod:`cos3d.capture` for how to recover them.
 """
@@ -108,18 +109,51 @@ def rotation_to_z(v: np.ndarray) -> np.ndarray:
     return np.eye(3) + K + K @ K / (1 + c)
 
 
-def normalising_similarity(centres: np.ndarray, ups: np.ndarray, points: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """``(s, R, t)`` with ``scene = s · R · sfm + t``: +z along the cameras' mean up, the points' median at the
-    origin, the median camera distance to it 1 (see the module docstring)."""
+def dominant_plane_up(points: np.ndarray, up_guess: np.ndarray, *, max_angle_deg: float = 30.0,
+                      min_inliers: float = 0.1, seed: int = 0) -> np.ndarray | None:
+    """The normal (oriented along ``up_guess``) of the plane that holds most of ``points`` ``[P, 3]`` (RANSAC,
+    then a least-squares fit to its inliers), when it holds at least ``min_inliers`` of them and lies within
+    ``max_angle_deg`` of ``up_guess``: a table, a floor. None otherwise."""
+    P = np.asarray(points, np.float64)
+    if len(P) < 20:
+        return None
+    rng = np.random.default_rng(seed)
+    centre = np.median(P, axis=0)
+    tol = 0.02 * float(np.median(np.linalg.norm(P - centre, axis=1)))
+    best, best_n = None, 0
+    for _ in range(300):
+        a, b, c = P[rng.choice(len(P), 3, replace=False)]
+        n = np.cross(b - a, c - a)
+        if np.linalg.norm(n) < 1e-12:
+            continue
+        n /= np.linalg.norm(n)
+        inl = np.abs((P - a) @ n) < tol
+        if inl.sum() > best_n:
+            best, best_n = inl, int(inl.sum())
+    if best is None or best_n < min_inliers * len(P):
+        return None
+    Q = P[best]
+    n = np.linalg.svd(Q - Q.mean(0), full_matrices=False)[2][-1]
+    g = np.asarray(up_guess, np.float64) / np.linalg.norm(up_guess)
+    n = n if n @ g >= 0 else -n
+    return n if np.degrees(np.arccos(np.clip(n @ g, -1, 1))) <= max_angle_deg else None
+
+
+def normalising_similarity(centres: np.ndarray, ups: np.ndarray, points: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, str]:
+    """``(s, R, t, how)`` with ``scene = s · R · sfm + t``: +z along the normal of the dominant plane of the
+    points when one lies within 30° of the cameras' mean up (``how="plane"``: a table or floor), else along
+    that mean up (``how="cameras"``); the points' median at the origin, the median camera distance to it 1."""
     up = ups.mean(axis=0)
     if np.linalg.norm(up) < 1e-6:
         up = np.array([0.0, 0.0, 1.0])
-    R = rotation_to_z(up)
+    plane = dominant_plane_up(points, up) if len(points) else None
+    how = "cameras" if plane is None else "plane"
+    R = rotation_to_z(up if plane is None else plane)
     centre = np.median(points, axis=0) if len(points) else centres.mean(axis=0)
     d = float(np.median(np.linalg.norm(centres - centre, axis=1)))
     s = 1.0 / d if d > 1e-12 else 1.0
     t = -s * (R @ centre)
-    return s, R, t
+    return s, R, t, how
 
 
 def apply_similarity(rec, s: float, R: np.ndarray, t: np.ndarray) -> None:
