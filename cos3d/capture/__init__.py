@@ -6,8 +6,9 @@ the finished ones (the work lives in a hidden sibling ``.<out>.sfm-work/`` of ``
 1. ``frames``: photos copied (EXIF orientation applied), or the sharpest frame of each of ``--max-frames``
    equal stretches of a video (PyAV decodes it; no system FFmpeg);
 2. ``features``: SIFT on the CPU (pycolmap), one shared camera;
-3. ``matches``: sequential for a video (each frame with its ``--overlap`` successors), exhaustive for a
-   photo set of up to ``EXHAUSTIVE_MAX`` photos (sequential by file name beyond);
+3. ``matches``: sequential for a video of more than 40 chosen frames (each frame with its ``--overlap``
+   successors), exhaustive for shorter ones and for photo sets of up to 120 photos (sequential by file
+   name beyond), see :data:`EXHAUSTIVE_MAX`;
 4. ``mapping``: incremental mapping; the largest model is kept, and refused unless ``--min-registered`` of
    the frames registered (the counts are in the message);
 5. ``undistort``: images and cameras undistorted to PINHOLE, in the normalised frame below;
@@ -52,8 +53,10 @@ from cos3d.errors import Cos3dError
 __all__ = ["CaptureConfig", "CaptureResult", "prepare_capture", "is_photo_folder", "STEPS"]
 
 STEPS = ("frames", "features", "matches", "mapping", "undistort", "scene")
-EXHAUSTIVE_MAX = 120
-"""Photo sets up to this size are matched exhaustively (every pair); larger ones sequentially."""
+EXHAUSTIVE_MAX = {"images": 120, "video": 40}
+"""Captures of up to this many frames are matched exhaustively (every pair), larger ones sequentially: a
+16-frame handheld tabletop sweep registered 2 frames with sequential matching (10 successors) and all 16
+with exhaustive matching, whose cost (n²/2 pairs) is small at these counts."""
 CAPTURE_FILE = "capture.json"
 
 
@@ -72,7 +75,8 @@ class CaptureConfig:
     max_size: int = 1600
     """Longest side (pixels) of the frames kept; larger photos and video frames are shrunk."""
     matcher: Literal["auto", "sequential", "exhaustive"] = "auto"
-    """auto: sequential for a video and for photo sets over 120 (by file name), exhaustive otherwise."""
+    """auto: sequential for videos of over 40 chosen frames and photo sets of over 120 (by file name),
+    exhaustive otherwise."""
     overlap: int = 10
     """Sequential matching: each frame is matched with this many following frames."""
     camera_model: Literal["SIMPLE_RADIAL", "OPENCV", "SIMPLE_PINHOLE", "PINHOLE"] = "SIMPLE_RADIAL"
@@ -244,7 +248,7 @@ def _run(cfg: CaptureConfig, kind: str, out: Path, work: _Work) -> CaptureResult
     bar = _bar(cfg)
     timings: dict[str, float] = dict(work.info.get("timings", {}))
     frames_dir, db = work.root / "frames", work.root / "database.db"
-    sequential = cfg.matcher == "sequential" or (cfg.matcher == "auto" and kind == "video")
+    sequential = cfg.matcher == "sequential"
 
     def timed(step: str, t0: float) -> None:
         timings[step] = round(time.perf_counter() - t0, 3)
@@ -266,7 +270,7 @@ def _run(cfg: CaptureConfig, kind: str, out: Path, work: _Work) -> CaptureResult
                     rotated=staged.rotated, timings=timings)
     names: list[str] = work.info["names"]
     n = len(names)
-    if kind == "images" and cfg.matcher == "auto" and n > EXHAUSTIVE_MAX:
+    if cfg.matcher == "auto" and n > EXHAUSTIVE_MAX[kind]:
         sequential = True
     _say(cfg, 1, "frames", f"{n} frames of {work.info['size'][0]}x{work.info['size'][1]}"
          + (f" ({work.info['rotated']} turned upright by their EXIF orientation)" if work.info.get("rotated") else ""))
@@ -305,7 +309,8 @@ def _run(cfg: CaptureConfig, kind: str, out: Path, work: _Work) -> CaptureResult
         _say(cfg, 4, "mapping", f"incremental mapping of {n} frames ({pairs} overlapping pairs)")
         shutil.rmtree(work.root / "sparse", ignore_errors=True)
         shutil.rmtree(norm_dir, ignore_errors=True)
-        rec = sfm.map_incremental(db, frames_dir, work.root / "sparse", threads=threads, seed=cfg.seed)
+        rec = sfm.map_incremental(db, frames_dir, work.root / "sparse", threads=threads, seed=cfg.seed,
+                                  small=max(work.info["size"]) < 1000)
         registered = 0 if rec is None else rec.num_reg_images()
         need = int(np.ceil(cfg.min_registered * n))
         if registered < need:

@@ -200,3 +200,24 @@ def stage_video(path: Path, out: Path, *, max_frames: int, max_side: int,
             names.append(name)
             size = (rgb.shape[1], rgb.shape[0])
     return StagedFrames(names=names, size=size, source_index=chosen)
+
+
+def write_video(images: list[Path], path: Path, *, fps: int = 10, crf: int = 18) -> Path:
+    """Encode ``images`` (one size, even width and height) as an H.264 MP4 at ``path`` through PyAV: a capture
+    for the benchmark and the tests, made from rendered frames whose poses are then thrown away."""
+    import av
+    from PIL import Image
+
+    first = Image.open(images[0])
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = first.size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for p in images:
+            rgb = np.asarray(Image.open(p).convert("RGB"))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

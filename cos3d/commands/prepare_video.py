@@ -11,4 +11,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     from cos3d.commands.prepare_capture import register_kind
 
     register_kind(sub, "video", HELP, "the sharpest frame of each of --max-frames equal stretches of the video "
-                  "(decoded by PyAV)", "sequential")
+                  "(decoded by PyAV)", "sequential (exhaustive up to 40 frames)")
