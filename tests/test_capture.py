@@ -254,3 +254,19 @@ def test_train_poses_a_photo_folder_first(tmp_path, monkeypatch):
     assert again.scene == cfg.scene and len(calls) == 1  # posed once, reused
     plain = TrainConfig(scene=str(tmp_path / "shots_scene"))
     assert scene_for_training(plain) is plain
+
+
+def test_train_video_poses_then_starts_stage0_from_sfm_points(sweep, tmp_path, capsys):
+    _, _, video = sweep
+    run, posed = tmp_path / "run", tmp_path / "posed"
+    rc = entrypoint(["train", "--video", str(video), "--capture-out", str(posed), "--out", str(run), "--stage",
+                     "recon", "--recon.iterations", "2", "--threads", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "no camera poses; posing it by structure-from-motion" in err
+    rec = json.loads((run / "run.json").read_text())
+    cap = json.loads((posed / "capture.json").read_text())
+    assert rec["capture"]["scale"] == pytest.approx(cap["scale"]) and "not metres" in rec["capture"]["units"]
+    assert rec["config"]["scene"] == str(posed)
+    init = rec["stages"]["recon"]["metrics"]["init"]  # stage 0 started from the SfM points: there is no depth
+    assert init["mode"] == "points" and init["points"] == cap["points"]
