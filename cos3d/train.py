@@ -776,7 +776,8 @@ def _train_locked(cfg: TrainConfig, config_files: tuple[str, ...], out: Path) ->
     if capture.is_file():  # poses from structure-from-motion: the scene's units are not metres
         try:
             c = json.loads(capture.read_text())
-            state.data["capture"] = {k: c.get(k) for k in ("source", "registered", "frames", "scale", "sfm_to_scene", "units")}
+            keep = ("source", "registered", "frames", "scale", "sfm_to_scene", "units")
+            state.data["capture"] = {k: c.get(k) for k in keep}
         except (OSError, ValueError):
             raise Cos3dError(f"{capture}: not a capture.json file; run `cos3d prepare images|video` again") from None
     state.save()

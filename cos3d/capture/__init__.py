@@ -17,7 +17,8 @@ the finished ones (the work lives in a hidden sibling ``.<out>.sfm-work/`` of ``
 
 **Scale and up.** Images alone fix a scene only up to a similarity. The scene is written with +z along the
 normal of the dominant plane of the sparse points (a table, a floor) when it lies within 30° of the
-cameras' average up direction, else along that average (``up_from`` in ``capture.json``), the sparse points' median at the origin, and the median camera distance
+cameras' average up direction, else along that average (``up_from`` in ``capture.json``), the sparse
+points' median at the origin, and the median camera distance
 to it equal to 1 unit. ``capture.json`` records ``sfm_to_scene`` (the 4×4 similarity applied to the
 mapper's output) and ``scale``. To work in metres: measure one distance ``d_m`` (metres) whose two
 ends are at scene points ``a`` and ``b``; every scene length × ``d_m / |a − b|`` is in metres. For a

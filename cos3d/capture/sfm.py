@@ -146,7 +146,9 @@ def dominant_plane_up(points: np.ndarray, up_guess: np.ndarray, *, max_angle_deg
     return n if np.degrees(np.arccos(np.clip(n @ g, -1, 1))) <= max_angle_deg else None
 
 
-def normalising_similarity(centres: np.ndarray, ups: np.ndarray, points: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, str]:
+def normalising_similarity(
+    centres: np.ndarray, ups: np.ndarray, points: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray, str]:
     """``(s, R, t, how)`` with ``scene = s · R · sfm + t``: +z along the normal of the dominant plane of the
     points when one lies within 30° of the cameras' mean up (``how="plane"``: a table or floor), else along
     that mean up (``how="cameras"``); the points' median at the origin, the median camera distance to it 1."""
