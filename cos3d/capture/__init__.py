@@ -310,8 +310,12 @@ def _run(cfg: CaptureConfig, kind: str, out: Path, work: _Work) -> CaptureResult
         _say(cfg, 4, "mapping", f"incremental mapping of {n} frames ({pairs} overlapping pairs)")
         shutil.rmtree(work.root / "sparse", ignore_errors=True)
         shutil.rmtree(norm_dir, ignore_errors=True)
-        rec = sfm.map_incremental(db, frames_dir, work.root / "sparse", threads=threads, seed=cfg.seed,
-                                  small=max(work.info["size"]) < 1000)
+        from tqdm import tqdm
+
+        with tqdm(total=n, desc="registering frames", disable=not cfg.progress, dynamic_ncols=True,
+                  leave=False) as reg_bar:
+            rec = sfm.map_incremental(db, frames_dir, work.root / "sparse", threads=threads, seed=cfg.seed,
+                                      small=max(work.info["size"]) < 1000, on_image=lambda: reg_bar.update(1))
         registered = 0 if rec is None else rec.num_reg_images()
         need = int(np.ceil(cfg.min_registered * n))
         if registered < need:

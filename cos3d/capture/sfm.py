@@ -11,6 +11,7 @@ phones upright), the origin at the median of the sparse points, and the median c
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -67,12 +68,14 @@ def verified_pairs(db: Path) -> tuple[int, int]:
     return len(rows), max((r[0] for r in rows), default=0)
 
 
-def map_incremental(db: Path, images: Path, out: Path, *, threads: int, seed: int, small: bool = False):
+def map_incremental(db: Path, images: Path, out: Path, *, threads: int, seed: int, small: bool = False,
+                    on_image: Callable[[], None] | None = None):
     """Incremental mapping; returns the reconstruction with the most registered images, or None.
 
     ``small`` (frames under 1000 pixels on the long side) halves COLMAP's inlier minimums (100 to start a
     model, 30 to register a frame): small, compressed frames of plain surfaces carry a few hundred
-    features, and a 24-frame 320×240 tabletop video registered 2 frames with the defaults, 22 with these."""
+    features, and a 24-frame 320×240 tabletop video registered 2 frames with the defaults, 22 with these.
+    ``on_image`` is called as each further frame is registered (a progress bar)."""
     pc = _pycolmap()
     po = pc.IncrementalPipelineOptions()
     po.num_threads = threads
@@ -84,7 +87,7 @@ def map_incremental(db: Path, images: Path, out: Path, *, threads: int, seed: in
         po.mapper.init_min_num_inliers = 50
         po.mapper.abs_pose_min_num_inliers = 15
     out.mkdir(parents=True, exist_ok=True)
-    recs = pc.incremental_mapping(db, images, out, options=po)
+    recs = pc.incremental_mapping(db, images, out, options=po, next_image_callback=on_image)
     if not recs:
         return None
     return max(recs.values(), key=lambda r: r.num_reg_images())
