@@ -70,14 +70,15 @@ def _cos3d() -> list[str]:
 
 
 def carry_ground_truth(truth: Path, posed: Path) -> dict:
-    """Copy the truth's instance maps (by source frame), labels, held-out phrasings, meta and splits onto the
+    """Copy the truth's instance and part maps (by source frame), names, held-out phrasings, meta and splits onto the
     posed scene's frames: the oracle-2D protocol's inputs, never its poses or depth."""
     cap = json.loads((posed / "capture.json").read_text())
     names = {Path(k).stem: int(v) for k, v in cap["frame_source_index"].items()}
-    (posed / "instance").mkdir(exist_ok=True)
-    for stem, i in names.items():
-        shutil.copyfile(truth / "instance" / f"{i}.png", posed / "instance" / f"{stem}.png")
-    for f in ("labels.json", "eval_prompts.json", "meta.json"):
+    for what in ("instance", "part"):
+        (posed / what).mkdir(exist_ok=True)
+        for stem, i in names.items():
+            shutil.copyfile(truth / what / f"{i}.png", posed / what / f"{stem}.png")
+    for f in ("labels.json", "parts.json", "eval_prompts.json", "meta.json"):
         if (truth / f).is_file():
             shutil.copyfile(truth / f, posed / f)
     splits = json.loads((truth / "splits.json").read_text())
@@ -145,11 +146,12 @@ def table(r: dict, cmd: str, mach: str) -> str:
         f"{a['rot_err_deg_median']:.2f}° / {a['rot_err_deg_max']:.2f}° | {a['trans_err_median_pct_extent']:.2f} / "
         f"{a['trans_err_max_pct_extent']:.2f} | {a['up_err_deg']:.2f}° ({a['up_from']}) | {a['focal_px']} "
         f"({a['true_focal_px']}) | {p['seconds']:.1f} s | {p['peak_gib']:.2f} GiB |", "",
-        "| scene | stage-0 init | Gaussians | held-out PSNR | held-out pairs | mIoU | mAcc@0.25 | names | paraphrases | plurals |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scene | stage-0 init | Gaussians | held-out PSNR | held-out pairs | mIoU | mAcc@0.25 | names | paraphrases | plurals "
+        "| parts |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *[f"| {name} | {x.get('init') or '–'} | {x.get('n_gaussians') or '–'} | "
           f"{'–' if x.get('psnr_test') is None else format(x['psnr_test'], '.1f') + ' dB'} | {x['pairs']} | {f(x['mIoU'])} | "
-          f"{f(x['mAcc@0.25'])} | " + " | ".join(f(x["by_kind"].get(k)) for k in ("name", "paraphrase", "plural")) + " |"
+          f"{f(x['mAcc@0.25'])} | " + " | ".join(f(x["by_kind"].get(k)) for k in ("name", "paraphrase", "plural", "part")) + " |"
           for name, x in (("true poses + depth", t), ("SfM poses, no depth", c))],
         "", f"mIoU difference (SfM − true): {c['mIoU'] - t['mIoU']:+.3f}.",
     ])

@@ -224,6 +224,16 @@ def test_video_to_scene_matches_true_poses_and_resumes(sweep, tmp_path, monkeypa
     assert meta["kind"] == "video" and meta["matcher"] == "exhaustive" and meta["scale"] > 0
     assert scene.points is not None and len(scene.points) > 100
     assert np.all([f.camera.dist == 0 for f in scene.frames])
+    # ground truth carried over by frame (the oracle-2D protocol on SfM poses) is read with the frames
+    from cos3d.readers import load_scene
+    from cos3d.readers.writers import save_id_map
+
+    assert not scene.has_instances
+    for what in ("instance", "part"):
+        for f in scene.frames:
+            save_id_map(out / what / f"{f.name}.png", np.full((240, 320), 7, np.uint16))
+    again = load_scene(out)
+    assert again.has_instances and int(again.frames[0].load_part()[5, 5]) == 7
 
 
 def test_photos_exhaustive(sweep, tmp_path):
