@@ -26,6 +26,8 @@ INTERRUPT_HINTS = {
     "prepare masks": "finished views are kept in the cache; run the same command again to continue",
     "prepare tabletop": "nothing was written to --out (scenes are built aside and moved in whole); run it again",
     "prepare scannet": "nothing was written to --out (scenes are built aside and moved in whole); run it again",
+    "prepare images": "finished steps are kept beside --out (.<name>.sfm-work); run the same command again to continue",
+    "prepare video": "finished steps are kept beside --out (.<name>.sfm-work); run the same command again to continue",
     "demo": "finished steps are kept; continue with `cos3d demo --resume`",
     "batch train": "each scene's finished stages are kept; run the same command again with --resume",
     "batch eval": "finished scenes' results are kept; run the same command again",

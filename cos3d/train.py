@@ -65,6 +65,14 @@ class TrainConfig:
     """Re-run the stages of a run folder that has finished ones (without it, such a folder is refused)."""
     stage: Literal["recon", "masks", "instance", "language", "all"] = "all"
     """Run one stage only (its predecessors must be finished), or all."""
+    images: Path | None = None
+    """A folder of photos with no poses: `cos3d prepare images` poses it into --capture-out first (also done
+    when --scene names a folder that holds only photos)."""
+    video: Path | None = None
+    """A video file: `cos3d prepare video` chooses and poses its frames into --capture-out first."""
+    capture_out: Path | None = None
+    """Where --images/--video (or a --scene of photos) is posed (default: beside it, <name>_scene; reused
+    when it was made from the same source)."""
     gaussians: Path | None = None
     """Import a trained scene (.ply from graphdeco 3DGS, gsplat, splatfacto) instead of running stage 0."""
     levels: tuple[Level, ...] = ("l", "s")
@@ -714,6 +722,9 @@ def train(cfg: TrainConfig, *, config_files: tuple[str, ...] = ()) -> Path:
     """
 
     cfg.validate()
+    from cos3d.capture import scene_for_training
+
+    cfg = scene_for_training(cfg)
     old_threads = torch.get_num_threads()
     if cfg.threads is None and os.environ.get("COS3D_THREADS"):
         try:
@@ -761,6 +772,14 @@ def _train_locked(cfg: TrainConfig, config_files: tuple[str, ...], out: Path) ->
                        "--mask-cache")
     run_dir = state.folder.root
     state.data["views"] = views
+    capture = scene_root / "capture.json"
+    if capture.is_file():  # poses from structure-from-motion: the scene's units are not metres
+        try:
+            c = json.loads(capture.read_text())
+            keep = ("source", "registered", "frames", "scale", "sfm_to_scene", "units")
+            state.data["capture"] = {k: c.get(k) for k in keep}
+        except (OSError, ValueError):
+            raise Cos3dError(f"{capture}: not a capture.json file; run `cos3d prepare images|video` again") from None
     state.save()
     s = _Session(cfg, state, native, scene, device)
     _log(f"cos3d train: scene {scene_root} -> run {run_dir} on {device}")

@@ -44,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
     from cos3d.train import TrainConfig, train
 
     cfg = config_from_args(TrainConfig, args, TrainConfig(scene=""))
-    if not cfg.scene:
-        raise Cos3dError("--scene is required: a scene folder, or a name like scannet/scene0000 under --data-root")
+    if not cfg.scene and cfg.images is None and cfg.video is None:
+        raise Cos3dError("--scene is required: a scene folder, or a name like scannet/scene0000 under --data-root "
+                         "(or --images PHOTOS / --video FILE for a capture without poses)")
     run_dir = train(cfg, config_files=tuple(args.config))
     print(f"run: {run_dir}  (load it with cos3d.load({str(run_dir)!r}); query it with `cos3d query --run {run_dir}`)")
     return 0

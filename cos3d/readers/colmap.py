@@ -31,7 +31,7 @@ import numpy as np
 
 from cos3d.errors import SceneFormatError
 from cos3d.paths import inside_folder
-from cos3d.readers.scannet import note, read_sidecars
+from cos3d.readers.scannet import _check_id_maps, _index, note, read_sidecars
 from cos3d.rotations import quat_to_rotmat
 from cos3d.scene import Camera, Frame, Scene, frame_names, read_image_size
 
@@ -338,7 +338,8 @@ def read_colmap(root: str | Path, images_dir: str = "images") -> Scene:
 
     Frames are sorted by image name; a frame's name is the image's file stem (the path without suffix
     if stems collide). ``points3D`` (if present) becomes ``scene.points`` ``[P, 3]`` float32 and
-    ``scene.point_colors`` ``[P, 3]`` uint8. Distortion is kept in ``Camera.dist``; renderers assume
+    ``scene.point_colors`` ``[P, 3]`` uint8. ``instance/`` and ``part/<frame name>.png`` maps (uint16 ids, as
+    in the ScanNet layout) are read when every frame has one. Distortion is kept in ``Camera.dist``; renderers assume
     undistorted images (see the module docstring). Every image's header is read to check its size
     against its camera (one line naming the image and the camera when they disagree); cameras of
     different sizes are fine.
@@ -388,6 +389,15 @@ def read_colmap(root: str | Path, images_dir: str = "images") -> Scene:
         camera = Camera(K=K, c2w=image_c2w(im), width=cam.width, height=cam.height, dist=dist)
         camera.validate(f"{img_path} (image {im.name!r}, camera {cam.id})")
         frames.append(Frame(name=name, camera=camera, image_path=path))
+
+    # optional ground truth, as in the ScanNet layout: instance/ and part/<frame name>.png (a capture made
+    # from a labelled scene keeps its maps: the oracle-2D protocol on structure-from-motion poses)
+    for what in ("instance", "part"):
+        maps = _index(root / what, (".png",))
+        if maps and all(f.name in maps for f in frames):
+            _check_id_maps({f.name: maps[f.name] for f in frames}, what, frames[0].size, frames[0].image_path.name)
+            for f in frames:
+                setattr(f, f"{what}_path", maps[f.name])
 
     notes: list[str] = []
     if any(np.any(intrinsics[c][1] != 0) for c in intrinsics):
