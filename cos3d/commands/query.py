@@ -20,7 +20,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryEngine, QueryResult
@@ -272,6 +272,21 @@ def run(args: argparse.Namespace) -> int:
         written = write_masks(engine, res, cfg.masks_out, views, cfg.protocol)
     if cfg.ply_out is not None:
         write_selection_ply(engine, res, cfg.ply_out)
+    report(cfg, res, written)
+    return 0
+
+
+class Answer(Protocol):
+    """What :func:`report` prints: a :class:`~cos3d.query.engine.QueryResult` or a served run's answer."""
+
+    num_gaussians: int
+
+    def to_dict(self) -> dict: ...
+
+
+def report(cfg: QueryConfig, res: Answer, written: list[Path]) -> None:
+    """Print an answer as the table or ``--json``, with the masks and PLY written for it (in process or through
+    a server)."""
     if cfg.json:
         d = res.to_dict()
         if written:
@@ -286,4 +301,3 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {len(written)} masks ({cfg.protocol}) to {cfg.masks_out}")
         if cfg.ply_out is not None:
             print(f"wrote {res.num_gaussians} Gaussians to {cfg.ply_out}")
-    return 0

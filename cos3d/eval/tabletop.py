@@ -288,20 +288,12 @@ def tabletop_queries(
             parent = labels.get(int(p.parent), [])
             if p.names and parent:
                 add(p.names[0], "part", _ids_with_name(ptable, p.names[0]), within=parent[0])
-        if held is not None:
-            for pid, names in sorted(held[1].items()):
+        for table, kind in ((held, "part_paraphrase"), (near_held, "near_part_paraphrase")):
+            for pid, names in sorted(table[1].items()) if table is not None else ():
                 p = scene.parts.get(pid)
                 parent = labels.get(int(p.parent), []) if p is not None else []
-                for alt in names:
-                    if parent:
-                        add(alt, "part_paraphrase", _ids_with_name(held[1], alt), within=parent[0])
-        if near_held is not None:
-            for pid, names in sorted(near_held[1].items()):
-                p = scene.parts.get(pid)
-                parent = labels.get(int(p.parent), []) if p is not None else []
-                for alt in names:
-                    if parent:
-                        add(alt, "near_part_paraphrase", _ids_with_name(near_held[1], alt), within=parent[0])
+                for alt in names if parent else ():
+                    add(alt, kind, _ids_with_name(table[1], alt), within=parent[0])
         parents = dict.fromkeys(labels[int(p.parent)][0] for p in scene.parts.values() if labels.get(int(p.parent)))
         for parent_name in parents:
             for a in absent_parts:

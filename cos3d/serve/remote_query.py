@@ -3,13 +3,13 @@ PNGs, ``--ply-out``) without importing torch or loading the run in this process.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cos3d.errors import Cos3dError, ServeError
+from cos3d.paths import safe_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.commands.query import QueryConfig
@@ -61,27 +61,14 @@ def answer_remotely(cfg: "QueryConfig") -> int | None:
         for v in views or remote.test_views:
             data, _ = remote.client.request("POST", remote._path("masks"),
                                             {"query": res.request, "view": v, "protocol": cfg.protocol}, raw=True)
-            path = cfg.masks_out / f"{v}.png"
+            path = cfg.masks_out / f"{safe_name(v)}.png"  # a frame name is data, not a path (as in process)
             _write(path, data)
             written.append(path)
     if cfg.ply_out is not None:
         remote.export(res, cfg.ply_out, "ply")
-    if cfg.json:
-        d = res.to_dict()
-        if written:
-            d["masks"] = {"dir": str(cfg.masks_out), "protocol": cfg.protocol, "files": [p.name for p in written]}
-        if cfg.ply_out is not None:
-            d["ply"] = str(cfg.ply_out)
-        json.dump(d, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        from cos3d.commands.query import _print_table
+    from cos3d.commands.query import report
 
-        _print_table(res)
-        if written:
-            print(f"wrote {len(written)} masks ({cfg.protocol}) to {cfg.masks_out}")
-        if cfg.ply_out is not None:
-            print(f"wrote {res.num_gaussians} Gaussians to {cfg.ply_out}")
+    report(cfg, res, written)
     if os.environ.get("COS3D_SERVE_VERBOSE"):
         print(f"answered by {remote.client.url} (run {remote.name}, version {res.version})", file=sys.stderr)
     return 0
