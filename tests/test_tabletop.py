@@ -295,3 +295,18 @@ def test_scan_in_the_scannet_export_layout(tmp_path):
     assert np.median([score[k] for k in blurred]) < 0.5 * np.median(sharp)
     kept, _ = select_views(scene.frames, 9)
     assert len({fr.name for fr in kept} & blurred) <= 1
+
+
+@pytest.mark.parametrize("package, rel, why", [
+    ("pybullet_data", "../../../../etc/passwd", "leaves the folder"),
+    ("pybullet_data", "/etc/passwd", "leaves the folder"),
+    ("os", "path.py", "unknown asset package"),
+])
+def test_asset_paths_from_meta_json_stay_inside_their_package(package, rel, why):
+    """meta.json names each object's package and mesh: data that must not make the simulation open other files."""
+    from cos3d.errors import Cos3dError
+    from cos3d.tabletop.catalog import asset_path
+
+    with pytest.raises(Cos3dError, match=why):
+        asset_path(package, rel)
+    assert asset_path("pybullet_data", "duck.obj").name == "duck.obj"

@@ -145,7 +145,7 @@ def load_tabletop_physics(p, cid: int, scene_dir: str | Path) -> dict[int, int]:
         if key in ("floor",):
             continue
         if key == "table":
-            b = p.loadURDF(str(pd / o["asset"]), useFixedBase=True, physicsClientId=cid)
+            b = p.loadURDF(str(asset_path("pybullet_data", o["asset"])), useFixedBase=True, physicsClientId=cid)
             p.changeDynamics(b, -1, lateralFriction=FRICTION, physicsClientId=cid)
             continue
         if o["asset"].endswith(".urdf"):  # the toy robot: a fixed obstacle

