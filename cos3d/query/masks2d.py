@@ -9,12 +9,14 @@
 The occlusion protocol only needs the view's blending weights, which do not depend on the selection:
 :class:`MaskRenderer` records them once per camera (:func:`cos3d.render.compute_contributions`) and
 then every mask of that view is a sparse product. The first mask asked of a view comes from a forward
-render of the whole view instead: the indicator as a one-channel feature (a fraction of the cost of
-recording the weights at 1296×968). The second ask of a view records its weights, so evaluations and the
+render of the whole view instead: the indicator as a one-channel feature (a render of only the
+selection's window took 0.2–0.4 s at 1296×968 with 25k Gaussians against 10–13 s for recording the weights;
+the whole view has not been timed there). The second ask of a view records its weights, so evaluations and the
 viewer, which ask a view many times, get sparse products. Both compute ``Σ_sel w_i / Σ_all w_i`` over the
 same projection of the same camera, so ``cos3d query --masks-out`` (a fresh process: forward renders) and
 ``cos3d eval`` (recorded weights) score the same masks; the recorded weights leave out those below 1e-4,
-which can flip a pixel whose ratio sits within that of 0.5 (tested equal on the test scene). A render of
+which can flip a pixel whose ratio sits within that of 0.5 (at most two pixels a view on the test scene,
+tests/test_masks2d.py). A render of
 only the selection's window would be cheaper but changes the projection's frustum clamp
 (:meth:`Camera.cropped`): up to a tenth of a small object's mask differed that way.
 """
