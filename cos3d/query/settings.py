@@ -28,7 +28,9 @@ SELECT_ON = ("cosine", "relevancy")
 
 @dataclass(frozen=True)
 class QuerySettings:
-    """What the engine's answers depend on besides the fields and the prompt (module docstring)."""
+    """What the engine's answers depend on besides the fields and the prompt (module docstring). The field
+    defaults are the values shipped before the development tuning (each tunable's ``before`` in ``tuned.json``);
+    the engine uses :meth:`shipped`, the recorded choices."""
 
     presence_rule: str = "cosine"
     """Object-level presence rule (:data:`cos3d.query.notarget.RULES`)."""
