@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import signal
 import sys
 
@@ -120,8 +121,14 @@ def entrypoint(argv: list[str] | None = None) -> int:
 
 def main() -> None:
     rc = entrypoint()
-    if rc == 130:  # a second Ctrl-C while the interpreter shuts down must not print a traceback either
+    if rc == 130:
+        # interrupted: the one line is printed; leave at once with 130. A normal interpreter shutdown here ran
+        # finalizers of half-imported modules and once ended the process by SIGINT itself (exit -2, seen in CI);
+        # a second Ctrl-C must not print a traceback either. The run-folder lock is the OS's (released on exit).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     sys.exit(rc)
 
 
