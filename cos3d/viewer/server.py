@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from cos3d.errors import Cos3dError
+from cos3d.serve.config import is_loopback
 from cos3d.viewer.helpers import DEFAULT_MAX_SPLATS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,19 +98,6 @@ def start_server(host: str, port: int) -> viser.ViserServer:
         server.stop()
         raise _in_use(host, port)
     return server
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only accepts connections from this machine (127.0.0.0/8, ::1, localhost)."""
-    if host in ("localhost",):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        try:
-            return all(ipaddress.ip_address(i[4][0]).is_loopback for i in socket.getaddrinfo(host, None))
-        except (socket.gaierror, ValueError):
-            return False
 
 
 def interface_addresses() -> list[str]:
