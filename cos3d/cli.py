@@ -1,11 +1,11 @@
 """The ``cos3d`` command: one subcommand per module in :mod:`cos3d.commands`.
 
 Each command module exposes ``HELP`` (its one-line summary) and ``register(subparsers)``, which adds
-its parser (flags derived from its config dataclass, :mod:`cos3d.config`) and sets ``func`` and
+its parser (flags derived from its config dataclass, :mod:`cos3d.core.config`) and sets ``func`` and
 ``config_cls``. Only the selected command registers its flags, so ``cos3d --help`` never imports
 torch; heavy imports happen inside the command functions. User errors
-(:class:`cos3d.errors.Cos3dError`) print one line to stderr and exit with status 2, as argparse does
-for a bad flag; a :class:`cos3d.config.ConfigError` is printed naming the flag of its key.
+(:class:`cos3d.core.errors.Cos3dError`) print one line to stderr and exit with status 2, as argparse does
+for a bad flag; a :class:`cos3d.core.config.ConfigError` is printed naming the flag of its key.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import os
 import signal
 import sys
 
-from cos3d.errors import Cos3dError
-from cos3d.runlock import writer_lock
+from cos3d.core.errors import Cos3dError
+from cos3d.pipeline.runlock import writer_lock
 
 COMMANDS = ("prepare", "train", "query", "view", "serve", "eval", "export", "demo", "batch", "doctor")
 
@@ -72,7 +72,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _message(e: Cos3dError, args: argparse.Namespace) -> str:
-    from cos3d.config import ConfigError, flag_keys
+    from cos3d.core.config import ConfigError, flag_keys
 
     in_file = isinstance(e, ConfigError) and e.source not in ("", "command line")
     if isinstance(e, ConfigError) and not in_file and getattr(args, "config_cls", None) is not None:

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import cos3d
-    from cos3d.phrases import normalize
+    from cos3d.core.phrases import normalize
     from cos3d.robot.sim import evaluate_tabletop, scene_training_names, summarize_trials
 
     cli = [sys.executable, "-m", "cos3d"]

@@ -54,7 +54,7 @@ def _iou(a: torch.Tensor, b: torch.Tensor, n: int) -> float:
 def _run_dir(args) -> Path:
     if args.run is not None:
         return args.run
-    from cos3d.demo import DemoConfig, prepare_scene, train_scene
+    from cos3d.apps.demo import DemoConfig, prepare_scene, train_scene
 
     cfg = DemoConfig(workdir=args.workdir, resume=True, progress=False)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     run = _run_dir(args)
-    import cos3d.trained
+    import cos3d.pipeline.trained
 
-    ts = cos3d.trained.load(run, device="cpu")
+    ts = cos3d.pipeline.trained.load(run, device="cpu")
     eng = QueryEngine(ts)
     scene = eng.scene
     device = "cpu"

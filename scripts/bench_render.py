@@ -26,9 +26,9 @@ import time
 import numpy as np
 import torch
 
-from cos3d.gaussians import Gaussians
+from cos3d.data.gaussians import Gaussians
 from cos3d.render import compute_contributions, render
-from cos3d.scene import Camera
+from cos3d.data.scene import Camera
 
 
 def surface_scene(n: int, seed: int = 0) -> Gaussians:

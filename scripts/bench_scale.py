@@ -82,10 +82,10 @@ def resampled_inputs(run: Path, n: int, seed: int = 0, kernel: float = 0.5):
     copies share a refinement ball, so it bounds the timings from both sides: say which was used.
     """
     import cos3d
-    from cos3d.gaussians import Gaussians
+    from cos3d.data.gaussians import Gaussians
     from cos3d.query.engine import QueryInputs
-    from cos3d.rotations import quat_to_rotmat
-    from cos3d.trained import LevelField
+    from cos3d.core.rotations import quat_to_rotmat
+    from cos3d.pipeline.trained import LevelField
 
     ts = cos3d.load(run, device="cpu", segmenter="none")
     g0 = ts.gaussians
@@ -117,8 +117,8 @@ def write_resampled_run(run: Path, inputs, out: Path) -> Path:
     import shutil
 
     import cos3d
-    from cos3d.ply import write_ply
-    from cos3d.run_folder import RunFolder
+    from cos3d.data.ply import write_ply
+    from cos3d.pipeline.run_folder import RunFolder
 
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy2(run / "run.json", out / "run.json")

@@ -50,7 +50,7 @@ def _strip(d: dict) -> dict:
 
 
 def prompts_of(ts) -> list[str]:
-    from cos3d.export import default_vocabulary
+    from cos3d.apps.export import default_vocabulary
 
     try:
         names = default_vocabulary(ts)

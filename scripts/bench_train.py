@@ -43,7 +43,7 @@ def measure_speedup(run_dir: Path, steps: int, n_views: int, device_name: str, s
     from cos3d.field.contrastive import cluster_loss, make_clusters, unit_rows
     from cos3d.field.instance import InstanceConfig
     from cos3d.field.view_weights import ViewWeights
-    from cos3d.ply import read_ply
+    from cos3d.data.ply import read_ply
     from cos3d.readers import load_scene
     from cos3d.render import compute_contributions, render
     from cos3d.vision import load_view
@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cos3d.config import apply_config
-    from cos3d.train import TrainConfig, train
+    from cos3d.core.config import apply_config
+    from cos3d.pipeline.runner import TrainConfig, train
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -122,7 +122,7 @@ def main() -> int:
         "fixed": FIXED,
     }
     if args.write:
-        from cos3d.atomic import write_json
+        from cos3d.core.atomic import write_json
 
         write_json(args.write, out)
         print(f"wrote {args.write}")

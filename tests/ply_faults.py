@@ -1,6 +1,6 @@
 """Test helper: write a Gaussian ``.ply`` that holds NaN/inf values, as a corrupt or diverged file would.
 
-``cos3d.ply.write_ply`` refuses such values (a run must never write what it cannot read back), so a
+``cos3d.data.ply.write_ply`` refuses such values (a run must never write what it cannot read back), so a
 finite copy is written and the non-finite values are put back with plyfile.
 """
 
@@ -14,8 +14,8 @@ from plyfile import PlyData
 
 def write_nonfinite_ply(path, g) -> None:
     """Write ``g`` (means, log-scales and opacities as they are, NaN/inf included) to ``path``."""
-    from cos3d.gaussians import Gaussians
-    from cos3d.ply import write_ply
+    from cos3d.data.gaussians import Gaussians
+    from cos3d.data.ply import write_ply
 
     finite = lambda t: t.detach().nan_to_num(0.0, 0.0, 0.0)  # noqa: E731
     write_ply(path, Gaussians(means=finite(g.means), quats=finite(g.quats), log_scales=finite(g.log_scales),

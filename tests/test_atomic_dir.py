@@ -1,4 +1,4 @@
-"""cos3d.atomic.atomic_dir: folders built aside and moved in whole (tabletop scenes, .sens exports)."""
+"""cos3d.core.atomic.atomic_dir: folders built aside and moved in whole (tabletop scenes, .sens exports)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from cos3d.atomic import atomic_dir
-from cos3d.errors import Cos3dError
+from cos3d.core.atomic import atomic_dir
+from cos3d.core.errors import Cos3dError
 
 
 def test_folder_appears_whole_or_not_at_all(tmp_path):

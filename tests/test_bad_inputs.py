@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from ply_faults import write_nonfinite_ply
 
 W, H = 40, 30
@@ -48,7 +48,7 @@ def _look_at(eye) -> np.ndarray:
 
 
 def _rig(n: int = 3):
-    from cos3d.scene import Camera
+    from cos3d.data.scene import Camera
 
     K = np.array([[45.0, 0.0, 19.5], [0.0, 45.0, 14.5], [0.0, 0.0, 1.0]])
     return [
@@ -74,7 +74,7 @@ def _image(path: Path, w: int, h: int) -> None:
 
 
 def _gaussians(n: int = 16):
-    from cos3d.gaussians import Gaussians
+    from cos3d.data.gaussians import Gaussians
 
     gen = torch.Generator().manual_seed(0)
     return Gaussians.from_points(torch.rand(n, 3, generator=gen), torch.rand(n, 3, generator=gen), sh_degree=1)
@@ -92,7 +92,7 @@ class _Evil:
 
 def _stage0_resume(run: Path) -> Callable[[], Any]:
     from cos3d.readers import load_scene
-    from cos3d.recon import ReconConfig, reconstruct
+    from cos3d.pipeline.recon import ReconConfig, reconstruct
 
     scene = load_scene(_scannet(run.parent / "scene", n=4))
     cfg = ReconConfig.fast(iterations=5, progress=False, init="random", init_random_points=50)
@@ -186,7 +186,7 @@ def _ckpt_foreign_dict(tmp, mp):
 
 
 def _ply_nan_rows(tmp, mp):
-    from cos3d.ply import read_ply
+    from cos3d.data.ply import read_ply
 
     g = _gaussians(16)
     g.means[3, 1] = float("nan")
@@ -196,7 +196,7 @@ def _ply_nan_rows(tmp, mp):
 
 
 def _ply_all_nan(tmp, mp):
-    from cos3d.ply import read_ply
+    from cos3d.data.ply import read_ply
 
     g = _gaussians(16)
     g.means[:] = float("nan")
@@ -280,7 +280,7 @@ def _mask_cache_corrupt(tmp, mp):
 
 
 def _write_enospc(tmp, mp):
-    from cos3d.atomic import write_json
+    from cos3d.core.atomic import write_json
 
     _fail_os(mp, "fsync", errno.ENOSPC)
     return (lambda: write_json(tmp / "out" / "run.json", {"a": 1})), [
@@ -288,7 +288,7 @@ def _write_enospc(tmp, mp):
 
 
 def _write_enospc_in_writer(tmp, mp):
-    from cos3d.atomic import atomic_path
+    from cos3d.core.atomic import atomic_path
 
     def call():
         with atomic_path(tmp / "out" / "masks.npz") as t:
@@ -299,7 +299,7 @@ def _write_enospc_in_writer(tmp, mp):
 
 
 def _write_torch_full_disk(tmp, mp):
-    import cos3d.atomic as atomic
+    import cos3d.core.atomic as atomic
 
     mp.setattr(atomic, "_disk_full", lambda folder: True)
 
@@ -311,7 +311,7 @@ def _write_torch_full_disk(tmp, mp):
 
 
 def _write_read_only(tmp, mp):
-    from cos3d.ply import write_ply
+    from cos3d.data.ply import write_ply
 
     (tmp / "out").mkdir()
     real_open = os.open
@@ -327,7 +327,7 @@ def _write_read_only(tmp, mp):
 
 
 def _write_permission_denied(tmp, mp):
-    from cos3d.atomic import write_json
+    from cos3d.core.atomic import write_json
 
     _fail_os(mp, "replace", errno.EACCES)
     return (lambda: write_json(tmp / "out" / "run.json", {})), [f"cannot write {tmp / 'out' / 'run.json'}: permission denied"]
@@ -346,7 +346,7 @@ def _write_folder_is_a_file(tmp, mp):
 
 
 def _write_file_is_a_folder(tmp, mp):
-    from cos3d.ply import write_ply
+    from cos3d.data.ply import write_ply
 
     (tmp / "out.ply").mkdir()
     return (lambda: write_ply(tmp / "out.ply", _gaussians())), [f"cannot write {tmp / 'out.ply'}: it is a folder"]
@@ -598,7 +598,7 @@ def _scannet_duplicate_stems(tmp, mp):
 
 
 def _duplicate_frame_names(tmp, mp):
-    from cos3d.scene import Frame, Scene
+    from cos3d.data.scene import Frame, Scene
 
     cam = _rig(1)[0]
     frames = [Frame(name="a", camera=cam, image_path=tmp / "x" / "a.png"),
@@ -621,7 +621,7 @@ def _run_json(tmp: Path, **data) -> Path:
 
 def _run_json_cache(value, expected):
     def make(tmp, mp):
-        from cos3d.run_folder import RunFolder
+        from cos3d.pipeline.run_folder import RunFolder
 
         run = _run_json(tmp, stages={"masks": {"done": True, "cache": value(tmp) if callable(value) else value}})
         return (lambda: RunFolder(run).read_record().checked_mask_cache()), expected
@@ -630,7 +630,7 @@ def _run_json_cache(value, expected):
 
 
 def _run_json_scene_not_text(tmp, mp):
-    from cos3d.run_folder import RunFolder
+    from cos3d.pipeline.run_folder import RunFolder
 
     run = _run_json(tmp, scene=["/etc"])
     return (lambda: RunFolder(run).read_record()), ["run.json: unreadable run record", "'scene' must be a path string"]
@@ -779,11 +779,11 @@ def _cli_train_mask_cache_blocked(kind: str):
     """The 2D cache (by default inside the scene folder: a read-only scene) is checked before stage 0."""
 
     def make(tmp, mp):
-        import cos3d.recon
+        import cos3d.pipeline.recon
 
         scene = _scannet(tmp / "s")
         out = _blocked(kind, tmp, mp)
-        mp.setattr(cos3d.recon, "reconstruct", _marker(tmp))
+        mp.setattr(cos3d.pipeline.recon, "reconstruct", _marker(tmp))
         return ["train", "--scene", str(scene), "--out", str(tmp / "run"), "--mask-cache", str(out), "--fast",
                 "--no-progress"], ["--mask-cache", str(out), _WHY[kind]]  # fmt: skip
 
@@ -792,7 +792,7 @@ def _cli_train_mask_cache_blocked(kind: str):
 
 def _write_eperm(where: str):
     def make(tmp, mp):
-        from cos3d.atomic import write_json
+        from cos3d.core.atomic import write_json
 
         if where == "replace":
             _fail_os(mp, "replace", errno.EPERM)  # chattr +i on the file being replaced
@@ -805,7 +805,7 @@ def _write_eperm(where: str):
 
 
 def _write_atomic_dir_eperm(tmp, mp):
-    from cos3d.atomic import atomic_dir
+    from cos3d.core.atomic import atomic_dir
 
     def call():
         with atomic_dir(tmp / "blocked" / "scene", flag="--out"):
@@ -816,7 +816,7 @@ def _write_atomic_dir_eperm(tmp, mp):
 
 
 def _ensure_folder_eexist(tmp, mp):
-    from cos3d.atomic import ensure_output_folder
+    from cos3d.core.atomic import ensure_output_folder
 
     _fail_os(mp, "mkdir", errno.EEXIST)  # a file appeared where the folder goes
     return (lambda: ensure_output_folder(tmp / "new" / "out", "--out")), [
@@ -832,7 +832,7 @@ def _hold_lock(run: Path, pid: str = "4242") -> None:
     belong to open files), with ``pid`` written where the holder's PID goes."""
     import fcntl
 
-    from cos3d.runlock import LOCK_NAME
+    from cos3d.pipeline.runlock import LOCK_NAME
 
     run.mkdir(parents=True, exist_ok=True)
     fd = os.open(run / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
@@ -867,7 +867,7 @@ def _check_locked_untouched(tmp: Path) -> None:
 
 
 def _lock_in_process(tmp, mp):
-    from cos3d.run_folder import writer_lock
+    from cos3d.pipeline.run_folder import writer_lock
 
     _hold_lock(tmp / "run", pid="")
 
@@ -972,7 +972,7 @@ def _cli_query_corrupt_run(tmp, mp):
 # ------------------------------------------------------------------------------- splat files
 def _write_ply_nonfinite(which: str):
     def make(tmp, mp):
-        from cos3d.ply import write_ply
+        from cos3d.data.ply import write_ply
 
         g = _gaussians(16)
         extra = None
@@ -1002,7 +1002,7 @@ def _spz_bomb(tmp, mp):
 
     body = _spz_header(1 << 24) + bytes(1 << 20)  # 16M splats announced; 1 MiB of zeros gzip to ~1 KiB
     (tmp / "bomb.spz").write_bytes(gzip.compress(body))
-    from cos3d.ply import read_gaussians
+    from cos3d.data.ply import read_gaussians
 
     return (lambda: read_gaussians(tmp / "bomb.spz")), ["bomb.spz: .spz header announces 16,777,216 splats", "refused"]
 
@@ -1011,14 +1011,14 @@ def _spz_count_over_limit(tmp, mp):
     import gzip
 
     (tmp / "huge.spz").write_bytes(gzip.compress(_spz_header(0xFFFFFFF0)))
-    from cos3d.ply import read_spz
+    from cos3d.data.ply import read_spz
 
     return (lambda: read_spz(tmp / "huge.spz")), ["huge.spz: .spz header announces 4,294,967,280 splats", "refused"]
 
 
 def _spz_not_gzip(tmp, mp):
     (tmp / "x.spz").write_bytes(b"plain bytes, not gzip")
-    from cos3d.ply import read_spz
+    from cos3d.data.ply import read_spz
 
     return (lambda: read_spz(tmp / "x.spz")), ["x.spz: not a gzip-compressed .spz file"]
 
@@ -1028,7 +1028,7 @@ def _spz_truncated_stream(tmp, mp):
 
     data = gzip.compress(_spz_header(100) + bytes(100 * 19))
     (tmp / "t.spz").write_bytes(data[: len(data) // 2])
-    from cos3d.ply import read_spz
+    from cos3d.data.ply import read_spz
 
     return (lambda: read_spz(tmp / "t.spz")), ["t.spz: "]
 
@@ -1037,13 +1037,13 @@ def _spz_short_body(tmp, mp):
     import gzip
 
     (tmp / "s.spz").write_bytes(gzip.compress(_spz_header(100) + bytes(50)))
-    from cos3d.ply import read_spz
+    from cos3d.data.ply import read_spz
 
     return (lambda: read_spz(tmp / "s.spz")), ["s.spz: .spz body is 50 bytes; 100 splats of degree 0 need 2000"]
 
 
 def _compressed_ply_count(tmp, mp):
-    from cos3d.ply import read_ply
+    from cos3d.data.ply import read_ply
 
     header = ("ply\nformat binary_little_endian 1.0\nelement chunk 1000000\n"
               + "".join(f"property float {p}\n" for p in ("min_x", "min_y", "min_z", "max_x", "max_y", "max_z"))
@@ -1233,8 +1233,8 @@ def test_corrupt_mask_cache_entry_is_recomputed_by_the_next_prepare(tmp_path, ca
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
 def test_outputs_take_the_umask_permissions(tmp_path, umask):
     """Like ``open()``: a new file is 0666 & ~umask (not mkstemp's 0600); a replaced one keeps its mode."""
-    from cos3d.atomic import atomic_path, write_json
-    from cos3d.ply import write_ply
+    from cos3d.core.atomic import atomic_path, write_json
+    from cos3d.data.ply import write_ply
 
     old = os.umask(umask)
     try:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cos3d.batch import read_scene_list, run_names
+from cos3d.apps.batch import read_scene_list, run_names
 from cos3d.cli import entrypoint
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 
 TINY_RECON = ["--stage", "recon", "--recon.iterations", "3", "--recon.init-max-points", "2000"]
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from cos3d.scene import Camera
+from cos3d.data.scene import Camera
 
 
 def _camera() -> Camera:

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from cos3d.cli import COMMANDS, build_parser, entrypoint
-from cos3d.errors import Cos3dError, SceneFormatError
+from cos3d.core.errors import Cos3dError, SceneFormatError
 from cos3d.readers import load_scene
 
 
@@ -118,7 +118,7 @@ def test_help_does_not_import_torch():
 
 
 def test_brief_quotes_one_line_cut_at_a_word():
-    from cos3d.errors import brief
+    from cos3d.core.errors import brief
 
     e = ValueError("the quick brown fox jumps over the lazy dog\nsecond line")
     assert brief(e, 20) == "ValueError: the quick brown fox…"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cos3d.cli import build_parser, entrypoint
-from cos3d.config import (
+from cos3d.core.config import (
     PRESETS_DIR,
     ConfigError,
     apply_config,
@@ -20,8 +20,8 @@ from cos3d.config import (
     from_dict,
     to_dict,
 )
-from cos3d.recon import ReconConfig
-from cos3d.train import TrainConfig
+from cos3d.pipeline.recon import ReconConfig
+from cos3d.pipeline.runner import TrainConfig
 
 
 def _parse(*argv: str) -> TrainConfig:
@@ -115,7 +115,7 @@ def test_dict_round_trip_and_required_fields():
 
 
 def test_run_json_round_trips_into_its_config(trained_run, tabletop_dir):
-    from cos3d.run_folder import RunFolder
+    from cos3d.pipeline.run_folder import RunFolder
 
     rec = RunFolder(Path(trained_run)).read_record()
     threads = int(os.environ["COS3D_THREADS"]) if os.environ.get("COS3D_THREADS") else None  # recorded as used
@@ -128,7 +128,7 @@ def test_run_json_round_trips_into_its_config(trained_run, tabletop_dir):
 def test_every_flag_has_its_documentation():
     from cos3d.commands.prepare_masks import PrepareMasksConfig
     from cos3d.commands.query import QueryConfig
-    from cos3d.config import _fields, _is_config
+    from cos3d.core.config import _fields, _is_config
 
     def undocumented(cls, prefix="", exclude=()):
         docs = field_docs(cls)

@@ -32,7 +32,7 @@ def variants(trained_run, tmp_path_factory):
 
 
 def test_variant_configs_change_one_thing_each(variants):
-    from cos3d.run_folder import RunFolder
+    from cos3d.pipeline.run_folder import RunFolder
 
     run, out, _ = variants
     assert set(out) == {"balance0", "mlp", "perturb0.5"}

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.eval.lerf import evaluate_lerf_scene, find_scenes, polygon_mask, read_label_file, read_labels
 from cos3d.eval.scannet import CLASS_SETS, class_names, evaluate_scannet_scene, read_gt, remap_labels
-from cos3d.scene import Camera
+from cos3d.data.scene import Camera
 
 
 # ----------------------------------------------------------------------------------------------- LERF

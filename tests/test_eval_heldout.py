@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.eval.heldout import ABSENT_PART_PROMPTS
 from cos3d.eval.tabletop import HELD_OUT_KINDS, tabletop_queries
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.eval.heldout import ABSENT_PROMPTS, check_disjoint
 from cos3d.eval.metrics import mask_iou, presence_metrics, semantic_metrics, summarize_ious
 

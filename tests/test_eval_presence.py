@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.eval import devprompts
 from cos3d.eval.presence import choose, sweep
 from cos3d.query.notarget import (

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.query.notarget import NEGATIVE_VOCABULARY, calibrate, check_held_out
 from cos3d.query.refine import InstanceIndex, refine_fast, refine_reference, thresholds
 
@@ -42,7 +42,7 @@ def test_lift_reads_no_ground_truth(trained_run, monkeypatch):
     """A box on a held-out view → the object, with every ground-truth read made to fail."""
     import cos3d
     from cos3d.eval.metrics import mask_iou
-    from cos3d.scene import Frame
+    from cos3d.data.scene import Frame
 
     ts = cos3d.load(trained_run)
     eng = ts.engine

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from cos3d.cli import entrypoint
-from cos3d.errors import Cos3dError
-from cos3d.gaussians import Gaussians
-from cos3d.ply import SH_C0, read_gaussians, read_ply, read_splat, read_spz, write_ply, write_spz
+from cos3d.core.errors import Cos3dError
+from cos3d.data.gaussians import Gaussians
+from cos3d.data.ply import SH_C0, read_gaussians, read_ply, read_splat, read_spz, write_ply, write_spz
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

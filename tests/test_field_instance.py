@@ -186,7 +186,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
 
 
 def test_corrupt_checkpoint_names_file(tmp_path):
-    from cos3d.errors import Cos3dError
+    from cos3d.core.errors import Cos3dError
 
     views, labels, _ = synthetic_views(n_views=1)
     ck = tmp_path / "instance_ckpt.pt"

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from cos3d.errors import Cos3dError
-from cos3d.gaussians import Gaussians
-from cos3d.ply import read_ply, write_ply
+from cos3d.core.errors import Cos3dError
+from cos3d.data.gaussians import Gaussians
+from cos3d.data.ply import read_ply, write_ply
 from ply_faults import write_nonfinite_ply
 
 

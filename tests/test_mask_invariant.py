@@ -28,11 +28,11 @@ RECON_ITERATIONS = 150
 def test_a_gaussian_around_the_camera_does_not_hide_the_scene():
     """A 50 m Gaussian whose mean lies 22 m to the side of the camera, just ahead of its image plane, holds the
     camera inside its 3σ ellipsoid: it must not be splatted over the view (the object in front stays visible)."""
-    from cos3d.gaussians import Gaussians
+    from cos3d.data.gaussians import Gaussians
     from cos3d.query.masks2d import MaskRenderer
     from cos3d.render import render
     from cos3d.render.torch_raster import encloses_camera
-    from cos3d.scene import Camera
+    from cos3d.data.scene import Camera
 
     K = np.array([[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]])
     cam = Camera(K=K, c2w=np.eye(4), width=64, height=48)
@@ -54,9 +54,9 @@ def test_a_gaussian_around_the_camera_does_not_hide_the_scene():
 
 
 def _tiny_stage0(root, seed):
-    from cos3d.config import apply_config
+    from cos3d.core.config import apply_config
     from cos3d.tabletop import TabletopConfig, generate_tabletop
-    from cos3d.train import TrainConfig, train
+    from cos3d.pipeline.runner import TrainConfig, train
 
     scene = root / f"scene{seed}"
     generate_tabletop(TabletopConfig(out=scene, seed=seed, **TINY))
@@ -73,10 +73,10 @@ def stage0_runs(tmp_path_factory):
 
 
 def test_selected_objects_get_occlusion_masks_in_every_held_out_view(stage0_runs):
-    from cos3d.ply import read_ply
+    from cos3d.data.ply import read_ply
     from cos3d.query.masks2d import MaskRenderer
     from cos3d.readers import load_scene
-    from cos3d.run_folder import RunFolder
+    from cos3d.pipeline.run_folder import RunFolder
 
     checked, failures = 0, []
     for scene_dir, run in stage0_runs:

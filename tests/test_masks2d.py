@@ -9,9 +9,9 @@ import pytest
 
 @pytest.fixture(scope="module")
 def loaded(trained_run):
-    import cos3d.trained
+    import cos3d.pipeline.trained
 
-    return cos3d.trained.load(trained_run, device="cpu", segmenter="none")
+    return cos3d.pipeline.trained.load(trained_run, device="cpu", segmenter="none")
 
 
 def test_forward_mask_matches_recorded_weights(loaded):

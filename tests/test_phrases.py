@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.eval.heldout import check_disjoint, check_eval_phrasings, eval_phrasing_problems
-from cos3d.phrases import content_words, normalize, overlapping, singular
+from cos3d.core.phrases import content_words, normalize, overlapping, singular
 from cos3d.query.notarget import NEGATIVE_VOCABULARY, check_held_out
 
 

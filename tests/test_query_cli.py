@@ -17,10 +17,10 @@ def _run(argv, capsys):
 
 
 def test_query_json_masks_and_ply(trained_run, tmp_path, capsys):
-    import cos3d.trained
+    import cos3d.pipeline.trained
     from PIL import Image
 
-    ts = cos3d.trained.load(trained_run, device="cpu")
+    ts = cos3d.pipeline.trained.load(trained_run, device="cpu")
     name = ts.scene.labels[sorted(ts.scene.labels)[-1]][0]
     test_views = [f.name for f in ts.scene.split("test")]
     masks = tmp_path / "m"
@@ -38,7 +38,7 @@ def test_query_json_masks_and_ply(trained_run, tmp_path, capsys):
     m = np.asarray(Image.open(masks / f"{test_views[0]}.png"))
     assert m.dtype == np.uint8 and m.shape == (f0.camera.height, f0.camera.width)
     assert set(np.unique(m)) <= {0, 255}
-    from cos3d.ply import read_ply
+    from cos3d.data.ply import read_ply
 
     assert read_ply(ply).num == sum(o["num_gaussians"] for o in d["objects"])
 
@@ -62,9 +62,9 @@ def test_query_json_masks_and_ply(trained_run, tmp_path, capsys):
     ],
 )
 def test_query_errors_exit_2(trained_run, tmp_path, capsys, argv, msg):
-    import cos3d.trained
+    import cos3d.pipeline.trained
 
-    ts = cos3d.trained.load(trained_run, device="cpu")
+    ts = cos3d.pipeline.trained.load(trained_run, device="cpu")
     img = str(ts.scene.split("train")[0].image_path)
     argv = [a.replace("{img}", img).replace("{tmp}", str(tmp_path)) for a in argv] + ["--run", str(trained_run)]
     rc, out, err = _run(argv, capsys)

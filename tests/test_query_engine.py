@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from cos3d.errors import Cos3dError
-from cos3d.evaluate import evaluate, iou, tabletop_queries
+from cos3d.core.errors import Cos3dError
+from cos3d.eval.tabletop import evaluate, iou, tabletop_queries
 
 NAME_IOU_BAR = 0.35
 """Per-object name query: mean IoU over held-out views where the object is visible (measured: 0.50-0.99,
@@ -36,10 +36,10 @@ NEAR_SHARE = 0.5
 
 @pytest.fixture(scope="module")
 def engine(trained_run):
-    import cos3d.trained
+    import cos3d.pipeline.trained
     from cos3d.query.engine import QueryEngine
 
-    return QueryEngine(cos3d.trained.load(trained_run, device="cpu"))
+    return QueryEngine(cos3d.pipeline.trained.load(trained_run, device="cpu"))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cos3d.cli import entrypoint
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.eval.metrics import mask_iou
 from cos3d.query.prompts import parse_part_sentence
 
@@ -54,7 +54,7 @@ def view_objects(ts):
 
 
 def _no_ground_truth(monkeypatch, scene):
-    from cos3d.scene import Frame
+    from cos3d.data.scene import Frame
 
     def no_gt(self):
         raise AssertionError("a query read a ground-truth map")
@@ -250,9 +250,9 @@ def test_photo_prompt_embeds_the_sam_crop_with_tiny_openclip(tiny_sam2, tmp_path
     weights: shapes and plumbing only."""
     from PIL import Image
 
-    from cos3d.gaussians import Gaussians
+    from cos3d.data.gaussians import Gaussians
     from cos3d.query.engine import QueryEngine, QueryInputs
-    from cos3d.trained import LevelField
+    from cos3d.pipeline.trained import LevelField
     from cos3d.vision import create_embedder
     from cos3d.vision.registry import create_prompt_segmenter
     from cos3d.vision.testing import synthetic_maps, write_synthetic_scene, write_tiny_openclip
@@ -292,9 +292,9 @@ def test_part_level_choice_finest_that_separates(tmp_path, monkeypatch):
     """part_query's level choice on a run with levels l, m, s (answers stubbed: this checks the rule only):
     the finest level whose answer holds < 90% of the parent wins; all empty → no target; all covering → the
     sentence as one name."""
-    from cos3d.gaussians import Gaussians
+    from cos3d.data.gaussians import Gaussians
     from cos3d.query.engine import QueryEngine, QueryInputs, QueryResult
-    from cos3d.trained import LevelField
+    from cos3d.pipeline.trained import LevelField
     from cos3d.vision.testing import write_synthetic_scene
 
     scene = write_synthetic_scene(tmp_path / "s", n_frames=1)

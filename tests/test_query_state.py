@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import cos3d
-from cos3d.run_folder import RunFolder
+from cos3d.pipeline.run_folder import RunFolder
 
 PROMPTS = ("blue mug", "soda can", "elephant", "bowl")
 

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from cos3d.evaluate import iou
+from cos3d.eval.tabletop import iou
 
 
 @pytest.fixture(scope="module")
 def synthetic(tabletop_dir):
-    from cos3d.gaussians import Gaussians
+    from cos3d.data.gaussians import Gaussians
     from cos3d.query.engine import QueryEngine, QueryInputs
     from cos3d.readers import load_scene
-    from cos3d.trained import LevelField
+    from cos3d.pipeline.trained import LevelField
     from cos3d.vision.labels_embedder import LabelsEmbedder
 
     scene = load_scene(tabletop_dir)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.query.notarget import choose_threshold, filter_vocabulary, top_k_score, unique_targets
 from cos3d.query.objects import oriented_box, split_objects
 from cos3d.query.prompts import parse_box, parse_click, parse_points, parse_views

@@ -111,7 +111,7 @@ def test_ray_cli_with_the_oracle_models(ray_cluster, tabletop_dir, tmp_path, cap
 def test_ray_worker_killed_mid_run_and_failed_view(ray_cluster, tabletop_dir, tmp_path):
     """One run with a worker killed mid-view and one view that raises: the job finishes, every other
     view is cached and recorded, none computed twice, the bad view is named; a re-run computes only it."""
-    from cos3d.errors import Cos3dError
+    from cos3d.core.errors import Cos3dError
     from cos3d.readers import load_scene
     from cos3d.vision import load_view
 
@@ -180,7 +180,7 @@ def test_ray_batch_bad_scene_fails_alone(ray_cluster, tabletop_dir, tmp_path, ca
 
 def test_ray_batch_retries_a_dead_worker(ray_cluster, tmp_path):
     """A scene whose worker dies is run again (--retries); with --retries 0 it fails alone, with the reason."""
-    from cos3d.batch import BatchConfig, _Item, run_batch
+    from cos3d.apps.batch import BatchConfig, _Item, run_batch
     from cos3d.distributed.testing import crash_once
 
     def item(name: str) -> _Item:

@@ -15,7 +15,7 @@ import struct
 import numpy as np
 import pytest
 
-from cos3d.errors import Cos3dError, SceneFormatError
+from cos3d.core.errors import Cos3dError, SceneFormatError
 from cos3d.readers import detect_format, load_scene, resolve_scene_path
 from cos3d.readers.colmap import ColmapCamera, read_colmap, rotmat_to_qvec
 from cos3d.readers.nerfstudio import read_nerfstudio
@@ -30,8 +30,8 @@ from cos3d.readers.writers import (
     write_scannet_frame,
     write_transforms_json,
 )
-from cos3d.rotations import quat_to_rotmat
-from cos3d.scene import Camera, Frame, PartInfo, Scene
+from cos3d.core.rotations import quat_to_rotmat
+from cos3d.data.scene import Camera, Frame, PartInfo, Scene
 
 W, H = 40, 30
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import cos3d.recon as recon
-from cos3d.errors import Cos3dError
-from cos3d.ply import read_ply
-from cos3d.recon import ReconConfig, evaluate_psnr, init_gaussians, reconstruct, ssim
+import cos3d.pipeline.recon as recon
+from cos3d.core.errors import Cos3dError
+from cos3d.data.ply import read_ply
+from cos3d.pipeline.recon import ReconConfig, evaluate_psnr, init_gaussians, reconstruct, ssim
 
 PSNR_BAR = 23.5
 """Held-out PSNR the short run below must reach on the shared tabletop (seed 0, 16 train / 4 test views,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from cos3d.gaussians import Gaussians
+from cos3d.data.gaussians import Gaussians
 from cos3d.render import compute_contributions, render
-from cos3d.scene import Camera
+from cos3d.data.scene import Camera
 
 pytestmark = [
     pytest.mark.gpu,
@@ -109,7 +109,7 @@ def test_contributions_on_gpu_match_gsplat_features():
 
 def test_stage0_smoke_on_cuda(tabletop_dir, tmp_path):
     from cos3d.readers import load_scene
-    from cos3d.recon import ReconConfig, reconstruct
+    from cos3d.pipeline.recon import ReconConfig, reconstruct
 
     scene = load_scene(tabletop_dir)
     g, m = reconstruct(scene, ReconConfig.fast(iterations=300, device="cuda", progress=False), tmp_path)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from cos3d.errors import Cos3dError
-from cos3d.gaussians import Gaussians
+from cos3d.core.errors import Cos3dError
+from cos3d.data.gaussians import Gaussians
 from cos3d.render import cameras_to_tensors, compute_contributions, render
 from cos3d.render import torch_raster as tr
 from cos3d.render.sh import SH_C0, eval_sh, rgb_to_sh0
-from cos3d.scene import Camera
+from cos3d.data.scene import Camera
 
 
 def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)) -> np.ndarray:
@@ -228,7 +228,7 @@ def test_bad_cameras_and_inputs_are_clear_errors():
         render(g, cam, backend="optix")
     with pytest.raises(ValueError, match="CUDA"):
         render(g, cam, backend="gsplat")
-    with pytest.raises(TypeError, match=r"cameras\[1\] must be a cos3d.scene.Camera"):
+    with pytest.raises(TypeError, match=r"cameras\[1\] must be a cos3d.data.scene.Camera"):
         render(g, [cam, "camera"])
     with pytest.raises(TypeError, match="float tensor"):
         render(g, cam, features=torch.zeros(5, 3, dtype=torch.long))

@@ -204,7 +204,7 @@ def test_part_prompt_reads_of_the(ts):
 
 def test_robot_imports_no_viewer_training_or_2d_models():
     code = ("import sys, cos3d.robot; bad = [m for m in ('viser', 'sam2', 'open_clip', 'transformers', 'gsplat', "
-            "'cos3d.train', 'cos3d.viewer', 'cos3d.vision.sam2_masks', 'cos3d.vision.openclip_embedder') "
+            "'cos3d.pipeline.runner', 'cos3d.viewer', 'cos3d.vision.sam2_masks', 'cos3d.vision.openclip_embedder') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

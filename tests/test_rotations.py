@@ -1,4 +1,4 @@
-"""cos3d.rotations.quat_to_rotmat: the one quaternion → rotation matrix map (renderer, viewer, readers)."""
+"""cos3d.core.rotations.quat_to_rotmat: the one quaternion → rotation matrix map (renderer, viewer, readers)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from cos3d.rotations import quat_to_rotmat
+from cos3d.core.rotations import quat_to_rotmat
 
 
 def _random_quats(n: int, seed: int) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from cos3d.cli import entrypoint
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def _env() -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------- frame names
 def test_safe_name_is_never_a_path_and_keeps_plain_names():
-    from cos3d.paths import safe_name
+    from cos3d.core.paths import safe_name
     from cos3d.vision.cache import view_path
 
     for plain in ("0", "frame_001", "IMG-2024.01", "a.b"):
@@ -45,7 +45,7 @@ def test_safe_name_is_never_a_path_and_keeps_plain_names():
     # the 2D cache's file names are unchanged by the move to the shared helper (caches stay valid)
     assert view_path("c", "a/b").name == f"a_b-{zlib.crc32(b'a/b'):08x}.npz"
     assert view_path("c", "frame_1").name == "frame_1.npz"
-    from cos3d.batch import run_names
+    from cos3d.apps.batch import run_names
 
     assert run_names(["data/scene0", "data/x/.."])[0] == "scene0" and ".." not in run_names(["data/x/.."])[0]
 
@@ -60,8 +60,8 @@ def test_hostile_frame_names_write_nothing_outside_the_output_folders(tmp_path, 
     cache, --cache-weights), query --masks-out and --ply-out, export and eval write every file inside
     their folders, flat (names escaped), and nothing anywhere else."""
     import cos3d.readers
-    from cos3d.recon import ReconConfig
-    from cos3d.train import TrainConfig, train
+    from cos3d.pipeline.recon import ReconConfig
+    from cos3d.pipeline.runner import TrainConfig, train
     from cos3d.vision.testing import write_synthetic_scene
 
     outside = tmp_path / "outside"
@@ -105,7 +105,7 @@ def test_hostile_frame_names_write_nothing_outside_the_output_folders(tmp_path, 
 
 # ------------------------------------------------------------------------------------ run lock
 def _holder(run: Path, seconds: float = 60) -> subprocess.Popen:
-    code = ("import sys, time; from cos3d.runlock import writer_lock\n"  # no torch: starts fast
+    code = ("import sys, time; from cos3d.pipeline.runlock import writer_lock\n"  # no torch: starts fast
             f"with writer_lock({str(run)!r}):\n    print('locked', flush=True); time.sleep({seconds})")  # fmt: skip
     p = subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "locked"
@@ -116,7 +116,7 @@ def test_second_writer_exits_2_at_once_naming_the_holder(tmp_path):
     """Another process holds the run (a training): ``cos3d train`` into the same --out exits 2 in under
     2 s with one line naming that process, and touches nothing."""
     from cos3d.readers.writers import write_scannet
-    from cos3d.scene import Camera
+    from cos3d.data.scene import Camera
 
     cam = Camera(K=np.array([[30.0, 0, 19.5], [0, 30.0, 14.5], [0, 0, 1]]), c2w=np.eye(4), width=40, height=30)
     scene = write_scannet(tmp_path / "s", [cam])
@@ -138,7 +138,7 @@ def test_second_writer_exits_2_at_once_naming_the_holder(tmp_path):
 
 
 def test_lock_is_released_when_its_holder_is_killed(tmp_path):
-    from cos3d.run_folder import lock_holder, writer_lock
+    from cos3d.pipeline.run_folder import lock_holder, writer_lock
 
     run = tmp_path / "run"
     holder = _holder(run)
@@ -157,7 +157,7 @@ def test_lock_is_released_when_its_holder_is_killed(tmp_path):
 
 
 def test_lock_leaves_no_folder_for_a_run_that_wrote_nothing(tmp_path):
-    from cos3d.run_folder import writer_lock
+    from cos3d.pipeline.run_folder import writer_lock
 
     with writer_lock(tmp_path / "a" / "b" / "run"):
         pass
@@ -171,7 +171,7 @@ def test_trusted_scene_may_name_files_outside(tmp_path, monkeypatch):
 
     from cos3d.readers import load_scene
     from cos3d.readers.writers import save_image, write_transforms_json
-    from cos3d.scene import Camera
+    from cos3d.data.scene import Camera
 
     cams = [Camera(K=np.array([[30.0, 0, 19.5], [0, 30.0, 14.5], [0, 0, 1]]), c2w=np.eye(4), width=40, height=30)] * 2
     root = write_transforms_json(tmp_path / "s", cams)
@@ -194,7 +194,7 @@ def test_symlink_inside_the_scene_is_fine(tmp_path):
     """A link that stays inside the scene folder is not refused (only leaving it is)."""
     from cos3d.readers import load_scene
     from cos3d.readers.writers import write_scannet
-    from cos3d.scene import Camera
+    from cos3d.data.scene import Camera
 
     cam = Camera(K=np.array([[30.0, 0, 19.5], [0, 30.0, 14.5], [0, 0, 1]]), c2w=np.eye(4), width=40, height=30)
     root = write_scannet(tmp_path / "s", [cam, cam])
@@ -258,7 +258,7 @@ def test_a_file_system_without_locks_still_trains(tmp_path, monkeypatch, caplog)
     import errno
     import fcntl
 
-    from cos3d.run_folder import writer_lock
+    from cos3d.pipeline.run_folder import writer_lock
 
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")

@@ -1,4 +1,4 @@
-"""``cos3d serve`` and ``cos3d.client`` on the shared trained tabletop (loopback, port 0).
+"""``cos3d serve`` and ``cos3d.serve.client`` on the shared trained tabletop (loopback, port 0).
 
 - answers through the server (text, no-target, part, within, click, image on a scene frame, masks,
   pick/place, export) are identical to the in-process engine's;
@@ -29,8 +29,8 @@ import pytest
 
 pytest.importorskip("fastapi", reason="cos3d serve needs fastapi and uvicorn (pip install 'cos3d[serve]')")
 
-from cos3d import client as cclient  # noqa: E402
-from cos3d.errors import Cos3dError, ServeError  # noqa: E402
+from cos3d.serve import client as cclient  # noqa: E402
+from cos3d.core.errors import Cos3dError, ServeError  # noqa: E402
 from cos3d.serve import discovery  # noqa: E402
 from cos3d.serve.config import Catalogue, ServeConfig  # noqa: E402
 from cos3d.serve.server import start_in_thread  # noqa: E402
@@ -126,7 +126,7 @@ def test_answers_identical_to_in_process(local, remote, probe):
 
 
 def test_robot_targets_and_export_through_the_server(local, remote, tmp_path):
-    from cos3d.ply import read_ply
+    from cos3d.data.ply import read_ply
     from cos3d.robot import pick_targets, place_target
 
     T = np.eye(4)
@@ -273,7 +273,7 @@ def _retrain(run: Path, seed: int):  # noqa: ANN202 - the RunRecord, to mark the
     atomically (here: the language features permuted), mark it done."""
     import torch
 
-    from cos3d.run_folder import RunFolder
+    from cos3d.pipeline.run_folder import RunFolder
 
     folder = RunFolder(run)
     rec = folder.read_record()

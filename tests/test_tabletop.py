@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.tabletop import TabletopConfig, generate_tabletop
 
 pytest.importorskip("pybullet")
@@ -232,7 +232,7 @@ def test_eval_prompts_are_held_out(scene_dir, scene):
     """eval_prompts.json holds phrasings that no training name (labels.json / parts.json) carries."""
     from cos3d.tabletop.catalog import check_catalog
 
-    from cos3d.phrases import content_words, normalize
+    from cos3d.core.phrases import content_words, normalize
 
     check_catalog()  # catalogue-wide: no held-out phrasing is any entry's training name
     d = json.loads((scene_dir / "eval_prompts.json").read_text())
@@ -256,7 +256,7 @@ def test_scan_in_the_scannet_export_layout(tmp_path):
     """--trajectory scan with ScanNet's export layout: JPEG colour, depth (own camera) and id maps at
     another size, blurred frames, lost tracking; read back by the ScanNet reader."""
     from cos3d.readers import load_scene
-    from cos3d.views import select_views, sharpness
+    from cos3d.pipeline.views import select_views, sharpness
 
     out = tmp_path / "scan"
     cfg = TabletopConfig(out=out, seed=4, views=30, width=192, height=144, depth_width=96, depth_height=72,
@@ -304,7 +304,7 @@ def test_scan_in_the_scannet_export_layout(tmp_path):
 ])
 def test_asset_paths_from_meta_json_stay_inside_their_package(package, rel, why):
     """meta.json names each object's package and mesh: data that must not make the simulation open other files."""
-    from cos3d.errors import Cos3dError
+    from cos3d.core.errors import Cos3dError
     from cos3d.tabletop.catalog import asset_path
 
     with pytest.raises(Cos3dError, match=why):

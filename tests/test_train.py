@@ -16,7 +16,7 @@ import torch
 
 import cos3d
 from cos3d.cli import entrypoint
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 
 # Bars (measured values in the comments; see the report of the stage-1/2 issue).
 MIN_ARI = 0.75
@@ -236,7 +236,7 @@ class _Killed(Exception):
 def _small_run(trained_run, tabletop_dir, tmp_path, n_train=3):
     """A copy of the tabletop that trains on ``n_train`` views, with the session run's Gaussians and
     (cached) masks imported: stage-1 tests then build only a few views' weights."""
-    from cos3d.train import TrainConfig, train
+    from cos3d.pipeline.runner import TrainConfig, train
 
     scene = tmp_path / "scene"
     shutil.copytree(tabletop_dir, scene)
@@ -258,8 +258,8 @@ def _small_run(trained_run, tabletop_dir, tmp_path, n_train=3):
 
 
 def test_resume_after_killed_stage1_matches_uninterrupted(trained_run, tabletop_dir, tmp_path):
-    from cos3d.run_folder import RunFolder
-    from cos3d.train import TrainConfig, train
+    from cos3d.pipeline.run_folder import RunFolder
+    from cos3d.pipeline.runner import TrainConfig, train
 
     scene, run = _small_run(trained_run, tabletop_dir, tmp_path)
     base = dict(
@@ -301,8 +301,8 @@ def test_resume_after_killed_stage1_matches_uninterrupted(trained_run, tabletop_
 
 def test_stage2_mlp_option_and_resume_skips(trained_run, tabletop_dir, tmp_path):
     from cos3d.field.ins2lang import Ins2LangConfig
-    from cos3d.run_folder import RunFolder
-    from cos3d.train import TrainConfig, train
+    from cos3d.pipeline.run_folder import RunFolder
+    from cos3d.pipeline.runner import TrainConfig, train
 
     scene, run = _small_run(trained_run, tabletop_dir, tmp_path)
     train(TrainConfig(scene=str(scene), out=run, stage="instance", iterations=20, progress=False, threads=1))
@@ -385,7 +385,7 @@ def test_cli_no_masks_in_any_view(capsys, trained_run, tabletop_dir, tmp_path):
 
 
 def test_config_validation():
-    from cos3d.train import TrainConfig
+    from cos3d.pipeline.runner import TrainConfig
 
     from cos3d.vision.models import ModelsConfig
 
@@ -423,8 +423,8 @@ def test_cli_failed_import_leaves_folder_usable_and_finished_work_is_never_rerun
 
 
 def test_import_gaussians_from_spz(trained_run, tabletop_dir, tmp_path):
-    from cos3d.ply import read_ply, write_spz
-    from cos3d.train import TrainConfig, train
+    from cos3d.data.ply import read_ply, write_spz
+    from cos3d.pipeline.runner import TrainConfig, train
 
     g = read_ply(Path(trained_run) / "gaussians.ply", features=False)
     spz = tmp_path / "scene.spz"

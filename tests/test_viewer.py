@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from cos3d.errors import Cos3dError
-from cos3d.gaussians import Gaussians
-from cos3d.scene import Camera
+from cos3d.core.errors import Cos3dError
+from cos3d.data.gaussians import Gaussians
+from cos3d.data.scene import Camera
 from cos3d.viewer import (
     Answer,
     ViewerApp,
@@ -116,7 +116,7 @@ def _gaussians() -> Gaussians:
 
 
 class FakeTrained:
-    """A stand-in for cos3d.trained.TrainedScene: .gaussians, .scene.cameras, .query(...) -> a real QueryResult."""
+    """A stand-in for cos3d.pipeline.trained.TrainedScene: .gaussians, .scene.cameras, .query(...) -> a real QueryResult."""
 
     def __init__(self):
         self.gaussians = _gaussians()
@@ -397,7 +397,7 @@ class ClickableFake(FakeTrained):
 
 
 def test_app_click_add_remove_colour_and_export(server, tmp_path):
-    from cos3d.ply import read_ply
+    from cos3d.data.ply import read_ply
 
     trained = ClickableFake()
     trained.fields = {"l": SimpleNamespace(instance=torch.nn.functional.normalize(torch.randn(N, 16), dim=1))}
@@ -457,7 +457,7 @@ def test_view_flags_come_from_the_config(capsys):
     from cos3d.cli import entrypoint
     import dataclasses
 
-    from cos3d.config import flag_name
+    from cos3d.core.config import flag_name
     from cos3d.viewer import ViewConfig
 
     with pytest.raises(SystemExit):

@@ -250,7 +250,7 @@ def test_browser_query_click_export(viewer, page):
     assert np.intersect1d(left.gaussians, mug.gaussians).size == 0
 
     # --- export from the page: the selection as .ply, the objects as .json
-    from cos3d.ply import read_ply
+    from cos3d.data.ply import read_ply
 
     app.query("red coffee mug")
     expand(d, "Export")

@@ -1,4 +1,4 @@
-"""The view and resolution policy (cos3d/views.py) and the stage-1 memory budget (cos3d/train.py)."""
+"""The view and resolution policy (cos3d/pipeline/views.py) and the stage-1 memory budget (cos3d/pipeline/runner.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from cos3d.config import ConfigError
-from cos3d.scene import Camera, Frame, Scene
-from cos3d.train import BYTES_PER_PIXEL, BYTES_PER_WEIGHT, pixels_within
-from cos3d.views import ViewPolicy, select_views, sharpness, training_scene
+from cos3d.core.config import ConfigError
+from cos3d.data.scene import Camera, Frame, Scene
+from cos3d.pipeline.runner import BYTES_PER_PIXEL, BYTES_PER_WEIGHT, pixels_within
+from cos3d.pipeline.views import ViewPolicy, select_views, sharpness, training_scene
 
 
 def _frames(tmp_path, n: int, blurred: set[int], size=(160, 120)) -> list[Frame]:
@@ -104,7 +104,7 @@ def test_stage1_stays_within_the_memory_budget(trained_run, tabletop_dir, tmp_pa
     import shutil
     from pathlib import Path
 
-    from cos3d.train import TrainConfig, train
+    from cos3d.pipeline.runner import TrainConfig, train
 
     scene = tmp_path / "scene"
     shutil.copytree(tabletop_dir, scene)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cos3d.cli import entrypoint
-from cos3d.errors import Cos3dError, MissingWeightsError
+from cos3d.core.errors import Cos3dError, MissingWeightsError
 from cos3d.vision import create_mask_provider
 from cos3d.vision.base import Embedder
 from cos3d.vision.masks import mask_iou
@@ -213,9 +213,9 @@ def test_registry_models_config_and_cli_flags(sam2_dir, capsys, tmp_path, no_wei
 
 def test_engine_routes_image_prompts_through_the_segmenter(sam2_hf, tmp_path):
     """The engine's seam: with a segmenter, the region of an image prompt is the segmenter's mask."""
-    from cos3d.gaussians import Gaussians
+    from cos3d.data.gaussians import Gaussians
     from cos3d.query.engine import QueryEngine, QueryInputs
-    from cos3d.trained import LevelField
+    from cos3d.pipeline.trained import LevelField
     class Recorder:
         def __init__(self, inner):
             self.inner, self.calls = inner, []
@@ -248,10 +248,10 @@ def test_concept_2d_first_branch_oracle_and_tiny_sam3(sam3_dir, tmp_path):
     """The 2D-first branch: concept masks in a view lifted through its blending weights. An oracle segmenter
     (the view's instance map, standing in for SAM 3) selects the mug's Gaussians; the tiny SAM 3 runs the same
     path through the real loader; an absent concept gives an empty answer in every fusion mode."""
-    from cos3d.gaussians import Gaussians
+    from cos3d.data.gaussians import Gaussians
     from cos3d.query.concept2d import concept_votes, fuse, pick_views
     from cos3d.query.engine import QueryEngine, QueryInputs
-    from cos3d.trained import LevelField
+    from cos3d.pipeline.trained import LevelField
     from cos3d.vision.sam3 import ConceptMasks, SAM3ConceptSegmenter
 
     scene = write_synthetic_scene(tmp_path / "s", n_frames=1, width=W, height=H)

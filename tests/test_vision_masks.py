@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.vision.crops import crops_to_tensor, mask_crop, mask_crops
 from cos3d.vision.masks import (
     LEVELS,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cos3d.cli import entrypoint
-from cos3d.errors import Cos3dError, MissingWeightsError
+from cos3d.core.errors import Cos3dError, MissingWeightsError
 from cos3d.vision import create_embedder, create_mask_provider, load_view, prepare_masks
 from cos3d.vision.testing import (
     synthetic_maps,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.vision.prompts import combine_embeddings, prompt_mask
 from cos3d.vision.testing import synthetic_maps
 

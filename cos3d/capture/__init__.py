@@ -28,7 +28,7 @@ centroids, robot-base coordinates from the robot) and pass them to
 carries the scale.
 
 User errors (too few frames, unsupported formats, mixed sizes, a still camera, frames that do not overlap,
-a capture of which too few frames registered) are one :class:`~cos3d.errors.Cos3dError` line; the work
+a capture of which too few frames registered) are one :class:`~cos3d.core.errors.Cos3dError` line; the work
 folder is removed and ``--out`` is not created.
 """
 
@@ -46,10 +46,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cos3d.atomic import atomic_dir, check_output_folder, write_json
+from cos3d.core.atomic import atomic_dir, check_output_folder, write_json
 from cos3d.capture.inputs import IMAGE_EXTS, VIDEO_EXTS, list_photos
-from cos3d.config import ConfigError
-from cos3d.errors import Cos3dError
+from cos3d.core.config import ConfigError
+from cos3d.core.errors import Cos3dError
 
 __all__ = ["CaptureConfig", "CaptureResult", "prepare_capture", "is_photo_folder", "STEPS"]
 
@@ -393,7 +393,7 @@ def capture_scene_path(source: Path) -> Path:
 
 
 def scene_for_training(cfg: Any) -> Any:
-    """``cfg`` (a :class:`cos3d.train.TrainConfig`) with ``scene`` set to a posed scene: when it names
+    """``cfg`` (a :class:`cos3d.pipeline.runner.TrainConfig`) with ``scene`` set to a posed scene: when it names
     ``--images``/``--video``, or a ``--scene`` folder holding only photos, the capture is posed first (or a
     scene posed earlier from the same source is reused) and ``scene`` points at it. Other configs pass
     through unchanged."""

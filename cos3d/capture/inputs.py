@@ -3,7 +3,7 @@
 Photos are copied (turned upright first when their EXIF orientation says so); a video is decoded
 through PyAV (its wheels ship FFmpeg) and a bounded number of frames is kept: the sharpest frame of each
 of ``max_frames`` equal stretches of the video (sharpness = variance of the Laplacian of the grey image).
-Every problem a user can fix is one :class:`~cos3d.errors.Cos3dError` line naming it and what to do.
+Every problem a user can fix is one :class:`~cos3d.core.errors.Cos3dError` line naming it and what to do.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 """Photo formats read (what PIL and COLMAP both decode)."""

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 
 
 def _pycolmap():

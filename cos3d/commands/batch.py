@@ -1,8 +1,8 @@
-"""``cos3d batch train|eval SCENES.txt``: many scenes, one task each, locally or on Ray (:mod:`cos3d.batch`).
+"""``cos3d batch train|eval SCENES.txt``: many scenes, one task each, locally or on Ray (:mod:`cos3d.apps.batch`).
 
-``batch train`` takes the common train flags, derived from :class:`cos3d.train.TrainConfig` as
+``batch train`` takes the common train flags, derived from :class:`cos3d.pipeline.runner.TrainConfig` as
 ``cos3d train`` derives them (less ``--scene``/``--out``: each scene trains into OUT_ROOT/<name>);
-both take the :class:`cos3d.batch.BatchConfig` flags (executor, resources per scene, retries, summary).
+both take the :class:`cos3d.apps.batch.BatchConfig` flags (executor, resources per scene, retries, summary).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ class BatchEvalConfig:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cos3d.batch import BatchConfig
-    from cos3d.config import add_arguments, add_config_flag
-    from cos3d.train import TrainConfig
+    from cos3d.apps.batch import BatchConfig
+    from cos3d.core.config import add_arguments, add_config_flag
+    from cos3d.pipeline.runner import TrainConfig
 
     p = sub.add_parser(
         "batch", help=HELP,
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("scenes", type=Path, metavar="SCENES.txt", help="scene folders (or names under --data-root), one a line")
     add_config_flag(t)
     t.add_argument("--fast", dest="config", action="append_const", const="fast",
-                   help="the fast preset (configs/fast.yaml) for every scene")
+                   help="the fast preset (cos3d/configs/fast.yaml) for every scene")
     g = t.add_argument_group("batch")
     add_arguments(g, BatchConfig, BatchConfig())
     add_arguments(t, TrainConfig, TrainConfig(scene=""), exclude=TRAIN_EXCLUDE)
@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = inner.add_parser(
         "eval", help="evaluate the runs `batch train` made (tabletop protocol, oracle-2D)",
         description="Evaluate OUT_ROOT/<name> for every scene of SCENES.txt with the tabletop protocol "
-        "(cos3d.evaluate: 2D mask IoU of text queries in held-out views, no-target accuracy).",
+        "(cos3d.eval.tabletop: 2D mask IoU of text queries in held-out views, no-target accuracy).",
     )
     e.add_argument("scenes", type=Path, metavar="SCENES.txt", help="the scene list given to `cos3d batch train`")
     g = e.add_argument_group("batch")
@@ -72,8 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _batch_config(args: argparse.Namespace):  # noqa: ANN202
-    from cos3d.batch import BatchConfig
-    from cos3d.config import config_from_args
+    from cos3d.apps.batch import BatchConfig
+    from cos3d.core.config import config_from_args
 
     plain = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "config"})
     return config_from_args(BatchConfig, plain, BatchConfig())
@@ -86,9 +86,9 @@ def _report(report, path: Path) -> int:  # noqa: ANN001
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from cos3d.batch import batch_train, read_scene_list
-    from cos3d.config import config_from_args
-    from cos3d.train import TrainConfig
+    from cos3d.apps.batch import batch_train, read_scene_list
+    from cos3d.core.config import config_from_args
+    from cos3d.pipeline.runner import TrainConfig
 
     bcfg = _batch_config(args)
     cfg = config_from_args(TrainConfig, args, TrainConfig(scene=""))
@@ -99,8 +99,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from cos3d.batch import batch_eval, read_scene_list
-    from cos3d.config import config_from_args
+    from cos3d.apps.batch import batch_eval, read_scene_list
+    from cos3d.core.config import config_from_args
 
     bcfg = _batch_config(args)
     ecfg = config_from_args(BatchEvalConfig, args, BatchEvalConfig())

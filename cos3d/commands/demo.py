@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cos3d.demo import DemoConfig, run_demo
+    from cos3d.apps.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(workdir=args.workdir, resume=args.resume, protocol=args.protocol,
                         progress=not args.no_progress))

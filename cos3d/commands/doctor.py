@@ -102,7 +102,7 @@ class Report:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cos3d.config import add_arguments, add_config_flag
+    from cos3d.core.config import add_arguments, add_config_flag
 
     p = sub.add_parser(
         "doctor",
@@ -285,7 +285,7 @@ def check_providers(rep: Report, cfg: DoctorConfig, found: dict[str, bool]) -> N
         rep.add("query", "run", "info", "give --run RUN to see what cos3d query would use on it")
         return
     import cos3d
-    from cos3d.errors import Cos3dError
+    from cos3d.core.errors import Cos3dError
 
     try:
         ts = cos3d.load(cfg.run, device="cpu")
@@ -379,7 +379,7 @@ def sam_check(provider: Any) -> tuple[bool, str]:
 
 
 def real_check(rep: Report, cfg: DoctorConfig) -> None:
-    from cos3d.errors import Cos3dError
+    from cos3d.core.errors import Cos3dError
 
     for kind, name in (("embedder", rep.embedder), ("masks", rep.masks)):
         if name is None:
@@ -417,7 +417,7 @@ VERDICT = {
 
 
 def run(args: argparse.Namespace) -> int:
-    from cos3d.config import config_from_args
+    from cos3d.core.config import config_from_args
 
     cfg = config_from_args(DoctorConfig, args, DoctorConfig())
     rep = diagnose(cfg)

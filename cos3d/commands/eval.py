@@ -32,7 +32,7 @@ def _configs() -> dict[str, type]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cos3d.config import add_arguments, add_config_flag
+    from cos3d.core.config import add_arguments, add_config_flag
 
     p = sub.add_parser("eval", help=HELP, description="Evaluate a trained run on a protocol of the field; "
                        "each prints a table and writes RESULTS.json.")
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _write(out: Path, results: dict[str, Any]) -> Path:
-    from cos3d.atomic import ensure_output_folder, write_json
+    from cos3d.core.atomic import ensure_output_folder, write_json
 
     path = ensure_output_folder(out) / "RESULTS.json"
     write_json(path, results)
@@ -67,8 +67,8 @@ def _f(x: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cos3d.config import config_from_args
-    from cos3d.errors import Cos3dError
+    from cos3d.core.config import config_from_args
+    from cos3d.core.errors import Cos3dError
 
     cls = args.config_cls
     cfg = config_from_args(cls, args, cls())
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         raise Cos3dError("--absent has no effect with --prompts dev (the development prompts carry their own "
                          "absent things); drop --absent, or use --prompts eval")
     out = Path(cfg.out) if cfg.out is not None else Path(cfg.run) / "eval" / args.what
-    from cos3d.atomic import check_writable
+    from cos3d.core.atomic import check_writable
 
     # before evaluating (a budget or ablation runs for minutes to an hour); nothing is created until the
     # results are written, so a run that fails to load leaves no empty folder behind
@@ -99,7 +99,7 @@ def _lerf(cfg: Any) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
-    from cos3d.errors import Cos3dError
+    from cos3d.core.errors import Cos3dError
     from cos3d.eval.lerf import evaluate_lerf
 
     if cfg.labels is None:
@@ -121,7 +121,7 @@ def _scannet(cfg: Any) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
-    from cos3d.errors import Cos3dError
+    from cos3d.core.errors import Cos3dError
     from cos3d.eval.scannet import evaluate_scannet
 
     if cfg.scene is None:

@@ -1,6 +1,6 @@
 """``cos3d export``: scene-wide per-Gaussian labels, prompt selections and objects, as PLY/NPZ/JSON/SPZ.
 
-The flags are :class:`cos3d.export.ExportConfig`'s fields (:mod:`cos3d.config`). Examples::
+The flags are :class:`cos3d.apps.export.ExportConfig`'s fields (:mod:`cos3d.core.config`). Examples::
 
     cos3d export --run runs/tabletop                                   # labels from the training names
     cos3d export --run RUN --vocabulary "mug,bowl,soda can" --prompt "red coffee mug,bowl" --formats ply,spz
@@ -17,8 +17,8 @@ HELP = "export per-Gaussian labels, prompt selections (PLY, point cloud, SPZ) an
 def register(sub: argparse._SubParsersAction) -> None:
     from pathlib import Path
 
-    from cos3d.config import add_arguments, add_config_flag
-    from cos3d.export import ExportConfig
+    from cos3d.core.config import add_arguments, add_config_flag
+    from cos3d.apps.export import ExportConfig
 
     p = sub.add_parser(
         "export",
@@ -38,9 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cos3d.config import config_from_args
-    from cos3d.errors import Cos3dError
-    from cos3d.export import ExportConfig, export_run
+    from cos3d.core.config import config_from_args
+    from cos3d.core.errors import Cos3dError
+    from cos3d.apps.export import ExportConfig, export_run
 
     cfg = config_from_args(ExportConfig, args, ExportConfig(run=Path("")))
     if str(cfg.run) in ("", "."):

@@ -1,6 +1,6 @@
 """``cos3d prepare images DIR`` / ``cos3d prepare video FILE``: camera poses by structure-from-motion.
 
-The flags are :class:`cos3d.capture.CaptureConfig`'s fields (:mod:`cos3d.config`); the two subcommands
+The flags are :class:`cos3d.capture.CaptureConfig`'s fields (:mod:`cos3d.core.config`); the two subcommands
 differ only in what the source is (:mod:`cos3d.prepare_images`, :mod:`cos3d.prepare_video`).
 """
 
@@ -20,7 +20,7 @@ DESCRIPTION = (
 
 def register_kind(sub: argparse._SubParsersAction, kind: str, help: str, what: str, matching: str) -> None:
     from cos3d.capture import CaptureConfig
-    from cos3d.config import add_arguments, add_config_flag
+    from cos3d.core.config import add_arguments, add_config_flag
 
     p = sub.add_parser(kind, help=help, description=DESCRIPTION.format(what=what, matching=matching))
     add_config_flag(p)
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from cos3d.capture import CaptureConfig, prepare_capture
-    from cos3d.config import config_from_args
+    from cos3d.core.config import config_from_args
 
     cfg = config_from_args(CaptureConfig, args, CaptureConfig())
     cfg = dataclasses.replace(cfg, kind=args.capture_kind)

@@ -1,7 +1,7 @@
 """``cos3d prepare masks``: run the 2D models (masks s/m/l + one embedding per mask) on a scene's views
 and fill the per-view cache (:mod:`cos3d.vision.cache`) that ``cos3d train`` reads.
 
-The flags are :class:`PrepareMasksConfig`'s fields (:mod:`cos3d.config`); the 2D-model flags are the
+The flags are :class:`PrepareMasksConfig`'s fields (:mod:`cos3d.core.config`); the 2D-model flags are the
 same :class:`cos3d.vision.models.ModelsConfig` that ``cos3d train`` uses, so both commands with the
 same models fill and read the same cache folder.
 """
@@ -49,7 +49,7 @@ class PrepareMasksConfig:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cos3d.config import add_arguments, add_config_flag
+    from cos3d.core.config import add_arguments, add_config_flag
 
     p = sub.add_parser(
         "masks",
@@ -68,9 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cos3d.atomic import check_writable
-    from cos3d.config import ConfigError, config_from_args
-    from cos3d.errors import Cos3dError
+    from cos3d.core.atomic import check_writable
+    from cos3d.core.config import ConfigError, config_from_args
+    from cos3d.core.errors import Cos3dError
     from cos3d.readers import load_scene
     from cos3d.vision import prepare_masks
     from cos3d.vision.models import mask_cache_dir
@@ -113,7 +113,7 @@ def _run_ray(cfg: PrepareMasksConfig) -> int:
     """The views on Ray actors (:mod:`cos3d.distributed.masks`): the same cache as the local executor."""
     from cos3d.distributed import require_ray
     from cos3d.distributed.masks import ModelsFactory, prepare_masks_ray
-    from cos3d.errors import Cos3dError
+    from cos3d.core.errors import Cos3dError
     from cos3d.readers import load_scene
 
     require_ray()

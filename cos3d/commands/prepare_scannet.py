@@ -1,6 +1,6 @@
 """``cos3d prepare scannet``: export a raw ScanNet ``.sens`` scan to the ScanNet layout, without the toolkit.
 
-The flags are :class:`cos3d.readers.sens.SensExportConfig`'s fields (:mod:`cos3d.config`).
+The flags are :class:`cos3d.readers.sens.SensExportConfig`'s fields (:mod:`cos3d.core.config`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ HELP = "export a ScanNet .sens scan (every k-th frame) to the ScanNet export lay
 def register(sub: argparse._SubParsersAction) -> None:
     from pathlib import Path
 
-    from cos3d.config import add_arguments, add_config_flag
+    from cos3d.core.config import add_arguments, add_config_flag
     from cos3d.readers.sens import SensExportConfig
 
     p = sub.add_parser(
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cos3d.config import config_from_args
+    from cos3d.core.config import config_from_args
     from cos3d.readers.sens import SensExportConfig, export_sens
 
     cfg = config_from_args(SensExportConfig, args, SensExportConfig(sens=Path(""), out=Path("")))

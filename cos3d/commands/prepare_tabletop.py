@@ -1,6 +1,6 @@
 """``cos3d prepare tabletop``: render a seeded tabletop scene (pybullet, CPU) in the ScanNet layout.
 
-The flags are :class:`cos3d.tabletop.TabletopConfig`'s fields (:mod:`cos3d.config`).
+The flags are :class:`cos3d.tabletop.TabletopConfig`'s fields (:mod:`cos3d.core.config`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ HELP = "render a seeded tabletop scene with instance and part ground truth"
 def register(sub: argparse._SubParsersAction) -> None:
     from pathlib import Path
 
-    from cos3d.config import add_arguments, add_config_flag
+    from cos3d.core.config import add_arguments, add_config_flag
     from cos3d.tabletop import TabletopConfig
 
     p = sub.add_parser(
@@ -34,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cos3d.config import config_from_args
-    from cos3d.errors import Cos3dError
+    from cos3d.core.config import config_from_args
+    from cos3d.core.errors import Cos3dError
     from cos3d.tabletop import TabletopConfig, generate_tabletop
 
     cfg = config_from_args(TabletopConfig, args, TabletopConfig(out=Path("")))

@@ -94,7 +94,7 @@ class QueryConfig:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cos3d.config import add_arguments, add_config_flag
+    from cos3d.core.config import add_arguments, add_config_flag
 
     p = sub.add_parser(
         "query",
@@ -132,12 +132,12 @@ def write_masks(engine: QueryEngine, res: QueryResult, out_dir: Path, views: lis
                 protocol: str) -> list[Path]:
     """Write ``out_dir/<frame>.png`` (uint8, 255 = selected) for each view; returns the paths. A frame
     name is data, not a path: names with separators, ``..`` or other characters are escaped
-    (:func:`cos3d.paths.safe_name`), so every mask lands in ``out_dir``."""
+    (:func:`cos3d.core.paths.safe_name`), so every mask lands in ``out_dir``."""
     import numpy as np
     from PIL import Image
 
-    from cos3d.atomic import atomic_path
-    from cos3d.paths import safe_name
+    from cos3d.core.atomic import atomic_path
+    from cos3d.core.paths import safe_name
 
     if views:
         for v in views:
@@ -160,15 +160,15 @@ def write_masks(engine: QueryEngine, res: QueryResult, out_dir: Path, views: lis
 
 
 def write_selection_ply(engine: QueryEngine, res: QueryResult, path: Path) -> None:
-    from cos3d.ply import write_ply
+    from cos3d.data.ply import write_ply
 
     write_ply(path, engine.gaussians.subset(res.selected))  # atomic
 
 
 def check_outputs(cfg: QueryConfig) -> None:
     """Refuse output paths that cannot be written before any work is done."""
-    from cos3d.atomic import check_writable
-    from cos3d.errors import Cos3dError
+    from cos3d.core.atomic import check_writable
+    from cos3d.core.errors import Cos3dError
 
     if cfg.masks_out is not None:
         if cfg.masks_out.exists() and not cfg.masks_out.is_dir():
@@ -184,8 +184,8 @@ def check_outputs(cfg: QueryConfig) -> None:
 
 def resolve_run(run: Path | None) -> Path:
     """``run``, or the most recently trained finished run under ``./runs`` (said in one line)."""
-    from cos3d.errors import Cos3dError
-    from cos3d.run_folder import latest_run
+    from cos3d.core.errors import Cos3dError
+    from cos3d.pipeline.run_folder import latest_run
 
     if run is not None:
         if not run.is_dir():
@@ -202,7 +202,7 @@ def resolve_run(run: Path | None) -> Path:
 
 def check_prompt(cfg: QueryConfig) -> None:
     """The checks of a prompt that need no run (one-line errors, before anything is loaded)."""
-    from cos3d.errors import Cos3dError
+    from cos3d.core.errors import Cos3dError
 
     if cfg.text is not None and not cfg.text.strip():
         raise Cos3dError('empty text prompt: give a phrase such as "red mug"')
@@ -212,7 +212,7 @@ def check_prompt(cfg: QueryConfig) -> None:
 
 def check_combination(cfg: QueryConfig) -> None:
     """Whether the flags make one prompt (one-line errors, before anything is loaded)."""
-    from cos3d.errors import Cos3dError
+    from cos3d.core.errors import Cos3dError
 
     if cfg.text is None and cfg.image is None and cfg.view is None and cfg.click is None:
         raise Cos3dError('nothing to answer: give a text prompt ("red mug"), --image/--view with a region, or --click')
@@ -226,8 +226,8 @@ def check_combination(cfg: QueryConfig) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cos3d.config import config_from_args
-    from cos3d.errors import Cos3dError
+    from cos3d.core.config import config_from_args
+    from cos3d.core.errors import Cos3dError
 
     cfg = config_from_args(QueryConfig, args, QueryConfig())
     check_prompt(cfg)

@@ -8,14 +8,14 @@ The flags are :class:`cos3d.serve.config.ServeConfig`'s fields. Examples::
     cos3d serve --run RUN --host 0.0.0.0 --token SECRET      # reachable from other machines: a token is required
     cos3d serve --run RUN --executor ray --replicas 2        # Ray Serve: one deployment per run
 
-While it runs, ``cos3d query ... --run RUN`` and ``cos3d.client.load(RUN)`` answer through it.
+While it runs, ``cos3d query ... --run RUN`` and ``cos3d.serve.client.load(RUN)`` answer through it.
 """
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "keep runs loaded and answer queries over HTTP/JSON (cos3d query and cos3d.client use it)"
+HELP = "keep runs loaded and answer queries over HTTP/JSON (cos3d query and cos3d.serve.client use it)"
 
 
 class _AppendRuns(argparse.Action):
@@ -28,7 +28,7 @@ class _AppendRuns(argparse.Action):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cos3d.config import add_arguments, add_config_flag, field_docs
+    from cos3d.core.config import add_arguments, add_config_flag, field_docs
     from cos3d.serve.config import ServeConfig
 
     p = sub.add_parser(
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Serve trained runs over HTTP/JSON (FastAPI on uvicorn): text, image, click and part queries, 2D masks "
             "(PNG), pick/place targets, exports; the schema is at /openapi.json. Loopback only unless --host says "
             "otherwise (then --token is required). Writes a discovery file so that `cos3d query --run RUN` and "
-            "cos3d.client use this server. Blocks until Ctrl-C."
+            "cos3d.serve.client use this server. Blocks until Ctrl-C."
         ),
     )
     add_config_flag(p)
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cos3d.config import config_from_args
+    from cos3d.core.config import config_from_args
     from cos3d.serve.config import ServeConfig
     from cos3d.serve.server import serve
 

@@ -1,6 +1,6 @@
 """``cos3d train``: Gaussians (stage 0) → masks → instance field (stage 1) → language field (stage 2).
 
-The flags are :class:`cos3d.train.TrainConfig`'s fields (:mod:`cos3d.config`); ``--config`` files and
+The flags are :class:`cos3d.pipeline.runner.TrainConfig`'s fields (:mod:`cos3d.core.config`); ``--config`` files and
 presets (``--fast`` = ``--config fast``) come first, flags given on the command line override them.
 """
 
@@ -12,8 +12,8 @@ HELP = "train a scene's collaborative field (Gaussians, masks, instance and lang
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cos3d.config import add_arguments, add_config_flag
-    from cos3d.train import TrainConfig
+    from cos3d.core.config import add_arguments, add_config_flag
+    from cos3d.pipeline.runner import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -32,16 +32,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         dest="config",
         action="append_const",
         const="fast",
-        help="the fast preset (configs/fast.yaml): stage 0's short schedule and fewer stage-1 iterations",
+        help="the fast preset (cos3d/configs/fast.yaml): stage 0's short schedule and fewer stage-1 iterations",
     )
     add_arguments(p, TrainConfig, TrainConfig(scene=""))
     p.set_defaults(func=run, config_cls=TrainConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cos3d.config import config_from_args
-    from cos3d.errors import Cos3dError
-    from cos3d.train import TrainConfig, train
+    from cos3d.core.config import config_from_args
+    from cos3d.core.errors import Cos3dError
+    from cos3d.pipeline.runner import TrainConfig, train
 
     cfg = config_from_args(TrainConfig, args, TrainConfig(scene=""))
     if not cfg.scene and cfg.images is None and cfg.video is None:

@@ -1,6 +1,6 @@
 """``cos3d view``: browse a trained run in a web viewer (viser) and query it from the page.
 
-The flags are :class:`cos3d.viewer.server.ViewConfig`'s fields (:mod:`cos3d.config`). Examples::
+The flags are :class:`cos3d.viewer.server.ViewConfig`'s fields (:mod:`cos3d.core.config`). Examples::
 
     cos3d view --run runs/tabletop                       # then open http://localhost:8080
     cos3d view --run RUN --port 8090 --host 0.0.0.0      # reachable from other machines (warns)
@@ -17,7 +17,7 @@ HELP = "browse a trained run in a web viewer and query it"
 def register(sub: argparse._SubParsersAction) -> None:
     from pathlib import Path
 
-    from cos3d.config import add_arguments, add_config_flag
+    from cos3d.core.config import add_arguments, add_config_flag
     from cos3d.viewer.server import ViewConfig
 
     p = sub.add_parser(
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cos3d.config import config_from_args
+    from cos3d.core.config import config_from_args
     from cos3d.viewer.server import ViewConfig, check_port_free, serve
 
     cfg = config_from_args(ViewConfig, args, ViewConfig(run=Path("")))

@@ -9,7 +9,7 @@ module imports it only inside :func:`ray_session`. Two executors do the same wor
   import cos3d and read the scene folders (a shared file system on a multi-node cluster).
 
 :mod:`cos3d.distributed.masks` runs ``cos3d prepare masks`` views on model-holding actors;
-:mod:`cos3d.batch` runs ``cos3d batch train|eval`` with one task per scene.
+:mod:`cos3d.apps.batch` runs ``cos3d batch train|eval`` with one task per scene.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import contextlib
 import os
 from typing import Any, Iterator, Literal
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 
 Executor = Literal["local", "ray"]
 

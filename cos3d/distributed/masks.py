@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.vision.cache import PrepareStats, ViewOutcome
 
 __all__ = ["ModelsFactory", "MaskWorker", "RayPrepareStats", "prepare_masks_ray", "plan_workers"]

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
     from cos3d.query.engine import QueryEngine
-    from cos3d.trained import TrainedScene
+    from cos3d.pipeline.trained import TrainedScene
 
 BRANCHES = ("instance", "language", "collaborative_raw", "collaborative")
 COS3D_LERF_ABLATION = {"instance": 44.07, "language": 48.99, "collaborative": 50.76}
@@ -147,7 +147,7 @@ class BranchAnswers:
 def variant_configs(run: Path, *, perturbs: Sequence[float] = (), mlp: bool = True, balance0: bool = True
                     ) -> dict[str, Any]:
     """``{variant name: TrainConfig}`` of the training variants (module docstring)."""
-    from cos3d.run_folder import RunFolder
+    from cos3d.pipeline.run_folder import RunFolder
 
     folder = RunFolder(Path(run))
     rec = folder.finished_record()
@@ -175,8 +175,8 @@ def train_variant(cfg: Any, log: Callable[[str], None] = print) -> Path:
     import time
 
     import cos3d
-    from cos3d.errors import Cos3dError
-    from cos3d.train import train
+    from cos3d.core.errors import Cos3dError
+    from cos3d.pipeline.runner import train
 
     try:
         cos3d.load(cfg.out)

@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
     from cos3d.query.engine import QueryEngine
-    from cos3d.trained import TrainedScene
+    from cos3d.pipeline.trained import TrainedScene
 
 ROWS = ("ceiling", "ceiling, selected masks", "instance field", "instance-only", "language-only",
         "collaborative (raw)", "collaborative", "collaborative + frontier presence", "collaborative + presence")
@@ -86,7 +86,7 @@ def oracle_labels(engine: "QueryEngine", frames: Sequence[Any], *, parts: bool =
 def anchor_objects(ts: "TrainedScene", level: str, *, parts: bool = False) -> "Tensor":
     """``[J]`` long: the dataset id (instance, or part with ``parts``) of each anchor's training mask of
     ``level`` (-1 when the mask has none, or is of the other id space). Reads the run's 2D cache."""
-    from cos3d.run_folder import RunFolder
+    from cos3d.pipeline.run_folder import RunFolder
     from cos3d.vision.cache import load_view
 
     data = RunFolder(ts.run_dir).read_fields()["levels"][level]

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cos3d.errors import Cos3dError
-from cos3d.phrases import normalize as _norm
+from cos3d.core.errors import Cos3dError
+from cos3d.core.phrases import normalize as _norm
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.eval.tabletop import EvalQuery
-    from cos3d.scene import Scene
+    from cos3d.data.scene import Scene
 
 DEV_PARAPHRASES: dict[str, tuple[str, ...]] = {
     "red_coffee_mug": ("espresso mug", "drinking mug"),
@@ -81,7 +81,7 @@ def dev_prompts() -> list[str]:
 
 
 def dev_texts() -> set[str]:
-    """Every development prompt, normalised (:func:`cos3d.phrases.normalize`)."""
+    """Every development prompt, normalised (:func:`cos3d.core.phrases.normalize`)."""
     return {_norm(p) for p in dev_prompts()}
 
 

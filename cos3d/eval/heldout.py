@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from cos3d.errors import Cos3dError
-from cos3d.phrases import content_words, normalize, overlapping
+from cos3d.core.errors import Cos3dError
+from cos3d.core.phrases import content_words, normalize, overlapping
 
 ABSENT_PROMPTS: tuple[str, ...] = (
     # near-domain: kitchen / table things no tabletop scene holds
@@ -37,7 +37,7 @@ scene and from the development prompts (checked)."""
 
 def check_disjoint(prompts: Iterable[str], reserved: Iterable[str], *, what: str, reserved_as: str) -> None:
     """Raise :class:`Cos3dError` (one line) when a prompt is a reserved text up to case, punctuation, articles,
-    number and word order (:func:`cos3d.phrases.normalize`: "Elephants." is "elephant").
+    number and word order (:func:`cos3d.core.phrases.normalize`: "Elephants." is "elephant").
 
     Args:
         what: what the prompts are ("absent prompts"); reserved_as: what the reserved texts are
@@ -75,8 +75,8 @@ def eval_phrasing_problems(phrasings: Iterable[tuple[str, Sequence[str], str]] |
     """Every way an evaluation phrasing fails to be held out (empty when none). ``phrasings``: ``(what, its
     training names, phrasing)`` rows; default: every held-out phrasing of the tabletop catalogue.
 
-    - its normal form (:func:`cos3d.phrases.normalize`) is a training name of any catalogue entry;
-    - it shares a content word (:func:`cos3d.phrases.content_words`; colour and size adjectives aside) with a
+    - its normal form (:func:`cos3d.core.phrases.normalize`) is a training name of any catalogue entry;
+    - it shares a content word (:func:`cos3d.core.phrases.content_words`; colour and size adjectives aside) with a
       training name of its own object, or one word holds the other ("notebook" for a "book");
     - it shares a content word with the no-target calibration vocabulary (colour words included: "orange" is a
       calibration word) or with any development prompt (:mod:`cos3d.eval.devprompts`; colour and size aside).
@@ -140,7 +140,7 @@ def project_vocabularies() -> dict[str, tuple[str, ...]]:
 
 
 def in_project_vocabulary(prompt: str) -> list[str]:
-    """The names of the :func:`project_vocabularies` that hold ``prompt`` (up to :func:`cos3d.phrases.normalize`)
+    """The names of the :func:`project_vocabularies` that hold ``prompt`` (up to :func:`cos3d.core.phrases.normalize`)
     or share a content word with it."""
     cw = content_words(prompt)
     return [name for name, words in project_vocabularies().items()

@@ -18,7 +18,7 @@ category) pair IoU; a no-target answer is an empty mask (IoU 0). Per scene mIoU,
 over pairs; the mean over scenes weighs scenes equally.
 
 Frames are matched to the run's scene frames by image stem (``frame_00041``): a COLMAP scene names its
-frames by the image file stem (:func:`cos3d.scene.frame_names`).
+frames by the image file stem (:func:`cos3d.data.scene.frame_names`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.eval.metrics import mask_iou, summarize_ious
 
 if TYPE_CHECKING:  # pragma: no cover

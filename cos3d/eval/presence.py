@@ -34,8 +34,8 @@ from cos3d.eval.devprompts import DEV_ABSENT_PARTS, dev_tabletop_queries
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.eval.tabletop import EvalQuery
     from cos3d.query.engine import QueryEngine
-    from cos3d.scene import Scene
-    from cos3d.trained import TrainedScene
+    from cos3d.data.scene import Scene
+    from cos3d.pipeline.trained import TrainedScene
 
 
 @dataclass(frozen=True)

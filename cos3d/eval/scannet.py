@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.eval.metrics import semantic_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cos3d.trained import TrainedScene
+    from cos3d.pipeline.trained import TrainedScene
 
 NYU40 = (
     "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",

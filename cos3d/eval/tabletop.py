@@ -49,16 +49,16 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.eval.heldout import ABSENT_PART_PROMPTS, ABSENT_PROMPTS, calibration_vocabulary, check_disjoint
 from cos3d.eval.metrics import mask_iou, presence_metrics, summarize_ious
-from cos3d.phrases import normalize
+from cos3d.core.phrases import normalize
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
     from cos3d.query.engine import QueryEngine
-    from cos3d.scene import Scene
+    from cos3d.data.scene import Scene
 
 KINDS = ("name", "paraphrase", "plural", "absent", "part", "part_paraphrase", "absent_part", "near_paraphrase",
          "near_part_paraphrase")
@@ -224,7 +224,7 @@ def tabletop_queries(
 ) -> list[EvalQuery]:
     """The protocol's queries for ``scene`` (module docstring); with ``near``, also the near-training phrasings
     (:data:`NEAR_KINDS`). Raises :class:`Cos3dError` when a held-out prompt overlaps a training name or the
-    calibration vocabulary (up to :func:`cos3d.phrases.normalize`)."""
+    calibration vocabulary (up to :func:`cos3d.core.phrases.normalize`)."""
     labels = {int(k): list(v) for k, v in scene.labels.items()}
     ptable = {int(k): list(p.names) for k, p in (scene.parts or {}).items()}
     held = read_eval_prompts(getattr(scene, "root", None))

@@ -22,8 +22,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from cos3d.atomic import atomic_path
-from cos3d.errors import Cos3dError, brief
+from cos3d.core.atomic import atomic_path
+from cos3d.core.errors import Cos3dError, brief
 from cos3d.field.contrastive import cluster_loss, make_clusters, normalize, unit_rows
 from cos3d.field.view_weights import ViewWeights
 

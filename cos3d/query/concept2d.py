@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryEngine

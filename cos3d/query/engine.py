@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.query.masks2d import MaskRenderer, check_protocol
 from cos3d.query.notarget import (
     NEGATIVE_VOCABULARY,
@@ -80,12 +80,12 @@ from cos3d.query.relevancy import (
     normalize_relevancy,
     raw_relevancy,
 )
-from cos3d.scene import Camera, Scene
+from cos3d.data.scene import Camera, Scene
 from cos3d.vision.base import Embedder, ImageRegion
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cos3d.gaussians import Gaussians
-    from cos3d.trained import LevelField
+    from cos3d.data.gaussians import Gaussians
+    from cos3d.pipeline.trained import LevelField
     from cos3d.vision.prompts import PromptSegmenter
 
 REFINERS = ("fast", "compiled", "numpy", "reference")
@@ -128,7 +128,7 @@ def _prompt_kind(box: object, mask: object, scribble: object, points: object) ->
 
 
 class QuerySource(Protocol):
-    """What a :class:`QueryEngine` answers on: a :class:`cos3d.trained.TrainedScene`, or :class:`QueryInputs`."""
+    """What a :class:`QueryEngine` answers on: a :class:`cos3d.pipeline.trained.TrainedScene`, or :class:`QueryInputs`."""
 
     @property
     def scene(self) -> Scene:

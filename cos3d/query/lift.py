@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryEngine
     from cos3d.query.objects import Object3D
     from cos3d.query.refine import RefineResult
-    from cos3d.scene import Camera
+    from cos3d.data.scene import Camera
 
 MAX_CANDIDATES = 1024
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cos3d.errors import Cos3dError
-from cos3d.scene import Camera
+from cos3d.core.errors import Cos3dError
+from cos3d.data.scene import Camera
 
 PROTOCOLS = ("occlusion", "selected")
 SELECTED_ALPHA = 0.7
@@ -47,7 +47,7 @@ class MaskRenderer:
     """Renders selection masks of one set of Gaussians; caches each camera's blending weights.
 
     Args:
-        gaussians: the scene's :class:`~cos3d.gaussians.Gaussians`.
+        gaussians: the scene's :class:`~cos3d.data.gaussians.Gaussians`.
         max_cached_views: how many cameras' weights to keep (LRU).
     """
 

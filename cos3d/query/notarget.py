@@ -98,11 +98,11 @@ NEGATIVE_VOCABULARY: tuple[str, ...] = (
 
 
 def check_held_out(prompts: Iterable[str], vocabulary: Iterable[str] = NEGATIVE_VOCABULARY) -> None:
-    """Raise :class:`~cos3d.errors.Cos3dError` when an evaluation prompt is a calibration word up to case,
-    punctuation, articles, number and word order (:func:`cos3d.phrases.normalize`: "Elephants." is
+    """Raise :class:`~cos3d.core.errors.Cos3dError` when an evaluation prompt is a calibration word up to case,
+    punctuation, articles, number and word order (:func:`cos3d.core.phrases.normalize`: "Elephants." is
     "elephant"): a no-target accuracy measured on the calibration set would overstate it."""
-    from cos3d.errors import Cos3dError
-    from cos3d.phrases import overlapping
+    from cos3d.core.errors import Cos3dError
+    from cos3d.core.phrases import overlapping
 
     clash = overlapping(prompts, vocabulary)
     if clash:

@@ -8,7 +8,7 @@
 - a part sentence ("the handle of the red mug", "the robot's head") → ``(part, parent)``
   (:func:`parse_part_sentence`).
 
-Every malformed value raises :class:`~cos3d.errors.Cos3dError` naming the flag and the expected form.
+Every malformed value raises :class:`~cos3d.core.errors.Cos3dError` naming the flag and the expected form.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cos3d.scene import Camera
+    from cos3d.data.scene import Camera
 
 
 @dataclass(frozen=True)
 class Click:
     """A pixel ``(x, y)`` (x right, y down; pixel centres at integers) in the frame named ``view``
-    (or, from Python, in a :class:`~cos3d.scene.Camera`)."""
+    (or, from Python, in a :class:`~cos3d.data.scene.Camera`)."""
 
     view: str | Camera
     x: float

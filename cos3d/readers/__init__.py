@@ -1,4 +1,4 @@
-"""Scene readers: turn a dataset folder into a :class:`cos3d.scene.Scene`.
+"""Scene readers: turn a dataset folder into a :class:`cos3d.data.scene.Scene`.
 
 ``load_scene("scannet/scene0000")`` resolves the name under the data root, detects the layout and
 dispatches to the matching reader:
@@ -9,7 +9,7 @@ dispatches to the matching reader:
 
 Every reader holds every file a scene names (a ``file_path``, a COLMAP image name, an entry of
 ``color/``, a symlink) to one rule: it resolves inside the scene folder, or the load stops with one
-line naming the file, the field and the value (:mod:`cos3d.paths`; ``COS3D_TRUST_SCENE_PATHS=1``
+line naming the file, the field and the value (:mod:`cos3d.core.paths`; ``COS3D_TRUST_SCENE_PATHS=1``
 lifts it for scenes you trust).
 """
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cos3d.errors import SceneFormatError
-from cos3d.scene import Scene
+from cos3d.core.errors import SceneFormatError
+from cos3d.data.scene import Scene
 
 FORMATS = ("scannet", "colmap", "nerfstudio")
 

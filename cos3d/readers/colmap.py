@@ -3,10 +3,10 @@
 COLMAP stores, per registered image, the *world-to-camera* rotation as a unit quaternion ``qvec``
 (w, x, y, z) and translation ``tvec``; its image origin is the top-left pixel's corner (pixel centres at
 ``i + 0.5``). :func:`read_colmap` turns both into this project's conventions (camera-to-world, OpenCV
-pixel centres; see :mod:`cos3d.scene`).
+pixel centres; see :mod:`cos3d.data.scene`).
 
 Camera models read: ``SIMPLE_PINHOLE``, ``PINHOLE``, ``SIMPLE_RADIAL``, ``RADIAL`` and ``OPENCV``. The
-radial/tangential coefficients are kept in :attr:`cos3d.scene.Camera.dist` but **renderers assume
+radial/tangential coefficients are kept in :attr:`cos3d.data.scene.Camera.dist` but **renderers assume
 undistorted images**: for distorted models, run ``colmap image_undistorter`` first (it writes a PINHOLE
 model and undistorted images) unless the distortion is negligible. Fisheye and thin-prism models are
 refused with that advice.
@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cos3d.errors import SceneFormatError
-from cos3d.paths import inside_folder
+from cos3d.core.errors import SceneFormatError
+from cos3d.core.paths import inside_folder
 from cos3d.readers.scannet import _check_id_maps, _index, note, read_sidecars
-from cos3d.rotations import quat_to_rotmat
-from cos3d.scene import Camera, Frame, Scene, frame_names, read_image_size
+from cos3d.core.rotations import quat_to_rotmat
+from cos3d.data.scene import Camera, Frame, Scene, frame_names, read_image_size
 
 CAMERA_MODELS: dict[int, tuple[str, int]] = {
     0: ("SIMPLE_PINHOLE", 3),

@@ -20,7 +20,7 @@ Principal points use the corner origin (``cx = w / 2`` for a centred camera, as 
 through ``pixel + 0.5``) and are shifted to OpenCV pixel centres. File paths are relative to the folder
 of ``transforms.json``; a path without a suffix (Blender synthetic: ``./train/r_0``) gets ``.png`` or
 ``.jpg``. ``applied_transform`` is recorded as ``scene.transform`` so that
-:meth:`cos3d.scene.Scene.to_original_space` maps results back to the original (e.g. COLMAP) frame.
+:meth:`cos3d.data.scene.Scene.to_original_space` maps results back to the original (e.g. COLMAP) frame.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from cos3d.errors import SceneFormatError
-from cos3d.paths import inside_folder
+from cos3d.core.errors import SceneFormatError
+from cos3d.core.paths import inside_folder
 from cos3d.readers.scannet import (
     SIDECARS,
     aspect_differs,
@@ -45,7 +45,7 @@ from cos3d.readers.scannet import (
     read_parts,
     read_splits,
 )
-from cos3d.scene import Camera, Frame, Scene, frame_names, read_image_size
+from cos3d.data.scene import Camera, Frame, Scene, frame_names, read_image_size
 
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 """Right-multiply a camera-to-world to swap OpenGL and OpenCV camera axes (its own inverse)."""
@@ -69,7 +69,7 @@ def _matrix(value: Any, path: Path, what: str) -> np.ndarray:
 
 def _resolve_file(root: Path, rel: str, source: Path, field: str) -> Path:
     """The file ``rel`` (``field`` of ``source``) names, relative to ``root``; it must resolve inside
-    ``root`` (:func:`cos3d.paths.inside_folder`: one line naming the file, the field and the value)."""
+    ``root`` (:func:`cos3d.core.paths.inside_folder`: one line naming the file, the field and the value)."""
     if "\0" in rel:
         raise SceneFormatError(f"{source}: {field} {rel!r} contains a NUL byte; fix the file")
     p = Path(rel)
@@ -84,7 +84,7 @@ def _resolve_file(root: Path, rel: str, source: Path, field: str) -> Path:
 
 def _name_path(root: Path, p: Path) -> str:
     """``p`` relative to ``root`` (lexically normalised) for naming its frame; outside it (a trusted
-    scene, :data:`cos3d.paths.TRUST_ENV`), the file name alone."""
+    scene, :data:`cos3d.core.paths.TRUST_ENV`), the file name alone."""
     p, root = Path(os.path.normpath(p)), Path(os.path.normpath(root))
     return p.relative_to(root).as_posix() if p.is_relative_to(root) else p.name
 
@@ -113,7 +113,7 @@ def read_nerfstudio(root: str | Path, filename: str = "transforms.json") -> Scen
     Every image's header is read (no pixels): its size must match the frame's ``w``/``h`` (sizes missing
     from the file come from the images, which must then share one size), and a depth map must have its
     image's aspect ratio; each mismatch is one :class:`SceneFormatError` line naming the file. Every
-    file the scene names must resolve inside ``root`` (:mod:`cos3d.paths`: ``../``, absolute paths and
+    file the scene names must resolve inside ``root`` (:mod:`cos3d.core.paths`: ``../``, absolute paths and
     symlinks out of the folder are refused unless ``COS3D_TRUST_SCENE_PATHS=1``).
     """
     root = Path(root)

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from cos3d.errors import SceneFormatError
-from cos3d.paths import inside_folder
-from cos3d.scene import Camera, Frame, PartInfo, Scene, read_image_size
+from cos3d.core.errors import SceneFormatError
+from cos3d.core.paths import inside_folder
+from cos3d.data.scene import Camera, Frame, PartInfo, Scene, read_image_size
 
 log = logging.getLogger("cos3d")
 
@@ -189,7 +189,7 @@ def note(notes: list[str], message: str) -> None:
 
 def in_scene(root: Path, path: Path) -> Path:
     """``path``, a file of the scene at ``root``, checked to resolve inside it (symlinks resolved:
-    :func:`cos3d.paths.inside_folder`)."""
+    :func:`cos3d.core.paths.inside_folder`)."""
     return inside_folder(root, path, source=path.parent, field="file", value=path.name)
 
 

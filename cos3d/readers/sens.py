@@ -41,8 +41,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from cos3d.atomic import atomic_dir, check_output_folder
-from cos3d.errors import Cos3dError, SceneFormatError
+from cos3d.core.atomic import atomic_dir, check_output_folder
+from cos3d.core.errors import Cos3dError, SceneFormatError
 
 __all__ = [
     "COLOR_COMPRESSION",
@@ -382,7 +382,7 @@ def _write_depth(folder: Path, frame: SensFrame) -> None:
 
 def export_sens(cfg: SensExportConfig, progress: bool | None = None) -> SensExportSummary:
     """Export ``cfg.sens`` to ``cfg.out`` in the ScanNet layout (module docstring), every ``cfg.every``-th
-    frame. The folder is built in a hidden sibling (``.<name>.tmp-<pid>-*``, :func:`cos3d.atomic.atomic_dir`) and moved into place when
+    frame. The folder is built in a hidden sibling (``.<name>.tmp-<pid>-*``, :func:`cos3d.core.atomic.atomic_dir`) and moved into place when
     complete, so an interrupted or failed export leaves nothing at ``out``. ``progress``: a tqdm bar
     (frames/s) on stderr; None shows it on a terminal only."""
     from tqdm import tqdm

@@ -3,7 +3,7 @@
 Used by tests (round trips) and tools (the tabletop generator writes the ScanNet layout with
 :func:`write_scannet_intrinsics` + :func:`write_scannet_frame` + :func:`write_scannet_meta`, frame by
 frame). Every writer converts from this project's conventions (OpenCV camera-to-world, OpenCV pixel
-centres; :mod:`cos3d.scene`) to the format's own, so ``read_X(write_X(cameras))`` gives the same cameras.
+centres; :mod:`cos3d.data.scene`) to the format's own, so ``read_X(write_X(cameras))`` gives the same cameras.
 Where no image is given, a flat grey placeholder of the camera's size is written. All files are written
 atomically.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cos3d.atomic import atomic_open, atomic_path, write_json
+from cos3d.core.atomic import atomic_open, atomic_path, write_json
 from cos3d.readers.colmap import MODEL_IDS, ColmapCamera, ColmapImage, rotmat_to_qvec
 from cos3d.readers.nerfstudio import GL_TO_CV
-from cos3d.scene import Camera, PartInfo
+from cos3d.data.scene import Camera, PartInfo
 
 # ----------------------------------------------------------------------------------------------- pixels
 

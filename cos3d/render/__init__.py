@@ -8,7 +8,7 @@ expected depth and alpha in one pass:
 
 Both follow the same conventions (EWA projection with the 0.3 low-pass, 16×16 tiles, alpha clamped
 at 0.999, skipped below 1/255, stop before T <= 1e-4, near plane 0.01) so they agree to float error.
-Cameras use :mod:`cos3d.scene`'s OpenCV pixel convention (pixel (0, 0)'s *centre* is at (0, 0)):
+Cameras use :mod:`cos3d.data.scene`'s OpenCV pixel convention (pixel (0, 0)'s *centre* is at (0, 0)):
 both backends are handed ``K`` shifted by +0.5 in cx, cy and sample pixel centres at ``i + 0.5``.
 
 Features render as ``F(u) = Σ_i w_i(u) f_i`` with ``w_i = α_i T_i`` (no normalisation by alpha), so
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cos3d.gaussians import Gaussians
+from cos3d.data.gaussians import Gaussians
 from cos3d.render import torch_raster
 from cos3d.render.sh import sh_to_rgb
-from cos3d.scene import Camera
+from cos3d.data.scene import Camera
 
 __all__ = [
     "RenderOutput",
@@ -65,7 +65,7 @@ def _as_camera_list(cameras: Camera | Sequence[Camera]) -> list[Camera]:
         raise ValueError("render: got an empty list of cameras")
     for i, c in enumerate(cams):
         if not isinstance(c, Camera):
-            raise TypeError(f"render: cameras[{i}] must be a cos3d.scene.Camera, got {type(c).__name__}")
+            raise TypeError(f"render: cameras[{i}] must be a cos3d.data.scene.Camera, got {type(c).__name__}")
     return cams
 
 
@@ -74,7 +74,7 @@ def cameras_to_tensors(
 ) -> tuple[Tensor, Tensor, int, int]:
     """``(viewmats [C,4,4] world-to-camera, Ks [C,3,3] corner convention, width, height)``.
 
-    An unusable camera (see :meth:`Camera.validate`) raises :class:`~cos3d.errors.SceneFormatError`;
+    An unusable camera (see :meth:`Camera.validate`) raises :class:`~cos3d.core.errors.SceneFormatError`;
     cameras of different sizes raise ``ValueError``.
     """
     cams = _as_camera_list(cameras)
@@ -133,7 +133,7 @@ def render(
     Args:
         gaussians: the scene (its tensors may require grad: the result is differentiable w.r.t.
             means, quats, log-scales, opacity logits, SH and ``features``).
-        cameras: one :class:`~cos3d.scene.Camera` or a list sharing (width, height).
+        cameras: one :class:`~cos3d.data.scene.Camera` or a list sharing (width, height).
         features: [N, D] per-Gaussian values to render (any D, any float dtype; computed in the
             Gaussians' dtype). ``None``: no feature image.
         render_rgb: evaluate and render the SH colours.

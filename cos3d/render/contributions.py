@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from cos3d.gaussians import Gaussians
+from cos3d.data.gaussians import Gaussians
 from cos3d.render import torch_raster
 from cos3d.render.sparse import csr_from_triples, sparse_product
-from cos3d.scene import Camera
+from cos3d.data.scene import Camera
 
 
 @dataclass
@@ -106,7 +106,7 @@ def compute_contributions(
     from cos3d.render import cameras_to_tensors
 
     if not isinstance(camera, Camera):
-        raise TypeError(f"compute_contributions: camera must be a cos3d.scene.Camera, got {type(camera).__name__}")
+        raise TypeError(f"compute_contributions: camera must be a cos3d.data.scene.Camera, got {type(camera).__name__}")
     if max_per_pixel is not None and max_per_pixel < 1:
         raise ValueError(f"compute_contributions: max_per_pixel must be >= 1 or None, got {max_per_pixel}")
     gaussians.validate_shapes()

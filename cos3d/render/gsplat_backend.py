@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 
 
 def gsplat_available() -> bool:

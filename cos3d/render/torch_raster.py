@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cos3d.rotations import quat_to_rotmat
+from cos3d.core.rotations import quat_to_rotmat
 
 TILE = 4
 """Tile edge in pixels. Results do not depend on it (see :func:`intersect_tiles`); smaller tiles

@@ -351,7 +351,7 @@ def tabletop_prompts(scene_dir: str | Path, prompt_set: str = "evaluation") -> l
     the scene (:func:`cos3d.eval.heldout.check_disjoint`).
     """
     from cos3d.eval.heldout import check_disjoint
-    from cos3d.phrases import normalize
+    from cos3d.core.phrases import normalize
     from cos3d.tabletop.catalog import CATALOG
 
     if prompt_set not in PROMPT_SETS:

@@ -39,7 +39,7 @@ from cos3d.robot.grasp import APPROACHES, Grasp, GripperSpec, plan_grasps
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryResult
-    from cos3d.trained import TrainedScene
+    from cos3d.pipeline.trained import TrainedScene
 
 MIN_GAUSSIANS = 30
 """Objects with fewer Gaussians are flagged ``low_confidence`` (too little evidence for a grasp)."""
@@ -198,7 +198,7 @@ class Targets(list):
 
 def _resolve_scene(scene: "TrainedScene | str | Path") -> "TrainedScene":
     if isinstance(scene, (str, Path)):
-        from cos3d.trained import load
+        from cos3d.pipeline.trained import load
 
         return load(scene)
     return scene
@@ -239,7 +239,7 @@ def surface_samples(scene: "TrainedScene", ids: np.ndarray) -> np.ndarray:
     ends of its two largest axes at ±``SAMPLE_SIGMA`` σ (centres alone are sparse on a small or lightly
     trained object, and a gripper finger would fit into the gaps between them; ±1 σ made a coarse
     object look 3 cm wider than it is)."""
-    from cos3d.rotations import quat_to_rotmat
+    from cos3d.core.rotations import quat_to_rotmat
 
     g = scene.gaussians
     idx = np.asarray(ids, np.int64)
@@ -299,7 +299,7 @@ def pick_targets(
     """Pick targets for a prompt, best first, in the robot base frame (module docstring).
 
     Args:
-        scene: a loaded run (``cos3d.load(RUN)``), a run folder, or a served run (``cos3d.client.load(RUN)``:
+        scene: a loaded run (``cos3d.load(RUN)``), a run folder, or a served run (``cos3d.serve.client.load(RUN)``:
             the server computes the targets).
         prompt: text (``"red mug"``, ``"the handle of the mug"``), an earlier ``QueryResult``, or None
             with image/click keywords (``image=, box=, mask=, points=, click=, within=``: those of
@@ -317,7 +317,7 @@ def pick_targets(
     """
     if approach not in APPROACHES:
         raise ValueError(f"approach must be one of {APPROACHES}, got {approach!r}")
-    if callable(getattr(scene, "remote_targets", None)):  # a run served by cos3d serve (cos3d.client)
+    if callable(getattr(scene, "remote_targets", None)):  # a run served by cos3d serve (cos3d.serve.client)
         return scene.remote_targets("pick", prompt, T_base_scene=T_base_scene, correspondences=correspondences,
                                     approach=approach, k=k, gripper=gripper, up=up, **query)
     if k is not None and k < 1:
@@ -392,7 +392,7 @@ def place_target(
     rim, the object has an opening and the target is ``inside``, on the opening's floor; otherwise
     ``on_top``, on the top surface. Other arguments as :func:`pick_targets`.
     """
-    if callable(getattr(scene, "remote_targets", None)):  # a run served by cos3d serve (cos3d.client)
+    if callable(getattr(scene, "remote_targets", None)):  # a run served by cos3d serve (cos3d.serve.client)
         return scene.remote_targets("place", prompt, T_base_scene=T_base_scene, correspondences=correspondences,
                                     clearance=clearance, k=k, up=up, **query)
     ts = _resolve_scene(scene)

@@ -9,5 +9,5 @@ Modules (importing this package imports none of them, nor torch):
   runs, reloaded when retrained; :mod:`cos3d.serve.ray_executor` — one Ray Serve deployment per run;
 - :mod:`cos3d.serve.app` — the FastAPI routes, token, limits, deadlines, one-line errors;
 - :mod:`cos3d.serve.server` — binding, the discovery file, uvicorn; :mod:`cos3d.serve.discovery` — where
-  clients (``cos3d query``, :mod:`cos3d.client`) find a running server for a run.
+  clients (``cos3d query``, :mod:`cos3d.serve.client`) find a running server for a run.
 """

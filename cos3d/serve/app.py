@@ -39,7 +39,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from cos3d import __version__
-from cos3d.errors import Cos3dError, ServeError, brief
+from cos3d.core.errors import Cos3dError, ServeError, brief
 from cos3d.serve.handlers import Blob
 
 log = logging.getLogger("cos3d.serve")

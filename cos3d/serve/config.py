@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 
 LOOPBACK = "127.0.0.1"
 EXECUTORS = ("local", "ray")
@@ -46,7 +46,7 @@ class ServeConfig:
     ray_address: str | None = None
     """Ray cluster to join with --executor ray (default: a new local one)."""
     discovery: bool = True
-    """Write a discovery file so that cos3d query and cos3d.client find this server (--no-discovery: don't)."""
+    """Write a discovery file so that cos3d query and cos3d.serve.client find this server (--no-discovery: don't)."""
     warm: bool = True
     """Load every named run (not folders' runs) before listening (--no-warm: on first request)."""
 

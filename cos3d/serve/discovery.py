@@ -1,5 +1,5 @@
 """Where running ``cos3d serve`` processes say which runs they serve, so that ``cos3d query`` and
-:func:`cos3d.client.load` find them without being told a URL.
+:func:`cos3d.serve.client.load` find them without being told a URL.
 
 One JSON file per server, ``<dir>/servers/<pid>-<port>.json``::
 

@@ -2,7 +2,7 @@
 reloaded when retrained) or, with ``--executor ray``, :class:`cos3d.serve.ray_executor.RayExecutor`.
 
 Both satisfy :class:`Executor`: ``call(run, op, body)`` blocks until the answer (a dict or a
-:class:`~cos3d.serve.handlers.Blob`) and raises :class:`cos3d.errors.Cos3dError` for a bad request. The
+:class:`~cos3d.serve.handlers.Blob`) and raises :class:`cos3d.core.errors.Cos3dError` for a bad request. The
 web layer runs ``call`` in a worker thread with a deadline.
 """
 
@@ -13,7 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol
 
-from cos3d.errors import Cos3dError, ServeError
+from cos3d.core.errors import Cos3dError, ServeError
 from cos3d.serve.config import Catalogue
 from cos3d.serve.handlers import RESULT_CACHE, Blob, LoadedRun, dispatch, load_run, signature
 
@@ -45,7 +45,7 @@ def _state(path: Path) -> tuple[str | None, str | None]:
     error (missing, unfinished), the second names the stages ``run.json`` marks running (a retraining:
     their old outputs stay valid until the stage is marked done, but files of several stages may then be
     of different versions). None when there is nothing to say."""
-    from cos3d.run_folder import RunFolder
+    from cos3d.pipeline.run_folder import RunFolder
 
     try:
         rec = RunFolder(path).finished_record()

@@ -5,7 +5,7 @@ Both executors call :func:`dispatch` on a :class:`LoadedRun`: the local one in t
 each run's Serve replica. The web layer (:mod:`cos3d.serve.app`) only validates shapes and maps
 errors to status codes.
 
-A *query request* has the keyword arguments of :meth:`cos3d.trained.TrainedScene.query`, as JSON:
+A *query request* has the keyword arguments of :meth:`cos3d.pipeline.trained.TrainedScene.query`, as JSON:
 
 - ``text``; ``view`` (a scene frame as the reference image) or ``image_b64`` (an uploaded PNG/JPEG) or,
   on a loopback server only, ``image_path`` (a file on the server's machine: a scene frame's own file is
@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cos3d.errors import Cos3dError, ServeError
+from cos3d.core.errors import Cos3dError, ServeError
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryResult
-    from cos3d.trained import TrainedScene
+    from cos3d.pipeline.trained import TrainedScene
 
 QUERY_KEYS = ("text", "image_b64", "image_path", "view", "box", "mask_b64", "mask_path", "scribble_b64",
               "scribble_path", "points", "point_labels", "click", "within", "within_object", "level", "refine",
@@ -107,10 +107,10 @@ def load_run(name: str, path: Path, *, device: str = "auto", allow_paths: bool =
              cache_size: int = RESULT_CACHE) -> LoadedRun:
     """Load ``path`` for serving, warm (engine, refinement index and no-target calibration built or read).
 
-    Run-folder files are replaced whole (:mod:`cos3d.atomic`), but a retraining replaces several of them;
+    Run-folder files are replaced whole (:mod:`cos3d.core.atomic`), but a retraining replaces several of them;
     the load is accepted only when the folder's :func:`signature` is the same before and after it (else
     it is retried), so an answer never mixes two versions of a run. (A reader side of a run-folder lock,
-    once :mod:`cos3d.run_folder` has one, belongs around the load below.)"""
+    once :mod:`cos3d.pipeline.run_folder` has one, belongs around the load below.)"""
     import cos3d
 
     last = None
@@ -323,8 +323,8 @@ def _export(run: LoadedRun, body: dict) -> Blob:
     res = answer(run, _query_of(body))  # a no-target answer exports an empty selection, as cos3d query does
     import torch
 
-    from cos3d.export import write_point_cloud
-    from cos3d.ply import write_ply, write_spz
+    from cos3d.apps.export import write_point_cloud
+    from cos3d.data.ply import write_ply, write_spz
 
     g = run.scene.gaussians.detach().to("cpu")
     sel = res.selected.detach().cpu().long()
@@ -403,7 +403,7 @@ def _targets(run: LoadedRun, body: dict, op: str) -> dict:
 
 
 def _objects(run: LoadedRun, body: dict) -> dict:
-    from cos3d.export import decompose, default_vocabulary
+    from cos3d.apps.export import decompose, default_vocabulary
 
     vocab = body.get("vocabulary")
     if isinstance(vocab, str):
@@ -425,7 +425,7 @@ def _objects(run: LoadedRun, body: dict) -> dict:
 def dispatch(run: LoadedRun, op: str, body: dict | None) -> dict | Blob:
     """Answer operation ``op`` (:data:`OPS`) of ``body`` on ``run``. The caller holds ``run.lock``.
 
-    Raises :class:`cos3d.errors.Cos3dError` (one line) for a bad request."""
+    Raises :class:`cos3d.core.errors.Cos3dError` (one line) for a bad request."""
     body = body or {}
     if op == "info":
         return _info(run)

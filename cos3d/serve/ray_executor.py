@@ -22,7 +22,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from cos3d.errors import Cos3dError, ServeError, brief
+from cos3d.core.errors import Cos3dError, ServeError, brief
 from cos3d.serve.config import Catalogue
 from cos3d.serve.executor import run_path
 from cos3d.serve.handlers import Blob

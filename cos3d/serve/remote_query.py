@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cos3d.errors import Cos3dError, ServeError
-from cos3d.paths import safe_name
+from cos3d.core.errors import Cos3dError, ServeError
+from cos3d.core.paths import safe_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.commands.query import QueryConfig
@@ -22,7 +22,7 @@ def usable(cfg: "QueryConfig") -> bool:
 
 
 def _write(path: Path, data: bytes) -> None:
-    from cos3d.atomic import atomic_path
+    from cos3d.core.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
@@ -31,7 +31,7 @@ def _write(path: Path, data: bytes) -> None:
 def answer_remotely(cfg: "QueryConfig") -> int | None:
     """Answer ``cfg`` through the server that serves ``cfg.run``; None when there is none (or it stopped
     answering: the caller then answers in-process)."""
-    from cos3d.client import connect
+    from cos3d.serve.client import connect
     from cos3d.commands.query import check_combination, check_outputs
 
     if not usable(cfg) or cfg.run is None or not Path(cfg.run).is_dir():

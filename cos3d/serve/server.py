@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.serve import discovery
 from cos3d.serve.config import Catalogue, ServeConfig, is_loopback
 

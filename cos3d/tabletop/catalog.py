@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cos3d.errors import Cos3dError
-from cos3d.phrases import overlapping
+from cos3d.core.errors import Cos3dError
+from cos3d.core.phrases import overlapping
 
 PACKAGES = {
     "pybullet_data": "pybullet",
@@ -220,7 +220,7 @@ def training_names() -> set[str]:
 
 def check_catalog() -> None:
     """Raise ValueError when a held-out phrasing is a training name anywhere in the catalogue (up to case,
-    punctuation, articles, number and word order: :func:`cos3d.phrases.normalize`). The stricter word-level
+    punctuation, articles, number and word order: :func:`cos3d.core.phrases.normalize`). The stricter word-level
     rules are :func:`cos3d.eval.heldout.check_eval_phrasings`. The near-training phrasings are exempt: they are
     the old set, kept as it was ("robot toy" is "toy robot" in another order) and never scored as held out."""
     held = [n for e in CATALOG.values() for n in e.eval_names]

@@ -32,11 +32,11 @@ from typing import Literal
 
 import numpy as np
 
-from cos3d.atomic import atomic_dir, check_output_folder, write_json
-from cos3d.errors import Cos3dError
-from cos3d.phrases import overlapping
+from cos3d.core.atomic import atomic_dir, check_output_folder, write_json
+from cos3d.core.errors import Cos3dError
+from cos3d.core.phrases import overlapping
 from cos3d.readers.writers import write_scannet_frame, write_scannet_intrinsics, write_scannet_meta
-from cos3d.scene import PartInfo
+from cos3d.data.scene import PartInfo
 from cos3d.tabletop.catalog import (
     FLOOR_EVAL_NAMES,
     FLOOR_NEAR_NAMES,
@@ -83,7 +83,7 @@ MIN_VIEWS = 4
 EVAL_PROMPTS_FORMAT = "cos3d-eval-prompts/2"
 """``eval_prompts.json``: ``{"format": ..., "instances": {"<id>": [phrasing, ...]}, "parts": {"<part id>":
 [phrasing, ...]}, "near_instances": {...}, "near_parts": {...}}``: held-out phrasings, never among
-``labels.json`` / ``parts.json``'s names (up to :func:`cos3d.phrases.normalize`) and sharing no content word
+``labels.json`` / ``parts.json``'s names (up to :func:`cos3d.core.phrases.normalize`) and sharing no content word
 with their object's names; ``near_*``: the near-training phrasings (the set before issue 23), scored apart."""
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.tabletop.catalog import CATALOG, PAIR_KINDS, CatalogEntry
 
 MIN_OBJECTS = 3

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cos3d.rotations import quat_to_rotmat
+from cos3d.core.rotations import quat_to_rotmat
 from cos3d.tabletop.catalog import (
     FLOOR_URDF,
     TABLE_URDF,

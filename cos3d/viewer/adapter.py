@@ -2,7 +2,7 @@
 (``trained.query`` / ``trained.engine``) or reads a ``QueryResult`` / ``Object3D``.
 
 It returns the viewer's own :class:`Answer` (numpy arrays, plain numbers), so API changes in
-:mod:`cos3d.query` are absorbed here. Exports go through :mod:`cos3d.ply` / :mod:`cos3d.export`
+:mod:`cos3d.query` are absorbed here. Exports go through :mod:`cos3d.data.ply` / :mod:`cos3d.apps.export`
 (atomic writes).
 """
 
@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.viewer.helpers import _np, ray_camera
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryResult
-    from cos3d.trained import TrainedScene
+    from cos3d.pipeline.trained import TrainedScene
 
 
 @dataclass
@@ -92,7 +92,7 @@ def _ask(trained: TrainedScene, desc: str, kind: str, text: str | None = None, *
 
 
 def answer_query(trained: TrainedScene, text: str, *, within: str | None = None) -> Answer:
-    """Ask ``trained`` (its one engine, through :meth:`cos3d.trained.TrainedScene.query`) a text prompt.
+    """Ask ``trained`` (its one engine, through :meth:`cos3d.pipeline.trained.TrainedScene.query`) a text prompt.
 
     ``within`` is a parent prompt, or an object id (digits, optionally ``#``-prefixed, as listed in an
     earlier answer) for ``within_object``. A :class:`Cos3dError` (empty prompt...) becomes
@@ -206,9 +206,9 @@ def instance_features(trained: TrainedScene, level: str = "l") -> np.ndarray:
 
 
 def decomposition(trained: TrainedScene) -> tuple[np.ndarray, list[str]]:
-    """The scene-wide decomposition (:func:`cos3d.export.decompose` over the training names):
+    """The scene-wide decomposition (:func:`cos3d.apps.export.decompose` over the training names):
     ``(label [N] int32, 0 = none; names [K + 1], names[0] = "")``."""
-    from cos3d.export import decompose, default_vocabulary
+    from cos3d.apps.export import decompose, default_vocabulary
 
     label, _, objs = decompose(trained, default_vocabulary(trained))
     return label, [""] + [o.names[0] for o in objs]
@@ -234,10 +234,10 @@ def frame_image(trained: TrainedScene, frame: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- export
 def export_selection(trained: TrainedScene, answer: Answer, out_dir: Path, stem: str) -> Path:
     """The selected Gaussians as a 3DGS ``.ply`` (``object`` column: 1.. per object, 0 = selected but in no
-    object) — written atomically by :func:`cos3d.ply.write_ply`."""
+    object) — written atomically by :func:`cos3d.data.ply.write_ply`."""
     import torch
 
-    from cos3d.ply import write_ply
+    from cos3d.data.ply import write_ply
 
     if len(answer.selected) == 0:
         raise Cos3dError("nothing selected to export: query or click something first")
@@ -251,7 +251,7 @@ def export_selection(trained: TrainedScene, answer: Answer, out_dir: Path, stem:
 
 def export_objects(answer: Answer, out_dir: Path, stem: str) -> Path:
     """The answer's objects (ids, scores, Gaussian counts, centroids, oriented boxes) as JSON, atomically."""
-    from cos3d.atomic import write_json
+    from cos3d.core.atomic import write_json
 
     if answer.error is not None and not answer.objects:
         raise Cos3dError(f"the last answer is an error ({answer.error}); nothing to export")
@@ -262,8 +262,8 @@ def export_objects(answer: Answer, out_dir: Path, stem: str) -> Path:
 
 def export_labels(trained: TrainedScene, out_dir: Path) -> list[Path]:
     """The per-Gaussian labels of the scene-wide decomposition, by ``cos3d export``'s own writer
-    (:func:`cos3d.export.export_run`: ``labels.ply`` / ``labels.npz`` / ``labels.json``)."""
-    from cos3d.export import ExportConfig, export_run
+    (:func:`cos3d.apps.export.export_run`: ``labels.ply`` / ``labels.npz`` / ``labels.json``)."""
+    from cos3d.apps.export import ExportConfig, export_run
 
     run = getattr(trained, "run_dir", None)
     if run is None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.viewer import adapter
 from cos3d.viewer.adapter import Answer, ObjectView
 from cos3d.viewer.helpers import (
@@ -45,8 +45,8 @@ from cos3d.viewer.helpers import (
 if TYPE_CHECKING:  # pragma: no cover
     import viser
 
-    from cos3d.scene import Camera
-    from cos3d.trained import TrainedScene
+    from cos3d.data.scene import Camera
+    from cos3d.pipeline.trained import TrainedScene
 
 COLOR_MODES = ("RGB", "Instance features (PCA)", "Relevancy (last prompt)", "Objects (scene-wide)")
 """The colour modes of the "Colour" dropdown, in order."""
@@ -111,7 +111,7 @@ class ViewerApp:
 
     Args:
         server: a started ``viser.ViserServer``.
-        trained: the run (:class:`cos3d.trained.TrainedScene`).
+        trained: the run (:class:`cos3d.pipeline.trained.TrainedScene`).
         max_splats: splats shown (the most opaque ones); the panel shows the count.
         show_cameras: whether camera frustums start visible.
         export_dir: where the Export buttons write (default ``RUN/export``, else ``./cos3d-export``).

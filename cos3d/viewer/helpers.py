@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from cos3d.rotations import quat_to_rotmat
+from cos3d.core.rotations import quat_to_rotmat
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cos3d.gaussians import Gaussians
-    from cos3d.scene import Camera
+    from cos3d.data.gaussians import Gaussians
+    from cos3d.data.scene import Camera
 
 DEFAULT_MAX_SPLATS = 300_000
 """Splats sent to the browser by default (the most opaque ones)."""
@@ -74,7 +74,7 @@ class SplatArrays:
 
 
 def splat_arrays(gaussians: Gaussians, ids: np.ndarray) -> SplatArrays:
-    """Splat arrays of ``gaussians`` (a :class:`cos3d.gaussians.Gaussians`) rows ``ids``."""
+    """Splat arrays of ``gaussians`` (a :class:`cos3d.data.gaussians.Gaussians`) rows ``ids``."""
     import torch
 
     idx = torch.as_tensor(np.asarray(ids, np.int64), device=gaussians.means.device)
@@ -207,7 +207,7 @@ def box_pose(center: np.ndarray, R: np.ndarray, extent: np.ndarray) -> tuple[np.
 
 
 def frustum_pose(camera: Camera) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """A :class:`cos3d.scene.Camera` → ``(fov_y, aspect, wxyz, position)`` for ``scene.add_camera_frustum``.
+    """A :class:`cos3d.data.scene.Camera` → ``(fov_y, aspect, wxyz, position)`` for ``scene.add_camera_frustum``.
 
     cos3d cameras and viser frustums share the OpenCV axes (+z forward, +y down), so ``T_world_camera``
     is ``camera.c2w`` as is.
@@ -350,7 +350,7 @@ def ray_camera(origin: np.ndarray, direction: np.ndarray, *, size: int = 33, fov
     """A small pinhole camera at ``origin`` looking along ``direction``: its centre pixel
     ``((size − 1) / 2, (size − 1) / 2)`` lies on the ray. How a click in the 3D view (a viser scene click:
     a world ray) becomes a click in a view, answered by the engine's click semantics."""
-    from cos3d.scene import Camera
+    from cos3d.data.scene import Camera
 
     o = np.asarray(origin, np.float64).reshape(3)
     z = np.asarray(direction, np.float64).reshape(3)

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.serve.config import is_loopback
 from cos3d.viewer.helpers import DEFAULT_MAX_SPLATS
 
 if TYPE_CHECKING:  # pragma: no cover
     import viser
 
-    from cos3d.trained import TrainedScene
+    from cos3d.pipeline.trained import TrainedScene
     from cos3d.viewer.app import ViewerApp
 
 LOOPBACK = "127.0.0.1"

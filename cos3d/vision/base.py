@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from cos3d.scene import Frame, Scene
+    from cos3d.data.scene import Frame, Scene
     from cos3d.vision.masks import MaskSet
 
 
@@ -199,8 +199,8 @@ def check_masks_match(image: np.ndarray, masks: "MaskSet") -> None:
 
 
 def resolve_device(device: str | None = "auto") -> str:
-    """:func:`cos3d.device.resolve_device` as a string (what the model libraries take)."""
-    from cos3d.device import resolve_device as _resolve
+    """:func:`cos3d.core.device.resolve_device` as a string (what the model libraries take)."""
+    from cos3d.core.device import resolve_device as _resolve
 
     return str(_resolve(device))
 

@@ -9,7 +9,7 @@ Layout of a cache folder::
 
 A view's ``key`` hashes the image *content* with the provider's and embedder's ``model_id`` and
 ``params``: a different image, model or setting is a miss and the view is recomputed. Every file is
-written atomically (:mod:`cos3d.atomic`), so an interrupted run resumes where it stopped.
+written atomically (:mod:`cos3d.core.atomic`), so an interrupted run resumes where it stopped.
 
 A view file that cannot be read (truncated, garbage, other models than the manifest, deleted) is
 treated as missing: :func:`load_view` drops it from the manifest's ``views`` before raising (so a
@@ -29,14 +29,14 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from cos3d.atomic import atomic_path, write_json
-from cos3d.errors import Cos3dError
-from cos3d.paths import safe_name
+from cos3d.core.atomic import atomic_path, write_json
+from cos3d.core.errors import Cos3dError
+from cos3d.core.paths import safe_name
 from cos3d.vision.base import Embedder, MaskProvider
 from cos3d.vision.masks import LEVELS, MaskSet, pack_masks, unpack_masks
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cos3d.scene import Frame, Scene
+    from cos3d.data.scene import Frame, Scene
 
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"

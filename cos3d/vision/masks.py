@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 
 LEVELS = ("s", "m", "l")
 """Granularity levels, index = the ``level`` code: small (parts), medium, large (objects)."""

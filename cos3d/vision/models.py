@@ -3,7 +3,7 @@
 One dataclass for ``cos3d prepare masks``, ``cos3d train`` and a loaded run (which re-creates its
 embedder from the config recorded in ``run.json``). Its fields are the flags ``--masks``,
 ``--embedder``, ``--perturb``, ``--sam2-checkpoint``, ``--sam2-model``, ``--sam3-model``, ``--clip-checkpoint`` ... (see
-:mod:`cos3d.config`); it builds the provider and embedder through the registry
+:mod:`cos3d.core.config`); it builds the provider and embedder through the registry
 (:mod:`cos3d.vision.registry`) and names the per-model cache folder (:func:`mask_cache_dir`).
 """
 
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from cos3d.config import ConfigError
+from cos3d.core.config import ConfigError
 from cos3d.vision.base import Embedder, MaskProvider
 
 if TYPE_CHECKING:
-    from cos3d.scene import Scene
+    from cos3d.data.scene import Scene
     from cos3d.vision.prompts import PromptSegmenter
 
 __all__ = ["ModelsConfig", "mask_cache_dir"]
@@ -155,8 +155,8 @@ class ModelsConfig:
         ``choice``: ``auto`` — the SAM model these settings train with (sam2, sam2-hf, sam3) when its weights
         load, else None with the reason (missing weights, or an offline mask provider: oracle-2D);
         ``none`` — no segmenter (the offline rules); ``sam2`` / ``sam2-hf`` / ``sam3`` — that model, whose
-        missing weights raise :class:`~cos3d.errors.MissingWeightsError` naming its flag."""
-        from cos3d.errors import Cos3dError, MissingWeightsError
+        missing weights raise :class:`~cos3d.core.errors.MissingWeightsError` naming its flag."""
+        from cos3d.core.errors import Cos3dError, MissingWeightsError
         from cos3d.query.engine import describe_segmenter
 
         if choice not in SEGMENTER_CHOICES:

@@ -2,7 +2,7 @@
 
 Weights come from an open_clip pretrained tag (downloaded from the hub on first use) or from a local
 checkpoint file (``--clip-checkpoint PATH`` / ``$COS3D_CLIP_CHECKPOINT``). When neither can be had,
-:class:`~cos3d.errors.MissingWeightsError` says so and names the offline alternative.
+:class:`~cos3d.core.errors.MissingWeightsError` says so and names the offline alternative.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cos3d.errors import Cos3dError, MissingWeightsError, brief
+from cos3d.core.errors import Cos3dError, MissingWeightsError, brief
 from cos3d.vision.base import CropEmbedder, file_fingerprint, resolve_device
 from cos3d.vision.crops import crops_to_tensor
 

@@ -18,7 +18,7 @@ scribble      SAM2 with ≤ 8 points sampled on it     merged superpixels under 
 
 Coordinates are pixels, ``x`` right and ``y`` down; a box is ``[x0, y0, x1, y1]`` with exclusive ends
 (:mod:`cos3d.vision.masks`). Bad prompts (box outside the image, empty mask, a mask of another size)
-raise :class:`~cos3d.errors.Cos3dError` naming the problem.
+raise :class:`~cos3d.core.errors.Cos3dError` naming the problem.
 
 A SAM segmenter is any :class:`PromptSegmenter`: :class:`~cos3d.vision.sam2_masks.SAM2PromptSegmenter`
 (``sam2`` package), :class:`~cos3d.vision.sam2_hf.HFSamPromptSegmenter` (SAM2 through ``transformers``)
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.vision.base import Embedder, check_image
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -1,7 +1,7 @@
 """Mask providers and embedders by name (STYLE.md habit 6: a registry, with loud weights).
 
 ``create_*`` imports the implementation on demand, so ``import cos3d.vision`` stays light. Every
-weights-backed model raises :class:`~cos3d.errors.MissingWeightsError` when its weights cannot be had,
+weights-backed model raises :class:`~cos3d.core.errors.MissingWeightsError` when its weights cannot be had,
 naming the flag/env var to set and the offline alternative (``dataset`` masks, ``labels`` embedder).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.vision.base import Embedder, MaskProvider
 
 if TYPE_CHECKING:  # pragma: no cover

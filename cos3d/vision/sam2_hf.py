@@ -13,7 +13,7 @@ sam3      ``Sam3TrackerModel`` / ``Sam3TrackerProcessor`` facebook/sam3         
 
 Weights are a hub id or a local folder written by ``save_pretrained`` (a ``facebook/sam3`` folder holds
 the detector and the tracker; the tracker part is read here, the detector by :mod:`cos3d.vision.sam3`).
-Without them: one :class:`~cos3d.errors.MissingWeightsError` line naming the flag and the offline
+Without them: one :class:`~cos3d.core.errors.MissingWeightsError` line naming the flag and the offline
 alternatives. The ``sam2`` package provider (:mod:`cos3d.vision.sam2_masks`) stays the alternative for
 the official ``.pt`` checkpoints.
 
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cos3d.errors import Cos3dError, MissingWeightsError, brief
+from cos3d.core.errors import Cos3dError, MissingWeightsError, brief
 from cos3d.vision.base import MaskProvider, check_image, file_fingerprint, resolve_device
 from cos3d.vision.masks import LEVELS, MaskSet
 from cos3d.vision.sam2_masks import AutoMaskFilters, _grid, keep_per_level, levels_to_maskset
@@ -41,7 +41,7 @@ from cos3d.vision.sam2_masks import AutoMaskFilters, _grid, keep_per_level, leve
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from cos3d.scene import Frame
+    from cos3d.data.scene import Frame
 
 __all__ = [
     "FAMILIES",

@@ -9,7 +9,7 @@ import-time side effect, sam2 issue #179).
 Weights: a local checkpoint (``--sam2-checkpoint`` / ``$COS3D_SAM2_CHECKPOINT``, with ``--sam2-config`` /
 ``$COS3D_SAM2_CONFIG`` or a config inferred from the official file name) or the hub id
 ``facebook/sam2.1-hiera-large`` (downloaded with ``huggingface_hub``; fails offline with
-:class:`~cos3d.errors.MissingWeightsError`).
+:class:`~cos3d.core.errors.MissingWeightsError`).
 
 Automatic generation: a ``points_per_side`` × ``points_per_side`` grid of single positive clicks, each
 giving SAM's three multimask outputs; output ``k`` goes to level ``k`` (0 = s, 1 = m, 2 = l). Per level:
@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cos3d.errors import Cos3dError, MissingWeightsError, brief
+from cos3d.core.errors import Cos3dError, MissingWeightsError, brief
 from cos3d.vision.base import MaskProvider, check_image, file_fingerprint, resolve_device
 from cos3d.vision.masks import LEVELS, MaskSet, masks_to_boxes, nms
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cos3d.scene import Frame
+    from cos3d.data.scene import Frame
 
 DEFAULT_SAM2_HUB_ID = "facebook/sam2.1-hiera-large"
 ENV_SAM2_CHECKPOINT = "COS3D_SAM2_CHECKPOINT"

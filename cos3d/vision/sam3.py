@@ -8,7 +8,7 @@ presence, and the presence itself, so an absent concept is an empty answer with 
 forced guess.
 
 Weights: a hub id or a local ``save_pretrained`` folder (``--sam3-model`` / ``$COS3D_SAM3_MODEL``,
-default ``facebook/sam3``, gated on the hub). Without them: one :class:`~cos3d.errors.MissingWeightsError`
+default ``facebook/sam3``, gated on the hub). Without them: one :class:`~cos3d.core.errors.MissingWeightsError`
 line naming the flag. The SAM 3 *tracker* (SAM2's box/point interface, and automatic s/m/l masks) lives
 in :mod:`cos3d.vision.sam2_hf` (registry name ``sam3``).
 """
@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 from cos3d.vision.base import check_image, resolve_device
 from cos3d.vision.masks import MaskSet, level_index, masks_to_boxes
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cos3d.errors import Cos3dError, MissingWeightsError, brief
+from cos3d.core.errors import Cos3dError, MissingWeightsError, brief
 from cos3d.vision.base import CropEmbedder, file_fingerprint, resolve_device
 from cos3d.vision.crops import crops_to_tensor
 

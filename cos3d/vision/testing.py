@@ -1,7 +1,7 @@
 """Test fixtures for the 2D models, usable without any downloaded weights.
 
 - :func:`write_synthetic_scene`: a tiny scene of flat-coloured shapes with instance and part maps,
-  written in the ScanNet layout and returned as a :class:`~cos3d.scene.Scene`;
+  written in the ScanNet layout and returned as a :class:`~cos3d.data.scene.Scene`;
 - :func:`write_random_sam2_checkpoint`, :func:`write_tiny_openclip`, :func:`write_random_siglip`,
   :func:`write_tiny_sam2_hf`, :func:`write_tiny_sam3_tracker`, :func:`write_tiny_sam3`:
   randomly initialised models saved where the real loaders (``--sam2-checkpoint``,
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cos3d.scene import Camera, Frame, PartInfo, Scene
+from cos3d.data.scene import Camera, Frame, PartInfo, Scene
 
 SYNTHETIC_LABELS = {
     1: ["red coffee mug", "mug", "cup"],

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import Tensor
 
-from cos3d.errors import Cos3dError
-from cos3d.run_folder import RunFolder, RunRecord, lock_holder
+from cos3d.core.errors import Cos3dError
+from cos3d.pipeline.run_folder import RunFolder, RunRecord, lock_holder
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
         QueryResult,
         WithinObject,
     )
-    from cos3d.train import TrainConfig
+    from cos3d.pipeline.runner import TrainConfig
     from cos3d.vision.base import Embedder
     from cos3d.vision.prompts import PromptSegmenter
 
@@ -75,7 +75,7 @@ class TrainedScene:
         self.record = record
         """The whole ``run.json``."""
         self.gaussians = gaussians
-        """:class:`cos3d.gaussians.Gaussians` on :attr:`device`, fields attached as features."""
+        """:class:`cos3d.data.gaussians.Gaussians` on :attr:`device`, fields attached as features."""
         self.fields = fields
         """``{level: LevelField}``, on :attr:`device`."""
         self.device = device
@@ -94,7 +94,7 @@ class TrainedScene:
     # ---- recorded information
     @property
     def config(self) -> "TrainConfig":
-        """The :class:`cos3d.train.TrainConfig` the run was trained with."""
+        """The :class:`cos3d.pipeline.runner.TrainConfig` the run was trained with."""
         return RunRecord(RunFolder(self.run_dir), self.record).train_config()
 
     @property
@@ -116,7 +116,7 @@ class TrainedScene:
     # ---- lazy parts
     @property
     def scene(self):
-        """The scene (:class:`cos3d.scene.Scene`), re-read from the path recorded in ``run.json``."""
+        """The scene (:class:`cos3d.data.scene.Scene`), re-read from the path recorded in ``run.json``."""
         if self._scene is None:
             from cos3d.readers import load_scene
 
@@ -187,7 +187,7 @@ class TrainedScene:
     def save_query_state(self) -> None:
         """Build (if needed) and save every level's refinement index and no-target calibration in the
         run folder (``query_state.pt``), for the next process to load instead of rebuilding. A reader
-        never writes into a run that a training is writing (:func:`cos3d.run_folder.lock_holder`): then
+        never writes into a run that a training is writing (:func:`cos3d.pipeline.run_folder.lock_holder`): then
         one :class:`Cos3dError` line, and nothing is saved."""
         holder = lock_holder(self.run_dir)
         if holder is not None and holder != os.getpid():
@@ -261,7 +261,7 @@ def _bad(run_dir: Path, why: str) -> Cos3dError:
 
 def load(run: str | Path, *, device: str | torch.device = "auto", segmenter: "str | PromptSegmenter | None" = "auto",
          models: dict[str, Any] | None = None) -> TrainedScene:
-    """Load a run folder written by ``cos3d train`` (layout: :mod:`cos3d.run_folder`).
+    """Load a run folder written by ``cos3d train`` (layout: :mod:`cos3d.pipeline.run_folder`).
 
     Args:
         run: the run folder (``RUN/run.json``, ``RUN/gaussians.ply``, ``RUN/fields.pt``).
@@ -276,8 +276,8 @@ def load(run: str | Path, *, device: str | torch.device = "auto", segmenter: "st
     Raises:
         Cos3dError: naming the folder, when it is missing, unfinished or corrupt.
     """
-    from cos3d.device import resolve_device
-    from cos3d.ply import read_ply
+    from cos3d.core.device import resolve_device
+    from cos3d.data.ply import read_ply
 
     folder = RunFolder(Path(run))
     run_dir = folder.root

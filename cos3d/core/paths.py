@@ -4,7 +4,7 @@
 (nerfstudio ``file_path`` / ``depth_file_path`` / ``ply_file_path``, a COLMAP image name, a file
 listed in a ScanNet/tabletop folder, a path recorded in ``run.json``) must resolve — symlinks
 resolved too — inside the folder it belongs to; otherwise the load stops with one
-:class:`~cos3d.errors.SceneFormatError` line naming the file, the field and the value. A scene
+:class:`~cos3d.core.errors.SceneFormatError` line naming the file, the field and the value. A scene
 downloaded from someone else must not make cos3d read the user's other files, just as git refuses
 paths that leave the work tree and tar refuses ``..`` members.
 
@@ -26,7 +26,7 @@ import re
 import zlib
 from pathlib import Path
 
-from cos3d.errors import SceneFormatError
+from cos3d.core.errors import SceneFormatError
 
 __all__ = ["TRUST_ENV", "inside_folder", "safe_name", "trusted"]
 

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cos3d.atomic import write_json
-from cos3d.errors import Cos3dError
+from cos3d.core.atomic import write_json
+from cos3d.core.errors import Cos3dError
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryEngine
@@ -51,7 +51,7 @@ class DemoConfig:
     protocol: str = "occlusion"
     """2D mask protocol for the IoU column (``occlusion`` or ``selected``)."""
     train_options: dict[str, Any] = field(default_factory=dict)
-    """Extra :class:`cos3d.train.TrainConfig` fields (e.g. ``iterations``)."""
+    """Extra :class:`cos3d.pipeline.runner.TrainConfig` fields (e.g. ``iterations``)."""
     progress: bool = True
 
 
@@ -96,8 +96,8 @@ def prepare_scene(cfg: DemoConfig) -> Path:
 
 
 def train_scene(cfg: DemoConfig, scene_dir: Path) -> tuple[Path, str]:
-    from cos3d.config import apply_config
-    from cos3d.train import TrainConfig, train
+    from cos3d.core.config import apply_config
+    from cos3d.pipeline.runner import TrainConfig, train
     from cos3d.vision.models import ModelsConfig
 
     run = Path(cfg.workdir) / "run"
@@ -124,7 +124,7 @@ def _interior_pixel(mask: np.ndarray) -> tuple[int, int]:
 
 def demo_prompts(scene: Any) -> list[dict[str, Any]]:
     """The demo's prompts for ``scene`` (see the module docstring); each a dict of query kwargs + GT."""
-    from cos3d.evaluate import tabletop_queries
+    from cos3d.eval.tabletop import tabletop_queries
 
     qs = tabletop_queries(scene)
     by_kind: dict[str, list] = {}
@@ -184,7 +184,7 @@ def demo_prompts(scene: Any) -> list[dict[str, Any]]:
 
 
 def answer_prompts(engine: QueryEngine, prompts: list[dict[str, Any]], protocol: str = "occlusion") -> list[DemoRow]:
-    from cos3d.evaluate import iou
+    from cos3d.eval.tabletop import iou
 
     test = engine.scene.split("test")
     rows = []

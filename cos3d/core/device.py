@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:

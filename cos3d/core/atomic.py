@@ -8,7 +8,7 @@ is created with mode 0666 and the kernel applies the umask); a file that is repl
 permission bits.
 
 Write errors are caught here, at the edge: no space left, a read-only file system, permission denied,
-a file where a folder is expected (and the reverse) raise one :class:`~cos3d.errors.Cos3dError` line
+a file where a folder is expected (and the reverse) raise one :class:`~cos3d.core.errors.Cos3dError` line
 naming the path and what to do, and the temporary file is removed, so nothing half-written is left
 behind.
 """
@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 
 _WRITE_ERRNOS: dict[int, str] = {
     errno.ENOSPC: "no space left on the device; free some space (or write to another disk) and run again",

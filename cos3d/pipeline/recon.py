@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cos3d.atomic import atomic_open, write_json
-from cos3d.device import resolve_device
-from cos3d.config import ConfigError
-from cos3d.errors import Cos3dError
-from cos3d.gaussians import Gaussians
+from cos3d.core.atomic import atomic_open, write_json
+from cos3d.core.device import resolve_device
+from cos3d.core.config import ConfigError
+from cos3d.core.errors import Cos3dError
+from cos3d.data.gaussians import Gaussians
 from cos3d.render import render
-from cos3d.scene import Frame, Scene
+from cos3d.data.scene import Frame, Scene
 
 __all__ = ["ReconConfig", "reconstruct", "init_gaussians", "evaluate_psnr", "ssim", "psnr"]
 
@@ -125,15 +125,15 @@ class ReconConfig:
 
     @classmethod
     def fast(cls, **overrides: Any) -> "ReconConfig":
-        """The ``recon`` section of the ``fast`` preset (``configs/fast.yaml``, where its choices are
+        """The ``recon`` section of the ``fast`` preset (``cos3d/configs/fast.yaml``, where its choices are
         explained: a short schedule from RGB-D initialisation), with ``overrides`` applied."""
-        from cos3d.config import from_dict, load_config_file
+        from cos3d.core.config import from_dict, load_config_file
 
         preset = load_config_file("fast")[0].get("recon", {})
-        return dataclasses.replace(from_dict(cls, preset, source="configs/fast.yaml"), **overrides)
+        return dataclasses.replace(from_dict(cls, preset, source="cos3d/configs/fast.yaml"), **overrides)
 
     def validate(self) -> None:
-        """Raise :class:`~cos3d.config.ConfigError` naming the first bad setting."""
+        """Raise :class:`~cos3d.core.config.ConfigError` naming the first bad setting."""
         if self.iterations < 0:
             raise ConfigError("iterations", f"must be >= 0, got {self.iterations}")
         if not 0 <= self.sh_degree <= 3:
@@ -659,7 +659,7 @@ def _reconstruct(scene, cfg: ReconConfig, out: Path | None, device, resume: bool
         print(f"stage 0: {g.num} Gaussians, held-out PSNR {metrics['psnr_test']:.2f} dB "
               f"({len(test)} test views), {metrics['time_s']:.1f} s")  # fmt: skip
     if out is not None:
-        from cos3d.ply import write_ply
+        from cos3d.data.ply import write_ply
 
         out.mkdir(parents=True, exist_ok=True)
         write_ply(out / "gaussians.ply", g)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cos3d.errors import SceneFormatError
+from cos3d.core.errors import SceneFormatError
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """``cos3d train``: stage 0 (Gaussians) → masks → stage 1 (instance field) → stage 2 (Ins2Lang).
 
-:class:`TrainConfig` is the command line (:mod:`cos3d.config` derives ``cos3d train``'s flags from
-it; presets such as ``--fast`` are files in ``configs/``). Each stage writes its artefacts
-atomically into the run folder, whose layout :mod:`cos3d.run_folder` owns. A stage is *finished*
+:class:`TrainConfig` is the command line (:mod:`cos3d.core.config` derives ``cos3d train``'s flags from
+it; presets such as ``--fast`` are files in ``cos3d/configs/``). Each stage writes its artefacts
+atomically into the run folder, whose layout :mod:`cos3d.pipeline.run_folder` owns. A stage is *finished*
 when its artefact exists and ``run.json`` marks it done; ``resume=True`` skips finished stages, and
 stage 1 continues from its last checkpoint. Re-running a stage marks every later stage as not done.
 
@@ -26,16 +26,16 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
-from cos3d.atomic import atomic_path, check_writable
-from cos3d.config import ConfigError, to_dict
-from cos3d.device import resolve_device
-from cos3d.errors import Cos3dError, brief
+from cos3d.core.atomic import atomic_path, check_writable
+from cos3d.core.config import ConfigError, to_dict
+from cos3d.core.device import resolve_device
+from cos3d.core.errors import Cos3dError, brief
 from cos3d.field.ins2lang import Ins2LangConfig
 from cos3d.field.instance import InstanceConfig
-from cos3d.recon import ReconConfig
-from cos3d.run_folder import STAGE_TITLES, STAGES, RunFolder, RunRecord, writer_lock
-from cos3d.scene import Scene
-from cos3d.views import ViewPolicy
+from cos3d.pipeline.recon import ReconConfig
+from cos3d.pipeline.run_folder import STAGE_TITLES, STAGES, RunFolder, RunRecord, writer_lock
+from cos3d.data.scene import Scene
+from cos3d.pipeline.views import ViewPolicy
 from cos3d.vision.models import ModelsConfig
 
 __all__ = ["TrainConfig", "train"]
@@ -120,7 +120,7 @@ class TrainConfig:
         return int(min(self.iterations_max, max(self.iterations_min, self.iterations_per_view * n_views)))
 
     def validate(self) -> None:
-        """Raise :class:`~cos3d.config.ConfigError` naming the first bad setting."""
+        """Raise :class:`~cos3d.core.config.ConfigError` naming the first bad setting."""
         try:
             self.models.validate()
         except ConfigError as e:
@@ -200,7 +200,7 @@ class _Session:
         self.native = native
         """The scene as read: the 2D models run on its frames, at their own resolution."""
         self.scene = scene
-        """The training views (:func:`cos3d.views.training_scene`): selected and rescaled."""
+        """The training views (:func:`cos3d.pipeline.views.training_scene`): selected and rescaled."""
         self.device = device
         self._gaussians = None
         self._weights = None
@@ -265,7 +265,7 @@ class _Session:
 
     def gaussians(self):
         if self._gaussians is None:
-            from cos3d.ply import read_ply
+            from cos3d.data.ply import read_ply
 
             if not self.ply.is_file():
                 raise Cos3dError(f"{self.ply}: missing; run stage recon first (--stage recon or --stage all)")
@@ -415,7 +415,7 @@ def _bar(it, desc: str, enabled: bool, **kw):
 def _stage_recon(s: _Session) -> dict[str, Any]:
     cfg = s.cfg
     if cfg.gaussians is not None:
-        from cos3d.ply import read_gaussians, splat_format, write_ply
+        from cos3d.data.ply import read_gaussians, splat_format, write_ply
 
         src = Path(cfg.gaussians)
         try:
@@ -433,7 +433,7 @@ def _stage_recon(s: _Session) -> dict[str, Any]:
         s._gaussians = None
         _log(f"stage 0: imported {g.num} Gaussians from {src} (no held-out PSNR for an imported scene)")
         return {"source": "import", "path": str(src.resolve()), "n_gaussians": g.num, "psnr_test": None}
-    from cos3d.recon import reconstruct
+    from cos3d.pipeline.recon import reconstruct
 
     rcfg = dataclasses.replace(cfg.recon, seed=cfg.seed, device=str(s.device), threads=cfg.threads, progress=cfg.progress)
     work = s.run.recon_dir
@@ -756,7 +756,7 @@ def _train(cfg: TrainConfig, config_files: tuple[str, ...]) -> Path:
 
 def _train_locked(cfg: TrainConfig, config_files: tuple[str, ...], out: Path) -> Path:
     from cos3d.readers import load_scene
-    from cos3d.views import training_scene
+    from cos3d.pipeline.views import training_scene
 
     native = load_scene(cfg.scene, cfg.data_root)
     scene_root = Path(native.root).resolve()
@@ -816,7 +816,7 @@ def _train_locked(cfg: TrainConfig, config_files: tuple[str, ...], out: Path) ->
         _log(f"{title}: done in {dt:.1f} s")
     fresh_state = state.folder.read_query_state() is not None
     if "language" in todo and state.done("language") and not state.running("language") and not fresh_state:
-        from cos3d.trained import load
+        from cos3d.pipeline.trained import load
 
         t0 = time.perf_counter()
         load(run_dir, device=device).save_query_state()

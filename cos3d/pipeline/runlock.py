@@ -8,11 +8,11 @@ a crashed run never leaves a stale lock behind; the PID written in the file is o
 message quotes.
 
 Readers (query, view, export, eval) never take it: every file of a run is replaced atomically
-(:mod:`cos3d.atomic`), so a reader sees the old file or the new one, never half of one. A reader
+(:mod:`cos3d.core.atomic`), so a reader sees the old file or the new one, never half of one. A reader
 that wants to know whether a run is being written (say, a query server deciding to reload later)
 asks :func:`lock_holder`, which never blocks and never creates anything.
 
-Public API (also exported by :mod:`cos3d.run_folder`)::
+Public API (also exported by :mod:`cos3d.pipeline.run_folder`)::
 
     with writer_lock(run, flag="--out", what="train"):   # RunLockedError if another process holds it
         ...                                               # write into the run
@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from cos3d.atomic import OutputWriteError, ensure_output_folder
-from cos3d.errors import Cos3dError
+from cos3d.core.atomic import OutputWriteError, ensure_output_folder
+from cos3d.core.errors import Cos3dError
 
 try:  # POSIX; elsewhere runs are unlocked
     import fcntl
@@ -82,7 +82,7 @@ def writer_lock(run: str | os.PathLike, *, flag: str = "--out", what: str = "tra
     """Hold the run folder ``run``'s writer lock for the block (created with its parents if missing).
 
     Raises :class:`RunLockedError` (one line: the folder, the PID holding it, what to do) when another
-    process holds it, and :class:`~cos3d.atomic.OutputWriteError` naming ``flag`` when the folder
+    process holds it, and :class:`~cos3d.core.atomic.OutputWriteError` naming ``flag`` when the folder
     cannot be created or written. Re-entering in the same process is allowed. On exit the lock file is
     removed, and so are the folders this call created if nothing was written into them.
     """

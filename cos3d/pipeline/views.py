@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cos3d.scene import Frame, Scene
+from cos3d.data.scene import Frame, Scene
 
 __all__ = ["ViewPolicy", "sharpness", "select_views", "training_scene"]
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cos3d.atomic import atomic_path
-from cos3d.errors import Cos3dError
-from cos3d.gaussians import Gaussians
+from cos3d.core.atomic import atomic_path
+from cos3d.core.errors import Cos3dError
+from cos3d.data.gaussians import Gaussians
 
 FEATURE_PREFIX = "feat_"
 _REQUIRED = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",

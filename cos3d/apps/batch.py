@@ -2,9 +2,9 @@
 
 ``SCENES.txt`` lists scene folders (or names under ``--data-root``), one a line; blank lines and
 ``#`` comments are ignored. Scene ``S`` trains into ``OUT_ROOT/<folder name of S>`` with the common
-train flags (:class:`cos3d.train.TrainConfig`, ``--resume`` implied so that a re-run continues where
+train flags (:class:`cos3d.pipeline.runner.TrainConfig`, ``--resume`` implied so that a re-run continues where
 the last one stopped); ``batch eval`` evaluates those run folders with the tabletop protocol
-(:func:`cos3d.evaluate.evaluate`).
+(:func:`cos3d.eval.tabletop.evaluate`).
 
 Executors (:mod:`cos3d.distributed`): ``local`` runs the scenes one after another in this process
 (no Ray import); ``ray`` submits one task per scene with declared resources (``--cpus-per-scene``,
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 
 __all__ = ["BatchConfig", "BatchReport", "SceneResult", "read_scene_list", "run_batch", "batch_train", "batch_eval"]
 
@@ -153,7 +153,7 @@ def read_scene_list(path: str | Path) -> list[str]:
 def run_names(scenes: list[str]) -> list[str]:
     """Each scene's run-folder name (its folder name, escaped like a frame name: ``..`` or ``.`` never
     names a folder outside OUT_ROOT); two scenes with the same name are refused."""
-    from cos3d.paths import safe_name
+    from cos3d.core.paths import safe_name
 
     names = [safe_name(Path(s.rstrip("/")).name or s) for s in scenes]
     seen: dict[str, str] = {}
@@ -176,9 +176,9 @@ def _logged(log: Path):
 
 
 def train_scene(cfg: Any, log: str, config_files: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Train one scene (``cfg``: a :class:`~cos3d.train.TrainConfig`) with its output in ``log``;
+    """Train one scene (``cfg``: a :class:`~cos3d.pipeline.runner.TrainConfig`) with its output in ``log``;
     returns its metrics (Gaussians, stage times, peak memory) from the run's ``run.json``."""
-    from cos3d.train import train
+    from cos3d.pipeline.runner import train
 
     with _logged(Path(log)):
         run_dir = train(cfg, config_files=config_files)
@@ -199,9 +199,9 @@ def train_scene(cfg: Any, log: str, config_files: tuple[str, ...] = ()) -> dict[
 
 
 def eval_run(run: str, log: str, protocol: str = "occlusion", device: str = "auto", threads: int | None = None) -> dict[str, Any]:
-    """Evaluate one run folder with the tabletop protocol (:func:`cos3d.evaluate.evaluate`)."""
-    import cos3d.trained
-    from cos3d.evaluate import evaluate
+    """Evaluate one run folder with the tabletop protocol (:func:`cos3d.eval.tabletop.evaluate`)."""
+    import cos3d.pipeline.trained
+    from cos3d.eval.tabletop import evaluate
     from cos3d.query.engine import QueryEngine
 
     if threads:
@@ -211,7 +211,7 @@ def eval_run(run: str, log: str, protocol: str = "occlusion", device: str = "aut
     if not (Path(run) / "run.json").is_file():
         raise Cos3dError(f"{run}: no trained run here (no run.json); run `cos3d batch train` first")
     with _logged(Path(log)):
-        engine = QueryEngine(cos3d.trained.load(run, device=device))
+        engine = QueryEngine(cos3d.pipeline.trained.load(run, device=device))
         rep = evaluate(engine, protocol=protocol)
         print(json.dumps({k: v for k, v in rep.to_dict().items() if k != "queries"}, indent=1, default=str))
     metrics = {"mIoU": rep.miou, "mAcc@0.25": rep.macc25, "no_target_accuracy": rep.no_target_accuracy,
@@ -324,7 +324,7 @@ def _run_ray(items: list[_Item], bcfg: BatchConfig, record: Callable[..., None])
 
 
 def _finish(report: BatchReport, bcfg: BatchConfig) -> Path:
-    from cos3d.atomic import write_json
+    from cos3d.core.atomic import write_json
 
     path = bcfg.summary or bcfg.out_root / f"batch-{report.kind}.json"
     write_json(path, report.to_dict())
@@ -333,7 +333,7 @@ def _finish(report: BatchReport, bcfg: BatchConfig) -> Path:
 
 def batch_train(scenes: list[str], train_cfg: Any, bcfg: BatchConfig, config_files: tuple[str, ...] = ()) -> tuple[BatchReport, Path]:
     """Train every scene into ``OUT_ROOT/<name>`` (``train_cfg``: the common
-    :class:`~cos3d.train.TrainConfig`; its scene and out are set per scene); returns the report and
+    :class:`~cos3d.pipeline.runner.TrainConfig`; its scene and out are set per scene); returns the report and
     the summary JSON's path."""
     bcfg.validate()
     names = run_names(scenes)

@@ -7,7 +7,7 @@ its flags. This module derives the rest from the dataclass:
   a nested config's fields get its name as a prefix, ``--recon.iterations``; a field whose metadata
   says ``flatten`` adds its fields without a prefix). The help text is the field's docstring.
 - :func:`load_config_file` reads a YAML or JSON file (or a preset by name from the repository's
-  ``configs/`` folder); :func:`from_dict` applies a nested dict onto a config, checking every key
+  ``cos3d/configs/`` folder (package data, so a wheel install has them)); :func:`from_dict` applies a nested dict onto a config, checking every key
   and value (an unknown key or a wrong type is one :class:`ConfigError` line naming the key).
 - :func:`to_dict` writes a config as plain JSON values; ``from_dict(Cls, to_dict(cfg)) == cfg``.
 - :func:`config_from_args` resolves ``defaults → --config files in order → flags given``.
@@ -36,7 +36,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
-from cos3d.errors import Cos3dError, brief
+from cos3d.core.errors import Cos3dError, brief
 
 __all__ = [
     "ConfigError",
@@ -53,7 +53,7 @@ __all__ = [
 C = TypeVar("C")
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
-"""The repository's ``configs/`` folder: ``--config NAME`` loads ``configs/NAME.yaml``."""
+"""The repository's ``cos3d/configs/`` folder (package data, so a wheel install has them): ``--config NAME`` loads ``configs/NAME.yaml``."""
 
 
 class ConfigError(Cos3dError):
@@ -269,7 +269,7 @@ def _required(f: dataclasses.Field) -> bool:
 
 def load_config_file(spec: str | Path) -> tuple[dict[str, Any], str]:
     """``(nested dict, source name)`` of a YAML/JSON file, or of a preset name (``fast`` →
-    ``configs/fast.yaml``). A ``run.json`` yields its recorded ``config``."""
+    ``cos3d/configs/fast.yaml``). A ``run.json`` yields its recorded ``config``."""
     path = Path(spec)
     if not path.suffix and not path.exists():
         path = PRESETS_DIR / f"{spec}.yaml"
@@ -389,7 +389,7 @@ def add_config_flag(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="a YAML/JSON config file, a run's run.json, or a preset name in configs/ "
+        help="a YAML/JSON config file, a run's run.json, or a preset name in cos3d/configs/ "
         f"({', '.join(names) or 'none yet'}); repeatable, later ones win; flags override them",
     )
 

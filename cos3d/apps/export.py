@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cos3d.atomic import atomic_path, check_writable, write_json
-from cos3d.errors import Cos3dError
+from cos3d.core.atomic import atomic_path, check_writable, write_json
+from cos3d.core.errors import Cos3dError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cos3d.gaussians import Gaussians
-    from cos3d.trained import TrainedScene
+    from cos3d.data.gaussians import Gaussians
+    from cos3d.pipeline.trained import TrainedScene
 
 FORMATS = ("ply", "spz")
 SAME_OBJECT = 0.5
@@ -167,7 +167,7 @@ def write_point_cloud(path: Path, points: np.ndarray, rgb: np.ndarray, labels: n
 
 
 def _write_splats(stem: Path, g: "Gaussians", formats: tuple[str, ...], extra: dict | None = None) -> list[Path]:
-    from cos3d.ply import write_ply, write_spz
+    from cos3d.data.ply import write_ply, write_spz
 
     out = [write_ply(stem.with_suffix(".ply"), g, features=False, extra_columns=extra)]
     if "spz" in formats:
@@ -208,7 +208,7 @@ def export_run(cfg: ExportConfig, *, log=print) -> dict:
         summary["objects"] = len(objs)
         log(f"labels: {len(objs)} objects from {len(vocab)} names, {int((label > 0).sum())} of {g.num} Gaussians labelled")
     if "spz" in cfg.formats:
-        from cos3d.ply import write_spz
+        from cos3d.data.ply import write_spz
 
         summary["files"].append(str(write_spz(out / "scene.spz", g)))
     rgb = g.rgb().detach().double().numpy() if callable(getattr(g, "rgb", None)) else np.full((g.num, 3), 0.5)

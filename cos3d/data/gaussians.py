@@ -27,7 +27,7 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from cos3d.errors import Cos3dError
+from cos3d.core.errors import Cos3dError
 
 FEATURE_PARAM_PREFIX = "feat_"
 """Key prefix of feature entries in :meth:`Gaussians.params` dicts."""
@@ -228,7 +228,7 @@ class Gaussians:
     def validate(self, where: str = "Gaussians") -> "Gaussians":
         """Check shapes and that every tensor is finite; raise :class:`Cos3dError` naming ``where``, the
         count of bad Gaussians and the tensors that hold NaN/inf. Non-finite Gaussians are refused,
-        never dropped (the same policy as :func:`cos3d.ply.read_ply`).
+        never dropped (the same policy as :func:`cos3d.data.ply.read_ply`).
 
         Returns ``self`` so it can be chained (``read_ply(p).validate()``).
         """

@@ -5,7 +5,7 @@ the format.
 ::
 
     RUN/run.json          the record: format + version, the scene, the resolved TrainConfig
-                          (``config``, round-trips with cos3d.config.from_dict), the config files it
+                          (``config``, round-trips with cos3d.core.config.from_dict), the config files it
                           came from, package versions, per-stage status, timings, counts, metrics
     RUN/gaussians.ply     stage 0 (or the scene imported with --gaussians)
     RUN/recon/            stage 0's work folder while it runs (checkpoint.pt: tensors only)
@@ -25,7 +25,7 @@ A stage is *finished* when ``run.json`` marks it done and its artefact exists.
 
 One writer at a time: ``cos3d train`` holds :func:`writer_lock` (``RUN/.cos3d-lock``, an OS lock the
 kernel releases when the process ends, however it ends) while it writes; readers never need it, and
-may ask :func:`lock_holder` whether a training is writing the run (:mod:`cos3d.runlock`).
+may ask :func:`lock_holder` whether a training is writing the run (:mod:`cos3d.pipeline.runlock`).
 
 Paths recorded in ``run.json`` are data, not commands: the mask cache it names is used only inside the
 run folder or the scene folder (or where ``--mask-cache`` says), :meth:`RunRecord.checked_mask_cache`.
@@ -41,13 +41,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cos3d.atomic import atomic_path, write_json
-from cos3d.errors import Cos3dError, SceneFormatError, brief
-from cos3d.paths import safe_name
-from cos3d.runlock import LOCK_NAME, RunLockedError, lock_holder, writer_lock
+from cos3d.core.atomic import atomic_path, write_json
+from cos3d.core.errors import Cos3dError, SceneFormatError, brief
+from cos3d.core.paths import safe_name
+from cos3d.pipeline.runlock import LOCK_NAME, RunLockedError, lock_holder, writer_lock
 
 if TYPE_CHECKING:
-    from cos3d.train import TrainConfig
+    from cos3d.pipeline.runner import TrainConfig
 
 __all__ = ["FIELDS_FORMAT", "RUN_FORMAT", "STAGES", "STAGE_TITLES", "RunFolder", "RunLockedError", "RunRecord",
            "latest_run", "lock_holder", "writer_lock"]
@@ -146,9 +146,9 @@ class RunRecord:
         )
 
     def train_config(self) -> "TrainConfig":
-        """The :class:`~cos3d.train.TrainConfig` the run was trained with (``config`` round-trips)."""
-        from cos3d.config import ConfigError, from_dict
-        from cos3d.train import TrainConfig
+        """The :class:`~cos3d.pipeline.runner.TrainConfig` the run was trained with (``config`` round-trips)."""
+        from cos3d.core.config import ConfigError, from_dict
+        from cos3d.pipeline.runner import TrainConfig
 
         cfg = self.data.get("config")
         if not isinstance(cfg, dict):
@@ -194,7 +194,7 @@ class RunFolder:
 
     def weights_file(self, frame_name: str) -> Path:
         """The cached blending weights of frame ``frame_name`` (a name from data: escaped,
-        :func:`cos3d.paths.safe_name`)."""
+        :func:`cos3d.core.paths.safe_name`)."""
         return self.weights_cache / f"{safe_name(frame_name)}.pt"
 
     def is_foreign(self) -> bool:

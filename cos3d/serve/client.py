@@ -2,7 +2,7 @@
 
 ::
 
-    from cos3d import client
+    from cos3d.serve import client
 
     scene = client.load("runs/tabletop")          # a server serving that run (found by its discovery file),
                                                   # else cos3d.load in this process (fallback=True)
@@ -19,7 +19,7 @@ fields of :class:`cos3d.query.engine.QueryResult` as numpy (``selected`` int64 i
 ``gaussians``, ``score``, ``centroid``, ``box`` (``center``, ``R``, ``extent``), ``points`` when asked for
 with ``points=True``). :func:`cos3d.robot.pick_targets` and :func:`~cos3d.robot.place_target` accept a
 ``RemoteScene`` and return the same :class:`~cos3d.robot.Targets` (computed on the server). Server errors
-raise :class:`cos3d.errors.ServeError` (its one line, ``status`` the HTTP code); a server that cannot be
+raise :class:`cos3d.core.errors.ServeError` (its one line, ``status`` the HTTP code); a server that cannot be
 reached raises it with status 503.
 
 This module imports numpy, Pillow (masks) and the standard library only: a fresh process answers in
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from cos3d.errors import ServeError
+from cos3d.core.errors import ServeError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -316,7 +316,7 @@ class RemoteScene:
         return r
 
     def query(self, text: str | None = None, *, points_out: bool = False, arrays: bool = True, **kw: Any) -> RemoteResult:
-        """Answer one prompt on the server (the arguments of :meth:`cos3d.trained.TrainedScene.query`;
+        """Answer one prompt on the server (the arguments of :meth:`cos3d.pipeline.trained.TrainedScene.query`;
         ``points_out``: also fetch each object's points; ``arrays=False``: lists instead of numpy arrays)."""
         req = self.request(text, **kw)
         body = dict(req, points_out=True) if points_out else req

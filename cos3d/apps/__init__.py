@@ -1,0 +1,1 @@
+"""Applications built on a trained run: the demo, batch training, export."""
