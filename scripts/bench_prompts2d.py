@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     import cos3d
     from cos3d.eval.tabletop import tabletop_queries
     from cos3d.query.concept2d import BRANCHES, compare_branches
-    from cos3d.vision.testing import OracleConceptSegmenter
+    from cos3d.testing.vision import OracleConceptSegmenter
 
     ts = cos3d.load(args.run, device="cpu")
     scene, engine = ts.scene, ts.engine

@@ -39,7 +39,7 @@ def make_factory(kind: str, work: Path, args: argparse.Namespace):
 
     if kind == "oracle":
         return ModelsFactory(ModelsConfig(masks="dataset", embedder="labels"))
-    from cos3d.vision.testing import write_random_sam2_checkpoint, write_tiny_openclip
+    from cos3d.testing.vision import write_random_sam2_checkpoint, write_tiny_openclip
 
     clip_cfg, clip_ckpt = write_tiny_openclip(work / "clip")
     if kind == "classical":

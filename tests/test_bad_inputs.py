@@ -115,7 +115,7 @@ def _embedder(kind: str, tmp: Path):
     """Embedders are built once per test session (loading weights is the slow part)."""
     if kind not in _labels:
         from cos3d.vision import create_embedder
-        from cos3d.vision.testing import write_random_siglip, write_tiny_openclip
+        from cos3d.testing.vision import write_random_siglip, write_tiny_openclip
 
         if kind == "labels":
             _labels[kind] = create_embedder("labels")
@@ -267,7 +267,7 @@ def _prompt(kind: str):
 def _mask_cache_corrupt(tmp, mp):
     from cos3d.vision import create_mask_provider, load_view, prepare_masks
     from cos3d.vision.cache import view_path
-    from cos3d.vision.testing import write_synthetic_scene
+    from cos3d.testing.vision import write_synthetic_scene
 
     scene = write_synthetic_scene(tmp / "scene", n_frames=2)
     cache = tmp / "run" / "masks"
@@ -1214,7 +1214,7 @@ def test_corrupt_mask_cache_entry_is_recomputed_by_the_next_prepare(tmp_path, ca
     recomputes it with a note, and the view loads again."""
     from cos3d.vision import create_mask_provider, load_manifest, load_view, prepare_masks
     from cos3d.vision.cache import view_path
-    from cos3d.vision.testing import write_synthetic_scene
+    from cos3d.testing.vision import write_synthetic_scene
 
     scene = write_synthetic_scene(tmp_path / "scene", n_frames=2)
     cache = tmp_path / "masks"

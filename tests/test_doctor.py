@@ -26,7 +26,7 @@ def no_weights(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from cos3d.vision.testing import write_tiny_openclip, write_tiny_sam2_hf
+    from cos3d.testing.vision import write_tiny_openclip, write_tiny_sam2_hf
 
     root = tmp_path_factory.mktemp("doctor")
     cfg, ckpt = write_tiny_openclip(root / "clip")

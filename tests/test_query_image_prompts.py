@@ -166,14 +166,14 @@ def test_part_sentences(ts, view_objects):
 
 @pytest.fixture(scope="module")
 def tiny_sam2(tmp_path_factory):
-    from cos3d.vision.testing import write_tiny_sam2_hf
+    from cos3d.testing.vision import write_tiny_sam2_hf
 
     return write_tiny_sam2_hf(tmp_path_factory.mktemp("tinysam2"))
 
 
 @pytest.fixture(scope="module")
 def tiny_sam3(tmp_path_factory):
-    from cos3d.vision.testing import write_tiny_sam3_tracker
+    from cos3d.testing.vision import write_tiny_sam3_tracker
 
     return write_tiny_sam3_tracker(tmp_path_factory.mktemp("tinysam3"))
 
@@ -255,7 +255,7 @@ def test_photo_prompt_embeds_the_sam_crop_with_tiny_openclip(tiny_sam2, tmp_path
     from cos3d.pipeline.trained import LevelField
     from cos3d.vision import create_embedder
     from cos3d.vision.registry import create_prompt_segmenter
-    from cos3d.vision.testing import synthetic_maps, write_synthetic_scene, write_tiny_openclip
+    from cos3d.testing.vision import synthetic_maps, write_synthetic_scene, write_tiny_openclip
 
     W, H = 64, 48
     scene = write_synthetic_scene(tmp_path / "s", n_frames=1, width=W, height=H)
@@ -295,7 +295,7 @@ def test_part_level_choice_finest_that_separates(tmp_path, monkeypatch):
     from cos3d.data.gaussians import Gaussians
     from cos3d.query.engine import QueryEngine, QueryInputs, QueryResult
     from cos3d.pipeline.trained import LevelField
-    from cos3d.vision.testing import write_synthetic_scene
+    from cos3d.testing.vision import write_synthetic_scene
 
     scene = write_synthetic_scene(tmp_path / "s", n_frames=1)
     n = 200
@@ -348,7 +348,7 @@ def test_2d_first_branch_with_an_oracle_against_the_field(ts):
     answer, in the held-out views (scripts/bench_prompts2d.py measures every prompt kind; docs/benchmarks.md)."""
     from cos3d.eval.tabletop import tabletop_queries
     from cos3d.query.concept2d import compare_branches
-    from cos3d.vision.testing import OracleConceptSegmenter
+    from cos3d.testing.vision import OracleConceptSegmenter
 
     scene = ts.scene
     qs = [q for q in tabletop_queries(scene, parts=False) if q.kind in ("name", "plural")]

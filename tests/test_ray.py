@@ -20,7 +20,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'cos3d[ray]')")
 
 from cos3d.distributed.masks import ModelsFactory, prepare_masks_ray  # noqa: E402
-from cos3d.distributed.testing import DatasetHashFactory, InstrumentedFactory, computed_counts  # noqa: E402
+from cos3d.testing.distributed import DatasetHashFactory, InstrumentedFactory, computed_counts  # noqa: E402
 from cos3d.vision.models import ModelsConfig  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -181,7 +181,7 @@ def test_ray_batch_bad_scene_fails_alone(ray_cluster, tabletop_dir, tmp_path, ca
 def test_ray_batch_retries_a_dead_worker(ray_cluster, tmp_path):
     """A scene whose worker dies is run again (--retries); with --retries 0 it fails alone, with the reason."""
     from cos3d.apps.batch import BatchConfig, _Item, run_batch
-    from cos3d.distributed.testing import crash_once
+    from cos3d.testing.distributed import crash_once
 
     def item(name: str) -> _Item:
         d = tmp_path / name

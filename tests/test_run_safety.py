@@ -62,7 +62,7 @@ def test_hostile_frame_names_write_nothing_outside_the_output_folders(tmp_path, 
     import cos3d.readers
     from cos3d.pipeline.recon import ReconConfig
     from cos3d.pipeline.runner import TrainConfig, train
-    from cos3d.vision.testing import write_synthetic_scene
+    from cos3d.testing.vision import write_synthetic_scene
 
     outside = tmp_path / "outside"
     work = tmp_path / "o"  # the outputs sit three levels below it: a '../../../' escape lands in it

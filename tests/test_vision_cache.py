@@ -12,7 +12,7 @@ from cos3d.cli import entrypoint
 from cos3d.core.errors import Cos3dError
 from cos3d.vision import create_embedder, create_mask_provider, load_manifest, load_view, prepare_masks
 from cos3d.vision.cache import view_path
-from cos3d.vision.testing import write_synthetic_scene
+from cos3d.testing.vision import write_synthetic_scene
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from cos3d.core.errors import Cos3dError, MissingWeightsError
 from cos3d.vision import create_mask_provider
 from cos3d.vision.base import Embedder
 from cos3d.vision.masks import mask_iou
-from cos3d.vision.testing import (
+from cos3d.testing.vision import (
     synthetic_maps,
     write_synthetic_scene,
     write_tiny_sam2_hf,

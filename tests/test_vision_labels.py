@@ -9,7 +9,7 @@ import torch
 from cos3d.core.errors import Cos3dError
 from cos3d.vision import MaskSet, create_embedder, create_mask_provider
 from cos3d.vision.prompts import combine_embeddings, embed_image_prompt
-from cos3d.vision.testing import write_synthetic_scene
+from cos3d.testing.vision import write_synthetic_scene
 
 
 @pytest.fixture(scope="module")

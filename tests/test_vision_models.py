@@ -14,7 +14,7 @@ import torch
 from cos3d.cli import entrypoint
 from cos3d.core.errors import Cos3dError, MissingWeightsError
 from cos3d.vision import create_embedder, create_mask_provider, load_view, prepare_masks
-from cos3d.vision.testing import (
+from cos3d.testing.vision import (
     synthetic_maps,
     write_random_sam2_checkpoint,
     write_random_siglip,

@@ -8,7 +8,7 @@ import torch
 
 from cos3d.core.errors import Cos3dError
 from cos3d.vision.prompts import combine_embeddings, prompt_mask
-from cos3d.vision.testing import synthetic_maps
+from cos3d.testing.vision import synthetic_maps
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 from cos3d.core.errors import Cos3dError
 from cos3d.vision import create_embedder, create_mask_provider, list_embedders, list_mask_providers
 from cos3d.vision.classical_masks import region_around
-from cos3d.vision.testing import SYNTHETIC_LABELS, SYNTHETIC_PARTS, write_synthetic_scene
+from cos3d.testing.vision import SYNTHETIC_LABELS, SYNTHETIC_PARTS, write_synthetic_scene
 
 
 @pytest.fixture(scope="module")
