@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         ts = cos3d.load(run)
         e = ts.engine
         nearest = BranchAnswers(ts)._anchors(e.level)  # [N] nearest training anchor (instance space)
-        targets = torch.nn.functional.normalize(e._lv(e.level).targets.float(), dim=1)  # [J, D]
+        targets = torch.nn.functional.normalize(e.level_state(e.level).targets.float(), dim=1)  # [J, D]
         engines.append((e, nearest, targets))
 
     def run_set(which: str, values: list[float | None]) -> None:

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import cos3d
     from cos3d.eval.tabletop import tabletop_queries
-    from cos3d.query.concept2d import BRANCHES, compare_branches
+    from cos3d.eval.branches2d import compare_branches
+    from cos3d.query.concept2d import BRANCHES
     from cos3d.testing.vision import OracleConceptSegmenter
 
     ts = cos3d.load(args.run, device="cpu")

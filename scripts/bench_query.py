@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     halves = {"fresh": qs[0::2], "warm": qs[1::2]}
     n = eng.num_gaussians
     lvl = eng.level
-    lv = eng._lv(lvl)
+    lv = eng.level_state(lvl)
     t = time.perf_counter()
     eng.index(lvl)
     index_ms = (time.perf_counter() - t) * 1e3
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(one-offs before them: calibration {cal_ms:.0f} ms, index {idx2_ms:.0f} ms)")
 
     # ---- part 2: latency vs N
-    lv = eng._lv(eng.level)
+    lv = eng.level_state(eng.level)
     bg = {i for i, nm in scene.labels.items() if nm and nm[0] in ("floor", "table")}
     texts = [q.text for q in qs if not q.within and q.kind == "name" and not set(q.gt_ids) & bg]
     P = eng.embed_text(texts)

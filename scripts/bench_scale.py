@@ -85,7 +85,7 @@ def resampled_inputs(run: Path, n: int, seed: int = 0, kernel: float = 0.5):
     from cos3d.data.gaussians import Gaussians
     from cos3d.query.engine import QueryInputs
     from cos3d.core.rotations import quat_to_rotmat
-    from cos3d.pipeline.trained import LevelField
+    from cos3d.field.level import LevelField
 
     ts = cos3d.load(run, device="cpu", segmenter="none")
     g0 = ts.gaussians
@@ -124,9 +124,10 @@ def write_resampled_run(run: Path, inputs, out: Path) -> Path:
     shutil.copy2(run / "run.json", out / "run.json")
     write_ply(out / "gaussians.ply", inputs.gaussians, features=False)
     data = RunFolder(run).read_fields()
-    data["n_gaussians"] = inputs.gaussians.num
+    data.n_gaussians = inputs.gaussians.num
     for level, f in inputs.fields.items():
-        data["levels"][level].update(instance=f.instance.float(), language=f.language.half())
+        data.levels[level].instance = f.instance.float()
+        data.levels[level].language = f.language.half()
     RunFolder(out).write_fields(data)
     cos3d.load(out, device="cpu", segmenter="none").save_query_state()
     return out
@@ -166,7 +167,7 @@ def ball_search(engine, n_seeds: int = 256) -> dict:
     """Our index vs faiss IndexFlatIP range search for the loosest ball of ``n_seeds`` seeds."""
     from cos3d.query.refine import InstanceIndex, _balls_by_matmul, thresholds
 
-    lv = engine._lv(engine.level)
+    lv = engine.level_state(engine.level)
     F = lv.unit_np
     t = float(thresholds(lv.dbar)[0])
     seeds = np.random.default_rng(0).choice(F.shape[0], n_seeds, replace=False)

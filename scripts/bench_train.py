@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cos3d.core.config import apply_config
-    from cos3d.pipeline.runner import TrainConfig, train
+    from cos3d.pipeline.runner import train
+    from cos3d.pipeline.train_config import TrainConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -47,7 +47,8 @@ def tabletop_dir(tmp_path_factory):
 def trained_run(tabletop_dir, tmp_path_factory):
     """The tabletop trained end to end with the offline (oracle-2D) providers, fast settings."""
     from cos3d.core.config import apply_config
-    from cos3d.pipeline.runner import TrainConfig, train
+    from cos3d.pipeline.runner import train
+    from cos3d.pipeline.train_config import TrainConfig
 
     out = tmp_path_factory.mktemp("run") / "run"
     train(apply_config(TrainConfig(scene=str(tabletop_dir), out=out), "fast"), config_files=("fast",))

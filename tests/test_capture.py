@@ -246,7 +246,7 @@ def test_photos_exhaustive(sweep, tmp_path):
 
 
 def test_train_poses_a_photo_folder_first(tmp_path, monkeypatch):
-    from cos3d.pipeline.runner import TrainConfig
+    from cos3d.pipeline.train_config import TrainConfig
 
     photos = tmp_path / "shots"
     photos.mkdir()

@@ -21,7 +21,7 @@ from cos3d.core.config import (
     to_dict,
 )
 from cos3d.pipeline.recon import ReconConfig
-from cos3d.pipeline.runner import TrainConfig
+from cos3d.pipeline.train_config import TrainConfig
 
 
 def _parse(*argv: str) -> TrainConfig:
@@ -108,7 +108,7 @@ def test_dict_round_trip_and_required_fields():
     cfg = apply_config(TrainConfig(scene="s", out=Path("runs/x"), levels=("l",)), "fast")
     cfg = dataclasses.replace(cfg, recon=dataclasses.replace(cfg.recon, background=(1.0, 0.5, 0.0)))
     d = json.loads(json.dumps(to_dict(cfg)))
-    assert "hook" not in d and "seed" not in d["recon"]  # callbacks and parent-set fields stay out
+    assert "seed" not in d["recon"]  # parent-set fields stay out
     assert from_dict(TrainConfig, d) == cfg
     with pytest.raises(ConfigError, match="scene: is required"):
         from_dict(TrainConfig, {"out": "x"})

@@ -56,7 +56,8 @@ def test_a_gaussian_around_the_camera_does_not_hide_the_scene():
 def _tiny_stage0(root, seed):
     from cos3d.core.config import apply_config
     from cos3d.tabletop import TabletopConfig, generate_tabletop
-    from cos3d.pipeline.runner import TrainConfig, train
+    from cos3d.pipeline.runner import train
+    from cos3d.pipeline.train_config import TrainConfig
 
     scene = root / f"scene{seed}"
     generate_tabletop(TabletopConfig(out=scene, seed=seed, **TINY))

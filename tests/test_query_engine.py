@@ -120,7 +120,7 @@ def test_same_kind_pair_comes_back_as_two_objects(engine):
 def test_fast_and_reference_refinement_agree(engine):
     from cos3d.query.relevancy import normalize_relevancy
 
-    lv = engine._lv(engine.level)
+    lv = engine.level_state(engine.level)
     for q in [q for q in tabletop_queries(engine.scene) if q.present and not q.within]:
         r = normalize_relevancy(engine.relevancy(engine.embed_text([q.text]))[0])
         a = engine.refine(r, method="reference").selected

@@ -252,7 +252,7 @@ def test_photo_prompt_embeds_the_sam_crop_with_tiny_openclip(tiny_sam2, tmp_path
 
     from cos3d.data.gaussians import Gaussians
     from cos3d.query.engine import QueryEngine, QueryInputs
-    from cos3d.pipeline.trained import LevelField
+    from cos3d.field.level import LevelField
     from cos3d.vision import create_embedder
     from cos3d.vision.registry import create_prompt_segmenter
     from cos3d.testing.vision import synthetic_maps, write_synthetic_scene, write_tiny_openclip
@@ -294,7 +294,7 @@ def test_part_level_choice_finest_that_separates(tmp_path, monkeypatch):
     sentence as one name."""
     from cos3d.data.gaussians import Gaussians
     from cos3d.query.engine import QueryEngine, QueryInputs, QueryResult
-    from cos3d.pipeline.trained import LevelField
+    from cos3d.field.level import LevelField
     from cos3d.testing.vision import write_synthetic_scene
 
     scene = write_synthetic_scene(tmp_path / "s", n_frames=1)
@@ -347,7 +347,7 @@ def test_2d_first_branch_with_an_oracle_against_the_field(ts):
     """The 2D-first branch (concept2d) with an oracle standing in for SAM 3 (oracle-2D), against the field-only
     answer, in the held-out views (scripts/bench_prompts2d.py measures every prompt kind; docs/benchmarks.md)."""
     from cos3d.eval.tabletop import tabletop_queries
-    from cos3d.query.concept2d import compare_branches
+    from cos3d.eval.branches2d import compare_branches
     from cos3d.testing.vision import OracleConceptSegmenter
 
     scene = ts.scene

@@ -20,7 +20,7 @@ def synthetic(tabletop_dir):
     from cos3d.data.gaussians import Gaussians
     from cos3d.query.engine import QueryEngine, QueryInputs
     from cos3d.readers import load_scene
-    from cos3d.pipeline.trained import LevelField
+    from cos3d.field.level import LevelField
     from cos3d.vision.labels_embedder import LabelsEmbedder
 
     scene = load_scene(tabletop_dir)

@@ -227,7 +227,7 @@ def test_engine_refiners_give_one_selection(monkeypatch):
             self.refine_method = "fast"
             self.opacity = o
             self.means = torch.zeros(len(F), 3)
-            self._levels = {"l": engine_mod._Level(name="l", unit=unit, unit_np=unit.numpy(), language=unit,
+            self._levels = {"l": engine_mod.LevelState(name="l", unit=unit, unit_np=unit.numpy(), language=unit,
                                                    targets=unit[:1], dbar=0.1)}
 
     eng = _Stub()

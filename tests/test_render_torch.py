@@ -12,7 +12,7 @@ from cos3d.core.errors import Cos3dError
 from cos3d.data.gaussians import Gaussians
 from cos3d.render import cameras_to_tensors, compute_contributions, render
 from cos3d.render import torch_raster as tr
-from cos3d.render.sh import SH_C0, eval_sh, rgb_to_sh0
+from cos3d.data.sh import SH_C0, eval_sh, rgb_to_sh0
 from cos3d.data.scene import Camera
 
 

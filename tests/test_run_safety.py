@@ -61,7 +61,8 @@ def test_hostile_frame_names_write_nothing_outside_the_output_folders(tmp_path, 
     their folders, flat (names escaped), and nothing anywhere else."""
     import cos3d.readers
     from cos3d.pipeline.recon import ReconConfig
-    from cos3d.pipeline.runner import TrainConfig, train
+    from cos3d.pipeline.runner import train
+    from cos3d.pipeline.train_config import TrainConfig
     from cos3d.testing.vision import write_synthetic_scene
 
     outside = tmp_path / "outside"

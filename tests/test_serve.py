@@ -278,10 +278,10 @@ def _retrain(run: Path, seed: int):  # noqa: ANN202 - the RunRecord, to mark the
     folder = RunFolder(run)
     rec = folder.read_record()
     rec.begin("language")
-    data = torch.load(folder.fields, map_location="cpu", weights_only=True)
+    data = folder.read_fields()
     g = torch.Generator().manual_seed(seed)
-    for lv in data["levels"].values():
-        lv["language"] = lv["language"][torch.randperm(lv["language"].shape[0], generator=g)].clone()
+    for lv in data.levels.values():
+        lv.language = lv.language[torch.randperm(lv.language.shape[0], generator=g)].clone()
     folder.write_fields(data)
     return rec
 

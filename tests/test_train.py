@@ -236,7 +236,8 @@ class _Killed(Exception):
 def _small_run(trained_run, tabletop_dir, tmp_path, n_train=3):
     """A copy of the tabletop that trains on ``n_train`` views, with the session run's Gaussians and
     (cached) masks imported: stage-1 tests then build only a few views' weights."""
-    from cos3d.pipeline.runner import TrainConfig, train
+    from cos3d.pipeline.runner import train
+    from cos3d.pipeline.train_config import TrainConfig
 
     scene = tmp_path / "scene"
     shutil.copytree(tabletop_dir, scene)
@@ -259,7 +260,8 @@ def _small_run(trained_run, tabletop_dir, tmp_path, n_train=3):
 
 def test_resume_after_killed_stage1_matches_uninterrupted(trained_run, tabletop_dir, tmp_path):
     from cos3d.pipeline.run_folder import RunFolder
-    from cos3d.pipeline.runner import TrainConfig, train
+    from cos3d.pipeline.runner import train
+    from cos3d.pipeline.train_config import TrainConfig
 
     scene, run = _small_run(trained_run, tabletop_dir, tmp_path)
     base = dict(
@@ -272,7 +274,7 @@ def test_resume_after_killed_stage1_matches_uninterrupted(trained_run, tabletop_
         return c
 
     train(cfg())
-    ref = RunFolder(run).read_fields()["levels"]
+    ref = RunFolder(run).read_fields().levels
 
     def kill(stage, it):
         if stage == "instance" and it == 24:
@@ -281,19 +283,19 @@ def test_resume_after_killed_stage1_matches_uninterrupted(trained_run, tabletop_
     with pytest.raises(Cos3dError, match="--resume.*--restart"):  # finished work is never re-run silently
         train(cfg())
     with pytest.raises(_Killed):
-        train(cfg(hook=kill, restart=True))
+        train(cfg(restart=True), on_step=kill)
     assert (run / "checkpoints" / "instance.pt").exists()
     rec = json.loads((run / "run.json").read_text())
     # the killed re-run left the finished stage's output in place (still loadable), marked as re-running
     assert rec["stages"]["instance"]["done"] and rec["stages"]["instance"]["running"]
-    assert torch.equal(RunFolder(run).read_fields()["levels"]["l"]["instance"], ref["l"]["instance"])
+    assert torch.equal(RunFolder(run).read_fields().levels["l"].instance, ref["l"].instance)
     train(cfg(resume=True))
     rec = json.loads((run / "run.json").read_text())
     assert rec["stages"]["instance"]["resumed_from"] == 20
     assert not (run / "checkpoints" / "instance.pt").exists()
-    out = RunFolder(run).read_fields()["levels"]
+    out = RunFolder(run).read_fields().levels
     for lev in ("l", "s"):
-        assert torch.equal(out[lev]["instance"], ref[lev]["instance"])
+        assert torch.equal(out[lev].instance, ref[lev].instance)
     # --resume now skips the finished stage (the record is unchanged)
     train(cfg(resume=True, iterations=50))
     assert json.loads((run / "run.json").read_text())["stages"]["instance"] == rec["stages"]["instance"]
@@ -302,7 +304,8 @@ def test_resume_after_killed_stage1_matches_uninterrupted(trained_run, tabletop_
 def test_stage2_mlp_option_and_resume_skips(trained_run, tabletop_dir, tmp_path):
     from cos3d.field.ins2lang import Ins2LangConfig
     from cos3d.pipeline.run_folder import RunFolder
-    from cos3d.pipeline.runner import TrainConfig, train
+    from cos3d.pipeline.runner import train
+    from cos3d.pipeline.train_config import TrainConfig
 
     scene, run = _small_run(trained_run, tabletop_dir, tmp_path)
     train(TrainConfig(scene=str(scene), out=run, stage="instance", iterations=20, progress=False, threads=1))
@@ -316,9 +319,10 @@ def test_stage2_mlp_option_and_resume_skips(trained_run, tabletop_dir, tmp_path)
     )
     train(cfg)
     data = RunFolder(run).read_fields()
-    assert data["ins2lang"]["method"] == "mlp"
+    assert data.ins2lang["method"] == "mlp"
     for lev in ("l", "s"):
-        L = data["levels"][lev]["language"]
+        L = data.levels[lev].language
+        assert L is not None
         assert L.dtype == torch.float16 and torch.isfinite(L.float()).all()
         assert (L.float().norm(dim=1) - 1).abs().max() < 5e-3
     rec = json.loads((run / "run.json").read_text())
@@ -385,7 +389,7 @@ def test_cli_no_masks_in_any_view(capsys, trained_run, tabletop_dir, tmp_path):
 
 
 def test_config_validation():
-    from cos3d.pipeline.runner import TrainConfig
+    from cos3d.pipeline.train_config import TrainConfig
 
     from cos3d.vision.models import ModelsConfig
 
@@ -424,7 +428,8 @@ def test_cli_failed_import_leaves_folder_usable_and_finished_work_is_never_rerun
 
 def test_import_gaussians_from_spz(trained_run, tabletop_dir, tmp_path):
     from cos3d.data.ply import read_ply, write_spz
-    from cos3d.pipeline.runner import TrainConfig, train
+    from cos3d.pipeline.runner import train
+    from cos3d.pipeline.train_config import TrainConfig
 
     g = read_ply(Path(trained_run) / "gaussians.ply", features=False)
     spz = tmp_path / "scene.spz"

@@ -11,7 +11,7 @@ from PIL import Image, ImageFilter
 
 from cos3d.core.config import ConfigError
 from cos3d.data.scene import Camera, Frame, Scene
-from cos3d.pipeline.runner import BYTES_PER_PIXEL, BYTES_PER_WEIGHT, pixels_within
+from cos3d.pipeline.session import BYTES_PER_PIXEL, BYTES_PER_WEIGHT, pixels_within
 from cos3d.pipeline.views import ViewPolicy, select_views, sharpness, training_scene
 
 
@@ -104,7 +104,8 @@ def test_stage1_stays_within_the_memory_budget(trained_run, tabletop_dir, tmp_pa
     import shutil
     from pathlib import Path
 
-    from cos3d.pipeline.runner import TrainConfig, train
+    from cos3d.pipeline.runner import train
+    from cos3d.pipeline.train_config import TrainConfig
 
     scene = tmp_path / "scene"
     shutil.copytree(tabletop_dir, scene)

@@ -215,7 +215,7 @@ def test_engine_routes_image_prompts_through_the_segmenter(sam2_hf, tmp_path):
     """The engine's seam: with a segmenter, the region of an image prompt is the segmenter's mask."""
     from cos3d.data.gaussians import Gaussians
     from cos3d.query.engine import QueryEngine, QueryInputs
-    from cos3d.pipeline.trained import LevelField
+    from cos3d.field.level import LevelField
     class Recorder:
         def __init__(self, inner):
             self.inner, self.calls = inner, []
@@ -251,7 +251,7 @@ def test_concept_2d_first_branch_oracle_and_tiny_sam3(sam3_dir, tmp_path):
     from cos3d.data.gaussians import Gaussians
     from cos3d.query.concept2d import concept_votes, fuse, pick_views
     from cos3d.query.engine import QueryEngine, QueryInputs
-    from cos3d.pipeline.trained import LevelField
+    from cos3d.field.level import LevelField
     from cos3d.vision.sam3 import ConceptMasks, SAM3ConceptSegmenter
 
     scene = write_synthetic_scene(tmp_path / "s", n_frames=1, width=W, height=H)

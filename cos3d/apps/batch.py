@@ -2,7 +2,7 @@
 
 ``SCENES.txt`` lists scene folders (or names under ``--data-root``), one a line; blank lines and
 ``#`` comments are ignored. Scene ``S`` trains into ``OUT_ROOT/<folder name of S>`` with the common
-train flags (:class:`cos3d.pipeline.runner.TrainConfig`, ``--resume`` implied so that a re-run continues where
+train flags (:class:`cos3d.pipeline.train_config.TrainConfig`, ``--resume`` implied so that a re-run continues where
 the last one stopped); ``batch eval`` evaluates those run folders with the tabletop protocol
 (:func:`cos3d.eval.tabletop.evaluate`).
 
@@ -176,7 +176,7 @@ def _logged(log: Path):
 
 
 def train_scene(cfg: Any, log: str, config_files: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Train one scene (``cfg``: a :class:`~cos3d.pipeline.runner.TrainConfig`) with its output in ``log``;
+    """Train one scene (``cfg``: a :class:`~cos3d.pipeline.train_config.TrainConfig`) with its output in ``log``;
     returns its metrics (Gaussians, stage times, peak memory) from the run's ``run.json``."""
     from cos3d.pipeline.runner import train
 
@@ -333,14 +333,14 @@ def _finish(report: BatchReport, bcfg: BatchConfig) -> Path:
 
 def batch_train(scenes: list[str], train_cfg: Any, bcfg: BatchConfig, config_files: tuple[str, ...] = ()) -> tuple[BatchReport, Path]:
     """Train every scene into ``OUT_ROOT/<name>`` (``train_cfg``: the common
-    :class:`~cos3d.pipeline.runner.TrainConfig`; its scene and out are set per scene); returns the report and
+    :class:`~cos3d.pipeline.train_config.TrainConfig`; its scene and out are set per scene); returns the report and
     the summary JSON's path."""
     bcfg.validate()
     names = run_names(scenes)
     items = []
     for scene, name in zip(scenes, names):
         run = bcfg.out_root / name
-        cfg = replace(train_cfg, scene=scene, out=run, progress=False, resume=not train_cfg.restart, hook=None)
+        cfg = replace(train_cfg, scene=scene, out=run, progress=False, resume=not train_cfg.restart)
         if bcfg.executor == "ray" and cfg.threads is None:
             cfg = replace(cfg, threads=max(1, int(bcfg.cpus_per_scene)))
         items.append(_Item(name, scene, str(run), str(bcfg.out_root / "logs" / f"{name}.log"), _train_item,

@@ -51,7 +51,7 @@ class DemoConfig:
     protocol: str = "occlusion"
     """2D mask protocol for the IoU column (``occlusion`` or ``selected``)."""
     train_options: dict[str, Any] = field(default_factory=dict)
-    """Extra :class:`cos3d.pipeline.runner.TrainConfig` fields (e.g. ``iterations``)."""
+    """Extra :class:`cos3d.pipeline.train_config.TrainConfig` fields (e.g. ``iterations``)."""
     progress: bool = True
 
 
@@ -97,7 +97,8 @@ def prepare_scene(cfg: DemoConfig) -> Path:
 
 def train_scene(cfg: DemoConfig, scene_dir: Path) -> tuple[Path, str]:
     from cos3d.core.config import apply_config
-    from cos3d.pipeline.runner import TrainConfig, train
+    from cos3d.pipeline.runner import train
+    from cos3d.pipeline.train_config import TrainConfig
     from cos3d.vision.models import ModelsConfig
 
     run = Path(cfg.workdir) / "run"

@@ -393,7 +393,7 @@ def capture_scene_path(source: Path) -> Path:
 
 
 def scene_for_training(cfg: Any) -> Any:
-    """``cfg`` (a :class:`cos3d.pipeline.runner.TrainConfig`) with ``scene`` set to a posed scene: when it names
+    """``cfg`` (a :class:`cos3d.pipeline.train_config.TrainConfig`) with ``scene`` set to a posed scene: when it names
     ``--images``/``--video``, or a ``--scene`` folder holding only photos, the capture is posed first (or a
     scene posed earlier from the same source is reused) and ``scene`` points at it. Other configs pass
     through unchanged."""

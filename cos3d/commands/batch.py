@@ -1,6 +1,6 @@
 """``cos3d batch train|eval SCENES.txt``: many scenes, one task each, locally or on Ray (:mod:`cos3d.apps.batch`).
 
-``batch train`` takes the common train flags, derived from :class:`cos3d.pipeline.runner.TrainConfig` as
+``batch train`` takes the common train flags, derived from :class:`cos3d.pipeline.train_config.TrainConfig` as
 ``cos3d train`` derives them (less ``--scene``/``--out``: each scene trains into OUT_ROOT/<name>);
 both take the :class:`cos3d.apps.batch.BatchConfig` flags (executor, resources per scene, retries, summary).
 """
@@ -33,7 +33,7 @@ class BatchEvalConfig:
 def register(sub: argparse._SubParsersAction) -> None:
     from cos3d.apps.batch import BatchConfig
     from cos3d.core.config import add_arguments, add_config_flag
-    from cos3d.pipeline.runner import TrainConfig
+    from cos3d.pipeline.train_config import TrainConfig
 
     p = sub.add_parser(
         "batch", help=HELP,
@@ -88,7 +88,7 @@ def _report(report, path: Path) -> int:  # noqa: ANN001
 def run_train(args: argparse.Namespace) -> int:
     from cos3d.apps.batch import batch_train, read_scene_list
     from cos3d.core.config import config_from_args
-    from cos3d.pipeline.runner import TrainConfig
+    from cos3d.pipeline.train_config import TrainConfig
 
     bcfg = _batch_config(args)
     cfg = config_from_args(TrainConfig, args, TrainConfig(scene=""))

@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
+
+from cos3d.core.errors import Cos3dError, ServeError
+from cos3d.core.paths import safe_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryEngine, QueryResult
@@ -232,8 +236,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(QueryConfig, args, QueryConfig())
     check_prompt(cfg)
     if cfg.server and cfg.run is not None:
-        from cos3d.serve.remote_query import answer_remotely
-
         rc = answer_remotely(cfg)  # None: no server for this run (or not usable for these flags)
         if rc is not None:
             return rc
@@ -301,3 +303,63 @@ def report(cfg: QueryConfig, res: Answer, written: list[Path]) -> None:
             print(f"wrote {len(written)} masks ({cfg.protocol}) to {cfg.masks_out}")
         if cfg.ply_out is not None:
             print(f"wrote {res.num_gaussians} Gaussians to {cfg.ply_out}")
+
+
+# ---- through a running `cos3d serve`: the same output (table, --json, --masks-out PNGs, --ply-out) without
+# importing torch or loading the run in this process
+
+
+def server_usable(cfg: QueryConfig) -> bool:
+    """Whether a server can answer these flags as this process would: a server keeps its own segmenter
+    (the run's), so asking for another one (or other SAM weights) is answered in-process."""
+    return cfg.segmenter == "auto" and not (cfg.sam2_model or cfg.sam3_model or cfg.sam2_checkpoint)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    from cos3d.core.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def answer_remotely(cfg: QueryConfig) -> int | None:
+    """Answer ``cfg`` through the server that serves ``cfg.run``; None when there is none (or it stopped
+    answering: the caller then answers in-process)."""
+    from cos3d.serve.client import connect
+
+    if not server_usable(cfg) or cfg.run is None or not Path(cfg.run).is_dir():
+        return None
+    try:
+        remote = connect(cfg.run)
+        if remote is None:
+            return None
+        check_combination(cfg)
+        check_outputs(cfg)
+        res = remote.query(
+            cfg.text, image=cfg.image, view=cfg.view, box=cfg.box, mask=cfg.mask, scribble=cfg.scribble,
+            points=cfg.points, click=cfg.click, within=cfg.within, within_object=cfg.within_object, level=cfg.level,
+            refine=cfg.refine, lift=None if cfg.lift else False, combine=cfg.combine, parts=cfg.parts, arrays=False,
+        )
+    except ServeError as e:
+        if e.status == 503 and "unreachable" in str(e):
+            return None
+        raise
+    written: list[Path] = []
+    if cfg.masks_out is not None:
+        views = [v.strip() for item in cfg.views for v in str(item).split(",") if v.strip()] if cfg.views else None
+        names = remote.views
+        for v in views or []:
+            if v not in names:
+                raise Cos3dError(f"unknown view {v!r}; the scene's frames are {names[0]}..{names[-1]} ({len(names)} frames)")
+        for v in views or remote.test_views:
+            data, _ = remote.client.request("POST", remote._path("masks"),
+                                            {"query": res.request, "view": v, "protocol": cfg.protocol}, raw=True)
+            path = cfg.masks_out / f"{safe_name(v)}.png"  # a frame name is data, not a path (as in process)
+            _write_bytes(path, data)
+            written.append(path)
+    if cfg.ply_out is not None:
+        remote.export(res, cfg.ply_out, "ply")
+    report(cfg, res, written)
+    if os.environ.get("COS3D_SERVE_VERBOSE"):
+        print(f"answered by {remote.client.url} (run {remote.name}, version {res.version})", file=sys.stderr)
+    return 0

@@ -1,6 +1,6 @@
 """``cos3d train``: Gaussians (stage 0) → masks → instance field (stage 1) → language field (stage 2).
 
-The flags are :class:`cos3d.pipeline.runner.TrainConfig`'s fields (:mod:`cos3d.core.config`); ``--config`` files and
+The flags are :class:`cos3d.pipeline.train_config.TrainConfig`'s fields (:mod:`cos3d.core.config`); ``--config`` files and
 presets (``--fast`` = ``--config fast``) come first, flags given on the command line override them.
 """
 
@@ -13,7 +13,7 @@ HELP = "train a scene's collaborative field (Gaussians, masks, instance and lang
 
 def register(sub: argparse._SubParsersAction) -> None:
     from cos3d.core.config import add_arguments, add_config_flag
-    from cos3d.pipeline.runner import TrainConfig
+    from cos3d.pipeline.train_config import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cos3d.core.config import config_from_args
     from cos3d.core.errors import Cos3dError
-    from cos3d.pipeline.runner import TrainConfig, train
+    from cos3d.pipeline.runner import train
+    from cos3d.pipeline.train_config import TrainConfig
 
     cfg = config_from_args(TrainConfig, args, TrainConfig(scene=""))
     if not cfg.scene and cfg.images is None and cfg.video is None:

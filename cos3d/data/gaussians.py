@@ -86,7 +86,7 @@ class Gaussians:
 
     def rgb(self) -> Tensor:
         """[N, 3] the view-independent (DC) colour in [0, 1] (clamped)."""
-        from cos3d.render.sh import SH_C0
+        from cos3d.data.sh import SH_C0
 
         return (0.5 + SH_C0 * self.sh[:, 0]).clamp(0.0, 1.0)
 
@@ -105,7 +105,7 @@ class Gaussians:
 
         ``scales`` is a standard deviation per point ([N]) or one value for all.
         """
-        from cos3d.render.sh import rgb_to_sh0
+        from cos3d.data.sh import rgb_to_sh0
 
         points = torch.as_tensor(points, dtype=torch.float32)
         n = points.shape[0]

@@ -152,7 +152,7 @@ def variant_configs(run: Path, *, perturbs: Sequence[float] = (), mlp: bool = Tr
     folder = RunFolder(Path(run))
     rec = folder.finished_record()
     base = rec.train_config()
-    base = replace(base, gaussians=folder.ply, resume=False, restart=True, progress=False, hook=None)
+    base = replace(base, gaussians=folder.ply, resume=False, restart=True, progress=False)
     out: dict[str, Any] = {}
 
     def make(name: str, edit: Callable[[Any], None]) -> None:

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from cos3d.core.errors import Cos3dError
+from cos3d.eval.anchors import anchor_objects
 from cos3d.eval.tabletop import Answer, EvalQuery, engine_answer, evaluate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,26 +82,6 @@ def oracle_labels(engine: "QueryEngine", frames: Sequence[Any], *, parts: bool =
     best = V.argmax(1)
     out = torch.tensor(keys, dtype=torch.long)[best]
     out[(V.max(1).values <= 0) | (out == 0)] = -1  # id 0 (no instance / not a part) competes, then means none
-    return out
-
-
-def anchor_objects(ts: "TrainedScene", level: str, *, parts: bool = False) -> "Tensor":
-    """``[J]`` long: the dataset id (instance, or part with ``parts``) of each anchor's training mask of
-    ``level`` (-1 when the mask has none, or is of the other id space). Reads the run's 2D cache."""
-    from cos3d.pipeline.run_folder import RunFolder
-    from cos3d.vision.cache import load_view
-
-    data = RunFolder(ts.run_dir).read_fields()["levels"][level]
-    views, masks = data["anchor_view"], data["anchor_mask"].tolist()
-    cache = ts.record.get("stages", {}).get("masks", {}).get("cache")
-    out = torch.full((len(views),), -1, dtype=torch.long)
-    sets: dict[str, Any] = {}
-    for j, (v, k) in enumerate(zip(views, masks)):
-        if v not in sets:
-            sets[v] = load_view(cache, v)[0]
-        ms = sets[v]
-        if ms.source_id.size > k and bool(ms.is_part[k]) == parts:
-            out[j] = int(ms.source_id[k])
     return out
 
 
@@ -150,15 +132,15 @@ class BudgetAnswers:
 def presence_forced(engine: "QueryEngine") -> Iterator[None]:
     """Within the block every prompt passes the engine's presence test (the selection alone is measured)."""
     saved = {}
-    for name in list(engine._levels):
+    for name in engine.levels:
         cal = engine.calibration_for(name)
         saved[name] = cal
-        engine._levels[name].calibration = dataclasses.replace(cal, threshold=-1.0, floor=-1.0, forced=True)
+        engine.set_calibration(name, dataclasses.replace(cal, threshold=-1.0, floor=-1.0, forced=True))
     try:
         yield
     finally:
         for name, cal in saved.items():
-            engine._levels[name].calibration = cal
+            engine.set_calibration(name, cal)
 
 
 def diagnose(ans: Answer, q: EvalQuery, labels: "Tensor", opacity: "Tensor") -> str:

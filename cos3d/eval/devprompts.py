@@ -25,7 +25,7 @@ from cos3d.core.errors import Cos3dError
 from cos3d.core.phrases import normalize as _norm
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cos3d.eval.tabletop import EvalQuery
+    from cos3d.eval.rows import EvalQuery
     from cos3d.data.scene import Scene
 
 DEV_PARAPHRASES: dict[str, tuple[str, ...]] = {
@@ -87,7 +87,7 @@ def dev_texts() -> set[str]:
 
 def reserved_texts() -> dict[str, set[str]]:
     """What the development prompts must not be: evaluation prompts, training names, calibration words."""
-    from cos3d.eval.heldout import ABSENT_PART_PROMPTS, ABSENT_PROMPTS
+    from cos3d.eval.absent import ABSENT_PART_PROMPTS, ABSENT_PROMPTS
     from cos3d.query.notarget import NEGATIVE_VOCABULARY
     from cos3d.tabletop.catalog import (
         CATALOG,
@@ -148,7 +148,7 @@ def dev_tabletop_queries(scene: "Scene", *, absent_parts: int = DEV_ABSENT_PARTS
     import json
     from pathlib import Path
 
-    from cos3d.eval.tabletop import EvalQuery
+    from cos3d.eval.rows import EvalQuery
 
     check_dev_disjoint()
     try:

@@ -18,22 +18,8 @@ from typing import Iterable, Sequence
 
 from cos3d.core.errors import Cos3dError
 from cos3d.core.phrases import content_words, normalize, overlapping
-
-ABSENT_PROMPTS: tuple[str, ...] = (
-    # near-domain: kitchen / table things no tabletop scene holds
-    "teapot", "wine glass", "cutting board", "salt shaker", "toaster", "dinner plate", "kettle",
-    "pepper grinder", "coffee maker", "napkin", "jam jar", "whisk",
-    # far: things of other domains
-    "hippopotamus", "lighthouse", "sailboat", "volcano", "accordion", "cactus",
-)
-"""Absent-object prompts of the tabletop protocol (written for cos3d)."""
-
-ABSENT_PART_PROMPTS: tuple[str, ...] = ("propeller", "tail", "wing", "spout", "zipper", "handlebar")
-"""Absent-part prompts of the tabletop protocol (written for cos3d): asked within a parent that has parts
-(the toy robot), none of them a part it has; the right answer is empty. Disjoint from the calibration
-vocabulary (the part rule compares a part against those words inside the parent), from every name of the
-scene and from the development prompts (checked)."""
-
+from cos3d.eval.devprompts import dev_prompts
+from cos3d.eval.absent import ABSENT_PART_PROMPTS, ABSENT_PROMPTS
 
 def check_disjoint(prompts: Iterable[str], reserved: Iterable[str], *, what: str, reserved_as: str) -> None:
     """Raise :class:`Cos3dError` (one line) when a prompt is a reserved text up to case, punctuation, articles,
@@ -81,7 +67,6 @@ def eval_phrasing_problems(phrasings: Iterable[tuple[str, Sequence[str], str]] |
     - it shares a content word with the no-target calibration vocabulary (colour words included: "orange" is a
       calibration word) or with any development prompt (:mod:`cos3d.eval.devprompts`; colour and size aside).
     """
-    from cos3d.eval.devprompts import dev_prompts
     from cos3d.tabletop.catalog import training_names
 
     train_forms = {normalize(n): n for n in training_names()}
@@ -124,7 +109,6 @@ def project_vocabularies() -> dict[str, tuple[str, ...]]:
     negatives, the held-out absent things and parts, the development prompts, and the tabletop catalogue's
     training, held-out and near-training names. A test of absence that wants a word the system has never seen
     picks one outside all of them (:func:`in_project_vocabulary`)."""
-    from cos3d.eval.devprompts import dev_prompts
     from cos3d.query.relevancy import CANONICAL_NEGATIVES
     from cos3d.tabletop.catalog import training_names
 

@@ -88,7 +88,7 @@ def presence_statistics(engine: "QueryEngine", queries: Sequence[PresenceQuery])
             rows.append({"text": q.text, "present": q.present, "kind": q.kind, "within": q.within, "level": lvl,
                          "parent_found": False})
             continue
-        lv = engine._lv(lvl)
+        lv = engine.level_state(lvl)
         P = engine.embed_text([q.text])
         neg_max = engine.negative_max_for(lvl)
         R = raw_relevancy(lv.language, P, engine.negatives, neg_max=neg_max)
@@ -147,18 +147,18 @@ def perfect_field_scores(ts: "TrainedScene", queries: Sequence["EvalQuery"]) -> 
     the targets a **perfect** language field would hold where the engine looks: for a whole object, every
     Ins2Lang target of the object level (the embeddings of the training masks: under oracle-2D, the mean
     embedding of an object's training names); for a part, the part level's targets whose training mask is a
-    part of the query's parent (:func:`cos3d.eval.budget.anchor_objects`: reads the dataset's ids, so
+    part of the query's parent (:func:`cos3d.eval.anchors.anchor_objects`: reads the dataset's ids, so
     evaluation only). A field whose every Gaussian carried its mask's target exactly would give the engine's
     top-k cosine statistic this value (for any object of at least ``k`` opaque Gaussians), so no per-scene
     threshold on that statistic can separate present from absent prompts better than a threshold on it."""
-    from cos3d.eval.budget import anchor_objects
+    from cos3d.eval.anchors import anchor_objects
 
     e = ts.engine
     scene = e.scene
-    obj_T = torch.nn.functional.normalize(e._lv(e.level).targets.float(), dim=1)
+    obj_T = torch.nn.functional.normalize(e.level_state(e.level).targets.float(), dim=1)
     part_T = None
     if any(q.within is not None for q in queries) and scene.parts:
-        lv = e._lv(e.part_level)
+        lv = e.level_state(e.part_level)
         part_T = (torch.nn.functional.normalize(lv.targets.float(), dim=1), anchor_objects(ts, e.part_level, parts=True))
     names = {int(i): [n.lower() for n in v] for i, v in scene.labels.items()}
     rows = []

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from cos3d.core.errors import Cos3dError
+from cos3d.eval.rows import HELD_OUT_KINDS, KINDS, NEAR_KINDS, EvalQuery
 from cos3d.eval.heldout import ABSENT_PART_PROMPTS, ABSENT_PROMPTS, calibration_vocabulary, check_disjoint
 from cos3d.eval.metrics import mask_iou, presence_metrics, summarize_ious
 from cos3d.core.phrases import normalize
@@ -60,38 +61,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryEngine
     from cos3d.data.scene import Scene
 
-KINDS = ("name", "paraphrase", "plural", "absent", "part", "part_paraphrase", "absent_part", "near_paraphrase",
-         "near_part_paraphrase")
-HELD_OUT_KINDS = ("paraphrase", "plural", "absent", "part_paraphrase", "absent_part")
-"""Kinds whose prompts no training mask was embedded with and that share no content word with a training name
-of their object (the headline numbers)."""
-NEAR_KINDS = ("near_paraphrase", "near_part_paraphrase")
-"""The near-training phrasings (the held-out set before issue 23: "red mug" for a "red coffee mug"): a row of
-their own, in neither the summary nor the held-out numbers."""
 EVAL_PROMPTS_FILE = "eval_prompts.json"
-
-
-@dataclass
-class EvalQuery:
-    text: str
-    kind: str
-    """One of :data:`KINDS`."""
-    gt_ids: list[int]
-    """Instance ids (part ids for part kinds); empty for ``absent``."""
-    within: str | None = None
-    """Parent prompt for part queries."""
-
-    @property
-    def present(self) -> bool:
-        return bool(self.gt_ids)
-
-    @property
-    def is_part(self) -> bool:
-        return self.kind in ("part", "part_paraphrase", "near_part_paraphrase")
-
-    @property
-    def label(self) -> str:
-        return self.text if self.within is None else f"{self.text} within {self.within}"
 
 
 @dataclass

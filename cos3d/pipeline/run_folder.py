@@ -4,13 +4,14 @@ the format.
 
 ::
 
-    RUN/run.json          the record: format + version, the scene, the resolved TrainConfig
+    RUN/run.json          the record: format + version, the scene (relative to the run folder, and
+                          absolute as the fallback: a run moved with its scene still finds it), the resolved TrainConfig
                           (``config``, round-trips with cos3d.core.config.from_dict), the config files it
                           came from, package versions, per-stage status, timings, counts, metrics
     RUN/gaussians.ply     stage 0 (or the scene imported with --gaussians)
     RUN/recon/            stage 0's work folder while it runs (checkpoint.pt: tensors only)
     RUN/fields.pt         stages 1-2: per level instance [N, d], language [N, D] fp16, anchors,
-                          targets, d̄ (``FIELDS_FORMAT``; loaded with weights_only=True)
+                          targets, d̄ (:class:`cos3d.pipeline.fields_file.FieldsFile`; weights_only)
     RUN/query_state.pt    per level: the refinement index and the no-target calibration, saved at the
                           end of training (or by the first query), so a new process need not rebuild
                           them; ignored when older than fields.pt or made for other settings
@@ -37,26 +38,25 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from cos3d.core.atomic import atomic_path, write_json
+from cos3d.core.config import ConfigError, from_dict
 from cos3d.core.errors import Cos3dError, SceneFormatError, brief
 from cos3d.core.paths import safe_name
+from cos3d.pipeline.fields_file import FieldsFile
+from cos3d.pipeline.train_config import TrainConfig
 from cos3d.pipeline.runlock import LOCK_NAME, RunLockedError, lock_holder, writer_lock
 
-if TYPE_CHECKING:
-    from cos3d.pipeline.runner import TrainConfig
-
-__all__ = ["FIELDS_FORMAT", "RUN_FORMAT", "STAGES", "STAGE_TITLES", "RunFolder", "RunLockedError", "RunRecord",
+__all__ = ["RUN_FORMAT", "STAGES", "STAGE_TITLES", "RunFolder", "RunLockedError", "RunRecord",
            "latest_run", "lock_holder", "writer_lock"]
 
 RUN_FORMAT = "cos3d-run"
 RUN_VERSION = 2
 """2: ``config`` is the nested TrainConfig (``models``, ``recon``, ``instance``, ``ins2lang``) and the
 masks live in the shared 2D cache recorded at ``stages.masks.cache``."""
-FIELDS_FORMAT = "cos3d-fields"
 STAGES = ("recon", "masks", "instance", "language")
 """Stage names in order (``--stage``; ``all`` runs every one)."""
 STAGE_TITLES = {
@@ -82,7 +82,42 @@ class RunRecord:
 
     @property
     def scene(self) -> str | None:
+        """The scene folder as recorded (absolute, when it was trained); see :meth:`scene_folder`."""
         return self.data.get("scene")
+
+    def set_scene(self, scene_root: Path) -> None:
+        """Record the scene folder relative to the run folder (``scene_rel``: a run copied together with
+        its scene, or moved beside it, still finds it) and absolute (``scene``: the fallback)."""
+        import os
+
+        root = Path(scene_root).resolve()
+        self.data["scene"] = str(root)
+        try:
+            self.data["scene_rel"] = os.path.relpath(root, self.folder.root.resolve())
+        except ValueError:  # another drive (Windows): no relative path
+            self.data.pop("scene_rel", None)
+
+    def scene_candidates(self) -> list[Path]:
+        """Where the scene may be, in order: relative to the run folder, then the absolute path."""
+        out: list[Path] = []
+        rel = self.data.get("scene_rel")
+        if isinstance(rel, str) and rel:
+            out.append(self.folder.root / rel)
+        if self.scene:
+            out.append(Path(self.scene))
+        return out
+
+    def scene_folder(self) -> Path:
+        """The scene folder that exists (:meth:`scene_candidates`), or one :class:`Cos3dError` line naming
+        each path tried."""
+        tried = self.scene_candidates()
+        for p in tried:
+            if p.is_dir():
+                return p
+        where = " and ".join(str(p) for p in tried) or "no path: run.json records none"
+        raise Cos3dError(
+            f"{self.folder.root}: the run's scene is gone (tried {where}); put the scene folder back, or re-train"
+        )
 
     @property
     def stages(self) -> dict[str, dict[str, Any]]:
@@ -135,8 +170,7 @@ class RunRecord:
         if p is None:
             return None
         roots = [self.folder.root, *(Path(a) for a in allowed if a is not None)]
-        if self.scene:
-            roots.append(Path(self.scene))
+        roots.extend(self.scene_candidates())
         real = p.resolve()
         if any(real == r.resolve() or real.is_relative_to(r.resolve()) for r in roots):
             return p
@@ -145,11 +179,8 @@ class RunRecord:
             "folder; pass that cache with --mask-cache if you trust it, or train into a new folder"
         )
 
-    def train_config(self) -> "TrainConfig":
-        """The :class:`~cos3d.pipeline.runner.TrainConfig` the run was trained with (``config`` round-trips)."""
-        from cos3d.core.config import ConfigError, from_dict
-        from cos3d.pipeline.runner import TrainConfig
-
+    def train_config(self) -> TrainConfig:
+        """The :class:`~cos3d.pipeline.train_config.TrainConfig` the run was trained with (``config`` round-trips)."""
         cfg = self.data.get("config")
         if not isinstance(cfg, dict):
             raise Cos3dError(f"{self.folder.run_json}: no recorded config; re-train this run")
@@ -217,6 +248,8 @@ class RunFolder:
                 raise ValueError(f"format version {data.get('version', 1)}, this cos3d reads {RUN_VERSION}")
             if not isinstance(data.get("scene", ""), str) or not isinstance(data.get("stages", {}), dict):
                 raise ValueError("'scene' must be a path string and 'stages' an object")
+            if not isinstance(data.get("scene_rel", ""), str) or "\0" in data.get("scene_rel", ""):
+                raise ValueError("'scene_rel' must be a path string")
             cache = data.get("stages", {}).get("masks", {}).get("cache") if isinstance(
                 data.get("stages", {}).get("masks", {}), dict) else None
             if cache is not None and (not isinstance(cache, str) or "\0" in cache):
@@ -228,7 +261,9 @@ class RunFolder:
         return RunRecord(self, data)
 
     def new_record(self, scene_root: Path) -> RunRecord:
-        return RunRecord(self, {"format": RUN_FORMAT, "version": RUN_VERSION, "scene": str(scene_root), "stages": {}})
+        rec = RunRecord(self, {"format": RUN_FORMAT, "version": RUN_VERSION, "stages": {}})
+        rec.set_scene(scene_root)
+        return rec
 
     def finished_record(self) -> RunRecord:
         """The record of a finished run, or a one-line :class:`Cos3dError` saying what to do."""
@@ -247,26 +282,19 @@ class RunFolder:
         return rec
 
     # ---- fields.pt
-    def read_fields(self) -> dict[str, Any]:
-        """``fields.pt`` as a dict of tensors and plain values (loaded with ``weights_only=True``)."""
+    def read_fields(self) -> FieldsFile:
+        """``fields.pt`` (:class:`~cos3d.pipeline.fields_file.FieldsFile`; loaded with ``weights_only=True``)."""
         path = self.fields
         if not path.is_file():
             raise Cos3dError(f"{path}: missing; run `cos3d train` (stages instance and language) for this run")
         try:
             # mapped, not read: a level's features are paged in when first used (a query reads one level's)
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            if (
-                not isinstance(data, dict)
-                or data.get("format") != FIELDS_FORMAT
-                or not isinstance(data.get("levels"), dict)
-            ):
-                raise ValueError("not a cos3d fields file")
+            return FieldsFile.from_dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
         except Exception as e:
             raise Cos3dError(
                 f"{path}: corrupt fields file ({brief(e)}); delete it and re-run "
                 "`cos3d train --resume` to recompute stages 1-2"
             ) from None
-        return data
 
     @property
     def query_state(self) -> Path:
@@ -288,11 +316,10 @@ class RunFolder:
         with atomic_path(self.query_state) as tmp:
             torch.save(state, tmp)
 
-    def write_fields(self, data: dict[str, Any]) -> None:
-        """Write ``fields.pt`` atomically (``data['format']`` is set to :data:`FIELDS_FORMAT`)."""
-        data = {**data, "format": FIELDS_FORMAT}
+    def write_fields(self, fields: FieldsFile) -> None:
+        """Write ``fields.pt`` atomically."""
         with atomic_path(self.fields) as tmp:
-            torch.save(data, tmp)
+            torch.save(fields.to_dict(), tmp)
 
 
 def latest_run(root: Path) -> Path | None:

@@ -10,14 +10,13 @@ registry) and a query engine (:mod:`cos3d.query.engine`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-from torch import Tensor
 
 from cos3d.core.errors import Cos3dError
+from cos3d.field.level import LevelField
 from cos3d.pipeline.run_folder import RunFolder, RunRecord, lock_holder
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,31 +31,11 @@ if TYPE_CHECKING:  # pragma: no cover
         QueryResult,
         WithinObject,
     )
-    from cos3d.pipeline.runner import TrainConfig
+    from cos3d.pipeline.train_config import TrainConfig
     from cos3d.vision.base import Embedder
     from cos3d.vision.prompts import PromptSegmenter
 
 __all__ = ["LevelField", "TrainedScene", "load"]
-
-
-@dataclass
-class LevelField:
-    """The collaborative field of one mask level."""
-
-    instance: Tensor
-    """[N, d] float32 unit instance features (d = 16 by default)."""
-    language: Tensor
-    """[N, D] float16 unit language features (D = the embedder's width)."""
-    anchors: Tensor
-    """[J, d] unit anchors (mean rendered instance feature of each training mask)."""
-    targets: Tensor
-    """[J, D] their mask embeddings."""
-    dbar: float
-    """Compactness: median ``1 − cos`` of masked pixel features to their mask's anchor."""
-
-    @property
-    def num(self) -> int:
-        return int(self.instance.shape[0])
 
 
 class TrainedScene:
@@ -94,7 +73,7 @@ class TrainedScene:
     # ---- recorded information
     @property
     def config(self) -> "TrainConfig":
-        """The :class:`cos3d.pipeline.runner.TrainConfig` the run was trained with."""
+        """The :class:`cos3d.pipeline.train_config.TrainConfig` the run was trained with."""
         return RunRecord(RunFolder(self.run_dir), self.record).train_config()
 
     @property
@@ -103,7 +82,9 @@ class TrainedScene:
 
     @property
     def scene_path(self) -> Path:
-        return Path(self.record["scene"])
+        """The scene folder: recorded relative to the run folder, else absolute (one error line naming both
+        when neither exists)."""
+        return RunRecord(RunFolder(self.run_dir), self.record).scene_folder()
 
     @property
     def embedder_name(self) -> str:
@@ -116,16 +97,11 @@ class TrainedScene:
     # ---- lazy parts
     @property
     def scene(self):
-        """The scene (:class:`cos3d.data.scene.Scene`), re-read from the path recorded in ``run.json``."""
+        """The scene (:class:`cos3d.data.scene.Scene`), re-read from the folder recorded in ``run.json`` (:attr:`scene_path`)."""
         if self._scene is None:
             from cos3d.readers import load_scene
 
-            p = self.scene_path
-            if not p.is_dir():
-                raise Cos3dError(
-                    f"{self.run_dir}: the run's scene {p} is gone; move it back or re-train (run.json records the path)"
-                )
-            self._scene = load_scene(p)
+            self._scene = load_scene(self.scene_path)
         return self._scene
 
     @property
@@ -293,23 +269,24 @@ def load(run: str | Path, *, device: str | torch.device = "auto", segmenter: "st
         raise _bad(run_dir, f"gaussians.ply is unreadable: {type(e).__name__}: {e}") from None
     data = folder.read_fields()
     fields: dict[str, LevelField] = {}
-    for lev, d in data["levels"].items():
-        if "language" not in d:
+    for lev, d in data.levels.items():
+        if not d.has_language or d.dbar is None:
             raise Cos3dError(
                 f"{folder.fields}: level {lev} has no language field; finish stage 2 with "
                 f"`cos3d train --out {run_dir} --resume`"
             )
-        if d["instance"].shape[0] != g.num or d["language"].shape[0] != g.num:
+        assert d.language is not None and d.anchors is not None and d.targets is not None  # has_language
+        if d.instance.shape[0] != g.num or d.language.shape[0] != g.num:
             raise Cos3dError(
-                f"{folder.fields}: fields have {d['instance'].shape[0]} rows but gaussians.ply has {g.num} "
+                f"{folder.fields}: fields have {d.instance.shape[0]} rows but gaussians.ply has {g.num} "
                 "Gaussians; delete fields.pt and re-run `cos3d train --resume`"
             )
         fields[lev] = LevelField(
-            instance=d["instance"].to(dev, torch.float32),
-            language=d["language"].to(dev, torch.float16),
-            anchors=d["anchors"].to(dev, torch.float32),
-            targets=d["targets"].to(dev, torch.float32),
-            dbar=float(d["dbar"]),
+            instance=d.instance.to(dev, torch.float32),
+            language=d.language.to(dev, torch.float16),
+            anchors=d.anchors.to(dev, torch.float32),
+            targets=d.targets.to(dev, torch.float32),
+            dbar=float(d.dbar),
         )
     if not fields:
         raise _bad(run_dir, "fields.pt holds no level")
@@ -319,7 +296,7 @@ def load(run: str | Path, *, device: str | torch.device = "auto", segmenter: "st
         feats[f"instance_{lev}"] = f.instance
         feats[f"language_{lev}"] = f.language
     g.features = feats
-    meta = {k: v for k, v in data.items() if k != "levels"}
+    meta = data.header()
     ts = TrainedScene(run_dir, record.data, g, fields, dev, meta)
     ts.segmenter_choice = "none" if segmenter is None else segmenter
     if models:

@@ -153,7 +153,7 @@ def fuse(field_selected: Tensor, votes: ConceptVotes, mode: str = "and", *, thre
 
 
 BRANCHES = ("field", "2d", "and", "or")
-"""The answers :func:`compare_branches` scores: the field alone, the 2D-first branch alone, and both fusions."""
+"""The answers :func:`cos3d.eval.branches2d.compare_branches` scores: the field alone, the 2D-first branch alone, and both fusions."""
 
 
 def branch_selections(engine: "QueryEngine", segmenter: ConceptSegmenter, text: str, *, k: int = 4,
@@ -168,35 +168,3 @@ def branch_selections(engine: "QueryEngine", segmenter: ConceptSegmenter, text: 
     for mode in FUSE_MODES:
         out[mode] = fuse(field_sel, votes, mode, threshold=threshold)
     return out
-
-
-def compare_branches(engine: "QueryEngine", segmenter: ConceptSegmenter, prompts: Sequence[tuple[str, Sequence[int]]],
-                     gt_views: Sequence[tuple[Any, np.ndarray]], *, k: int = 4, protocol: str = "occlusion"
-                     ) -> dict[str, dict[str, float]]:
-    """Score :data:`BRANCHES` on ``prompts`` (``(text, ground-truth instance ids)``; no ids = an absent thing)
-    against ``gt_views`` (``(camera, instance map)`` of held-out views, read by the caller): per branch the mIoU
-    over (present prompt, view) pairs where the object is visible, the share of those pairs with IoU > 0.25,
-    and the no-target decision accuracy (an empty answer is right exactly for absent prompts).
-
-    The query paths read no ground truth; ``segmenter`` may be an oracle standing in for SAM 3 (the oracle-2D
-    protocol: then this measures the lifting and fusion, not SAM 3)."""
-    from cos3d.eval.metrics import mask_iou
-
-    ious: dict[str, list[float]] = {b: [] for b in BRANCHES}
-    right: dict[str, list[bool]] = {b: [] for b in BRANCHES}
-    for text, ids in prompts:
-        sels = branch_selections(engine, segmenter, text, k=k)
-        for b, sel in sels.items():
-            right[b].append((sel.numel() == 0) == (len(ids) == 0))
-            if not ids:
-                continue
-            for cam, inst in gt_views:
-                gt = np.isin(inst, list(ids))
-                if not gt.any():
-                    continue
-                pred = engine.masks.mask(sel, cam, protocol) if sel.numel() else np.zeros_like(gt)
-                ious[b].append(mask_iou(pred, gt))
-    return {b: {"mIoU": float(np.mean(ious[b])) if ious[b] else float("nan"),
-                "mAcc@0.25": float(np.mean(np.asarray(ious[b]) > 0.25)) if ious[b] else float("nan"),
-                "pairs": len(ious[b]), "no_target_accuracy": float(np.mean(right[b])) if right[b] else float("nan")}
-            for b in BRANCHES}

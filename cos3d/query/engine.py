@@ -85,7 +85,7 @@ from cos3d.vision.base import Embedder, ImageRegion
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.data.gaussians import Gaussians
-    from cos3d.pipeline.trained import LevelField
+    from cos3d.field.level import LevelField
     from cos3d.vision.prompts import PromptSegmenter
 
 REFINERS = ("fast", "compiled", "numpy", "reference")
@@ -232,7 +232,10 @@ class QueryResult:
 
 
 @dataclass
-class _Level:
+class LevelState:
+    """What the engine answers one level with (:meth:`QueryEngine.level_state`): its features, the Ins2Lang
+    targets, and the refinement index and no-target calibration built (or loaded) for it."""
+
     name: str
     unit: Tensor  # [N, F] float32 unit instance features
     unit_np: np.ndarray  # the same memory as numpy
@@ -301,13 +304,13 @@ class QueryEngine:
         self.means = self.gaussians.means.detach().float().cpu()
         self.opacity = self.gaussians.opacities.detach().float().cpu()
         self.scales = self.gaussians.scales.detach().float().cpu().amax(1)
-        self._levels: dict[str, _Level] = {}
+        self._levels: dict[str, LevelState] = {}
         for name, f in fields.items():
             unit = torch.nn.functional.normalize(f.instance.detach().cpu().float(), dim=1).contiguous()
             lang = f.language.detach().cpu()
             if lang.dtype != torch.float32 and lang.numel() * 4 <= self.LANGUAGE_FP32_BYTES:
                 lang = lang.float()  # a float32 copy makes every relevancy product ~2x faster on CPU
-            self._levels[name] = _Level(
+            self._levels[name] = LevelState(
                 name=name,
                 unit=unit,
                 unit_np=unit.numpy(),
@@ -369,10 +372,21 @@ class QueryEngine:
             self._scene = self._source.scene
         return self._scene
 
-    def _lv(self, level: str) -> _Level:
+    def level_state(self, level: str) -> LevelState:
+        """The query state of ``level`` (features, targets, index, calibration); one error line naming the
+        trained levels when it has none."""
         if level not in self._levels:
             raise Cos3dError(f"the run has no {level!r}-level field; levels: {sorted(self._levels)}")
         return self._levels[level]
+
+    @property
+    def levels(self) -> list[str]:
+        """The trained levels the engine answers on."""
+        return list(self._levels)
+
+    def set_calibration(self, level: str, calibration: NoTargetCalibration) -> None:
+        """Replace ``level``'s no-target calibration (evaluation: measuring the selection with presence forced)."""
+        self.level_state(level).calibration = calibration
 
     @property
     def num_gaussians(self) -> int:
@@ -386,14 +400,14 @@ class QueryEngine:
     def negative_max_for(self, level: str | None = None) -> Tensor:
         """``[N]`` the level's ``max_k L·n_k`` over the canonical negatives (computed on first use, saved
         with the query state): the half of the relevancy that no prompt changes."""
-        lv = self._lv(level or self.level)
+        lv = self.level_state(level or self.level)
         if lv.neg_max is None:
             lv.neg_max = negative_max(lv.language, self.negatives)
         return lv.neg_max
 
     def index(self, level: str | None = None) -> InstanceIndex:
         """The level's :class:`InstanceIndex` (built on first use, ~0.1 s per 50k Gaussians)."""
-        lv = self._lv(level or self.level)
+        lv = self.level_state(level or self.level)
         if lv.index is None:
             lv.index = InstanceIndex(lv.unit)
         return lv.index
@@ -401,7 +415,7 @@ class QueryEngine:
     def calibration_for(self, level: str | None = None) -> NoTargetCalibration:
         """The level's no-target calibration (computed on first use, and again when :attr:`settings` ask for
         another top-k; see :mod:`cos3d.query.notarget`)."""
-        lv = self._lv(level or self.level)
+        lv = self.level_state(level or self.level)
         if lv.calibration is None or lv.calibration.top_k != self.settings.presence_top_k:
             vocab = list(NEGATIVE_VOCABULARY)
             lv.calibration = calibrate(
@@ -549,14 +563,14 @@ class QueryEngine:
     # ------------------------------------------------------------------ core steps
     def relevancy(self, embeddings: Tensor, level: str | None = None) -> Tensor:
         """Raw relevancy ``[T, N]`` of every Gaussian to each of ``embeddings [T, D]``."""
-        lv = self._lv(level or self.level)
+        lv = self.level_state(level or self.level)
         return raw_relevancy(lv.language, embeddings, self.negatives, neg_max=self.negative_max_for(lv.name))
 
     def refine(
         self, r: Tensor, level: str | None = None, *, subset: Tensor | None = None, method: str | None = None
     ) -> RefineResult:
         """Adaptive Lang2Ins refinement of normalised relevancy ``r [N]`` on a level."""
-        lv = self._lv(level or self.level)
+        lv = self.level_state(level or self.level)
         method = self._check_refine(method or self.refine_method)
         if method == "reference":
             return refine_reference(lv.unit, r, self.opacity, lv.dbar, subset=subset)
@@ -578,7 +592,7 @@ class QueryEngine:
         ``votes``: (Gaussian ids, blending weights) at the clicked pixels; the object holding the most of
         that weight is returned (else the object holding ``seed``).
         """
-        lv = self._lv(level or self.level)
+        lv = self.level_state(level or self.level)
         n = self.num_gaussians
         seed = int(seed)
         if not 0 <= seed < n:
@@ -772,7 +786,7 @@ class QueryEngine:
                 and level is None):
             return self.part_query(text.strip(), within, refine=refine)
         lvl = level or (self.part_level if hier else self.level)
-        self._lv(lvl)
+        self.level_state(lvl)
 
         subset = None
         parent_desc = ""
@@ -805,7 +819,9 @@ class QueryEngine:
             ts = time.perf_counter()
             cam = self.camera(frame)
             region = self.prompt_region(self.scene.frame(frame).load_image(), **region_kw)
-            seed, lifted, votes = region_prompt(self, cam, region, lvl, subset)
+            lvs = self.level_state(lvl)
+            seed, lifted, votes = region_prompt(self.masks.contributions(cam), lvs.unit, lvs.language, lvs.dbar,
+                                                region, subset)
             timings["lift"] = (time.perf_counter() - ts) * 1e3
             note = f"{self.last_region_note}, lifted through view {frame}'s blending weights"
             if text is None or combine == "and":
@@ -898,7 +914,7 @@ class QueryEngine:
 
     def _answer(self, P: Tensor, descs: list[str], kind: str, lvl: str, subset: Tensor | None,
                 refine: str | None, t0: float, timings: dict[str, float]) -> list[QueryResult]:
-        lv = self._lv(lvl)
+        lv = self.level_state(lvl)
         ts = time.perf_counter()
         R_all, C_all = raw_relevancy(lv.language, P, self.negatives, neg_max=self.negative_max_for(lvl),
                                      return_cosines=True)  # [T, N] each: relevancy and the cosines behind it
@@ -991,7 +1007,7 @@ class QueryEngine:
                for xx in range(max(0, xi - 1), min(cam.width, xi + 2))]
         bounds = torch.searchsorted(c.pixel, torch.tensor([[p_, p_ + 1] for p_ in win]).flatten()).reshape(-1, 2)
         e = torch.cat([torch.arange(int(a), int(b)) for a, b in bounds])
-        lang = self._lv(level or self.level).language
+        lang = self.level_state(level or self.level).language
         feat = (c.weight[e].float()[:, None] * lang[c.gaussian[e]].float()).sum(0)
         return seed, feat, (c.gaussian[e].cpu(), c.weight[e].float().cpu())
 

@@ -14,7 +14,10 @@ known camera (one of the scene's frames):
    more outside it);
 3. the best candidate is the seed; the prompt is the region's rendered language feature over the seed's
    neighbourhood (``Σ w_in(j) L_j``); the object is grown from the seed exactly as a click grows
-   (:meth:`cos3d.query.engine.QueryEngine.grow`, voting with ``w_in``).
+   (the engine's ``grow``, voting with ``w_in``).
+
+The functions take what they read (the view's contributions, the level's features), not the engine:
+:class:`cos3d.query.engine.QueryEngine` calls them.
 
 Nothing here reads instance maps, names or any other ground truth: it is the held-out image-prompt path
 of the evaluation (the oracle-2D ``labels`` embedder's name look-up is a different path).
@@ -32,24 +35,20 @@ from cos3d.core.errors import Cos3dError
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
-    from cos3d.query.engine import QueryEngine
-    from cos3d.query.objects import Object3D
-    from cos3d.query.refine import RefineResult
-    from cos3d.data.scene import Camera
+    from cos3d.render.contributions import Contributions
 
 MAX_CANDIDATES = 1024
 
 
-def region_weights(engine: "QueryEngine", camera: "Camera", region: np.ndarray) -> tuple["Tensor", "Tensor", "Tensor"]:
-    """``(Gaussian ids [K], w_in [K], w_all [K])`` of the Gaussians contributing to ``region`` in ``camera``."""
+def region_weights(c: "Contributions", n: int, region: np.ndarray) -> tuple["Tensor", "Tensor", "Tensor"]:
+    """``(Gaussian ids [K], w_in [K], w_all [K])`` of the Gaussians contributing to ``region`` (bool
+    ``[H, W]``) in a view whose contributions (of ``n`` Gaussians) are ``c``."""
     region = np.asarray(region, bool)
-    if region.shape != (camera.height, camera.width):
+    if region.shape != (c.height, c.width):
         raise Cos3dError(f"the prompt region is {region.shape[1]}x{region.shape[0]} but the view is "
-                         f"{camera.width}x{camera.height}")
+                         f"{c.width}x{c.height}")
     if not region.any():
         raise Cos3dError("the image prompt's region is empty")
-    c = engine.masks.contributions(camera)
-    n = engine.num_gaussians
     inside = torch.from_numpy(region.reshape(-1)).to(c.pixel.device)[c.pixel]
     w = c.weight.float()
     w_all = torch.zeros(n).index_add_(0, c.gaussian.cpu(), w.cpu())
@@ -60,15 +59,15 @@ def region_weights(engine: "QueryEngine", camera: "Camera", region: np.ndarray) 
     return ids, w_in[ids], w_all[ids]
 
 
-def region_prompt(engine: "QueryEngine", camera: "Camera", region: np.ndarray, level: str | None = None,
+def region_prompt(c: "Contributions", unit: "Tensor", language: "Tensor", dbar: float, region: np.ndarray,
                   subset: "Tensor | None" = None) -> tuple[int, "Tensor", tuple["Tensor", "Tensor"]]:
-    """Steps 1-2 of the module docstring: ``(seed Gaussian, prompt [D] (the region's rendered language
-    feature over the seed's neighbourhood, not normalised), (candidate ids [K], w_in [K]))``."""
+    """Steps 1-2 of the module docstring on one level (unit instance features ``unit`` [N, d], language
+    features ``language`` [N, D], compactness ``dbar``) and a view's contributions ``c``: ``(seed Gaussian,
+    prompt [D] (the region's rendered language feature over the seed's neighbourhood, not normalised),
+    (candidate ids [K], w_in [K]))``. ``subset``: bool [N], the Gaussians allowed (a parent object)."""
     from cos3d.query.refine import thresholds
 
-    lvl = level or engine.level
-    lv = engine._lv(lvl)
-    ids, w_in, w_all = region_weights(engine, camera, region)
+    ids, w_in, w_all = region_weights(c, int(unit.shape[0]), region)
     if subset is not None:
         keep = subset[ids]
         if not bool(keep.any()):
@@ -77,8 +76,8 @@ def region_prompt(engine: "QueryEngine", camera: "Camera", region: np.ndarray, l
     if ids.numel() > MAX_CANDIDATES:
         top = torch.topk(w_in, MAX_CANDIDATES).indices
         ids, w_in, w_all = ids[top], w_in[top], w_all[top]
-    U = lv.unit[ids]
-    B = (U @ U.T) > thresholds(lv.dbar)[0]  # [K, K] neighbourhoods in instance space
+    U = unit[ids]
+    B = (U @ U.T) > thresholds(dbar)[0]  # [K, K] neighbourhoods in instance space
     Bf = B.float()
     inn = Bf @ w_in
     alll = (Bf @ w_all).clamp_min(1e-12)
@@ -86,14 +85,5 @@ def region_prompt(engine: "QueryEngine", camera: "Camera", region: np.ndarray, l
     best = int(torch.argmax(score))
     seed = int(ids[best])
     members = B[best]
-    prompt = (w_in[members, None] * lv.language[ids[members]].float()).sum(0)
+    prompt = (w_in[members, None] * language[ids[members]].float()).sum(0)
     return seed, prompt, (ids, w_in)
-
-
-def lift_region(engine: "QueryEngine", camera: "Camera", region: np.ndarray, level: str | None = None,
-                subset: "Tensor | None" = None) -> tuple["Object3D", "RefineResult", int]:
-    """The object prompted by ``region`` of a posed view (module docstring) → (object, refinement, seed)."""
-    lvl = level or engine.level
-    seed, prompt, votes = region_prompt(engine, camera, region, lvl, subset)
-    obj, ref = engine.grow(seed, lvl, subset=subset, prompt=prompt, votes=votes)
-    return obj, ref, seed

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from cos3d.query.relevancy import raw_relevancy
-from cos3d.query.settings import QuerySettings
+from cos3d.query.settings import PART_RULES, RULES, QuerySettings
 
 TOP_K = 32
 OPACITY_MIN = 0.1
@@ -325,26 +325,6 @@ def calibrate(
 # ---------------------------------------------------------------------------------------------------
 # presence rules (issue 13): which statistic decides, against what
 
-RULES: tuple[str, ...] = ("relevancy", "cosine", "relative")
-"""Object-level presence rules, each with one parameter (:func:`decide`):
-
-- ``relevancy`` (margin ``m``): the top-k mean raw LERF relevancy ``s(p)`` ≥ the calibrated threshold
-  ``q_hi + m (p_lo − q_hi)`` in logit space (the module docstring; ``m = 0.15`` before issue 13);
-- ``cosine`` (margin ``m``): the same calibration on the top-k mean **cosine** ``c(p) = topk(L·p)``: the
-  canonical negatives' term ``max_k L·n_k`` differs from object to object (0.29 for a bowl, 0.54 for a
-  robot under the ``labels`` embedder), so the relevancy favours some objects whatever the prompt;
-- ``relative`` (margin ``δ``): ``c(p) − w(p) ≥ δ`` with ``w(p) = max_v p·v`` over the kept calibration
-  vocabulary (the words that resemble nothing in the scene): the prompt must match something in the scene
-  better than it matches anything else it could mean. The negatives move to the prompt's side."""
-PART_RULES: tuple[str, ...] = ("scene", "inner")
-"""Presence rules of a part inside a found parent (:func:`decide`):
-
-- ``scene``: the object rule on the part level over the whole scene, and inside the parent at least as
-  relevant as the negatives' 95th percentile (before issue 13);
-- ``inner`` (quantile ``q``): only inside the parent: ``c_parent(p)`` (top-k mean cosine over the parent's
-  Gaussians) ≥ the ``q``-quantile of the kept vocabulary words' ``c_parent``: the parent is there (the user
-  named it and it was found), so the question is whether the prompt is more like one of its parts than an
-  unrelated word is."""
 _SHIPPED = QuerySettings.shipped()
 RULE = _SHIPPED.presence_rule
 """The shipped object rule (:class:`cos3d.query.settings.QuerySettings`, chosen on the development prompts:

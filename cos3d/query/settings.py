@@ -22,6 +22,27 @@ from pathlib import Path
 TUNED_FILE = Path(__file__).with_name("tuned.json")
 """The record of the shipped choices (package data)."""
 
+RULES: tuple[str, ...] = ("relevancy", "cosine", "relative")
+"""Object-level presence rules, each with one parameter (:func:`cos3d.query.notarget.decide`):
+
+- ``relevancy`` (margin ``m``): the top-k mean raw LERF relevancy ``s(p)`` ≥ the calibrated threshold
+  ``q_hi + m (p_lo − q_hi)`` in logit space (the module docstring; ``m = 0.15`` before issue 13);
+- ``cosine`` (margin ``m``): the same calibration on the top-k mean **cosine** ``c(p) = topk(L·p)``: the
+  canonical negatives' term ``max_k L·n_k`` differs from object to object (0.29 for a bowl, 0.54 for a
+  robot under the ``labels`` embedder), so the relevancy favours some objects whatever the prompt;
+- ``relative`` (margin ``δ``): ``c(p) − w(p) ≥ δ`` with ``w(p) = max_v p·v`` over the kept calibration
+  vocabulary (the words that resemble nothing in the scene): the prompt must match something in the scene
+  better than it matches anything else it could mean. The negatives move to the prompt's side."""
+PART_RULES: tuple[str, ...] = ("scene", "inner")
+"""Presence rules of a part inside a found parent (:func:`cos3d.query.notarget.decide`):
+
+- ``scene``: the object rule on the part level over the whole scene, and inside the parent at least as
+  relevant as the negatives' 95th percentile (before issue 13);
+- ``inner`` (quantile ``q``): only inside the parent: ``c_parent(p)`` (top-k mean cosine over the parent's
+  Gaussians) ≥ the ``q``-quantile of the kept vocabulary words' ``c_parent``: the parent is there (the user
+  named it and it was found), so the question is whether the prompt is more like one of its parts than an
+  unrelated word is."""
+
 WEAKER_MODES = ("cosine", "relevancy", "off")
 SELECT_ON = ("cosine", "relevancy")
 
@@ -33,14 +54,14 @@ class QuerySettings:
     the engine uses :meth:`shipped`, the recorded choices."""
 
     presence_rule: str = "cosine"
-    """Object-level presence rule (:data:`cos3d.query.notarget.RULES`)."""
+    """Object-level presence rule (:data:`RULES`)."""
     presence_margin: float = 0.15
     """The rule's margin: the threshold sits this far from the negatives' 95th percentile towards the
     positives' 10th (:func:`cos3d.query.notarget.decide`)."""
     presence_top_k: int = 32
     """How many of the most similar Gaussians the presence statistic averages."""
     part_rule: str = "inner"
-    """Presence rule of a part inside its found parent (:data:`cos3d.query.notarget.PART_RULES`)."""
+    """Presence rule of a part inside its found parent (:data:`PART_RULES`)."""
     part_quantile: float = 0.9
     """The part rule's quantile of the calibration words' scores inside the parent."""
     weaker_on: str = "cosine"
@@ -54,8 +75,6 @@ class QuerySettings:
     """What a whole-object query normalises and refines (:data:`SELECT_ON`; COS3D's is the relevancy)."""
 
     def __post_init__(self) -> None:
-        from cos3d.query.notarget import PART_RULES, RULES
-
         for name, value, allowed in (("presence_rule", self.presence_rule, RULES), ("part_rule", self.part_rule, PART_RULES),
                                      ("weaker_on", self.weaker_on, WEAKER_MODES),
                                      ("select_parts_on", self.select_parts_on, SELECT_ON),

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from cos3d.data.gaussians import Gaussians
 from cos3d.render import torch_raster
+from cos3d.render.cameras import cameras_to_tensors
 from cos3d.render.sparse import csr_from_triples, sparse_product
 from cos3d.data.scene import Camera
 
@@ -103,7 +104,6 @@ def compute_contributions(
     The triples reproduce ``render(gaussians, camera, features=f).features`` as
     ``contributions.render(f)`` up to the dropped weights (at most ``min_weight`` each).
     """
-    from cos3d.render import cameras_to_tensors
 
     if not isinstance(camera, Camera):
         raise TypeError(f"compute_contributions: camera must be a cos3d.data.scene.Camera, got {type(camera).__name__}")

@@ -1,0 +1,46 @@
+"""The 2D-first branch (:mod:`cos3d.query.concept2d`) against the field-only answer, scored on held-out views
+(evaluation only: the ground truth is read by the caller and compared here, never on the query path)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from cos3d.eval.metrics import mask_iou
+from cos3d.query.concept2d import BRANCHES, ConceptSegmenter, branch_selections
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cos3d.query.engine import QueryEngine
+
+__all__ = ["compare_branches"]
+
+
+def compare_branches(engine: "QueryEngine", segmenter: ConceptSegmenter, prompts: Sequence[tuple[str, Sequence[int]]],
+                     gt_views: Sequence[tuple[Any, np.ndarray]], *, k: int = 4, protocol: str = "occlusion"
+                     ) -> dict[str, dict[str, float]]:
+    """Score :data:`BRANCHES` on ``prompts`` (``(text, ground-truth instance ids)``; no ids = an absent thing)
+    against ``gt_views`` (``(camera, instance map)`` of held-out views, read by the caller): per branch the mIoU
+    over (present prompt, view) pairs where the object is visible, the share of those pairs with IoU > 0.25,
+    and the no-target decision accuracy (an empty answer is right exactly for absent prompts).
+
+    The query paths read no ground truth; ``segmenter`` may be an oracle standing in for SAM 3 (the oracle-2D
+    protocol: then this measures the lifting and fusion, not SAM 3)."""
+    ious: dict[str, list[float]] = {b: [] for b in BRANCHES}
+    right: dict[str, list[bool]] = {b: [] for b in BRANCHES}
+    for text, ids in prompts:
+        sels = branch_selections(engine, segmenter, text, k=k)
+        for b, sel in sels.items():
+            right[b].append((sel.numel() == 0) == (len(ids) == 0))
+            if not ids:
+                continue
+            for cam, inst in gt_views:
+                gt = np.isin(inst, list(ids))
+                if not gt.any():
+                    continue
+                pred = engine.masks.mask(sel, cam, protocol) if sel.numel() else np.zeros_like(gt)
+                ious[b].append(mask_iou(pred, gt))
+    return {b: {"mIoU": float(np.mean(ious[b])) if ious[b] else float("nan"),
+                "mAcc@0.25": float(np.mean(np.asarray(ious[b]) > 0.25)) if ious[b] else float("nan"),
+                "pairs": len(ious[b]), "no_target_accuracy": float(np.mean(right[b])) if right[b] else float("nan")}
+            for b in BRANCHES}
