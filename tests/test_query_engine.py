@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from cos3d.core.errors import Cos3dError
-from cos3d.eval.tabletop import evaluate, iou, tabletop_queries
+from cos3d.eval.metrics import iou
+from cos3d.eval.tabletop import evaluate, tabletop_queries
 
 NAME_IOU_BAR = 0.35
 """Per-object name query: mean IoU over held-out views where the object is visible (measured: 0.50-0.99,

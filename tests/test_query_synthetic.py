@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from cos3d.eval.tabletop import iou
+from cos3d.eval.metrics import iou
 
 
 @pytest.fixture(scope="module")

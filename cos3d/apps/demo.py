@@ -185,7 +185,7 @@ def demo_prompts(scene: Any) -> list[dict[str, Any]]:
 
 
 def answer_prompts(engine: QueryEngine, prompts: list[dict[str, Any]], protocol: str = "occlusion") -> list[DemoRow]:
-    from cos3d.eval.tabletop import iou
+    from cos3d.eval.metrics import iou
 
     test = engine.scene.split("test")
     rows = []

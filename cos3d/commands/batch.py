@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from cos3d.commands.train import PRESETS, choose_preset
+
 HELP = "train or evaluate many scenes (a list of scene folders), locally or on a Ray cluster"
 
 TRAIN_EXCLUDE = ("scene", "out", "progress")
@@ -52,8 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("scenes", type=Path, metavar="SCENES.txt", help="scene folders (or names under --data-root), one a line")
     add_config_flag(t)
-    t.add_argument("--fast", dest="config", action="append_const", const="fast",
-                   help="the fast preset (cos3d/configs/fast.yaml) for every scene")
+    t.add_argument("--preset", choices=PRESETS, default=None,
+                   help="the schedule of every scene (as `cos3d train --preset`); default: full on CUDA, fast on a CPU")
+    t.add_argument("--fast", dest="preset", action="store_const", const="fast", help="the same as --preset fast")
     g = t.add_argument_group("batch")
     add_arguments(g, BatchConfig, BatchConfig())
     add_arguments(t, TrainConfig, TrainConfig(scene=""), exclude=TRAIN_EXCLUDE)
@@ -91,10 +94,13 @@ def run_train(args: argparse.Namespace) -> int:
     from cos3d.pipeline.train_config import TrainConfig
 
     bcfg = _batch_config(args)
-    cfg = config_from_args(TrainConfig, args, TrainConfig(scene=""))
+    plain = config_from_args(TrainConfig, args, TrainConfig(scene=""))
+    preset, why = choose_preset(args.preset, plain.device)
+    cfg = config_from_args(TrainConfig, args, TrainConfig(scene=""), files=[preset])
     cfg.validate()  # a bad flag fails once, here, not once per scene
     scenes = read_scene_list(args.scenes)
-    report, path = batch_train(scenes, cfg, bcfg, config_files=tuple(args.config))
+    print(f"preset: {preset} ({why})", flush=True)
+    report, path = batch_train(scenes, cfg, bcfg, config_files=(preset, *args.config))
     return _report(report, path)
 
 

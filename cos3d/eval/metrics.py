@@ -39,6 +39,13 @@ def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(np.logical_and(pred, gt).sum()) / union
 
 
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two bool masks; 1.0 when both are empty (per-object checks: nothing to find, nothing found). The
+    protocols use :func:`mask_iou`, which scores an empty union 0."""
+    u = np.logical_or(a, b).sum()
+    return 1.0 if u == 0 else float(np.logical_and(a, b).sum() / u)
+
+
 def summarize_ious(ious: Iterable[float], thresholds: Sequence[float] = THRESHOLDS) -> dict[str, float | int]:
     """``{"pairs", "mIoU", "mAcc@0.25", "mAcc@0.5"}`` of pair IoUs (NaN when there are no pairs)."""
     v = np.asarray(list(ious), np.float64)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from cos3d.core.atomic import atomic_path
+from cos3d.core.eta import Eta
 from cos3d.core.errors import Cos3dError, brief
 from cos3d.field.contrastive import cluster_loss, make_clusters, normalize, unit_rows
 from cos3d.field.view_weights import ViewWeights
@@ -186,6 +187,7 @@ def train_instance_field(
             dynamic_ncols=True,
             leave=False,
         )
+    eta = Eta("stage 1", cfg.iterations, start)
     for it in range(start, cfg.iterations):
         v = int(torch.randint(n_views, (1,), generator=gen))
         view = views[v]
@@ -210,6 +212,12 @@ def train_instance_field(
             bar.update(1)
             if it % 50 == 0:
                 bar.set_postfix(loss=f"{last['loss']:.3f}")
+        line = eta.step(it + 1)
+        if line is not None:
+            if bar is not None:
+                bar.write(line)
+            elif log is not None:
+                log(line)
         if hook is not None:
             hook(it)
     if bar is not None:

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from cos3d.core.atomic import atomic_open, write_json
 from cos3d.core.device import resolve_device
+from cos3d.core.eta import Eta
 from cos3d.core.config import ConfigError
 from cos3d.core.errors import Cos3dError
 from cos3d.data.gaussians import Gaussians
@@ -600,6 +601,8 @@ def _reconstruct(scene, cfg: ReconConfig, out: Path | None, device, resume: bool
     order: list[int] = []
     last_loss = float("nan")
     bar = tqdm(total=cfg.iterations, initial=start, desc="stage 0", disable=not show, dynamic_ncols=True)
+    eta = Eta("stage 0", cfg.iterations, start,
+              note=" (densification grows the cloud: later steps are slower)" if cfg.densify else "")
     try:
         for step in range(start, cfg.iterations):
             if not order:
@@ -627,6 +630,12 @@ def _reconstruct(scene, cfg: ReconConfig, out: Path | None, device, resume: bool
             last_loss = float(loss.detach())
             done = step + 1
             bar.update(1)
+            line = eta.step(done)
+            if line is not None:
+                if show:
+                    bar.write(line)
+                else:
+                    print(line, flush=True)
             if done % 50 == 0 or done == cfg.iterations:
                 bar.set_postfix(loss=f"{last_loss:.4f}", n=params["means"].shape[0])
             entry = None
