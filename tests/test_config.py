@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from cos3d.cli import build_parser, entrypoint
+from cos3d.commands.train import choose_preset, config_of
 from cos3d.core.config import (
     PRESETS_DIR,
     ConfigError,
     apply_config,
-    config_from_args,
     field_docs,
     flag_keys,
     from_dict,
@@ -27,7 +27,7 @@ from cos3d.pipeline.train_config import TrainConfig
 def _parse(*argv: str) -> TrainConfig:
     argv = ["train", *argv]
     args = build_parser(argv).parse_args(argv)
-    return config_from_args(TrainConfig, args, TrainConfig(scene=""))
+    return config_of(args)[0]
 
 
 def test_help_lists_every_field_with_its_docstring(capsys):
@@ -48,9 +48,15 @@ def test_fast_preset_file_then_flags_override():
     assert cfg.recon.densify is False and cfg.recon.sh_degree == 1  # the rest of the preset holds
     assert cfg.stage1_iterations(20) == 1000  # 50 per view within [500, 3000]
     assert _parse("--scene", "s", "--fast") == _parse("--scene", "s", "--config", "fast")
+    assert _parse("--scene", "s", "--fast") == _parse("--scene", "s", "--preset", "fast")
     assert ReconConfig.fast() == _parse("--scene", "s", "--fast").recon
-    default = _parse("--scene", "s")
-    assert default.recon == ReconConfig() and default.stage1_iterations(20) == 6000
+    full = _parse("--scene", "s", "--preset", "full")
+    assert full.recon == ReconConfig() and full.stage1_iterations(20) == 6000
+    assert full == TrainConfig(scene="s")  # the full preset is the defaults
+    # no preset: the device decides (CPU: fast, CUDA: full), and says why
+    assert _parse("--scene", "s", "--device", "cpu") == _parse("--scene", "s", "--fast", "--device", "cpu")
+    assert choose_preset(None, "cpu")[0] == "fast" and "no CUDA" in choose_preset(None, "cpu")[1]
+    assert choose_preset("full", "cpu") == ("full", "asked for with --preset")
 
 
 def test_later_files_win_and_nested_flattened_flags(tmp_path):

@@ -10,6 +10,7 @@ import torch
 from cos3d.core.errors import Cos3dError
 from cos3d.query.notarget import NEGATIVE_VOCABULARY, calibrate, check_held_out
 from cos3d.query.refine import InstanceIndex, refine_fast, refine_reference, thresholds
+from cos3d.vision.image_prompt import ImagePrompt
 
 
 @pytest.mark.parametrize("dbar", [0.05, 0.9, 1.3, 2.6])
@@ -62,7 +63,7 @@ def test_lift_reads_no_ground_truth(trained_run, monkeypatch):
     monkeypatch.setattr(Frame, "load_instance", no_gt)
     monkeypatch.setattr(Frame, "load_part", no_gt)
     monkeypatch.setattr(eng.scene, "labels", {})  # no names either
-    res = eng.lift(f.name, box=box)
+    res = eng.lift(f.name, ImagePrompt(box=box))
     assert not res.no_target and res.kind == "image" and res.selected.numel() > 0
     ious = [mask_iou(eng.mask(res, g.camera), gt) for g in test if g.name != f.name for gt in [gts[g.name]] if gt.any()]
     assert ious and float(np.mean(ious)) > 0.3, ious

@@ -19,6 +19,7 @@ from cos3d.cli import entrypoint
 from cos3d.core.errors import Cos3dError
 from cos3d.eval.metrics import mask_iou
 from cos3d.query.prompts import parse_part_sentence
+from cos3d.vision.image_prompt import ImagePrompt
 
 LIFT_MEAN_BAR = 0.45
 """Mean over every object of the held-out view of its mean IoU in the other held-out views (measured 0.83 on
@@ -284,7 +285,7 @@ def test_photo_prompt_embeds_the_sam_crop_with_tiny_openclip(tiny_sam2, tmp_path
         assert res.selected.dtype == torch.long and res.selected.ndim == 1
         assert res.targets in ("none", "one", "many") and len(res.objects) == {"none": 0}.get(res.targets, len(res.objects))
         assert res.num_gaussians == sum(o.num for o in res.objects)
-    e, note = engine.embed_image(photo, box=[4, 10, 30, 40])
+    e, note = engine.embed_image(photo, ImagePrompt(box=[4, 10, 30, 40]))
     assert e.shape == (D,) and abs(float(e.norm()) - 1) < 1e-4
 
 

@@ -9,7 +9,8 @@ import torch
 from cos3d.core.errors import Cos3dError
 from cos3d.query.notarget import choose_threshold, filter_vocabulary, top_k_score, unique_targets
 from cos3d.query.objects import oriented_box, split_objects
-from cos3d.query.prompts import parse_box, parse_click, parse_points, parse_views
+from cos3d.query.prompts import parse_click, parse_views
+from cos3d.vision.image_prompt import parse_box, parse_points
 from cos3d.query.refine import InstanceIndex, refine_fast, refine_reference, thresholds
 from cos3d.query.relevancy import PromptCache, negative_max, normalize_relevancy, raw_relevancy
 

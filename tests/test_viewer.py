@@ -30,6 +30,7 @@ from cos3d.viewer import (
 
 viser = pytest.importorskip("viser")
 import viser.transforms as vtf  # noqa: E402
+from cos3d.vision.image_prompt import ImagePrompt  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -515,7 +516,7 @@ def test_real_run_image_prompt_scene_objects_and_labels_export(trained_run, serv
     assert mug.objects and mug.error is None
     frame = next(f.name for f in ts.scene.frames if selection_mask(ts, mug.selected, f.name).sum() > 50)
     ys, xs = np.nonzero(selection_mask(ts, mug.selected, frame))
-    img = app.query_image(frame, box=[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    img = app.query_image(frame, ImagePrompt(box=[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]))
     assert img.error is None and img.kind == "image", img
     assert np.intersect1d(img.selected, mug.selected).size >= 0.5 * len(mug.selected)
     shown = app.show_frame(frame)  # what a frustum click shows: the frame with the answer's mask

@@ -16,6 +16,7 @@ from cos3d.core.errors import Cos3dError, MissingWeightsError
 from cos3d.vision import create_mask_provider
 from cos3d.vision.base import Embedder
 from cos3d.vision.masks import mask_iou
+from cos3d.vision.image_prompt import ImagePrompt
 from cos3d.testing.vision import (
     synthetic_maps,
     write_synthetic_scene,
@@ -115,12 +116,12 @@ def test_sam2_hf_predictor_box_and_points(sam2_hf):
     # prompt_mask routes a box through the segmenter (or falls back, with a warning, on an empty mask)
     with warnings.catch_warnings():  # a random model may return an empty mask: then the offline rule, warned
         warnings.simplefilter("ignore")
-        region = prompt_mask(image, box=[5, 5, 30, 30], segmenter=seg)
+        region = prompt_mask(image, ImagePrompt(box=[5, 5, 30, 30]), segmenter=seg)
     assert region.shape == (H, W) and region.any()
     if m.any():
         assert np.array_equal(region, m)
     with pytest.raises(TypeError, match="PromptSegmenter"):
-        prompt_mask(image, box=[5, 5, 30, 30], segmenter=object())
+        prompt_mask(image, ImagePrompt(box=[5, 5, 30, 30]), segmenter=object())
 
 
 def test_sam3_tracker_provider_and_predictor(sam3_tracker_dir):
@@ -235,12 +236,12 @@ def test_engine_routes_image_prompts_through_the_segmenter(sam2_hf, tmp_path):
     rec, emb = Recorder(sam2_hf.prompt_segmenter()), ProbeEmbedder()
     engine = QueryEngine(QueryInputs(scene=scene, gaussians=g, fields={"l": fld}, embedder=emb), segmenter=rec)
     image = scene.frames[0].load_image()
-    e, _ = engine.embed_image(image, box=[5, 5, 30, 30])
+    e, _ = engine.embed_image(image, ImagePrompt(box=[5, 5, 30, 30]))
     assert e.shape == (8,) and len(rec.calls) == 1 and rec.calls[0][0] == [5, 5, 30, 30]
     assert np.array_equal(emb.regions[-1], rec.calls[0][1])
     # without a segmenter the box stays a rectangle (offline rule)
     plain = QueryEngine(QueryInputs(scene=scene, gaussians=g, fields={"l": fld}, embedder=emb))
-    plain.embed_image(image, box=[5, 5, 30, 30])
+    plain.embed_image(image, ImagePrompt(box=[5, 5, 30, 30]))
     assert emb.regions[-1].sum() == 25 * 25
 
 

@@ -10,6 +10,7 @@ from cos3d.core.errors import Cos3dError
 from cos3d.vision import MaskSet, create_embedder, create_mask_provider
 from cos3d.vision.prompts import combine_embeddings, embed_image_prompt
 from cos3d.testing.vision import write_synthetic_scene
+from cos3d.vision.image_prompt import ImagePrompt
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +59,8 @@ def test_labels_needs_names(labels):
 def test_image_prompt_for_labels_needs_names(labels):
     image = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(Cos3dError, match="names hint"):
-        embed_image_prompt(labels, image, box=[1, 1, 5, 5])
-    e = embed_image_prompt(labels, image, box=[1, 1, 5, 5], names=["mug", "cup"])
+        embed_image_prompt(labels, image, ImagePrompt(box=[1, 1, 5, 5]))
+    e = embed_image_prompt(labels, image, ImagePrompt(box=[1, 1, 5, 5]), names=["mug", "cup"])
     assert tuple(e.shape) == (384,) and abs(float(e.norm()) - 1) < 1e-5
     combined = combine_embeddings([labels.embed_text(["red"])[0], e])
     assert abs(float(combined.norm()) - 1) < 1e-5

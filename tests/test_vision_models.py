@@ -14,6 +14,7 @@ import torch
 from cos3d.cli import entrypoint
 from cos3d.core.errors import Cos3dError, MissingWeightsError
 from cos3d.vision import create_embedder, create_mask_provider, load_view, prepare_masks
+from cos3d.vision.image_prompt import ImagePrompt
 from cos3d.testing.vision import (
     synthetic_maps,
     write_random_sam2_checkpoint,
@@ -222,7 +223,7 @@ def test_sam2_prompt_segmenter(sam2):
     # (an empty SAM2 answer falls back to the offline rule with a warning)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = prompt_mask(image, box=[40, 10, 80, 50], segmenter=seg)
+        out = prompt_mask(image, ImagePrompt(box=[40, 10, 80, 50]), segmenter=seg)
     assert out.shape == (64, 96) and out.any()
 
 

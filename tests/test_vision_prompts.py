@@ -9,6 +9,7 @@ import torch
 from cos3d.core.errors import Cos3dError
 from cos3d.vision.prompts import combine_embeddings, prompt_mask
 from cos3d.testing.vision import synthetic_maps
+from cos3d.vision.image_prompt import ImagePrompt
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +24,13 @@ def iou(a, b):
 def test_mask_and_box_prompts(view):
     image, inst, _ = view
     duck = inst == 3
-    np.testing.assert_array_equal(prompt_mask(image, mask=duck), duck)
-    box = prompt_mask(image, box=[10, 5, 30, 20])
+    np.testing.assert_array_equal(prompt_mask(image, ImagePrompt(mask=duck)), duck)
+    box = prompt_mask(image, ImagePrompt(box=[10, 5, 30, 20]))
     assert box.sum() == 20 * 15 and box[5:20, 10:30].all()
     # a box with a click inside: the clicked region within the box
     ys, xs = np.nonzero(inst == 2)
     x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-    m = prompt_mask(image, box=[x0 - 2, y0 - 2, x1 + 2, y1 + 2], points=[[xs.mean(), ys.mean()]])
+    m = prompt_mask(image, ImagePrompt(box=[x0 - 2, y0 - 2, x1 + 2, y1 + 2], points=[[xs.mean(), ys.mean()]]))
     assert iou(m, inst == 2) > 0.8
 
 
@@ -37,23 +38,22 @@ def test_points_and_scribble_prompts(view):
     image, inst, part = view
     ball = inst == 2
     ys, xs = np.nonzero(ball)
-    m = prompt_mask(image, points=np.array([[xs.mean(), ys.mean()]]))
+    m = prompt_mask(image, ImagePrompt(points=np.array([[xs.mean(), ys.mean()]])))
     assert iou(m, ball) > 0.8
     # a scribble across the mug body, as a polyline and as a stroke image
     body = part == 12
     ys, xs = np.nonzero(body)
     line = np.array([[xs.min() + 2, ys.mean()], [xs.max() - 2, ys.mean()]])
-    m1 = prompt_mask(image, scribble=line)
+    m1 = prompt_mask(image, ImagePrompt(scribble=line))
     stroke = np.zeros_like(body)
     stroke[int(ys.mean()), xs.min() + 2 : xs.max() - 1] = True
-    m2 = prompt_mask(image, scribble=stroke)
+    m2 = prompt_mask(image, ImagePrompt(scribble=stroke))
     np.testing.assert_array_equal(m1, m2)
     assert iou(m1, body) > 0.8
     # a negative point removes what it touches
     both = prompt_mask(
         image,
-        points=[[xs.mean(), ys.mean()], [np.nonzero(ball)[1].mean(), np.nonzero(ball)[0].mean()]],
-        point_labels=[1, 0],
+        ImagePrompt(points=[[xs.mean(), ys.mean()], [np.nonzero(ball)[1].mean(), np.nonzero(ball)[0].mean()]], point_labels=[1, 0]),
     )
     assert not (both & ball).any()
 
@@ -77,14 +77,14 @@ def test_points_and_scribble_prompts(view):
 def test_prompt_validation(view, kwargs, match):
     image = view[0]
     with pytest.raises(Cos3dError, match=match):
-        prompt_mask(image, **kwargs)
+        prompt_mask(image, ImagePrompt(**kwargs))
 
 
 def test_wrong_image():
     with pytest.raises(Cos3dError, match=r"\[H, W, 3\]"):
-        prompt_mask(np.zeros((10, 10), np.uint8), box=[0, 0, 5, 5])
+        prompt_mask(np.zeros((10, 10), np.uint8), ImagePrompt(box=[0, 0, 5, 5]))
     with pytest.raises(Cos3dError, match="uint8"):
-        prompt_mask(np.zeros((10, 10, 3), np.float32), box=[0, 0, 5, 5])
+        prompt_mask(np.zeros((10, 10, 3), np.float32), ImagePrompt(box=[0, 0, 5, 5]))
 
 
 def test_combine_embeddings():

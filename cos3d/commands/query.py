@@ -239,9 +239,11 @@ def run(args: argparse.Namespace) -> int:
         rc = answer_remotely(cfg)  # None: no server for this run (or not usable for these flags)
         if rc is not None:
             return rc
-    from cos3d.query.prompts import parse_box, parse_click, parse_views
+    from cos3d.query.prompts import parse_click, parse_views
+    from cos3d.vision.image_prompt import ImagePrompt, parse_box
 
-    box = parse_box(cfg.box) if cfg.box is not None else None
+    region = ImagePrompt.of(box=parse_box(cfg.box) if cfg.box is not None else None, mask=cfg.mask,
+                            scribble=cfg.scribble, points=cfg.points)
     click = parse_click(cfg.click) if cfg.click is not None else None
     views = parse_views(list(cfg.views)) if cfg.views is not None else None
     check_combination(cfg)
@@ -260,8 +262,7 @@ def run(args: argparse.Namespace) -> int:
         for v in views:
             engine.camera(v)  # unknown view → error before any work
     res = engine.query(
-        cfg.text, image=cfg.image, view=cfg.view, box=box, mask=cfg.mask, scribble=cfg.scribble, points=cfg.points,
-        click=click, within=cfg.within, within_object=cfg.within_object, level=cfg.level, refine=cfg.refine,
+        cfg.text, image=cfg.image, view=cfg.view, region=region, click=click, within=cfg.within, within_object=cfg.within_object, level=cfg.level, refine=cfg.refine,
         lift=None if cfg.lift else False, combine=cfg.combine, parts=cfg.parts,
     )
     if not trained.query_state_loaded:  # first use (a run trained before the state was saved): keep it

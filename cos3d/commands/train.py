@@ -10,6 +10,10 @@ any work starts. The Python API (``TrainConfig(...)``) has the full schedule's d
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cos3d.pipeline.train_config import TrainConfig
 
 HELP = "train a scene's collaborative field (Gaussians, masks, instance and language features)"
 PRESETS = ("fast", "full")
@@ -57,18 +61,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, config_cls=TrainConfig)
 
 
-def run(args: argparse.Namespace) -> int:
+def config_of(args: argparse.Namespace) -> tuple[TrainConfig, str, str]:
+    """``(config, preset, why)`` of parsed ``cos3d train`` arguments: the preset (asked for, or chosen by the
+    device the flags and files name), then the ``--config`` files, then the flags."""
     from cos3d.core.config import config_from_args
-    from cos3d.core.errors import Cos3dError
-    from cos3d.pipeline.runner import train
     from cos3d.pipeline.train_config import TrainConfig
 
     plain = config_from_args(TrainConfig, args, TrainConfig(scene=""))  # for the device the preset follows
-    if not plain.scene and plain.images is None and plain.video is None:
+    preset, why = choose_preset(getattr(args, "preset", None), plain.device)
+    return config_from_args(TrainConfig, args, TrainConfig(scene=""), files=[preset]), preset, why
+
+
+def run(args: argparse.Namespace) -> int:
+    from cos3d.core.errors import Cos3dError
+    from cos3d.pipeline.runner import train
+
+    cfg, preset, why = config_of(args)
+    if not cfg.scene and cfg.images is None and cfg.video is None:
         raise Cos3dError("--scene is required: a scene folder, or a name like scannet/scene0000 under --data-root "
                          "(or --images PHOTOS / --video FILE for a capture without poses)")
-    preset, why = choose_preset(args.preset, plain.device)
-    cfg = config_from_args(TrainConfig, args, TrainConfig(scene=""), files=[preset])
     print(f"preset: {preset} ({why})", flush=True)
     run_dir = train(cfg, config_files=(preset, *args.config))
     print(f"run: {run_dir}  (load it with cos3d.load({str(run_dir)!r}); query it with `cos3d query --run {run_dir}`)")

@@ -54,6 +54,7 @@ from cos3d.eval.rows import HELD_OUT_KINDS, KINDS, NEAR_KINDS, EvalQuery
 from cos3d.eval.heldout import ABSENT_PART_PROMPTS, ABSENT_PROMPTS, calibration_vocabulary, check_disjoint
 from cos3d.eval.metrics import mask_iou, presence_metrics, summarize_ious
 from cos3d.core.phrases import normalize
+from cos3d.vision.image_prompt import ImagePrompt
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -396,7 +397,7 @@ def evaluate_image_prompts(engine: "QueryEngine", *, protocol: str = "occlusion"
         others = [g for n, g in test.items() if n != p["view"]]
         paths: dict[str, Any] = {}
         t = time.perf_counter()
-        res = engine.lift(f.name, box=p["box"])
+        res = engine.lift(f.name, ImagePrompt(box=p["box"]))
         paths["lift"] = (res.selected, (time.perf_counter() - t) * 1e3)
         if lookup and getattr(engine.embedder, "name", "") == "labels":
             t = time.perf_counter()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,22 +20,12 @@ from cos3d.field.level import LevelField
 from cos3d.pipeline.run_folder import RunFolder, RunRecord, lock_holder
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-
-    from cos3d.query.engine import (
-        BinaryInput,
-        ClickInput,
-        ImageInput,
-        PointsInput,
-        QueryEngine,
-        QueryResult,
-        WithinObject,
-    )
+    from cos3d.query.engine import QueryEngine, QueryResult
     from cos3d.pipeline.train_config import TrainConfig
     from cos3d.vision.base import Embedder
     from cos3d.vision.prompts import PromptSegmenter
 
-__all__ = ["LevelField", "TrainedScene", "load"]
+__all__ = ["TrainedScene", "load"]
 
 
 class TrainedScene:
@@ -173,56 +163,15 @@ class TrainedScene:
         RunFolder(self.run_dir).write_query_state(self.engine.state_dict())
         self.query_state_loaded = True
 
-    def query(
-        self,
-        text: str | None = None,
-        *,
-        image: ImageInput | None = None,
-        view: str | None = None,
-        box: Sequence[float] | None = None,
-        mask: BinaryInput | None = None,
-        scribble: BinaryInput | None = None,
-        points: PointsInput | None = None,
-        point_labels: np.ndarray | Sequence[int] | None = None,
-        click: ClickInput | None = None,
-        within: str | QueryResult | None = None,
-        within_object: WithinObject | QueryResult | None = None,
-        level: str | None = None,
-        refine: str | None = None,
-        lift: bool | None = None,
-        combine: str = "sum",
-        parts: bool = True,
-    ) -> QueryResult:
-        """Answer one prompt with :attr:`engine` (:meth:`cos3d.query.engine.QueryEngine.query`).
-
-        Args:
-            text: a text prompt (``"red mug"``); combines with an image prompt (``combine``). A sentence
-                such as "the handle of the red mug" or "the robot's head" is a part query (``parts``).
-            image: a reference image (uint8 ``[H, W, 3]`` or a path), with one region prompt:
-                ``box`` ``[x0, y0, x1, y1]`` pixels, ``mask`` / ``scribble`` (bool ``[H, W]`` or a PNG), or
-                ``points`` ``[K, 2]`` (x, y) with optional ``point_labels`` (1 object, 0 background). The
-                region is the segmenter's mask (SAM, see :func:`load`) or the offline rule; the answer is its
-                crop embedding's, or, on a scene frame, the region lifted into 3D through the frame's
-                blending weights.
-            view: a scene frame as the reference image (the lift), instead of ``image``.
-            lift: None lifts scene frames; False embeds the region even there.
-            combine: text + image as ``"sum"`` (normalised sum of embeddings) or ``"and"`` (intersection of
-                the two answers).
-            parts: read part sentences as part queries (False: the sentence is one name).
-            click: ``(view, x, y)``, ``"VIEW:x,y"`` or a ``Click``: the object under that pixel.
-            within: a parent prompt (or an earlier answer) for a part query: ``query("head", within="robot")``.
-            within_object: a parent object id (as printed), an ``Object3D`` or Gaussian ids.
-            level: the field level to answer on (default ``l``; the part level for part queries).
-            refine: ``"fast"`` (default) or ``"reference"``.
+    def query(self, text: str | None = None, **prompt: Any) -> QueryResult:
+        """Answer one prompt with :attr:`engine`: the arguments and their meaning are
+        :meth:`cos3d.query.engine.QueryEngine.query`'s (``image=``, ``view=``, ``region=`` or ``box=`` /
+        ``mask=`` / ``scribble=`` / ``points=``, ``click=``, ``within=``, ``level=`` ...).
 
         Raises:
             Cos3dError: for a bad prompt (empty text, a box outside the image, an unknown view...).
         """
-        return self.engine.query(
-            text, image=image, view=view, box=box, mask=mask, scribble=scribble, points=points,
-            point_labels=point_labels, click=click, within=within, within_object=within_object, level=level,
-            refine=refine, lift=lift, combine=combine, parts=parts,
-        )
+        return self.engine.query(text, **prompt)
 
     def __repr__(self) -> str:
         lv = ", ".join(f"{k}: d̄={v.dbar:.3f}, {v.anchors.shape[0]} anchors" for k, v in self.fields.items())

@@ -11,7 +11,7 @@
   pixels; the offline ``labels`` embedder (**oracle-2D protocol**) sees none: it resolves a reference image
   that is one of the scene's frames to the dataset instance under the prompt mask and embeds that
   instance's names; any other image raises (real CLIP/SigLIP weights are needed);
-- **image on a scene view, without a 2D model**: ``lift("16", box=[x0, y0, x1, y1])`` (or ``mask=`` ...): the
+- **image on a scene view, without a 2D model**: ``lift("16", ImagePrompt(box=[x0, y0, x1, y1]))`` (or ``mask=`` ...): the
   prompted region of that frame lifted into 3D through its blending weights and answered in instance space
   (:mod:`.lift`); it reads no ground truth, whatever the embedder;
 - **text + image**: both given → the normalised sum of the two embeddings;
@@ -68,7 +68,8 @@ from cos3d.query.notarget import (
     presence_statistics,
 )
 from cos3d.query.objects import Object3D, make_object, split_objects
-from cos3d.query.prompts import Click, load_binary_image, load_rgb_image, parse_click, parse_points
+from cos3d.query.prompts import Click, load_rgb_image, parse_click
+from cos3d.vision.image_prompt import BinaryInput, ImagePrompt, PointsInput
 from cos3d.query.settings import QuerySettings
 from cos3d.query.refine import InstanceIndex, RefineResult, refine_fast, refine_reference, thresholds
 from cos3d.query import refine_compiled
@@ -104,10 +105,6 @@ NO_SEGMENTER = "no 2D segmenter configured: give one with --segmenter (QueryEngi
 
 ImageInput = np.ndarray | str | Path
 """A reference image: uint8 ``[H, W, 3]`` or a PNG/JPG path."""
-BinaryInput = np.ndarray | str | Path
-"""A region image: bool ``[H, W]`` or a PNG whose non-zero pixels are the region."""
-PointsInput = np.ndarray | Sequence[Sequence[float]] | str
-"""Pixel points ``[K, 2]`` (x, y), or ``"x,y;x,y"`` (a third value 0 marks a background point)."""
 ClickInput = Click | str | tuple[str | Camera, float, float]
 """``Click``, ``"VIEW:x,y"`` or ``(view, x, y)`` (view: a frame name or a :class:`Camera`)."""
 WithinObject = int | Object3D | Tensor
@@ -119,12 +116,6 @@ SegmenterFactory = Callable[[], "tuple[PromptSegmenter | None, str]"]
 def describe_segmenter(segmenter: object) -> str:
     """A segmenter's name for notes: its ``model_id`` when it has one, else its class name."""
     return str(getattr(segmenter, "model_id", None) or type(segmenter).__name__)
-
-
-def _prompt_kind(box: object, mask: object, scribble: object, points: object) -> str:
-    """``box``, ``box+points``, ``mask``, ``scribble``, ``points``, ``scribble+points`` ..."""
-    given = [k for k, v in (("box", box), ("mask", mask), ("scribble", scribble), ("points", points)) if v is not None]
-    return "+".join(given) or "region"
 
 
 class QuerySource(Protocol):
@@ -344,12 +335,11 @@ class QueryEngine:
             self._frame_paths = {Path(f.image_path).resolve(): f.name for f in self.scene.frames}
         return self._frame_paths.get(Path(image).resolve())
 
-    def region_note(self, *, box: object = None, mask: object = None, scribble: object = None,
-                    points: object = None, fell_back: bool = False) -> str:
+    def region_note(self, prompt: ImagePrompt, *, fell_back: bool = False) -> str:
         """How an image prompt's region was made: the given mask, the segmenter's mask, or the offline rule."""
-        if mask is not None:
+        if prompt.mask is not None:
             return "region: the given mask"
-        how = _prompt_kind(box, mask, scribble, points)
+        how = prompt.kind
         rule = "the box itself" if how == "box" else f"superpixels around the {how}"
         seg = self.segmenter
         if seg is not None and not fell_back:
@@ -500,47 +490,27 @@ class QueryEngine:
                 raise Cos3dError("empty text prompt: give a phrase such as \"red mug\"")
         return self.cache.embed(self.embedder, [t.strip() for t in texts])
 
-    def prompt_region(
-        self,
-        image: np.ndarray,
-        *,
-        box: Sequence[float] | None = None,
-        mask: BinaryInput | None = None,
-        scribble: BinaryInput | None = None,
-        points: PointsInput | None = None,
-        point_labels: np.ndarray | Sequence[int] | None = None,
-    ) -> np.ndarray:
-        """bool ``[H, W]``: the region one prompt marks on ``image`` (files and "x,y;..." text read here;
+    def prompt_region(self, image: np.ndarray, prompt: ImagePrompt) -> np.ndarray:
+        """bool ``[H, W]``: the region ``prompt`` marks on ``image`` (files and "x,y;..." text read here;
         through the segmenter when one is configured, else :func:`cos3d.vision.prompts.prompt_mask`'s rules)."""
         from cos3d.vision.prompts import prompt_mask
 
-        if isinstance(mask, (str, Path)):
-            mask = load_binary_image(mask, "--mask")
-        if isinstance(scribble, (str, Path)):
-            scribble = load_binary_image(scribble, "--scribble")
-        if isinstance(points, str):
-            points, point_labels = parse_points(points)
+        prompt = prompt.loaded()
         import warnings
 
-        seg = None if mask is not None else self.segmenter
+        seg = None if prompt.mask is not None else self.segmenter
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            region = prompt_mask(image, box=box, mask=mask, scribble=scribble, points=points,
-                                 point_labels=point_labels, segmenter=seg)
+            region = prompt_mask(image, prompt, segmenter=seg)
         fell_back = any("empty mask" in str(w.message) for w in caught)
-        self.last_region_note = self.region_note(box=box, mask=mask, scribble=scribble, points=points,
-                                                 fell_back=fell_back)
+        self.last_region_note = self.region_note(prompt, fell_back=fell_back)
         return region
 
     def embed_image(
         self,
         image: ImageInput,
+        prompt: ImagePrompt,
         *,
-        box: Sequence[float] | None = None,
-        mask: BinaryInput | None = None,
-        scribble: BinaryInput | None = None,
-        points: PointsInput | None = None,
-        point_labels: np.ndarray | Sequence[int] | None = None,
         level: str | None = None,
     ) -> tuple[Tensor, str]:
         """``([D] unit embedding, note)`` of an image prompt: the prompted region
@@ -552,8 +522,7 @@ class QueryEngine:
             path = Path(image)
             image = load_rgb_image(path)
         image = np.asarray(image)
-        region = self.prompt_region(image, box=box, mask=mask, scribble=scribble, points=points,
-                                    point_labels=point_labels)
+        region = self.prompt_region(image, prompt)
         lvl = level or self.level
         part = lvl == self.part_level and lvl != self.level
         return self.embedder.embed_region(
@@ -625,15 +594,12 @@ class QueryEngine:
         obj = own[0] if own else make_object(torch.tensor([seed]), self.means, self.opacity, cos)
         return obj, ref
 
-    def lift(self, view: str, *, box: Sequence[float] | None = None, mask: BinaryInput | None = None,
-             scribble: BinaryInput | None = None, points: PointsInput | None = None,
-             point_labels: np.ndarray | Sequence[int] | None = None, level: str | None = None) -> QueryResult:
+    def lift(self, view: str, region: ImagePrompt, *, level: str | None = None) -> QueryResult:
         """An image prompt on one of the scene's frames, answered with no ground truth: the prompted region
         (the segmenter's mask, or :func:`cos3d.vision.prompts.prompt_mask`'s offline rule) is lifted into 3D
         through the frame's blending weights and answered in instance space (:mod:`cos3d.query.lift`).
-        The same as ``query(view=view, box=...)``."""
-        return self.query(view=view, box=box, mask=mask, scribble=scribble, points=points,
-                          point_labels=point_labels, level=level)
+        The same as ``query(view=view, region=region)``."""
+        return self.query(view=view, region=region, level=level)
 
     def part_query(self, part: str, parent: str | QueryResult, *, sentence: str | None = None,
                    refine: str | None = None) -> QueryResult:
@@ -729,6 +695,7 @@ class QueryEngine:
         *,
         image: ImageInput | None = None,
         view: str | None = None,
+        region: ImagePrompt | None = None,
         box: Sequence[float] | None = None,
         mask: BinaryInput | None = None,
         scribble: BinaryInput | None = None,
@@ -745,7 +712,9 @@ class QueryEngine:
     ) -> QueryResult:
         """Answer one prompt (see the module docstring). Raises :class:`Cos3dError` for bad prompts.
 
-        ``view``: a scene frame whose image is the reference image. ``lift``: None (default) lifts the
+        ``region``: where on the reference image (:class:`~cos3d.vision.image_prompt.ImagePrompt`); ``box=``,
+        ``mask=``, ``scribble=``, ``points=`` and ``point_labels=`` build one in place (not together with
+        ``region``). ``view``: a scene frame whose image is the reference image. ``lift``: None (default) lifts the
         region of a reference image that is a scene frame (``view=``, or ``image=`` that frame's file) into
         3D through the frame's blending weights; False embeds the region instead (with the oracle-2D
         ``labels`` embedder that names the dataset object under it: a ground-truth look-up). ``combine``:
@@ -754,6 +723,8 @@ class QueryEngine:
         mug" / "the robot's head" as a part query (:func:`cos3d.query.prompts.parse_part_sentence`)."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
+        prompt = ImagePrompt.of(region, box=box, mask=mask, scribble=scribble, points=points,
+                                point_labels=point_labels)
         if text is not None and (not isinstance(text, str) or not text.strip()):
             raise Cos3dError("empty text prompt: give a phrase such as \"red mug\"")
         if combine not in COMBINE_MODES:
@@ -769,7 +740,7 @@ class QueryEngine:
         elif image is not None and lift is not False:
             frame = self.frame_of(image)
         image_given = image is not None or frame is not None
-        if not image_given and any(v is not None for v in (box, mask, scribble, points)):
+        if not image_given and prompt is not None:
             raise Cos3dError("--box/--mask/--scribble/--points prompt a reference image: also pass --image (or --view)")
         if click is not None and (text is not None or image_given):
             raise Cos3dError("a click is a prompt on its own; do not combine it with text or an image")
@@ -803,14 +774,15 @@ class QueryEngine:
             kind = "text+image" if text is not None else "image"
             src = f"view {frame}" if frame is not None else (
                 Path(image).name if isinstance(image, (str, Path)) else "array")
-            how = _prompt_kind(box, mask, scribble, points)
+            how = prompt.kind if prompt is not None else "nothing"
             desc = (desc + (" & " if combine == "and" else " + ") if desc else "") + f"image:{src}[{how}]"
         if hier:
             desc = f"{desc} within {parent_desc}"
             kind = "part:" + kind
             if subset is None:
                 return self._empty(desc, kind, lvl, parent_desc, t0, timings)
-        region_kw = dict(box=box, mask=mask, scribble=scribble, points=points, point_labels=point_labels)
+        if image_given and prompt is None:
+            prompt = ImagePrompt()  # prompt_mask says what is missing
 
         # ---- an image prompt on a posed scene frame: the region lifted into 3D
         if frame is not None:
@@ -818,10 +790,11 @@ class QueryEngine:
 
             ts = time.perf_counter()
             cam = self.camera(frame)
-            region = self.prompt_region(self.scene.frame(frame).load_image(), **region_kw)
+            assert prompt is not None
+            mask2d = self.prompt_region(self.scene.frame(frame).load_image(), prompt)
             lvs = self.level_state(lvl)
             seed, lifted, votes = region_prompt(self.masks.contributions(cam), lvs.unit, lvs.language, lvs.dbar,
-                                                region, subset)
+                                                mask2d, subset)
             timings["lift"] = (time.perf_counter() - ts) * 1e3
             note = f"{self.last_region_note}, lifted through view {frame}'s blending weights"
             if text is None or combine == "and":
@@ -850,7 +823,8 @@ class QueryEngine:
         if text is not None:
             embs.append(self.embed_text([text])[0])
         if image_given:
-            emb, note = self.embed_image(image, level=lvl, **region_kw)
+            assert prompt is not None and image is not None
+            emb, note = self.embed_image(image, prompt, level=lvl)
             embs.append(emb)
             notes.append("; ".join(x for x in (self.last_region_note, note) if x))
         if image_given and text is not None and combine == "and":

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cos3d.core.errors import Cos3dError
+from cos3d.vision.image_prompt import _floats
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.data.scene import Camera
@@ -37,43 +38,6 @@ class Click:
 
     def __str__(self) -> str:
         return f"{self.view}:{self.x:g},{self.y:g}"
-
-
-def _floats(text: str, flag: str, n: int | tuple[int, ...], form: str) -> list[float]:
-    parts = [p.strip() for p in str(text).replace(" ", ",").split(",") if p.strip()]
-    counts = (n,) if isinstance(n, int) else n
-    try:
-        vals = [float(p) for p in parts]
-    except ValueError:
-        raise Cos3dError(f"{flag} expects {form}, got {text!r}") from None
-    if len(vals) not in counts or not np.all(np.isfinite(vals)):
-        raise Cos3dError(f"{flag} expects {form}, got {text!r}")
-    return vals
-
-
-def parse_box(text: str) -> list[float]:
-    """``"x0,y0,x1,y1"`` → ``[x0, y0, x1, y1]``."""
-    x0, y0, x1, y1 = _floats(text, "--box", 4, "x0,y0,x1,y1 (pixels)")
-    if x1 <= x0 or y1 <= y0:
-        raise Cos3dError(f"--box {text!r} is empty: need x0 < x1 and y0 < y1")
-    return [x0, y0, x1, y1]
-
-
-def parse_points(text: str) -> tuple[np.ndarray, np.ndarray]:
-    """``"x,y;x,y[,label]"`` → points ``[K, 2]`` float64 and labels ``[K]`` int64 (1 = object, 0 = background)."""
-    pts, labels = [], []
-    for chunk in str(text).split(";"):
-        if not chunk.strip():
-            continue
-        v = _floats(chunk, "--points", (2, 3), '"x,y;x,y" (a third value 0 marks a background point)')
-        pts.append(v[:2])
-        lab = 1 if len(v) == 2 else int(v[2])
-        if lab not in (0, 1):
-            raise Cos3dError(f"--points: a point's label must be 0 or 1, got {v[2]:g} in {chunk.strip()!r}")
-        labels.append(lab)
-    if not pts:
-        raise Cos3dError(f'--points expects "x,y;x,y", got {text!r}')
-    return np.asarray(pts, np.float64), np.asarray(labels, np.int64)
 
 
 def parse_click(text: str) -> Click:
@@ -94,22 +58,6 @@ def parse_views(text: str | list[str] | None) -> list[str] | None:
     if not out:
         raise Cos3dError("--views expects frame names, e.g. --views 16,17")
     return out
-
-
-def load_binary_image(path: str | Path, flag: str) -> np.ndarray:
-    """A PNG/JPG as bool ``[H, W]`` (non-zero in any channel; alpha ignored)."""
-    from PIL import Image
-
-    p = Path(path)
-    if not p.is_file():
-        raise Cos3dError(f"{flag} {p}: no such file")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            arr = np.asarray(im.convert("L") if im.mode not in ("L", "1", "I", "I;16") else im)
-    except Exception as e:
-        raise Cos3dError(f"{flag} {p}: cannot read image ({e})") from None
-    return arr.astype(np.float64) > 0
 
 
 def load_rgb_image(path: str | Path, flag: str = "--image") -> np.ndarray:

@@ -171,7 +171,7 @@ def _image(body: dict, key: str, *, binary: bool, allow_paths: bool) -> Any:
 def _box(value: Any) -> list[float] | None:
     if value is None:
         return None
-    from cos3d.query.prompts import parse_box
+    from cos3d.vision.image_prompt import parse_box
 
     if isinstance(value, str):
         return parse_box(value)
@@ -214,15 +214,18 @@ def query_kwargs(body: dict, *, allow_paths: bool) -> tuple[str | None, dict[str
     image = _image(body, "image", binary=False, allow_paths=allow_paths)
     if image is not None:
         kw["image"] = image
-    for key in ("mask", "scribble"):
-        v = _image(body, key, binary=True, allow_paths=allow_paths)
-        if v is not None:
-            kw[key] = v
-    if body.get("box") is not None:
-        kw["box"] = _box(body["box"])
+    from cos3d.vision.image_prompt import ImagePrompt
+
+    region = ImagePrompt.of(
+        box=_box(body.get("box")), mask=_image(body, "mask", binary=True, allow_paths=allow_paths),
+        scribble=_image(body, "scribble", binary=True, allow_paths=allow_paths), points=body.get("points"),
+        point_labels=body.get("point_labels"),
+    )
+    if region is not None:
+        kw["region"] = region  # one value, passed whole to the engine and its segmenter
     if body.get("click") is not None:
         kw["click"] = _click(body["click"])
-    for key in ("view", "points", "point_labels", "within", "level", "refine", "lift"):
+    for key in ("view", "within", "level", "refine", "lift"):
         if body.get(key) is not None:
             kw[key] = body[key]
     if "view" in kw:

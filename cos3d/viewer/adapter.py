@@ -17,6 +17,7 @@ import numpy as np
 
 from cos3d.core.errors import Cos3dError
 from cos3d.viewer.helpers import _np, ray_camera
+from cos3d.vision.image_prompt import ImagePrompt
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryResult
@@ -122,29 +123,21 @@ def answer_click(trained: TrainedScene, origin: Sequence[float], direction: Sequ
     return _ask(trained, "click", "click", click=(cam, c, c))
 
 
-def answer_image(
-    trained: TrainedScene,
-    image: str | np.ndarray,
-    *,
-    box: Sequence[float] | None = None,
-    points: np.ndarray | None = None,
-    text: str | None = None,
-) -> Answer:
+def answer_image(trained: TrainedScene, image: str | np.ndarray, region: ImagePrompt | None,
+                 text: str | None = None) -> Answer:
     """An image prompt: ``image`` is a scene frame's name (its colour image is the reference) or an
-    uploaded uint8 ``[H, W, 3]`` array, with a ``box`` ``[x0, y0, x1, y1]`` or ``points [K, 2]`` (x, y);
+    uploaded uint8 ``[H, W, 3]`` array; ``region`` where on it (a box, points...; passed whole to the engine);
     an optional ``text`` combines with it."""
-    if box is None and points is None:
+    if region is None:
         return Answer(prompt="image", error="draw a box or give points on the image first", kind="image")
     if isinstance(image, str):
         ref: Any = trained.scene.frame(image).image_path
         src = f"frame {image}"
     else:
         ref, src = np.asarray(image, np.uint8), "uploaded image"
-    how = "box" if box is not None else f"{len(points)} points"
     text = (text or "").strip() or None
-    desc = (f"{text} + " if text else "") + f"{src} [{how}]"
-    pts = None if points is None else np.asarray(points, np.float64).reshape(-1, 2)
-    return _ask(trained, desc, "image", text, image=ref, box=None if box is None else list(box), points=pts)
+    desc = (f"{text} + " if text else "") + f"{src} [{region.kind}]"
+    return _ask(trained, desc, "image", text, image=ref, region=region)
 
 
 def _answer_of(res: QueryResult, wall_ms: float) -> Answer:

@@ -25,6 +25,7 @@ import numpy as np
 from cos3d.core.errors import Cos3dError
 from cos3d.viewer import adapter
 from cos3d.viewer.adapter import Answer, ObjectView
+from cos3d.vision.image_prompt import ImagePrompt
 from cos3d.viewer.helpers import (
     DEFAULT_MAX_SPLATS,
     _np,
@@ -304,12 +305,12 @@ class ViewerApp:
                 self._base_cache.pop(COLOR_MODES[2], None)
             return self._record(answer)
 
-    def query_image(self, image: str | np.ndarray, *, box: Any = None, points: Any = None,
+    def query_image(self, image: str | np.ndarray, region: ImagePrompt | None = None,
                     text: str | None = None) -> Answer:
-        """An image prompt: a frame name (or an uploaded uint8 ``[H, W, 3]`` image) with a box / points."""
+        """An image prompt: a frame name (or an uploaded uint8 ``[H, W, 3]`` image) with a region (box / points)."""
         with self._lock:
-            answer = adapter.answer_image(self.trained, image, box=box, points=points, text=text)
-            self._draw_prompt_image(image, box, points, answer)
+            answer = adapter.answer_image(self.trained, image, region, text=text)
+            self._draw_prompt_image(image, region, answer)
             return self._record(answer)
 
     def click(self, origin: Any, direction: Any, mode: str = "replace") -> Answer:
@@ -526,9 +527,12 @@ class ViewerApp:
             points = _parse_points(self.points_text.value)
         except ValueError as e:
             raise Cos3dError(str(e)) from None
-        return self.query_image(image, box=box, points=points, text=self.prompt_text.value or None)
+        region = ImagePrompt.of(box=box, points=points)
+        return self.query_image(image, region, text=self.prompt_text.value or None)
 
-    def _draw_prompt_image(self, image: str | np.ndarray, box: Any, points: Any, answer: Answer) -> None:
+    def _draw_prompt_image(self, image: str | np.ndarray, region: ImagePrompt | None, answer: Answer) -> None:
+        box = None if region is None else region.box
+        points = None if region is None else region.points
         try:
             img = adapter.frame_image(self.trained, image) if isinstance(image, str) else np.asarray(image, np.uint8)
             mask = None

@@ -1,4 +1,5 @@
-"""Image prompts: a reference image with a box / mask / scribble / points → one embedding.
+"""Image prompts: a reference image with a box / mask / scribble / points (one
+:class:`~cos3d.vision.image_prompt.ImagePrompt`) → one embedding.
 
 The prompt becomes a mask (:func:`prompt_mask`), the mask goes through the embedder's own crop
 (:meth:`Embedder.embed_image_prompt`), and the result lives in the same space as the mask
@@ -38,6 +39,7 @@ import numpy as np
 
 from cos3d.core.errors import Cos3dError
 from cos3d.vision.base import Embedder, check_image
+from cos3d.vision.image_prompt import ImagePrompt
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -126,17 +128,9 @@ def _scribble_mask(scribble: Any, w: int, h: int) -> np.ndarray:
     return out
 
 
-def prompt_mask(
-    image: np.ndarray,
-    *,
-    box: Sequence[float] | None = None,
-    mask: np.ndarray | None = None,
-    scribble: np.ndarray | None = None,
-    points: np.ndarray | None = None,
-    point_labels: np.ndarray | None = None,
-    segmenter: PromptSegmenter | None = None,
-) -> np.ndarray:
-    """bool ``[H, W]`` mask of the prompted region of ``image`` (uint8 ``[H, W, 3]``); see the module table.
+def prompt_mask(image: np.ndarray, prompt: ImagePrompt, *, segmenter: PromptSegmenter | None = None) -> np.ndarray:
+    """bool ``[H, W]`` mask of the region ``prompt`` marks on ``image`` (uint8 ``[H, W, 3]``); see the module
+    table. Mask / scribble files and point text are read here (:meth:`ImagePrompt.loaded`).
 
     ``segmenter`` is a :class:`PromptSegmenter` (SAM2, SAM2 through transformers, SAM 3's tracker); None
     uses the offline rules. A mask prompt never goes through the segmenter.
@@ -145,6 +139,11 @@ def prompt_mask(
 
     image = check_image(image, "reference image")
     h, w = image.shape[:2]
+    if not isinstance(prompt, ImagePrompt):
+        raise TypeError(f"prompt must be an ImagePrompt, got {type(prompt).__name__}")
+    prompt = prompt.loaded()
+    box, mask, scribble, points, point_labels = (prompt.box, prompt.mask, prompt.scribble, prompt.points,
+                                                 prompt.point_labels)
     given = [k for k, v in (("box", box), ("mask", mask), ("scribble", scribble), ("points", points)) if v is not None]
     if not given:
         raise Cos3dError("an image prompt needs a box, a mask, a scribble or points")
@@ -199,12 +198,8 @@ def prompt_mask(
 def embed_image_prompt(
     embedder: Embedder,
     image: np.ndarray,
+    prompt: ImagePrompt,
     *,
-    box: Sequence[float] | None = None,
-    mask: np.ndarray | None = None,
-    scribble: np.ndarray | None = None,
-    points: np.ndarray | None = None,
-    point_labels: np.ndarray | None = None,
     segmenter: PromptSegmenter | None = None,
     names: list[str] | None = None,
 ) -> "torch.Tensor":
@@ -212,9 +207,7 @@ def embed_image_prompt(
 
     ``names`` is required by the ``labels`` embedder (it cannot see pixels) and ignored by the others.
     """
-    m = prompt_mask(
-        image, box=box, mask=mask, scribble=scribble, points=points, point_labels=point_labels, segmenter=segmenter
-    )
+    m = prompt_mask(image, prompt, segmenter=segmenter)
     return embedder.embed_image_prompt(np.asarray(image), m, names=names)
 
 
