@@ -1,4 +1,5 @@
-"""Which 2D models a command uses, with which weights and settings: :class:`ModelsConfig`.
+"""Which 2D models a command uses, with which weights and settings: :class:`ModelsConfig`; and which
+image-prompt segmenter a query uses: :func:`choose_segmenter`.
 
 One dataclass for ``cos3d prepare masks``, ``cos3d train`` and a loaded run (which re-creates its
 embedder from the config recorded in ``run.json``). Its fields are the flags ``--masks``,
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from cos3d.core.config import ConfigError
 from cos3d.vision.base import Embedder, MaskProvider
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from cos3d.vision.prompts import PromptSegmenter
     from cos3d.vision.registry import ProviderConfig
 
-__all__ = ["ModelsConfig", "mask_cache_dir"]
+__all__ = ["ModelsConfig", "choose_segmenter", "mask_cache_dir"]
 
 MaskProviderName = Literal["dataset", "sam2", "sam2-hf", "sam3", "classical"]
 """The registry's mask providers (:data:`cos3d.vision.registry.PROVIDERS`; a test keeps them equal)."""
@@ -32,7 +33,7 @@ EmbedderName = Literal["labels", "openclip", "siglip"]
 """The registry's embedders."""
 SegmenterChoice = Literal["auto", "none", "sam2", "sam2-hf", "sam3"]
 SEGMENTER_CHOICES: tuple[str, ...] = ("auto", "none", *PROMPT_SEGMENTERS)
-"""Image-prompt segmenters a query can ask for (:meth:`ModelsConfig.query_segmenter`)."""
+"""Image-prompt segmenters a query can ask for (:func:`choose_segmenter`)."""
 
 
 @dataclass(frozen=True)
@@ -121,33 +122,6 @@ class ModelsConfig:
             return None
         return self.provider_config("segmenter").create(device=device)
 
-    def query_segmenter(self, choice: str = "auto", device: str = "auto") -> "tuple[PromptSegmenter | None, str]":
-        """``(segmenter or None, note)``: the image-prompt segmenter a query uses, and what it is or why
-        there is none.
-
-        ``choice``: ``auto`` — the SAM model these settings train with (sam2, sam2-hf, sam3) when its weights
-        load, else None with the reason (missing weights, or an offline mask provider: oracle-2D);
-        ``none`` — no segmenter (the offline rules); ``sam2`` / ``sam2-hf`` / ``sam3`` — that model, whose
-        missing weights raise :class:`~cos3d.core.errors.MissingWeightsError` naming its flag."""
-        from cos3d.core.errors import Cos3dError, MissingWeightsError
-        from cos3d.query.engine import describe_segmenter
-
-        if choice not in SEGMENTER_CHOICES:
-            raise ConfigError("segmenter", f"must be one of {', '.join(SEGMENTER_CHOICES)}, got {choice!r}")
-        if choice == "none":
-            return None, "no 2D segmenter (--segmenter none)"
-        if choice != "auto":
-            seg = self.replace(masks=choice).create_prompt_segmenter(device=device)
-            return seg, describe_segmenter(seg)
-        if self.masks not in PROMPT_SEGMENTERS:
-            return None, (f"no 2D segmenter: the run's masks are {self.masks!r} (offline); for SAM masks give "
-                          "--segmenter sam2-hf --sam2-model DIR (or sam3 / sam2)")
-        try:
-            seg = self.create_prompt_segmenter(device=device)
-        except (MissingWeightsError, Cos3dError) as e:
-            return None, f"no 2D segmenter: the run's {self.masks} weights did not load ({e})"
-        return seg, describe_segmenter(seg)
-
     def create_embedder(self, device: str = "auto") -> Embedder:
         """The embedder these settings describe (the small sentence encoder of ``labels`` always runs on
         the CPU, so that a run's embeddings do not depend on the machine's GPU)."""
@@ -165,3 +139,51 @@ def mask_cache_dir(scene_root: str | Path, provider: MaskProvider, embedder: Emb
 
     return Path(scene_root) / "cos3d_masks" / f"{provider.name}-{embedder.name}-{models_key(provider, embedder)[:10]}"
 
+
+def choose_segmenter(
+    choice: "str | PromptSegmenter | None",
+    models: ModelsConfig,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    device: str = "auto",
+) -> "tuple[PromptSegmenter | None, str]":
+    """``(segmenter or None, note)``: the image-prompt segmenter a query uses on a run trained with
+    ``models``, and what it is or why there is none. The one place this is decided (``cos3d query``,
+    :func:`cos3d.load`, ``cos3d doctor``).
+
+    ``choice``: a :class:`~cos3d.vision.prompts.PromptSegmenter` — that one; None or ``none`` — no segmenter
+    (the offline rules); ``sam2`` / ``sam2-hf`` / ``sam3`` — that model, whose missing weights raise
+    :class:`~cos3d.core.errors.MissingWeightsError` naming its flag; ``auto`` — the model whose weights
+    ``overrides`` names (``sam2_model`` → sam2-hf, ``sam3_model`` → sam3, ``sam2_checkpoint`` → sam2: a model
+    named on the command line is the one wanted), else the SAM model the run trained with when its weights
+    load, else None with the reason (missing weights, or an offline mask provider: oracle-2D).
+
+    ``overrides``: :class:`ModelsConfig` fields replacing the run's (None values are ignored)."""
+    from cos3d.core.errors import Cos3dError
+    from cos3d.vision.prompts import describe_segmenter
+
+    if choice is None:
+        return None, "no 2D segmenter (segmenter=None)"
+    if not isinstance(choice, str):
+        return choice, describe_segmenter(choice)
+    if choice not in SEGMENTER_CHOICES:
+        raise ConfigError("segmenter", f"must be one of {', '.join(SEGMENTER_CHOICES)}, got {choice!r}")
+    if choice == "none":
+        return None, "no 2D segmenter (--segmenter none)"
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if given:
+        models = models.replace(**given)
+    if choice == "auto":
+        named = [name for name, cls in PROMPT_SEGMENTERS.items() if getattr(cls, "WEIGHTS", None) in given]
+        choice = named[0] if named else "auto"  # the registry's order of preference
+    if choice != "auto":
+        seg = models.provider_config("segmenter", choice).create(device=device)
+        return seg, describe_segmenter(seg)
+    if models.masks not in PROMPT_SEGMENTERS:
+        return None, (f"no 2D segmenter: the run's masks are {models.masks!r} (offline); for SAM masks give "
+                      "--segmenter sam2-hf --sam2-model DIR (or sam3 / sam2)")
+    try:
+        seg = models.provider_config("segmenter").create(device=device)
+    except Cos3dError as e:  # MissingWeightsError included
+        return None, f"no 2D segmenter: the run's {models.masks} weights did not load ({e})"
+    return seg, describe_segmenter(seg)
