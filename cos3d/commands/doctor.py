@@ -154,10 +154,11 @@ def check_software(rep: Report) -> None:
                 "on a CUDA machine)")
     else:
         rep.add("software", "gsplat", "ok" if cuda else "warn", f"{gs}" + ("" if cuda else " (needs CUDA; unused here)"))
-    for mod, what in (("transformers", "SAM2 / SAM 3 (--masks sam2-hf/sam3), SigLIP"), ("open_clip", "OpenCLIP"),
-                      ("sam2", "the sam2 package (--masks sam2)")):
+    for mod, what, absent in (("transformers", "SAM2 / SAM 3 (--masks sam2-hf/sam3), SigLIP", "missing"),
+                              ("open_clip", "OpenCLIP", "missing"),
+                              ("sam2", "the sam2 package (--masks sam2)", "info")):  # optional: sam2-hf needs none
         v = _version(mod)
-        rep.add("software", mod, "ok" if v else ("info" if mod == "sam2" else "missing"),
+        rep.add("software", mod, "ok" if v else absent,
                 f"{v} ({what})" if v else f"not installed ({what})")
     try:
         from cos3d.vision.labels_embedder import default_labels_model_dir
@@ -297,12 +298,15 @@ def check_providers(rep: Report, cfg: DoctorConfig, found: dict[str, bool]) -> N
             + (" — oracle-2D" if m.embedder == "labels" else ""))
     models = m.replace(**{k: v for k, v in (("sam2_model", cfg.sam2_model), ("sam3_model", cfg.sam3_model),
                                             ("sam2_checkpoint", cfg.sam2_checkpoint)) if v is not None})
-    if m.masks in ("sam2", "sam2-hf", "sam3") and not found.get(m.masks):
+    from cos3d.vision.models import choose_segmenter
+    from cos3d.vision.registry import PROMPT_SEGMENTERS
+
+    if m.masks in PROMPT_SEGMENTERS and not found.get(m.masks):
         rep.add("query", "image-prompt segmenter", "missing",
                 f"the run's {m.masks} weights are not reachable: boxes/points stay the offline rule")
         return
-    if m.masks in ("sam2", "sam2-hf", "sam3"):
-        seg, note = models.query_segmenter("auto", device="cpu")
+    if m.masks in PROMPT_SEGMENTERS:
+        seg, note = choose_segmenter("auto", models, device="cpu")
         rep.add("query", "image-prompt segmenter", "ok" if seg is not None else "missing", note)
     else:
         alt = rep.masks

@@ -252,11 +252,9 @@ def run(args: argparse.Namespace) -> int:
 
     import cos3d
 
-    segmenter = cfg.segmenter
-    if segmenter == "auto":  # a model named on the command line is the one wanted
-        segmenter = "sam2-hf" if cfg.sam2_model else "sam3" if cfg.sam3_model else "sam2" if cfg.sam2_checkpoint else "auto"
+    # --segmenter auto with a model named here uses that model (cos3d.vision.models.choose_segmenter)
     overrides = {"sam2_model": cfg.sam2_model, "sam3_model": cfg.sam3_model, "sam2_checkpoint": cfg.sam2_checkpoint}
-    trained = cos3d.load(run_dir, segmenter=segmenter, models=overrides)
+    trained = cos3d.load(run_dir, segmenter=cfg.segmenter, models=overrides)
     engine = trained.engine
     if views:
         for v in views:

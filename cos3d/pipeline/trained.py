@@ -138,17 +138,10 @@ class TrainedScene:
     def _segmenter_factory(self) -> "tuple[PromptSegmenter | None, str]":
         """The engine's image-prompt segmenter, built on its first box/points/scribble prompt (SAM loads
         in seconds; text queries never pay for it)."""
-        choice = self.segmenter_choice
-        if choice is None:
-            return None, "no 2D segmenter (segmenter=None)"
-        if not isinstance(choice, str):
-            from cos3d.query.engine import describe_segmenter
+        from cos3d.vision.models import choose_segmenter
 
-            return choice, describe_segmenter(choice)
-        models = self.config.models
-        if self.segmenter_models:
-            models = models.replace(**self.segmenter_models)
-        return models.query_segmenter(choice, device=str(self.device))
+        return choose_segmenter(self.segmenter_choice, self.config.models, self.segmenter_models,
+                                device=str(self.device))
 
     def save_query_state(self) -> None:
         """Build (if needed) and save every level's refinement index and no-target calibration in the

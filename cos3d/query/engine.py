@@ -83,6 +83,7 @@ from cos3d.query.relevancy import (
 )
 from cos3d.data.scene import Camera, Scene
 from cos3d.vision.base import Embedder, ImageRegion
+from cos3d.vision.prompts import describe_segmenter
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.data.gaussians import Gaussians
@@ -113,9 +114,6 @@ SegmenterFactory = Callable[[], "tuple[PromptSegmenter | None, str]"]
 """Builds the image-prompt segmenter on first use → ``(segmenter or None, what it is / why there is none)``."""
 
 
-def describe_segmenter(segmenter: object) -> str:
-    """A segmenter's name for notes: its ``model_id`` when it has one, else its class name."""
-    return str(getattr(segmenter, "model_id", None) or type(segmenter).__name__)
 
 
 class QuerySource(Protocol):

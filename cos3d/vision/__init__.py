@@ -1,8 +1,10 @@
 """The 2D multi-modal segmenter: per-view masks at levels s/m/l + one embedding per mask.
 
-- mask providers (``generate(image, frame=None) -> MaskSet``): ``sam2``, ``dataset``, ``classical``;
+- mask providers (``generate(image, frame=None) -> MaskSet``): ``sam2``, ``sam2-hf``, ``sam3``, ``dataset``,
+  ``classical``;
 - embedders (``embed_masks`` / ``embed_text`` / ``embed_image_prompt``): ``openclip``, ``siglip``, ``labels``;
-- :func:`create_mask_provider` / :func:`create_embedder` by name; image prompts in :mod:`.prompts`;
+- :func:`create_mask_provider` / :func:`create_embedder` by name, each provider through its own small config
+  (one table: :mod:`.registry`); image prompts in :mod:`.prompts`, their SAM segmenters in the same table;
 - the per-view cache: :func:`prepare_masks` fills it, :func:`load_view` reads one view.
 
 Importing this package is cheap: model libraries load when a provider/embedder is created.

@@ -1,10 +1,12 @@
-"""Which 2D models a command uses, with which weights and settings: :class:`ModelsConfig`.
+"""Which 2D models a command uses, with which weights and settings: :class:`ModelsConfig`; and which
+image-prompt segmenter a query uses: :func:`choose_segmenter`.
 
 One dataclass for ``cos3d prepare masks``, ``cos3d train`` and a loaded run (which re-creates its
 embedder from the config recorded in ``run.json``). Its fields are the flags ``--masks``,
 ``--embedder``, ``--perturb``, ``--sam2-checkpoint``, ``--sam2-model``, ``--sam3-model``, ``--clip-checkpoint`` ... (see
-:mod:`cos3d.core.config`); it builds the provider and embedder through the registry
-(:mod:`cos3d.vision.registry`) and names the per-model cache folder (:func:`mask_cache_dir`).
+:mod:`cos3d.core.config`); each applies to some providers only. The chosen provider's own small config
+(:mod:`cos3d.vision.registry`) reads the fields that apply to it (:meth:`ModelsConfig.provider_config`) and
+builds it; :func:`mask_cache_dir` names the per-model cache folder.
 """
 
 from __future__ import annotations
@@ -12,22 +14,26 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from cos3d.core.config import ConfigError
 from cos3d.vision.base import Embedder, MaskProvider
+from cos3d.vision.registry import PROMPT_SEGMENTERS, config_class
 
 if TYPE_CHECKING:
     from cos3d.data.scene import Scene
     from cos3d.vision.prompts import PromptSegmenter
+    from cos3d.vision.registry import ProviderConfig
 
-__all__ = ["ModelsConfig", "mask_cache_dir"]
+__all__ = ["ModelsConfig", "choose_segmenter", "mask_cache_dir"]
 
 MaskProviderName = Literal["dataset", "sam2", "sam2-hf", "sam3", "classical"]
+"""The registry's mask providers (:data:`cos3d.vision.registry.PROVIDERS`; a test keeps them equal)."""
 EmbedderName = Literal["labels", "openclip", "siglip"]
+"""The registry's embedders."""
 SegmenterChoice = Literal["auto", "none", "sam2", "sam2-hf", "sam3"]
-SEGMENTER_CHOICES: tuple[str, ...] = ("auto", "none", "sam2", "sam2-hf", "sam3")
-"""Image-prompt segmenters a query can ask for (:meth:`ModelsConfig.query_segmenter`)."""
+SEGMENTER_CHOICES: tuple[str, ...] = ("auto", "none", *PROMPT_SEGMENTERS)
+"""Image-prompt segmenters a query can ask for (:func:`choose_segmenter`)."""
 
 
 @dataclass(frozen=True)
@@ -96,101 +102,30 @@ class ModelsConfig:
         """True when the run follows the oracle-2D protocol (dataset masks)."""
         return self.masks == "dataset"
 
+    def provider_config(self, kind: str, name: str | None = None) -> "ProviderConfig":
+        """The small config (:mod:`cos3d.vision.registry`) of the ``kind`` provider ``name`` from these settings:
+        ``kind`` ``masks`` / ``embedder`` (default: the chosen one) or ``segmenter`` (default: the one of the
+        chosen masks). Each config reads the fields that apply to it (its ``FROM_MODELS``)."""
+        if name is None:
+            name = self.embedder if kind == "embedder" else self.masks
+        return config_class(kind, name).from_models({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
     def create_provider(self, scene: "Scene", device: str = "auto") -> MaskProvider:
         """The mask provider these settings describe (``scene`` serves the dataset provider)."""
-        from cos3d.vision.registry import create_mask_provider
-
-        if self.masks == "sam2":
-            return create_mask_provider(
-                "sam2",
-                checkpoint=self.sam2_checkpoint,
-                config=self.sam2_config,
-                hub_id=self.sam2_hub_id,
-                device=device,
-                points_per_side=self.points_per_side,
-                pred_iou_thresh=self.pred_iou_thresh,
-                stability_score_thresh=self.stability_thresh,
-                nms_thresh=self.nms_thresh,
-                image_size=self.sam2_image_size,
-            )
-        if self.masks in ("sam2-hf", "sam3"):
-            return create_mask_provider(
-                self.masks,
-                model=self.sam2_model if self.masks == "sam2-hf" else self.sam3_model,
-                device=device,
-                points_per_side=self.points_per_side,
-                pred_iou_thresh=self.pred_iou_thresh,
-                stability_score_thresh=self.stability_thresh,
-                nms_thresh=self.nms_thresh,
-            )
-        if self.masks == "dataset":
-            return create_mask_provider("dataset", scene=scene, perturb=self.perturb, seed=self.perturb_seed)
-        return create_mask_provider("classical", method=self.classical_method)
+        return self.provider_config("masks").create(device=device, scene=scene)
 
     def create_prompt_segmenter(self, device: str = "auto") -> "PromptSegmenter | None":
         """The box/point segmenter of image prompts that goes with these masks (the same SAM model:
         sam2, sam2-hf or the SAM 3 tracker), or None for the offline providers (dataset, classical), whose
         image prompts use the offline rules of :func:`cos3d.vision.prompts.prompt_mask`."""
-        from cos3d.vision.registry import create_prompt_segmenter
-
-        if self.masks == "sam2":
-            return create_prompt_segmenter(
-                "sam2",
-                checkpoint=self.sam2_checkpoint,
-                config=self.sam2_config,
-                hub_id=self.sam2_hub_id,
-                device=device,
-                image_size=self.sam2_image_size,
-            )
-        if self.masks in ("sam2-hf", "sam3"):
-            return create_prompt_segmenter(
-                self.masks, model=self.sam2_model if self.masks == "sam2-hf" else self.sam3_model, device=device
-            )
-        return None
-
-    def query_segmenter(self, choice: str = "auto", device: str = "auto") -> "tuple[PromptSegmenter | None, str]":
-        """``(segmenter or None, note)``: the image-prompt segmenter a query uses, and what it is or why
-        there is none.
-
-        ``choice``: ``auto`` — the SAM model these settings train with (sam2, sam2-hf, sam3) when its weights
-        load, else None with the reason (missing weights, or an offline mask provider: oracle-2D);
-        ``none`` — no segmenter (the offline rules); ``sam2`` / ``sam2-hf`` / ``sam3`` — that model, whose
-        missing weights raise :class:`~cos3d.core.errors.MissingWeightsError` naming its flag."""
-        from cos3d.core.errors import Cos3dError, MissingWeightsError
-        from cos3d.query.engine import describe_segmenter
-
-        if choice not in SEGMENTER_CHOICES:
-            raise ConfigError("segmenter", f"must be one of {', '.join(SEGMENTER_CHOICES)}, got {choice!r}")
-        if choice == "none":
-            return None, "no 2D segmenter (--segmenter none)"
-        if choice != "auto":
-            seg = self.replace(masks=choice).create_prompt_segmenter(device=device)
-            return seg, describe_segmenter(seg)
-        if self.masks not in ("sam2", "sam2-hf", "sam3"):
-            return None, (f"no 2D segmenter: the run's masks are {self.masks!r} (offline); for SAM masks give "
-                          "--segmenter sam2-hf --sam2-model DIR (or sam3 / sam2)")
-        try:
-            seg = self.create_prompt_segmenter(device=device)
-        except (MissingWeightsError, Cos3dError) as e:
-            return None, f"no 2D segmenter: the run's {self.masks} weights did not load ({e})"
-        return seg, describe_segmenter(seg)
+        if self.masks not in PROMPT_SEGMENTERS:
+            return None
+        return self.provider_config("segmenter").create(device=device)
 
     def create_embedder(self, device: str = "auto") -> Embedder:
         """The embedder these settings describe (the small sentence encoder of ``labels`` always runs on
         the CPU, so that a run's embeddings do not depend on the machine's GPU)."""
-        from cos3d.vision.registry import create_embedder
-
-        if self.embedder == "openclip":
-            return create_embedder(
-                "openclip",
-                model=self.clip_model,
-                pretrained=self.clip_pretrained,
-                checkpoint=self.clip_checkpoint,
-                device=device,
-            )
-        if self.embedder == "siglip":
-            return create_embedder("siglip", model=self.siglip_model, device=device)
-        return create_embedder("labels", device="cpu")
+        return self.provider_config("embedder").create(device=device)
 
     def replace(self, **changes: object) -> "ModelsConfig":
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -203,3 +138,52 @@ def mask_cache_dir(scene_root: str | Path, provider: MaskProvider, embedder: Emb
     from cos3d.vision.cache import models_key
 
     return Path(scene_root) / "cos3d_masks" / f"{provider.name}-{embedder.name}-{models_key(provider, embedder)[:10]}"
+
+
+def choose_segmenter(
+    choice: "str | PromptSegmenter | None",
+    models: ModelsConfig,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    device: str = "auto",
+) -> "tuple[PromptSegmenter | None, str]":
+    """``(segmenter or None, note)``: the image-prompt segmenter a query uses on a run trained with
+    ``models``, and what it is or why there is none. The one place this is decided (``cos3d query``,
+    :func:`cos3d.load`, ``cos3d doctor``).
+
+    ``choice``: a :class:`~cos3d.vision.prompts.PromptSegmenter` — that one; None or ``none`` — no segmenter
+    (the offline rules); ``sam2`` / ``sam2-hf`` / ``sam3`` — that model, whose missing weights raise
+    :class:`~cos3d.core.errors.MissingWeightsError` naming its flag; ``auto`` — the model whose weights
+    ``overrides`` names (``sam2_model`` → sam2-hf, ``sam3_model`` → sam3, ``sam2_checkpoint`` → sam2: a model
+    named on the command line is the one wanted), else the SAM model the run trained with when its weights
+    load, else None with the reason (missing weights, or an offline mask provider: oracle-2D).
+
+    ``overrides``: :class:`ModelsConfig` fields replacing the run's (None values are ignored)."""
+    from cos3d.core.errors import Cos3dError
+    from cos3d.vision.prompts import describe_segmenter
+
+    if choice is None:
+        return None, "no 2D segmenter (segmenter=None)"
+    if not isinstance(choice, str):
+        return choice, describe_segmenter(choice)
+    if choice not in SEGMENTER_CHOICES:
+        raise ConfigError("segmenter", f"must be one of {', '.join(SEGMENTER_CHOICES)}, got {choice!r}")
+    if choice == "none":
+        return None, "no 2D segmenter (--segmenter none)"
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if given:
+        models = models.replace(**given)
+    if choice == "auto":
+        named = [name for name, cls in PROMPT_SEGMENTERS.items() if getattr(cls, "WEIGHTS", None) in given]
+        choice = named[0] if named else "auto"  # the registry's order of preference
+    if choice != "auto":
+        seg = models.provider_config("segmenter", choice).create(device=device)
+        return seg, describe_segmenter(seg)
+    if models.masks not in PROMPT_SEGMENTERS:
+        return None, (f"no 2D segmenter: the run's masks are {models.masks!r} (offline); for SAM masks give "
+                      "--segmenter sam2-hf --sam2-model DIR (or sam3 / sam2)")
+    try:
+        seg = models.provider_config("segmenter").create(device=device)
+    except Cos3dError as e:  # MissingWeightsError included
+        return None, f"no 2D segmenter: the run's {models.masks} weights did not load ({e})"
+    return seg, describe_segmenter(seg)

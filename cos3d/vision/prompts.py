@@ -25,7 +25,8 @@ A SAM segmenter is any :class:`PromptSegmenter`: :class:`~cos3d.vision.sam2_mask
 (``sam2`` package), :class:`~cos3d.vision.sam2_hf.HFSamPromptSegmenter` (SAM2 through ``transformers``)
 or :class:`~cos3d.vision.sam2_hf.SAM3TrackerPromptSegmenter` (SAM 3's tracker); build one by name with
 :func:`cos3d.vision.registry.create_prompt_segmenter` or from a :class:`~cos3d.vision.models.ModelsConfig`
-(``create_prompt_segmenter``), and hand it to :class:`cos3d.query.engine.QueryEngine` (``segmenter=``).
+(``create_prompt_segmenter``), and hand it to :class:`cos3d.query.engine.QueryEngine` (``segmenter=``);
+:func:`cos3d.vision.models.choose_segmenter` decides which one a query on a run uses (``--segmenter auto``).
 
 The ``labels`` embedder sees no pixels: pass ``names=[...]`` with an image prompt, or it raises.
 """
@@ -62,6 +63,11 @@ class PromptSegmenter(Protocol):
         with labels 1 = object / 0 = background, ``box`` ``[4]`` x0, y0, x1, y1; ``level`` s/m/l picks one
         of several candidate masks."""
         ...
+
+
+def describe_segmenter(segmenter: object) -> str:
+    """A segmenter's name for notes: its ``model_id`` when it has one, else its class name."""
+    return str(getattr(segmenter, "model_id", None) or type(segmenter).__name__)
 
 
 def _check_box(box: Any, w: int, h: int) -> np.ndarray:
