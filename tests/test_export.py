@@ -1,4 +1,4 @@
-"""``cos3d export`` on the session run, and the splat formats (.compressed.ply, .spz, .splat).
+"""``cos3d export`` on the session run, and the splat formats (.compressed.ply, .spz, .sog, .splat).
 
 The splat formats are checked against an independent implementation, npm's ``@playcanvas/splat-transform``
 (2.7.1, which writes .spz through Niantic's own library compiled to WebAssembly), two ways:
@@ -252,7 +252,7 @@ def _fixture_source() -> Gaussians:
 
 def test_fixtures_are_small_and_described():
     sizes = {p.name: p.stat().st_size for p in FIXTURES.iterdir() if p.is_file()}
-    assert {"scene.ply", "scene.compressed.ply", "scene.v4.spz", "scene.v3.spz", "scene.sh0.v4.spz"} <= set(sizes)
+    assert {"scene.ply", "scene.compressed.ply", "scene.v4.spz", "scene.v3.spz", "scene.sh0.v4.spz", "scene.sog"} <= set(sizes)
     assert sum(sizes.values()) < 200_000, sizes
     src = _fixture_source()
     assert src.num == 300 and src.sh_degree == 3
@@ -330,6 +330,35 @@ def test_compressed_ply_written_by_splat_transform():
     _within("sh rest", d(g.sh[:, 1:], h.sh[:, 1:]), tol["rest"])
 
 
+def test_sog_written_by_splat_transform():
+    """splat-transform's SOG (version 2; ``-g cpu``): positions 16-bit in ``sign(x) ln(|x| + 1)`` between the meta's
+    mins/maxs, truncated (so within one step: ``(max - min) / 65535 (|x| + 1)``); rotations 3 x 8-bit truncated of
+    the smaller components times sqrt(2) (within 2 / (255 sqrt 2) each, the rebuilt largest within the sum);
+    opacity 8-bit truncated sigmoid (1 / 255). Log-scales and SH DC index 256-entry k-means codebooks: the format
+    bounds nothing, so each decoded value must be the codebook entry nearest the source. Higher SH are a k-means
+    palette (256 entries for 300 splats here): only their overall error is bounded (half the coefficients' RMS; a
+    band or channel read in the wrong order gives ~1.4 x), their exact decoding is checked by the live test."""
+    import zipfile
+
+    path = FIXTURES / "scene.sog"
+    meta = json.loads(zipfile.ZipFile(path).read("meta.json"))
+    h = read_gaussians(path)
+    src = _fixture_source()
+    g = src.subset(torch.from_numpy(_match(src, h, radius=0.01)))
+    assert h.sh_degree == 3
+    d = lambda a, b: (a.double() - b.double()).abs().numpy()  # noqa: E731
+    step = (np.asarray(meta["means"]["maxs"]) - np.asarray(meta["means"]["mins"])) / 65535
+    _within("means", d(g.means, h.means), step * (g.means.abs().double().numpy() + 1) * (1 + 1e-4))
+    _within("quats", _quat_error(g, h), 3 * 2 / (255 * math.sqrt(2)))
+    _within("opacity", d(g.opacities, h.opacities), 1 / 255)
+    for name, got, want in (("scales", h.log_scales, g.log_scales), ("sh0", h.sh[:, 0], g.sh[:, 0])):
+        cb = np.asarray(meta[name]["codebook"])
+        nearest = np.abs(want.double().numpy()[..., None] - cb).min(-1)
+        _within(f"{name} (nearest codebook entry)", d(want, got), nearest + 1e-6)
+    rms = lambda t: float(t.double().pow(2).mean().sqrt())  # noqa: E731
+    assert rms(g.sh[:, 1:] - h.sh[:, 1:]) < 0.5 * rms(g.sh[:, 1:])
+
+
 # ---------------------------------------------------------------------------------------------------
 # formats: against the live tool
 
@@ -354,7 +383,7 @@ def test_splat_transform_interop(tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
 
     # (1) its decoding of the committed fixtures equals ours (float32 rounding; the .spz backend computes in float32)
-    for name in ("scene.v4.spz", "scene.v3.spz", "scene.sh0.v4.spz", "scene.compressed.ply"):
+    for name in ("scene.v4.spz", "scene.v3.spz", "scene.sh0.v4.spz", "scene.compressed.ply", "scene.sog"):
         convert(FIXTURES / name, tmp_path / f"{name}.ply")
         theirs, ours = read_ply(tmp_path / f"{name}.ply"), read_gaussians(FIXTURES / name)
         assert theirs.num == ours.num and theirs.sh.shape == ours.sh.shape, name

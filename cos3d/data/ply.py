@@ -234,15 +234,15 @@ def read_ply(path: str | os.PathLike, *, device: torch.device | str = "cpu", fea
 
 
 # --------------------------------------------------------------------------------------------------
-# Other splat formats: SuperSplat/PlayCanvas .compressed.ply, Niantic .spz (read v2-v4, write v4 or v3) and
-# antimatter15 .splat (read). Ours, in numpy: the one maintained Python library for these (PyPI
+# Other splat formats: SuperSplat/PlayCanvas .compressed.ply and .sog (read), Niantic .spz (read v2-v4, write
+# v4 or v3) and antimatter15 .splat (read). Ours, in numpy: the one maintained Python library for these (PyPI
 # ``gsply``) needs numba and reads no .splat, and each format is a few dozen lines. Decoded values
 # follow the formats' definitions; tests check them against @playcanvas/splat-transform's conversions.
 
 SH_C0 = 0.28209479177387814
 SPZ_MAGIC = 0x5053474E  # "NGSP"
 SPZ_COLOR_SCALE = 0.15
-SPLAT_SUFFIXES = (".ply", ".compressed.ply", ".spz", ".splat")
+SPLAT_SUFFIXES = (".ply", ".compressed.ply", ".spz", ".splat", ".sog")
 """The splat files :func:`read_gaussians` reads."""
 
 
@@ -643,11 +643,120 @@ def read_splat(path: str | os.PathLike) -> Gaussians:
     return _from_columns(rec["p"].astype(np.float64), q, np.log(sc), _logit(rgba[:, 3]), (rgba[:, :3] - 0.5) / SH_C0, None)
 
 
+SOG_MAX_PIXELS = 1 << 28
+"""The most pixels a ``.sog`` image may hold (268M: four times :data:`SPZ_MAX_SPLATS`)."""
+
+
+def read_sog(path: str | os.PathLike) -> Gaussians:
+    """Read a PlayCanvas SOG file (``.sog``: a zip of ``meta.json`` and lossless WebP images; version 2, as
+    splat-transform and SuperSplat write it). Per splat, one pixel of each image (row-major):
+
+    - positions: 16 bits per axis (low byte in ``means_l``, high in ``means_u``) between the meta's mins/maxs
+      of ``v = sign(x) ln(|x| + 1)``;
+    - rotation: RGB the three smaller components of the unit quaternion (w x y z) mapped from ±√½ to 0..255,
+      alpha 252 + the index of the largest (rebuilt, positive);
+    - log-scales and SH DC: bytes indexing the meta's 256-entry codebooks; opacity: alpha of ``sh0``, 8-bit
+      sigmoid;
+    - higher SH (``shN``): a 16-bit palette label per splat (``shN_labels`` R + 256 G) and a palette image,
+      64 entries a row, each ``(degree+1)² − 1`` pixels wide, whose RGB bytes index the ``shN`` codebook.
+
+    Version 1 (no ``version`` in its meta) is refused with the conversion to use."""
+    import io
+    import json
+    import zipfile
+
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise Cos3dError(f"{path}: no such .sog file")
+    try:
+        z = zipfile.ZipFile(path)
+        meta = json.loads(z.read("meta.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
+        raise Cos3dError(f"{path}: not a .sog file (a zip holding meta.json): {e}") from None
+    if not isinstance(meta, dict) or meta.get("version") != 2:
+        got = meta.get("version", "1 (no version field)") if isinstance(meta, dict) else "?"
+        raise Cos3dError(f"{path}: SOG version {got} is not supported (cos3d reads version 2; convert with "
+                         "`splat-transform in.sog out.sog` or `splat-transform in.sog out.ply`)")
+    n = meta.get("count")
+    if not isinstance(n, int) or not 0 <= n <= SPZ_MAX_SPLATS:
+        raise Cos3dError(f"{path}: SOG meta.json count {n!r} is not a splat count")
+
+    def image(name: str) -> np.ndarray:
+        """[n, 4] uint8 RGBA of the first n pixels of ``name``."""
+        try:
+            info = z.getinfo(name)
+            if info.file_size > SOG_MAX_PIXELS * 4:
+                raise ValueError(f"{info.file_size:,} bytes")
+            im = Image.open(io.BytesIO(z.read(name)))
+            if im.width * im.height > SOG_MAX_PIXELS:
+                raise ValueError(f"{im.width}x{im.height} pixels")
+            px = np.asarray(im.convert("RGBA"), np.uint8).reshape(-1, 4)
+        except Exception as e:  # missing entry, not a WebP, too large
+            raise Cos3dError(f"{path}: SOG image {name!r} cannot be read ({e})") from None
+        return px
+
+    def splats(name: str) -> np.ndarray:
+        px = image(name)
+        if len(px) < n:
+            raise Cos3dError(f"{path}: SOG image {name!r} has {len(px)} pixels for {n} splats")
+        return px[:n].astype(np.int64)
+
+    def codebook(key: str) -> np.ndarray:
+        cb = np.asarray(meta[key].get("codebook", []), np.float64)
+        if cb.shape != (256,):
+            raise Cos3dError(f"{path}: SOG {key} codebook has {cb.size} entries; expected 256")
+        return cb
+
+    try:
+        files = {k: meta[k]["files"] for k in ("means", "quats", "scales", "sh0")}
+        lo, hi = (splats(f) for f in files["means"][:2])
+        mins, maxs = (np.asarray(meta["means"][k], np.float64) for k in ("mins", "maxs"))
+        span = np.where(maxs - mins != 0, maxs - mins, 1.0)
+        v = mins + span * ((lo[:, :3] | (hi[:, :3] << 8)) / 65535.0)
+        means = np.sign(v) * np.expm1(np.abs(v))
+        q = splats(files["quats"][0])
+        tag = q[:, 3] - 252
+        abc = (q[:, :3] / 255.0 * 2.0 - 1.0) / math.sqrt(2.0)
+        quats = np.zeros((n, 4))
+        for w in range(4):  # the largest component at index ``tag`` (w x y z), the other three in order
+            sel = tag == w
+            others = [i for i in range(4) if i != w]
+            quats[np.ix_(sel, others)] = abc[sel]
+            quats[sel, w] = np.sqrt(np.clip(1.0 - (abc[sel] ** 2).sum(1), 0.0, None))
+        quats[(tag < 0) | (tag > 3)] = (1.0, 0.0, 0.0, 0.0)  # as splat-transform: an unknown tag is no rotation
+        log_scales = codebook("scales")[splats(files["scales"][0])[:, :3]]
+        c0 = splats(files["sh0"][0])
+        dc = codebook("sh0")[c0[:, :3]]
+        opacity = _logit(c0[:, 3] / 255.0)
+        rest = None
+        if meta.get("shN"):
+            shn = meta["shN"]
+            bands, count = int(shn["bands"]), int(shn["count"])
+            k = {1: 3, 2: 8, 3: 15}.get(bands)
+            if k is None:
+                raise Cos3dError(f"{path}: SOG shN has {bands} bands; expected 1-3")
+            cb = codebook("shN")
+            labels = splats(shn["files"][1])
+            labels = labels[:, 0] | (labels[:, 1] << 8)
+            pal = image(shn["files"][0])
+            width = 64 * k
+            if len(pal) % width or count > len(pal) // k or (labels >= count).any():
+                raise Cos3dError(f"{path}: SOG shN palette of {len(pal)} pixels does not hold {count} entries of {k} "
+                                 f"coefficients for labels up to {int(labels.max(initial=0))}")
+            pal = pal.reshape(-1, width, 4)[:, :, :3].reshape(-1, 64, k, 3).reshape(-1, k, 3)  # entry, coeff, rgb
+            rest = cb[pal[labels].astype(np.int64)]
+    except (KeyError, TypeError, IndexError, ValueError) as e:
+        raise Cos3dError(f"{path}: SOG meta.json is missing or has a malformed field ({type(e).__name__}: {e})") from None
+    return _from_columns(means, quats, log_scales, opacity, dc, rest)
+
+
 def splat_format(path: str | os.PathLike) -> str:
-    """``"ply"``, ``"compressed.ply"``, ``"spz"`` or ``"splat"`` from a file name (compressed PLYs are
-    also recognised by their content when read)."""
+    """``"ply"``, ``"compressed.ply"``, ``"spz"``, ``"splat"`` or ``"sog"`` from a file name (compressed PLYs
+    are also recognised by their content when read)."""
     name = Path(path).name.lower()
-    for suf in (".compressed.ply", ".spz", ".splat", ".ply"):
+    for suf in (".compressed.ply", ".spz", ".splat", ".sog", ".ply"):
         if name.endswith(suf):
             return suf[1:]
     raise Cos3dError(f"{path}: unknown splat file type; cos3d reads {', '.join(SPLAT_SUFFIXES)}")
@@ -659,7 +768,7 @@ def read_gaussians(path: str | os.PathLike, *, device: torch.device | str = "cpu
     fmt = splat_format(path)
     if fmt in ("ply", "compressed.ply"):
         return read_ply(path, device=device, features=features)
-    g = read_spz(path) if fmt == "spz" else read_splat(path)
+    g = {"spz": read_spz, "splat": read_splat, "sog": read_sog}[fmt](path)
     bad, where = g.nonfinite_rows()
     if where:
         raise Cos3dError(f"{path}: {int(bad.sum())} of {g.num} Gaussians have NaN/inf values (in {', '.join(where)})")
