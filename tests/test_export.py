@@ -432,6 +432,11 @@ def test_export_run(trained_run, tmp_path, capsys):
     for o in meta["objects"]:
         assert (z["label"] == o["label"]).sum() == o["num_gaussians"] > 0
         assert str(z["names"][o["label"]]) == o["names"][0]
+    # the filters: the floor loses the floaters that made its box 46 x 39 m; every object is above the floor
+    assert max(o["box"]["extent"][0] for o in meta["objects"] if o["names"][0] == "floor") < 10
+    assert meta["filtered"]["floater_gaussians"] > 0
+    assert min(o["num_gaussians"] for o in meta["objects"]) >= meta["filtered"]["min_gaussians"]
+    assert sorted(o["label"] for o in meta["objects"]) == list(range(1, len(meta["objects"]) + 1))
     # (b) one prompt's selection: 3DGS .ply (+ .spz) and a labelled point cloud
     sel = read_ply(out / "soda_can.ply")
     assert 0 < sel.num < g.num and "object" in sel.features
@@ -450,6 +455,7 @@ def test_export_run(trained_run, tmp_path, capsys):
     e = json.loads((out / "elephant.json").read_text())
     assert e["no_target"] and e["targets"] == [] and not (out / "elephant.ply").exists()
     assert read_gaussians(out / "scene.spz").num == g.num
+    assert (out / "scene.spz").read_bytes()[:4] == b"NGSP"  # .spz version 4 by default
 
 
 def test_export_errors_name_the_flag(trained_run, tmp_path, capsys):
@@ -457,3 +463,57 @@ def test_export_errors_name_the_flag(trained_run, tmp_path, capsys):
     assert "--formats obj" in capsys.readouterr().err
     assert entrypoint(["export", "--run", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_export_no_labels_writes_prompt_files_only(trained_run, tmp_path):
+    out = tmp_path / "export"
+    assert entrypoint(["export", "--run", str(trained_run), "--out", str(out), "--no-labels", "--formats", "ply,spz",
+                       "--prompt", "soda can", "--spz-version", "3"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["soda_can.json", "soda_can.ply", "soda_can.spz", "soda_can_points.ply"]
+    assert (out / "soda_can.spz").read_bytes()[:2] == b"\x1f\x8b"  # --spz-version 3: gzip
+
+
+def _blob(rng, centre, n, size, opacity):
+    """``n`` Gaussian centres on the surface of a box of side lengths ``size`` around ``centre``."""
+    p = rng.uniform(-0.5, 0.5, (n, 3))
+    face = rng.integers(0, 3, n)
+    p[np.arange(n), face] = np.sign(p[np.arange(n), face]) * 0.5
+    return np.asarray(centre) + p * np.asarray(size), np.full(n, opacity)
+
+
+def _floor(rng, nx, ny, sx, sy):
+    """A floor as training leaves one: ``nx`` x ``ny`` Gaussians on a jittered grid of ``sx`` x ``sy`` m at z = 0."""
+    g = np.stack(np.meshgrid(np.linspace(-sx / 2, sx / 2, nx), np.linspace(-sy / 2, sy / 2, ny)), -1).reshape(-1, 2)
+    p = np.concatenate([g + rng.normal(0, 0.2 * sx / nx, g.shape), rng.normal(0, 0.003, (len(g), 1))], 1)
+    return p, np.full(len(p), 0.8)
+
+
+def test_object_filters_drop_floaters_and_fragments():
+    """The export's filters on a synthetic tabletop: two mugs (1000 Gaussians each, one with a handle a hair
+    apart), a flat 12 x 7 x 1 cm slab of 159 faint Gaussians answered as a third "mug", and a 5 x 4 m floor of 3000
+    with 30 floaters 20-40 m away. The mugs stay whole, the slab goes, the floor loses its floaters only."""
+    from cos3d.apps.export import MIN_GAUSSIANS, SceneObject, filter_objects
+
+    rng = np.random.default_rng(0)
+    parts = [_blob(rng, (0, 0, 0.05), 1000, (0.08, 0.08, 0.1), 0.9),
+             _blob(rng, (0.5, 0, 0.05), 1000, (0.08, 0.08, 0.1), 0.9),
+             _blob(rng, (0.55, 0, 0.05), 60, (0.01, 0.01, 0.06), 0.9),  # the handle, 1 mm from the mug's side
+             _blob(rng, (0.25, 0.3, 0.005), 159, (0.12, 0.07, 0.01), 0.15),
+             _floor(rng, 60, 50, 5.0, 4.0)]
+    far = rng.uniform(20, 40, (30, 3)) * rng.choice([-1, 1], (30, 3))
+    means = np.concatenate([p for p, _ in parts] + [far])
+    opacity = np.concatenate([o for _, o in parts] + [np.full(30, 0.5)])
+    start = np.cumsum([0] + [len(p) for p, _ in parts])
+    ids = [np.arange(start[i], start[i + 1]) for i in range(len(parts))]
+    floor_ids = np.concatenate([ids[4], np.arange(start[-1], start[-1] + 30)])
+    objs = [SceneObject(1, ["mug"], 0.99, ids[0]), SceneObject(2, ["mug"], 0.98, np.concatenate([ids[1], ids[2]])),
+            SceneObject(3, ["mug"], 0.9, ids[3]), SceneObject(4, ["floor"], 0.95, floor_ids)]
+    kept, dropped = filter_objects(objs, means, opacity)
+    assert [(o.label, o.names[0], len(o.gaussians)) for o in kept] == [(1, "mug", 1000), (2, "mug", 1060), (3, "floor", 3000)]
+    assert dropped["floater_gaussians"] == 30
+    assert [(d["names"], d["num_gaussians"]) for d in dropped["objects_below_floor"]] == [(["mug"], 159)]
+    extent = means[kept[2].gaussians].max(0) - means[kept[2].gaussians].min(0)
+    assert extent[0] < 5.2 and extent[1] < 4.2  # 5 x 4 m and its jitter; ~80 m with the floaters
+    # below MIN_GAUSSIANS is no object, whatever its name's heaviest
+    lone = [SceneObject(1, ["speck"], 0.9, np.arange(MIN_GAUSSIANS - 1))]
+    assert filter_objects(lone, means, opacity)[0] == []
