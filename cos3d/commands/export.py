@@ -4,6 +4,7 @@ The flags are :class:`cos3d.apps.export.ExportConfig`'s fields (:mod:`cos3d.core
 
     cos3d export --run runs/tabletop                                   # labels from the training names
     cos3d export --run RUN --vocabulary "mug,bowl,soda can" --prompt "red coffee mug,bowl" --formats ply,spz
+    cos3d export --run RUN --no-labels --prompt "red coffee mug" --formats ply,spz --spz-version 3
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Write a run's scene-wide decomposition into named objects (labels.ply with 'label' and "
             "'label_score' properties, labels.npz, labels.json), each --prompt's selection (a 3DGS .ply, a "
             "labelled point cloud _points.ply, objects with boxes and grasps as .json) and, with --formats spz, "
-            ".spz copies. Default output folder: RUN/export."
+            ".spz copies (scene.spz beside the labels; version 4, --spz-version 3 for older viewers). Objects lose "
+            "their floaters and fragments below a size floor are dropped (labels.json 'filtered'). --no-labels "
+            "writes the prompts' files only. Default output folder: RUN/export."
         ),
     )
     add_config_flag(p)

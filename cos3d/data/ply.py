@@ -234,15 +234,15 @@ def read_ply(path: str | os.PathLike, *, device: torch.device | str = "cpu", fea
 
 
 # --------------------------------------------------------------------------------------------------
-# Other splat formats: SuperSplat/PlayCanvas .compressed.ply, Niantic .spz (read v2/v3, write v3) and
-# antimatter15 .splat (read). Ours, in numpy: the one maintained Python library for these (PyPI
+# Other splat formats: SuperSplat/PlayCanvas .compressed.ply and .sog (read), Niantic .spz (read v2-v4, write
+# v4 or v3) and antimatter15 .splat (read). Ours, in numpy: the one maintained Python library for these (PyPI
 # ``gsply``) needs numba and reads no .splat, and each format is a few dozen lines. Decoded values
 # follow the formats' definitions; tests check them against @playcanvas/splat-transform's conversions.
 
 SH_C0 = 0.28209479177387814
 SPZ_MAGIC = 0x5053474E  # "NGSP"
 SPZ_COLOR_SCALE = 0.15
-SPLAT_SUFFIXES = (".ply", ".compressed.ply", ".spz", ".splat")
+SPLAT_SUFFIXES = (".ply", ".compressed.ply", ".spz", ".splat", ".sog")
 """The splat files :func:`read_gaussians` reads."""
 
 
@@ -342,74 +342,195 @@ def _flip_yz(g: Gaussians) -> Gaussians:
 
 
 def _spz_rest_count(degree: int) -> int:
-    return {0: 0, 1: 3, 2: 8, 3: 15}[degree]
+    return {0: 0, 1: 3, 2: 8, 3: 15, 4: 24}[degree]
 
 
 SPZ_MAX_SPLATS = 1 << 27
 """The most splats a ``.spz`` header may announce (134M: more than any scene cos3d can train on)."""
 SPZ_MAX_RATIO = 64
-"""The most a ``.spz`` body may expand over its file size (real splats gzip 1.5-3x; a gzip bomb ~1000x)."""
+"""The most a ``.spz`` body may expand over its file size (real splats compress 1.5-3x; a gzip bomb ~1000x)."""
+SPZ_VERSION = 4
+"""The ``.spz`` version :func:`write_spz` writes unless told: the format's current one (``LATEST_SPZ_HEADER_VERSION``
+in nianticlabs/spz, and what splat-transform 2.x writes by default)."""
+SPZ_VERSIONS = (2, 3, 4)
+"""The ``.spz`` versions :func:`read_spz` reads (1 used float16 positions and was never released)."""
+_SPZ_V4_HEADER = 32
+_SPZ_EXT_COORDINATES = 0xADBE0003
+"""``SPZ_ADOBE_coordinate_system``: an extension record whose u32 payload names the axes the splats are stored in."""
+_SPZ_AXES = {0: "unspecified", 1: "LDB", 2: "RDB", 3: "LUB", 4: "RUB", 5: "LDF", 6: "RDF", 7: "LUF", 8: "RUF",
+             9: "LFD", 10: "RFD", 11: "LFU", 12: "RFU", 13: "LBD", 14: "RBD", 15: "LBU", 16: "RBU"}
 
 
-def _read_spz_bytes(path: Path) -> bytes:
-    """The decompressed ``.spz`` stream, bounded in memory: the 16-byte header is read first, and then
-    exactly the bytes its splat count and SH degree call for (one more shows a mismatch), never a
-    gzip bomb's gigabytes. A count above :data:`SPZ_MAX_SPLATS` or a body above
-    :data:`SPZ_MAX_RATIO` × the file size is one :class:`Cos3dError` line."""
+def _spz_sizes(n: int, degree: int, version: int) -> list[int]:
+    """Bytes of each attribute in file order: positions, alphas, colours, scales, rotations, SH."""
+    return [9 * n, n, 3 * n, 3 * n, (4 if version >= 3 else 3) * n, 3 * _spz_rest_count(degree) * n]
+
+
+def _zstd():
+    """``(compress, decompress)`` for .spz version 4's Zstandard streams, from the ``zstandard`` package
+    (installed with viser) or Python 3.14's ``compression.zstd``; None without either.
+    ``decompress(data, limit)`` returns at most ``limit`` bytes, so a zstd bomb costs no memory."""
+    try:
+        import zstandard
+    except ImportError:
+        try:
+            from compression import zstd  # type: ignore[import-not-found]
+        except ImportError:
+            return None
+        return (lambda b: zstd.compress(b, level=12)), (lambda b, limit: zstd.ZstdDecompressor().decompress(b, limit))
+
+    def decompress(data: bytes, limit: int) -> bytes:
+        out, got = [], 0
+        with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True) as r:
+            while got < limit:
+                part = r.read(limit - got)
+                if not part:
+                    break
+                out.append(part)
+                got += len(part)
+        return b"".join(out)
+
+    return (lambda b: zstandard.ZstdCompressor(level=12).compress(b)), decompress
+
+
+def _need_zstd(what: str):
+    z = _zstd()
+    if z is None:
+        raise Cos3dError(f"{what}: .spz version 4 is Zstandard-compressed and neither the zstandard package nor "
+                         "Python 3.14's compression.zstd is here: pip install zstandard")
+    return z
+
+
+def _spz_check_count(path: Path, n: int, need: int, size: int) -> None:
+    if n > SPZ_MAX_SPLATS or need > SPZ_MAX_RATIO * size + (1 << 20):
+        raise Cos3dError(
+            f"{path}: .spz header announces {n:,} splats ({need / 2**20:,.0f} MiB decompressed) "
+            f"from a {size:,}-byte file; refused (a corrupt or hostile file)"
+        )
+
+
+def _spz_check_header(path: Path, magic: int, version: int, degree: int) -> None:
+    if magic != SPZ_MAGIC:
+        raise Cos3dError(f"{path}: not an .spz file (magic {int(magic):#x}, expected {SPZ_MAGIC:#x})")
+    if version not in SPZ_VERSIONS:
+        raise Cos3dError(f"{path}: .spz version {int(version)} is not supported (cos3d reads versions "
+                         f"{', '.join(map(str, SPZ_VERSIONS))}; convert with `splat-transform in.spz out.ply`)")
+    if degree > 3:
+        hint = " (cos3d keeps degree 3 at most: `splat-transform in.spz -H 3 out.spz` drops band 4)" if degree == 4 else ""
+        raise Cos3dError(f"{path}: .spz SH degree {degree} is not 0-3{hint}")
+
+
+def _read_spz_raw(path: Path) -> tuple[int, int, int, int, bytes, bytes]:
+    """``(version, n, degree, fractional bits, body, extensions)`` of an ``.spz``: ``body`` holds the
+    attributes uncompressed and back to back in file order (as versions 1-3 store them), ``extensions``
+    the vendor extension records (``[u32 type][u32 length][payload]``, empty without).
+
+    Versions 1-3 are one gzip stream (16-byte header, the attributes, then any extension records);
+    version 4 a plaintext 32-byte header, extension records, a table of contents (per attribute: u64
+    compressed and uncompressed size) and one Zstandard stream per non-empty attribute. Memory stays
+    bounded: the header is read first and only the bytes its splat count and SH degree call for are
+    inflated (one more shows a mismatch), never a bomb's gigabytes; a count above
+    :data:`SPZ_MAX_SPLATS` or a body above :data:`SPZ_MAX_RATIO` × the file size is one
+    :class:`Cos3dError` line."""
     import gzip
+    import struct
     import zlib
 
     try:
         size = path.stat().st_size
+        with open(path, "rb") as f:
+            lead = f.read(_SPZ_V4_HEADER)
+    except FileNotFoundError:
+        raise Cos3dError(f"{path}: no such .spz file") from None
+    if lead[:4] == struct.pack("<I", SPZ_MAGIC):  # version 4: plaintext header, Zstandard streams
+        if len(lead) < _SPZ_V4_HEADER:
+            raise Cos3dError(f"{path}: .spz version-4 header is {len(lead)} bytes; expected {_SPZ_V4_HEADER}")
+        magic, version, n, degree, frac, flags, streams, toc = struct.unpack("<IIIBBBBI", lead[:20])
+        _spz_check_header(path, magic, version, degree)
+        if version != 4:
+            raise Cos3dError(f"{path}: .spz version {version} in a plaintext header; versions 1-3 are gzip-compressed")
+        sizes = [s for s in _spz_sizes(n, degree, version) if s]
+        _spz_check_count(path, n, sum(sizes), size)
+        if streams != len(sizes) or not _SPZ_V4_HEADER <= toc <= size - 16 * streams:
+            raise Cos3dError(f"{path}: .spz header lists {streams} streams with a table at byte {toc}; {n} splats of "
+                             f"degree {degree} need {len(sizes)} streams and the file has {size} bytes")
+        with open(path, "rb") as f:
+            zone = f.read(toc + 16 * streams)
+            entries = [struct.unpack_from("<QQ", zone, toc + 16 * i) for i in range(streams)]
+            if [u for _, u in entries] != sizes:
+                raise Cos3dError(f"{path}: .spz streams hold {[u for _, u in entries]} bytes; {n} splats of degree "
+                                 f"{degree} need {sizes}")
+            if sum(c for c, _ in entries) != size - len(zone):
+                raise Cos3dError(f"{path}: .spz streams add up to {sum(c for c, _ in entries)} compressed bytes; "
+                                 f"the file has {size - len(zone)} after its table")
+            _, decompress = _need_zstd(str(path))
+            body = []
+            for i, (c, u) in enumerate(entries):
+                try:
+                    part = decompress(f.read(c), u + 1)
+                except Exception as e:  # zstandard.ZstdError / compression.zstd.ZstdError
+                    raise Cos3dError(f"{path}: .spz stream {i} is not valid Zstandard data ({e})") from None
+                if len(part) != u:
+                    raise Cos3dError(f"{path}: .spz stream {i} inflates to {len(part)} bytes; its table says {u}")
+                body.append(part)
+        return version, n, degree, frac, b"".join(body), zone[_SPZ_V4_HEADER:toc] if flags & 2 else b""
+    try:
         with gzip.open(path, "rb") as f:
             head = f.read(16)
             if len(head) < 16:
-                return head
-            _, version, n = np.frombuffer(head[:12], "<u4")
-            degree = head[12]
-            qb = 4 if version == 3 else 3
-            need = int(n) * (9 + 1 + 3 + 3 + qb + 3 * _spz_rest_count(min(int(degree), 3)))
-            if int(n) > SPZ_MAX_SPLATS or need > SPZ_MAX_RATIO * size + (1 << 20):
-                raise Cos3dError(
-                    f"{path}: .spz header announces {int(n):,} splats ({need / 2**20:,.0f} MiB decompressed) "
-                    f"from a {size:,}-byte file; refused (a corrupt or hostile file)"
-                )
-            return head + f.read(need + 1)
-    except FileNotFoundError:
-        raise Cos3dError(f"{path}: no such .spz file") from None
+                raise Cos3dError(f"{path}: .spz header is {len(head)} bytes; expected 16")
+            magic, version, n = struct.unpack("<III", head[:12])
+            degree, frac, flags = head[12], head[13], head[14]
+            _spz_check_header(path, magic, version, degree)
+            need = sum(_spz_sizes(n, degree, version))
+            _spz_check_count(path, n, need, size)
+            rest = f.read(need + (1 << 16 if flags & 2 else 1))  # extension records follow the attributes
     except (OSError, EOFError, zlib.error) as e:
-        raise Cos3dError(f"{path}: not a gzip-compressed .spz file ({e})") from None
+        raise Cos3dError(f"{path}: not a gzip-compressed .spz file (versions 1-3) nor a version-4 one "
+                         f"(no 'NGSP' header) ({e})") from None
+    if len(rest) < need or (len(rest) > need and not flags & 2):
+        raise Cos3dError(f"{path}: .spz body is {len(rest)} bytes; {n} splats of degree {degree} need {need}")
+    return version, n, degree, frac, rest[:need], rest[need:]
+
+
+def _spz_axes(path: Path, ext: bytes) -> int:
+    """The axes the splats are stored in: an ``SPZ_ADOBE_coordinate_system`` record's, else RUB (4),
+    the format's default. Other extension records are skipped by their length, as the format asks."""
+    import struct
+
+    axes, off = 4, 0
+    while off + 8 <= len(ext):
+        kind, length = struct.unpack_from("<II", ext, off)
+        off += 8
+        if off + length > len(ext):
+            raise Cos3dError(f"{path}: .spz extension record {kind:#010x} of {length} bytes runs past the "
+                             f"{len(ext)}-byte extension zone")
+        if kind == _SPZ_EXT_COORDINATES and length == 4:
+            axes = struct.unpack_from("<I", ext, off)[0] or 4  # unspecified: RUB, as Niantic's reader does
+        off += length
+    return axes
 
 
 def read_spz(path: str | os.PathLike, *, convert: bool = True) -> Gaussians:
-    """Read a Niantic ``.spz`` file (versions 2 and 3: gzip, 24-bit fixed-point positions, 8-bit
-    alpha/colour/log-scale, quaternions as 3 bytes (v2) or "smallest three" in 4 bytes (v3), 8-bit SH).
+    """Read a Niantic ``.spz`` file, versions 2-4 (:func:`_read_spz_raw`: gzip for 2-3, per-attribute
+    Zstandard for 4): 24-bit fixed-point positions, 8-bit alpha/colour/log-scale, quaternions as 3 bytes
+    (v2) or "smallest three" in 4 bytes (v3+), 8-bit SH.
 
-    ``.spz`` stores splats in RUB axes (x right, y up, z back: OpenGL); 3DGS ``.ply`` files are RDF
-    (y down, z forward: OpenCV). ``convert`` (default) turns them into the ``.ply`` convention, as
-    splat-transform and Niantic's library do (y and z reversed, quaternions and SH bands with them);
-    False returns the values as stored."""
+    ``.spz`` stores splats in RUB axes (x right, y up, z back: OpenGL) unless an
+    ``SPZ_ADOBE_coordinate_system`` extension names others; 3DGS ``.ply`` files are RDF (y down, z
+    forward: OpenCV). ``convert`` (default) turns RUB into the ``.ply`` convention, as splat-transform
+    and Niantic's library do (y and z reversed, quaternions and SH bands with them); a file stored in
+    RDF needs no turn, other axes are refused. False returns the values as stored."""
     path = Path(path)
-    raw = _read_spz_bytes(path)
-    if len(raw) < 16:
-        raise Cos3dError(f"{path}: .spz header is {len(raw)} bytes; expected 16")
-    magic, version, n = np.frombuffer(raw[:12], "<u4")
-    degree, frac, _flags, _ = raw[12:16]
-    if magic != SPZ_MAGIC:
-        raise Cos3dError(f"{path}: not an .spz file (magic {int(magic):#x}, expected {SPZ_MAGIC:#x})")
-    if version not in (2, 3):
-        raise Cos3dError(f"{path}: .spz version {int(version)} is not supported (cos3d reads versions 2 and 3; "
-                         "convert with `splat-transform in.spz out.ply`)")
-    if degree > 3:
-        raise Cos3dError(f"{path}: .spz SH degree {degree} is not 0-3")
-    n = int(n)
+    version, n, degree, frac, raw, ext = _read_spz_raw(path)
+    axes = _spz_axes(path, ext)
+    if axes not in (4, 6):
+        raise Cos3dError(f"{path}: .spz stores its splats in {_SPZ_AXES.get(axes, axes)} axes (its "
+                         "SPZ_ADOBE_coordinate_system extension); cos3d reads RUB, the format's default, and RDF: "
+                         "convert with `splat-transform in.spz out.ply`")
     k = _spz_rest_count(degree)
-    qb = 4 if version == 3 else 3
-    sizes = [9 * n, n, 3 * n, 3 * n, qb * n, 3 * k * n]
-    if len(raw) != 16 + sum(sizes):
-        raise Cos3dError(f"{path}: .spz body is {len(raw) - 16} bytes; {n} splats of degree {degree} need {sum(sizes)}")
-    parts, off = [], 16
-    for s in sizes:
+    parts, off = [], 0
+    for s in _spz_sizes(n, degree, version):
         parts.append(np.frombuffer(raw[off:off + s], np.uint8))
         off += s
     p, a, c, s_, r, sh = parts
@@ -442,16 +563,23 @@ def read_spz(path: str | os.PathLike, *, convert: bool = True) -> Gaussians:
     quats = xyzw[:, [3, 0, 1, 2]]
     rest = (sh.reshape(n, k, 3).astype(np.float64) - 128.0) / 128.0 if k else None
     g = _from_columns(means, quats, log_scales, opacity, dc, rest)
-    return _flip_yz(g) if convert else g
+    return _flip_yz(g) if convert and axes == 4 else g
 
 
-def write_spz(path: str | os.PathLike, gaussians: Gaussians, *, fractional_bits: int = 12, convert: bool = True) -> Path:
-    """Write ``gaussians`` as ``.spz`` version 3 (atomically). Positions must lie within ±2^(23 − bits)
-    (±2048 m with the default 12 fractional bits). ``convert``: from the ``.ply`` axes (RDF) to the
-    ``.spz`` axes (RUB), as :func:`read_spz`."""
+def write_spz(path: str | os.PathLike, gaussians: Gaussians, *, version: int = SPZ_VERSION, fractional_bits: int = 12,
+              convert: bool = True) -> Path:
+    """Write ``gaussians`` as ``.spz`` (atomically): version 4 (default, :data:`SPZ_VERSION`: a 32-byte
+    header, a table of contents and one Zstandard stream per attribute) or 3 (one gzip stream, for
+    readers that predate version 4). Positions must lie within ±2^(23 − bits) (±2048 m with the default
+    12 fractional bits). SH coefficients keep all 8 bits (Niantic's writer rounds band 1 to 5 bits and
+    the others to 4 by default; readers need not know). ``convert``: from the ``.ply`` axes (RDF) to
+    the ``.spz`` axes (RUB), as :func:`read_spz`."""
     import gzip
+    import struct
 
     path = Path(path)
+    if version not in (3, 4):
+        raise Cos3dError(f"write_spz: version {version!r}; cos3d writes .spz version 4 (the current one) or 3")
     g = gaussians.detach().to("cpu")
     if convert:
         g = _flip_yz(g)
@@ -481,10 +609,17 @@ def write_spz(path: str | os.PathLike, gaussians: Gaussians, *, fractional_bits:
     rot = np.stack([(comp >> np.uint32(s)) & np.uint32(0xFF) for s in (0, 8, 16, 24)], -1).astype(np.uint8).reshape(-1)
     k = _spz_rest_count(degree)
     sh = u8(g.sh[:, 1:].double().numpy() * 128.0 + 128.0).reshape(-1) if k else np.zeros(0, np.uint8)
-    header = np.array([SPZ_MAGIC, 3, n], "<u4").tobytes() + bytes([degree, fractional_bits, 0, 0])
-    body = b"".join(a.tobytes() for a in (pos, alpha, color, scales, rot, sh))
+    attrs = [a.tobytes() for a in (pos, alpha, color, scales, rot, sh)]
+    if version == 3:
+        header = struct.pack("<IIIBBBB", SPZ_MAGIC, 3, n, degree, fractional_bits, 0, 0)
+        data = gzip.compress(header + b"".join(attrs), mtime=0)
+    else:
+        compress, _ = _need_zstd(f"write_spz {path}")
+        streams = [(compress(a), len(a)) for a in attrs if a]  # empty attributes (SH of degree 0) have no stream
+        header = struct.pack("<IIIBBBBI12x", SPZ_MAGIC, 4, n, degree, fractional_bits, 0, len(streams), _SPZ_V4_HEADER)
+        data = header + b"".join(struct.pack("<QQ", len(c), u) for c, u in streams) + b"".join(c for c, _ in streams)
     with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(gzip.compress(header + body, mtime=0))
+        Path(tmp).write_bytes(data)
     return path
 
 
@@ -508,11 +643,120 @@ def read_splat(path: str | os.PathLike) -> Gaussians:
     return _from_columns(rec["p"].astype(np.float64), q, np.log(sc), _logit(rgba[:, 3]), (rgba[:, :3] - 0.5) / SH_C0, None)
 
 
+SOG_MAX_PIXELS = 1 << 28
+"""The most pixels a ``.sog`` image may hold (268M: four times :data:`SPZ_MAX_SPLATS`)."""
+
+
+def read_sog(path: str | os.PathLike) -> Gaussians:
+    """Read a PlayCanvas SOG file (``.sog``: a zip of ``meta.json`` and lossless WebP images; version 2, as
+    splat-transform and SuperSplat write it). Per splat, one pixel of each image (row-major):
+
+    - positions: 16 bits per axis (low byte in ``means_l``, high in ``means_u``) between the meta's mins/maxs
+      of ``v = sign(x) ln(|x| + 1)``;
+    - rotation: RGB the three smaller components of the unit quaternion (w x y z) mapped from ±√½ to 0..255,
+      alpha 252 + the index of the largest (rebuilt, positive);
+    - log-scales and SH DC: bytes indexing the meta's 256-entry codebooks; opacity: alpha of ``sh0``, 8-bit
+      sigmoid;
+    - higher SH (``shN``): a 16-bit palette label per splat (``shN_labels`` R + 256 G) and a palette image,
+      64 entries a row, each ``(degree+1)² − 1`` pixels wide, whose RGB bytes index the ``shN`` codebook.
+
+    Version 1 (no ``version`` in its meta) is refused with the conversion to use."""
+    import io
+    import json
+    import zipfile
+
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise Cos3dError(f"{path}: no such .sog file")
+    try:
+        z = zipfile.ZipFile(path)
+        meta = json.loads(z.read("meta.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
+        raise Cos3dError(f"{path}: not a .sog file (a zip holding meta.json): {e}") from None
+    if not isinstance(meta, dict) or meta.get("version") != 2:
+        got = meta.get("version", "1 (no version field)") if isinstance(meta, dict) else "?"
+        raise Cos3dError(f"{path}: SOG version {got} is not supported (cos3d reads version 2; convert with "
+                         "`splat-transform in.sog out.sog` or `splat-transform in.sog out.ply`)")
+    n = meta.get("count")
+    if not isinstance(n, int) or not 0 <= n <= SPZ_MAX_SPLATS:
+        raise Cos3dError(f"{path}: SOG meta.json count {n!r} is not a splat count")
+
+    def image(name: str) -> np.ndarray:
+        """[n, 4] uint8 RGBA of the first n pixels of ``name``."""
+        try:
+            info = z.getinfo(name)
+            if info.file_size > SOG_MAX_PIXELS * 4:
+                raise ValueError(f"{info.file_size:,} bytes")
+            im = Image.open(io.BytesIO(z.read(name)))
+            if im.width * im.height > SOG_MAX_PIXELS:
+                raise ValueError(f"{im.width}x{im.height} pixels")
+            px = np.asarray(im.convert("RGBA"), np.uint8).reshape(-1, 4)
+        except Exception as e:  # missing entry, not a WebP, too large
+            raise Cos3dError(f"{path}: SOG image {name!r} cannot be read ({e})") from None
+        return px
+
+    def splats(name: str) -> np.ndarray:
+        px = image(name)
+        if len(px) < n:
+            raise Cos3dError(f"{path}: SOG image {name!r} has {len(px)} pixels for {n} splats")
+        return px[:n].astype(np.int64)
+
+    def codebook(key: str) -> np.ndarray:
+        cb = np.asarray(meta[key].get("codebook", []), np.float64)
+        if cb.shape != (256,):
+            raise Cos3dError(f"{path}: SOG {key} codebook has {cb.size} entries; expected 256")
+        return cb
+
+    try:
+        files = {k: meta[k]["files"] for k in ("means", "quats", "scales", "sh0")}
+        lo, hi = (splats(f) for f in files["means"][:2])
+        mins, maxs = (np.asarray(meta["means"][k], np.float64) for k in ("mins", "maxs"))
+        span = np.where(maxs - mins != 0, maxs - mins, 1.0)
+        v = mins + span * ((lo[:, :3] | (hi[:, :3] << 8)) / 65535.0)
+        means = np.sign(v) * np.expm1(np.abs(v))
+        q = splats(files["quats"][0])
+        tag = q[:, 3] - 252
+        abc = (q[:, :3] / 255.0 * 2.0 - 1.0) / math.sqrt(2.0)
+        quats = np.zeros((n, 4))
+        for w in range(4):  # the largest component at index ``tag`` (w x y z), the other three in order
+            sel = tag == w
+            others = [i for i in range(4) if i != w]
+            quats[np.ix_(sel, others)] = abc[sel]
+            quats[sel, w] = np.sqrt(np.clip(1.0 - (abc[sel] ** 2).sum(1), 0.0, None))
+        quats[(tag < 0) | (tag > 3)] = (1.0, 0.0, 0.0, 0.0)  # as splat-transform: an unknown tag is no rotation
+        log_scales = codebook("scales")[splats(files["scales"][0])[:, :3]]
+        c0 = splats(files["sh0"][0])
+        dc = codebook("sh0")[c0[:, :3]]
+        opacity = _logit(c0[:, 3] / 255.0)
+        rest = None
+        if meta.get("shN"):
+            shn = meta["shN"]
+            bands, count = int(shn["bands"]), int(shn["count"])
+            k = {1: 3, 2: 8, 3: 15}.get(bands)
+            if k is None:
+                raise Cos3dError(f"{path}: SOG shN has {bands} bands; expected 1-3")
+            cb = codebook("shN")
+            labels = splats(shn["files"][1])
+            labels = labels[:, 0] | (labels[:, 1] << 8)
+            pal = image(shn["files"][0])
+            width = 64 * k
+            if len(pal) % width or count > len(pal) // k or (labels >= count).any():
+                raise Cos3dError(f"{path}: SOG shN palette of {len(pal)} pixels does not hold {count} entries of {k} "
+                                 f"coefficients for labels up to {int(labels.max(initial=0))}")
+            pal = pal.reshape(-1, width, 4)[:, :, :3].reshape(-1, 64, k, 3).reshape(-1, k, 3)  # entry, coeff, rgb
+            rest = cb[pal[labels].astype(np.int64)]
+    except (KeyError, TypeError, IndexError, ValueError) as e:
+        raise Cos3dError(f"{path}: SOG meta.json is missing or has a malformed field ({type(e).__name__}: {e})") from None
+    return _from_columns(means, quats, log_scales, opacity, dc, rest)
+
+
 def splat_format(path: str | os.PathLike) -> str:
-    """``"ply"``, ``"compressed.ply"``, ``"spz"`` or ``"splat"`` from a file name (compressed PLYs are
-    also recognised by their content when read)."""
+    """``"ply"``, ``"compressed.ply"``, ``"spz"``, ``"splat"`` or ``"sog"`` from a file name (compressed PLYs
+    are also recognised by their content when read)."""
     name = Path(path).name.lower()
-    for suf in (".compressed.ply", ".spz", ".splat", ".ply"):
+    for suf in (".compressed.ply", ".spz", ".splat", ".sog", ".ply"):
         if name.endswith(suf):
             return suf[1:]
     raise Cos3dError(f"{path}: unknown splat file type; cos3d reads {', '.join(SPLAT_SUFFIXES)}")
@@ -524,7 +768,7 @@ def read_gaussians(path: str | os.PathLike, *, device: torch.device | str = "cpu
     fmt = splat_format(path)
     if fmt in ("ply", "compressed.ply"):
         return read_ply(path, device=device, features=features)
-    g = read_spz(path) if fmt == "spz" else read_splat(path)
+    g = {"spz": read_spz, "splat": read_splat, "sog": read_sog}[fmt](path)
     bad, where = g.nonfinite_rows()
     if where:
         raise Cos3dError(f"{path}: {int(bad.sum())} of {g.num} Gaussians have NaN/inf values (in {', '.join(where)})")
