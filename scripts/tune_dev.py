@@ -46,7 +46,7 @@ this script first ran is listed first: it wins ties)."""
 FIXED = {
     "presence_rule": "cosine: the statistic chosen on the development curve of issue 13 (docs/benchmarks.md)",
     "part_rule": "inner: the scene-wide part rule answers every part phrasing 'not here' (issue 13)",
-    "refinement": "COS3D's: candidates r > 0.5 and opacity > 0.1, thresholds 1 − {0.4, 0.3, 0.2, 0.1} d̄ (DESIGN.md)",
+    "refinement": "COS3D's: candidates r > 0.5 and opacity > 0.1, thresholds 1 − {0.4, 0.3, 0.2, 0.1} d̄",
 }
 """Settings that are not tuned here, and why."""
 

@@ -1,4 +1,4 @@
-"""``cos3d eval lerf|scannet|tabletop``: the field's evaluation protocols (DESIGN.md §5).
+"""``cos3d eval lerf|scannet|tabletop``: the field's evaluation protocols (README "What is measured").
 
 Each prints a table and writes ``RESULTS.json`` (per pair and summary) into ``--out`` (default
 ``RUN/eval/<protocol>/``). The flags are the fields of :mod:`cos3d.eval.config`'s dataclasses.

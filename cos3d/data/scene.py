@@ -1,6 +1,6 @@
 """The scene model every reader produces and every stage consumes.
 
-Conventions (DESIGN.md §4):
+Conventions (docs/architecture.md):
 - cameras are OpenCV (x right, y down, z forward), ``c2w`` is camera-to-world 4×4 in metres,
   ``K`` the 3×3 pinhole intrinsics of the *colour* image at (width, height);
 - pixel coordinates are OpenCV's too: pixel (0, 0) is the *centre* of the top-left pixel, so an

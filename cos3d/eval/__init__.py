@@ -1,4 +1,4 @@
-"""Evaluation protocols (DESIGN.md §5): ``cos3d eval lerf|scannet|tabletop``.
+"""Evaluation protocols (README "What is measured"): ``cos3d eval lerf|scannet|tabletop``.
 
 - :mod:`cos3d.eval.metrics`: mask IoU, pair summaries (mIoU, mAcc@0.25/0.5), per-point semantic metrics,
   presence accuracy with its baselines;

@@ -1,4 +1,4 @@
-"""The ablation of the tabletop protocol (DESIGN.md §5, issue 11): what each part of the system buys.
+"""The ablation of the tabletop protocol (README "What is measured", issue 11): what each part of the system buys.
 
 Query-time branches on one trained run (same fields, same calibrated presence test, so the no-target
 decisions differ only where a branch selects nothing):

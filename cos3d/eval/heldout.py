@@ -1,4 +1,4 @@
-"""Held-out evaluation prompts, by construction (DESIGN.md §5).
+"""Held-out evaluation prompts, by construction (README "What is measured").
 
 Evaluation prompts must never reach a training target or a calibration vocabulary:
 

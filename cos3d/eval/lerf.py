@@ -1,4 +1,4 @@
-"""LERF-OVS 3D-selection protocol (OpenGaussian, COS3D; DESIGN.md §5) on LangSplat's released labels.
+"""LERF-OVS 3D-selection protocol (OpenGaussian, COS3D; README "What is measured") on LangSplat's released labels.
 
 Label format (LangSplat's ``lerf_ovs/label/<scene>/``): per annotated frame a ``frame_XXXXX.json``
 (labelme-like) next to its ``frame_XXXXX.jpg``::

@@ -1,4 +1,4 @@
-"""Metrics shared by the evaluation protocols (DESIGN.md §5): mask IoU, pair summaries, per-point
+"""Metrics shared by the evaluation protocols (README "What is measured"): mask IoU, pair summaries, per-point
 semantic metrics and the presence (no-target) decision with its trivial baselines.
 
 Conventions (those of the protocols we compare with):

@@ -1,4 +1,4 @@
-"""ScanNet per-point protocol (OpenGaussian; DESIGN.md §5).
+"""ScanNet per-point protocol (OpenGaussian; README "What is measured").
 
 Ground truth: the scan's ``<scene>_vh_clean_2.labels.ply`` (ScanNet's release: one vertex per mesh
 vertex with ``x y z`` and the NYU40 ``label``, 0 = unlabelled). The evaluated classes are 19, 15 or 10

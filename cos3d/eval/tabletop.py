@@ -1,4 +1,4 @@
-"""The tabletop protocol (DESIGN.md §5, ours, oracle-2D): 2D IoU of query masks in held-out views.
+"""The tabletop protocol (README "What is measured", ours, oracle-2D): 2D IoU of query masks in held-out views.
 
 Queries (:func:`tabletop_queries`), from the scene's ``labels.json`` / ``parts.json`` (training names)
 and ``eval_prompts.json`` (held-out phrasings, written by :mod:`cos3d.tabletop`):

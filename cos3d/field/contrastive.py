@@ -1,4 +1,4 @@
-"""The contrastive instance loss (COS3D, DESIGN.md §2 stage 1) and the unit-row maps it is built on.
+"""The contrastive instance loss (COS3D, stage 1) and the unit-row maps it is built on.
 
 :func:`make_clusters` groups one sampled pixel set by mask id; :func:`cluster_loss` is the InfoNCE of
 each clustered pixel against every cluster prototype with a per-prototype temperature, plus the norm

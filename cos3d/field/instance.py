@@ -33,7 +33,7 @@ __all__ = ["InstanceConfig", "load_checkpoint", "train_instance_field"]
 
 @dataclass
 class InstanceConfig:
-    """Stage-1 hyperparameters (defaults: DESIGN.md, from COS3D's released settings)."""
+    """Stage-1 hyperparameters (defaults from COS3D's released settings)."""
 
     dim: int = 16
     """Width of one level's instance feature."""

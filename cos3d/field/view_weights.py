@@ -1,7 +1,7 @@
 """A view's frozen blending weights, cached as sparse matrices in fixed pixel chunks (stage 1's input).
 
 Geometry is frozen after stage 0, so a view's blending weights ``w_i(u) = α_i T_i`` never change and
-rendering a feature map is a sparse-matrix product ``F = W @ f`` (DESIGN.md §3). :class:`ViewWeights`
+rendering a feature map is a sparse-matrix product ``F = W @ f`` (docs/architecture.md). :class:`ViewWeights`
 holds, per view, ``W`` as CSR (and its transpose, for the backward pass) for the pixels that any
 Gaussian covers, split into fixed pixel chunks of at most ``chunk_size`` pixels (a "fixed pixel sample
 per view"), and saves to / loads from a ``state_dict`` for the on-disk weights cache.

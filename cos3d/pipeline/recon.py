@@ -1,4 +1,4 @@
-"""Stage 0: photometric 3D Gaussian splatting of a posed image set (DESIGN.md §1, stage 0).
+"""Stage 0: photometric 3D Gaussian splatting of a posed image set (stage 0 of the pipeline, docs/architecture.md).
 
 ``reconstruct(scene, cfg, out_dir)`` initialises Gaussians (RGB-D back-projection + voxel
 downsampling when the scene has depth, else the scene's points, else random points in the cameras'

@@ -1,4 +1,4 @@
-"""Prompts → selected Gaussians → 3D objects → 2D masks (DESIGN.md "Query").
+"""Prompts → selected Gaussians → 3D objects → 2D masks (docs/architecture.md "Query").
 
 - :mod:`.relevancy` — LERF relevancy against canonical negatives, COS3D normalisation, prompt cache;
 - :mod:`.refine` — adaptive Lang2Ins refinement: the literal reference loop and the fast engine version;

@@ -1,4 +1,4 @@
-"""The 2D-first query branch (DESIGN.md §3): segment a concept in a few views with SAM 3, lift the masks
+"""The 2D-first query branch (docs/architecture.md): segment a concept in a few views with SAM 3, lift the masks
 into 3D through the views' blending weights, vote, and fuse with the field's answer.
 
 For a concept (a text, exemplar boxes, or both) and views ``V`` of the scene:

@@ -20,7 +20,7 @@
 - **hierarchical**: ``query("head", within="robot")`` or ``within_object=<object id>``: the parent is selected
   at level ``l``; the part prompt is answered on the part level (``s``) restricted to the parent's Gaussians.
 
-Text/image pipeline (DESIGN.md "Query"): raw LERF relevancy ``R`` (:mod:`.relevancy`) → presence test on
+Text/image pipeline (docs/architecture.md "Query"): raw LERF relevancy ``R`` (:mod:`.relevancy`) → presence test on
 the prompt's cosine with the field, recovered from ``R`` (:mod:`.notarget`, :func:`~.notarget.decide`; a part
 inside its found parent; an absent target gives an empty answer with a reason) → COS3D normalisation (of the
 cosine for parts inside a parent, :attr:`QuerySettings.select_parts_on`) →

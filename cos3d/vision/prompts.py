@@ -3,7 +3,7 @@
 
 The prompt becomes a mask (:func:`prompt_mask`), the mask goes through the embedder's own crop
 (:meth:`Embedder.embed_image_prompt`), and the result lives in the same space as the mask
-embeddings, so the query engine uses it exactly like a text embedding (DESIGN.md "2D models").
+embeddings, so the query engine uses it exactly like a text embedding (README "Models and the oracle-2D protocol").
 
 Prompt → mask:
 

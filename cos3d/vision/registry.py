@@ -1,4 +1,4 @@
-"""Every 2D provider by name, in one table, each with its own small config (STYLE.md habit 6: a registry,
+"""Every 2D provider by name, in one table, each with its own small config (a registry,
 with loud weights).
 
 :data:`PROVIDERS` maps a kind (``masks``: mask providers, ``embedder``: mask/text embedders, ``segmenter``:

@@ -1,6 +1,6 @@
 """SAM2 masks: automatic generation with the three multimask levels kept apart, and prompt segmentation.
 
-Thin adapter (STYLE.md habit 7): configs are looked up in Python (the YAML files shipped inside the
+Thin adapter : configs are looked up in Python (the YAML files shipped inside the
 ``sam2`` package, or any YAML path) and instantiated with ``hydra.utils.instantiate`` — no Hydra
 ``compose``, no search-path globals of our own, and nothing from sam2 is imported until a SAM2 model
 is asked for (importing ``sam2`` itself still initialises Hydra's global state; that is sam2's own

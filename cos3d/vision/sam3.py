@@ -2,7 +2,7 @@
 
 SAM 3 segments *every* instance of a concept — a short noun phrase (``"mug"``), image exemplars (boxes
 on the image, positive or negative), or both — and has a presence head that says whether the concept
-is in the image at all (DESIGN.md §3; the seeds' omni-prompt segmenter). :class:`SAM3ConceptSegmenter`
+is in the image at all (docs/architecture.md; the seeds' omni-prompt segmenter). :class:`SAM3ConceptSegmenter`
 returns a :class:`ConceptMasks`: one mask, box and score per instance, score = sigmoid(instance logit) ×
 presence, and the presence itself, so an absent concept is an empty answer with a low presence, not a
 forced guess.
