@@ -35,6 +35,7 @@ run folder or the scene folder (or where ``--mask-cache`` says), :meth:`RunRecor
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +89,6 @@ class RunRecord:
     def set_scene(self, scene_root: Path) -> None:
         """Record the scene folder relative to the run folder (``scene_rel``: a run copied together with
         its scene, or moved beside it, still finds it) and absolute (``scene``: the fallback)."""
-        import os
-
         root = Path(scene_root).resolve()
         self.data["scene"] = str(root)
         try:
@@ -102,7 +101,7 @@ class RunRecord:
         out: list[Path] = []
         rel = self.data.get("scene_rel")
         if isinstance(rel, str) and rel:
-            out.append(self.folder.root / rel)
+            out.append(Path(os.path.normpath(self.folder.root.absolute() / rel)))
         if self.scene:
             out.append(Path(self.scene))
         return out
