@@ -36,8 +36,8 @@ from cos3d.data.ply import (SH_C0, read_gaussians, read_ply, read_splat, read_sp
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "splats"
-ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "splats"
+ROOT = Path(__file__).resolve().parents[2]
 
 SPZ_STEP = {
     "means": 0.5 / (1 << 12),  # 24-bit fixed point with 12 fractional bits (header byte 13), rounded

@@ -36,7 +36,7 @@ from cos3d.serve.config import Catalogue, ServeConfig  # noqa: E402
 from cos3d.serve.server import start_in_thread  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _strip(d: dict) -> dict:

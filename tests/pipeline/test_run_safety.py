@@ -20,7 +20,7 @@ import pytest
 from cos3d.cli import entrypoint
 from cos3d.core.errors import Cos3dError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _env() -> dict[str, str]:

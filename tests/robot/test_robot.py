@@ -301,7 +301,7 @@ def test_pick_benchmark_end_to_end(trained_run, tabletop_dir, tmp_path, capsys):
 
     from cos3d.tabletop.catalog import CATALOG
 
-    spec = importlib.util.spec_from_file_location("bench_pick", Path(__file__).parents[1] / "scripts" / "bench_pick.py")
+    spec = importlib.util.spec_from_file_location("bench_pick", Path(__file__).parents[2] / "scripts" / "bench_pick.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     (tmp_path / "scene0").symlink_to(tabletop_dir)
