@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.runs:
         ts = cos3d.load(run)
         e = ts.engine
-        nearest = BranchAnswers(ts)._anchors(e.level)  # [N] nearest training anchor (instance space)
+        nearest = BranchAnswers(ts).nearest_anchor(e.level)  # [N] nearest training anchor (instance space)
         targets = torch.nn.functional.normalize(e.level_state(e.level).targets.float(), dim=1)  # [J, D]
         engines.append((e, nearest, targets))
 

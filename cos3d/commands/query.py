@@ -351,8 +351,7 @@ def answer_remotely(cfg: QueryConfig) -> int | None:
             if v not in names:
                 raise Cos3dError(f"unknown view {v!r}; the scene's frames are {names[0]}..{names[-1]} ({len(names)} frames)")
         for v in views or remote.test_views:
-            data, _ = remote.client.request("POST", remote._path("masks"),
-                                            {"query": res.request, "view": v, "protocol": cfg.protocol}, raw=True)
+            data = remote.mask_png(res, v, cfg.protocol)
             path = cfg.masks_out / f"{safe_name(v)}.png"  # a frame name is data, not a path (as in process)
             _write_bytes(path, data)
             written.append(path)

@@ -84,7 +84,7 @@ class BranchAnswers:
         m[parent.selected] = True
         return m
 
-    def _anchors(self, lvl: str) -> "Tensor":
+    def nearest_anchor(self, lvl: str) -> "Tensor":
         """Nearest training anchor of each Gaussian (instance space) ``[N]``."""
         if lvl not in self._anchor_of:
             f = self.ts.fields[lvl]
@@ -131,7 +131,7 @@ class BranchAnswers:
             Ra = T @ p.float() if on_cos else raw_relevancy(T, p[None], e.negatives)[0]  # [J]
             ra = normalize_relevancy(Ra)
             chosen = ra > 0.5
-            sel = torch.nonzero(chosen[self._anchors(lvl)] & valid).flatten()
+            sel = torch.nonzero(chosen[self.nearest_anchor(lvl)] & valid).flatten()
         else:
             raise ValueError(f"unknown branch {branch!r}; choose from {BRANCHES}")
         sel = torch.sort(sel.long()).values

@@ -111,7 +111,7 @@ class BudgetAnswers:
         lvl = e.part_level if q.is_part else e.level
         key = (lvl, q.is_part)
         if key not in self._anchor_label:
-            self._anchor_label[key] = anchor_objects(self.ts, lvl, parts=q.is_part)[self.branches._anchors(lvl)]
+            self._anchor_label[key] = anchor_objects(self.ts, lvl, parts=q.is_part)[self.branches.nearest_anchor(lvl)]
         lab = self._anchor_label[key]
         sel = torch.nonzero(torch.isin(lab, torch.tensor(q.gt_ids, dtype=torch.long))).flatten()
         return Answer(sel, not sel.numel(), 1)

@@ -328,10 +328,14 @@ class RemoteScene:
         import numpy as np
         from PIL import Image
 
+        return np.asarray(Image.open(io.BytesIO(self.mask_png(result, view, protocol)))) > 0
+
+    def mask_png(self, result: RemoteResult | dict, view: str, protocol: str = "occlusion") -> bytes:
+        """The PNG bytes of an answer's mask in the frame ``view``, as the server wrote them."""
         req = result.request if isinstance(result, RemoteResult) else dict(result)
         data, _ = self.client.request("POST", self._path("masks"),
                                       {"query": req, "view": str(view), "protocol": protocol}, raw=True)
-        return np.asarray(Image.open(io.BytesIO(data))) > 0
+        return data
 
     def export(self, result: RemoteResult | dict, path: str | os.PathLike, format: str = "ply") -> Path:
         """Write an answer's selection to ``path``: ``ply`` (3DGS), ``spz`` or ``points`` (labelled point cloud)."""
