@@ -33,6 +33,8 @@ from cos3d.core.errors import Cos3dError
 from cos3d.data.gaussians import Gaussians
 from cos3d.render import render
 from cos3d.data.scene import Frame, Scene
+from cos3d.core.config import from_dict, load_config_file
+from cos3d.data.ply import write_ply
 
 __all__ = ["ReconConfig", "reconstruct", "init_gaussians", "evaluate_psnr", "ssim", "psnr"]
 
@@ -128,7 +130,6 @@ class ReconConfig:
     def fast(cls, **overrides: Any) -> "ReconConfig":
         """The ``recon`` section of the ``fast`` preset (``cos3d/configs/fast.yaml``, where its choices are
         explained: a short schedule from RGB-D initialisation), with ``overrides`` applied."""
-        from cos3d.core.config import from_dict, load_config_file
 
         preset = load_config_file("fast")[0].get("recon", {})
         return dataclasses.replace(from_dict(cls, preset, source="cos3d/configs/fast.yaml"), **overrides)
@@ -668,8 +669,6 @@ def _reconstruct(scene, cfg: ReconConfig, out: Path | None, device, resume: bool
         print(f"stage 0: {g.num} Gaussians, held-out PSNR {metrics['psnr_test']:.2f} dB "
               f"({len(test)} test views), {metrics['time_s']:.1f} s")  # fmt: skip
     if out is not None:
-        from cos3d.data.ply import write_ply
-
         out.mkdir(parents=True, exist_ok=True)
         write_ply(out / "gaussians.ply", g)
         write_json(out / "metrics.json", json.loads(json.dumps(metrics, default=str)))

@@ -31,6 +31,12 @@ from cos3d.pipeline.run_folder import STAGE_TITLES, STAGES, RunFolder, RunRecord
 from cos3d.pipeline.session import Session, log
 from cos3d.pipeline.stages import STAGE_FUNCTIONS, StepCallback
 from cos3d.pipeline.train_config import TrainConfig
+from cos3d import __version__
+from cos3d.capture import scene_for_training
+from cos3d.readers import resolve_scene_path
+from cos3d.readers import load_scene
+from cos3d.pipeline.views import training_scene
+from cos3d.pipeline.trained import load
 
 __all__ = ["train"]
 
@@ -38,7 +44,6 @@ __all__ = ["train"]
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
-    from cos3d import __version__
 
     out = {"cos3d": __version__, "python": platform.python_version(), "platform": platform.platform()}
     for pkg in (
@@ -108,7 +113,6 @@ def train(cfg: TrainConfig, *, config_files: tuple[str, ...] = (), on_step: Step
     """
 
     cfg.validate()
-    from cos3d.capture import scene_for_training
 
     cfg = scene_for_training(cfg)
     old_threads = torch.get_num_threads()
@@ -128,8 +132,6 @@ def train(cfg: TrainConfig, *, config_files: tuple[str, ...] = (), on_step: Step
 
 
 def _train(cfg: TrainConfig, config_files: tuple[str, ...], on_step: StepCallback | None) -> Path:
-    from cos3d.readers import resolve_scene_path
-
     scene_dir = resolve_scene_path(cfg.scene, cfg.data_root)
     out = Path(cfg.out) if cfg.out is not None else Path("runs") / scene_dir.resolve().name
     if out.exists() and not out.is_dir():
@@ -141,9 +143,6 @@ def _train(cfg: TrainConfig, config_files: tuple[str, ...], on_step: StepCallbac
 
 
 def _train_locked(cfg: TrainConfig, config_files: tuple[str, ...], out: Path, on_step: StepCallback | None) -> Path:
-    from cos3d.readers import load_scene
-    from cos3d.pipeline.views import training_scene
-
     native = load_scene(cfg.scene, cfg.data_root)
     scene_root = Path(native.root).resolve()
     device = resolve_device(cfg.device)
@@ -202,8 +201,6 @@ def _train_locked(cfg: TrainConfig, config_files: tuple[str, ...], out: Path, on
         log(f"{title}: done in {dt:.1f} s")
     fresh_state = state.folder.read_query_state() is not None
     if "language" in todo and state.done("language") and not state.running("language") and not fresh_state:
-        from cos3d.pipeline.trained import load
-
         t0 = time.perf_counter()
         load(run_dir, device=device).save_query_state()
         state.data["timings"]["query_state"] = round(time.perf_counter() - t0, 3)

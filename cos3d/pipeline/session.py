@@ -23,6 +23,10 @@ from cos3d.pipeline.run_folder import RunRecord
 from cos3d.pipeline.train_config import TrainConfig
 from cos3d.render.contributions import Contributions
 from cos3d.vision.masks import MaskSet
+from cos3d.vision import load_view
+from cos3d.render import compute_contributions
+from cos3d.data.ply import read_ply
+from cos3d.vision import level_index
 
 __all__ = ["BYTES_PER_PIXEL", "BYTES_PER_WEIGHT", "Session", "default_memory_budget_gib", "log", "pixels_within",
            "progress_bar"]
@@ -120,8 +124,6 @@ class Session:
 
     def gaussians(self) -> Gaussians:
         if self._gaussians is None:
-            from cos3d.data.ply import read_ply
-
             if not self.ply.is_file():
                 raise Cos3dError(f"{self.ply}: missing; run stage recon first (--stage recon or --stage all)")
             g = read_ply(self.ply, features=False).validate(str(self.ply))
@@ -131,15 +133,12 @@ class Session:
     def mask_view(self, i: int) -> tuple[MaskSet, np.ndarray]:
         """``(MaskSet, emb [M, D] fp16)`` of training view ``i``, read from the 2D cache (never all held:
         at a scan's full resolution they would not fit)."""
-        from cos3d.vision import load_view
 
         return load_view(self.mask_dir, self.train_frames()[i].name)
 
     def level_counts(self) -> dict[str, int]:
         """Masks per level over the training views."""
         if self._level_counts is None:
-            from cos3d.vision import level_index
-
             counts = {lev: 0 for lev in self.cfg.levels}
             for i in range(len(self.train_frames())):
                 ms, _ = self.mask_view(i)
@@ -157,7 +156,6 @@ class Session:
         """``[(index in train_frames(), ViewWeights)]`` for training views that see any Gaussian."""
         if self._weights is not None:
             return self._weights
-        from cos3d.render import compute_contributions
 
         g = self.gaussians()
         frames = self.train_frames()

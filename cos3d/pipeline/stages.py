@@ -31,6 +31,12 @@ from cos3d.pipeline.fields_file import FieldsFile, LevelRecord
 from cos3d.pipeline.session import Session, log, progress_bar
 from cos3d.pipeline.train_config import TrainConfig
 from cos3d.vision.masks import MaskSet
+from cos3d.pipeline.recon import reconstruct
+from cos3d.vision import prepare_masks
+from cos3d.vision.models import mask_cache_dir
+from cos3d.field.ins2lang import collect_anchors, map_to_language
+from cos3d.data.ply import read_gaussians, splat_format, write_ply
+from cos3d.field.instance import load_checkpoint, train_instance_field
 
 __all__ = ["STAGE_FUNCTIONS", "StepCallback", "label_tensor", "stage_instance", "stage_language", "stage_masks",
            "stage_recon"]
@@ -45,8 +51,6 @@ StepCallback = Callable[[str, int], None]
 def stage_recon(s: Session, on_step: StepCallback | None = None) -> dict[str, Any]:
     cfg = s.cfg
     if cfg.gaussians is not None:
-        from cos3d.data.ply import read_gaussians, splat_format, write_ply
-
         src = Path(cfg.gaussians)
         try:
             g = read_gaussians(src)  # .ply, .compressed.ply, .spz, .splat
@@ -63,7 +67,6 @@ def stage_recon(s: Session, on_step: StepCallback | None = None) -> dict[str, An
         s._gaussians = None
         log(f"stage 0: imported {g.num} Gaussians from {src} (no held-out PSNR for an imported scene)")
         return {"source": "import", "path": str(src.resolve()), "n_gaussians": g.num, "psnr_test": None}
-    from cos3d.pipeline.recon import reconstruct
 
     rcfg = dataclasses.replace(cfg.recon, seed=cfg.seed, device=str(s.device), threads=cfg.threads, progress=cfg.progress)
     work = s.run.recon_dir
@@ -94,9 +97,6 @@ def stage_recon(s: Session, on_step: StepCallback | None = None) -> dict[str, An
 
 
 def stage_masks(s: Session, on_step: StepCallback | None = None) -> dict[str, Any]:
-    from cos3d.vision import prepare_masks
-    from cos3d.vision.models import mask_cache_dir
-
     cfg = s.cfg
     models = cfg.models
     provider = models.create_provider(s.native, device=str(s.device))
@@ -167,13 +167,9 @@ def _instance_cfg(cfg: TrainConfig, n_views: int) -> InstanceConfig:
 
 
 def stage_instance(s: Session, on_step: StepCallback | None = None) -> dict[str, Any]:
-    from cos3d.field.instance import train_instance_field
-
     cfg = s.cfg
     if s.checkpoint.exists():
         if cfg.resume:
-            from cos3d.field.instance import load_checkpoint
-
             load_checkpoint(s.checkpoint)  # a corrupt checkpoint fails now, not after the weights are built
         else:
             s.checkpoint.unlink()
@@ -227,8 +223,6 @@ def stage_instance(s: Session, on_step: StepCallback | None = None) -> dict[str,
 
 
 def stage_language(s: Session, on_step: StepCallback | None = None) -> dict[str, Any]:
-    from cos3d.field.ins2lang import collect_anchors, map_to_language
-
     cfg = s.cfg
     icfg2 = dataclasses.replace(cfg.ins2lang, seed=cfg.seed)
     data = s.run.read_fields()

@@ -18,9 +18,14 @@ import torch
 from cos3d.core.errors import Cos3dError
 from cos3d.field.level import LevelField
 from cos3d.pipeline.run_folder import RunFolder, RunRecord, lock_holder
+from cos3d.core.device import resolve_device
+from cos3d.data.ply import read_ply
+from cos3d.vision.models import ModelsConfig, choose_segmenter
+from cos3d.readers import load_scene
+from cos3d.query.engine import QueryEngine
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cos3d.query.engine import QueryEngine, QueryResult
+    from cos3d.query.engine import QueryResult
     from cos3d.pipeline.train_config import TrainConfig
     from cos3d.vision.base import Embedder
     from cos3d.vision.prompts import PromptSegmenter
@@ -89,8 +94,6 @@ class TrainedScene:
     def scene(self):
         """The scene (:class:`cos3d.data.scene.Scene`), re-read from the folder recorded in ``run.json`` (:attr:`scene_path`)."""
         if self._scene is None:
-            from cos3d.readers import load_scene
-
             self._scene = load_scene(self.scene_path)
         return self._scene
 
@@ -128,8 +131,6 @@ class TrainedScene:
         """The run's :class:`cos3d.query.engine.QueryEngine`, created on first use (reads the scene and
         the embedder) and then shared: :meth:`query`, ``cos3d query`` and ``cos3d view`` all use it."""
         if self._engine is None:
-            from cos3d.query.engine import QueryEngine
-
             self._engine = QueryEngine(self, segmenter=self._segmenter_factory)
             saved = RunFolder(self.run_dir).read_query_state()
             self.query_state_loaded = saved is not None and self._engine.load_state_dict(saved)
@@ -138,7 +139,6 @@ class TrainedScene:
     def _segmenter_factory(self) -> "tuple[PromptSegmenter | None, str]":
         """The engine's image-prompt segmenter, built on its first box/points/scribble prompt (SAM loads
         in seconds; text queries never pay for it)."""
-        from cos3d.vision.models import choose_segmenter
 
         return choose_segmenter(self.segmenter_choice, self.config.models, self.segmenter_models,
                                 device=str(self.device))
@@ -194,8 +194,6 @@ def load(run: str | Path, *, device: str | torch.device = "auto", segmenter: "st
     Raises:
         Cos3dError: naming the folder, when it is missing, unfinished or corrupt.
     """
-    from cos3d.core.device import resolve_device
-    from cos3d.data.ply import read_ply
 
     folder = RunFolder(Path(run))
     run_dir = folder.root
@@ -244,7 +242,6 @@ def load(run: str | Path, *, device: str | torch.device = "auto", segmenter: "st
     if models:
         import dataclasses
 
-        from cos3d.vision.models import ModelsConfig
 
         known = {f.name for f in dataclasses.fields(ModelsConfig)}
         bad = sorted(set(models) - known)
