@@ -7,7 +7,7 @@ import torch
 from cos3d.core.errors import Cos3dError
 
 
-def resolve_device(name: str | None = "auto") -> torch.device:
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """``auto``/None → CUDA when available, else CPU; ``cpu``, ``cuda``, ``cuda:N`` as given.
 
     Raises :class:`Cos3dError` (naming ``--device``) for an unknown name or CUDA on a machine without it.

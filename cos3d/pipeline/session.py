@@ -60,8 +60,8 @@ class Session:
         self.scene = scene
         """The training views (:func:`cos3d.pipeline.views.training_scene`): selected and rescaled."""
         self.device = device
-        self._gaussians = None
-        self._weights = None
+        self._gaussians: Gaussians | None = None
+        self._weights: list[tuple[int, ViewWeights]] | None = None
         self._level_counts: dict[str, int] | None = None
         self.sampled_views = 0
         """Views whose pixels were sampled to fit the memory budget (set when the weights are built)."""
@@ -139,7 +139,7 @@ class Session:
     def level_counts(self) -> dict[str, int]:
         """Masks per level over the training views."""
         if self._level_counts is None:
-            counts = {lev: 0 for lev in self.cfg.levels}
+            counts: dict[str, int] = {lev: 0 for lev in self.cfg.levels}
             for i in range(len(self.train_frames())):
                 ms, _ = self.mask_view(i)
                 for lev in counts:

@@ -151,7 +151,8 @@ def label_tensor(ms: MaskSet, lev: str, vw: ViewWeights, device: str | torch.dev
 
 
 def _active_levels(s: Session) -> tuple[list[str], list[str]]:
-    present, empty = [], []
+    present: list[str] = []
+    empty: list[str] = []
     for lev, n in s.level_counts().items():
         (present if n else empty).append(lev)
     if not present:

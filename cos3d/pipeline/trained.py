@@ -26,6 +26,7 @@ from cos3d.query.engine import QueryEngine
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryResult
+    from cos3d.data.scene import Scene
     from cos3d.pipeline.train_config import TrainConfig
     from cos3d.vision.base import Embedder
     from cos3d.vision.prompts import PromptSegmenter
@@ -55,9 +56,9 @@ class TrainedScene:
         self.device = device
         self.fields_meta = fields_meta
         """``fields.pt``'s header (embedder identity, dims, Ins2Lang settings)."""
-        self._scene = None
-        self._embedder = None
-        self._engine = None
+        self._scene: Scene | None = None
+        self._embedder: Embedder | None = None
+        self._engine: QueryEngine | None = None
         self.segmenter_choice: Any = "auto"
         """The image-prompt segmenter asked for (:func:`load`'s ``segmenter``)."""
         self.segmenter_models: dict[str, Any] = {}
