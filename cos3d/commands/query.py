@@ -320,7 +320,7 @@ def report(cfg: QueryConfig, res: Answer, written: list[Path]) -> None:
 def server_usable(cfg: QueryConfig) -> bool:
     """Whether a server can answer these flags as this process would: a server keeps its own segmenter
     (the run's), so asking for another one (or other SAM weights) is answered in-process."""
-    return (cfg.segmenter == "auto" and cfg.concept_segmenter == "sam3"
+    return (cfg.segmenter == "auto" and cfg.concept_segmenter != "none"
             and not (cfg.sam2_model or cfg.sam3_model or cfg.sam2_checkpoint))
 
 
