@@ -125,7 +125,9 @@ def _print_table(res: QueryResult) -> None:
 
     console = Console()
     targets = {"none": "no target", "one": "one target", "many": "many targets"}[res.targets]
-    title = f"{res.query}  ({res.kind}, level {res.level}, {targets})"
+    branch = getattr(res, "branch", None)
+    how = f", branch {branch}" if branch and branch != "field" else ""
+    title = f"{res.query}  ({res.kind}, level {res.level}{how}, {targets})"
     if res.no_target:
         reason = res.reason.removeprefix("no target: ")
         console.print(f"[bold]{title}[/bold]\n[yellow]no target[/yellow]: {reason}")

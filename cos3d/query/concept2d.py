@@ -15,6 +15,10 @@ For a concept (a text, exemplar boxes, or both) and views ``V`` of the scene:
 4. :func:`fuse` combines it with the field's selection: ``"and"`` (the field's Gaussians the views confirm),
    ``"or"``, or ``"2d"`` (the branch alone).
 
+Every surface reaches this through :meth:`cos3d.query.engine.QueryEngine.query`'s ``branch`` (``"2d"``: the
+branch alone; ``"fused"``: the field's objects cut to what the views confirm, presence by :func:`fused_presence`):
+``cos3d query --branch``, ``cos3d.load(RUN).query(text, branch=...)``, the viewer and ``cos3d.robot``.
+
 Views: :func:`pick_views` takes ``k`` training views evenly spread, or — given the field's answer — the
 ``k`` views where the answer's Gaussians carry the most blending weight (the most informative views for
 that answer). Nothing here reads ground truth; an oracle segmenter may stand in for SAM 3 in tests.
