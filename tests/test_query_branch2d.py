@@ -93,6 +93,12 @@ def test_robot_viewer_and_server_pass_the_branch(oracle_ts):
     assert answer_query(ts, text, within="robot", branch="2d").error
     assert query_kwargs({"text": text, "branch": "2d"}, allow_paths=False) == (text, {"branch": "2d"})
     assert query_kwargs({"text": text, "branch": "field"}, allow_paths=False) == (text, {})
+    from cos3d.serve.client import RemoteScene
+
+    remote = object.__new__(RemoteScene)  # the request alone: no server
+    remote.accepts_paths = False
+    assert remote.request(text, branch="fused") == {"text": text, "branch": "fused"}
+    assert remote.request(text) == {"text": text}
 
 
 def test_tiny_sam3_through_load_and_the_cli(trained_run, tiny_sam3_concepts, capsys, tmp_path):
