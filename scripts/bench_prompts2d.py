@@ -12,6 +12,12 @@ no-target decision accuracy over present + absent prompts (the tabletop protocol
 held-out paraphrases, plurals, absent things; no parts). The query paths read no ground truth; the oracle
 does, which is the point of the protocol: this measures the lifting and fusion, not SAM 3.
 
+3. The branches every surface offers (``cos3d query --branch field|2d|fused``, ``load(...).query(branch=...)``):
+   the same engine answers each prompt through ``QueryEngine.query(text, branch=b)`` with the oracle concept
+   stand-in as its concept segmenter (labelled "oracle concept stand-in (oracle-2D)"), each branch with its
+   own presence decision (fused: :func:`cos3d.query.concept2d.fused_presence`); the same rows on the
+   development prompts (cos3d.eval.devprompts: where the presence rule's thresholds are to be chosen).
+
     python scripts/bench_prompts2d.py --run runs/tabletop [--k 2 4 8] [--json out.json]
 """
 
@@ -68,6 +74,23 @@ def main(argv: list[str] | None = None) -> int:
         for b in BRANCHES:
             r = res[b]
             lines.append(f"| {k} | {b} | {r['mIoU']:.3f} | {r['mAcc@0.25']:.3f} | {r['no_target_accuracy']:.3f} | {r['pairs']} |")
+    print("\n".join(lines))
+
+    from cos3d.eval.branches2d import compare_query_branches
+    from cos3d.eval.devprompts import dev_tabletop_queries
+
+    dev = [(q.text, list(q.gt_ids)) for q in dev_tabletop_queries(scene) if q.kind in ("paraphrase", "absent")]
+    engine.concept_segmenter = OracleConceptSegmenter(scene, dict(prompts) | dict(dev))
+    lines = ["", "| oracle concept stand-in (oracle-2D): `--branch` | prompts | mIoU | mAcc@0.25 | no-target acc. | pairs |",
+             "|---|---|---:|---:|---:|---:|"]
+    out["branches"] = {}
+    for name, ps in (("evaluation", prompts), ("development", dev)):
+        t0 = time.perf_counter()
+        res = compare_query_branches(engine, ps, views)
+        out["branches"][name] = res | {"seconds": round(time.perf_counter() - t0, 1)}
+        for b, r in res.items():
+            lines.append(f"| {b} | {name} ({len(ps)}) | {r['mIoU']:.3f} | {r['mAcc@0.25']:.3f} | "
+                         f"{r['no_target_accuracy']:.3f} | {r['pairs']} |")
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as fh:

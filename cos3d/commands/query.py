@@ -11,6 +11,7 @@ Examples::
     cos3d query --run RUN --click 16:82,57
     cos3d query "the robot's head" --run RUN --ply-out head.ply
     cos3d query "head" --within "robot" --run RUN
+    cos3d query "red mug" --run RUN --branch fused --sam3-model DIR             # SAM 3 masks lifted, with the field
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ class QueryConfig:
     """VIEW:x,y, a pixel in a scene frame: the object under it."""
     combine: Literal["sum", "and"] = "sum"
     """Text + image prompt: sum (normalised sum of the two embeddings) or and (the objects both answers hold)."""
+    branch: Literal["field", "2d", "fused"] = "field"
+    """How a text prompt is answered: field (the language field, COS3D), 2d (SAM 3 segments the text in a few
+    training views and its masks are lifted through the blending weights) or fused (the field's objects cut to
+    what the views confirm; presence from SAM 3's presence score and the field's decision)."""
+    concept_segmenter: Literal["sam3", "none"] = "sam3"
+    """The concept segmenter of --branch 2d/fused: sam3 (SAM 3 through transformers; weights: --sam3-model, else
+    the run's, $COS3D_SAM3_MODEL or facebook/sam3) or none."""
     segmenter: Literal["auto", "none", "sam2", "sam2-hf", "sam3"] = "auto"
     """Box/points/scribble -> mask segmenter of image prompts: auto (the run's SAM model when it was trained with
     one and its weights load; else the offline rule, and the answer says so; with --sam2-model, --sam3-model or
@@ -65,7 +73,8 @@ class QueryConfig:
     sam2_model: str | None = None
     """SAM2 through transformers for --segmenter sam2-hf: hub id or save_pretrained folder (default: the run's)."""
     sam3_model: str | None = None
-    """SAM 3 tracker for --segmenter sam3: hub id or save_pretrained folder (default: the run's)."""
+    """SAM 3 for --segmenter sam3 (its tracker) and --branch 2d/fused (its concept model): hub id or
+    save_pretrained folder (default: the run's)."""
     sam2_checkpoint: Path | None = None
     """Official SAM2 .pt checkpoint for --segmenter sam2 (default: the run's)."""
     lift: bool = True
@@ -116,7 +125,9 @@ def _print_table(res: QueryResult) -> None:
 
     console = Console()
     targets = {"none": "no target", "one": "one target", "many": "many targets"}[res.targets]
-    title = f"{res.query}  ({res.kind}, level {res.level}, {targets})"
+    branch = getattr(res, "branch", None)
+    how = f", branch {branch}" if branch and branch != "field" else ""
+    title = f"{res.query}  ({res.kind}, level {res.level}{how}, {targets})"
     if res.no_target:
         reason = res.reason.removeprefix("no target: ")
         console.print(f"[bold]{title}[/bold]\n[yellow]no target[/yellow]: {reason}")
@@ -254,14 +265,14 @@ def run(args: argparse.Namespace) -> int:
 
     # --segmenter auto with a model named here uses that model (cos3d.vision.models.choose_segmenter)
     overrides = {"sam2_model": cfg.sam2_model, "sam3_model": cfg.sam3_model, "sam2_checkpoint": cfg.sam2_checkpoint}
-    trained = cos3d.load(run_dir, segmenter=cfg.segmenter, models=overrides)
+    trained = cos3d.load(run_dir, segmenter=cfg.segmenter, models=overrides, concept_segmenter=cfg.concept_segmenter)
     engine = trained.engine
     if views:
         for v in views:
             engine.camera(v)  # unknown view → error before any work
     res = engine.query(
         cfg.text, image=cfg.image, view=cfg.view, region=region, click=click, within=cfg.within, within_object=cfg.within_object, level=cfg.level, refine=cfg.refine,
-        lift=None if cfg.lift else False, combine=cfg.combine, parts=cfg.parts,
+        lift=None if cfg.lift else False, combine=cfg.combine, parts=cfg.parts, branch=cfg.branch,
     )
     if not trained.query_state_loaded:  # first use (a run trained before the state was saved): keep it
         try:
@@ -311,7 +322,8 @@ def report(cfg: QueryConfig, res: Answer, written: list[Path]) -> None:
 def server_usable(cfg: QueryConfig) -> bool:
     """Whether a server can answer these flags as this process would: a server keeps its own segmenter
     (the run's), so asking for another one (or other SAM weights) is answered in-process."""
-    return cfg.segmenter == "auto" and not (cfg.sam2_model or cfg.sam3_model or cfg.sam2_checkpoint)
+    return (cfg.segmenter == "auto" and cfg.concept_segmenter != "none"
+            and not (cfg.sam2_model or cfg.sam3_model or cfg.sam2_checkpoint))
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -337,7 +349,8 @@ def answer_remotely(cfg: QueryConfig) -> int | None:
         res = remote.query(
             cfg.text, image=cfg.image, view=cfg.view, box=cfg.box, mask=cfg.mask, scribble=cfg.scribble,
             points=cfg.points, click=cfg.click, within=cfg.within, within_object=cfg.within_object, level=cfg.level,
-            refine=cfg.refine, lift=None if cfg.lift else False, combine=cfg.combine, parts=cfg.parts, arrays=False,
+            refine=cfg.refine, lift=None if cfg.lift else False, combine=cfg.combine, parts=cfg.parts, branch=cfg.branch,
+            arrays=False,
         )
     except ServeError as e:
         if e.status == 503 and "unreachable" in str(e):

@@ -13,7 +13,7 @@ from cos3d.query.concept2d import BRANCHES, ConceptSegmenter, branch_selections
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryEngine
 
-__all__ = ["compare_branches"]
+__all__ = ["compare_branches", "compare_query_branches"]
 
 
 def compare_branches(engine: "QueryEngine", segmenter: ConceptSegmenter, prompts: Sequence[tuple[str, Sequence[int]]],
@@ -44,3 +44,30 @@ def compare_branches(engine: "QueryEngine", segmenter: ConceptSegmenter, prompts
                 "mAcc@0.25": float(np.mean(np.asarray(ious[b]) > 0.25)) if ious[b] else float("nan"),
                 "pairs": len(ious[b]), "no_target_accuracy": float(np.mean(right[b])) if right[b] else float("nan")}
             for b in BRANCHES}
+
+
+def compare_query_branches(engine: "QueryEngine", prompts: Sequence[tuple[str, Sequence[int]]],
+                           gt_views: Sequence[tuple[Any, np.ndarray]], *, branches: Sequence[str] = ("field", "2d", "fused"),
+                           protocol: str = "occlusion") -> dict[str, dict[str, float]]:
+    """:func:`compare_branches`' scores for the answers of ``engine.query(text, branch=b)`` (the branches every
+    surface offers: :data:`cos3d.query.engine.QUERY_BRANCHES`; the 2D ones use the engine's concept segmenter,
+    which may be the oracle stand-in), with the branches' own presence decisions."""
+    ious: dict[str, list[float]] = {b: [] for b in branches}
+    right: dict[str, list[bool]] = {b: [] for b in branches}
+    for text, ids in prompts:
+        for b in branches:
+            res = engine.query(text, branch=b, parts=False)
+            sel = res.selected if not res.no_target else res.selected[:0]
+            right[b].append((sel.numel() == 0) == (len(ids) == 0))
+            if not ids:
+                continue
+            for cam, inst in gt_views:
+                gt = np.isin(inst, list(ids))
+                if not gt.any():
+                    continue
+                pred = engine.masks.mask(sel, cam, protocol) if sel.numel() else np.zeros_like(gt)
+                ious[b].append(mask_iou(pred, gt))
+    return {b: {"mIoU": float(np.mean(ious[b])) if ious[b] else float("nan"),
+                "mAcc@0.25": float(np.mean(np.asarray(ious[b]) > 0.25)) if ious[b] else float("nan"),
+                "pairs": len(ious[b]), "no_target_accuracy": float(np.mean(right[b])) if right[b] else float("nan")}
+            for b in branches}

@@ -23,6 +23,8 @@ from cos3d.data.ply import read_ply
 from cos3d.vision.models import ModelsConfig, choose_segmenter
 from cos3d.readers import load_scene
 from cos3d.query.engine import QueryEngine
+from cos3d.vision.sam3 import CONCEPT_SEGMENTERS
+from cos3d.vision.sam3 import create_concept_segmenter
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryResult
@@ -63,6 +65,8 @@ class TrainedScene:
         """The image-prompt segmenter asked for (:func:`load`'s ``segmenter``)."""
         self.segmenter_models: dict[str, Any] = {}
         """Overrides of the run's model settings for it (``sam2_model``, ``sam3_model``, ``sam2_checkpoint``...)."""
+        self.concept_segmenter_choice: Any = "sam3"
+        """The 2D-first branch's concept segmenter asked for (:func:`load`'s ``concept_segmenter``)."""
         self.query_state_loaded = False
         """Whether :attr:`engine` adopted the index and calibration saved in the run folder."""
 
@@ -132,7 +136,8 @@ class TrainedScene:
         """The run's :class:`cos3d.query.engine.QueryEngine`, created on first use (reads the scene and
         the embedder) and then shared: :meth:`query`, ``cos3d query`` and ``cos3d view`` all use it."""
         if self._engine is None:
-            self._engine = QueryEngine(self, segmenter=self._segmenter_factory)
+            self._engine = QueryEngine(self, segmenter=self._segmenter_factory,
+                                       concept_segmenter=self._concept_factory)
             saved = RunFolder(self.run_dir).read_query_state()
             self.query_state_loaded = saved is not None and self._engine.load_state_dict(saved)
         return self._engine
@@ -143,6 +148,13 @@ class TrainedScene:
 
         return choose_segmenter(self.segmenter_choice, self.config.models, self.segmenter_models,
                                 device=str(self.device))
+
+    def _concept_factory(self) -> Any:
+        """The engine's concept segmenter (``query(..., branch="2d"/"fused")``), built on the first such query:
+        SAM 3 through transformers on the given ``sam3_model`` (:func:`load`'s ``models``), else the run's."""
+
+        model = self.segmenter_models.get("sam3_model") or self.config.models.sam3_model
+        return create_concept_segmenter(self.concept_segmenter_choice, model, device=str(self.device))
 
     def save_query_state(self) -> None:
         """Build (if needed) and save every level's refinement index and no-target calibration in the
@@ -179,7 +191,7 @@ def _bad(run_dir: Path, why: str) -> Cos3dError:
 
 
 def load(run: str | Path, *, device: str | torch.device = "auto", segmenter: "str | PromptSegmenter | None" = "auto",
-         models: dict[str, Any] | None = None) -> TrainedScene:
+         models: dict[str, Any] | None = None, concept_segmenter: Any = "sam3") -> TrainedScene:
     """Load a run folder written by ``cos3d train`` (layout: :mod:`cos3d.pipeline.run_folder`).
 
     Args:
@@ -190,7 +202,11 @@ def load(run: str | Path, *, device: str | torch.device = "auto", segmenter: "st
             and answers say so), ``"none"``/None, ``"sam2"``, ``"sam2-hf"``, ``"sam3"`` (missing weights raise,
             naming the flag), or a :class:`~cos3d.vision.prompts.PromptSegmenter`.
         models: overrides of the run's model settings for the segmenter (:class:`~cos3d.vision.models.ModelsConfig`
-            fields, e.g. ``{"sam2_model": "path/to/sam2"}``).
+            fields, e.g. ``{"sam2_model": "path/to/sam2"}``, ``{"sam3_model": ...}`` for SAM 3 below).
+        concept_segmenter: the 2D-first branch's concept segmenter (``query(text, branch="2d"|"fused")``), built
+            on the first such query: ``"sam3"`` (SAM 3 through transformers on ``models["sam3_model"]``, else the
+            run's; missing weights raise one line naming ``--sam3-model``), ``"none"``/None, or any object with
+            ``segment(image, text, exemplars=...)`` (:class:`cos3d.query.concept2d.ConceptSegmenter`).
 
     Raises:
         Cos3dError: naming the folder, when it is missing, unfinished or corrupt.
@@ -240,6 +256,11 @@ def load(run: str | Path, *, device: str | torch.device = "auto", segmenter: "st
     meta = data.header()
     ts = TrainedScene(run_dir, record.data, g, fields, dev, meta)
     ts.segmenter_choice = "none" if segmenter is None else segmenter
+
+    if isinstance(concept_segmenter, str) and concept_segmenter not in CONCEPT_SEGMENTERS:
+        raise Cos3dError(f"concept_segmenter must be one of {', '.join(CONCEPT_SEGMENTERS)} or a segmenter, "
+                         f"got {concept_segmenter!r}")
+    ts.concept_segmenter_choice = "none" if concept_segmenter is None else concept_segmenter
     if models:
         import dataclasses
 

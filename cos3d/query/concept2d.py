@@ -15,6 +15,10 @@ For a concept (a text, exemplar boxes, or both) and views ``V`` of the scene:
 4. :func:`fuse` combines it with the field's selection: ``"and"`` (the field's Gaussians the views confirm),
    ``"or"``, or ``"2d"`` (the branch alone).
 
+Every surface reaches this through :meth:`cos3d.query.engine.QueryEngine.query`'s ``branch`` (``"2d"``: the
+branch alone; ``"fused"``: the field's objects cut to what the views confirm, presence by :func:`fused_presence`):
+``cos3d query --branch``, ``cos3d.load(RUN).query(text, branch=...)``, the viewer and ``cos3d.robot``.
+
 Views: :func:`pick_views` takes ``k`` training views evenly spread, or — given the field's answer — the
 ``k`` views where the answer's Gaussians carry the most blending weight (the most informative views for
 that answer). Nothing here reads ground truth; an oracle segmenter may stand in for SAM 3 in tests.
@@ -32,10 +36,22 @@ from torch import Tensor
 from cos3d.core.errors import Cos3dError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cos3d.query.engine import QueryEngine
     from cos3d.vision.sam3 import ConceptMasks
 
+QueryEngine = Any
+"""A :class:`cos3d.query.engine.QueryEngine` (not imported: the engine imports this module for its ``branch``)."""
+
 FUSE_MODES = ("and", "or", "2d")
+
+PRESENCE_SURE = 0.5
+"""SAM 3 is sure the concept is present when some view holds an instance and its presence probability
+reaches this (the same 0.5 as :class:`~cos3d.vision.sam3.SAM3ConceptSegmenter`'s instance score threshold)."""
+PRESENCE_ABSENT = 0.2
+"""SAM 3 is sure the concept is absent when no view's presence probability reaches this. Between the two
+the field decides (:func:`fused_presence`). Neither value was tuned on evaluation prompts: with the oracle
+stand-in presence is 0 or 1, so the development prompts (:mod:`cos3d.eval.devprompts`) cannot separate
+values in (0, 1); they are set by the rule's meaning, to be re-chosen on development prompts with SAM 3
+weights."""
 
 
 class ConceptSegmenter(Protocol):
@@ -65,6 +81,11 @@ class ConceptVotes:
     def present(self) -> bool:
         """Some view holds an instance of the concept (False: a no-target answer)."""
         return any(n > 0 for n in self.instances.values())
+
+    @property
+    def presence_max(self) -> float:
+        """The largest presence probability SAM 3 gave over the views (0 without views)."""
+        return max(self.presence.values(), default=0.0)
 
     def selected(self, threshold: float = 0.5, min_seen: float = 1e-3) -> Tensor:
         """LongTensor of the Gaussians whose vote is at least ``threshold`` (and seen at least ``min_seen``)."""
@@ -168,3 +189,23 @@ def branch_selections(engine: "QueryEngine", segmenter: ConceptSegmenter, text: 
     for mode in FUSE_MODES:
         out[mode] = fuse(field_sel, votes, mode, threshold=threshold)
     return out
+
+
+def fused_presence(votes: ConceptVotes, field_present: bool, *, sure: float = PRESENCE_SURE,
+                   absent: float = PRESENCE_ABSENT) -> tuple[bool, str]:
+    """The fused branch's no-target decision from SAM 3's presence and the field's decision → ``(present, why)``.
+
+    With ``p`` the largest presence probability over the views (:attr:`ConceptVotes.presence_max`):
+
+    - SAM 3 sure present (an instance in some view and ``p ≥ sure``): present;
+    - SAM 3 sure absent (``p < absent``): no target, whatever the field says;
+    - otherwise (SAM 3 unsure, or a high presence without an instance above its score threshold): the
+      field's decision.
+    """
+    p = votes.presence_max
+    if votes.present and p >= sure:
+        return True, f"SAM 3 presence {p:.2f} >= {sure:g} with instances"
+    if p < absent:
+        return False, f"SAM 3 presence {p:.2f} < {absent:g}"
+    return bool(field_present), (f"SAM 3 unsure (presence {p:.2f}); the field says "
+                                 f"{'present' if field_present else 'absent'}")

@@ -88,6 +88,7 @@ from cos3d.vision.prompts import describe_segmenter
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.data.gaussians import Gaussians
     from cos3d.field.level import LevelField
+    from cos3d.query.concept2d import ConceptSegmenter, ConceptVotes
     from cos3d.vision.prompts import PromptSegmenter
 
 REFINERS = ("fast", "compiled", "numpy", "reference")
@@ -103,6 +104,16 @@ COMBINE_MODES = ("sum", "and")
 SEPARATE_SHARE = 0.9
 """A part answer separates the part when it holds less than this share of its parent's Gaussians."""
 NO_SEGMENTER = "no 2D segmenter configured: give one with --segmenter (QueryEngine(segmenter=...))"
+QUERY_BRANCHES = ("field", "2d", "fused")
+"""How a text prompt is answered (:meth:`QueryEngine.query`'s ``branch``): ``field`` — the language field
+alone (the default, COS3D); ``2d`` — the 2D-first branch (:mod:`cos3d.query.concept2d`: a concept segmenter,
+SAM 3, segments the text in :data:`BRANCH_VIEWS` training views and its masks are lifted through the
+blending weights); ``fused`` — the field's objects cut to the Gaussians the views confirm, with the presence
+of :func:`cos3d.query.concept2d.fused_presence`."""
+BRANCH_VIEWS = 4
+"""Training views (evenly spread) the 2D-first branch segments."""
+NO_CONCEPT_SEGMENTER = ("--branch 2d/fused needs a concept segmenter: give --concept-segmenter sam3 "
+                        "(weights: --sam3-model DIR) (QueryEngine(concept_segmenter=...))")
 
 ImageInput = np.ndarray | str | Path
 """A reference image: uint8 ``[H, W, 3]`` or a PNG/JPG path."""
@@ -111,6 +122,8 @@ ClickInput = Click | str | tuple[str | Camera, float, float]
 WithinObject = int | Object3D | Tensor
 """A parent object: an object id (a Gaussian id, as printed), an :class:`Object3D`, or Gaussian ids."""
 SegmenterFactory = Callable[[], "tuple[PromptSegmenter | None, str]"]
+ConceptFactory = Callable[[], "ConceptSegmenter | None"]
+"""Builds the 2D-first branch's concept segmenter on first use (None: there is none; missing weights raise)."""
 """Builds the image-prompt segmenter on first use → ``(segmenter or None, what it is / why there is none)``."""
 
 
@@ -180,6 +193,8 @@ class QueryResult:
     """The refinement's details (regions, seeds), when a refinement ran."""
     engine: "QueryEngine | None" = field(default=None, repr=False, compare=False)
     """The engine that answered: it renders :meth:`mask` (None for a result built by hand)."""
+    branch: str = "field"
+    """Which branch answered (:data:`QUERY_BRANCHES`)."""
 
     @property
     def num_gaussians(self) -> int:
@@ -217,7 +232,7 @@ class QueryResult:
             "num_gaussians": self.num_gaussians,
             "objects": [o.to_dict(points=points) for o in self.objects],
             "timings": {k: round(float(v), 3) for k, v in self.timings.items()},
-        }
+        } | ({"branch": self.branch} if self.branch != "field" else {})
 
 
 @dataclass
@@ -249,6 +264,9 @@ class QueryEngine:
         segmenter: the box/point → mask segmenter of image prompts (:class:`cos3d.vision.prompts.PromptSegmenter`:
             SAM2, SAM2 / SAM 3 tracker through transformers); None keeps the offline rules of ``prompt_mask``.
         settings: the tunable settings (default: the shipped ones, :meth:`QuerySettings.shipped`).
+        concept_segmenter: the 2D-first branch's text → every-instance masks segmenter
+            (:class:`cos3d.query.concept2d.ConceptSegmenter`: SAM 3 through transformers), or a factory building
+            it on the first ``branch="2d"``/``"fused"`` query; None: those branches raise, naming the flag.
     """
 
     SNAP_CLICK = True
@@ -262,6 +280,7 @@ class QueryEngine:
     def __init__(
         self, source: QuerySource, *, level: str = "l", part_level: str | None = None, refine: str = "fast",
         segmenter: "PromptSegmenter | SegmenterFactory | None" = None, settings: QuerySettings | None = None,
+        concept_segmenter: "ConceptSegmenter | ConceptFactory | None" = None,
     ) -> None:
         self.settings = QuerySettings.shipped() if settings is None else settings
         """The tunable settings (:class:`cos3d.query.settings.QuerySettings`; shipped: chosen on the development
@@ -274,6 +293,13 @@ class QueryEngine:
             self._segmenter_factory = segmenter
         else:
             self.segmenter = segmenter
+        self._concept: ConceptSegmenter | None = None
+        self._concept_factory: ConceptFactory | None = None
+        if concept_segmenter is not None and not hasattr(concept_segmenter, "segment") and callable(concept_segmenter):
+            self._concept_factory = concept_segmenter
+        else:
+            self._concept = concept_segmenter
+        self._votes: dict[str, ConceptVotes] = {}
         self._frame_paths: dict[Path, str] | None = None
         self.last_region_note = ""
         """How the last image prompt's region was made (:meth:`region_note`)."""
@@ -324,6 +350,36 @@ class QueryEngine:
         self._segmenter_factory = None
         self._segmenter = segmenter
         self.segmenter_note = NO_SEGMENTER if segmenter is None else describe_segmenter(segmenter)
+
+    @property
+    def concept_segmenter(self) -> "ConceptSegmenter | None":
+        """The 2D-first branch's concept segmenter (SAM 3); a factory given to the constructor runs on first use."""
+        if self._concept_factory is not None:
+            factory, self._concept_factory = self._concept_factory, None
+            self._concept = factory()
+        return self._concept
+
+    @concept_segmenter.setter
+    def concept_segmenter(self, segmenter: "ConceptSegmenter | None") -> None:
+        self._concept_factory = None
+        self._concept = segmenter
+        self._votes.clear()
+
+    def concept_votes(self, text: str) -> "ConceptVotes":
+        """The 2D-first branch's votes for ``text`` (:func:`cos3d.query.concept2d.concept_votes` on
+        :data:`BRANCH_VIEWS` evenly spread training views), kept for the engine's life (``2d`` and ``fused``
+        share them)."""
+        from cos3d.query.concept2d import concept_votes
+
+        key = " ".join(text.split()).lower()
+        if key not in self._votes:
+            seg = self.concept_segmenter
+            if seg is None:
+                raise Cos3dError(NO_CONCEPT_SEGMENTER)
+            if len(self._votes) >= 256:
+                self._votes.pop(next(iter(self._votes)))
+            self._votes[key] = concept_votes(self, seg, text, k=BRANCH_VIEWS)
+        return self._votes[key]
 
     def frame_of(self, image: ImageInput) -> str | None:
         """The name of the scene frame whose colour image file ``image`` is (None for any other image)."""
@@ -707,6 +763,7 @@ class QueryEngine:
         lift: bool | None = None,
         combine: str = "sum",
         parts: bool = True,
+        branch: str = "field",
     ) -> QueryResult:
         """Answer one prompt (see the module docstring). Raises :class:`Cos3dError` for bad prompts.
 
@@ -718,7 +775,17 @@ class QueryEngine:
         ``labels`` embedder that names the dataset object under it: a ground-truth look-up). ``combine``:
         text + image as ``"sum"`` (normalised sum of the two embeddings) or ``"and"`` (the text answer's
         Gaussians that the image answer holds too). ``parts``: read a text such as "the handle of the red
-        mug" / "the robot's head" as a part query (:func:`cos3d.query.prompts.parse_part_sentence`)."""
+        mug" / "the robot's head" as a part query (:func:`cos3d.query.prompts.parse_part_sentence`).
+        ``branch``: how a text prompt is answered (:data:`QUERY_BRANCHES`): ``"field"`` (default), ``"2d"`` or
+        ``"fused"`` (text prompts only; they need :attr:`concept_segmenter`)."""
+        if branch != "field":
+            if branch not in QUERY_BRANCHES:
+                raise Cos3dError(f"unknown --branch {branch!r}; choose one of {', '.join(QUERY_BRANCHES)}")
+            if (text is None or image is not None or view is not None or click is not None or within is not None
+                    or within_object is not None or region is not None or box is not None or mask is not None
+                    or scribble is not None or points is not None):
+                raise Cos3dError(f"--branch {branch} answers a text prompt alone (no image, click or --within)")
+            return self._branch_query(text, branch, level=level, refine=refine, parts=parts)
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         prompt = ImagePrompt.of(region, box=box, mask=mask, scribble=scribble, points=points,
@@ -841,6 +908,69 @@ class QueryEngine:
         if notes and notes[0]:
             res.reason = f"{res.reason}; {notes[0]}"
         return res
+
+    def _branch_query(self, text: str, branch: str, *, level: str | None, refine: str | None,
+                      parts: bool) -> QueryResult:
+        """``branch="2d"`` / ``"fused"`` (:data:`QUERY_BRANCHES`; presence: :func:`cos3d.query.concept2d.fused_presence`)."""
+        from cos3d.query.concept2d import fused_presence
+
+        if not isinstance(text, str) or not text.strip():
+            raise Cos3dError("empty text prompt: give a phrase such as \"red mug\"")
+        t0 = time.perf_counter()
+        desc = text.strip()
+        fld = self.query(text, level=level, refine=refine, parts=parts) if branch == "fused" else None
+        lvl = fld.level if fld is not None else (level or self.level)
+        ts = time.perf_counter()
+        votes = self.concept_votes(text)
+        timings = {"concept2d": (time.perf_counter() - ts) * 1e3}
+        p = votes.presence_max
+        seen = f"{sum(n > 0 for n in votes.instances.values())}/{len(votes.views)} views hold instances"
+
+        def done(objs: list[Object3D], reason: str, present: bool, score: float | None = p,
+                 threshold: float | None = None) -> QueryResult:
+            timings["total"] = (time.perf_counter() - t0) * 1e3
+            if not present or not objs:
+                res = self._empty(desc, "text", lvl, reason if not present else f"no target: {reason}", t0, timings)
+                res.score, res.threshold = score, threshold
+            else:
+                objs = sorted(objs, key=lambda o: -o.score)
+                sel = torch.sort(torch.cat([o.gaussians for o in objs])).values
+                res = QueryResult(query=desc, kind="text", level=lvl, objects=objs, selected=sel, no_target=False,
+                                  reason=reason, timings=timings, score=score, threshold=threshold, engine=self)
+            res.branch = branch
+            return res
+
+        mine = votes.selected()
+        R = self.relevancy(self.embed_text([text]), lvl)[0]
+
+        def lifted() -> list[Object3D]:
+            lv = self.level_state(lvl)
+            return split_objects(mine, self.means, lv.unit, self.opacity, R, lv.dbar, scales=self.scales) if len(mine) else []
+
+        if branch == "2d":
+            if not votes.present:
+                return done([], f"no target: SAM 3 found no instance of {desc!r} ({seen}; presence {p:.2f})", False)
+            objs = lifted()
+            n = len(objs)
+            return done(objs, f"{n} object{'s' if n != 1 else ''} lifted from the concept masks ({seen})", True)
+        assert fld is not None
+        present, why = fused_presence(votes, not fld.no_target)
+        if not present:
+            return done([], f"no target: {why} (field: {fld.reason})", False, fld.score, fld.threshold)
+        objs = []
+        if not fld.no_target and votes.present:
+            for o in fld.objects:
+                ids = o.gaussians[torch.isin(o.gaussians, mine)]
+                if ids.numel():
+                    objs.append(make_object(ids, self.means, self.opacity, R))
+        if objs:
+            how = "the field's objects cut to the Gaussians the concept masks confirm"
+        elif not fld.no_target and not (votes.present and len(mine)):
+            objs, how = list(fld.objects), "the field's objects (the views confirm none of them)"
+        else:
+            objs, how = lifted(), "the objects lifted from the concept masks (the field's answer is not confirmed)"
+        n = len(objs)
+        return done(objs, f"{n} object{'s' if n != 1 else ''}: {how} ({why}; {seen})", True, fld.score, fld.threshold)
 
     def _intersect(self, text: str, img: QueryResult, desc: str, kind: str, lvl: str, subset: Tensor | None,
                    refine: str | None, t0: float) -> QueryResult:

@@ -294,6 +294,7 @@ def pick_targets(
     k: int | None = None,
     gripper: GripperSpec | None = None,
     up: np.ndarray | None = None,
+    branch: str = "field",
     **query: Any,
 ) -> Targets:
     """Pick targets for a prompt, best first, in the robot base frame (module docstring).
@@ -311,12 +312,16 @@ def pick_targets(
         k: at most this many targets (default: every object found).
         gripper: the parallel-jaw gripper (:class:`GripperSpec`; default a Franka Hand).
         up: [3] up in the base frame (default +z).
+        branch: how a text prompt is answered (``QueryEngine.query``'s): ``"field"``, ``"2d"`` (SAM 3's concept
+            masks lifted) or ``"fused"``.
 
     Returns:
         :class:`Targets` (a list of :class:`PickTarget`); empty with ``reason`` when nothing is there.
     """
     if approach not in APPROACHES:
         raise ValueError(f"approach must be one of {APPROACHES}, got {approach!r}")
+    if branch != "field":
+        query["branch"] = branch
     if callable(getattr(scene, "remote_targets", None)):  # a run served by cos3d serve (cos3d.serve.client)
         return scene.remote_targets("pick", prompt, T_base_scene=T_base_scene, correspondences=correspondences,
                                     approach=approach, k=k, gripper=gripper, up=up, **query)

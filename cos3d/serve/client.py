@@ -272,6 +272,7 @@ class RemoteScene:
         lift: bool | None = None,
         combine: str = "sum",
         parts: bool = True,
+        branch: str = "field",
     ) -> dict:
         """The JSON query request of :meth:`query`'s arguments."""
         r: dict[str, Any] = {}
@@ -313,6 +314,8 @@ class RemoteScene:
             r["combine"] = combine
         if parts is False:
             r["parts"] = False
+        if branch != "field":
+            r["branch"] = branch
         return r
 
     def query(self, text: str | None = None, *, points_out: bool = False, arrays: bool = True, **kw: Any) -> RemoteResult:

@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 QUERY_KEYS = ("text", "image_b64", "image_path", "view", "box", "mask_b64", "mask_path", "scribble_b64",
               "scribble_path", "points", "point_labels", "click", "within", "within_object", "level", "refine",
-              "lift", "combine", "parts")
+              "lift", "combine", "parts", "branch")
 """The keys of a query request that change the answer (the cache key is made of these)."""
 OPS = ("info", "query", "masks", "export", "pick", "place", "objects")
 RESULT_CACHE = 64
@@ -239,6 +239,8 @@ def query_kwargs(body: dict, *, allow_paths: bool) -> tuple[str | None, dict[str
         kw["combine"] = body["combine"]
     if body.get("parts") is False:
         kw["parts"] = False
+    if body.get("branch") not in (None, "field"):
+        kw["branch"] = str(body["branch"])
     return text, kw
 
 

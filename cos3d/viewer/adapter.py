@@ -77,6 +77,10 @@ class Answer:
                 "frame": "scene (the run's world frame, the frame of gaussians.ply)"}
 
 
+BRANCHES = ("field", "2d", "fused")
+"""The text-query branches (``cos3d.query.engine.QUERY_BRANCHES``; the viewer's Branch dropdown)."""
+
+
 def _prompt_desc(text: str, within: str | None) -> str:
     return f"{text} within {within}" if within else text
 
@@ -92,15 +96,22 @@ def _ask(trained: TrainedScene, desc: str, kind: str, text: str | None = None, *
     return ans
 
 
-def answer_query(trained: TrainedScene, text: str, *, within: str | None = None) -> Answer:
+def answer_query(trained: TrainedScene, text: str, *, within: str | None = None, branch: str = "field") -> Answer:
     """Ask ``trained`` (its one engine, through :meth:`cos3d.pipeline.trained.TrainedScene.query`) a text prompt.
 
     ``within`` is a parent prompt, or an object id (digits, optionally ``#``-prefixed, as listed in an
     earlier answer) for ``within_object``. A :class:`Cos3dError` (empty prompt...) becomes
-    ``Answer.error``; other exceptions propagate.
+    ``Answer.error``; other exceptions propagate. ``branch``: ``field``, ``2d`` (SAM 3's concept masks lifted)
+    or ``fused`` (:meth:`cos3d.query.engine.QueryEngine.query`'s ``branch``).
     """
     text = (text or "").strip()
     within = (within or "").strip() or None
+    if branch != "field":
+        desc = f"{text} [{branch}]"
+        if within is not None:
+            return Answer(prompt=desc, error=f"the {branch} branch answers a text prompt alone (clear 'Part of')",
+                          kind="text", text=text)
+        return _ask(trained, desc, "text", text, branch=branch)
     parent_prompt: str | None = None
     parent_id: int | None = None
     if within is not None:

@@ -204,6 +204,9 @@ class ViewerApp:
             self.within_text = gui.add_text(
                 "Part of", "", hint='optional parent for a part query ("robot"), or an object id like #123'
             )
+            self.branch_dropdown = gui.add_dropdown(
+                "Branch", adapter.BRANCHES, initial_value=adapter.BRANCHES[0],
+                hint="field: the language field · 2d: SAM 3's concept masks lifted · fused: both")
             self.query_button = gui.add_button("Query")
             self.clear_button = gui.add_button("Clear")
             self.answer_md = gui.add_markdown("Type a prompt and press **Query**, or click an object.")
@@ -237,7 +240,8 @@ class ViewerApp:
             self.history_md = gui.add_markdown("(none yet)")
 
         self.query_button.on_click(
-            lambda _e: self.submit(self.query, self.prompt_text.value, self.within_text.value))
+            lambda _e: self.submit(self.query, self.prompt_text.value, self.within_text.value,
+                                   self.branch_dropdown.value))
         self.clear_button.on_click(lambda _e: self.submit(self.clear))
         self.image_query_button.on_click(lambda _e: self.submit(self._query_image_from_gui))
         self.frame_dropdown.on_update(lambda _e: self.submit(self._frame_picked))
@@ -290,13 +294,14 @@ class ViewerApp:
         self._pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------ queries
-    def query(self, text: str, within: str | None = None) -> Answer:
-        """Answer ``text`` (optionally within a parent), highlight it and log it; returns the :class:`Answer`."""
+    def query(self, text: str, within: str | None = None, branch: str = "field") -> Answer:
+        """Answer ``text`` (optionally within a parent; ``branch``: field, 2d or fused), highlight it and log it;
+        returns the :class:`Answer`."""
         with self._lock:
             desc = f"{(text or '').strip()} within {within.strip()}" if (within or "").strip() else (text or "").strip()
             self.answer_md.content = f"Querying **{_esc(desc)}** …"
             try:
-                answer = adapter.answer_query(self.trained, text, within=within)
+                answer = adapter.answer_query(self.trained, text, within=within, branch=branch)
             except Exception as e:  # keep the viewer alive; the traceback goes to the terminal
                 traceback.print_exc()
                 answer = Answer(prompt=desc, error=f"{type(e).__name__}: {e}")

@@ -25,10 +25,12 @@ from cos3d.core.errors import Cos3dError
 from cos3d.vision.base import check_image, resolve_device
 from cos3d.vision.masks import MaskSet, level_index, masks_to_boxes
 
-__all__ = ["ConceptMasks", "SAM3ConceptSegmenter", "DEFAULT_SAM3_MODEL"]
+__all__ = ["ConceptMasks", "SAM3ConceptSegmenter", "DEFAULT_SAM3_MODEL", "CONCEPT_SEGMENTERS", "create_concept_segmenter"]
 
 DEFAULT_SAM3_MODEL = "facebook/sam3"
 ENV_SAM3_MODEL = "COS3D_SAM3_MODEL"
+CONCEPT_SEGMENTERS = ("sam3", "none")
+"""``--concept-segmenter`` choices: the 2D-first query branch's concept segmenter (``cos3d query --branch``)."""
 
 
 @dataclass(frozen=True)
@@ -171,3 +173,19 @@ class SAM3ConceptSegmenter:
             masks=masks, scores=scores, boxes=masks_to_boxes(masks), presence=presence, prompt=kw.get("text", "visual")
         )
 
+
+
+def create_concept_segmenter(choice: Any = "sam3", model: Any = None, *, device: str = "auto") -> Any:
+    """The 2D-first branch's concept segmenter for ``choice``: ``"sam3"`` → :class:`SAM3ConceptSegmenter`
+    on ``model`` (a hub id or folder; None: ``$COS3D_SAM3_MODEL``, else ``facebook/sam3``; missing weights raise
+    one :class:`~cos3d.core.errors.MissingWeightsError` line naming ``--sam3-model``), ``"none"``/None → None, an
+    object with ``segment(image, text, exemplars=...)`` → itself."""
+    if choice is None or choice == "none":
+        return None
+    if not isinstance(choice, str):
+        if not hasattr(choice, "segment"):
+            raise Cos3dError(f"a concept segmenter needs segment(image, text, exemplars=...); got {type(choice).__name__}")
+        return choice
+    if choice not in CONCEPT_SEGMENTERS:
+        raise Cos3dError(f"unknown --concept-segmenter {choice!r}; choose one of {', '.join(CONCEPT_SEGMENTERS)}")
+    return SAM3ConceptSegmenter(model, device=device)
