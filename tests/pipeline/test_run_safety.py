@@ -77,7 +77,11 @@ def test_hostile_frame_names_write_nothing_outside_the_output_folders(tmp_path, 
         frames = [dataclasses.replace(f, name=rename[f.name]) for f in scene.frames]
         return dataclasses.replace(scene, frames=frames, splits={"train": names[:5], "test": names[5:]})
 
-    monkeypatch.setattr(cos3d.readers, "load_scene", hostile_load)
+    import cos3d.pipeline.runner
+    import cos3d.pipeline.trained
+
+    for mod in (cos3d.readers, cos3d.pipeline.runner, cos3d.pipeline.trained):  # every module that reads scenes
+        monkeypatch.setattr(mod, "load_scene", hostile_load)
     run = work / "runs" / "run"
     cfg = TrainConfig(scene=str(work / "scene"), out=run, iterations=10, cache_weights=True, progress=False,
                       threads=1, recon=ReconConfig.fast(iterations=20, init="random", init_random_points=200))
