@@ -347,7 +347,7 @@ def pick_targets(
         flags, notes = [], []
         if best is not None and not best.feasible:
             flags.append("too_wide")
-            notes.append(f"narrowest grasp needs {min(g.width for g in grasps) * 100:.1f} cm, the gripper opens "
+            notes.append(f"narrowest grasp needs {min(g.needed_width for g in grasps) * 100:.1f} cm, the gripper opens "
                          f"{(gripper or GripperSpec()).max_opening * 100:.1f} cm")
         if best is not None and best.feasible and not best.collision_free:
             flags.append("collision")
