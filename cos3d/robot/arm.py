@@ -14,9 +14,13 @@ on a tabletop, whose scene frame is its world frame). Then, for one :class:`cos3
    joint limits and its forward kinematics lands within :data:`POS_TOL` / :data:`ROT_TOL` of the pose.
    A pose without one: **unreachable** (``reachable=False``; nothing is executed).
 2. **Collision check** of the arm's links against the scene, kinematically, at every waypoint: the
-   joint-space path from the arm's home configuration to the pre-grasp, the straight approach to the
-   grasp, the lift. Any link touching the table, the floor, the toy robot or another object, or a link
+   joint-space path from the arm's home configuration to a pose :data:`HOVER` above the pre-grasp (or to
+   the pre-grasp when that pose has no IK solution), the straight descent to the pre-grasp, the straight
+   approach to the grasp, the lift. Any link touching the table, the floor, the toy robot or another object, or a link
    other than the hand and fingers touching the target: **collision** (which link, which body, where).
+   Given a target's candidates (``PickTarget.grasps``, best first) rather than one grasp, the first
+   :data:`MAX_CANDIDATES` that fit the gripper are planned in order and the first one that passes both
+   checks is executed (a real arm would do the same before moving); the report says which.
 3. **Execution** in physics: the arm starts at the pre-grasp configuration, fingers open to the grasp's
    width; position control along the approach, the fingers close (:data:`GRIP_FORCE` N each), lift,
    hold 1 s. **Success**: the target rose more than :data:`LIFT_SUCCESS` (5 cm) and both fingers still
@@ -44,10 +48,15 @@ POS_TOL = 0.01
 """Metres: an IK solution must put the tool centre point this close to the asked pose."""
 ROT_TOL = 0.1
 """Radians: and its orientation this close."""
+HOVER = 0.15
+"""Metres above the pre-grasp pose the arm arrives at (from its home configuration, in joint space) before
+going straight down to the pre-grasp."""
 COLLISION_MARGIN = 0.0
 """Distance under which a link counts as touching the scene (0: penetration or contact)."""
 HOME = (0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785)
 """The Panda's ready configuration (radians): where each pick starts."""
+MAX_CANDIDATES = 8
+"""Grasp candidates of a target planned, best first, before giving up (:func:`simulate_arm_pick`)."""
 DT = 1.0 / 240.0
 STATUSES = ("lifted", "unreachable", "collision", "slipped")
 
@@ -68,6 +77,10 @@ class ArmPickOutcome:
     """Both fingers touched the target at the end of the hold."""
     collisions: list[str] = field(default_factory=list)
     """``"<link> ~ <body> at <waypoint>"`` for each contact found by the kinematic check."""
+    grasp_index: int | None = None
+    """Which of the candidates given was executed (0: the first), None when none was."""
+    tried: int = 1
+    """Candidates planned."""
 
     @property
     def success(self) -> bool:
@@ -76,6 +89,7 @@ class ArmPickOutcome:
     def to_dict(self) -> dict:
         return {"status": self.status, "success": self.success, "reason": self.reason, "reachable": self.reachable,
                 "target_rise": round(self.target_rise, 4), "held": self.held, "collisions": list(self.collisions),
+                "grasp_index": self.grasp_index, "tried": self.tried,
                 "lifted": {str(k): round(v, 4) for k, v in self.lifted.items()}}
 
 
@@ -184,22 +198,87 @@ def _lerp_poses(A: np.ndarray, B: np.ndarray, n: int) -> list[np.ndarray]:
     return out
 
 
+def _plan(p, cid: int, arm: _Panda, Tw: np.ndarray, grasp: Grasp, names: dict, target: int, check_path: bool):
+    """Kinematic plan of one grasp: ``(status, reason, q_pre, path, collisions)`` with status ``"ok"``,
+    ``"unreachable"`` or ``"collision"`` (module docstring, steps 1 and 2)."""
+    Tg = Tw @ grasp.T_base_grasp
+    Tg[:3, :3] = hand_rotation(Tg[:3, :3])
+    pre = Tg.copy()
+    pre[:3, 3] -= APPROACH_DISTANCE * Tg[:3, 2]
+    lift = Tg.copy()
+    lift[:3, 3] += LIFT * np.array([0.0, 0.0, 1.0])
+    opening = min(float(grasp.width), 2 * arm.finger_max)
+    home = list(HOME)
+    seeds = [home] + [list(np.clip(np.asarray(HOME) + d, arm.lo, arm.hi)) for d in
+                      (np.array([np.pi / 2, 0, 0, 0, 0, 0, 0]), np.array([-np.pi / 2, 0, 0, 0, 0, 0, 0]),
+                       np.array([np.pi, 0, 0, 0.5, 0, 0, 0]), np.array([0, 0.5, 0, 0.5, 0, 0.5, 0]))]
+    q_pre = arm.ik(pre, seeds)
+    if q_pre is None:
+        d = float(np.linalg.norm(pre[:3, 3] - Tw[:3, 3]))
+        return "unreachable", f"no joint-limited IK solution for the pre-grasp pose ({d:.2f} m from the base)", None, [], []
+    # the way there: joint-space from home to a pose HOVER over the pre-grasp (the arm moves over the
+    # scene, not through it), then straight down to the pre-grasp
+    hover = pre.copy()
+    hover[2, 3] += HOVER
+    q_hover = arm.ik(hover, [list(q_pre)] + seeds)
+    descent: list[np.ndarray] = []
+    if q_hover is not None:
+        q = q_hover
+        for T in _lerp_poses(hover, pre, 4):
+            q = arm.ik(T, [list(q)])
+            if q is None:
+                break
+            descent.append(q)
+        if q is None:  # no straight descent: go to the pre-grasp directly
+            q_hover, descent = None, []
+    path: list[tuple[str, np.ndarray]] = []
+    q = q_pre
+    for label, poses in (("approach", _lerp_poses(pre, Tg, 5)), ("lift", _lerp_poses(Tg, lift, 5))):
+        for T in poses:
+            q = arm.ik(T, [list(q)])
+            if q is None:
+                return ("unreachable", f"no joint-limited IK solution along the {label} "
+                        f"(at {np.round(T[:3, 3], 3).tolist()})", None, [], [])
+            path.append((label, q))
+    # kinematic collision check along the way, the fingers open to the grasp's width
+    hits: list[str] = []
+    waypoints: list[tuple[str, np.ndarray]] = []
+    if check_path:
+        q_via = q_pre if q_hover is None else q_hover
+        waypoints += [("the way to the pre-grasp", np.asarray(home) + (q_via - home) * s) for s in np.linspace(0, 1, 12)]
+        waypoints += [("the descent to the pre-grasp", qq) for qq in descent]
+    waypoints += [("the pre-grasp", q_pre)] + path[:5]
+    for where, qq in waypoints:
+        arm.set(qq, opening)
+        for h in arm.contacts(names, target, where):
+            if h not in hits:
+                hits.append(h)
+    if hits:
+        return ("collision", f"the arm touches the scene: {hits[0]}" + (f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""),
+                q_pre, path, hits)
+    return "ok", "", q_pre, path, []
+
+
 def simulate_arm_pick(
     scene_dir,
-    grasp: Grasp,
+    grasp: "Grasp | list[Grasp]",
     target_id: int,
     T_world_base: np.ndarray,
     *,
     check_path: bool = True,
+    max_candidates: int = MAX_CANDIDATES,
 ) -> ArmPickOutcome:
-    """Pick ``grasp`` (base frame) with a Panda whose base stands at ``T_world_base`` (module docstring).
+    """Pick with a Panda whose base stands at ``T_world_base`` (module docstring).
 
     Args:
         scene_dir: a tabletop scene folder (``meta.json``).
-        grasp: the grasp to execute, in the robot's base frame (``pick_targets(..., T_base_scene=inv(T_world_base))``).
+        grasp: the grasp to execute, in the robot's base frame (``pick_targets(..., T_base_scene=inv(T_world_base))``),
+            or a target's candidates best first (``PickTarget.grasps``): the first ``max_candidates`` that fit
+            the gripper are planned in order and the first one the arm reaches without a collision is
+            executed; when none is, the first one's failure is reported (unreachable only when every one was).
         target_id: the instance id (``meta.json``) the grasp is meant to lift (scoring only).
         T_world_base: [4, 4] rigid pose of the arm's base in the scene's world (z up).
-        check_path: also check the joint-space path from the home configuration to the pre-grasp.
+        check_path: also check the path from the home configuration to the pre-grasp.
     """
     from cos3d.robot.sim import load_tabletop_physics
     from cos3d.tabletop.render import import_pybullet, sim
@@ -208,17 +287,15 @@ def simulate_arm_pick(
     Tw = np.asarray(T_world_base, np.float64)
     if Tw.shape != (4, 4):
         raise ValueError(f"T_world_base must be 4x4, got {Tw.shape}")
-    Tg = Tw @ grasp.T_base_grasp
-    Tg[:3, :3] = hand_rotation(Tg[:3, :3])
-    pre = Tg.copy()
-    pre[:3, 3] -= APPROACH_DISTANCE * Tg[:3, 2]
-    lift = Tg.copy()
-    lift[:3, 3] += LIFT * np.array([0.0, 0.0, 1.0])
-    opening = min(float(grasp.width), 0.08)
+    cands = [grasp] if isinstance(grasp, Grasp) else list(grasp)
+    if not cands:
+        raise ValueError("no grasp to execute")
+    fits = [g for g in cands if g.feasible] or cands[:1]
+    cands = fits[: max(1, max_candidates)]
     with sim() as cid:
         objects = load_tabletop_physics(p, cid, scene_dir)
         if target_id not in objects:
-            return ArmPickOutcome("unreachable", f"instance {target_id} is not a rigid object of the scene", False)
+            raise ValueError(f"instance {target_id} is not a rigid object of the scene")
         arm = _Panda(p, cid, Tw)
         names = {}
         for b in range(p.getNumBodies(physicsClientId=cid)):
@@ -229,51 +306,37 @@ def simulate_arm_pick(
             names[bid] = f"object {inst}" if inst is not None else p.getBodyInfo(bid, physicsClientId=cid)[1].decode()
         target = objects[target_id]
         z0 = {i: p.getBasePositionAndOrientation(b, physicsClientId=cid)[0][2] for i, b in objects.items()}
-        # --- IK: pre-grasp from home (and a few other seeds), then the approach and lift from there
-        home = list(HOME)
-        seeds = [home] + [list(np.clip(np.asarray(HOME) + d, arm.lo, arm.hi)) for d in
-                          (np.array([np.pi / 2, 0, 0, 0, 0, 0, 0]), np.array([-np.pi / 2, 0, 0, 0, 0, 0, 0]),
-                           np.array([np.pi, 0, 0, 0.5, 0, 0, 0]), np.array([0, 0.5, 0, 0.5, 0, 0.5, 0]))]
-        q_pre = arm.ik(pre, seeds)
-        if q_pre is None:
-            d = float(np.linalg.norm(pre[:3, 3] - Tw[:3, 3]))
-            return ArmPickOutcome("unreachable", f"no joint-limited IK solution for the pre-grasp pose "
-                                  f"({d:.2f} m from the base)", False)
-        path: list[tuple[str, np.ndarray]] = []
-        q = q_pre
-        for label, poses in (("approach", _lerp_poses(pre, Tg, 5)), ("lift", _lerp_poses(Tg, lift, 5))):
-            for T in poses:
-                q = arm.ik(T, [list(q)])
-                if q is None:
-                    return ArmPickOutcome("unreachable", f"no joint-limited IK solution along the {label} "
-                                          f"(at {np.round(T[:3, 3], 3).tolist()})", False)
-                path.append((label, q))
-        # --- kinematic collision check along the way (the fingers open to the grasp's width)
-        hits: list[str] = []
-        waypoints: list[tuple[str, np.ndarray]] = []
-        if check_path:
-            waypoints += [("the way to the pre-grasp", np.asarray(home) + (q_pre - home) * s)
-                          for s in np.linspace(0, 1, 10)]
-        waypoints += [("the pre-grasp", q_pre)] + path[:5]
-        for where, qq in waypoints:
-            arm.set(qq, opening)
-            hits += arm.contacts({b: n for b, n in names.items()}, target, where)
-        if hits:
-            return ArmPickOutcome("collision", f"the arm touches the scene: {hits[0]}"
-                                  + (f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""), True, collisions=hits)
-        # --- execution in physics
+        first = None
+        chosen = None
+        for k, g in enumerate(cands):
+            plan = _plan(p, cid, arm, Tw, g, names, target, check_path)
+            if first is None:
+                first = plan
+            if plan[0] == "ok":
+                chosen = (k, g, plan)
+                break
+            if plan[0] == "collision" and first[0] == "unreachable":
+                first = plan  # a reachable candidate's failure says more than an unreachable one's
+        if chosen is None:
+            status, reason, _, _, hits = first
+            if len(cands) > 1:
+                reason += f" (best of {len(cands)} candidates)"
+            return ArmPickOutcome(status, reason, status != "unreachable", collisions=hits, tried=len(cands))
+        k, g, (_, _, q_pre, path, _) = chosen
+        opening = min(float(g.width), 2 * arm.finger_max)
+        # --- execution in physics, from the pre-grasp configuration
         arm.set(q_pre, opening)
         for j in arm.arm + arm.fingers:
             p.resetJointState(arm.body, j, p.getJointState(arm.body, j, physicsClientId=cid)[0], 0.0,
                               physicsClientId=cid)
 
-        def drive(q_target, steps: int, finger: float | None = None, finger_force: float = GRIP_FORCE):
+        def drive(q_target, steps: int, finger: float | None = None):
             p.setJointMotorControlArray(arm.body, arm.arm, p.POSITION_CONTROL, targetPositions=list(q_target),
                                         forces=[200.0] * len(arm.arm), physicsClientId=cid)
             if finger is not None:
                 for j in arm.fingers:
                     p.setJointMotorControl2(arm.body, j, p.POSITION_CONTROL, targetPosition=finger,
-                                            force=finger_force, maxVelocity=0.2, physicsClientId=cid)
+                                            force=GRIP_FORCE, maxVelocity=0.2, physicsClientId=cid)
             for _ in range(steps):
                 p.stepSimulation(physicsClientId=cid)
 
@@ -289,9 +352,9 @@ def simulate_arm_pick(
         held = all(j in touching for j in arm.fingers)
     r = float(rise[target_id])
     if r > LIFT_SUCCESS and held:
-        return ArmPickOutcome("lifted", "", True, r, rise, True)
+        return ArmPickOutcome("lifted", "", True, r, rise, True, grasp_index=k, tried=k + 1)
     why = f"object rose {r * 100:.1f} cm" + ("" if held else ", no longer between the fingers")
-    return ArmPickOutcome("slipped", why, True, r, rise, held)
+    return ArmPickOutcome("slipped", why, True, r, rise, held, grasp_index=k, tried=k + 1)
 
 
 def base_facing(target_xy, distance: float = 0.55, yaw_offset: float = 0.0, z: float | None = None,

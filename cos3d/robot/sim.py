@@ -427,9 +427,10 @@ def evaluate_tabletop(
     (``aabb_world``) and every object's rise in the simulation. ``ts`` is the loaded run trained on
     ``scene_dir`` (its scene frame is the world frame, so ``T_base_scene`` is the identity).
 
-    ``T_world_arm``: also execute each target's grasp with a Panda arm standing there
-    (:func:`cos3d.robot.arm.simulate_arm_pick`; the grasp moved into the arm's base frame): the trial's
-    ``arm`` and ``arm_end_to_end``.
+    ``T_world_arm``: also execute each target with a Panda arm standing there
+    (:func:`cos3d.robot.arm.simulate_arm_pick`; the target's grasp candidates moved into the arm's base
+    frame, the first one it reaches without a collision executed): the trial's ``arm`` and
+    ``arm_end_to_end``.
     """
     from cos3d.robot.targets import pick_targets
 
@@ -465,8 +466,11 @@ def evaluate_tabletop(
 
             Tw = np.asarray(T_world_arm, np.float64)
             aim = next((i for i in in_box if i in intended), intended[0])
-            gb = dataclasses.replace(t.grasp, T_base_grasp=np.linalg.inv(Tw) @ t.grasp.T_base_grasp)
-            out = arm_mod.simulate_arm_pick(scene_dir, gb, aim, Tw)
+            # the target's candidates, best first, moved into the arm's base frame: the arm executes the
+            # first one it reaches without a collision
+            inv = np.linalg.inv(Tw)
+            cands = [dataclasses.replace(g_, T_base_grasp=inv @ g_.T_base_grasp) for g_ in (t.grasps or [t.grasp])]
+            out = arm_mod.simulate_arm_pick(scene_dir, cands, aim, Tw)
             arm = out.to_dict()
             risen = {i for i, r in out.lifted.items() if r > arm_mod.LIFT_SUCCESS}
             arm_e2e = bool(out.success and len(risen) == 1 and risen <= set(intended))
