@@ -137,7 +137,10 @@ def test_top_grasp_closes_across_the_narrow_side():
 
 def test_too_wide_and_collisions_are_flagged():
     wide = _box_points([0.2, 0.2, 0.05], center=(0, 0, 0.025))
-    assert not any(g.feasible for g in plan_grasps(wide, approach="auto"))
+    wg = plan_grasps(wide, approach="auto")
+    assert not any(g.feasible for g in wg)
+    # the opening to command is capped at the hand's; the opening needed is not (what too_wide reports)
+    assert all(g.width == pytest.approx(0.08) and g.needed_width > 0.1 for g in wg)
     # a wall next to a small box blocks the grasps that would sweep through it
     P = _box_points([0.04, 0.04, 0.08], center=(0, 0, 0.04))
     wall = _box_points([0.01, 0.3, 0.3], center=(0.045, 0, 0.15), n=4000, seed=1)
@@ -387,6 +390,12 @@ def test_thin_parts_belong_to_the_robots_target(ts, tabletop_dir):
     np.testing.assert_allclose(P.min(0)[:2], lo[:2], atol=0.02)
     np.testing.assert_allclose(P.max(0), hi, atol=0.02)
     assert len(t[0].gaussians) > len(t.query.objects[0].gaussians)  # the query's own object lacked them
+    # too wide for the hand: the note gives the opening its narrowest grasp needs, not the capped command
+    g = GripperSpec()
+    assert t[0].too_wide and all(c.width <= g.max_opening for c in t[0].grasps)
+    need = min(c.needed_width for c in t[0].grasps)
+    assert need > g.max_opening + 0.01  # "needs 8.0 cm, the gripper opens 8.0 cm" before
+    assert f"needs {need * 100:.1f} cm, the gripper opens {g.max_opening * 100:.1f} cm" in " ".join(t[0].notes)
     # and the note of a too-wide object gives the width its grasp needs, not the gripper's opening
     assert t[0].too_wide and t[0].grasp.needed_width > GripperSpec().max_opening
     note = next(n for n in t[0].notes if "needs" in n)
