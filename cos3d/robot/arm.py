@@ -8,8 +8,8 @@ on a tabletop, whose scene frame is its world frame). Then, for one :class:`cos3
 (base frame):
 
 1. **Inverse kinematics** (pybullet's damped least squares with the URDF's joint limits as null-space
-   limits, several seeds) for the pre-grasp (:data:`~cos3d.robot.grasp.APPROACH_DISTANCE` back along
-   the approach), the grasp and the lift (:data:`LIFT` straight up) poses of the tool centre point
+   limits; five hand-picked starts, then :data:`IK_RANDOM_SEEDS` random ones) for the pre-grasp
+   (:data:`~cos3d.robot.grasp.APPROACH_DISTANCE` back along the approach), the grasp and the lift (:data:`LIFT` straight up) poses of the tool centre point
    (``panda_grasptarget``, between the finger pads); a solution counts only when it lies inside the
    joint limits and its forward kinematics lands within :data:`POS_TOL` / :data:`ROT_TOL` of the pose.
    A pose without one: **unreachable** (``reachable=False``; nothing is executed).
@@ -55,6 +55,8 @@ COLLISION_MARGIN = 0.0
 """Distance under which a link counts as touching the scene (0: penetration or contact)."""
 HOME = (0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785)
 """The Panda's ready configuration (radians): where each pick starts."""
+IK_RANDOM_SEEDS = 8
+"""Random joint configurations (fixed seed) tried after the five hand-picked starts of the pre-grasp's IK."""
 MAX_CANDIDATES = 8
 """Grasp candidates of a target planned, best first, before giving up (:func:`simulate_arm_pick`)."""
 DT = 1.0 / 240.0
@@ -212,6 +214,9 @@ def _plan(p, cid: int, arm: _Panda, Tw: np.ndarray, grasp: Grasp, names: dict, t
     seeds = [home] + [list(np.clip(np.asarray(HOME) + d, arm.lo, arm.hi)) for d in
                       (np.array([np.pi / 2, 0, 0, 0, 0, 0, 0]), np.array([-np.pi / 2, 0, 0, 0, 0, 0, 0]),
                        np.array([np.pi, 0, 0, 0.5, 0, 0, 0]), np.array([0, 0.5, 0, 0.5, 0, 0.5, 0]))]
+    # and a few fixed random configurations: the damped least squares lands in the start's basin
+    rng = np.random.default_rng(0)
+    seeds += [list(rng.uniform(arm.lo, arm.hi)) for _ in range(IK_RANDOM_SEEDS)]
     q_pre = arm.ik(pre, seeds)
     if q_pre is None:
         d = float(np.linalg.norm(pre[:3, 3] - Tw[:3, 3]))
@@ -293,17 +298,11 @@ def simulate_arm_pick(
     fits = [g for g in cands if g.feasible] or cands[:1]
     cands = fits[: max(1, max_candidates)]
     with sim() as cid:
-        objects = load_tabletop_physics(p, cid, scene_dir)
+        names: dict[int, str] = {}
+        objects = load_tabletop_physics(p, cid, scene_dir, names)
         if target_id not in objects:
             raise ValueError(f"instance {target_id} is not a rigid object of the scene")
         arm = _Panda(p, cid, Tw)
-        names = {}
-        for b in range(p.getNumBodies(physicsClientId=cid)):
-            bid = p.getBodyUniqueId(b, physicsClientId=cid)
-            if bid == arm.body:
-                continue
-            inst = next((i for i, o in objects.items() if o == bid), None)
-            names[bid] = f"object {inst}" if inst is not None else p.getBodyInfo(bid, physicsClientId=cid)[1].decode()
         target = objects[target_id]
         z0 = {i: p.getBasePositionAndOrientation(b, physicsClientId=cid)[0][2] for i, b in objects.items()}
         first = None

@@ -128,16 +128,18 @@ def _cache_dir() -> Path:
 _PRIVATE_CACHE: Path | None = None
 
 
-def load_tabletop_physics(p, cid: int, scene_dir: str | Path) -> dict[int, int]:
+def load_tabletop_physics(p, cid: int, scene_dir: str | Path, names: dict[int, str] | None = None) -> dict[int, int]:
     """Load the scene of ``scene_dir/meta.json`` into client ``cid``; returns instance id → body id
-    for the rigid objects (the robot and table are fixed)."""
+    for the rigid objects (the robot and table are fixed). ``names``, when given, is filled with body id →
+    a readable name (``floor``, ``table``, ``toy_robot``, ``object 7 (red_coffee_mug)``)."""
+    names = {} if names is None else names
     from cos3d.tabletop.catalog import asset_path, package_root
 
     meta = json.loads((Path(scene_dir) / "meta.json").read_text())
     pd = package_root("pybullet_data")
     p.setGravity(0, 0, -9.81, physicsClientId=cid)
     p.setTimeStep(DT, physicsClientId=cid)
-    p.loadURDF(str(pd / "plane.urdf"), useFixedBase=True, physicsClientId=cid)
+    names[p.loadURDF(str(pd / "plane.urdf"), useFixedBase=True, physicsClientId=cid)] = "floor"
     bodies: dict[int, int] = {}
     cache = _cache_dir()
     for o in meta["objects"]:
@@ -147,10 +149,12 @@ def load_tabletop_physics(p, cid: int, scene_dir: str | Path) -> dict[int, int]:
         if key == "table":
             b = p.loadURDF(str(asset_path("pybullet_data", o["asset"])), useFixedBase=True, physicsClientId=cid)
             p.changeDynamics(b, -1, lateralFriction=FRICTION, physicsClientId=cid)
+            names[b] = "table"
             continue
         if o["asset"].endswith(".urdf"):  # the toy robot: a fixed obstacle
-            p.loadURDF(str(asset_path(o["source"], o["asset"])), o["position"], o["orientation_xyzw"],
-                       useFixedBase=True, globalScaling=float(o["scale"]), physicsClientId=cid)
+            b = p.loadURDF(str(asset_path(o["source"], o["asset"])), o["position"], o["orientation_xyzw"],
+                           useFixedBase=True, globalScaling=float(o["scale"]), physicsClientId=cid)
+            names[b] = key
             continue
         mesh = asset_path(o["source"], o["asset"])
         col_file = _vhacd(p, cid, mesh, cache)
@@ -161,6 +165,7 @@ def load_tabletop_physics(p, cid: int, scene_dir: str | Path) -> dict[int, int]:
         p.changeDynamics(b, -1, lateralFriction=FRICTION, spinningFriction=0.002, rollingFriction=0.0005,
                          physicsClientId=cid)
         bodies[int(o["id"])] = b
+        names[b] = f"object {o['id']} ({key})"
     for _ in range(240):
         p.stepSimulation(physicsClientId=cid)
     return bodies
