@@ -62,8 +62,9 @@ def table(summary: dict) -> str:
         if arm:
             a = b.get("arm") or {"reachable": 0, "executed": 0, "grasped_given_grounded": 0, "grounded_executed": 0,
                                  "end_to_end": 0}
-            r += (f" {_rate(a['reachable'], a['executed'])} | {_rate(a['grasped_given_grounded'], a['grounded_executed'])}"
-                  f" | {_rate(a['end_to_end'], b['trials'])} |")
+            r += (f" {_rate(a['reachable'], a['executed'])} |"
+                  f" {_rate(a['grasped_given_grounded'], a['grounded_executed'])} |"
+                  f" {_rate(a['end_to_end'], b['trials'])} |")
         return r
 
     for k, b in summary["per_kind"].items():
@@ -133,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         "oracle_2d": True,
         "seeds": args.seeds,
         "views": args.views, "size": [args.width, args.height], "approach": args.approach,
-        "arm": None if args.no_arm else {"robot": "pybullet_data franka_panda/panda.urdf", "base_xyz_yaw_deg": args.arm_base,
-                                         "lift_success_m": 0.05, "measure": "arm-based (IK, joint limits, link collisions)"},
+        "arm": None if args.no_arm else {
+            "robot": "pybullet_data franka_panda/panda.urdf", "base_xyz_yaw_deg": args.arm_base,
+            "lift_success_m": 0.05, "measure": "arm-based (IK, joint limits, link collisions)"},
         "rows": {ROWS[s]: summarize_trials(trials[s]) for s in sets},
         "evaluation_prompts_that_are_training_names": leaked,
         "wall_s": round(wall, 1),

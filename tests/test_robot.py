@@ -374,7 +374,8 @@ def _robot_truth(tabletop_dir):
             name = p.getJointInfo(b, j, physicsClientId=cid)[1].decode()
             if name in joints:
                 p.resetJointState(b, j, joints[name], physicsClientId=cid)
-        boxes = np.array([p.getAABB(b, j, physicsClientId=cid) for j in range(-1, p.getNumJoints(b, physicsClientId=cid))])
+        n = p.getNumJoints(b, physicsClientId=cid)
+        boxes = np.array([p.getAABB(b, j, physicsClientId=cid) for j in range(-1, n)])
     return boxes[:, 0].min(0), boxes[:, 1].max(0)
 
 

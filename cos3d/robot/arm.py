@@ -9,7 +9,8 @@ on a tabletop, whose scene frame is its world frame). Then, for one :class:`cos3
 
 1. **Inverse kinematics** (pybullet's damped least squares with the URDF's joint limits as null-space
    limits; five hand-picked starts, then :data:`IK_RANDOM_SEEDS` random ones) for the pre-grasp
-   (:data:`~cos3d.robot.grasp.APPROACH_DISTANCE` back along the approach), the grasp and the lift (:data:`LIFT` straight up) poses of the tool centre point
+   (:data:`~cos3d.robot.grasp.APPROACH_DISTANCE` back along the approach), the grasp and the lift
+   (:data:`LIFT` straight up) poses of the tool centre point
    (``panda_grasptarget``, between the finger pads); a solution counts only when it lies inside the
    joint limits and its forward kinematics lands within :data:`POS_TOL` / :data:`ROT_TOL` of the pose.
    A pose without one: **unreachable** (``reachable=False``; nothing is executed).
@@ -117,7 +118,7 @@ class _Panda:
         lo, hi = [], []
         for j in range(p.getNumJoints(self.body, physicsClientId=cid)):
             info = p.getJointInfo(self.body, j, physicsClientId=cid)
-            name, jtype, link = info[1].decode(), info[2], info[12].decode()
+            jtype, link = info[2], info[12].decode()
             self.names[j] = link
             if link == "panda_grasptarget":
                 self.tcp = j
@@ -220,7 +221,8 @@ def _plan(p, cid: int, arm: _Panda, Tw: np.ndarray, grasp: Grasp, names: dict, t
     q_pre = arm.ik(pre, seeds)
     if q_pre is None:
         d = float(np.linalg.norm(pre[:3, 3] - Tw[:3, 3]))
-        return "unreachable", f"no joint-limited IK solution for the pre-grasp pose ({d:.2f} m from the base)", None, [], []
+        why = f"no joint-limited IK solution for the pre-grasp pose ({d:.2f} m from the base)"
+        return "unreachable", why, None, [], []
     # the way there: joint-space from home to a pose HOVER over the pre-grasp (the arm moves over the
     # scene, not through it), then straight down to the pre-grasp
     hover = pre.copy()
@@ -250,7 +252,8 @@ def _plan(p, cid: int, arm: _Panda, Tw: np.ndarray, grasp: Grasp, names: dict, t
     waypoints: list[tuple[str, np.ndarray]] = []
     if check_path:
         q_via = q_pre if q_hover is None else q_hover
-        waypoints += [("the way to the pre-grasp", np.asarray(home) + (q_via - home) * s) for s in np.linspace(0, 1, 12)]
+        waypoints += [("the way to the pre-grasp", np.asarray(home) + (q_via - home) * s)
+                      for s in np.linspace(0, 1, 12)]
         waypoints += [("the descent to the pre-grasp", qq) for qq in descent]
     waypoints += [("the pre-grasp", q_pre)] + path[:5]
     for where, qq in waypoints:
@@ -259,8 +262,8 @@ def _plan(p, cid: int, arm: _Panda, Tw: np.ndarray, grasp: Grasp, names: dict, t
             if h not in hits:
                 hits.append(h)
     if hits:
-        return ("collision", f"the arm touches the scene: {hits[0]}" + (f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""),
-                q_pre, path, hits)
+        more = f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""
+        return "collision", f"the arm touches the scene: {hits[0]}{more}", q_pre, path, hits
     return "ok", "", q_pre, path, []
 
 
