@@ -2,6 +2,8 @@
 
     .venv/bin/python scripts/pick_demo.py --run runs/tabletop "red coffee mug" [--place "white bowl"]
     .venv/bin/python scripts/pick_demo.py --run runs/tabletop "soda can" --sim data/tabletop   # try it in pybullet
+    .venv/bin/python scripts/pick_demo.py --run runs/tabletop "soda can" --sim data/tabletop --arm \
+        --T-base-scene base.txt   # with a Panda arm whose base stands at inv(T_base_scene) in the scene
 
 --T-base-scene takes a 4x4 as a .npy/.txt file (default: identity, the scene frame is the base frame);
 --tags takes a .npz with arrays ``scene`` [K, 3] and ``base`` [K, 3] of points known in both frames.
@@ -24,6 +26,8 @@ def main() -> int:
     ap.add_argument("--T-base-scene", type=Path, default=None, help="4x4 scene->base transform (.npy or text)")
     ap.add_argument("--tags", type=Path, default=None, help=".npz with 'scene' and 'base' point arrays [K, 3]")
     ap.add_argument("--sim", type=Path, default=None, help="tabletop scene folder: execute the grasp in pybullet")
+    ap.add_argument("--arm", action="store_true",
+                    help="with --sim: execute with a Franka Panda at the base pose (IK, joint limits, collisions)")
     args = ap.parse_args()
 
     import cos3d
@@ -59,6 +63,12 @@ def main() -> int:
         if not meta_ids:
             print("sim: the target's centroid lies in no object's true box")
             return 1
+        if args.arm:
+            from cos3d.robot.arm import simulate_arm_pick
+
+            arm = simulate_arm_pick(args.sim, t.grasp, meta_ids[0], np.linalg.inv(T))
+            print(f"arm: {arm.status} (object rose {arm.target_rise * 100:.1f} cm) {arm.reason}")
+            return 0 if arm.success else 1
         out = simulate_pick(args.sim, t.grasp, meta_ids[0], T_world_base=np.linalg.inv(T))
         print(f"sim: {'lifted' if out.success else 'failed'} (object rose {out.target_rise * 100:.1f} cm) {out.note}")
     return 0

@@ -14,7 +14,8 @@ place = place_target(scene, "into the bowl", T_base_scene=T)[0].T_base_place
 Modules: :mod:`.frames` (scene ↔ base similarity transforms, from a 4×4 or point correspondences),
 :mod:`.grasp` (parallel-jaw grasp candidates with width limit and collision against the scene's
 Gaussians), :mod:`.targets` (``pick_targets``, ``place_target``), :mod:`.sim` (pybullet verification
-on tabletop scenes; imports pybullet when called).
+on tabletop scenes; imports pybullet when called), :mod:`.arm` (the same picks executed by a Franka Panda
+at a base pose the user gives: IK with joint limits, link collisions, unreachable targets flagged).
 
 Point-cloud work is numpy + scipy (cKDTree, local-PCA normals, box tests). open3d (the ``open3d``
 extra) was measured for it and not adopted: docs/benchmarks.md "Robot pick targets".

@@ -99,6 +99,14 @@ class Grasp:
     collisions: int = 0
     """Scene points inside the gripper's boxes."""
     score: float = 0.0
+    needed_width: float | None = None
+    """The opening this grasp needs (object extent + 2 × clearance), not capped at the gripper's: ``width``
+    is what to command, capped at ``max_opening``; this is what a ``too_wide`` note reports. None: the
+    same as ``width``."""
+
+    def __post_init__(self):
+        if self.needed_width is None:
+            self.needed_width = float(self.width)
 
     @property
     def approach_direction(self) -> np.ndarray:
@@ -123,6 +131,7 @@ class Grasp:
             "collision_free": bool(self.collision_free),
             "collisions": int(self.collisions),
             "score": float(self.score),
+            "needed_width": float(self.needed_width),
         }
 
 
@@ -237,7 +246,7 @@ def _evaluate(ctx: _Ctx, approach: str, R: np.ndarray, tip: np.ndarray, region: 
         score = quality + 0.5 * share - 0.5 * min(width, 2 * g.max_opening) / g.max_opening + (1.0 if centred else 0.0)
         score += (2.0 if hits == 0 else 0.0) + (4.0 if feasible else 0.0)
         out.append(Grasp(T, approach, float(min(width, g.max_opening)), float(obj_w), quality, bool(feasible),
-                         hits == 0, hits, float(score)))
+                         hits == 0, hits, float(score), needed_width=float(width)))
     return out
 
 

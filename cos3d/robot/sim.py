@@ -128,16 +128,18 @@ def _cache_dir() -> Path:
 _PRIVATE_CACHE: Path | None = None
 
 
-def load_tabletop_physics(p, cid: int, scene_dir: str | Path) -> dict[int, int]:
+def load_tabletop_physics(p, cid: int, scene_dir: str | Path, names: dict[int, str] | None = None) -> dict[int, int]:
     """Load the scene of ``scene_dir/meta.json`` into client ``cid``; returns instance id → body id
-    for the rigid objects (the robot and table are fixed)."""
+    for the rigid objects (the robot and table are fixed). ``names``, when given, is filled with body id →
+    a readable name (``floor``, ``table``, ``toy_robot``, ``object 7 (red_coffee_mug)``)."""
+    names = {} if names is None else names
     from cos3d.tabletop.catalog import asset_path, package_root
 
     meta = json.loads((Path(scene_dir) / "meta.json").read_text())
     pd = package_root("pybullet_data")
     p.setGravity(0, 0, -9.81, physicsClientId=cid)
     p.setTimeStep(DT, physicsClientId=cid)
-    p.loadURDF(str(pd / "plane.urdf"), useFixedBase=True, physicsClientId=cid)
+    names[p.loadURDF(str(pd / "plane.urdf"), useFixedBase=True, physicsClientId=cid)] = "floor"
     bodies: dict[int, int] = {}
     cache = _cache_dir()
     for o in meta["objects"]:
@@ -147,10 +149,12 @@ def load_tabletop_physics(p, cid: int, scene_dir: str | Path) -> dict[int, int]:
         if key == "table":
             b = p.loadURDF(str(asset_path("pybullet_data", o["asset"])), useFixedBase=True, physicsClientId=cid)
             p.changeDynamics(b, -1, lateralFriction=FRICTION, physicsClientId=cid)
+            names[b] = "table"
             continue
         if o["asset"].endswith(".urdf"):  # the toy robot: a fixed obstacle
-            p.loadURDF(str(asset_path(o["source"], o["asset"])), o["position"], o["orientation_xyzw"],
-                       useFixedBase=True, globalScaling=float(o["scale"]), physicsClientId=cid)
+            b = p.loadURDF(str(asset_path(o["source"], o["asset"])), o["position"], o["orientation_xyzw"],
+                           useFixedBase=True, globalScaling=float(o["scale"]), physicsClientId=cid)
+            names[b] = key
             continue
         mesh = asset_path(o["source"], o["asset"])
         col_file = _vhacd(p, cid, mesh, cache)
@@ -161,6 +165,7 @@ def load_tabletop_physics(p, cid: int, scene_dir: str | Path) -> dict[int, int]:
         p.changeDynamics(b, -1, lateralFriction=FRICTION, spinningFriction=0.002, rollingFriction=0.0005,
                          physicsClientId=cid)
         bodies[int(o["id"])] = b
+        names[b] = f"object {o['id']} ({key})"
     for _ in range(240):
         p.stepSimulation(physicsClientId=cid)
     return bodies
@@ -294,6 +299,13 @@ class PickTrial:
     end_to_end: bool
     """An intended object rose >= :data:`LIFT_SUCCESS` and no other object did."""
     note: str
+    arm: dict | None = None
+    """The same target executed by a Panda arm (:func:`cos3d.robot.arm.simulate_arm_pick`'s outcome as a
+    dict: ``status``, ``reason``, ``reachable``, ``lifted``...), None when the arm was not asked or there was
+    no grasp to execute."""
+    arm_end_to_end: bool = False
+    """The arm lifted an intended object > :data:`cos3d.robot.arm.LIFT_SUCCESS`, held it, and no other
+    object rose that far."""
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -409,6 +421,7 @@ def evaluate_tabletop(
     approach: str = "auto",
     gripper: GripperSpec | None = None,
     ids: list[int] | None = None,
+    T_world_arm: np.ndarray | None = None,
 ) -> list[PickTrial]:
     """Pick on a tabletop scene as a user would: a phrasing in, the robot API's first target executed.
 
@@ -418,6 +431,11 @@ def evaluate_tabletop(
     kept). Only then does ground truth score it (:func:`score_pick`): the true boxes of ``meta.json``
     (``aabb_world``) and every object's rise in the simulation. ``ts`` is the loaded run trained on
     ``scene_dir`` (its scene frame is the world frame, so ``T_base_scene`` is the identity).
+
+    ``T_world_arm``: also execute each target with a Panda arm standing there
+    (:func:`cos3d.robot.arm.simulate_arm_pick`; the target's grasp candidates moved into the arm's base
+    frame, the first one it reaches without a collision executed): the trial's ``arm`` and
+    ``arm_end_to_end``.
     """
     from cos3d.robot.targets import pick_targets
 
@@ -445,7 +463,23 @@ def evaluate_tabletop(
             aim = next((i for i in in_box if i in intended), intended[0])
             lifted = simulate_pick(scene_dir, t.grasp, aim, gripper=gripper).lifted
         g, e, note = score_pick(intended, in_box, lifted, reason="" if t.grasp is not None else "no grasp")
-        trials.append(PickTrial(**base, answered=True, in_box=in_box,
+        arm, arm_e2e = None, False
+        if t.grasp is not None and T_world_arm is not None:
+            import dataclasses
+
+            from cos3d.robot import arm as arm_mod
+
+            Tw = np.asarray(T_world_arm, np.float64)
+            aim = next((i for i in in_box if i in intended), intended[0])
+            # the target's candidates, best first, moved into the arm's base frame: the arm executes the
+            # first one it reaches without a collision
+            inv = np.linalg.inv(Tw)
+            cands = [dataclasses.replace(g_, T_base_grasp=inv @ g_.T_base_grasp) for g_ in (t.grasps or [t.grasp])]
+            out = arm_mod.simulate_arm_pick(scene_dir, cands, aim, Tw)
+            arm = out.to_dict()
+            risen = {i for i, r in out.lifted.items() if r > arm_mod.LIFT_SUCCESS}
+            arm_e2e = bool(out.success and len(risen) == 1 and risen <= set(intended))
+        trials.append(PickTrial(**base, answered=True, in_box=in_box, arm=arm, arm_end_to_end=arm_e2e,
                                 approach=None if t.grasp is None else t.grasp.approach,
                                 width=None if t.grasp is None else round(t.grasp.width, 4), flags=list(t.flags),
                                 lifted={int(k): float(v) for k, v in lifted.items()}, grounded=g, end_to_end=e,
@@ -464,10 +498,24 @@ def summarize_trials(trials: list[PickTrial]) -> dict:
     def block(ts: list[PickTrial]) -> dict:
         n, g, e = len(ts), sum(t.grounded for t in ts), sum(t.end_to_end for t in ts)
         ok_given = sum(t.end_to_end for t in ts if t.grounded)
-        return {"trials": n, "grounded": g, "grounding_rate": round(g / n, 4) if n else None,
-                "grasped_given_grounded": ok_given,
-                "grasp_rate_given_grounded": round(ok_given / g, 4) if g else None,
-                "end_to_end": e, "end_to_end_rate": round(e / n, 4) if n else None}
+        out = {"trials": n, "grounded": g, "grounding_rate": round(g / n, 4) if n else None,
+               "grasped_given_grounded": ok_given,
+               "grasp_rate_given_grounded": round(ok_given / g, 4) if g else None,
+               "end_to_end": e, "end_to_end_rate": round(e / n, 4) if n else None}
+        if any(t.arm is not None for t in ts):  # the arm-based measure (cos3d.robot.arm)
+            ex = [t for t in ts if t.arm is not None]
+            reach = sum(bool(t.arm["reachable"]) for t in ex)
+            ag = [t for t in ex if t.grounded]
+            a_ok = sum(t.arm_end_to_end for t in ag)
+            a_e = sum(t.arm_end_to_end for t in ts)
+            out["arm"] = {"executed": len(ex), "reachable": reach,
+                          "reachable_rate": round(reach / len(ex), 4) if ex else None,
+                          "grounded_executed": len(ag), "grasped_given_grounded": a_ok,
+                          "grasp_rate_given_grounded": round(a_ok / len(ag), 4) if ag else None,
+                          "end_to_end": a_e, "end_to_end_rate": round(a_e / n, 4) if n else None,
+                          "status": {s: sum(t.arm["status"] == s for t in ex) for s in
+                                     ("lifted", "unreachable", "collision", "slipped")}}
+        return out
 
     kinds: dict[str, list[PickTrial]] = {}
     for t in trials:

@@ -52,6 +52,16 @@ MIN_PLACE_RADIUS = 0.03
 OBSTACLE_OPACITY = 0.1
 """Gaussians less opaque than this are ignored as obstacles (floaters)."""
 
+ATTACH_REACH = 2.0
+"""Two Gaussians touch when their distance is below this × the sum of their largest standard deviations
+(the rule :func:`cos3d.query.objects.split_objects` links by)."""
+ATTACH_COSINE = 0.5
+"""A Gaussian attached to an object must have an instance feature at least this close (cosine) to the
+object's mean one: far looser than the query's refinement, which a thin part's blurred features miss, and
+still far from a neighbour's (a table's measured 0.15-0.5 against the toy robot's)."""
+ATTACH_SPAN = 0.5
+"""Attached Gaussians lie within this share of the object's largest extent of its query points."""
+
 _PART_OF = re.compile(r"^\s*(?:the\s+|a\s+)?(?P<part>.+?)\s+of\s+(?:the\s+|a\s+|an\s+)?(?P<whole>.+?)\s*$", re.I)
 
 
@@ -261,6 +271,75 @@ def _base_box(T: np.ndarray, box: Any) -> Box:
     return Box(center=transform_points(T, box.center), R=R, extent=np.asarray(box.extent, np.float64) * s)
 
 
+def attach_thin_parts(res: Any, obj: Any, taken: np.ndarray) -> Any:
+    """The whole object: ``obj`` of a text answer with the thin parts the query's instance-space refinement
+    left out (a toy robot's arm and claw, a few pixels wide in training views, have blurred instance
+    features), as an object of the same id and score.
+
+    Grown from the object's Gaussians by touching steps (:data:`ATTACH_REACH`) through Gaussians that the
+    language field gives the prompt as much as the object itself (relevancy ≥ the 10th percentile of the
+    object's own, less a tenth of its lead over the scene's median Gaussian), whose instance features are
+    not another object's (cosine ≥ :data:`ATTACH_COSINE` to the object's mean), that no other object of
+    the answer holds (``taken``: bool [N]), within :data:`ATTACH_SPAN` × the object's largest extent.
+    Anything else (image, click and part answers, a
+    hand-made answer without its engine) is returned unchanged: a part stays a part.
+    """
+    import dataclasses
+
+    import torch
+    from scipy.spatial import cKDTree
+
+    from cos3d.query.objects import make_object
+
+    eng = getattr(res, "engine", None)
+    if eng is None or getattr(res, "kind", "") != "text" or not isinstance(getattr(res, "query", None), str):
+        return obj
+    ids = obj.gaussians.detach().cpu().numpy().astype(np.int64)
+    if len(ids) < 3:
+        return obj
+    try:
+        R = eng.relevancy(eng.embed_text([res.query]), res.level)[0].detach().cpu().double().numpy()
+        U = eng.level_state(res.level).unit.detach().cpu().float().numpy()
+    except Exception:  # a prompt the engine can no longer embed as text: leave the answer as it is
+        return obj
+    X = eng.means.detach().cpu().double().numpy()
+    s = eng.scales.detach().cpu().double().numpy()
+    op = eng.opacity.detach().cpu().double().numpy()
+    mine = np.zeros(len(X), bool)
+    mine[ids] = True
+    mf = (U[ids] * op[ids, None]).sum(0)
+    mf /= max(float(np.linalg.norm(mf)), 1e-12)
+    extent = float(np.max(X[ids].max(0) - X[ids].min(0)))
+    # as much relevancy as the object's own, within a tenth of the way down to the scene's typical Gaussian
+    r10 = float(np.percentile(R[ids], 10))
+    r_min = r10 - 0.1 * max(r10 - float(np.median(R)), 0.0)
+    cand = (R >= r_min) & (U @ mf >= ATTACH_COSINE) & ~mine & ~taken
+    cand_idx = np.nonzero(cand)[0]
+    if len(cand_idx) == 0:
+        return obj
+    d0, _ = cKDTree(X[ids]).query(X[cand_idx], k=1)
+    cand_idx = cand_idx[d0 <= ATTACH_SPAN * extent]
+    if len(cand_idx) == 0:
+        return obj
+    tree = cKDTree(X[cand_idx])
+    smax = float(s[cand_idx].max())
+    joined = np.zeros(len(cand_idx), bool)
+    frontier = ids
+    while len(frontier):
+        nxt = set()
+        for f, nb in zip(frontier, tree.query_ball_point(X[frontier], ATTACH_REACH * (s[frontier] + smax))):
+            for j in nb:
+                if not joined[j] and np.linalg.norm(X[cand_idx[j]] - X[f]) < ATTACH_REACH * (s[f] + s[cand_idx[j]]):
+                    joined[j] = True
+                    nxt.add(j)
+        frontier = cand_idx[sorted(nxt)]
+    if not joined.any():
+        return obj
+    whole = torch.from_numpy(np.concatenate([ids, cand_idx[joined]]))
+    full = make_object(whole, eng.means.detach().cpu(), eng.opacity.detach().cpu(), torch.from_numpy(R))
+    return dataclasses.replace(obj, gaussians=full.gaussians, centroid=full.centroid, box=full.box, points=full.points)
+
+
 def covered_from_above(points: np.ndarray, others: np.ndarray, up: np.ndarray, radius: float = 0.01) -> np.ndarray:
     """[K] bool: which ``points`` have one of ``others`` above them within ``radius`` horizontally
     (and more than ``radius`` higher)."""
@@ -337,8 +416,13 @@ def pick_targets(
     solid = opac > OBSTACLE_OPACITY
     threshold = getattr(res, "threshold", None)
     out = []
+    answered = np.zeros(len(means), bool)  # every object's Gaussians: thin parts never move between objects
+    for o in res.objects:
+        answered[o.gaussians.detach().cpu().numpy().astype(np.int64)] = True
     for obj in res.objects[: k or len(res.objects)]:
+        obj = attach_thin_parts(res, obj, answered)
         ids = obj.gaussians.detach().cpu().numpy().astype(np.int64)
+        answered[ids] = True
         mine = np.zeros(len(means), bool)
         mine[ids] = True
         P = transform_points(T, means[ids])
@@ -352,7 +436,7 @@ def pick_targets(
         flags, notes = [], []
         if best is not None and not best.feasible:
             flags.append("too_wide")
-            notes.append(f"narrowest grasp needs {min(g.width for g in grasps) * 100:.1f} cm, the gripper opens "
+            notes.append(f"narrowest grasp needs {min(g.needed_width for g in grasps) * 100:.1f} cm, the gripper opens "
                          f"{(gripper or GripperSpec()).max_opening * 100:.1f} cm")
         if best is not None and best.feasible and not best.collision_free:
             flags.append("collision")

@@ -1,0 +1,371 @@
+"""Execute a pick with a real arm in pybullet: pybullet_data's Franka Panda at a base pose the user gives.
+
+:func:`simulate_arm_pick` rebuilds the tabletop of ``scene_dir`` (:func:`cos3d.robot.sim.load_tabletop_physics`:
+its own meshes, the table, the fixed toy robot; objects settled for 1 s) and loads the Panda
+(``franka_panda/panda.urdf``, fixed base) at ``T_world_base``: the pose of the robot's base in the
+scene's world, the same frame the pick targets were computed in (``T_base_scene = inv(T_world_base)``
+on a tabletop, whose scene frame is its world frame). Then, for one :class:`cos3d.robot.grasp.Grasp`
+(base frame):
+
+1. **Inverse kinematics** (pybullet's damped least squares with the URDF's joint limits as null-space
+   limits; five hand-picked starts, then :data:`IK_RANDOM_SEEDS` random ones) for the pre-grasp
+   (:data:`~cos3d.robot.grasp.APPROACH_DISTANCE` back along the approach), the grasp and the lift
+   (:data:`LIFT` straight up) poses of the tool centre point
+   (``panda_grasptarget``, between the finger pads); a solution counts only when it lies inside the
+   joint limits and its forward kinematics lands within :data:`POS_TOL` / :data:`ROT_TOL` of the pose.
+   A pose without one: **unreachable** (``reachable=False``; nothing is executed).
+2. **Collision check** of the arm's links against the scene, kinematically, at every waypoint: the
+   joint-space path from the arm's home configuration to a pose :data:`HOVER` above the pre-grasp (or to
+   the pre-grasp when that pose has no IK solution), the straight descent to the pre-grasp, the straight
+   approach to the grasp, the lift. Any link touching the table, the floor, the toy robot or another object, or a link
+   other than the hand and fingers touching the target: **collision** (which link, which body, where).
+   Given a target's candidates (``PickTarget.grasps``, best first) rather than one grasp, the first
+   :data:`MAX_CANDIDATES` that fit the gripper are planned in order and the first one that passes both
+   checks is executed (a real arm would do the same before moving); the report says which.
+3. **Execution** in physics: the arm starts at the pre-grasp configuration, fingers open to the grasp's
+   width; position control along the approach, the fingers close (:data:`GRIP_FORCE` N each), lift,
+   hold 1 s. **Success**: the target rose more than :data:`LIFT_SUCCESS` (5 cm) and both fingers still
+   touch it (held); otherwise **slipped** (with its rise).
+
+``status`` is one of ``"lifted"``, ``"unreachable"``, ``"collision"``, ``"slipped"``; ``reason`` says
+why in one line. Ground truth (which body is the target) only scores; the grasp comes from the API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cos3d.robot.grasp import APPROACH_DISTANCE, Grasp
+
+LIFT = 0.15
+"""Metres the arm lifts the object, straight up (world z)."""
+LIFT_SUCCESS = 0.05
+"""A pick succeeds when the object rose more than this (and is still between the fingers)."""
+GRIP_FORCE = 40.0
+"""N per finger."""
+POS_TOL = 0.01
+"""Metres: an IK solution must put the tool centre point this close to the asked pose."""
+ROT_TOL = 0.1
+"""Radians: and its orientation this close."""
+HOVER = 0.15
+"""Metres above the pre-grasp pose the arm arrives at (from its home configuration, in joint space) before
+going straight down to the pre-grasp."""
+COLLISION_MARGIN = 0.0
+"""Distance under which a link counts as touching the scene (0: penetration or contact)."""
+HOME = (0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785)
+"""The Panda's ready configuration (radians): where each pick starts."""
+IK_RANDOM_SEEDS = 8
+"""Random joint configurations (fixed seed) tried after the five hand-picked starts of the pre-grasp's IK."""
+MAX_CANDIDATES = 8
+"""Grasp candidates of a target planned, best first, before giving up (:func:`simulate_arm_pick`)."""
+DT = 1.0 / 240.0
+STATUSES = ("lifted", "unreachable", "collision", "slipped")
+
+
+@dataclass
+class ArmPickOutcome:
+    """What happened to one pick executed by the arm."""
+
+    status: str
+    """``"lifted"``, ``"unreachable"``, ``"collision"`` or ``"slipped"``."""
+    reason: str = ""
+    reachable: bool = True
+    """IK found joint-limited solutions for the pre-grasp, grasp and lift poses."""
+    target_rise: float = 0.0
+    lifted: dict[int, float] = field(default_factory=dict)
+    """Instance id → rise (metres) of every rigid object at the end of the hold (empty: not executed)."""
+    held: bool = False
+    """Both fingers touched the target at the end of the hold."""
+    collisions: list[str] = field(default_factory=list)
+    """``"<link> ~ <body> at <waypoint>"`` for each contact found by the kinematic check."""
+    grasp_index: int | None = None
+    """Which of the candidates given was executed (0: the first), None when none was."""
+    tried: int = 1
+    """Candidates planned."""
+
+    @property
+    def success(self) -> bool:
+        return self.status == "lifted"
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, "success": self.success, "reason": self.reason, "reachable": self.reachable,
+                "target_rise": round(self.target_rise, 4), "held": self.held, "collisions": list(self.collisions),
+                "grasp_index": self.grasp_index, "tried": self.tried,
+                "lifted": {str(k): round(v, 4) for k, v in self.lifted.items()}}
+
+
+def hand_rotation(R_grasp: np.ndarray) -> np.ndarray:
+    """The Panda hand's orientation for a grasp frame (x closing, z approach): the hand's fingers move
+    along its y and point along its z, so hand = [-y, x, z] of the grasp."""
+    R = np.asarray(R_grasp, np.float64)
+    return np.stack([-R[:, 1], R[:, 0], R[:, 2]], axis=1)
+
+
+class _Panda:
+    def __init__(self, p, cid: int, T_world_base: np.ndarray):
+        from scipy.spatial.transform import Rotation
+
+        from cos3d.tabletop.catalog import package_root
+
+        self.p, self.cid = p, cid
+        urdf = package_root("pybullet_data") / "franka_panda" / "panda.urdf"
+        q = Rotation.from_matrix(T_world_base[:3, :3]).as_quat().tolist()
+        self.body = p.loadURDF(str(urdf), T_world_base[:3, 3].tolist(), q, useFixedBase=True,
+                               flags=p.URDF_USE_SELF_COLLISION_EXCLUDE_PARENT, physicsClientId=cid)
+        self.arm, self.fingers, self.names = [], [], {}
+        lo, hi = [], []
+        for j in range(p.getNumJoints(self.body, physicsClientId=cid)):
+            info = p.getJointInfo(self.body, j, physicsClientId=cid)
+            jtype, link = info[2], info[12].decode()
+            self.names[j] = link
+            if link == "panda_grasptarget":
+                self.tcp = j
+            if jtype == p.JOINT_REVOLUTE:
+                self.arm.append(j)
+                lo.append(info[8])
+                hi.append(info[9])
+            elif jtype == p.JOINT_PRISMATIC:
+                self.fingers.append(j)
+        self.names[-1] = "panda_link0"
+        self.lo, self.hi = np.array(lo), np.array(hi)
+        self.hand_links = {j for j, n in self.names.items() if n in ("panda_hand", "panda_leftfinger",
+                                                                     "panda_rightfinger", "panda_grasptarget")}
+        self.finger_max = 0.04
+        for j in self.fingers:
+            p.changeDynamics(self.body, j, lateralFriction=1.5, physicsClientId=cid)
+
+    def set(self, q, opening: float | None = None) -> None:
+        for j, v in zip(self.arm, q):
+            self.p.resetJointState(self.body, j, float(v), physicsClientId=self.cid)
+        if opening is not None:
+            for j in self.fingers:
+                self.p.resetJointState(self.body, j, min(opening / 2, self.finger_max), physicsClientId=self.cid)
+
+    def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        st = self.p.getLinkState(self.body, self.tcp, computeForwardKinematics=True, physicsClientId=self.cid)
+        from scipy.spatial.transform import Rotation
+
+        return np.array(st[4]), Rotation.from_quat(st[5]).as_matrix()
+
+    def ik(self, T: np.ndarray, seeds: list) -> np.ndarray | None:
+        """Joint-limited IK for the TCP pose ``T`` (world, hand orientation): the first seed whose
+        solution is inside the limits and within POS_TOL / ROT_TOL, else None."""
+        from scipy.spatial.transform import Rotation
+
+        p, cid = self.p, self.cid
+        pos, quat = T[:3, 3].tolist(), Rotation.from_matrix(T[:3, :3]).as_quat().tolist()
+        rng = (self.hi - self.lo).tolist()
+        for seed in seeds:
+            self.set(seed)
+            q = np.asarray(seed, np.float64)
+            for _ in range(4):  # refine from the last answer (pybullet's IK takes one DLS pass per call)
+                sol = p.calculateInverseKinematics(
+                    self.body, self.tcp, pos, quat, lowerLimits=self.lo.tolist(), upperLimits=self.hi.tolist(),
+                    jointRanges=rng, restPoses=list(seed), maxNumIterations=200, residualThreshold=1e-5,
+                    physicsClientId=cid)
+                q = np.asarray(sol[: len(self.arm)], np.float64)
+                self.set(q)
+            if np.any(q < self.lo - 1e-6) or np.any(q > self.hi + 1e-6):
+                continue
+            x, R = self.tcp_pose()
+            dpos = float(np.linalg.norm(x - T[:3, 3]))
+            drot = float(np.linalg.norm(Rotation.from_matrix(R.T @ T[:3, :3]).as_rotvec()))
+            if dpos <= POS_TOL and drot <= ROT_TOL:
+                return q
+        return None
+
+    def contacts(self, bodies: dict[int, str], target: int | None, where: str) -> list[str]:
+        """Links touching the scene at the current (reset) configuration."""
+        p, cid = self.p, self.cid
+        p.performCollisionDetection(physicsClientId=cid)
+        out = []
+        for b, name in bodies.items():
+            for c in p.getClosestPoints(self.body, b, COLLISION_MARGIN, physicsClientId=cid):
+                link = c[3]
+                if link == -1:
+                    continue  # the fixed base stands where the user put it (on the table)
+                if b == target and link in self.hand_links:
+                    continue  # the hand and fingers may touch what they grasp
+                out.append(f"{self.names.get(link, link)} ~ {name} at {where}")
+        return sorted(set(out))
+
+
+def _lerp_poses(A: np.ndarray, B: np.ndarray, n: int) -> list[np.ndarray]:
+    out = []
+    for i in range(1, n + 1):
+        T = A.copy()
+        T[:3, 3] = A[:3, 3] + (B[:3, 3] - A[:3, 3]) * i / n
+        out.append(T)
+    return out
+
+
+def _plan(p, cid: int, arm: _Panda, Tw: np.ndarray, grasp: Grasp, names: dict, target: int, check_path: bool):
+    """Kinematic plan of one grasp: ``(status, reason, q_pre, path, collisions)`` with status ``"ok"``,
+    ``"unreachable"`` or ``"collision"`` (module docstring, steps 1 and 2)."""
+    Tg = Tw @ grasp.T_base_grasp
+    Tg[:3, :3] = hand_rotation(Tg[:3, :3])
+    pre = Tg.copy()
+    pre[:3, 3] -= APPROACH_DISTANCE * Tg[:3, 2]
+    lift = Tg.copy()
+    lift[:3, 3] += LIFT * np.array([0.0, 0.0, 1.0])
+    opening = min(float(grasp.width), 2 * arm.finger_max)
+    home = list(HOME)
+    seeds = [home] + [list(np.clip(np.asarray(HOME) + d, arm.lo, arm.hi)) for d in
+                      (np.array([np.pi / 2, 0, 0, 0, 0, 0, 0]), np.array([-np.pi / 2, 0, 0, 0, 0, 0, 0]),
+                       np.array([np.pi, 0, 0, 0.5, 0, 0, 0]), np.array([0, 0.5, 0, 0.5, 0, 0.5, 0]))]
+    # and a few fixed random configurations: the damped least squares lands in the start's basin
+    rng = np.random.default_rng(0)
+    seeds += [list(rng.uniform(arm.lo, arm.hi)) for _ in range(IK_RANDOM_SEEDS)]
+    q_pre = arm.ik(pre, seeds)
+    if q_pre is None:
+        d = float(np.linalg.norm(pre[:3, 3] - Tw[:3, 3]))
+        why = f"no joint-limited IK solution for the pre-grasp pose ({d:.2f} m from the base)"
+        return "unreachable", why, None, [], []
+    # the way there: joint-space from home to a pose HOVER over the pre-grasp (the arm moves over the
+    # scene, not through it), then straight down to the pre-grasp
+    hover = pre.copy()
+    hover[2, 3] += HOVER
+    q_hover = arm.ik(hover, [list(q_pre)] + seeds)
+    descent: list[np.ndarray] = []
+    if q_hover is not None:
+        q = q_hover
+        for T in _lerp_poses(hover, pre, 4):
+            q = arm.ik(T, [list(q)])
+            if q is None:
+                break
+            descent.append(q)
+        if q is None:  # no straight descent: go to the pre-grasp directly
+            q_hover, descent = None, []
+    path: list[tuple[str, np.ndarray]] = []
+    q = q_pre
+    for label, poses in (("approach", _lerp_poses(pre, Tg, 5)), ("lift", _lerp_poses(Tg, lift, 5))):
+        for T in poses:
+            q = arm.ik(T, [list(q)])
+            if q is None:
+                return ("unreachable", f"no joint-limited IK solution along the {label} "
+                        f"(at {np.round(T[:3, 3], 3).tolist()})", None, [], [])
+            path.append((label, q))
+    # kinematic collision check along the way, the fingers open to the grasp's width
+    hits: list[str] = []
+    waypoints: list[tuple[str, np.ndarray]] = []
+    if check_path:
+        q_via = q_pre if q_hover is None else q_hover
+        waypoints += [("the way to the pre-grasp", np.asarray(home) + (q_via - home) * s)
+                      for s in np.linspace(0, 1, 12)]
+        waypoints += [("the descent to the pre-grasp", qq) for qq in descent]
+    waypoints += [("the pre-grasp", q_pre)] + path[:5]
+    for where, qq in waypoints:
+        arm.set(qq, opening)
+        for h in arm.contacts(names, target, where):
+            if h not in hits:
+                hits.append(h)
+    if hits:
+        more = f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""
+        return "collision", f"the arm touches the scene: {hits[0]}{more}", q_pre, path, hits
+    return "ok", "", q_pre, path, []
+
+
+def simulate_arm_pick(
+    scene_dir,
+    grasp: "Grasp | list[Grasp]",
+    target_id: int,
+    T_world_base: np.ndarray,
+    *,
+    check_path: bool = True,
+    max_candidates: int = MAX_CANDIDATES,
+) -> ArmPickOutcome:
+    """Pick with a Panda whose base stands at ``T_world_base`` (module docstring).
+
+    Args:
+        scene_dir: a tabletop scene folder (``meta.json``).
+        grasp: the grasp to execute, in the robot's base frame (``pick_targets(..., T_base_scene=inv(T_world_base))``),
+            or a target's candidates best first (``PickTarget.grasps``): the first ``max_candidates`` that fit
+            the gripper are planned in order and the first one the arm reaches without a collision is
+            executed; when none is, the first one's failure is reported (unreachable only when every one was).
+        target_id: the instance id (``meta.json``) the grasp is meant to lift (scoring only).
+        T_world_base: [4, 4] rigid pose of the arm's base in the scene's world (z up).
+        check_path: also check the path from the home configuration to the pre-grasp.
+    """
+    from cos3d.robot.sim import load_tabletop_physics
+    from cos3d.tabletop.render import import_pybullet, sim
+
+    p = import_pybullet()
+    Tw = np.asarray(T_world_base, np.float64)
+    if Tw.shape != (4, 4):
+        raise ValueError(f"T_world_base must be 4x4, got {Tw.shape}")
+    cands = [grasp] if isinstance(grasp, Grasp) else list(grasp)
+    if not cands:
+        raise ValueError("no grasp to execute")
+    fits = [g for g in cands if g.feasible] or cands[:1]
+    cands = fits[: max(1, max_candidates)]
+    with sim() as cid:
+        names: dict[int, str] = {}
+        objects = load_tabletop_physics(p, cid, scene_dir, names)
+        if target_id not in objects:
+            raise ValueError(f"instance {target_id} is not a rigid object of the scene")
+        arm = _Panda(p, cid, Tw)
+        target = objects[target_id]
+        z0 = {i: p.getBasePositionAndOrientation(b, physicsClientId=cid)[0][2] for i, b in objects.items()}
+        first = None
+        chosen = None
+        for k, g in enumerate(cands):
+            plan = _plan(p, cid, arm, Tw, g, names, target, check_path)
+            if first is None:
+                first = plan
+            if plan[0] == "ok":
+                chosen = (k, g, plan)
+                break
+            if plan[0] == "collision" and first[0] == "unreachable":
+                first = plan  # a reachable candidate's failure says more than an unreachable one's
+        if chosen is None:
+            status, reason, _, _, hits = first
+            if len(cands) > 1:
+                reason += f" (best of {len(cands)} candidates)"
+            return ArmPickOutcome(status, reason, status != "unreachable", collisions=hits, tried=len(cands))
+        k, g, (_, _, q_pre, path, _) = chosen
+        opening = min(float(g.width), 2 * arm.finger_max)
+        # --- execution in physics, from the pre-grasp configuration
+        arm.set(q_pre, opening)
+        for j in arm.arm + arm.fingers:
+            p.resetJointState(arm.body, j, p.getJointState(arm.body, j, physicsClientId=cid)[0], 0.0,
+                              physicsClientId=cid)
+
+        def drive(q_target, steps: int, finger: float | None = None):
+            p.setJointMotorControlArray(arm.body, arm.arm, p.POSITION_CONTROL, targetPositions=list(q_target),
+                                        forces=[200.0] * len(arm.arm), physicsClientId=cid)
+            if finger is not None:
+                for j in arm.fingers:
+                    p.setJointMotorControl2(arm.body, j, p.POSITION_CONTROL, targetPosition=finger,
+                                            force=GRIP_FORCE, maxVelocity=0.2, physicsClientId=cid)
+            for _ in range(steps):
+                p.stepSimulation(physicsClientId=cid)
+
+        drive(q_pre, 24, opening / 2)
+        for _, qq in path[:5]:
+            drive(qq, 48)
+        drive(path[4][1], 144, 0.0)  # close
+        for _, qq in path[5:]:
+            drive(qq, 72, 0.0)
+        drive(path[-1][1], 240, 0.0)  # hold 1 s
+        rise = {i: p.getBasePositionAndOrientation(b, physicsClientId=cid)[0][2] - z0[i] for i, b in objects.items()}
+        touching = {c[3] for c in p.getContactPoints(arm.body, target, physicsClientId=cid)}
+        held = all(j in touching for j in arm.fingers)
+    r = float(rise[target_id])
+    if r > LIFT_SUCCESS and held:
+        return ArmPickOutcome("lifted", "", True, r, rise, True, grasp_index=k, tried=k + 1)
+    why = f"object rose {r * 100:.1f} cm" + ("" if held else ", no longer between the fingers")
+    return ArmPickOutcome("slipped", why, True, r, rise, held, grasp_index=k, tried=k + 1)
+
+
+def base_facing(target_xy, distance: float = 0.55, yaw_offset: float = 0.0, z: float | None = None,
+                table_top: float = 0.0) -> np.ndarray:
+    """A base pose ``distance`` from ``target_xy`` on the −x side, facing it (a convenience for demos
+    and the benchmark: a user gives their own)."""
+    c, s = np.cos(yaw_offset), np.sin(yaw_offset)
+    T = np.eye(4)
+    T[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
+    T[:2, 3] = np.asarray(target_xy, np.float64)[:2] - distance * np.array([c, s])
+    T[2, 3] = table_top if z is None else z
+    return T
