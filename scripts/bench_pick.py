@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import cos3d
     from cos3d.core.phrases import normalize
-    from cos3d.robot.sim import evaluate_tabletop, scene_training_names, summarize_trials
+    from cos3d.robot.bench import evaluate_tabletop, scene_training_names, summarize_trials
 
     import numpy as np
 

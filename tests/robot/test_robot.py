@@ -1,6 +1,6 @@
 """cos3d.robot: frames, grasps, pick/place targets on the session tabletop, and the simulated pick bar.
 
-The pick benchmark (cos3d.robot.sim.evaluate_tabletop, scripts/bench_pick.py; docs/benchmarks.md "Robot
+The pick benchmark (cos3d.robot.bench.evaluate_tabletop, scripts/bench_pick.py; docs/benchmarks.md "Robot
 pick targets") is tested on its scoring (hand-made cases), on who chooses the executed target (the API's
 first answer, never the true box) and end to end on one object of the session tabletop (its JSON).
 """
@@ -218,7 +218,7 @@ def test_robot_imports_no_viewer_training_or_2d_models():
 
 
 def _trial(kind, grounded, e2e, prompt="p"):
-    from cos3d.robot.sim import PickTrial
+    from cos3d.robot.bench import PickTrial
 
     return PickTrial(scene="s", prompt=prompt, prompt_set="evaluation", kind=kind, intended=[4], answered=True,
                      in_box=[], approach=None, width=None, flags=[], lifted={}, grounded=grounded,
@@ -226,7 +226,7 @@ def _trial(kind, grounded, e2e, prompt="p"):
 
 
 def test_pick_scoring_on_hand_made_cases():
-    from cos3d.robot.sim import score_pick, summarize_trials
+    from cos3d.robot.bench import score_pick, summarize_trials
 
     up, down = 0.14, 0.02
     # the wrong object chosen: a grounding failure even though it lifted cleanly
@@ -261,6 +261,7 @@ def test_pick_scoring_on_hand_made_cases():
 
 def test_benchmark_executes_the_apis_first_target_not_the_true_one(tabletop_dir, monkeypatch):
     """Ground truth never chooses: the API's first answer is executed even when a later one is right."""
+    import cos3d.robot.bench as bench
     import cos3d.robot.sim as sim
     import cos3d.robot.targets as targets_mod
     from cos3d.robot.targets import Targets
@@ -283,7 +284,7 @@ def test_benchmark_executes_the_apis_first_target_not_the_true_one(tabletop_dir,
 
     monkeypatch.setattr(targets_mod, "pick_targets", fake_pick_targets)
     monkeypatch.setattr(sim, "simulate_pick", fake_simulate)
-    trials = sim.evaluate_tabletop(tabletop_dir, None, ids=[ketchup])
+    trials = bench.evaluate_tabletop(tabletop_dir, None, ids=[ketchup])
     assert trials and all(ketchup in t.intended for t in trials)
     assert executed == [wrong.grasp] * len(trials)  # the first target, every time
     for t in trials:
@@ -292,7 +293,7 @@ def test_benchmark_executes_the_apis_first_target_not_the_true_one(tabletop_dir,
 
     assert asked == list(CATALOG["ketchup"].eval_names)  # read from the catalogue at run time
     # the training-names row asks by the canonical name; an empty answer is a grounding failure
-    (t,) = sim.evaluate_tabletop(tabletop_dir, None, prompt_set="training", ids=[ketchup])
+    (t,) = bench.evaluate_tabletop(tabletop_dir, None, prompt_set="training", ids=[ketchup])
     assert t.prompt == "ketchup bottle" and not t.answered and not t.grounded and "nothing" in t.note
 
 

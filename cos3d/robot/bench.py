@@ -1,0 +1,278 @@
+"""The pick benchmark (``scripts/bench_pick.py``), grounded like a user: every rigid object of a tabletop is
+asked for by its held-out phrasings (the catalogue's ``eval_names``, never training names), the robot API's
+first target is executed — by the free-floating gripper of :func:`cos3d.robot.sim.simulate_pick` and, with
+``T_world_arm``, by a Panda arm (:func:`cos3d.robot.arm.simulate_arm_pick`) — and ground truth only scores the
+outcome (:func:`score_pick`: grounding, grasp given grounding, end to end; :func:`summarize_trials`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cos3d.robot import arm as arm_mod
+from cos3d.robot import sim
+from cos3d.robot import targets as targets_mod
+from cos3d.robot.grasp import GripperSpec
+
+
+PROMPT_SETS = ("evaluation", "training")
+"""What :func:`evaluate_tabletop` asks with: ``"evaluation"``, the held-out phrasings of each object's
+catalogue entry (``CATALOG[key].eval_names``, never training names); ``"training"``, each object's
+canonical training name (``meta.json`` ``names[0]``: not held out, kept to show the drop)."""
+
+
+@dataclass
+class PickTrial:
+    """One prompt on a tabletop scene: the robot API's first target, executed and scored.
+
+    Ground truth (``meta.json`` boxes, the simulator's object heights) only scores the pick; it never
+    chooses what is executed.
+    """
+
+    scene: str
+    prompt: str
+    prompt_set: str
+    """``"evaluation"`` or ``"training"`` (:data:`PROMPT_SETS`)."""
+    kind: str
+    """The intended objects' catalogue keys, ``+``-joined when a phrasing names objects of several keys."""
+    intended: list[int]
+    """Instance ids the prompt names (every rigid object with this phrasing: a shared kind names several)."""
+    answered: bool
+    """``pick_targets`` returned a target (an empty answer is a grounding failure)."""
+    in_box: list[int]
+    """Instance ids whose true box holds the executed target's centroid (scoring only)."""
+    approach: str | None
+    width: float | None
+    flags: list[str]
+    lifted: dict[int, float]
+    """Instance id → rise (metres) of every rigid object after the hold; empty when nothing was executed."""
+    grounded: bool
+    """The right object was chosen: the target's centroid lies in an intended object's true box, or the
+    lift raised an intended object >= :data:`cos3d.robot.sim.LIFT_SUCCESS`."""
+    end_to_end: bool
+    """An intended object rose >= :data:`cos3d.robot.sim.LIFT_SUCCESS` and no other object did."""
+    note: str
+    arm: dict | None = None
+    """The same target executed by a Panda arm (:func:`cos3d.robot.arm.simulate_arm_pick`'s outcome as a
+    dict: ``status``, ``reason``, ``reachable``, ``lifted``...), None when the arm was not asked or there was
+    no grasp to execute."""
+    arm_end_to_end: bool = False
+    """The arm lifted an intended object > :data:`cos3d.robot.arm.LIFT_SUCCESS`, held it, and no other
+    object rose that far."""
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["lifted"] = {str(k): round(v, 4) for k, v in self.lifted.items()}
+        return d
+
+
+def score_pick(intended, in_box, lifted: dict[int, float], *, answered: bool = True,
+               reason: str = "") -> tuple[bool, bool, str]:
+    """``(grounded, end_to_end, note)`` of one executed pick, from ground truth (scoring only).
+
+    Args:
+        intended: instance ids the prompt names.
+        in_box: instance ids whose true box holds the executed target's centroid.
+        lifted: instance id → rise (metres) of every rigid object (empty: nothing was executed).
+        answered: False when the API returned no target (``reason`` says why): a grounding failure.
+
+    Grounded: an intended object's box holds the target's centroid, or an intended object rose
+    >= :data:`cos3d.robot.sim.LIFT_SUCCESS`. End to end: exactly one object rose that far and it is an intended one
+    (lifting a wrong object, or two at once, is no success). A wrong object chosen is a grounding
+    failure even if it lifts.
+    """
+    intended = {int(i) for i in intended}
+    if not answered:
+        if not reason:
+            return False, False, "no target"
+        return False, False, reason if reason.startswith("no target") else f"no target: {reason}"
+    risen = {int(i) for i, r in lifted.items() if r >= sim.LIFT_SUCCESS}
+    grounded = bool(intended & {int(i) for i in in_box}) or bool(intended & risen)
+    e2e = len(risen) == 1 and risen <= intended
+    if not grounded:
+        where = f"objects {sorted(in_box)}" if in_box else "no object's true box"
+        note = f"wrong object: the target's centroid lies in {where}, not in {sorted(intended)}"
+        if risen:
+            note += f"; lifted {sorted(risen)}"
+        return False, False, note
+    if e2e:
+        return True, True, ""
+    if not lifted:
+        return True, False, reason or "nothing executed"
+    wrong = sorted(risen - intended)
+    if wrong or len(risen) > 1:
+        return True, False, f"lifted {sorted(risen)} (more than the one intended object)"
+    top = max((lifted.get(i, 0.0) for i in intended), default=0.0)
+    return True, False, f"object rose {top * 100:.1f} cm (< {sim.LIFT_SUCCESS * 100:.0f})"
+
+
+def tabletop_prompts(scene_dir: str | Path, prompt_set: str = "evaluation") -> list[tuple[str, list[int]]]:
+    """``[(prompt, intended instance ids)]`` for the rigid objects of a tabletop scene, read at run time.
+
+    ``"evaluation"``: each object's held-out phrasings, ``CATALOG[meta key].eval_names`` (falling back on
+    the scene's ``eval_prompts.json`` for a key the catalogue no longer holds); a phrasing shared by
+    several objects (a kind: "cup" for two mugs) is asked once and names all of them. ``"training"``:
+    each object's canonical name. Raises ValueError when an evaluation phrasing is a training name of
+    the scene (:func:`cos3d.eval.heldout.check_disjoint`).
+    """
+    from cos3d.eval.heldout import check_disjoint
+    from cos3d.core.phrases import normalize
+    from cos3d.tabletop.catalog import CATALOG
+
+    if prompt_set not in PROMPT_SETS:
+        raise ValueError(f"prompt_set must be one of {PROMPT_SETS}, got {prompt_set!r}")
+    root = Path(scene_dir)
+    meta = json.loads((root / "meta.json").read_text())
+    held_file = root / "eval_prompts.json"
+    held = json.loads(held_file.read_text()).get("instances", {}) if held_file.is_file() else {}
+    rigid = [o for o in meta["objects"] if _pickable(o)]
+    norm = normalize  # "cups" and "a cup" are one prompt, asked once
+
+    by_prompt: dict[str, tuple[str, list[int]]] = {}
+    for o in rigid:
+        if prompt_set == "training":
+            phrasings = [o["names"][0]]
+        elif o["key"] in CATALOG:
+            phrasings = list(CATALOG[o["key"]].eval_names)
+        else:
+            phrasings = list(held.get(str(o["id"]), []))
+        for ph in phrasings:
+            ids = by_prompt.setdefault(norm(ph), (ph, []))[1]
+            if int(o["id"]) not in ids:
+                ids.append(int(o["id"]))
+    if prompt_set == "training":  # a canonical name may be another object's name too ("butter")
+        for key, (ph, ids) in by_prompt.items():
+            ids[:] = [int(o["id"]) for o in rigid if key in {norm(n) for n in o["names"]}]
+    out = [(ph, sorted(ids)) for ph, ids in by_prompt.values()]
+    if prompt_set == "evaluation":
+        try:
+            check_disjoint([ph for ph, _ in out], scene_training_names(root), what="pick benchmark evaluation phrasings",
+                           reserved_as="training names of the scene")
+        except Exception as e:  # Cos3dError: one line
+            raise ValueError(str(e)) from None
+    return out
+
+
+def scene_training_names(scene_dir: str | Path) -> list[str]:
+    """Every training name of a tabletop scene: its objects' names (``meta.json``) and parts' (``parts.json``)."""
+    root = Path(scene_dir)
+    out = [n for o in json.loads((root / "meta.json").read_text())["objects"] for n in o.get("names", [])]
+    if (root / "parts.json").is_file():
+        out += [n for p in json.loads((root / "parts.json").read_text()).values() for n in p.get("names", [])]
+    return out
+
+
+def _pickable(o: dict) -> bool:
+    return o["key"] not in ("floor", "table") and not o["asset"].endswith(".urdf")
+
+
+def evaluate_tabletop(
+    scene_dir: str | Path,
+    ts,
+    *,
+    prompt_set: str = "evaluation",
+    approach: str = "auto",
+    gripper: GripperSpec | None = None,
+    ids: list[int] | None = None,
+    T_world_arm: np.ndarray | None = None,
+) -> list[PickTrial]:
+    """Pick on a tabletop scene as a user would: a phrasing in, the robot API's first target executed.
+
+    For every prompt of :func:`tabletop_prompts` (``ids``: only prompts naming one of these instances),
+    ``targets_mod.pick_targets(ts, prompt, k=1)`` decides alone: its first target (the top grasp of the top-ranked
+    object) is executed by :func:`cos3d.robot.sim.simulate_pick`; an empty answer is a grounding failure (its reason
+    kept). Only then does ground truth score it (:func:`score_pick`): the true boxes of ``meta.json``
+    (``aabb_world``) and every object's rise in the simulation. ``ts`` is the loaded run trained on
+    ``scene_dir`` (its scene frame is the world frame, so ``T_base_scene`` is the identity).
+
+    ``T_world_arm``: also execute each target with a Panda arm standing there
+    (:func:`cos3d.robot.arm.simulate_arm_pick`; the target's grasp candidates moved into the arm's base
+    frame, the first one it reaches without a collision executed): the trial's ``arm`` and
+    ``arm_end_to_end``.
+    """
+
+    meta = json.loads((Path(scene_dir) / "meta.json").read_text())
+    keys = {int(o["id"]): o["key"] for o in meta["objects"]}
+    boxes = {int(o["id"]): np.asarray(o["aabb_world"], np.float64) for o in meta["objects"]
+             if o["key"] not in ("floor", "table") and "aabb_world" in o}
+    trials = []
+    for prompt, intended in tabletop_prompts(scene_dir, prompt_set):
+        if ids is not None and not set(intended) & set(ids):
+            continue
+        base = dict(scene=str(scene_dir), prompt=prompt, prompt_set=prompt_set,
+                    kind="+".join(sorted({keys[i] for i in intended})), intended=intended)
+        targets = targets_mod.pick_targets(ts, prompt, approach=approach, gripper=gripper, k=1)
+        if not targets:
+            g, e, note = score_pick(intended, [], {}, answered=False, reason=targets.reason)
+            trials.append(PickTrial(**base, answered=False, in_box=[], approach=None, width=None, flags=[],
+                                    lifted={}, grounded=g, end_to_end=e, note=note))
+            continue
+        t = targets[0]
+        in_box = sorted(i for i, (lo, hi) in boxes.items() if np.all((t.centroid >= lo) & (t.centroid <= hi)))
+        lifted: dict[int, float] = {}
+        if t.grasp is not None:
+            # simulate_pick needs an instance to report on; every object's rise comes back and is scored here
+            aim = next((i for i in in_box if i in intended), intended[0])
+            lifted = sim.simulate_pick(scene_dir, t.grasp, aim, gripper=gripper).lifted
+        g, e, note = score_pick(intended, in_box, lifted, reason="" if t.grasp is not None else "no grasp")
+        arm, arm_e2e = None, False
+        if t.grasp is not None and T_world_arm is not None:
+            import dataclasses
+
+
+            Tw = np.asarray(T_world_arm, np.float64)
+            aim = next((i for i in in_box if i in intended), intended[0])
+            # the target's candidates, best first, moved into the arm's base frame: the arm executes the
+            # first one it reaches without a collision
+            inv = np.linalg.inv(Tw)
+            cands = [dataclasses.replace(g_, T_base_grasp=inv @ g_.T_base_grasp) for g_ in (t.grasps or [t.grasp])]
+            out = arm_mod.simulate_arm_pick(scene_dir, cands, aim, Tw)
+            arm = out.to_dict()
+            risen = {i for i, r in out.lifted.items() if r > arm_mod.LIFT_SUCCESS}
+            arm_e2e = bool(out.success and len(risen) == 1 and risen <= set(intended))
+        trials.append(PickTrial(**base, answered=True, in_box=in_box, arm=arm, arm_end_to_end=arm_e2e,
+                                approach=None if t.grasp is None else t.grasp.approach,
+                                width=None if t.grasp is None else round(t.grasp.width, 4), flags=list(t.flags),
+                                lifted={int(k): float(v) for k, v in lifted.items()}, grounded=g, end_to_end=e,
+                                note=note))
+    return trials
+
+
+def summarize_trials(trials: list[PickTrial]) -> dict:
+    """Grounding, grasp-given-grounded and end-to-end counts and rates, per kind and overall.
+
+    ``{"overall": {...}, "per_kind": {kind: {...}}}`` with ``trials``, ``grounded``, ``grounding_rate``,
+    ``grasped_given_grounded``, ``grasp_rate_given_grounded`` (of the grounded trials),
+    ``end_to_end``, ``end_to_end_rate``; a rate is None over zero trials.
+    """
+
+    def block(ts: list[PickTrial]) -> dict:
+        n, g, e = len(ts), sum(t.grounded for t in ts), sum(t.end_to_end for t in ts)
+        ok_given = sum(t.end_to_end for t in ts if t.grounded)
+        out = {"trials": n, "grounded": g, "grounding_rate": round(g / n, 4) if n else None,
+               "grasped_given_grounded": ok_given,
+               "grasp_rate_given_grounded": round(ok_given / g, 4) if g else None,
+               "end_to_end": e, "end_to_end_rate": round(e / n, 4) if n else None}
+        if any(t.arm is not None for t in ts):  # the arm-based measure (cos3d.robot.arm)
+            ex = [t for t in ts if t.arm is not None]
+            reach = sum(bool(t.arm["reachable"]) for t in ex)
+            ag = [t for t in ex if t.grounded]
+            a_ok = sum(t.arm_end_to_end for t in ag)
+            a_e = sum(t.arm_end_to_end for t in ts)
+            out["arm"] = {"executed": len(ex), "reachable": reach,
+                          "reachable_rate": round(reach / len(ex), 4) if ex else None,
+                          "grounded_executed": len(ag), "grasped_given_grounded": a_ok,
+                          "grasp_rate_given_grounded": round(a_ok / len(ag), 4) if ag else None,
+                          "end_to_end": a_e, "end_to_end_rate": round(a_e / n, 4) if n else None,
+                          "status": {s: sum(t.arm["status"] == s for t in ex) for s in
+                                     ("lifted", "unreachable", "collision", "slipped")}}
+        return out
+
+    kinds: dict[str, list[PickTrial]] = {}
+    for t in trials:
+        kinds.setdefault(t.kind, []).append(t)
+    return {"overall": block(trials), "per_kind": {k: block(v) for k, v in sorted(kinds.items())}}
