@@ -409,6 +409,7 @@ class QueryEngine:
             lv.calibration = calibrate(
                 lv.language, self.opacity, lv.targets, self.negatives, self.cache.embed(self.embedder, vocab), vocab,
                 held_out=self.held_out_prompts, top_k=self.settings.presence_top_k,
+                positives="targets" if getattr(self.embedder, "mask_embeddings_are_text", False) else "words",
             )
         return lv.calibration
 

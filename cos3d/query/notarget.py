@@ -53,9 +53,25 @@ from cos3d.query.settings import PART_RULES, RULES, QuerySettings
 TOP_K = 32
 OPACITY_MIN = 0.1
 MARGIN = 0.15
-PRESENCE_STATE_VERSION = 2
+PRESENCE_STATE_VERSION = 3
 """Bumped when the saved calibration gains fields (2: the cosine statistics and the kept vocabulary's
-embeddings of the presence rules), so that a query state saved before is rebuilt, not misread."""
+embeddings of the presence rules; 3: text-word positives, :data:`POSITIVES`), so that a query state saved
+before is rebuilt, not misread."""
+
+POSITIVES: tuple[str, ...] = ("targets", "words")
+"""Where :func:`calibrate` takes its known positives from (issue 26):
+
+- ``targets``: the level's Ins2Lang targets themselves (the mask embeddings). Right only when a mask's
+  embedding is in the modality of a text query (``labels``: both embed names;
+  :attr:`cos3d.vision.base.Embedder.mask_embeddings_are_text`). With CLIP the targets are image embeddings:
+  their cosine with the field (~0.8–0.95) is far above any text query's (~0.2–0.35), and a threshold placed
+  between them and the (text) negatives would answer every present thing "not here".
+- ``words``: text words, scored against the field exactly like a user's query: for each target, the
+  calibration vocabulary's word that resembles it best, when it stands out from the vocabulary (its
+  similarity more than ``max_z`` standard deviations above the target's mean over the vocabulary: the same
+  test that keeps it out of the negatives). The z-score is read per target, so a shared offset and a
+  compressed scale between modalities (the modality gap) leave the choice of words unchanged. Used for
+  every embedder whose masks are images (CLIP, SigLIP, the modality-gap stand-in ``labels-gap``)."""
 
 NEGATIVE_VOCABULARY: tuple[str, ...] = (
     # animals
@@ -161,6 +177,10 @@ class NoTargetCalibration:
     """``[V', D]`` the kept vocabulary words' embeddings: the "rest of the world" of the ``relative`` rule."""
     forced: bool = False
     """Every prompt counts as present (evaluation only: the error budget measures the selection alone)."""
+    positives_from: str = "targets"
+    """Where the known positives came from (:data:`POSITIVES`)."""
+    positive_words: list[str] = field(default_factory=list)
+    """The text words that were the known positives (``positives_from == "words"``)."""
 
     def present(self, score: float) -> bool:
         return bool(score >= self.threshold)
@@ -180,6 +200,8 @@ class NoTargetCalibration:
             "negative_cos": torch.from_numpy(np.asarray(self.negative_cos, np.float64)),
             "vocabulary_embeddings": (torch.zeros(0) if self.vocabulary_embeddings is None
                                       else self.vocabulary_embeddings.float().cpu()),
+            "positives_from": self.positives_from,
+            "positive_words": list(self.positive_words),
         }
 
     @classmethod
@@ -196,6 +218,8 @@ class NoTargetCalibration:
             positive_cos=state["positive_cos"].numpy(),
             negative_cos=state["negative_cos"].numpy(),
             vocabulary_embeddings=state["vocabulary_embeddings"] if state["vocabulary_embeddings"].numel() else None,
+            positives_from=str(state.get("positives_from", "targets")),
+            positive_words=list(state.get("positive_words", [])),
         )
 
     def to_dict(self) -> dict:
@@ -209,6 +233,8 @@ class NoTargetCalibration:
             "cosine_threshold": (float(_margin_threshold(self.positive_cos, self.negative_cos, RULE_PARAM, logit=False))
                                  if len(self.positive_cos) and len(self.negative_cos) else None),
             "method": self.method,
+            "positives_from": self.positives_from,
+            "positive_words": list(self.positive_words),
             "positives": int(len(self.positive_scores)),
             "negatives": int(len(self.negative_scores)),
             "positive_min": float(self.positive_scores.min()) if len(self.positive_scores) else None,
@@ -245,14 +271,38 @@ def _balanced_cut(lp: np.ndarray, ln: np.ndarray) -> float:
     return float(best)
 
 
-def filter_vocabulary(
-    words: list[str], word_emb: Tensor, targets: Tensor, *, max_cos: float = 0.6, max_z: float = 2.5
-) -> tuple[list[int], list[int]]:
-    """Indices of kept and dropped ``words`` (see the module docstring)."""
+MAX_Z = 2.5
+"""A vocabulary word whose similarity to a target is this many standard deviations above the target's mean
+over the vocabulary resembles that target: not a negative; the best such word is a ``words`` positive."""
+
+
+def _word_z(word_emb: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """``(S, z)``: ``[V, J]`` similarities of the words to the targets and their per-target z-scores."""
     S = word_emb.float() @ targets.float().T  # [V, J]
     mu = S.mean(0, keepdim=True)
     sd = S.std(0, keepdim=True).clamp_min(1e-6)
-    z = (S - mu) / sd
+    return S, (S - mu) / sd
+
+
+def positive_words(word_emb: Tensor, targets: Tensor, *, max_z: float = MAX_Z) -> list[int]:
+    """Indices of the ``words`` positives (:data:`POSITIVES`): per target, the vocabulary word of the largest
+    z-score when it exceeds ``max_z``; each word once, in order of first use."""
+    if len(targets) == 0 or len(word_emb) == 0:
+        return []
+    _, z = _word_z(word_emb, targets)
+    best = z.argmax(0)
+    out: list[int] = []
+    for j, i in enumerate(best.tolist()):
+        if float(z[i, j]) > max_z and i not in out:
+            out.append(i)
+    return out
+
+
+def filter_vocabulary(
+    words: list[str], word_emb: Tensor, targets: Tensor, *, max_cos: float = 0.6, max_z: float = MAX_Z
+) -> tuple[list[int], list[int]]:
+    """Indices of kept and dropped ``words`` (see the module docstring)."""
+    S, z = _word_z(word_emb, targets)
     drop = (S.amax(1) > max_cos) | (z.amax(1) > max_z)
     keep = torch.nonzero(~drop).flatten().tolist()
     dropped = torch.nonzero(drop).flatten().tolist()
@@ -286,6 +336,7 @@ def calibrate(
     *,
     top_k: int = TOP_K,
     held_out: Iterable[str] = (),
+    positives: str = "targets",
 ) -> NoTargetCalibration:
     """Calibrate the presence threshold of one field level.
 
@@ -295,17 +346,28 @@ def calibrate(
         negatives: ``[K, D]`` canonical negative embeddings.
         vocabulary_embeddings: ``[V, D]`` embeddings of ``vocabulary``.
         held_out: evaluation prompts that must not be calibration words (:func:`check_held_out`).
+        positives: where the known positives come from (:data:`POSITIVES`): ``targets`` only when the mask
+            embeddings are in the query's modality (the engine reads
+            :attr:`cos3d.vision.base.Embedder.mask_embeddings_are_text`), else ``words``.
     """
+    if positives not in POSITIVES:
+        raise ValueError(f"positives must be one of {POSITIVES}, got {positives!r}")
     check_held_out(held_out, vocabulary)
     valid = opacity > OPACITY_MIN
     U = unique_targets(targets)
     keep, dropped = filter_vocabulary(list(vocabulary), vocabulary_embeddings, U if len(U) else targets)
-    pos = top_k_score(raw_relevancy(language, U, negatives), valid, top_k).numpy() if len(U) else np.zeros(0)
+    pos_words: list[int] = []
+    if positives == "words":  # text words scored against the field, like a user's query (issue 26)
+        pos_words = positive_words(vocabulary_embeddings, U)
+        P = vocabulary_embeddings[pos_words].float()
+    else:
+        P = U
+    pos = top_k_score(raw_relevancy(language, P, negatives), valid, top_k).numpy() if len(P) else np.zeros(0)
     Vk = vocabulary_embeddings[keep]
     neg = top_k_score(raw_relevancy(language, Vk, negatives), valid, top_k).numpy() if len(keep) else np.zeros(0)
     thr, method = choose_threshold(pos, neg)
     floor = float(np.percentile(neg, 95)) if len(neg) else 0.5
-    pos_cos = top_k_score(_cosines(language, U), valid, top_k).numpy() if len(U) else np.zeros(0)
+    pos_cos = top_k_score(_cosines(language, P), valid, top_k).numpy() if len(P) else np.zeros(0)
     neg_cos = top_k_score(_cosines(language, Vk), valid, top_k).numpy() if len(keep) else np.zeros(0)
     return NoTargetCalibration(
         threshold=thr,
@@ -319,6 +381,8 @@ def calibrate(
         positive_cos=pos_cos,
         negative_cos=neg_cos,
         vocabulary_embeddings=torch.nn.functional.normalize(Vk.float(), dim=1) if len(keep) else None,
+        positives_from=positives,
+        positive_words=[vocabulary[i] for i in pos_words],
     )
 
 
@@ -355,8 +419,10 @@ def _margin_threshold(pos: np.ndarray, neg: np.ndarray, margin: float, *, logit:
     overlap (:func:`choose_threshold`)."""
     if logit:
         return choose_threshold(pos, neg, margin)[0]
-    if len(pos) == 0 or len(neg) == 0:
+    if len(neg) == 0:
         return 0.0
+    if len(pos) == 0:  # no known positive (no vocabulary word resembles the scene): as relevant as an absent name
+        return float(np.percentile(neg, 95))
     p_lo, q_hi = float(np.percentile(pos, 10)), float(np.percentile(neg, 95))
     if p_lo > q_hi:
         return q_hi + margin * (p_lo - q_hi)

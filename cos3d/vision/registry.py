@@ -242,12 +242,34 @@ class LabelsEmbedding(ProviderConfig):
     model_dir: str | Path | None = None
     batch_size: int = 256
 
+    NEEDS_NAMED_MASKS: ClassVar[bool] = True
+    """It embeds mask names: only ``dataset`` masks have them (:meth:`cos3d.vision.models.ModelsConfig.validate`)."""
     summary = "all-MiniLM-L6-v2 sentence embeddings of mask names, 384-d (offline, oracle-2D; needs dataset masks)"
 
     def create(self, device: str | None = "auto", scene: "Scene | None" = None) -> "Embedder":
         from cos3d.vision.labels_embedder import LabelsEmbedder
 
         return LabelsEmbedder(self.model_dir, device="cpu", batch_size=self.batch_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelsGapEmbedding(LabelsEmbedding):
+    """``labels-gap``: the **modality-gap stand-in** (:mod:`cos3d.vision.gap_standin`): the oracle-2D ``labels``
+    embedder whose mask (image) side sits in a CLIP-like cone apart from its text side. For tests and
+    benchmarks of the query rules under a modality gap; not a model."""
+
+    profile: str = "clip-vit-b16"
+    seed: int = 0
+
+    summary = ("modality-gap stand-in: labels embeddings with a CLIP-like image/text gap (offline, oracle-2D "
+               "+ modality-gap stand-in; needs dataset masks)")
+
+    def create(self, device: str | None = "auto", scene: "Scene | None" = None) -> "Embedder":
+        from cos3d.vision.gap_standin import ModalityGapStandIn
+        from cos3d.vision.labels_embedder import LabelsEmbedder
+
+        return ModalityGapStandIn(LabelsEmbedder(self.model_dir, device="cpu", batch_size=self.batch_size),
+                                  profile=self.profile, seed=self.seed)
 
 
 # ---------------------------------------------------------------------------------------------- prompt segmenters
@@ -324,6 +346,7 @@ PROVIDERS: dict[str, dict[str, type[ProviderConfig]]] = {
         "openclip": OpenCLIPEmbedding,
         "siglip": SiglipEmbedding,
         "labels": LabelsEmbedding,
+        "labels-gap": LabelsGapEmbedding,
     },
     "segmenter": {  # in order of preference (--segmenter auto with several models named picks the first)
         "sam2-hf": SAM2HFSegmenter,
