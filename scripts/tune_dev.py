@@ -39,9 +39,12 @@ TUNABLES: tuple[tuple[str, tuple], ...] = (
     ("select_parts_on", ("cosine", "relevancy")),
     ("weaker_on", ("cosine", "relevancy", "off")),
     ("weaker_logit", (0.75, 0.5, 1.0, 1.5)),
+    ("presence_words_quantile", (0.95, 0.8, 0.85, 0.9, 0.975, 0.99, 1.0)),
 )
 """Each tunable of :class:`cos3d.query.settings.QuerySettings` with its candidates (the value shipped before
-this script first ran is listed first: it wins ties)."""
+this script first ran is listed first: it wins ties). ``presence_words_quantile`` is read only when the masks
+are images (:data:`cos3d.query.notarget.POSITIVES`): it is chosen with ``--only presence_words_quantile`` on runs
+trained with the modality-gap stand-in (``--embedder labels-gap``), the others on ``labels`` runs."""
 
 FIXED = {
     "presence_rule": "cosine: the statistic chosen on the development curve of issue 13 (docs/benchmarks.md)",
@@ -68,7 +71,13 @@ def main() -> int:
     ap.add_argument("--runs", type=Path, nargs="+", required=True, help="trained tabletop runs")
     ap.add_argument("--write", type=Path, default=None, help="write the record here (cos3d/query/tuned.json)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("COS3D_THREADS", "1")))
+    ap.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                    help="tune only these tunables (the others stay as shipped); --write then updates their "
+                         "entries of the existing record and keeps the rest")
     args = ap.parse_args()
+    names = [n for n, _ in TUNABLES]
+    if args.only and set(args.only) - set(names):
+        ap.error(f"unknown tunable(s) {sorted(set(args.only) - set(names))}; tunables: {names}")
 
     import torch
 
@@ -88,6 +97,8 @@ def main() -> int:
     start = settings
     record: dict = {}
     for name, candidates in TUNABLES:
+        if args.only and name not in args.only:
+            continue
         rows = []
         for value in candidates:
             s = replace(settings, **{name: value})
@@ -121,6 +132,13 @@ def main() -> int:
         "tunables": record,
         "fixed": FIXED,
     }
+    if args.write and args.only:  # update these entries of the existing record, keep the rest
+        from cos3d.query.settings import read_record
+
+        old = read_record(args.write)
+        for name, entry in record.items():
+            entry["runs"], entry["command"], entry["date"] = out["runs"], out["command"], out["date"]
+        out = {**old, "tunables": {**old.get("tunables", {}), **record}}
     if args.write:
         from cos3d.core.atomic import write_json
 

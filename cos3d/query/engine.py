@@ -903,7 +903,8 @@ class QueryEngine:
                                     language=lv.language, cosines=C_all,
                                     relevancy_score=self.settings.presence_rule == "relevancy")
         s = self.settings
-        decisions = [decide(st, s.presence_rule, s.presence_margin, part_rule=s.part_rule, part_param=s.part_quantile)
+        decisions = [decide(st, s.presence_rule, s.presence_margin, part_rule=s.part_rule, part_param=s.part_quantile,
+                            words_quantile=s.presence_words_quantile)
                      for st in stats]
         t_pres = (time.perf_counter() - ts) * 1e3
         out = []

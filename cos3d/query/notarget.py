@@ -230,8 +230,11 @@ class NoTargetCalibration:
                           + f" over Gaussians with opacity > {OPACITY_MIN}; compared with "
                           + ("'threshold'" if RULE == "relevancy" else "the rule's threshold ('cosine_threshold' for cosine)")),
             "rule": f"{RULE} ({RULE_PARAM:g}); parts: {PART_RULE} ({PART_PARAM:g})",
-            "cosine_threshold": (float(_margin_threshold(self.positive_cos, self.negative_cos, RULE_PARAM, logit=False))
-                                 if len(self.positive_cos) and len(self.negative_cos) else None),
+            "cosine_threshold": ((float(words_threshold(self.positive_cos, self.negative_cos, RULE_PARAM, WORDS_QUANTILE,
+                                                         logit=False)) if self.positives_from == "words" else
+                                  float(_margin_threshold(self.positive_cos, self.negative_cos, RULE_PARAM, logit=False)))
+                                 if len(self.negative_cos) and (len(self.positive_cos) or self.positives_from == "words")
+                                 else None),
             "method": self.method,
             "positives_from": self.positives_from,
             "positive_words": list(self.positive_words),
@@ -397,6 +400,8 @@ RULE_PARAM = _SHIPPED.presence_margin
 """Its margin (shipped)."""
 PART_RULE = _SHIPPED.part_rule
 """The shipped part rule."""
+WORDS_QUANTILE = _SHIPPED.presence_words_quantile
+"""The shipped quantile of the ``words`` calibration (:func:`decide`)."""
 PART_PARAM = _SHIPPED.part_quantile
 """Its quantile (shipped). By construction it is the share of the vocabulary's unrelated words that a part query
 inside the parent answers "not here"."""
@@ -453,7 +458,15 @@ def presence_statistics(
     C = cosines if cosines is not None else recover_cosines(R, neg_max, tau)
     cos = top_k_score(C, valid, k)
     V = cal.vocabulary_embeddings
-    world = (P.float() @ V.T).amax(1) if V is not None and len(V) else torch.full((len(P),), -1.0)
+    if V is not None and len(V):
+        sim = P.float() @ V.T
+        world = sim.amax(1)
+        if cal.positives_from == "words" and len(cal.negative_cos) == len(V):
+            # masks are images: the prompt-to-word similarity is text-to-text, on another scale than the prompt's
+            # text-to-field cosine; compare with the field's cosine of the word the prompt resembles most instead
+            world = torch.as_tensor(cal.negative_cos, dtype=torch.float32)[sim.argmax(1)]
+    else:
+        world = torch.full((len(P),), -1.0)
     inner_score = inner_cos = None
     inner_neg = None
     if subset is not None:
@@ -490,15 +503,34 @@ def recover_cosines(R: Tensor, neg_max: Tensor, temperature: float | None = None
     return neg_max.to(R.device) + torch.logit(R.float().clamp(1e-7, 1 - 1e-7)) / tau
 
 
+def words_threshold(pos: np.ndarray, neg: np.ndarray, margin: float, quantile: float, *, logit: bool) -> float:
+    """The threshold of a ``words`` calibration (:data:`POSITIVES`): the margin rule of :func:`_margin_threshold`
+    when the positive words stand clear of the negatives (``p_lo > q_hi``), else the ``quantile`` of the
+    negatives' scores: "more like something in the scene than that share of unrelated words" — the part rule's
+    test (``inner``), on the whole scene. Both sides are text scored against the field."""
+    if len(neg) == 0:
+        return 0.5 if logit else 0.0
+    q = min(max(float(quantile), 0.0), 1.0)
+    if len(pos):
+        p_lo, q_hi = float(np.percentile(pos, 10)), float(np.percentile(neg, 95))
+        if (float(np.percentile(_logit(pos), 10)) > float(np.percentile(_logit(neg), 95))) if logit else p_lo > q_hi:
+            return _margin_threshold(pos, neg, margin, logit=logit)
+    return float(np.quantile(np.asarray(neg, np.float64), q))
+
+
 def decide(stats: dict, rule: str | None = None, param: float | None = None, *, part_rule: str | None = None,
-           part_param: float | None = None) -> tuple[bool, float, float, str]:
+           part_param: float | None = None, words_quantile: float | None = None) -> tuple[bool, float, float, str]:
     """``(present, statistic, threshold, what)`` of one prompt's :func:`presence_statistics` under a rule
     (:data:`RULES`, :data:`PART_RULES`; defaults :data:`RULE` / :data:`RULE_PARAM`, :data:`PART_RULE` /
-    :data:`PART_PARAM`). ``what`` says, in words, the test that failed (or passed)."""
+    :data:`PART_PARAM`). ``what`` says, in words, the test that failed (or passed). A calibration on text words
+    (``positives_from == "words"``: masks are images) places the object threshold by :func:`words_threshold`
+    with ``words_quantile`` (default :data:`WORDS_QUANTILE`)."""
     rule = RULE if rule is None else rule
     param = (RULE_PARAM if rule == RULE else _DEFAULT_PARAM[rule]) if param is None else float(param)
     part_rule = PART_RULE if part_rule is None else part_rule
     part_param = PART_PARAM if part_param is None else float(part_param)
+    wq = WORDS_QUANTILE if words_quantile is None else float(words_quantile)
+    words = getattr(stats.get("cal"), "positives_from", "targets") == "words"
     if rule not in RULES or part_rule not in PART_RULES:
         raise ValueError(f"unknown presence rule {rule!r}/{part_rule!r}; rules: {RULES}, part rules: {PART_RULES}")
     cal: NoTargetCalibration = stats["cal"]
@@ -511,20 +543,22 @@ def decide(stats: dict, rule: str | None = None, param: float | None = None, *, 
         v = stats["inner_cos"]
         return (v >= thr, v, thr, f"cosine inside the parent {v:.3f} vs {thr:.3f}, the {part_param:.0%} quantile of "
                 f"unrelated words there")
-    key = (rule, param)
+    key = (rule, param, wq if words else None)
     thr_cache = cal.__dict__.setdefault("_thresholds", {})
     if rule == "relevancy":
         if stats["score"] is None:
             raise ValueError("the relevancy rule needs presence_statistics(..., relevancy_score=True)")
         if key not in thr_cache:
-            thr_cache[key] = (_margin_threshold(cal.positive_scores, cal.negative_scores, param, logit=True),
-                              min(cal.floor, _margin_threshold(cal.positive_scores, cal.negative_scores, param, logit=True)))
+            t = (words_threshold(cal.positive_scores, cal.negative_scores, param, wq, logit=True) if words
+                 else _margin_threshold(cal.positive_scores, cal.negative_scores, param, logit=True))
+            thr_cache[key] = (t, min(cal.floor, t))
         thr, floor = thr_cache[key]
         v, inner = stats["score"], stats["inner_score"]
         name = "relevancy score"
     elif rule == "cosine":
         if key not in thr_cache:
-            t = _margin_threshold(cal.positive_cos, cal.negative_cos, param, logit=False)
+            t = (words_threshold(cal.positive_cos, cal.negative_cos, param, wq, logit=False) if words
+                 else _margin_threshold(cal.positive_cos, cal.negative_cos, param, logit=False))
             q95 = float(np.percentile(cal.negative_cos, 95)) if len(cal.negative_cos) else t
             thr_cache[key] = (t, min(q95, t))
         thr, floor = thr_cache[key]
