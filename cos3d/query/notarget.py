@@ -13,9 +13,14 @@ object whatever the prompt, so on ``s`` a present thing could score below an abs
 
 Calibration (per scene and level, computed once by the engine, :func:`calibrate`):
 
-- **Known positives**: the level's Ins2Lang targets ``c_j`` (the embeddings of masks seen in training,
-  i.e. things that are in the scene), de-duplicated (cos > 0.995) and capped at 64 by farthest-point
-  sampling; ``P = {s(c_j)}`` (and their ``c``).
+- **Known positives** (:data:`POSITIVES`, issue 26): for ``labels``, whose mask embeddings are text like a
+  query, the level's Ins2Lang targets ``c_j`` (the embeddings of masks seen in training, i.e. things that are
+  in the scene), de-duplicated (cos > 0.995) and capped at 64 by farthest-point sampling; ``P = {s(c_j)}``
+  (and their ``c``). For an embedder whose masks are images (CLIP, SigLIP, the modality-gap stand-in
+  ``labels-gap``; :attr:`cos3d.vision.base.Embedder.mask_embeddings_are_text` False) the targets would score
+  image-to-image (~0.9) against text queries (~0.3): the positives are instead the vocabulary words that
+  resemble the targets best, scored text-to-field like a query; when they do not stand clear of the
+  negatives, the threshold is the ``presence_words_quantile`` of the negatives (:func:`words_threshold`).
 - **Known negatives**: a shipped vocabulary of common object names (:data:`NEGATIVE_VOCABULARY`, ~190
   words), embedded by the scene's embedder, minus the words too close to any target: cosine > 0.6, or a
   similarity more than 2.5 standard deviations above that target's mean similarity over the vocabulary

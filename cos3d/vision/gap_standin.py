@@ -117,9 +117,9 @@ class ModalityGapStandIn(Embedder):
     mask_embeddings_are_text = False
     """Its masks are "images": presence and the other rules calibrate on text words (:mod:`cos3d.query.notarget`)."""
 
-    def __init__(self, labels: LabelsEmbedder | None = None, *, profile: str | GapProfile = "clip-vit-b16",
-                 seed: int = 0) -> None:
-        self.labels = labels if labels is not None else LabelsEmbedder()
+    def __init__(self, model_dir: str | None = None, *, batch_size: int = 256,
+                 profile: str | GapProfile = "clip-vit-b16", seed: int = 0, labels: LabelsEmbedder | None = None) -> None:
+        self.labels = labels if labels is not None else LabelsEmbedder(model_dir, device="cpu", batch_size=batch_size)
         if isinstance(profile, str):
             if profile not in PROFILES:
                 from cos3d.core.errors import Cos3dError

@@ -270,10 +270,8 @@ class LabelsGapEmbedding(LabelsEmbedding):
 
     def create(self, device: str | None = "auto", scene: "Scene | None" = None) -> "Embedder":
         from cos3d.vision.gap_standin import ModalityGapStandIn
-        from cos3d.vision.labels_embedder import LabelsEmbedder
 
-        return ModalityGapStandIn(LabelsEmbedder(self.model_dir, device="cpu", batch_size=self.batch_size),
-                                  profile=self.profile, seed=self.seed)
+        return ModalityGapStandIn(self.model_dir, batch_size=self.batch_size, profile=self.profile, seed=self.seed)
 
 
 # ---------------------------------------------------------------------------------------------- prompt segmenters
