@@ -136,9 +136,16 @@ def main() -> int:
         from cos3d.query.settings import read_record
 
         old = read_record(args.write)
+        seconds = out["seconds"]
         for name, entry in record.items():
+            prev = old.get("tunables", {}).get(name)
+            if prev is not None:  # "before" stays the value shipped before this tunable was first chosen
+                entry["before"] = prev.get("before", entry["before"])
+                entry["changed"] = entry["choice"] != entry["before"]
             entry["runs"], entry["command"], entry["date"] = out["runs"], out["command"], out["date"]
-        out = {**old, "tunables": {**old.get("tunables", {}), **record}}
+            entry["seconds"] = seconds
+        out = {**old, "tunables": {**old.get("tunables", {}), **record}, "seconds": old.get("seconds", seconds)}
+        out["last_only"] = {"tunables": list(record), "seconds": seconds}
     if args.write:
         from cos3d.core.atomic import write_json
 
@@ -146,7 +153,8 @@ def main() -> int:
         print(f"wrote {args.write}")
     print(json.dumps({"choices": {k: v["choice"] for k, v in record.items()},
                       "scores": {k: v["score"] for k, v in record.items()},
-                      "changed": [k for k, v in record.items() if v["changed"]], "seconds": out["seconds"]}))
+                      "changed": [k for k, v in record.items() if v["changed"]],
+                      "seconds": round(time.perf_counter() - t0, 1)}))
     return 0
 
 
