@@ -125,6 +125,7 @@ def main() -> int:
         "order": "one pass in the order below, each with the earlier choices fixed; ties keep the first candidate",
         "runs": [str(r) for r, _, _ in runs],
         "command": "python scripts/tune_dev.py --runs " + " ".join(str(r) for r, _, _ in runs)
+                   + (" --only " + " ".join(args.only) if args.only else "")
                    + (f" --write {args.write}" if args.write else ""),
         "date": datetime.date.today().isoformat(),
         "machine": f"{os.cpu_count()}-core {platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)",
