@@ -39,9 +39,12 @@ TUNABLES: tuple[tuple[str, tuple], ...] = (
     ("select_parts_on", ("cosine", "relevancy")),
     ("weaker_on", ("cosine", "relevancy", "off")),
     ("weaker_logit", (0.75, 0.5, 1.0, 1.5)),
+    ("presence_words_quantile", (0.95, 0.8, 0.85, 0.9, 0.975, 0.99, 1.0)),
 )
 """Each tunable of :class:`cos3d.query.settings.QuerySettings` with its candidates (the value shipped before
-this script first ran is listed first: it wins ties)."""
+this script first ran is listed first: it wins ties). ``presence_words_quantile`` is read only when the masks
+are images (:data:`cos3d.query.notarget.POSITIVES`): it is chosen with ``--only presence_words_quantile`` on runs
+trained with the modality-gap stand-in (``--embedder labels-gap``), the others on ``labels`` runs."""
 
 FIXED = {
     "presence_rule": "cosine: the statistic chosen on the development curve of issue 13 (docs/benchmarks.md)",
@@ -68,7 +71,13 @@ def main() -> int:
     ap.add_argument("--runs", type=Path, nargs="+", required=True, help="trained tabletop runs")
     ap.add_argument("--write", type=Path, default=None, help="write the record here (cos3d/query/tuned.json)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("COS3D_THREADS", "1")))
+    ap.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                    help="tune only these tunables (the others stay as shipped); --write then updates their "
+                         "entries of the existing record and keeps the rest")
     args = ap.parse_args()
+    names = [n for n, _ in TUNABLES]
+    if args.only and set(args.only) - set(names):
+        ap.error(f"unknown tunable(s) {sorted(set(args.only) - set(names))}; tunables: {names}")
 
     import torch
 
@@ -88,6 +97,8 @@ def main() -> int:
     start = settings
     record: dict = {}
     for name, candidates in TUNABLES:
+        if args.only and name not in args.only:
+            continue
         rows = []
         for value in candidates:
             s = replace(settings, **{name: value})
@@ -114,6 +125,7 @@ def main() -> int:
         "order": "one pass in the order below, each with the earlier choices fixed; ties keep the first candidate",
         "runs": [str(r) for r, _, _ in runs],
         "command": "python scripts/tune_dev.py --runs " + " ".join(str(r) for r, _, _ in runs)
+                   + (" --only " + " ".join(args.only) if args.only else "")
                    + (f" --write {args.write}" if args.write else ""),
         "date": datetime.date.today().isoformat(),
         "machine": f"{os.cpu_count()}-core {platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)",
@@ -121,6 +133,20 @@ def main() -> int:
         "tunables": record,
         "fixed": FIXED,
     }
+    if args.write and args.only:  # update these entries of the existing record, keep the rest
+        from cos3d.query.settings import read_record
+
+        old = read_record(args.write)
+        seconds = out["seconds"]
+        for name, entry in record.items():
+            prev = old.get("tunables", {}).get(name)
+            if prev is not None:  # "before" stays the value shipped before this tunable was first chosen
+                entry["before"] = prev.get("before", entry["before"])
+                entry["changed"] = entry["choice"] != entry["before"]
+            entry["runs"], entry["command"], entry["date"] = out["runs"], out["command"], out["date"]
+            entry["seconds"] = seconds
+        out = {**old, "tunables": {**old.get("tunables", {}), **record}, "seconds": old.get("seconds", seconds)}
+        out["last_only"] = {"tunables": list(record), "seconds": seconds}
     if args.write:
         from cos3d.core.atomic import write_json
 
@@ -128,7 +154,8 @@ def main() -> int:
         print(f"wrote {args.write}")
     print(json.dumps({"choices": {k: v["choice"] for k, v in record.items()},
                       "scores": {k: v["score"] for k, v in record.items()},
-                      "changed": [k for k, v in record.items() if v["changed"]], "seconds": out["seconds"]}))
+                      "changed": [k for k, v in record.items() if v["changed"]],
+                      "seconds": round(time.perf_counter() - t0, 1)}))
     return 0
 
 

@@ -154,16 +154,20 @@ def _tabletop(cfg: Any) -> dict[str, Any]:
     else:
         qs = tabletop_queries(engine.scene, absent=cfg.absent)
     models = ts.record.get("config", {}).get("models", {}) if hasattr(ts, "record") else {}
-    oracle = models.get("masks") == "dataset" and models.get("embedder") == "labels"
+    from cos3d.vision.registry import protocol_label
+
+    label = protocol_label(models.get("masks"), models.get("embedder"))
+    oracle = label.startswith("oracle-2D")
     rep = evaluate(engine, qs, protocol=cfg.protocol)
     results: dict[str, Any] = {
         "run": str(cfg.run),
         "oracle_2d": oracle,
+        "protocol_label": label,
         "prompts": cfg.prompts,
         "models": models,
         "main": rep.to_dict(),
     }
-    _print_main(console, rep, oracle, cfg.prompts)
+    _print_main(console, rep, label, cfg.prompts)
     if cfg.image_prompts:
         results["image_prompts"] = evaluate_image_prompts(engine, protocol=cfg.protocol)
         _print_images(console, results["image_prompts"])
@@ -207,11 +211,11 @@ def _budget(ts: Any, qs: list, console: Any) -> dict[str, Any]:
     return res
 
 
-def _print_main(console: Any, rep: Any, oracle: bool, prompts: str = "eval") -> None:
+def _print_main(console: Any, rep: Any, label: str, prompts: str = "eval") -> None:
     from rich.table import Table
 
     which = "development prompts (where settings are chosen)" if prompts == "dev" else "evaluation prompts"
-    t = Table(title=f"tabletop protocol ({'oracle-2D' if oracle else 'real 2D models'}), {which}, {rep.protocol} "
+    t = Table(title=f"tabletop protocol ({label}), {which}, {rep.protocol} "
                     f"masks, {len(rep.views)} held-out views")
     for c in ("kind", "held out", "queries", "pairs", "mIoU", "mAcc@0.25", "mAcc@0.5", "decision acc."):
         t.add_column(c, justify="right")

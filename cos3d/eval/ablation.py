@@ -71,7 +71,8 @@ class BranchAnswers:
         st = presence_statistics(cal, R, p[None], valid, neg_max=neg_max, subset=subset, language=lang,
                                  relevancy_score=e.settings.presence_rule == "relevancy")[0]
         s = e.settings
-        return decide(st, s.presence_rule, s.presence_margin, part_rule=s.part_rule, part_param=s.part_quantile)[0], R[0]
+        return decide(st, s.presence_rule, s.presence_margin, part_rule=s.part_rule, part_param=s.part_quantile,
+                      words_quantile=s.presence_words_quantile)[0], R[0]
 
     def _subset(self, branch: str, q: EvalQuery) -> "Tensor | None | bool":
         """The parent selection of a part query (bool [N]); False when the parent is absent; None: no parent."""

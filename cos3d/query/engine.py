@@ -465,6 +465,7 @@ class QueryEngine:
             lv.calibration = calibrate(
                 lv.language, self.opacity, lv.targets, self.negatives, self.cache.embed(self.embedder, vocab), vocab,
                 held_out=self.held_out_prompts, top_k=self.settings.presence_top_k,
+                positives="targets" if getattr(self.embedder, "mask_embeddings_are_text", False) else "words",
             )
         return lv.calibration
 
@@ -1032,7 +1033,8 @@ class QueryEngine:
                                     language=lv.language, cosines=C_all,
                                     relevancy_score=self.settings.presence_rule == "relevancy")
         s = self.settings
-        decisions = [decide(st, s.presence_rule, s.presence_margin, part_rule=s.part_rule, part_param=s.part_quantile)
+        decisions = [decide(st, s.presence_rule, s.presence_margin, part_rule=s.part_rule, part_param=s.part_quantile,
+                            words_quantile=s.presence_words_quantile)
                      for st in stats]
         t_pres = (time.perf_counter() - ts) * 1e3
         out = []

@@ -13,9 +13,14 @@ object whatever the prompt, so on ``s`` a present thing could score below an abs
 
 Calibration (per scene and level, computed once by the engine, :func:`calibrate`):
 
-- **Known positives**: the level's Ins2Lang targets ``c_j`` (the embeddings of masks seen in training,
-  i.e. things that are in the scene), de-duplicated (cos > 0.995) and capped at 64 by farthest-point
-  sampling; ``P = {s(c_j)}`` (and their ``c``).
+- **Known positives** (:data:`POSITIVES`, issue 26): for ``labels``, whose mask embeddings are text like a
+  query, the level's Ins2Lang targets ``c_j`` (the embeddings of masks seen in training, i.e. things that are
+  in the scene), de-duplicated (cos > 0.995) and capped at 64 by farthest-point sampling; ``P = {s(c_j)}``
+  (and their ``c``). For an embedder whose masks are images (CLIP, SigLIP, the modality-gap stand-in
+  ``labels-gap``; :attr:`cos3d.vision.base.Embedder.mask_embeddings_are_text` False) the targets would score
+  image-to-image (~0.9) against text queries (~0.3): the positives are instead the vocabulary words that
+  resemble the targets best, scored text-to-field like a query; when they do not stand clear of the
+  negatives, the threshold is the ``presence_words_quantile`` of the negatives (:func:`words_threshold`).
 - **Known negatives**: a shipped vocabulary of common object names (:data:`NEGATIVE_VOCABULARY`, ~190
   words), embedded by the scene's embedder, minus the words too close to any target: cosine > 0.6, or a
   similarity more than 2.5 standard deviations above that target's mean similarity over the vocabulary
@@ -53,9 +58,25 @@ from cos3d.query.settings import PART_RULES, RULES, QuerySettings
 TOP_K = 32
 OPACITY_MIN = 0.1
 MARGIN = 0.15
-PRESENCE_STATE_VERSION = 2
+PRESENCE_STATE_VERSION = 3
 """Bumped when the saved calibration gains fields (2: the cosine statistics and the kept vocabulary's
-embeddings of the presence rules), so that a query state saved before is rebuilt, not misread."""
+embeddings of the presence rules; 3: text-word positives, :data:`POSITIVES`), so that a query state saved
+before is rebuilt, not misread."""
+
+POSITIVES: tuple[str, ...] = ("targets", "words")
+"""Where :func:`calibrate` takes its known positives from (issue 26):
+
+- ``targets``: the level's Ins2Lang targets themselves (the mask embeddings). Right only when a mask's
+  embedding is in the modality of a text query (``labels``: both embed names;
+  :attr:`cos3d.vision.base.Embedder.mask_embeddings_are_text`). With CLIP the targets are image embeddings:
+  their cosine with the field (~0.8–0.95) is far above any text query's (~0.2–0.35), and a threshold placed
+  between them and the (text) negatives would answer every present thing "not here".
+- ``words``: text words, scored against the field exactly like a user's query: for each target, the
+  calibration vocabulary's word that resembles it best, when it stands out from the vocabulary (its
+  similarity more than ``max_z`` standard deviations above the target's mean over the vocabulary: the same
+  test that keeps it out of the negatives). The z-score is read per target, so a shared offset and a
+  compressed scale between modalities (the modality gap) leave the choice of words unchanged. Used for
+  every embedder whose masks are images (CLIP, SigLIP, the modality-gap stand-in ``labels-gap``)."""
 
 NEGATIVE_VOCABULARY: tuple[str, ...] = (
     # animals
@@ -161,6 +182,10 @@ class NoTargetCalibration:
     """``[V', D]`` the kept vocabulary words' embeddings: the "rest of the world" of the ``relative`` rule."""
     forced: bool = False
     """Every prompt counts as present (evaluation only: the error budget measures the selection alone)."""
+    positives_from: str = "targets"
+    """Where the known positives came from (:data:`POSITIVES`)."""
+    positive_words: list[str] = field(default_factory=list)
+    """The text words that were the known positives (``positives_from == "words"``)."""
 
     def present(self, score: float) -> bool:
         return bool(score >= self.threshold)
@@ -180,6 +205,8 @@ class NoTargetCalibration:
             "negative_cos": torch.from_numpy(np.asarray(self.negative_cos, np.float64)),
             "vocabulary_embeddings": (torch.zeros(0) if self.vocabulary_embeddings is None
                                       else self.vocabulary_embeddings.float().cpu()),
+            "positives_from": self.positives_from,
+            "positive_words": list(self.positive_words),
         }
 
     @classmethod
@@ -196,6 +223,8 @@ class NoTargetCalibration:
             positive_cos=state["positive_cos"].numpy(),
             negative_cos=state["negative_cos"].numpy(),
             vocabulary_embeddings=state["vocabulary_embeddings"] if state["vocabulary_embeddings"].numel() else None,
+            positives_from=str(state.get("positives_from", "targets")),
+            positive_words=list(state.get("positive_words", [])),
         )
 
     def to_dict(self) -> dict:
@@ -206,9 +235,14 @@ class NoTargetCalibration:
                           + f" over Gaussians with opacity > {OPACITY_MIN}; compared with "
                           + ("'threshold'" if RULE == "relevancy" else "the rule's threshold ('cosine_threshold' for cosine)")),
             "rule": f"{RULE} ({RULE_PARAM:g}); parts: {PART_RULE} ({PART_PARAM:g})",
-            "cosine_threshold": (float(_margin_threshold(self.positive_cos, self.negative_cos, RULE_PARAM, logit=False))
-                                 if len(self.positive_cos) and len(self.negative_cos) else None),
+            "cosine_threshold": ((float(words_threshold(self.positive_cos, self.negative_cos, RULE_PARAM, WORDS_QUANTILE,
+                                                         logit=False)) if self.positives_from == "words" else
+                                  float(_margin_threshold(self.positive_cos, self.negative_cos, RULE_PARAM, logit=False)))
+                                 if len(self.negative_cos) and (len(self.positive_cos) or self.positives_from == "words")
+                                 else None),
             "method": self.method,
+            "positives_from": self.positives_from,
+            "positive_words": list(self.positive_words),
             "positives": int(len(self.positive_scores)),
             "negatives": int(len(self.negative_scores)),
             "positive_min": float(self.positive_scores.min()) if len(self.positive_scores) else None,
@@ -245,14 +279,38 @@ def _balanced_cut(lp: np.ndarray, ln: np.ndarray) -> float:
     return float(best)
 
 
-def filter_vocabulary(
-    words: list[str], word_emb: Tensor, targets: Tensor, *, max_cos: float = 0.6, max_z: float = 2.5
-) -> tuple[list[int], list[int]]:
-    """Indices of kept and dropped ``words`` (see the module docstring)."""
+MAX_Z = 2.5
+"""A vocabulary word whose similarity to a target is this many standard deviations above the target's mean
+over the vocabulary resembles that target: not a negative; the best such word is a ``words`` positive."""
+
+
+def _word_z(word_emb: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """``(S, z)``: ``[V, J]`` similarities of the words to the targets and their per-target z-scores."""
     S = word_emb.float() @ targets.float().T  # [V, J]
     mu = S.mean(0, keepdim=True)
     sd = S.std(0, keepdim=True).clamp_min(1e-6)
-    z = (S - mu) / sd
+    return S, (S - mu) / sd
+
+
+def positive_words(word_emb: Tensor, targets: Tensor, *, max_z: float = MAX_Z) -> list[int]:
+    """Indices of the ``words`` positives (:data:`POSITIVES`): per target, the vocabulary word of the largest
+    z-score when it exceeds ``max_z``; each word once, in order of first use."""
+    if len(targets) == 0 or len(word_emb) == 0:
+        return []
+    _, z = _word_z(word_emb, targets)
+    best = z.argmax(0)
+    out: list[int] = []
+    for j, i in enumerate(best.tolist()):
+        if float(z[i, j]) > max_z and i not in out:
+            out.append(i)
+    return out
+
+
+def filter_vocabulary(
+    words: list[str], word_emb: Tensor, targets: Tensor, *, max_cos: float = 0.6, max_z: float = MAX_Z
+) -> tuple[list[int], list[int]]:
+    """Indices of kept and dropped ``words`` (see the module docstring)."""
+    S, z = _word_z(word_emb, targets)
     drop = (S.amax(1) > max_cos) | (z.amax(1) > max_z)
     keep = torch.nonzero(~drop).flatten().tolist()
     dropped = torch.nonzero(drop).flatten().tolist()
@@ -286,6 +344,7 @@ def calibrate(
     *,
     top_k: int = TOP_K,
     held_out: Iterable[str] = (),
+    positives: str = "targets",
 ) -> NoTargetCalibration:
     """Calibrate the presence threshold of one field level.
 
@@ -295,17 +354,28 @@ def calibrate(
         negatives: ``[K, D]`` canonical negative embeddings.
         vocabulary_embeddings: ``[V, D]`` embeddings of ``vocabulary``.
         held_out: evaluation prompts that must not be calibration words (:func:`check_held_out`).
+        positives: where the known positives come from (:data:`POSITIVES`): ``targets`` only when the mask
+            embeddings are in the query's modality (the engine reads
+            :attr:`cos3d.vision.base.Embedder.mask_embeddings_are_text`), else ``words``.
     """
+    if positives not in POSITIVES:
+        raise ValueError(f"positives must be one of {POSITIVES}, got {positives!r}")
     check_held_out(held_out, vocabulary)
     valid = opacity > OPACITY_MIN
     U = unique_targets(targets)
     keep, dropped = filter_vocabulary(list(vocabulary), vocabulary_embeddings, U if len(U) else targets)
-    pos = top_k_score(raw_relevancy(language, U, negatives), valid, top_k).numpy() if len(U) else np.zeros(0)
+    pos_words: list[int] = []
+    if positives == "words":  # text words scored against the field, like a user's query (issue 26)
+        pos_words = positive_words(vocabulary_embeddings, U)
+        P = vocabulary_embeddings[pos_words].float()
+    else:
+        P = U
+    pos = top_k_score(raw_relevancy(language, P, negatives), valid, top_k).numpy() if len(P) else np.zeros(0)
     Vk = vocabulary_embeddings[keep]
     neg = top_k_score(raw_relevancy(language, Vk, negatives), valid, top_k).numpy() if len(keep) else np.zeros(0)
     thr, method = choose_threshold(pos, neg)
     floor = float(np.percentile(neg, 95)) if len(neg) else 0.5
-    pos_cos = top_k_score(_cosines(language, U), valid, top_k).numpy() if len(U) else np.zeros(0)
+    pos_cos = top_k_score(_cosines(language, P), valid, top_k).numpy() if len(P) else np.zeros(0)
     neg_cos = top_k_score(_cosines(language, Vk), valid, top_k).numpy() if len(keep) else np.zeros(0)
     return NoTargetCalibration(
         threshold=thr,
@@ -319,6 +389,8 @@ def calibrate(
         positive_cos=pos_cos,
         negative_cos=neg_cos,
         vocabulary_embeddings=torch.nn.functional.normalize(Vk.float(), dim=1) if len(keep) else None,
+        positives_from=positives,
+        positive_words=[vocabulary[i] for i in pos_words],
     )
 
 
@@ -333,6 +405,8 @@ RULE_PARAM = _SHIPPED.presence_margin
 """Its margin (shipped)."""
 PART_RULE = _SHIPPED.part_rule
 """The shipped part rule."""
+WORDS_QUANTILE = _SHIPPED.presence_words_quantile
+"""The shipped quantile of the ``words`` calibration (:func:`decide`)."""
 PART_PARAM = _SHIPPED.part_quantile
 """Its quantile (shipped). By construction it is the share of the vocabulary's unrelated words that a part query
 inside the parent answers "not here"."""
@@ -355,8 +429,10 @@ def _margin_threshold(pos: np.ndarray, neg: np.ndarray, margin: float, *, logit:
     overlap (:func:`choose_threshold`)."""
     if logit:
         return choose_threshold(pos, neg, margin)[0]
-    if len(pos) == 0 or len(neg) == 0:
+    if len(neg) == 0:
         return 0.0
+    if len(pos) == 0:  # no known positive (no vocabulary word resembles the scene): as relevant as an absent name
+        return float(np.percentile(neg, 95))
     p_lo, q_hi = float(np.percentile(pos, 10)), float(np.percentile(neg, 95))
     if p_lo > q_hi:
         return q_hi + margin * (p_lo - q_hi)
@@ -387,7 +463,15 @@ def presence_statistics(
     C = cosines if cosines is not None else recover_cosines(R, neg_max, tau)
     cos = top_k_score(C, valid, k)
     V = cal.vocabulary_embeddings
-    world = (P.float() @ V.T).amax(1) if V is not None and len(V) else torch.full((len(P),), -1.0)
+    if V is not None and len(V):
+        sim = P.float() @ V.T
+        world = sim.amax(1)
+        if cal.positives_from == "words" and len(cal.negative_cos) == len(V):
+            # masks are images: the prompt-to-word similarity is text-to-text, on another scale than the prompt's
+            # text-to-field cosine; compare with the field's cosine of the word the prompt resembles most instead
+            world = torch.as_tensor(cal.negative_cos, dtype=torch.float32)[sim.argmax(1)]
+    else:
+        world = torch.full((len(P),), -1.0)
     inner_score = inner_cos = None
     inner_neg = None
     if subset is not None:
@@ -424,15 +508,34 @@ def recover_cosines(R: Tensor, neg_max: Tensor, temperature: float | None = None
     return neg_max.to(R.device) + torch.logit(R.float().clamp(1e-7, 1 - 1e-7)) / tau
 
 
+def words_threshold(pos: np.ndarray, neg: np.ndarray, margin: float, quantile: float, *, logit: bool) -> float:
+    """The threshold of a ``words`` calibration (:data:`POSITIVES`): the margin rule of :func:`_margin_threshold`
+    when the positive words stand clear of the negatives (``p_lo > q_hi``), else the ``quantile`` of the
+    negatives' scores: "more like something in the scene than that share of unrelated words" — the part rule's
+    test (``inner``), on the whole scene. Both sides are text scored against the field."""
+    if len(neg) == 0:
+        return 0.5 if logit else 0.0
+    q = min(max(float(quantile), 0.0), 1.0)
+    if len(pos):
+        p_lo, q_hi = float(np.percentile(pos, 10)), float(np.percentile(neg, 95))
+        if (float(np.percentile(_logit(pos), 10)) > float(np.percentile(_logit(neg), 95))) if logit else p_lo > q_hi:
+            return _margin_threshold(pos, neg, margin, logit=logit)
+    return float(np.quantile(np.asarray(neg, np.float64), q))
+
+
 def decide(stats: dict, rule: str | None = None, param: float | None = None, *, part_rule: str | None = None,
-           part_param: float | None = None) -> tuple[bool, float, float, str]:
+           part_param: float | None = None, words_quantile: float | None = None) -> tuple[bool, float, float, str]:
     """``(present, statistic, threshold, what)`` of one prompt's :func:`presence_statistics` under a rule
     (:data:`RULES`, :data:`PART_RULES`; defaults :data:`RULE` / :data:`RULE_PARAM`, :data:`PART_RULE` /
-    :data:`PART_PARAM`). ``what`` says, in words, the test that failed (or passed)."""
+    :data:`PART_PARAM`). ``what`` says, in words, the test that failed (or passed). A calibration on text words
+    (``positives_from == "words"``: masks are images) places the object threshold by :func:`words_threshold`
+    with ``words_quantile`` (default :data:`WORDS_QUANTILE`)."""
     rule = RULE if rule is None else rule
     param = (RULE_PARAM if rule == RULE else _DEFAULT_PARAM[rule]) if param is None else float(param)
     part_rule = PART_RULE if part_rule is None else part_rule
     part_param = PART_PARAM if part_param is None else float(part_param)
+    wq = WORDS_QUANTILE if words_quantile is None else float(words_quantile)
+    words = getattr(stats.get("cal"), "positives_from", "targets") == "words"
     if rule not in RULES or part_rule not in PART_RULES:
         raise ValueError(f"unknown presence rule {rule!r}/{part_rule!r}; rules: {RULES}, part rules: {PART_RULES}")
     cal: NoTargetCalibration = stats["cal"]
@@ -445,20 +548,22 @@ def decide(stats: dict, rule: str | None = None, param: float | None = None, *, 
         v = stats["inner_cos"]
         return (v >= thr, v, thr, f"cosine inside the parent {v:.3f} vs {thr:.3f}, the {part_param:.0%} quantile of "
                 f"unrelated words there")
-    key = (rule, param)
+    key = (rule, param, wq if words else None)
     thr_cache = cal.__dict__.setdefault("_thresholds", {})
     if rule == "relevancy":
         if stats["score"] is None:
             raise ValueError("the relevancy rule needs presence_statistics(..., relevancy_score=True)")
         if key not in thr_cache:
-            thr_cache[key] = (_margin_threshold(cal.positive_scores, cal.negative_scores, param, logit=True),
-                              min(cal.floor, _margin_threshold(cal.positive_scores, cal.negative_scores, param, logit=True)))
+            t = (words_threshold(cal.positive_scores, cal.negative_scores, param, wq, logit=True) if words
+                 else _margin_threshold(cal.positive_scores, cal.negative_scores, param, logit=True))
+            thr_cache[key] = (t, min(cal.floor, t))
         thr, floor = thr_cache[key]
         v, inner = stats["score"], stats["inner_score"]
         name = "relevancy score"
     elif rule == "cosine":
         if key not in thr_cache:
-            t = _margin_threshold(cal.positive_cos, cal.negative_cos, param, logit=False)
+            t = (words_threshold(cal.positive_cos, cal.negative_cos, param, wq, logit=False) if words
+                 else _margin_threshold(cal.positive_cos, cal.negative_cos, param, logit=False))
             q95 = float(np.percentile(cal.negative_cos, 95)) if len(cal.negative_cos) else t
             thr_cache[key] = (t, min(q95, t))
         thr, floor = thr_cache[key]

@@ -32,7 +32,16 @@ RULES: tuple[str, ...] = ("relevancy", "cosine", "relative")
   robot under the ``labels`` embedder), so the relevancy favours some objects whatever the prompt;
 - ``relative`` (margin ``δ``): ``c(p) − w(p) ≥ δ`` with ``w(p) = max_v p·v`` over the kept calibration
   vocabulary (the words that resemble nothing in the scene): the prompt must match something in the scene
-  better than it matches anything else it could mean. The negatives move to the prompt's side."""
+  better than it matches anything else it could mean. The negatives move to the prompt's side. When the
+  masks are images (CLIP, SigLIP, the modality-gap stand-in: :attr:`cos3d.vision.base.Embedder.mask_embeddings_are_text`
+  False), ``p·v`` is text-to-text and on another scale than ``c(p)``, so ``w(p)`` is instead the field's
+  top-k cosine ``c(v*)`` of the word ``v*`` the prompt resembles most (text-to-field on both sides).
+
+Which positives each rule is calibrated on (issue 26; :data:`cos3d.query.notarget.POSITIVES`): ``labels`` (its
+mask embeddings are text) keeps the Ins2Lang targets; every embedder whose masks are images uses text words of
+the calibration vocabulary that resemble the targets, scored text-to-field like a user's query. The part rule
+``inner``, the canonical negatives of the relevancy and the weaker-object filter already compare text with the
+field on both sides (the prompt against vocabulary words, fixed phrases, or the same prompt on other objects)."""
 PART_RULES: tuple[str, ...] = ("scene", "inner")
 """Presence rules of a part inside a found parent (:func:`cos3d.query.notarget.decide`):
 
@@ -58,6 +67,11 @@ class QuerySettings:
     presence_margin: float = 0.15
     """The rule's margin: the threshold sits this far from the negatives' 95th percentile towards the
     positives' 10th (:func:`cos3d.query.notarget.decide`)."""
+    presence_words_quantile: float = 0.95
+    """When the masks are images (the calibration's positives are text words, :data:`cos3d.query.notarget.POSITIVES`)
+    and those words do not stand clear of the negatives: the object threshold is this quantile of the calibration
+    vocabulary's text-to-field scores (:func:`cos3d.query.notarget.words_threshold`). Chosen on the development
+    prompts on runs trained with the modality-gap stand-in (``labels-gap``); ``labels`` never reads it."""
     presence_top_k: int = 32
     """How many of the most similar Gaussians the presence statistic averages."""
     part_rule: str = "inner"

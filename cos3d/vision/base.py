@@ -77,8 +77,13 @@ class Embedder(abc.ABC):
     """Maps masks, texts and image prompts into one unit-norm embedding space of width :attr:`dim`."""
 
     name: str = ""
-    """Registry name (``openclip``, ``siglip``, ``labels``)."""
+    """Registry name (``openclip``, ``siglip``, ``labels``, ``labels-gap``)."""
     dim: int
+    mask_embeddings_are_text: bool = False
+    """Whether a mask's embedding is in the modality of a text query (``labels``: both embed names) rather than
+    an image embedding (CLIP, SigLIP, the modality-gap stand-in). The query engine's calibrations read it
+    (:func:`cos3d.query.notarget.calibrate`): when False, their known positives are text words scored against
+    the field like a user's query, never the mask embeddings themselves (issue 26)."""
 
     @property
     @abc.abstractmethod

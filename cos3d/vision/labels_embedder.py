@@ -60,6 +60,8 @@ class LabelsEmbedder(Embedder):
     """Mask names and query texts → sentence embeddings (unit rows, 384-d for MiniLM)."""
 
     name = "labels"
+    mask_embeddings_are_text = True
+    """A mask's embedding is the embedding of its names: the same modality as a query."""
 
     def __init__(
         self, model_dir: str | os.PathLike | None = None, *, device: str | None = "cpu", batch_size: int = 256

@@ -29,7 +29,7 @@ __all__ = ["ModelsConfig", "choose_segmenter", "mask_cache_dir"]
 
 MaskProviderName = Literal["dataset", "sam2", "sam2-hf", "sam3", "classical"]
 """The registry's mask providers (:data:`cos3d.vision.registry.PROVIDERS`; a test keeps them equal)."""
-EmbedderName = Literal["labels", "openclip", "siglip"]
+EmbedderName = Literal["labels", "labels-gap", "openclip", "siglip"]
 """The registry's embedders."""
 SegmenterChoice = Literal["auto", "none", "sam2", "sam2-hf", "sam3"]
 SEGMENTER_CHOICES: tuple[str, ...] = ("auto", "none", *PROMPT_SEGMENTERS)
@@ -44,7 +44,8 @@ class ModelsConfig:
     """Mask provider: dataset (the scene's instance maps; oracle-2D), sam2 (sam2 package, official .pt),
     sam2-hf (SAM2 through transformers), sam3 (SAM 3 tracker through transformers), classical (superpixels)."""
     embedder: EmbedderName = "labels"
-    """Mask embedder: labels (sentence embeddings of mask names; oracle-2D), openclip, siglip."""
+    """Mask embedder: labels (sentence embeddings of mask names; oracle-2D), labels-gap (the same with a CLIP-like
+    image/text modality gap: oracle-2D + modality-gap stand-in, for tests and benchmarks), openclip, siglip."""
     perturb: float = 0.0
     """Dataset masks: strength in [0, 1] of seeded SAM-like errors (erode/dilate/split/merge/drop)."""
     perturb_seed: int = 0
@@ -88,10 +89,10 @@ class ModelsConfig:
             raise ConfigError("perturb", f"must be in [0, 1], got {self.perturb}")
         if self.perturb and self.masks != "dataset":
             raise ConfigError("perturb", "applies to masks=dataset only")
-        if self.embedder == "labels" and self.masks != "dataset":
+        if getattr(config_class("embedder", self.embedder), "NEEDS_NAMED_MASKS", False) and self.masks != "dataset":
             raise ConfigError(
                 "embedder",
-                "labels embeds mask names, which only masks=dataset provides (oracle-2D protocol); "
+                f"{self.embedder} embeds mask names, which only masks=dataset provides (oracle-2D protocol); "
                 "use openclip or siglip with masks sam2/sam2-hf/sam3/classical",
             )
         if self.points_per_side < 1:

@@ -242,12 +242,36 @@ class LabelsEmbedding(ProviderConfig):
     model_dir: str | Path | None = None
     batch_size: int = 256
 
+    NEEDS_NAMED_MASKS: ClassVar[bool] = True
+    """It embeds mask names: only ``dataset`` masks have them (:meth:`cos3d.vision.models.ModelsConfig.validate`)."""
+    PROTOCOL: ClassVar[str] = "oracle-2D"
+    """How results of runs with this embedder are labelled (:func:`protocol_label`)."""
     summary = "all-MiniLM-L6-v2 sentence embeddings of mask names, 384-d (offline, oracle-2D; needs dataset masks)"
 
     def create(self, device: str | None = "auto", scene: "Scene | None" = None) -> "Embedder":
         from cos3d.vision.labels_embedder import LabelsEmbedder
 
         return LabelsEmbedder(self.model_dir, device="cpu", batch_size=self.batch_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelsGapEmbedding(LabelsEmbedding):
+    """``labels-gap``: the **modality-gap stand-in** (:mod:`cos3d.vision.gap_standin`): the oracle-2D ``labels``
+    embedder whose mask (image) side sits in a CLIP-like cone apart from its text side. For tests and
+    benchmarks of the query rules under a modality gap; not a model."""
+
+    profile: str = "clip-vit-b16"
+    seed: int = 0
+
+    PROTOCOL: ClassVar[str] = "oracle-2D + modality-gap stand-in"
+
+    summary = ("modality-gap stand-in: labels embeddings with a CLIP-like image/text gap (offline, oracle-2D "
+               "+ modality-gap stand-in; needs dataset masks)")
+
+    def create(self, device: str | None = "auto", scene: "Scene | None" = None) -> "Embedder":
+        from cos3d.vision.gap_standin import ModalityGapStandIn
+
+        return ModalityGapStandIn(self.model_dir, batch_size=self.batch_size, profile=self.profile, seed=self.seed)
 
 
 # ---------------------------------------------------------------------------------------------- prompt segmenters
@@ -324,6 +348,7 @@ PROVIDERS: dict[str, dict[str, type[ProviderConfig]]] = {
         "openclip": OpenCLIPEmbedding,
         "siglip": SiglipEmbedding,
         "labels": LabelsEmbedding,
+        "labels-gap": LabelsGapEmbedding,
     },
     "segmenter": {  # in order of preference (--segmenter auto with several models named picks the first)
         "sam2-hf": SAM2HFSegmenter,
@@ -364,6 +389,15 @@ def provider_config(kind: str, name: str, **settings: Any) -> ProviderConfig:
 def create(kind: str, name: str, *, device: str | None = "auto", scene: "Scene | None" = None, **settings: Any) -> Any:
     """Build ``kind`` provider ``name`` from ``settings`` (its config's fields) on ``device``."""
     return provider_config(kind, name, **settings).create(device=device, scene=scene)
+
+
+def protocol_label(masks: str | None, embedder: str | None) -> str:
+    """How a run's results are labelled: ``oracle-2D`` (dataset masks + ``labels``), ``oracle-2D + modality-gap
+    stand-in`` (dataset masks + ``labels-gap``), else ``real 2D models``."""
+    cls = PROVIDERS["embedder"].get(embedder or "")
+    if masks == "dataset" and cls is not None and getattr(cls, "PROTOCOL", ""):
+        return cls.PROTOCOL
+    return "real 2D models"
 
 
 def list_mask_providers() -> list[str]:

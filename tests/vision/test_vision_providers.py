@@ -18,7 +18,7 @@ def scene(tmp_path_factory):
 
 def test_registry_names_and_unknown():
     assert list_mask_providers() == ["sam2", "sam2-hf", "sam3", "dataset", "classical"]
-    assert list_embedders() == ["openclip", "siglip", "labels"]
+    assert list_embedders() == ["openclip", "siglip", "labels", "labels-gap"]
     with pytest.raises(Cos3dError, match="unknown mask provider 'sam9'.*sam2, sam2-hf, sam3, dataset, classical"):
         create_mask_provider("sam9")
     with pytest.raises(Cos3dError, match="unknown embedder"):

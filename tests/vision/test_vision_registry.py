@@ -29,7 +29,7 @@ from cos3d.vision.registry import PROVIDERS, create, create_mask_provider, list_
 
 PACKAGE = Path(cos3d.__file__).resolve().parent
 IMPLEMENTATIONS = {"sam2_masks", "sam2_hf", "sam3", "dataset_masks", "classical_masks", "openclip_embedder",
-                   "siglip_embedder", "labels_embedder", "minilm"}
+                   "siglip_embedder", "labels_embedder", "minilm", "gap_standin"}
 """cos3d/vision modules that are providers themselves (they may name their own family)."""
 
 
@@ -100,6 +100,7 @@ def test_configs_match_models_config_and_the_implementations():
     (but the two choices) reaches some provider; config defaults equal the constructors' defaults."""
     import cos3d.vision.classical_masks as classical
     import cos3d.vision.dataset_masks as dataset
+    import cos3d.vision.gap_standin as gap_standin
     import cos3d.vision.labels_embedder as labels
     import cos3d.vision.openclip_embedder as openclip
     import cos3d.vision.sam2_hf as sam2_hf
@@ -122,6 +123,7 @@ def test_configs_match_models_config_and_the_implementations():
         ("masks", "sam3"): sam2_hf.HFSamMaskProvider, ("masks", "dataset"): dataset.DatasetMaskProvider,
         ("masks", "classical"): classical.ClassicalMaskProvider, ("embedder", "openclip"): openclip.OpenCLIPEmbedder,
         ("embedder", "siglip"): siglip.SiglipEmbedder, ("embedder", "labels"): labels.LabelsEmbedder,
+        ("embedder", "labels-gap"): gap_standin.ModalityGapStandIn,
         ("segmenter", "sam2"): sam2.SAM2PromptSegmenter.load, ("segmenter", "sam2-hf"): sam2_hf.HFSamPromptSegmenter,
         ("segmenter", "sam3"): sam2_hf.HFSamPromptSegmenter,
     }
@@ -169,7 +171,7 @@ def test_no_name_is_handled_outside_the_registry():
     oracle-2D protocol's names, which validation and reports check.)"""
     names = {n for t in PROVIDERS.values() for n in t} - {"dataset", "labels"}
     classes = {"SAM2MaskProvider", "HFSamMaskProvider", "SAM3TrackerMaskProvider", "DatasetMaskProvider",
-               "ClassicalMaskProvider", "OpenCLIPEmbedder", "SiglipEmbedder", "LabelsEmbedder",
+               "ClassicalMaskProvider", "OpenCLIPEmbedder", "SiglipEmbedder", "LabelsEmbedder", "ModalityGapStandIn",
                "SAM2PromptSegmenter", "HFSamPromptSegmenter", "SAM3TrackerPromptSegmenter"}
     bad = []
     for path in sorted(PACKAGE.rglob("*.py")):
