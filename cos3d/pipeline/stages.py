@@ -34,6 +34,7 @@ from cos3d.vision.masks import MaskSet
 from cos3d.pipeline.recon import reconstruct
 from cos3d.vision import prepare_masks
 from cos3d.vision.models import mask_cache_dir
+from cos3d.vision.registry import protocol_label
 from cos3d.field.ins2lang import collect_anchors, map_to_language
 from cos3d.data.ply import read_gaussians, splat_format, write_ply
 from cos3d.field.instance import load_checkpoint, train_instance_field
@@ -114,11 +115,10 @@ def stage_masks(s: Session, on_step: StepCallback | None = None) -> dict[str, An
             "try another provider (--masks sam2|classical|dataset) or other --levels"
         )
     if models.oracle_2d:
-        log(
-            "note: dataset masks"
-            + (" + labels embeddings" if models.embedder == "labels" else "")
-            + " follow the oracle-2D protocol; results measure the 3D machinery, not CLIP/SAM"
-        )
+        label = protocol_label(models.masks, models.embedder)
+        label = "oracle-2D masks with a real embedder" if label == "real 2D models" else f"the {label} protocol"
+        log(f"note: dataset masks + {models.embedder} embeddings follow {label}; results measure the 3D machinery, "
+            "not SAM" + ("" if label.endswith("real embedder") else "/CLIP"))
     return {
         "n_views": len(frames),
         "n_masks": counts,
