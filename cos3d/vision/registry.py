@@ -62,6 +62,10 @@ class ProviderConfig:
 
     summary: ClassVar[str] = ""
     """What the provider is, in one line (``cos3d --help`` texts, docs)."""
+    PROTOCOL: ClassVar[str] = ""
+    """The protocol a run with dataset masks and this embedder follows (``oracle-2D``...); empty: real models."""
+    NEEDS_NAMED_MASKS: ClassVar[bool] = False
+    """Whether this embedder reads mask names (only dataset masks have them)."""
     FROM_MODELS: ClassVar[Mapping[str, str]] = {}
     """The fields a :class:`~cos3d.vision.models.ModelsConfig` sets: ``{this config's field: ModelsConfig field}``.
     The others keep their defaults (the Python API sets them: ``create_mask_provider("sam2", min_area=50)``)."""
@@ -271,7 +275,7 @@ class LabelsGapEmbedding(LabelsEmbedding):
     def create(self, device: str | None = "auto", scene: "Scene | None" = None) -> "Embedder":
         from cos3d.vision.gap_standin import ModalityGapStandIn
 
-        return ModalityGapStandIn(self.model_dir, batch_size=self.batch_size, profile=self.profile, seed=self.seed)
+        return ModalityGapStandIn(None if self.model_dir is None else str(self.model_dir), batch_size=self.batch_size, profile=self.profile, seed=self.seed)
 
 
 # ---------------------------------------------------------------------------------------------- prompt segmenters
@@ -395,8 +399,9 @@ def protocol_label(masks: str | None, embedder: str | None) -> str:
     """How a run's results are labelled: ``oracle-2D`` (dataset masks + ``labels``), ``oracle-2D + modality-gap
     stand-in`` (dataset masks + ``labels-gap``), else ``real 2D models``."""
     cls = PROVIDERS["embedder"].get(embedder or "")
-    if masks == "dataset" and cls is not None and getattr(cls, "PROTOCOL", ""):
-        return cls.PROTOCOL
+    protocol = cls.PROTOCOL if cls is not None else ""
+    if masks == "dataset" and protocol:
+        return protocol
     return "real 2D models"
 
 
