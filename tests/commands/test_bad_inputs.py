@@ -681,7 +681,10 @@ def _cli_train_out(kind: str):
 
         scene = _scannet(tmp / "s")
         out = _blocked(kind, tmp, mp)
-        mp.setattr(cos3d.readers, "load_scene", _marker(tmp))  # nothing is read before --out is checked
+        import cos3d.pipeline.runner
+
+        for mod in (cos3d.readers, cos3d.pipeline.runner):  # nothing is read before --out is checked
+            mp.setattr(mod, "load_scene", _marker(tmp))
         return ["train", "--scene", str(scene), "--out", str(out), "--fast"], ["--out", str(out), _WHY[kind]]
 
     return make
@@ -694,7 +697,10 @@ def _cli_train_default_out_blocked(tmp, mp):
     scene = _scannet(tmp / "s")
     mp.chdir(tmp)
     (tmp / "runs").write_text("a file where the runs folder should be")
-    mp.setattr(cos3d.readers, "load_scene", _marker(tmp))
+    import cos3d.pipeline.runner
+
+    for mod in (cos3d.readers, cos3d.pipeline.runner):
+        mp.setattr(mod, "load_scene", _marker(tmp))
     return ["train", "--scene", str(scene), "--fast"], ["--out", "runs/s", "a part of its folder path is a file"]
 
 
@@ -780,10 +786,12 @@ def _cli_train_mask_cache_blocked(kind: str):
 
     def make(tmp, mp):
         import cos3d.pipeline.recon
+        import cos3d.pipeline.stages
 
         scene = _scannet(tmp / "s")
         out = _blocked(kind, tmp, mp)
-        mp.setattr(cos3d.pipeline.recon, "reconstruct", _marker(tmp))
+        for mod in (cos3d.pipeline.recon, cos3d.pipeline.stages):  # stage 0 never starts
+            mp.setattr(mod, "reconstruct", _marker(tmp))
         return ["train", "--scene", str(scene), "--out", str(tmp / "run"), "--mask-cache", str(out), "--fast",
                 "--no-progress"], ["--mask-cache", str(out), _WHY[kind]]  # fmt: skip
 
@@ -853,7 +861,10 @@ def _cli_train_locked(extra: tuple[str, ...]):
         scene = _scannet(tmp / "s")
         _run_json(tmp, scene=str(scene.resolve()))
         _hold_lock(tmp / "run")
-        mp.setattr(cos3d.readers, "load_scene", _marker(tmp))
+        import cos3d.pipeline.runner
+
+        for mod in (cos3d.readers, cos3d.pipeline.runner):
+            mp.setattr(mod, "load_scene", _marker(tmp))
         return ["train", "--scene", str(scene), "--out", str(tmp / "run"), "--fast", *extra], [
             f"--out {tmp / 'run'} is being written by process 4242", "wait for it to finish"]
 
@@ -903,7 +914,6 @@ def _checkpoints_kept(tmp: Path) -> None:
 def _cli_interrupt_at(where: str):
     def make(tmp, mp):
         import cos3d.cli
-        import cos3d.readers
 
         def interrupt(*a, **k):
             raise KeyboardInterrupt
@@ -911,7 +921,9 @@ def _cli_interrupt_at(where: str):
         if where == "start-up":
             mp.setattr(cos3d.cli, "build_parser", interrupt)
         else:
-            mp.setattr(cos3d.readers, "load_scene", interrupt)
+            import cos3d.pipeline.runner
+
+            mp.setattr(cos3d.pipeline.runner, "load_scene", interrupt)  # where training reads the scene
         scene = _scannet(tmp / "s")
         return ["train", "--scene", str(scene), "--out", str(tmp / "run")], ["cos3d train: interrupted"]
 
