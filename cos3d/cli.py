@@ -57,9 +57,18 @@ def register_lazily(sub: argparse._SubParsersAction, modules: dict[str, str], ar
             sub.add_parser(name, help=mod.HELP)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with cos3d's error convention: one line naming the flag and how to see the choices (argparse's
+    default prints the whole usage first: sixty lines for ``cos3d train --preset bogus``). Sub-commands'
+    parsers are of this class too (``add_subparsers`` uses the parent's class)."""
+
+    def error(self, message: str):  # noqa: ANN201 (NoReturn)
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser for ``argv`` (only the command ``argv`` names gets its full set of flags)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cos3d",
         description="Open-vocabulary 3D segmentation with Gaussian splats (COS3D collaborative fields).",
     )

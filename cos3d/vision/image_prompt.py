@@ -48,11 +48,9 @@ class ImagePrompt:
             raise Cos3dError(f"give the image prompt as region= or as {', '.join(sorted(given))}=, not both")
         if prompt is not None:
             return prompt
-        if not given or set(given) == {"point_labels"}:
-            if "point_labels" in given:
-                raise Cos3dError("--point-labels label --points: also give the points")
-            return None
-        return cls(**given)
+        if set(given) == {"point_labels"}:
+            raise Cos3dError("point_labels label points: also give the points they label")
+        return cls(**given) if given else None
 
     @property
     def kind(self) -> str:
@@ -71,16 +69,6 @@ class ImagePrompt:
         if isinstance(self.points, str):
             pts, labels = parse_points(self.points)
             out = replace(out, points=pts, point_labels=labels if self.point_labels is None else self.point_labels)
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain JSON values (arrays as nested lists; file paths as strings) for the server's wire format."""
-        out: dict[str, Any] = {}
-        for k in ("box", "mask", "scribble", "points", "point_labels"):
-            v = getattr(self, k)
-            if v is None:
-                continue
-            out[k] = str(v) if isinstance(v, Path) else (np.asarray(v).tolist() if not isinstance(v, str) else v)
         return out
 
 

@@ -715,6 +715,13 @@ def _cli_export_out(kind: str):
     return make
 
 
+def _cli_export_spz_version(tmp, mp):
+    import cos3d
+
+    mp.setattr(cos3d, "load", _marker(tmp))  # checked before the run is opened
+    return ["export", "--run", str(tmp / "run"), "--spz-version", "5"], ["--spz-version 5", "choose 4 (current) or 3"]
+
+
 def _cli_query_out(flag: str, kind: str):
     def make(tmp, mp):
         import cos3d
@@ -935,6 +942,14 @@ def _nothing_at(name: str) -> Callable[[Path], None]:
         assert not (tmp / name).exists(), f"{name} was created"
 
     return check
+
+
+def _cli_bad_choice(argv: list[str], flag: str):
+    """A flag given a value outside its choices: argparse's error, as one line naming the flag."""
+    def make(tmp, mp):
+        return [a.replace("TMP", str(tmp)) for a in argv], [f"argument {flag}: invalid choice", "--help"]
+
+    return make
 
 
 def _cli_train_scene_missing(tmp, mp):
@@ -1176,6 +1191,16 @@ CASES = [
     Case("cli-interrupt-at-start-up", _cli_interrupt_at("start-up"), _nothing_at("run"), cli=True, rc=130),
     Case("cli-interrupt-loading-the-scene", _cli_interrupt_at("load"), _nothing_at("run"), cli=True, rc=130),
     Case("cli-train-scene-missing", _cli_train_scene_missing, _nothing_at("run"), cli=True),
+    Case("cli-export-spz-version-unknown", _cli_export_spz_version, _no_marker, cli=True),
+    Case("cli-train-preset-unknown", _cli_bad_choice(["train", "--scene", "TMP/s", "--out", "TMP/run", "--preset",
+                                                     "quick"], "--preset"), _nothing_at("run"), cli=True),
+    Case("cli-train-embedder-unknown", _cli_bad_choice(["train", "--scene", "TMP/s", "--out", "TMP/run", "--embedder",
+                                                       "clip-gap"], "--embedder"), _nothing_at("run"), cli=True),
+    Case("cli-query-branch-unknown", _cli_bad_choice(["query", "mug", "--run", "TMP/run", "--branch", "3d"],
+                                                     "--branch"), cli=True),
+    Case("cli-query-concept-segmenter-unknown", _cli_bad_choice(
+        ["query", "mug", "--run", "TMP/run", "--branch", "2d", "--concept-segmenter", "sam2"], "--concept-segmenter"),
+        cli=True),
     Case("cli-train-scene-malformed", _cli_train_scene_malformed, _nothing_at("run"), cli=True),
     Case("cli-train-out-foreign-folder", _cli_train_foreign_out, _foreign_untouched, cli=True),
     # flags ignored in a mode are refused; corrupt runs leave nothing behind
@@ -1203,7 +1228,10 @@ def test_bad_input_is_one_clear_line(case: Case, tmp_path, monkeypatch, capsys):
         from cos3d.cli import entrypoint
 
         capsys.readouterr()
-        rc = entrypoint(built)
+        try:
+            rc = entrypoint(built)
+        except SystemExit as e:  # argparse's errors (a bad choice, a missing argument) exit from parse_args
+            rc = e.code
         err = capsys.readouterr().err
         assert rc == case.rc, err
         lines = err.strip("\n").splitlines()

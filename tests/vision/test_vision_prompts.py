@@ -97,3 +97,17 @@ def test_combine_embeddings():
         combine_embeddings([a, torch.ones(4)])
     with pytest.raises(Cos3dError, match="cancel"):
         combine_embeddings([a, -a])
+
+
+def test_image_prompt_is_one_value_built_once():
+    p = ImagePrompt.of(box=[1, 2, 3, 4], points="5,6;7,8,0")
+    assert p.kind == "box+points" and ImagePrompt.of(p) is p and ImagePrompt.of() is None
+    loaded = p.loaded()
+    np.testing.assert_array_equal(loaded.points, [[5, 6], [7, 8]])
+    np.testing.assert_array_equal(loaded.point_labels, [1, 0])
+    with pytest.raises(Cos3dError, match="region= or as box=, not both"):
+        ImagePrompt.of(p, box=[0, 0, 1, 1])
+    with pytest.raises(Cos3dError, match="also give the points"):
+        ImagePrompt.of(point_labels=[1])
+    with pytest.raises(TypeError, match="no clicks"):
+        ImagePrompt.of(clicks=[1])
