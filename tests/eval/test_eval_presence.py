@@ -193,3 +193,23 @@ def test_dev_tabletop_queries_carry_their_catalogue_ground_truth(tabletop_dir):
     # disjoint from the protocol's own prompts; the presence sweep reads the same rows
     assert not {(q.text, q.within) for q in qs} & {(q.text, q.within) for q in tabletop_queries(scene)}
     assert [(r.text, r.present, r.within) for r in dev_queries(scene)] == [(q.text, q.present, q.within) for q in qs]
+
+
+def test_separability_bounds_are_exact_on_small_cases():
+    """scripts/presence_separability.py's AUC and hindsight acceptance: hand-checked cases, ties included."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "presence_separability", Path(__file__).parents[2] / "scripts" / "presence_separability.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    pos, neg = np.array([0.3, 0.5, 0.9]), np.array([0.1, 0.4, 0.6, 0.9])
+    # pairs won: 0.3 beats 1; 0.5 beats 2; 0.9 beats 3 and ties 1 -> (1 + 2 + 3.5) / 12
+    assert mod.auc(pos, neg) == pytest.approx(6.5 / 12)
+    assert mod.auc(np.array([2.0]), np.array([1.0])) == 1.0
+    # reject >= 0.75 of neg: the threshold must sit above 0.6 (3 of 4 below) -> only 0.9 accepted
+    assert mod.accept_at(pos, neg, 0.75) == pytest.approx(1 / 3)
+    # reject >= 0.5: threshold in (0.4, 0.5] keeps 0.5 and 0.9
+    assert mod.accept_at(pos, neg, 0.5) == pytest.approx(2 / 3)
+    assert mod.accept_at(pos, neg, 1.0) == 0.0  # 0.9 ties the top negative: nothing clears every negative
