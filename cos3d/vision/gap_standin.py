@@ -33,7 +33,10 @@ These give ``ρ = 0.34`` and a centroid distance ``√(b² + β² − 2bβρ) = 
 ``siglip-b16``: SigLIP (Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training") scores a pair with
 ``σ(t·cos + b)``; the released base model's learned ``t ≈ 117``, ``b ≈ −12.9`` put the 50 % point at
 ``cos ≈ 0.11``, so a match ≈ 0.15 and a non-match ≈ 0.0 here (approximate: read off the released model's
-scale and bias, not a table of the paper); same cones and noise.
+scale and bias, not a table of the paper; not re-checked offline — the same order as the SO400M/14 model's
+``exp(4.7215) ≈ 112.3`` that open_clip's maintainers confirm against big_vision in open_clip issue #746); same
+cones and noise. The CLIP levels and Liang et al.'s 0.82 are quoted from the papers and were not re-measured
+here: no CLIP weights can be loaded offline.
 
 Every name and report of this embedder says "modality-gap stand-in"; its ``model_id`` includes the profile,
 so the per-view cache never mixes it with ``labels``.
