@@ -149,9 +149,12 @@ def heatmap_colors(values: np.ndarray, lo: float | None = None, hi: float | None
 
 
 def pca_colors(features: np.ndarray, *, sample: int = 20_000, seed: int = 0) -> np.ndarray:
-    """Instance features ``[N, F]`` → ``[N, 3]`` float32 RGB in [0, 1]: rows normalised, projected on their
-    top three principal axes (fitted on at most ``sample`` rows), shifted to start at their 1 % points
-    and scaled by the widest axis's 1–99 % range. Gaussians of one instance share a colour; different instances differ."""
+    """Instance features ``[N, F]`` → ``[N, 3]`` float32 RGB in [0, 1] that tell instances apart: rows
+    normalised and projected on their top three principal axes (fitted on at most ``sample`` rows), each
+    axis scaled to [−1, 1] by its 1–99 % points; the first two axes give the **hue** (their angle) and the
+    saturation (their radius), the third the brightness within [0.55, 1]. No colour is near-black (the
+    brightest channel is at least 0.55), so every instance stays visible and distinct hues separate
+    instances that a plain RGB map of the axes shows as dark greys."""
     f = _np(features, np.float64)
     if f.ndim != 2:
         raise ValueError(f"features must be [N, F], got {list(f.shape)}")
@@ -166,9 +169,52 @@ def pca_colors(features: np.ndarray, *, sample: int = 20_000, seed: int = 0) -> 
     axes[: min(3, len(vt))] = vt[:3]
     proj = (f - mu) @ axes.T  # [N, 3]
     lo, hi = np.percentile(proj[rows], 1, axis=0), np.percentile(proj[rows], 99, axis=0)
-    # one scale for the three axes (the widest 1-99 % range): an axis of mere noise stays dim
-    out = (proj - lo) / max(float((hi - lo).max()), 1e-9)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    mid, half = 0.5 * (lo + hi), np.maximum(0.5 * (hi - lo), 1e-9)
+    u = np.clip((proj - mid) / half, -1.0, 1.0)  # [N, 3] in [-1, 1]
+    hue = (np.arctan2(u[:, 1], u[:, 0]) / (2 * np.pi)) % 1.0
+    sat = np.clip(0.35 + 0.65 * np.hypot(u[:, 0], u[:, 1]) / np.sqrt(2.0), 0.0, 1.0)
+    val = 0.55 + 0.45 * 0.5 * (u[:, 2] + 1.0)
+    return hsv_to_rgb(hue, sat, val)
+
+
+def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Vectorised HSV → RGB: ``h, s, v [N]`` in [0, 1] → ``[N, 3]`` float32."""
+    h, s, v = (np.asarray(x, np.float64).reshape(-1) for x in (h, s, v))
+    i = np.floor(h * 6.0).astype(np.int64) % 6
+    f = h * 6.0 - np.floor(h * 6.0)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    table = np.stack([np.stack(c, 1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))])
+    return table[i, np.arange(len(h))].astype(np.float32)
+
+
+HIGHLIGHTS = np.array(  # saturated, bright, far apart: one of them contrasts with any object colour
+    [[1.0, 0.9, 0.0], [0.0, 0.95, 1.0], [1.0, 0.0, 0.9], [0.1, 1.0, 0.2], [1.0, 0.45, 0.0], [0.45, 0.35, 1.0]],
+    np.float32)
+
+
+def contrast_colors(object_rgbs: Sequence[np.ndarray]) -> np.ndarray:
+    """A highlight colour per object that stands out against **that object's own colours**:
+    ``object_rgbs[k]`` is ``[M_k, 3]`` (the object's splat colours in [0, 1]); each object gets the
+    :data:`HIGHLIGHTS` colour farthest (in RGB) from its median colour, preferring colours no earlier object
+    took. A red can is tinted cyan or yellow, never red; a blue mug yellow, never blue. Returns ``[K, 3]``
+    float32."""
+    out = np.zeros((len(object_rgbs), 3), np.float32)
+    used: set[int] = set()
+    for k, rgbs in enumerate(object_rgbs):
+        r = np.asarray(rgbs, np.float32).reshape(-1, 3)
+        med = np.median(r, axis=0) if len(r) else np.full(3, 0.5, np.float32)
+        dist = np.linalg.norm(HIGHLIGHTS - med, axis=1)
+        dist = dist - np.array([0.25 if i in used else 0.0 for i in range(len(HIGHLIGHTS))])
+        best = int(np.argmax(dist))
+        used.add(best)
+        out[k] = HIGHLIGHTS[best]
+    return out
+
+
+def colorbar_image(width: int = 240, height: int = 14) -> np.ndarray:
+    """uint8 ``[height, width, 3]``: the relevancy heat ramp (:func:`heatmap_colors`), low on the left."""
+    row = (heatmap_colors(np.linspace(0.0, 1.0, width), 0.0, 1.0) * 255).round().astype(np.uint8)
+    return np.repeat(row[None], height, axis=0)
 
 
 def label_colors(labels: np.ndarray, base: np.ndarray, *, rest: float = 0.35) -> np.ndarray:
@@ -344,6 +390,65 @@ def scene_framing(
     dist = 1.15 * 0.5 * extent / np.tan(0.5 * fov_y)
     return Framing(look_at=center, position=center + np.array([0.0, 0.0, 1.0]) * dist, up=up, extent=extent,
                    frustum_scale=0.05 * extent, axes_length=0.1 * extent, inliers=keep)
+
+
+def upright_box(points: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The box of ``points [K, 3]`` standing on the world's ``up``: its third axis is ``up``, the other two
+    the principal axes of the points seen from above (their horizontal spread). Returns ``(center [3],
+    R [3, 3] (columns: box axes in world), extent [3])`` covering every point."""
+    p = np.asarray(points, np.float64).reshape(-1, 3)
+    z = np.asarray(up, np.float64).reshape(3)
+    z = z / max(float(np.linalg.norm(z)), 1e-12)
+    a = np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    e1 = np.cross(z, a)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(z, e1)
+    h = np.stack([p @ e1, p @ e2], 1)
+    if len(p) >= 3:
+        w, v = np.linalg.eigh(np.cov((h - h.mean(0)).T))
+        d = v[:, int(np.argmax(w))]
+    else:
+        d = np.array([1.0, 0.0])
+    x = d[0] * e1 + d[1] * e2
+    y = np.cross(z, x)
+    R = np.stack([x, y, z], 1)
+    local = p @ R
+    lo, hi = local.min(0), local.max(0)
+    return R @ (0.5 * (lo + hi)), R, hi - lo
+
+
+def display_box(points: np.ndarray, box: tuple[np.ndarray, np.ndarray, np.ndarray], up: np.ndarray | None,
+                *, slack: float = 1.6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The box the viewer draws for an object: :func:`upright_box` when the world's ``up`` is known and the
+    upright box is at most ``slack`` times the volume of the object's own (PCA-oriented) ``box`` — an object
+    resting on a surface, whose PCA box looks tilted — else ``box`` unchanged (an object lying askew)."""
+    if up is None or len(np.asarray(points).reshape(-1, 3)) < 3:
+        return box
+    c, R, e = upright_box(points, up)
+    v_up = float(np.prod(np.maximum(e, 1e-6)))
+    v_own = float(np.prod(np.maximum(np.asarray(box[2], np.float64), 1e-6)))
+    return (c, R, e) if v_up <= slack * v_own else box
+
+
+def view_camera(wxyz: Sequence[float], position: Sequence[float], fov_y: float, width: int, height: int,
+                *, max_side: int = 256) -> Camera:
+    """A browser's current view (viser camera: OpenCV axes, vertical field of view ``fov_y`` radians,
+    canvas ``width`` × ``height`` pixels) as a :class:`cos3d.data.scene.Camera` at most ``max_side``
+    pixels on its longer side (same field of view): the camera the viewer renders blending weights in
+    for a box dragged or a pixel clicked in the 3D view."""
+    import viser.transforms as vtf
+
+    from cos3d.data.scene import Camera
+
+    if width <= 0 or height <= 0:
+        raise ValueError(f"the view has no size yet ({width}x{height}); wait for the page to draw")
+    s = min(1.0, max_side / float(max(width, height)))
+    w, h = max(8, int(round(width * s))), max(8, int(round(height * s)))
+    f = 0.5 * h / np.tan(0.5 * float(fov_y))
+    c2w = np.eye(4)
+    c2w[:3, :3] = vtf.SO3(np.asarray(wxyz, np.float64)).as_matrix()
+    c2w[:3, 3] = np.asarray(position, np.float64)
+    return Camera(K=[[f, 0, (w - 1) / 2.0], [0, f, (h - 1) / 2.0], [0, 0, 1]], c2w=c2w, width=w, height=h)
 
 
 def ray_camera(origin: np.ndarray, direction: np.ndarray, *, size: int = 33, fov_deg: float = 4.0) -> Camera:
