@@ -425,8 +425,12 @@ def display_box(points: np.ndarray, box: tuple[np.ndarray, np.ndarray, np.ndarra
     if up is None or len(np.asarray(points).reshape(-1, 3)) < 3:
         return box
     c, R, e = upright_box(points, up)
-    v_up = float(np.prod(np.maximum(e, 1e-6)))
-    v_own = float(np.prod(np.maximum(np.asarray(box[2], np.float64), 1e-6)))
+
+    def volume(ext: np.ndarray) -> float:  # thin sides floored at 5 % of the longest: flat boxes compare fairly
+        ext = np.asarray(ext, np.float64).reshape(3)
+        return float(np.prod(np.maximum(ext, max(0.05 * float(ext.max()), 1e-9))))
+
+    v_up, v_own = volume(e), volume(np.asarray(box[2]))
     return (c, R, e) if v_up <= slack * v_own else box
 
 
