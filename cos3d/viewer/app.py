@@ -36,6 +36,7 @@ from cos3d.vision.image_prompt import ImagePrompt
 from cos3d.viewer.helpers import (
     DEFAULT_MAX_SPLATS,
     _np,
+    ImagePlane,
     box_pose,
     colorbar_image,
     contrast_colors,
@@ -43,10 +44,12 @@ from cos3d.viewer.helpers import (
     draw_prompt,
     frustum_pose,
     heatmap_colors,
+    image_plane_beside,
     label_colors,
     object_colors,
     parse_box,
     pca_colors,
+    rotmat_to_wxyz,
     scene_framing,
     splat_arrays,
     tint_rgbs,
@@ -66,7 +69,8 @@ UPLOADED = "(uploaded image)"
 SHARED_NOTE = "Shared session: every open tab sees the same answer and colours; cameras are per tab."
 WORK_NAMES = {"query": "querying", "set_color_mode": "colouring", "click": "segmenting the click",
               "box_select": "lifting the box", "export": "exporting", "show_frame": "loading the frame",
-              "list_objects": "listing the objects", "redraw": "redrawing", "query_image_from_gui": "image prompt"}
+              "list_objects": "listing the objects", "rect_select": "lifting the box",
+              "uploaded": "reading the upload", "redraw": "redrawing", "query_image_from_gui": "image prompt"}
 """The busy line's words for the worker's jobs (default: the function's name)."""
 
 
@@ -167,6 +171,9 @@ class ViewerApp:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cos3d-view")
         self._base_cache: dict[str, np.ndarray] = {}
         self.uploaded: np.ndarray | None = None
+        self.reference: ImagePlane | None = None
+        """Where the uploaded reference image is shown in the 3D scene (ctrl-drag a box on it)."""
+        self.reference_handles: list[Any] = []
         self.levels = adapter.levels(trained) or ["l"]
         self.scene_objects: list[ObjectView] = []
         """The scene-wide objects of "List objects" (:meth:`list_objects`)."""
@@ -240,12 +247,41 @@ class ViewerApp:
     def _on_rect(self, e: Any) -> None:
         """A ctrl-drag in the 3D view: the box on the tab's current view (its camera at the moment)."""
         cam = e.client.camera
-        w, h = int(cam.image_width), int(cam.image_height)
-        camera = view_camera(cam.wxyz, cam.position, cam.fov, w, h)
-        (u0, v0), (u1, v1) = e.screen_min, e.screen_max
+        self.submit(self.rect_select, cam.wxyz, cam.position, cam.fov, int(cam.image_width),
+                    int(cam.image_height), e.screen_min, e.screen_max, self.level_dropdown.value)
+
+    def rect_select(self, wxyz: Any, position: Any, fov: float, width: int, height: int,
+                    screen_min: tuple[float, float], screen_max: tuple[float, float],
+                    level: str | None = None) -> Answer:
+        """A rectangle dragged in a tab's view (viser camera ``wxyz``, ``position``, vertical ``fov``, canvas
+        ``width`` × ``height``; corners as fractions of the canvas): on the uploaded reference image shown in
+        the scene (its centre on the image) it is a box on that image (:meth:`reference_box`); anywhere else
+        a box on the view itself, lifted into 3D (:meth:`box_select`)."""
+        (u0, v0), (u1, v1) = screen_min, screen_max
+        screen = (u0 * width, v0 * height, u1 * width, v1 * height)
+        if self.reference is not None:
+            full = view_camera(wxyz, position, fov, width, height, max_side=max(width, height))
+            corners = np.array([[screen[0], screen[1]], [screen[2], screen[1]], [screen[2], screen[3]],
+                                [screen[0], screen[3]], [0.5 * (screen[0] + screen[2]), 0.5 * (screen[1] + screen[3])]])
+            px = self.reference.pixels_of_screen(full, corners)
+            c = px[4]
+            if np.isfinite(px).all() and 0 <= c[0] <= self.reference.width and 0 <= c[1] <= self.reference.height:
+                lo, hi = px[:4].min(0), px[:4].max(0)
+                box = [max(0.0, float(lo[0])), max(0.0, float(lo[1])), min(float(self.reference.width), float(hi[0])),
+                       min(float(self.reference.height), float(hi[1]))]
+                return self.reference_box(box)
+        camera = view_camera(wxyz, position, fov, width, height)
         box = [u0 * camera.width, v0 * camera.height, u1 * camera.width, v1 * camera.height]
-        screen = (u0 * w, v0 * h, u1 * w, v1 * h)
-        self.submit(self.box_select, camera, box, screen, self.level_dropdown.value)
+        return self.box_select(camera, box, screen, level)
+
+    def reference_box(self, box: list[float]) -> Answer:
+        """A box ``x0, y0, x1, y1`` (pixels) on the uploaded reference image: an image prompt with that box
+        (and the text *Prompt*, when given); the box is also written into the panel's *Box* field."""
+        with self._lock:
+            if self.uploaded is None:
+                raise Cos3dError("upload a reference image first (Image prompt → Upload image)")
+            self.box_text.value = ",".join(f"{v:.0f}" for v in box)
+            return self.query_image(self.uploaded, ImagePrompt.of(box=box), text=self.prompt_text.value or None)
 
     def _build_gui(self, show_cameras: bool) -> None:
         gui = self.server.gui
@@ -736,12 +772,39 @@ class ViewerApp:
 
         try:
             with Image.open(io.BytesIO(file.content)) as im:
-                self.uploaded = np.asarray(im.convert("RGB"))
+                image = np.asarray(im.convert("RGB"))
         except Exception as e:  # noqa: BLE001 - any decoding failure is the user's file
             raise Cos3dError(f"{file.name}: not an image this viewer can read ({e})") from None
-        self.frame_image.image = self.uploaded
-        self.frame_md.content = f"Uploaded **{_esc(file.name)}** ({self.uploaded.shape[1]}×{self.uploaded.shape[0]})."
-        self.frame_dropdown.value = UPLOADED
+        self.upload(image, file.name)
+
+    def upload(self, image: np.ndarray, name: str = "image") -> ImagePlane:
+        """Take ``image`` (uint8 ``[H, W, 3]``) as the reference image: shown in the panel and in the 3D
+        scene beside the content, facing the first view (:func:`~cos3d.viewer.helpers.image_plane_beside`),
+        where a ctrl-drag draws a box on it (:meth:`rect_select`)."""
+        with self._lock:
+            img = np.ascontiguousarray(np.asarray(image, np.uint8)[..., :3])
+            if img.ndim != 3 or min(img.shape[:2]) < 2:
+                raise Cos3dError(f"{name}: not an RGB image ({list(img.shape)})")
+            self.uploaded = img
+            h, w = img.shape[:2]
+            for hd in self.reference_handles:
+                hd.remove()
+            plane = image_plane_beside(self.framing, w, h)
+            sc = self.server.scene
+            self.reference_handles = [
+                sc.add_image("/reference/image", img, plane.render_width, plane.render_height,
+                             wxyz=rotmat_to_wxyz(plane.R), position=plane.center, cast_shadow=False,
+                             receive_shadow=False),
+                sc.add_label("/reference/label", "reference image: ctrl-drag a box on it",
+                             position=plane.center - plane.R[:, 1] * 0.6 * plane.render_height),
+            ]
+            self.reference = plane
+            self.frame_image.image = img
+            self.frame_md.content = (f"Uploaded **{_esc(name)}** ({w}×{h}): shown in the 3D view beside the scene; "
+                                     "ctrl-drag a box on it there (or type one) to prompt with it.")
+            if self.frame_dropdown.value != UPLOADED:
+                self.frame_dropdown.value = UPLOADED
+            return plane
 
     def _query_image_from_gui(self) -> Answer:
         v = self.frame_dropdown.value

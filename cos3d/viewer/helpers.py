@@ -455,6 +455,64 @@ def view_camera(wxyz: Sequence[float], position: Sequence[float], fov_y: float, 
     return Camera(K=[[f, 0, (w - 1) / 2.0], [0, f, (h - 1) / 2.0], [0, 0, 1]], c2w=c2w, width=w, height=h)
 
 
+@dataclass
+class ImagePlane:
+    """An image shown in the 3D scene (``scene.add_image``): viser draws it in the node's local xy plane,
+    pixel column ``u`` at ``x = (u / width − ½) · render_width``, row ``v`` at ``y = (v / height − ½) ·
+    render_height`` (rows down +y, the OpenCV way), seen from the node's −z side."""
+
+    R: np.ndarray
+    """[3, 3] the node's rotation (columns: local x, y, z in world)."""
+    center: np.ndarray
+    """[3] the node's position (the image's centre), world."""
+    render_width: float
+    render_height: float
+    width: int
+    """The image's pixels."""
+    height: int
+
+    def pixels_of_screen(self, camera: Camera, xy: np.ndarray) -> np.ndarray:
+        """``[K, 2]`` image pixels (u, v) hit by the rays through ``camera``'s pixels ``xy [K, 2]`` (NaN where
+        a ray misses the plane or runs parallel to it); values outside ``[0, width] × [0, height]`` lie
+        beside the image."""
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        K = np.asarray(camera.K, np.float64)
+        c2w = np.asarray(camera.c2w, np.float64)
+        rays = np.stack([(xy[:, 0] - K[0, 2]) / K[0, 0], (xy[:, 1] - K[1, 2]) / K[1, 1], np.ones(len(xy))], 1)
+        d = rays @ c2w[:3, :3].T
+        o = c2w[:3, 3]
+        n = self.R[:, 2]
+        den = d @ n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = ((self.center - o) @ n) / den
+        hit = o + t[:, None] * d
+        local = (hit - self.center) @ self.R
+        u = (local[:, 0] / self.render_width + 0.5) * self.width
+        v = (local[:, 1] / self.render_height + 0.5) * self.height
+        out = np.stack([u, v], 1)
+        out[~((t > 0) & (np.abs(den) > 1e-12))] = np.nan
+        return out
+
+
+def image_plane_beside(framing: Framing, width: int, height: int, *, size: float = 0.4) -> ImagePlane:
+    """Where the viewer shows an uploaded reference image in the 3D scene: upright and facing the first
+    view (:class:`Framing`), ``size`` × the scene's extent tall, just right of the scene's content."""
+    z = np.asarray(framing.look_at, np.float64) - np.asarray(framing.position, np.float64)
+    z /= max(float(np.linalg.norm(z)), 1e-12)
+    up = np.asarray(framing.up, np.float64) if framing.up is not None else np.array([0.0, 0.0, 1.0])
+    y = -(up - (up @ z) * z)
+    if np.linalg.norm(y) < 1e-6:
+        y = np.array([0.0, 1.0, 0.0]) - z[1] * z
+    y /= np.linalg.norm(y)
+    x = np.cross(y, z)
+    R = np.stack([x, y, z], 1)
+    rh = size * framing.extent
+    rw = rh * width / max(height, 1)
+    center = np.asarray(framing.look_at, np.float64) + x * (0.5 * framing.extent + 0.5 * rw) - y * 0.25 * rh
+    return ImagePlane(R=R, center=center, render_width=float(rw), render_height=float(rh), width=int(width),
+                      height=int(height))
+
+
 def ray_camera(origin: np.ndarray, direction: np.ndarray, *, size: int = 33, fov_deg: float = 4.0) -> Camera:
     """A small pinhole camera at ``origin`` looking along ``direction``: its centre pixel
     ``((size − 1) / 2, (size − 1) / 2)`` lies on the ray. How a click in the 3D view (a viser scene click:

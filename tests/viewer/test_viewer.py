@@ -648,3 +648,52 @@ def test_highlight_upright_boxes_pca_and_view_camera_pure():
     f = 0.5 * 600 / np.tan(np.deg2rad(25.0))
     fx, fy = (450 + f * 0.05) / 900, (300 - f * 0.02) / 600  # fractions of the canvas
     assert uv[0, 0] / cam.width == pytest.approx(fx, abs=2 / 256) and uv[0, 1] / cam.height == pytest.approx(fy, abs=2 / 171)
+
+
+def test_real_run_box_drawn_on_the_uploaded_image_in_the_scene(trained_run, server):
+    """An uploaded reference image (here a held-out test frame's photo) is shown in the 3D scene; a
+    rectangle dragged over the mug on it (screen corners, as a ctrl-drag reports them) becomes a box on the
+    image's pixels and an image prompt whose answer matches the mug's ground truth in another held-out view
+    (oracle-2D run: the labels embedder names what the box covers)."""
+    import cos3d
+    from cos3d.viewer.adapter import selection_mask
+    from cos3d.viewer.helpers import rotmat_to_wxyz, view_camera
+
+    ts = cos3d.load(trained_run, device="cpu")
+    app = ViewerApp(server, ts, max_splats=2000)
+    sc = ts.scene
+    inst = next(i for i, n in sc.labels.items() if n and n[0] == "blue mug")
+    ref, other = sc.split("test")[0], sc.split("test")[1]
+    img = ref.load_image()
+    plane = app.upload(img, "photo.png")
+    assert app.reference is plane and len(app.reference_handles) == 2 and app.frame_dropdown.value == "(uploaded image)"
+    ys, xs = np.nonzero(ref.load_instance() == inst)
+    want = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], float)
+    # a tab looking at the image plane from the first view's position, 900x600 canvas, 50° vertical fov
+    eye = app.framing.position
+    z = plane.center - eye
+    z /= np.linalg.norm(z)
+    y = plane.R[:, 1] - (plane.R[:, 1] @ z) * z
+    y /= np.linalg.norm(y)
+    R = np.stack([np.cross(y, z), y, z], 1)
+    W, H, fov = 900, 600, np.deg2rad(50.0)
+    full = view_camera(rotmat_to_wxyz(R), eye, fov, W, H, max_side=900)
+
+    def screen_of(u, v):  # an image pixel → where it is on the tab's canvas, as fractions
+        local = np.array([(u / plane.width - 0.5) * plane.render_width, (v / plane.height - 0.5) * plane.render_height, 0])
+        uv, _ = full.project((plane.center + plane.R @ local)[None])
+        return uv[0] / [W, H]
+
+    np.testing.assert_allclose(plane.pixels_of_screen(full, [screen_of(10.0, 20.0) * [W, H]])[0], [10, 20], atol=1e-6)
+    smin, smax = screen_of(want[0], want[1]), screen_of(want[2], want[3])
+    ans = app.rect_select(rotmat_to_wxyz(R), eye, fov, W, H, tuple(smin), tuple(smax))
+    assert ans.kind == "image" and ans.error is None and ans.objects, ans
+    got = np.array([float(v) for v in app.box_text.value.split(",")])
+    np.testing.assert_allclose(got, want, atol=1.0)
+    gt = other.load_instance() == inst
+    pred = selection_mask(ts, ans.selected, other.name)
+    assert (pred & gt).sum() / (pred | gt).sum() >= 0.5
+    # a rectangle off the image is a box on the view itself, lifted into 3D
+    off = app.rect_select(rotmat_to_wxyz(R), eye, fov, W, H, (0.0, 0.0), (0.02, 0.02))
+    assert off.kind == "box"
+    app.close()

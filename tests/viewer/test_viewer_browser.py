@@ -316,6 +316,7 @@ def test_browser_drag_a_box_selects_the_object_in_a_held_out_view(viewer, page):
     step("dragged")
     save(d, "viewer_box_drag.png")  # the rectangle being drawn
     ActionChains(d).release().key_up(Keys.CONTROL).perform()
+    save(d, "viewer_box_progress.png")  # the box being lifted: the progress bar and elapsed seconds
     wait_for(lambda: app.last_answer is not before and app.last_answer is not None
              and app.last_answer.kind == "box", timeout=120, what="the dragged box's answer")
     ans = app.last_answer
