@@ -600,13 +600,15 @@ class ViewerApp:
         for k, o in enumerate(answer.objects):
             col = tuple(int(v) for v in np.round(colors[k] * 255))
             pts = self.means[ids[k]] if len(ids[k]) else np.asarray(o.box[0], np.float64).reshape(1, 3)
-            wxyz, pos, dims = box_pose(*display_box(pts, o.box, self.framing.up))
+            shown_box = display_box(pts, o.box, self.framing.up)
+            wxyz, pos, dims = box_pose(*shown_box)
             self.box_handles.append(
                 sc.add_box(f"/answer/box_{k}", color=col, dimensions=dims, wireframe=True,
                            wxyz=wxyz, position=pos, cast_shadow=False, receive_shadow=False)
             )
-            up = self.framing.up if self.framing.up is not None else np.array([0.0, 0.0, 1.0])
-            top = pos + (0.5 * float(np.abs(dims @ np.abs(np.asarray(up)))) + 0.02 * self.extent) * np.asarray(up)
+            up = np.asarray(self.framing.up if self.framing.up is not None else (0.0, 0.0, 1.0), np.float64)
+            half = 0.5 * float(np.abs(up @ np.asarray(shown_box[1], np.float64)) @ dims)  # the box's half height
+            top = pos + (half + 0.02 * self.extent) * up
             self.overlay_handles.append(
                 sc.add_label(f"/answer/label_{k}", f"{o.label} {o.score:.2f}", position=top))
             hidden = ids[k][rows[k] < 0]
