@@ -173,7 +173,9 @@ def answer_box(trained: TrainedScene, camera: Camera, box: Sequence[float], *, l
         desc += f" · level {level}"
     t0 = time.perf_counter()
     try:
-        res = trained.engine.lift_camera(camera, ImagePrompt.of(box=b), level=level or None, desc=desc)
+        prompt = ImagePrompt.of(box=b)
+        assert prompt is not None
+        res = trained.engine.lift_camera(camera, prompt, level=level or None, desc=desc)
     except Cos3dError as e:
         return Answer(prompt=desc, error=str(e), ms=(time.perf_counter() - t0) * 1e3, kind="box")
     ans = _answer_of(res, (time.perf_counter() - t0) * 1e3)
@@ -273,9 +275,13 @@ def _answer_of(res: QueryResult, wall_ms: float) -> Answer:
         no_target=bool(res.no_target),
         reason=res.reason,
         ms=float(ms) if ms is not None else wall_ms,
-        score=None if getattr(res, "score", None) is None else float(res.score),
-        threshold=None if getattr(res, "threshold", None) is None else float(res.threshold),
+        score=_opt_float(getattr(res, "score", None)),
+        threshold=_opt_float(getattr(res, "threshold", None)),
     )
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
 
 
 def combine(current: Answer | None, new: Answer, op: str) -> Answer:

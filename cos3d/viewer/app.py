@@ -218,7 +218,7 @@ class ViewerApp:
                 thickness=1.5, thickness_units="screen", color=(120, 120, 130), wxyz=wxyz, position=pos, visible=show_cameras,
             )
             name = self.frame_names[i]
-            h.on_click(lambda _e, name=name: self.submit(self.show_frame, name))
+            h.on_click(lambda _e, name=name: self._later(self.show_frame, name))
             self.frustum_handles.append(h)
         ic = self.server.initial_camera
         ic.position = tuple(float(v) for v in fr.position)
@@ -242,12 +242,12 @@ class ViewerApp:
             pixel = (float(e.screen_pos[0]) * cam.image_width, float(e.screen_pos[1]) * cam.image_height)
         except (AttributeError, AssertionError, TypeError, IndexError):
             pass
-        self.submit(self.click, e.ray_origin, e.ray_direction, mode, pixel, self.level_dropdown.value)
+        self._later(self.click, e.ray_origin, e.ray_direction, mode, pixel, self.level_dropdown.value)
 
     def _on_rect(self, e: Any) -> None:
         """A ctrl-drag in the 3D view: the box on the tab's current view (its camera at the moment)."""
         cam = e.client.camera
-        self.submit(self.rect_select, cam.wxyz, cam.position, cam.fov, int(cam.image_width),
+        self._later(self.rect_select, cam.wxyz, cam.position, cam.fov, int(cam.image_width),
                     int(cam.image_height), e.screen_min, e.screen_max, self.level_dropdown.value)
 
     def rect_select(self, wxyz: Any, position: Any, fov: float, width: int, height: int,
@@ -280,7 +280,7 @@ class ViewerApp:
         with self._lock:
             if self.uploaded is None:
                 raise Cos3dError("upload a reference image first (Image prompt → Upload image)")
-            self.box_text.value = ",".join(f"{v:.0f}" for v in box)
+            _set(self.box_text, ",".join(f"{v:.0f}" for v in box))
             return self.query_image(self.uploaded, ImagePrompt.of(box=box), text=self.prompt_text.value or None)
 
     def _build_gui(self, show_cameras: bool) -> None:
@@ -355,23 +355,23 @@ class ViewerApp:
             self.history_md = gui.add_markdown("(none yet)")
 
         self.query_button.on_click(
-            lambda _e: self.submit(self.query, self.prompt_text.value, self.within_text.value,
+            lambda _e: self._later(self.query, self.prompt_text.value, self.within_text.value,
                                    self.branch_dropdown.value))
-        self.clear_button.on_click(lambda _e: self.submit(self.clear))
-        self.image_query_button.on_click(lambda _e: self.submit(self._query_image_from_gui))
-        self.frame_dropdown.on_update(lambda _e: self.submit(self._frame_picked))
-        self.upload_button.on_upload(lambda _e: self.submit(self._uploaded, self.upload_button.value))
+        self.clear_button.on_click(lambda _e: self._later(self.clear))
+        self.image_query_button.on_click(lambda _e: self._later(self._query_image_from_gui))
+        self.frame_dropdown.on_update(lambda _e: self._later(self._frame_picked))
+        self.upload_button.on_upload(lambda _e: self._later(self._uploaded, self.upload_button.value))
         self.color_dropdown.on_update(  # a change from the page (one made by set_color_mode is already drawn)
             lambda _e: None if self.color_dropdown.value == self.color_mode
-            else self.submit(self.set_color_mode, self.color_dropdown.value))
-        self.dim_checkbox.on_update(lambda _e: self.submit(self.redraw))
+            else self._later(self.set_color_mode, self.color_dropdown.value))
+        self.dim_checkbox.on_update(lambda _e: self._later(self.redraw))
         self.threshold_slider.on_update(
-            lambda _e: self.submit(self.redraw) if self.color_mode == COLOR_MODES[2] else None)
+            lambda _e: self._later(self.redraw) if self.color_mode == COLOR_MODES[2] else None)
         self.cameras_checkbox.on_update(lambda _e: self.set_cameras_visible(self.cameras_checkbox.value))
-        self.export_ply_button.on_click(lambda _e: self.submit(self.export, "ply"))
-        self.export_json_button.on_click(lambda _e: self.submit(self.export, "json"))
-        self.export_labels_button.on_click(lambda _e: self.submit(self.export, "labels"))
-        self.list_button.on_click(lambda _e: self.submit(self.list_objects))
+        self.export_ply_button.on_click(lambda _e: self._later(self.export, "ply"))
+        self.export_json_button.on_click(lambda _e: self._later(self.export, "json"))
+        self.export_labels_button.on_click(lambda _e: self._later(self.export, "labels"))
+        self.list_button.on_click(lambda _e: self._later(self.list_objects))
         self.reset_button.on_click(lambda e: self.reset_view(e.client))
         self.goto_button.on_click(lambda e: self.go_to_camera(self.goto_dropdown.value, e.client))
 
@@ -431,6 +431,10 @@ class ViewerApp:
             done: Future = Future()
             done.set_result(None)
             return done
+
+    def _later(self, fn: Callable[..., Any], *args: Any) -> None:
+        """:meth:`submit` for GUI callbacks (which must return None)."""
+        self.submit(fn, *args)
 
     def _buttons(self) -> list[Any]:
         return [self.query_button, self.image_query_button, self.export_ply_button, self.export_json_button,
@@ -557,10 +561,10 @@ class ViewerApp:
             except Exception:
                 self.color_mode = old
                 if self.color_dropdown.value != old:
-                    self.color_dropdown.value = old
+                    _set(self.color_dropdown, old)
                 raise
             if self.color_dropdown.value != mode:  # called from code: the page shows the mode too
-                self.color_dropdown.value = mode
+                _set(self.color_dropdown, mode)
             if mode == COLOR_MODES[2]:
                 self.count_md.content = f"Relevancy of **{_esc(self.last_text or '')}**: blue low, red high (colour bar under Colour)."
             elif mode == COLOR_MODES[3]:
@@ -598,7 +602,8 @@ class ViewerApp:
         self.splat_handle.rgbs = self.rgbs
         sc = self.server.scene
         for k, o in enumerate(answer.objects):
-            col = tuple(int(v) for v in np.round(colors[k] * 255))
+            r8, g8, b8 = (int(v) for v in np.round(colors[k] * 255))
+            col = (r8, g8, b8)
             pts = self.means[ids[k]] if len(ids[k]) else np.asarray(o.box[0], np.float64).reshape(1, 3)
             shown_box = display_box(pts, o.box, self.framing.up)
             wxyz, pos, dims = box_pose(*shown_box)
@@ -625,7 +630,7 @@ class ViewerApp:
         with self.objects_folder:
             for k, o in enumerate(answer.objects[:20]):
                 b = self.server.gui.add_button(f"Focus {o.name} #{o.id}" if o.name else f"Focus #{o.id}")
-                b.on_click(lambda e, k=k: self.focus(k, e.client))
+                b.on_click(self._focus_callback(k))
                 self.object_handles.append(b)
 
     def focus(self, k: int, client: Any = None) -> None:
@@ -638,7 +643,7 @@ class ViewerApp:
         for c in self._clients(client):
             cam = c.camera
             d = np.asarray(cam.position, np.float64) - np.asarray(cam.look_at, np.float64)
-            d = d / max(np.linalg.norm(d), 1e-12)
+            d = d / max(float(np.linalg.norm(d)), 1e-12)
             with c.atomic():
                 cam.look_at = center
                 cam.position = center + d * 2.0 * r / np.tan(0.5 * cam.fov)
@@ -691,13 +696,28 @@ class ViewerApp:
                 for k, o in enumerate(objs):
                     cb = gui.add_checkbox(f"{o.label} ({len(o.gaussians):,} G)", True,
                                           hint="uncheck to hide this object's splats")
-                    cb.on_update(lambda _e, k=k, cb=cb: self.set_object_visible(k, bool(cb.value)))
+                    cb.on_update(self._visible_callback(k, cb))
                     b = gui.add_button(f"Select {o.label}")
-                    b.on_click(lambda _e, k=k: self.submit(self.select_object, k))
+                    b.on_click(self._select_callback(k))
                     self.object_list_handles += [cb, b]
             self.object_list_md.content = (f"{len(objs)} objects: " + ", ".join(_esc(o.label) for o in objs)
                                            if objs else "no objects found")
             return objs
+
+    def _focus_callback(self, k: int) -> Callable[[Any], None]:
+        def cb(e: Any) -> None:
+            self.focus(k, e.client)
+        return cb
+
+    def _visible_callback(self, k: int, box: Any) -> Callable[[Any], None]:
+        def cb(_e: Any) -> None:
+            self.set_object_visible(k, bool(box.value))
+        return cb
+
+    def _select_callback(self, k: int) -> Callable[[Any], None]:
+        def cb(_e: Any) -> None:
+            self._later(self.select_object, k)
+        return cb
 
     def select_object(self, k: int) -> Answer:
         """Make listed object ``k`` (:meth:`list_objects`) the answer."""
@@ -859,6 +879,11 @@ class ViewerApp:
             self.export_md.content = "Wrote " + ", ".join(f"`{_esc(p.name)}`" for p in paths) + \
                 f" into `{_esc(str(self.export_dir))}`."
             return paths
+
+
+def _set(handle: Any, value: Any) -> None:
+    """Set a GUI input's value from code (viser's typing marks ``value`` read-only; it is settable)."""
+    handle.value = value
 
 
 def _parse_points(text: str) -> np.ndarray | None:

@@ -452,7 +452,8 @@ def view_camera(wxyz: Sequence[float], position: Sequence[float], fov_y: float, 
     c2w = np.eye(4)
     c2w[:3, :3] = vtf.SO3(np.asarray(wxyz, np.float64)).as_matrix()
     c2w[:3, 3] = np.asarray(position, np.float64)
-    return Camera(K=[[f, 0, (w - 1) / 2.0], [0, f, (h - 1) / 2.0], [0, 0, 1]], c2w=c2w, width=w, height=h)
+    K = np.array([[f, 0, (w - 1) / 2.0], [0, f, (h - 1) / 2.0], [0, 0, 1]], np.float64)
+    return Camera(K=K, c2w=c2w, width=w, height=h)
 
 
 @dataclass
