@@ -45,10 +45,10 @@ from cos3d.viewer.helpers import (
     frustum_pose,
     heatmap_colors,
     image_plane_beside,
+    instance_colors,
     label_colors,
     object_colors,
     parse_box,
-    pca_colors,
     rotmat_to_wxyz,
     scene_framing,
     splat_arrays,
@@ -63,7 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from cos3d.data.scene import Camera
     from cos3d.pipeline.trained import TrainedScene
 
-COLOR_MODES = ("RGB", "Instance features (PCA)", "Relevancy (last prompt)", "Objects (scene-wide)")
+COLOR_MODES = ("RGB", "Instance features (clusters)", "Relevancy (last prompt)", "Objects (scene-wide)")
 """The colour modes of the "Colour" dropdown, in order."""
 UPLOADED = "(uploaded image)"
 SHARED_NOTE = "Shared session: every open tab sees the same answer and colours; cameras are per tab."
@@ -520,7 +520,7 @@ class ViewerApp:
         if mode not in self._base_cache:
             ids = self.splats.ids
             if mode == COLOR_MODES[1]:
-                cols = pca_colors(adapter.instance_features(self.trained)[ids])
+                cols = instance_colors(adapter.instance_features(self.trained)[ids])
             elif mode == COLOR_MODES[2]:
                 return self._relevancy_colors()
             else:
@@ -582,7 +582,7 @@ class ViewerApp:
             self.splat_handle.rgbs = self.rgbs
 
     def show(self, answer: Answer) -> None:
-        """Draw ``answer``: splats tinted (RGB/PCA modes) in a colour that contrasts with each object's own
+        """Draw ``answer``: splats tinted (RGB/instance modes) in a colour that contrasts with each object's own
         colours (:func:`~cos3d.viewer.helpers.contrast_colors`: a red can turns cyan or yellow, never red),
         one box per object (upright for an object resting on a surface) labelled with its name and score,
         the object list with a focus button each, and the answer line."""

@@ -177,6 +177,72 @@ def pca_colors(features: np.ndarray, *, sample: int = 20_000, seed: int = 0) -> 
     return hsv_to_rgb(hue, sat, val)
 
 
+def instance_colors(features: np.ndarray, *, k: int = 24, iters: int = 12, sample: int = 20_000,
+                    seed: int = 0, merge: float = 0.9) -> np.ndarray:
+    """Instance features ``[N, F]`` → ``[N, 3]`` float32 RGB that tells instances apart: the unit features
+    are clustered in instance space (spherical k-means, ``k`` clusters fitted on at most ``sample`` rows;
+    clusters whose centres have cosine > ``merge`` are joined: one instance split in two stays one colour);
+    each cluster gets its own hue (golden-ratio steps, the biggest cluster first, so neighbours in the list
+    differ most) and each Gaussian is shaded by its cosine to its cluster's centre (brightness 0.6–1). No
+    colour is near-black, and two instances share a colour only when the field puts them in one cluster
+    (which a plain RGB map of the principal axes does for most small objects)."""
+    f = _np(features, np.float64)
+    if f.ndim != 2:
+        raise ValueError(f"features must be [N, F], got {list(f.shape)}")
+    n = f.shape[0]
+    if n == 0:
+        return np.zeros((0, 3), np.float32)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(n, size=min(n, sample), replace=False)
+    x = f[rows]
+    k = max(1, min(k, len(x)))
+    # k-means++ seeding on cosine distance, then Lloyd steps on the sphere
+    cent = [x[int(rng.integers(len(x)))]]
+    d = 1.0 - x @ cent[0]
+    for _ in range(1, k):
+        p = np.maximum(d, 0.0) ** 2
+        cent.append(x[int(rng.choice(len(x), p=p / p.sum()))] if p.sum() > 0 else x[int(rng.integers(len(x)))])
+        d = np.minimum(d, 1.0 - x @ cent[-1])
+    C = np.stack(cent)
+    for _ in range(iters):
+        a = np.argmax(x @ C.T, axis=1)
+        for j in range(k):
+            m = x[a == j]
+            if len(m):
+                c = m.sum(0)
+                C[j] = c / max(float(np.linalg.norm(c)), 1e-12)
+    # clusters whose centres nearly coincide (one big instance split in k-means) become one: one colour each
+    parent = np.arange(k)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = int(parent[i])
+        return i
+
+    cc = C @ C.T
+    for i in range(k):
+        for j in range(i):
+            if cc[i, j] > merge:
+                parent[root(i)] = root(j)
+    roots = np.array([root(i) for i in range(k)])
+    _, group = np.unique(roots, return_inverse=True)
+    G = np.zeros((int(group.max()) + 1, C.shape[1]))
+    np.add.at(G, group, C)
+    C = G / np.maximum(np.linalg.norm(G, axis=1, keepdims=True), 1e-12)
+    k = len(C)
+    sims = f @ C.T
+    lab = np.argmax(sims, axis=1)
+    order = np.argsort(-np.bincount(lab, minlength=k), kind="stable")
+    rank = np.empty(k, np.int64)
+    rank[order] = np.arange(k)
+    hue = (0.02 + 0.618033988749895 * rank[lab]) % 1.0
+    cos = sims[np.arange(n), lab]
+    val = 0.6 + 0.4 * np.clip((cos - 0.5) / 0.5, 0.0, 1.0)
+    sat = np.full(n, 0.8)
+    return hsv_to_rgb(hue, sat, val)
+
+
 def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Vectorised HSV → RGB: ``h, s, v [N]`` in [0, 1] → ``[N, 3]`` float32."""
     h, s, v = (np.asarray(x, np.float64).reshape(-1) for x in (h, s, v))

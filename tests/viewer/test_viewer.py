@@ -424,11 +424,11 @@ def test_app_click_add_remove_colour_and_export(server, tmp_path):
         app.focus(5)
     # colour modes: PCA changes the shown colours; relevancy needs a text prompt first
     rgb = app.rgbs.copy()
-    app.set_color_mode("Instance features (PCA)")
+    app.set_color_mode("Instance features (clusters)")
     assert np.abs(app.rgbs - rgb).max() > 0.05
     with pytest.raises(Cos3dError, match="no text prompt"):
         app.set_color_mode("Relevancy (last prompt)")
-    assert app.color_mode == "Instance features (PCA)"
+    assert app.color_mode == "Instance features (clusters)"
     app.set_color_mode("RGB")
 
     ply, = app.export("ply")
@@ -624,6 +624,17 @@ def test_highlight_upright_boxes_pca_and_view_camera_pure():
     feats = np.concatenate([cc + 0.01 * rng.normal(size=(40, 16)) for cc in rng.normal(size=(8, 16))])
     cols = pca_colors(feats)
     assert cols.max(1).min() >= 0.5
+    # instance colours: 2 big instances (a floor, a table) and 8 small ones all get their own colour
+    from cos3d.viewer.helpers import instance_colors
+
+    centres = rng.normal(size=(10, 16))
+    sizes = [4000, 3000] + [60] * 8
+    feats = np.concatenate([c + 0.02 * rng.normal(size=(m, 16)) for c, m in zip(centres, sizes)])
+    cols = instance_colors(feats)
+    starts = np.cumsum([0] + sizes)
+    means = np.stack([cols[starts[i]:starts[i + 1]].mean(0) for i in range(10)])
+    dist = np.linalg.norm(means[:, None] - means[None], axis=2) + 9 * np.eye(10)
+    assert dist.min() > 0.15 and cols.max(1).min() >= 0.6
     # an upright can (a cylinder along +z) whose points lean: its box stands on the up axis and covers it
     t = rng.uniform(0, 2 * np.pi, 400)
     h = rng.uniform(0, 0.12, 400)

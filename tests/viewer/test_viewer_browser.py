@@ -344,7 +344,7 @@ def test_browser_colour_modes_and_frame(viewer, page):
     app.query("red coffee mug")
     settle(d)
     rgb = view_pixels(d)
-    for mode in ("Instance features (PCA)", "Relevancy (last prompt)"):
+    for mode in ("Instance features (clusters)", "Relevancy (last prompt)"):
         app.set_color_mode(mode)
         settle(d)
         shot = view_pixels(d)
