@@ -109,7 +109,7 @@ def _ask(trained: TrainedScene, desc: str, kind: str, text: str | None = None, *
     ans.kind, ans.text = kind, text
     if rename:
         ans.prompt = desc
-    name_objects(trained, ans.objects, text if kind in ("text", "part") else None)
+    name_objects(trained, ans.objects, text if kind in ("text", "part") else None, kw.get("level"))
     return ans
 
 
@@ -180,7 +180,7 @@ def answer_box(trained: TrainedScene, camera: Camera, box: Sequence[float], *, l
         return Answer(prompt=desc, error=str(e), ms=(time.perf_counter() - t0) * 1e3, kind="box")
     ans = _answer_of(res, (time.perf_counter() - t0) * 1e3)
     ans.kind, ans.prompt = "box", desc
-    name_objects(trained, ans.objects, None)
+    name_objects(trained, ans.objects, None, level)
     return ans
 
 
@@ -194,39 +194,48 @@ def levels(trained: TrainedScene) -> list[str]:
     return sorted(have, key=lambda k: (order.get(k, 3), k))
 
 
-def vocabulary(trained: TrainedScene) -> list[str]:
+def vocabulary(trained: TrainedScene, *, parts: bool = False) -> list[str]:
     """The names objects are called by when no text prompt found them: the scene's object names (the
-    vocabulary ``cos3d export`` labels with); [] when the scene has none."""
+    vocabulary ``cos3d export`` labels with), and with ``parts`` its part names too ("head", "handle");
+    [] when the scene has none."""
+    names: list[str] = []
     try:
         labels = trained.scene.labels
+        part_info = trained.scene.parts if parts else {}
     except (AttributeError, Cos3dError, OSError):
         return []
-    names: list[str] = []
     for _, nm in sorted(getattr(labels, "items", dict)()):
+        if nm and nm[0] not in names:
+            names.append(nm[0])
+    for _, info in sorted(getattr(part_info, "items", dict)()):
+        nm = getattr(info, "names", None)
         if nm and nm[0] not in names:
             names.append(nm[0])
     return names
 
 
-def name_objects(trained: TrainedScene, objects: list[ObjectView], text: str | None = None) -> None:
+def name_objects(trained: TrainedScene, objects: list[ObjectView], text: str | None = None,
+                 level: str | None = None) -> None:
     """Give each object a name, in place: ``text`` (the prompt that found them), else the vocabulary name
-    (:func:`vocabulary`) whose embedding is closest to the object's mean language feature — an open-
-    vocabulary label read from the field, not from any ground-truth map. Leaves names empty when the run has
-    no engine or no vocabulary."""
+    (:func:`vocabulary`; part names too on a part level such as ``s``) whose embedding is closest to the
+    object's mean language feature on ``level`` (default the engine's) — an open-vocabulary label read from
+    the field, not from any ground-truth map. Leaves names empty when the run has no engine or no
+    vocabulary."""
     if not objects:
         return
     if text:
         for o in objects:
             o.name = text
         return
-    vocab = vocabulary(trained)
-    if not vocab:
-        return
     try:
         import torch
 
         eng = trained.engine
-        lang = eng.level_state(eng.level).language
+        lvl = level if level and level in eng.levels else eng.level
+        vocab = vocabulary(trained, parts=lvl != eng.level)
+        if not vocab:
+            return
+        lang = eng.level_state(lvl).language
         E = torch.nn.functional.normalize(eng.embed_text(vocab).float(), dim=1)
     except (AttributeError, Cos3dError):
         return

@@ -596,6 +596,16 @@ def test_real_run_box_on_a_novel_view_is_lifted_through_that_view(trained_run, s
     # a click names its pixel and level
     c = app.click(pos, np.concatenate(pts).mean(0) - pos, "replace", (321.4, 99.6), "s")
     assert c.prompt == "click at (321, 100) px · level s" and c.error is None and c.objects
+    # level s picks the part under the cursor and names it from the part vocabulary; level l the whole object
+    head = next(i for i, p in sc.parts.items() if p.names[0] == "head")
+    fr = next(f for f in sc.split("train") if (f.load_part() == head).sum() >= 40)
+    ys, xs = np.nonzero(fr.load_part() == head)
+    k = int(np.argmin((xs - np.median(xs)) ** 2 + (ys - np.median(ys)) ** 2))
+    K, c2w = fr.camera.K, fr.camera.c2w
+    ray = c2w[:3, :3] @ np.array([(xs[k] - K[0, 2]) / K[0, 0], (ys[k] - K[1, 2]) / K[1, 1], 1.0])
+    part, whole = app.click(c2w[:3, 3], ray, level="s"), app.click(c2w[:3, 3], ray, level="l")
+    assert part.objects[0].name == "head" and whole.objects[0].name == "toy robot"
+    assert len(part.selected) < 0.5 * len(whole.selected)
     # relevancy mode: the threshold slider greys what is below it
     app.query("white bowl")
     app.set_color_mode("Relevancy (last prompt)")
