@@ -656,6 +656,56 @@ class QueryEngine:
         The same as ``query(view=view, region=region)``."""
         return self.query(view=view, region=region, level=level)
 
+    def render_rgb(self, camera: Camera) -> np.ndarray:
+        """uint8 ``[H, W, 3]``: the Gaussians' colour image in ``camera`` (any pose and size, e.g. a
+        viewer's current view; black background)."""
+        from cos3d.render import render
+
+        with torch.no_grad():
+            out = render(self.gaussians, camera, background=(0.0, 0.0, 0.0))
+        assert out.rgb is not None
+        return (out.rgb[0].clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+
+    def lift_camera(self, camera: Camera, region: ImagePrompt, *, image: np.ndarray | None = None,
+                    level: str | None = None, desc: str | None = None) -> QueryResult:
+        """An image prompt on **any** posed view (a novel viewpoint, such as a viewer's current camera),
+        answered as :meth:`lift` answers one on a scene frame: the view's colour image (``image``, else
+        rendered from the Gaussians: :meth:`render_rgb`) carries the prompt, the region is made by
+        :meth:`prompt_region`, lifted into 3D through **this view's** blending weights (computed for the
+        camera, :meth:`MaskRenderer.contributions`) and grown from its seed (:meth:`grow`). Reads no
+        ground truth. ``desc`` names the prompt in the result (default ``view [box]``)."""
+        from cos3d.query.lift import region_prompt
+
+        if not isinstance(camera, Camera):
+            raise TypeError(f"camera must be a cos3d Camera, got {type(camera).__name__}")
+        if not isinstance(region, ImagePrompt):
+            raise TypeError(f"region must be an ImagePrompt, got {type(region).__name__}")
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        lvl = level or self.level
+        lvs = self.level_state(lvl)
+        ts = time.perf_counter()
+        img = self.render_rgb(camera) if image is None else np.asarray(image, np.uint8)
+        if img.shape[:2] != (camera.height, camera.width):
+            raise Cos3dError(f"the view's image is {img.shape[1]}x{img.shape[0]} but the camera is "
+                             f"{camera.width}x{camera.height}")
+        timings["render"] = (time.perf_counter() - ts) * 1e3
+        ts = time.perf_counter()
+        mask2d = self.prompt_region(img, region)
+        c = self.masks.contributions(camera)
+        timings["contributions"] = (time.perf_counter() - ts) * 1e3
+        ts = time.perf_counter()
+        seed, lifted, votes = region_prompt(c, lvs.unit, lvs.language, lvs.dbar, mask2d)
+        timings["lift"] = (time.perf_counter() - ts) * 1e3
+        ts = time.perf_counter()
+        obj, ref = self.grow(seed, lvl, prompt=lifted, votes=votes)
+        timings["refine"] = (time.perf_counter() - ts) * 1e3
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        note = f"{self.last_region_note}, lifted through the view's own blending weights"
+        return QueryResult(query=desc or f"view [{region.kind}]", kind="image", level=lvl, objects=[obj],
+                           selected=obj.gaussians, no_target=False, reason=f"{note}; seed Gaussian {seed}",
+                           timings=timings, refine=ref, engine=self)
+
     def part_query(self, part: str, parent: str | QueryResult, *, sentence: str | None = None,
                    refine: str | None = None) -> QueryResult:
         """``part`` of ``parent`` (a prompt or an earlier answer) on the finest level that separates it.

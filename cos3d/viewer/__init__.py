@@ -3,7 +3,7 @@
 Modules:
 
 - :mod:`cos3d.viewer.helpers` — pure helpers (numpy in, numpy out; no server): splat arrays, colours
-  (object colours, tint, relevancy heat, instance-feature PCA, decomposition labels), poses, the first
+  (object colours, contrasting highlights, relevancy heat, instance-feature clusters and PCA, decomposition labels), poses, the first
   view's framing (:func:`~cos3d.viewer.helpers.scene_framing`), the camera on a click ray;
 - :mod:`cos3d.viewer.adapter` — the **only** viewer code that calls the run's query engine or reads a
   ``QueryResult``: returns the viewer's own :class:`~cos3d.viewer.adapter.Answer`; exports;
@@ -27,6 +27,7 @@ from cos3d.viewer.helpers import (
     frustum_pose,
     guess_up_direction,
     heatmap_colors,
+    instance_colors,
     label_colors,
     object_colors,
     pca_colors,
@@ -69,6 +70,7 @@ __all__ = [
     "frustum_pose",
     "guess_up_direction",
     "heatmap_colors",
+    "instance_colors",
     "label_colors",
     "object_colors",
     "pca_colors",

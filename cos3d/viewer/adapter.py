@@ -20,8 +20,9 @@ from cos3d.viewer.helpers import _np, ray_camera
 from cos3d.vision.image_prompt import ImagePrompt
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cos3d.query.engine import QueryResult
+    from cos3d.data.scene import Camera
     from cos3d.pipeline.trained import TrainedScene
+    from cos3d.query.engine import QueryResult
 
 
 @dataclass
@@ -36,6 +37,14 @@ class ObjectView:
     """[3] world."""
     box: tuple[np.ndarray, np.ndarray, np.ndarray]
     """``(center [3], R [3, 3], extent [3])`` of ``T_world_box``."""
+    name: str = ""
+    """What the object is called: the text prompt that found it, else the nearest name of the scene's
+    vocabulary (:func:`name_objects`); "" when neither is known."""
+
+    @property
+    def label(self) -> str:
+        """``name`` or, without one, ``#id``."""
+        return self.name or f"#{self.id}"
 
     @property
     def size(self) -> np.ndarray:
@@ -44,7 +53,7 @@ class ObjectView:
 
     def to_dict(self) -> dict:
         center, R, extent = self.box
-        return {"id": self.id, "score": round(float(self.score), 4), "num_gaussians": int(len(self.gaussians)),
+        return {"id": self.id, "name": self.name, "score": round(float(self.score), 4), "num_gaussians": int(len(self.gaussians)),
                 "centroid": [float(v) for v in self.centroid],
                 "box": {"center": [float(v) for v in center], "R": np.asarray(R, float).tolist(),
                         "extent": [float(v) for v in extent]}}
@@ -65,9 +74,13 @@ class Answer:
     error: str | None = None
     """A user error (bad prompt...) instead of an answer."""
     kind: str = "text"
-    """text, part, image, click, or selection (clicks added/removed by hand)."""
+    """text, part, image, click, box (dragged in the 3D view), or selection (clicks added/removed by hand)."""
     text: str | None = None
     """The text prompt, when there was one (the relevancy colour mode shows it)."""
+    score: float | None = None
+    """The presence statistic of the best candidate (``QueryResult.score``), when the prompt has one."""
+    threshold: float | None = None
+    """What ``score`` was compared with (``QueryResult.threshold``)."""
 
     def to_dict(self) -> dict:
         """JSON-able: the prompt, what was found and the objects (no Gaussian ids)."""
@@ -85,7 +98,8 @@ def _prompt_desc(text: str, within: str | None) -> str:
     return f"{text} within {within}" if within else text
 
 
-def _ask(trained: TrainedScene, desc: str, kind: str, text: str | None = None, **kw: Any) -> Answer:
+def _ask(trained: TrainedScene, desc: str, kind: str, text: str | None = None, *, rename: bool = False,
+         **kw: Any) -> Answer:
     t0 = time.perf_counter()
     try:
         res = trained.query(text=text, **kw)
@@ -93,6 +107,9 @@ def _ask(trained: TrainedScene, desc: str, kind: str, text: str | None = None, *
         return Answer(prompt=desc, error=str(e), ms=(time.perf_counter() - t0) * 1e3, kind=kind, text=text)
     ans = _answer_of(res, (time.perf_counter() - t0) * 1e3)
     ans.kind, ans.text = kind, text
+    if rename:
+        ans.prompt = desc
+    name_objects(trained, ans.objects, text if kind in ("text", "part") else None, kw.get("level"))
     return ans
 
 
@@ -124,14 +141,110 @@ def answer_query(trained: TrainedScene, text: str, *, within: str | None = None,
                 within=parent_prompt, within_object=parent_id)
 
 
-def answer_click(trained: TrainedScene, origin: Sequence[float], direction: Sequence[float]) -> Answer:
+def answer_click(trained: TrainedScene, origin: Sequence[float], direction: Sequence[float], *,
+                 pixel: tuple[float, float] | None = None, level: str | None = None) -> Answer:
     """The object under a click in the 3D view: the world ray ``origin + t·direction`` (a viser scene
     click) becomes the centre pixel of a small camera on that ray (:func:`ray_camera`), answered with
     the engine's click semantics (the Gaussian with the largest blending weight there, grown in instance
-    space)."""
+    space) at field ``level`` (``s``: a part, ``l``: the whole object; default the engine's).
+    ``pixel``: where the click was in the browser's view (its canvas pixels), named in the answer."""
     cam = ray_camera(origin, direction)
     c = (cam.width - 1) / 2.0
-    return _ask(trained, "click", "click", click=(cam, c, c))
+    desc = "click" if pixel is None else f"click at ({pixel[0]:.0f}, {pixel[1]:.0f}) px"
+    if level:
+        desc += f" · level {level}"
+    kw: dict[str, Any] = {"click": (cam, c, c)}
+    if level:
+        kw["level"] = level
+    return _ask(trained, desc, "click", rename=pixel is not None or bool(level), **kw)
+
+
+def answer_box(trained: TrainedScene, camera: Camera, box: Sequence[float], *, level: str | None = None,
+               screen: tuple[float, float, float, float] | None = None) -> Answer:
+    """A box dragged in the 3D view: ``box`` ``x0, y0, x1, y1`` in the pixels of ``camera`` (the browser's
+    current view, :func:`cos3d.viewer.helpers.view_camera`), a box prompt on that view's render lifted
+    into 3D through that view's own blending weights
+    (:meth:`cos3d.query.engine.QueryEngine.lift_camera`). ``screen``: the box in the browser's canvas
+    pixels, named in the answer."""
+    b = [float(v) for v in box]
+    shown = screen if screen is not None else tuple(b)
+    desc = "box ({:.0f}, {:.0f})–({:.0f}, {:.0f}) px in the view".format(*shown)
+    if level:
+        desc += f" · level {level}"
+    t0 = time.perf_counter()
+    try:
+        prompt = ImagePrompt.of(box=b)
+        assert prompt is not None
+        res = trained.engine.lift_camera(camera, prompt, level=level or None, desc=desc)
+    except Cos3dError as e:
+        return Answer(prompt=desc, error=str(e), ms=(time.perf_counter() - t0) * 1e3, kind="box")
+    ans = _answer_of(res, (time.perf_counter() - t0) * 1e3)
+    ans.kind, ans.prompt = "box", desc
+    name_objects(trained, ans.objects, None, level)
+    return ans
+
+
+def levels(trained: TrainedScene) -> list[str]:
+    """The run's field levels, small to large (``s``, ``m``, ``l`` where trained)."""
+    try:
+        have = list(trained.fields)
+    except (AttributeError, Cos3dError):
+        return []
+    order = {"s": 0, "m": 1, "l": 2}
+    return sorted(have, key=lambda k: (order.get(k, 3), k))
+
+
+def vocabulary(trained: TrainedScene, *, parts: bool = False) -> list[str]:
+    """The names objects are called by when no text prompt found them: the scene's object names (the
+    vocabulary ``cos3d export`` labels with), and with ``parts`` its part names too ("head", "handle");
+    [] when the scene has none."""
+    names: list[str] = []
+    try:
+        labels = trained.scene.labels
+        part_info = trained.scene.parts if parts else {}
+    except (AttributeError, Cos3dError, OSError):
+        return []
+    for _, nm in sorted(getattr(labels, "items", dict)()):
+        if nm and nm[0] not in names:
+            names.append(nm[0])
+    for _, info in sorted(getattr(part_info, "items", dict)()):
+        nm = getattr(info, "names", None)
+        if nm and nm[0] not in names:
+            names.append(nm[0])
+    return names
+
+
+def name_objects(trained: TrainedScene, objects: list[ObjectView], text: str | None = None,
+                 level: str | None = None) -> None:
+    """Give each object a name, in place: ``text`` (the prompt that found them), else the vocabulary name
+    (:func:`vocabulary`; part names too on a part level such as ``s``) whose embedding is closest to the
+    object's mean language feature on ``level`` (default the engine's) — an open-vocabulary label read from
+    the field, not from any ground-truth map. Leaves names empty when the run has no engine or no
+    vocabulary."""
+    if not objects:
+        return
+    if text:
+        for o in objects:
+            o.name = text
+        return
+    try:
+        import torch
+
+        eng = trained.engine
+        lvl = level if level and level in eng.levels else eng.level
+        vocab = vocabulary(trained, parts=lvl != eng.level)
+        if not vocab:
+            return
+        lang = eng.level_state(lvl).language
+        E = torch.nn.functional.normalize(eng.embed_text(vocab).float(), dim=1)
+    except (AttributeError, Cos3dError):
+        return
+    for o in objects:
+        ids = torch.as_tensor(np.asarray(o.gaussians, np.int64))
+        if ids.numel() == 0:
+            continue
+        m = torch.nn.functional.normalize(lang[ids].float().mean(0), dim=0)
+        o.name = vocab[int(torch.argmax(E @ m))]
 
 
 def answer_image(trained: TrainedScene, image: str | np.ndarray, region: ImagePrompt | None,
@@ -171,7 +284,13 @@ def _answer_of(res: QueryResult, wall_ms: float) -> Answer:
         no_target=bool(res.no_target),
         reason=res.reason,
         ms=float(ms) if ms is not None else wall_ms,
+        score=_opt_float(getattr(res, "score", None)),
+        threshold=_opt_float(getattr(res, "threshold", None)),
     )
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
 
 
 def combine(current: Answer | None, new: Answer, op: str) -> Answer:
@@ -212,10 +331,42 @@ def instance_features(trained: TrainedScene, level: str = "l") -> np.ndarray:
 def decomposition(trained: TrainedScene) -> tuple[np.ndarray, list[str]]:
     """The scene-wide decomposition (:func:`cos3d.apps.export.decompose` over the training names):
     ``(label [N] int32, 0 = none; names [K + 1], names[0] = "")``."""
+    label, names, _ = scene_decomposition(trained)
+    return label, names
+
+
+def scene_decomposition(trained: TrainedScene) -> tuple[np.ndarray, list[str], list[ObjectView]]:
+    """:func:`decomposition` plus its objects as :class:`ObjectView` (named by the vocabulary entry that
+    selected each, boxed); computed once per run (cached on ``trained``)."""
+    cached = getattr(trained, "_cos3d_view_decomposition", None)
+    if cached is not None:
+        return cached
     from cos3d.apps.export import decompose, default_vocabulary
+    from cos3d.query.objects import oriented_box
 
     label, _, objs = decompose(trained, default_vocabulary(trained))
-    return label, [""] + [o.names[0] for o in objs]
+    means = _np(trained.gaussians.means, np.float64)
+    views = []
+    for o in objs:
+        ids = np.sort(np.asarray(o.gaussians, np.int64))
+        if len(ids) == 0:
+            continue
+        pts = means[ids]
+        b = oriented_box(pts)
+        views.append(ObjectView(id=int(ids[0]), gaussians=ids, score=float(o.score), centroid=pts.mean(0),
+                                box=(np.asarray(b.center, np.float64), np.asarray(b.R, np.float64),
+                                     np.asarray(b.extent, np.float64)), name=o.names[0]))
+    out = (label, [""] + [o.names[0] for o in objs], views)
+    try:
+        setattr(trained, "_cos3d_view_decomposition", out)
+    except AttributeError:
+        pass
+    return out
+
+
+def scene_objects(trained: TrainedScene) -> list[ObjectView]:
+    """The scene's objects, named (:func:`scene_decomposition`)."""
+    return scene_decomposition(trained)[2]
 
 
 def selection_mask(trained: TrainedScene, selected: np.ndarray, frame: str) -> np.ndarray:

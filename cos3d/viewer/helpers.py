@@ -149,9 +149,12 @@ def heatmap_colors(values: np.ndarray, lo: float | None = None, hi: float | None
 
 
 def pca_colors(features: np.ndarray, *, sample: int = 20_000, seed: int = 0) -> np.ndarray:
-    """Instance features ``[N, F]`` → ``[N, 3]`` float32 RGB in [0, 1]: rows normalised, projected on their
-    top three principal axes (fitted on at most ``sample`` rows), shifted to start at their 1 % points
-    and scaled by the widest axis's 1–99 % range. Gaussians of one instance share a colour; different instances differ."""
+    """Instance features ``[N, F]`` → ``[N, 3]`` float32 RGB in [0, 1] that tell instances apart: rows
+    normalised and projected on their top three principal axes (fitted on at most ``sample`` rows), each
+    axis scaled to [−1, 1] by its 1–99 % points; the first two axes give the **hue** (their angle) and the
+    saturation (their radius), the third the brightness within [0.55, 1]. No colour is near-black (the
+    brightest channel is at least 0.55), so every instance stays visible and distinct hues separate
+    instances that a plain RGB map of the axes shows as dark greys."""
     f = _np(features, np.float64)
     if f.ndim != 2:
         raise ValueError(f"features must be [N, F], got {list(f.shape)}")
@@ -166,9 +169,118 @@ def pca_colors(features: np.ndarray, *, sample: int = 20_000, seed: int = 0) -> 
     axes[: min(3, len(vt))] = vt[:3]
     proj = (f - mu) @ axes.T  # [N, 3]
     lo, hi = np.percentile(proj[rows], 1, axis=0), np.percentile(proj[rows], 99, axis=0)
-    # one scale for the three axes (the widest 1-99 % range): an axis of mere noise stays dim
-    out = (proj - lo) / max(float((hi - lo).max()), 1e-9)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    mid, half = 0.5 * (lo + hi), np.maximum(0.5 * (hi - lo), 1e-9)
+    u = np.clip((proj - mid) / half, -1.0, 1.0)  # [N, 3] in [-1, 1]
+    hue = (np.arctan2(u[:, 1], u[:, 0]) / (2 * np.pi)) % 1.0
+    sat = np.clip(0.35 + 0.65 * np.hypot(u[:, 0], u[:, 1]) / np.sqrt(2.0), 0.0, 1.0)
+    val = 0.55 + 0.45 * 0.5 * (u[:, 2] + 1.0)
+    return hsv_to_rgb(hue, sat, val)
+
+
+def instance_colors(features: np.ndarray, *, k: int = 24, iters: int = 12, sample: int = 20_000,
+                    seed: int = 0, merge: float = 0.9) -> np.ndarray:
+    """Instance features ``[N, F]`` → ``[N, 3]`` float32 RGB that tells instances apart: the unit features
+    are clustered in instance space (spherical k-means, ``k`` clusters fitted on at most ``sample`` rows;
+    clusters whose centres have cosine > ``merge`` are joined: one instance split in two stays one colour);
+    each cluster gets its own hue (golden-ratio steps, the biggest cluster first, so neighbours in the list
+    differ most) and each Gaussian is shaded by its cosine to its cluster's centre (brightness 0.6–1). No
+    colour is near-black, and two instances share a colour only when the field puts them in one cluster
+    (which a plain RGB map of the principal axes does for most small objects)."""
+    f = _np(features, np.float64)
+    if f.ndim != 2:
+        raise ValueError(f"features must be [N, F], got {list(f.shape)}")
+    n = f.shape[0]
+    if n == 0:
+        return np.zeros((0, 3), np.float32)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(n, size=min(n, sample), replace=False)
+    x = f[rows]
+    k = max(1, min(k, len(x)))
+    # k-means++ seeding on cosine distance, then Lloyd steps on the sphere
+    cent = [x[int(rng.integers(len(x)))]]
+    d = 1.0 - x @ cent[0]
+    for _ in range(1, k):
+        p = np.maximum(d, 0.0) ** 2
+        cent.append(x[int(rng.choice(len(x), p=p / p.sum()))] if p.sum() > 0 else x[int(rng.integers(len(x)))])
+        d = np.minimum(d, 1.0 - x @ cent[-1])
+    C = np.stack(cent)
+    for _ in range(iters):
+        a = np.argmax(x @ C.T, axis=1)
+        for j in range(k):
+            m = x[a == j]
+            if len(m):
+                c = m.sum(0)
+                C[j] = c / max(float(np.linalg.norm(c)), 1e-12)
+    # clusters whose centres nearly coincide (one big instance split in k-means) become one: one colour each
+    parent = np.arange(k)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = int(parent[i])
+        return i
+
+    cc = C @ C.T
+    for i in range(k):
+        for j in range(i):
+            if cc[i, j] > merge:
+                parent[root(i)] = root(j)
+    roots = np.array([root(i) for i in range(k)])
+    _, group = np.unique(roots, return_inverse=True)
+    G = np.zeros((int(group.max()) + 1, C.shape[1]))
+    np.add.at(G, group, C)
+    C = G / np.maximum(np.linalg.norm(G, axis=1, keepdims=True), 1e-12)
+    k = len(C)
+    sims = f @ C.T
+    lab = np.argmax(sims, axis=1)
+    order = np.argsort(-np.bincount(lab, minlength=k), kind="stable")
+    rank = np.empty(k, np.int64)
+    rank[order] = np.arange(k)
+    hue = (0.02 + 0.618033988749895 * rank[lab]) % 1.0
+    cos = sims[np.arange(n), lab]
+    val = 0.6 + 0.4 * np.clip((cos - 0.5) / 0.5, 0.0, 1.0)
+    sat = np.full(n, 0.8)
+    return hsv_to_rgb(hue, sat, val)
+
+
+def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Vectorised HSV → RGB: ``h, s, v [N]`` in [0, 1] → ``[N, 3]`` float32."""
+    h, s, v = (np.asarray(x, np.float64).reshape(-1) for x in (h, s, v))
+    i = np.floor(h * 6.0).astype(np.int64) % 6
+    f = h * 6.0 - np.floor(h * 6.0)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    table = np.stack([np.stack(c, 1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))])
+    return table[i, np.arange(len(h))].astype(np.float32)
+
+
+HIGHLIGHTS = np.array(  # saturated, bright, far apart: one of them contrasts with any object colour
+    [[1.0, 0.9, 0.0], [0.0, 0.95, 1.0], [1.0, 0.0, 0.9], [0.1, 1.0, 0.2], [1.0, 0.45, 0.0], [0.45, 0.35, 1.0]],
+    np.float32)
+
+
+def contrast_colors(object_rgbs: Sequence[np.ndarray]) -> np.ndarray:
+    """A highlight colour per object that stands out against **that object's own colours**:
+    ``object_rgbs[k]`` is ``[M_k, 3]`` (the object's splat colours in [0, 1]); each object gets the
+    :data:`HIGHLIGHTS` colour farthest (in RGB) from its median colour, preferring colours no earlier object
+    took. A red can is tinted cyan or yellow, never red; a blue mug yellow, never blue. Returns ``[K, 3]``
+    float32."""
+    out = np.zeros((len(object_rgbs), 3), np.float32)
+    used: set[int] = set()
+    for k, rgbs in enumerate(object_rgbs):
+        r = np.asarray(rgbs, np.float32).reshape(-1, 3)
+        med = np.median(r, axis=0) if len(r) else np.full(3, 0.5, np.float32)
+        dist = np.linalg.norm(HIGHLIGHTS - med, axis=1)
+        dist = dist - np.array([0.25 if i in used else 0.0 for i in range(len(HIGHLIGHTS))])
+        best = int(np.argmax(dist))
+        used.add(best)
+        out[k] = HIGHLIGHTS[best]
+    return out
+
+
+def colorbar_image(width: int = 240, height: int = 14) -> np.ndarray:
+    """uint8 ``[height, width, 3]``: the relevancy heat ramp (:func:`heatmap_colors`), low on the left."""
+    row = (heatmap_colors(np.linspace(0.0, 1.0, width), 0.0, 1.0) * 255).round().astype(np.uint8)
+    return np.repeat(row[None], height, axis=0)
 
 
 def label_colors(labels: np.ndarray, base: np.ndarray, *, rest: float = 0.35) -> np.ndarray:
@@ -344,6 +456,128 @@ def scene_framing(
     dist = 1.15 * 0.5 * extent / np.tan(0.5 * fov_y)
     return Framing(look_at=center, position=center + np.array([0.0, 0.0, 1.0]) * dist, up=up, extent=extent,
                    frustum_scale=0.05 * extent, axes_length=0.1 * extent, inliers=keep)
+
+
+def upright_box(points: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The box of ``points [K, 3]`` standing on the world's ``up``: its third axis is ``up``, the other two
+    the principal axes of the points seen from above (their horizontal spread). Returns ``(center [3],
+    R [3, 3] (columns: box axes in world), extent [3])`` covering every point."""
+    p = np.asarray(points, np.float64).reshape(-1, 3)
+    z = np.asarray(up, np.float64).reshape(3)
+    z = z / max(float(np.linalg.norm(z)), 1e-12)
+    a = np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    e1 = np.cross(z, a)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(z, e1)
+    h = np.stack([p @ e1, p @ e2], 1)
+    if len(p) >= 3:
+        w, v = np.linalg.eigh(np.cov((h - h.mean(0)).T))
+        d = v[:, int(np.argmax(w))]
+    else:
+        d = np.array([1.0, 0.0])
+    x = d[0] * e1 + d[1] * e2
+    y = np.cross(z, x)
+    R = np.stack([x, y, z], 1)
+    local = p @ R
+    lo, hi = local.min(0), local.max(0)
+    return R @ (0.5 * (lo + hi)), R, hi - lo
+
+
+def display_box(points: np.ndarray, box: tuple[np.ndarray, np.ndarray, np.ndarray], up: np.ndarray | None,
+                *, slack: float = 1.6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The box the viewer draws for an object: :func:`upright_box` when the world's ``up`` is known and the
+    upright box is at most ``slack`` times the volume of the object's own (PCA-oriented) ``box`` — an object
+    resting on a surface, whose PCA box looks tilted — else ``box`` unchanged (an object lying askew)."""
+    if up is None or len(np.asarray(points).reshape(-1, 3)) < 3:
+        return box
+    c, R, e = upright_box(points, up)
+
+    def volume(ext: np.ndarray) -> float:  # thin sides floored at 5 % of the longest: flat boxes compare fairly
+        ext = np.asarray(ext, np.float64).reshape(3)
+        return float(np.prod(np.maximum(ext, max(0.05 * float(ext.max()), 1e-9))))
+
+    v_up, v_own = volume(e), volume(np.asarray(box[2]))
+    return (c, R, e) if v_up <= slack * v_own else box
+
+
+def view_camera(wxyz: Sequence[float], position: Sequence[float], fov_y: float, width: int, height: int,
+                *, max_side: int = 256) -> Camera:
+    """A browser's current view (viser camera: OpenCV axes, vertical field of view ``fov_y`` radians,
+    canvas ``width`` × ``height`` pixels) as a :class:`cos3d.data.scene.Camera` at most ``max_side``
+    pixels on its longer side (same field of view): the camera the viewer renders blending weights in
+    for a box dragged or a pixel clicked in the 3D view."""
+    import viser.transforms as vtf
+
+    from cos3d.data.scene import Camera
+
+    if width <= 0 or height <= 0:
+        raise ValueError(f"the view has no size yet ({width}x{height}); wait for the page to draw")
+    s = min(1.0, max_side / float(max(width, height)))
+    w, h = max(8, int(round(width * s))), max(8, int(round(height * s)))
+    f = 0.5 * h / np.tan(0.5 * float(fov_y))
+    c2w = np.eye(4)
+    c2w[:3, :3] = vtf.SO3(np.asarray(wxyz, np.float64)).as_matrix()
+    c2w[:3, 3] = np.asarray(position, np.float64)
+    K = np.array([[f, 0, (w - 1) / 2.0], [0, f, (h - 1) / 2.0], [0, 0, 1]], np.float64)
+    return Camera(K=K, c2w=c2w, width=w, height=h)
+
+
+@dataclass
+class ImagePlane:
+    """An image shown in the 3D scene (``scene.add_image``): viser draws it in the node's local xy plane,
+    pixel column ``u`` at ``x = (u / width − ½) · render_width``, row ``v`` at ``y = (v / height − ½) ·
+    render_height`` (rows down +y, the OpenCV way), seen from the node's −z side."""
+
+    R: np.ndarray
+    """[3, 3] the node's rotation (columns: local x, y, z in world)."""
+    center: np.ndarray
+    """[3] the node's position (the image's centre), world."""
+    render_width: float
+    render_height: float
+    width: int
+    """The image's pixels."""
+    height: int
+
+    def pixels_of_screen(self, camera: Camera, xy: np.ndarray) -> np.ndarray:
+        """``[K, 2]`` image pixels (u, v) hit by the rays through ``camera``'s pixels ``xy [K, 2]`` (NaN where
+        a ray misses the plane or runs parallel to it); values outside ``[0, width] × [0, height]`` lie
+        beside the image."""
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        K = np.asarray(camera.K, np.float64)
+        c2w = np.asarray(camera.c2w, np.float64)
+        rays = np.stack([(xy[:, 0] - K[0, 2]) / K[0, 0], (xy[:, 1] - K[1, 2]) / K[1, 1], np.ones(len(xy))], 1)
+        d = rays @ c2w[:3, :3].T
+        o = c2w[:3, 3]
+        n = self.R[:, 2]
+        den = d @ n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = ((self.center - o) @ n) / den
+        hit = o + t[:, None] * d
+        local = (hit - self.center) @ self.R
+        u = (local[:, 0] / self.render_width + 0.5) * self.width
+        v = (local[:, 1] / self.render_height + 0.5) * self.height
+        out = np.stack([u, v], 1)
+        out[~((t > 0) & (np.abs(den) > 1e-12))] = np.nan
+        return out
+
+
+def image_plane_beside(framing: Framing, width: int, height: int, *, size: float = 0.4) -> ImagePlane:
+    """Where the viewer shows an uploaded reference image in the 3D scene: upright and facing the first
+    view (:class:`Framing`), ``size`` × the scene's extent tall, just right of the scene's content."""
+    z = np.asarray(framing.look_at, np.float64) - np.asarray(framing.position, np.float64)
+    z /= max(float(np.linalg.norm(z)), 1e-12)
+    up = np.asarray(framing.up, np.float64) if framing.up is not None else np.array([0.0, 0.0, 1.0])
+    y = -(up - (up @ z) * z)
+    if np.linalg.norm(y) < 1e-6:
+        y = np.array([0.0, 1.0, 0.0]) - z[1] * z
+    y /= np.linalg.norm(y)
+    x = np.cross(y, z)
+    R = np.stack([x, y, z], 1)
+    rh = size * framing.extent
+    rw = rh * width / max(height, 1)
+    center = np.asarray(framing.look_at, np.float64) + x * (0.5 * framing.extent + 0.5 * rw) - y * 0.25 * rh
+    return ImagePlane(R=R, center=center, render_width=float(rw), render_height=float(rh), width=int(width),
+                      height=int(height))
 
 
 def ray_camera(origin: np.ndarray, direction: np.ndarray, *, size: int = 33, fov_deg: float = 4.0) -> Camera:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import os
 import shutil
 import time
@@ -217,7 +218,7 @@ def test_browser_query_click_export(viewer, page):
     assert ans.error is None and ans.objects, ans
     mug = ans.objects[0]
     wait_for(lambda: f"#{mug.id}" in body_text(d) and "Gaussians" in body_text(d), what="the object list")
-    assert f"Focus #{mug.id}" in body_text(d)
+    assert f"Focus red coffee mug #{mug.id}" in body_text(d)  # named, not just an id
     ActionChains(d).move_to_element(d.find_element(By.XPATH, "//*[normalize-space(text())='Connected']")).perform()
     settle(d)  # the pointer off the prompt field (no tooltip in the picture)
     after = view_pixels(d)
@@ -226,12 +227,17 @@ def test_browser_query_click_export(viewer, page):
     assert changed > 5e-4, f"the query changed only {changed:.3%} of the view"
     save(d, "viewer_query.png")
 
-    # --- a click on the mug's pixel selects the mug
+    # --- a click on the mug's pixel selects the mug; the answer names the clicked pixel of the view
     target = visible_point(app, mug)
-    click_at(d, screen_xy(client, target))
+    xy = screen_xy(client, target)
+    click_at(d, xy)
     wait_for(lambda: app.last_answer is not ans and app.last_answer.kind == "click", what="the click's answer")
     clicked = app.last_answer
     assert clicked.error is None and len(clicked.objects) == 1, clicked
+    px = re.search(r"click at \((\d+), (\d+)\) px", clicked.prompt)
+    assert px, clicked.prompt
+    want = (xy[0] * client.camera.image_width, xy[1] * client.camera.image_height)
+    assert abs(int(px.group(1)) - want[0]) <= 3 and abs(int(px.group(2)) - want[1]) <= 3, (px.group(0), want)
     overlap = np.intersect1d(clicked.objects[0].gaussians, mug.gaussians).size
     assert overlap >= 0.5 * min(len(mug.gaussians), len(clicked.objects[0].gaussians)), (overlap, len(mug.gaussians))
 
@@ -268,12 +274,78 @@ def test_browser_query_click_export(viewer, page):
     wait_for(lambda: "Wrote" in body_text(d), what="the export line")
 
 
+def gt_points(scene, instance: int) -> np.ndarray:
+    """Ground truth (the test may read it; the viewer may not): world points of ``instance``, back-projected
+    from the training frames' depth and instance maps."""
+    pts = []
+    for f in scene.split("train"):
+        depth, inst = f.load_depth(), f.load_instance()
+        keep = (inst == instance) & (depth > 0)
+        pts.append(f.camera.backproject(depth)[keep])
+    return np.concatenate(pts)
+
+
+def test_browser_drag_a_box_selects_the_object_in_a_held_out_view(viewer, page):
+    """Ctrl-drag a box around the blue mug in the 3D view: the box is lifted through the tab's own view
+    (a novel viewpoint, not a training frame), and the selection, rendered in the held-out test views,
+    covers the mug's ground-truth mask there with IoU >= 0.5."""
+    from cos3d.viewer import adapter
+
+    d, app = page, viewer
+    client = next(iter(app.server.get_clients().values()))
+    scene = app.trained.scene
+    inst = next(i for i, names in scene.labels.items() if names and names[0] == "blue mug")
+    app.clear()
+    app.reset_view(client)
+    # the panel back to its top (the answer and the busy line in view for the pictures)
+    d.execute_script("document.querySelectorAll('*').forEach(e => { if (e.scrollTop > 0) e.scrollTop = 0; });")
+    settle(d)
+    step("view reset")
+    # the mug's screen box in the tab's current view, from ground-truth points, padded by 1.5 % of the view
+    uv = np.array([screen_xy(client, p) for p in gt_points(scene, inst)[::7]])
+    lo, hi = np.percentile(uv, 1, axis=0) - 0.015, np.percentile(uv, 99, axis=0) + 0.015
+    assert (lo > 0).all() and (hi < 1).all(), (lo, hi)
+    canvas = d.find_element(By.TAG_NAME, "canvas")
+    size = canvas.size
+    x0, y0 = (lo[0] - 0.5) * size["width"], (lo[1] - 0.5) * size["height"]
+    dx, dy = (hi[0] - lo[0]) * size["width"], (hi[1] - lo[1]) * size["height"]
+    before = app.last_answer
+    chain = ActionChains(d).key_down(Keys.CONTROL).move_to_element_with_offset(canvas, int(x0), int(y0))
+    chain = chain.click_and_hold()
+    for k in (1, 2, 3):
+        chain = chain.move_by_offset(int(round(dx / 3)), int(round(dy / 3)))
+    chain.perform()
+    step("dragged")
+    save(d, "viewer_box_drag.png")  # the rectangle being drawn
+    ActionChains(d).release().key_up(Keys.CONTROL).perform()
+    wait_for(lambda: app.last_answer is not before and app.last_answer is not None
+             and app.last_answer.kind == "box", timeout=120, what="the dragged box's answer")
+    ans = app.last_answer
+    assert ans.error is None and len(ans.objects) == 1, ans
+    assert ans.objects[0].name == "blue mug" and "px in the view" in ans.prompt and ans.ms is not None
+    assert "blue mug" in app.answer_md.content and "Done: lifting the box in" in app.busy_md.content
+    # held out: the selection rendered in the test views against their ground-truth masks
+    ious = []
+    for f in scene.split("test"):
+        gt = f.load_instance() == inst
+        if gt.sum() < 30:
+            continue
+        pred = adapter.selection_mask(app.trained, ans.selected, f.name)
+        ious.append(float((pred & gt).sum() / (pred | gt).sum()))
+    step(f"dragged box → blue mug, held-out IoU per test view {np.round(ious, 3).tolist()}")
+    assert ious and float(np.mean(ious)) >= 0.5, ious
+    if os.environ.get("COS3D_SCREENSHOTS"):
+        ActionChains(d).move_to_element(d.find_element(By.XPATH, "//*[normalize-space(text())='Connected']")).perform()
+        settle(d)
+        save(d, "viewer_box.png")
+
+
 def test_browser_colour_modes_and_frame(viewer, page):
     d, app = page, viewer
     app.query("red coffee mug")
     settle(d)
     rgb = view_pixels(d)
-    for mode in ("Instance features (PCA)", "Relevancy (last prompt)"):
+    for mode in ("Instance features (clusters)", "Relevancy (last prompt)"):
         app.set_color_mode(mode)
         settle(d)
         shot = view_pixels(d)
