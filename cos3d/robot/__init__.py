@@ -32,11 +32,12 @@ from cos3d.robot.frames import (
     transform_pose,
     transform_scale,
 )
-from cos3d.robot.grasp import Grasp, GripperSpec, estimate_normals, plan_grasps
+from cos3d.robot.grasp import FRANKA_HAND, Grasp, GripperSpec, estimate_normals, plan_grasps
 from cos3d.robot.targets import Box, PickTarget, PlaceTarget, Targets, pick_targets, place_target
 
 __all__ = [
     "Box",
+    "FRANKA_HAND",
     "Grasp",
     "GripperSpec",
     "PickTarget",
