@@ -179,6 +179,7 @@ def evaluate_tabletop(
     gripper: GripperSpec | None = None,
     ids: list[int] | None = None,
     T_world_arm: np.ndarray | None = None,
+    free_gripper: bool = True,
 ) -> list[PickTrial]:
     """Pick on a tabletop scene as a user would: a phrasing in, the robot API's first target executed.
 
@@ -214,7 +215,7 @@ def evaluate_tabletop(
         t = targets[0]
         in_box = sorted(i for i, (lo, hi) in boxes.items() if np.all((t.centroid >= lo) & (t.centroid <= hi)))
         lifted: dict[int, float] = {}
-        if t.grasp is not None:
+        if t.grasp is not None and free_gripper:
             # simulate_pick needs an instance to report on; every object's rise comes back and is scored here
             aim = next((i for i in in_box if i in intended), intended[0])
             lifted = sim.simulate_pick(scene_dir, t.grasp, aim, gripper=gripper).lifted
@@ -232,6 +233,9 @@ def evaluate_tabletop(
             cands = [dataclasses.replace(g_, T_base_grasp=inv @ g_.T_base_grasp) for g_ in (t.grasps or [t.grasp])]
             out = arm_mod.simulate_arm_pick(scene_dir, cands, aim, Tw)
             arm = out.to_dict()
+            if not free_gripper:  # score on the arm's outcome: grounded when the arm lifted an intended object
+                g, e, note = score_pick(intended, in_box, {i: r for i, r in out.lifted.items()} if out.success else {},
+                                        reason=out.reason)
             risen = {i for i, r in out.lifted.items() if r > arm_mod.LIFT_SUCCESS}
             # no neighbour pushed further than DISTURB_LIMIT either (clutter)
             arm_e2e = bool(out.success and len(risen) == 1 and risen <= set(intended)
