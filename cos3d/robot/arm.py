@@ -68,6 +68,9 @@ PLACE_CLEARANCE = 0.02
 TRANSIT = 0.03
 """The arm carries the object at the lift's height, or this many metres above the release pose when that is
 higher."""
+RELEASE_TURNS = tuple(np.radians([0, 180, 90, -90, 45, -45, 135, -135]))
+"""Turns of the hand about the vertical (radians) tried, in order, for the way to the release pose: the hand keeps
+its grasp but may turn the object about the vertical on the way (the wrist's joint limits)."""
 DT = 1.0 / 240.0
 STATUSES = ("lifted", "unreachable", "collision", "slipped")
 
@@ -421,27 +424,39 @@ def _execute_place(p, cid: int, arm: "_Panda", Tw: np.ndarray, g: Grasp, T_relea
     lifted = Tg[:3, 3] + LIFT * np.array([0.0, 0.0, 1.0])
     top = max(lifted[2], rel[2] + PLACE_CLEARANCE + TRANSIT)
 
-    def pose(x) -> np.ndarray:
+    def pose(x, yaw: float = 0.0) -> np.ndarray:
+        c, s_ = np.cos(yaw), np.sin(yaw)
         T = np.eye(4)
-        T[:3, :3], T[:3, 3] = R, x
+        T[:3, :3] = np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]]) @ R
+        T[:3, 3] = x
         return T
 
-    waypoints = [np.array([lifted[0], lifted[1], top])]
+    waypoints = [(np.array([lifted[0], lifted[1], top]), 0.0)]
     for s_ in np.linspace(0, 1, 6)[1:]:
-        waypoints.append(np.array([lifted[0] + s_ * (rel[0] - lifted[0]), lifted[1] + s_ * (rel[1] - lifted[1]), top]))
+        waypoints.append((np.array([lifted[0] + s_ * (rel[0] - lifted[0]), lifted[1] + s_ * (rel[1] - lifted[1]),
+                                    top]), float(s_)))
     down = rel + np.array([0.0, 0.0, PLACE_CLEARANCE])
     for s_ in np.linspace(0, 1, 5)[1:]:
-        waypoints.append(np.array([rel[0], rel[1], top + s_ * (down[2] - top)]))
+        waypoints.append((np.array([rel[0], rel[1], top + s_ * (down[2] - top)]), 1.0))
     # ik() resets the joints to test its solutions: remember where the motors hold the arm, to put it back
     held_q = [p.getJointState(arm.body, j, physicsClientId=cid)[0] for j in arm.arm]
-    qs = []
-    q = np.asarray(q_lift, np.float64)
-    for x in waypoints:
-        q_new = arm.ik(pose(x), [list(q), list(HOME)])
-        if q_new is None:
-            return "unreachable", f"no joint-limited IK solution on the way to the release pose (at {np.round(x, 3).tolist()})"
-        q = q_new
-        qs.append(q)
+    qs: list[np.ndarray] = []
+    fail = ""
+    for turn in RELEASE_TURNS:  # the hand may turn about the vertical on the way (the wrist's limits)
+        qs, q = [], np.asarray(q_lift, np.float64)
+        for x, share in waypoints:
+            q_new = arm.ik(pose(x, share * turn), [list(q)])
+            if q_new is None or np.abs(q_new - q).max() > 1.0:  # no jump to another arm configuration
+                fail = f"no joint-limited IK solution on the way to the release pose (at {np.round(x, 3).tolist()})"
+                qs = []
+                break
+            q = q_new
+            qs.append(q)
+        if qs:
+            break
+    if not qs:
+        arm.set(held_q)
+        return "unreachable", fail + f" (hand turned by any of {len(RELEASE_TURNS)} angles)"
     arm.set(held_q)
     for qq in qs:
         drive(qq, 48, 0.0)
@@ -449,7 +464,7 @@ def _execute_place(p, cid: int, arm: "_Panda", Tw: np.ndarray, g: Grasp, T_relea
     drive(qs[-1], 96, arm.finger_max)  # open
     back = down - 0.1 * Tg[:3, 2]
     held_q = [p.getJointState(arm.body, j, physicsClientId=cid)[0] for j in arm.arm]
-    q_back = arm.ik(pose(back), [list(qs[-1])])
+    q_back = arm.ik(pose(back, turn), [list(qs[-1])])
     arm.set(held_q)
     if q_back is not None:
         drive(q_back, 96, arm.finger_max)
