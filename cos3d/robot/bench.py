@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -259,7 +260,7 @@ def summarize_trials(trials: list[PickTrial]) -> dict:
     def block(ts: list[PickTrial]) -> dict:
         n, g, e = len(ts), sum(t.grounded for t in ts), sum(t.end_to_end for t in ts)
         ok_given = sum(t.end_to_end for t in ts if t.grounded)
-        out = {"trials": n, "grounded": g, "grounding_rate": round(g / n, 4) if n else None,
+        out: dict[str, Any] = {"trials": n, "grounded": g, "grounding_rate": round(g / n, 4) if n else None,
                "grasped_given_grounded": ok_given,
                "grasp_rate_given_grounded": round(ok_given / g, 4) if g else None,
                "end_to_end": e, "end_to_end_rate": round(e / n, 4) if n else None}
@@ -276,7 +277,7 @@ def summarize_trials(trials: list[PickTrial]) -> dict:
                           "end_to_end": a_e, "end_to_end_rate": round(a_e / n, 4) if n else None,
                           "status": {s: sum(t.arm["status"] == s for t in ex) for s in
                                      ("lifted", "unreachable", "collision", "slipped")},
-                          "lifted_but_disturbed": sum(t.arm["status"] == "lifted" and bool(t.arm.get("disturbed"))
+                          "lifted_but_disturbed": sum((t.arm or {}).get("status") == "lifted" and bool((t.arm or {}).get("disturbed"))
                                                       for t in ex)}
         return out
 

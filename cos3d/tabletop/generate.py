@@ -325,9 +325,10 @@ def _build(
     order = sorted(range(len(rigid_fps)), key=lambda i: -float(np.prod(rigid_fps[i].half)))
     if clutter:  # the compact region, grown by 10 % steps when the objects do not fit (a frying pan and a tray)
         for grow in (1.0, 1.1, 1.2, 1.3):
-            region = tuple(grow * v for v in CLUTTER_REGION)
+            x0, y0, x1, y1 = (grow * v for v in CLUTTER_REGION)
+            region = (x0, y0, x1, y1)
             try:
-                place(rng_layout, [robot_fp] + [rigid_fps[i] for i in order], region, gap=CLUTTER_GAP,
+                place(rng_layout, [robot_fp] + [rigid_fps[i] for i in order], (x0, y0, x1, y1), gap=CLUTTER_GAP,
                       touching=CLUTTER_TOUCHING, restarts=40)
                 break
             except Cos3dError:
