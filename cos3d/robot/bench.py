@@ -401,6 +401,9 @@ class PlaceTrial:
     scene: str
     pick_prompt: str
     place_prompt: str
+    prompt_set: str
+    """``"evaluation"`` (held-out phrasings) or ``"training names"`` (canonical names: the robot side measured with
+    targets the offline encoder finds)."""
     obj: int
     receptacle: int
     pick_grounded: bool
@@ -419,41 +422,53 @@ class PlaceTrial:
 RECEPTACLES = {"white_bowl": "in", "tray": "on"}
 """Catalogue key → the preposition a user would use for placing there."""
 PLACE_OBJECTS_PER_RECEPTACLE = 2
-PLACEABLE_MAX = (0.085, 0.16)
+PLACEABLE_MAX = (0.11, 0.16)
 """An object is moved in a place trial when its true footprint's larger side and its height are within these
 (metres): it must fit the gripper and the bowl."""
 
 
-def place_pairs(scene_dir: str | Path) -> list[tuple[str, str, int, int]]:
+def place_pairs(scene_dir: str | Path, prompt_set: str = "evaluation") -> list[tuple[str, str, int, int]]:
     """``[(pick prompt, place prompt, object id, receptacle id)]``: for each receptacle of :data:`RECEPTACLES` on
     the table, the first :data:`PLACE_OBJECTS_PER_RECEPTACLE` rigid objects (by id) that fit
-    (:data:`PLACEABLE_MAX`), asked for by their first held-out phrasing; the receptacle by its first one."""
+    (:data:`PLACEABLE_MAX`) and whose phrasing names no object asked for before (two cans are both a "tin"),
+    asked for by their first held-out phrasing (``"evaluation"``) or canonical name (``"training names"``); the
+    receptacle likewise."""
     root = Path(scene_dir)
     meta = json.loads((root / "meta.json").read_text())
     held = json.loads((root / "eval_prompts.json").read_text()).get("instances", {})
     objs = [o for o in meta["objects"] if _pickable(o)]
+
+    def phrase(o: dict) -> str | None:
+        if prompt_set == "training names":
+            return o["names"][0]
+        ph = held.get(str(o["id"]))
+        return ph[0] if ph else None
+
     out = []
     for r in objs:
-        if r["key"] not in RECEPTACLES or not held.get(str(r["id"])):
+        if r["key"] not in RECEPTACLES or phrase(r) is None:
             continue
-        n = 0
+        n, used = 0, set()
         for o in objs:
-            if o["key"] in RECEPTACLES or o["key"] == "frying_pan" or not held.get(str(o["id"])):
+            ph = phrase(o)
+            if o["key"] in RECEPTACLES or o["key"] == "frying_pan" or ph is None or ph in used:
                 continue
+            used.add(ph)
+            if sum(phrase(x) == ph for x in objs) > 1:
+                continue  # a phrasing of several objects: which one moved would be ambiguous
             lo, hi = (np.asarray(v, np.float64) for v in o["aabb_world"])
             ext = hi - lo
             if max(ext[0], ext[1]) > PLACEABLE_MAX[0] or ext[2] > PLACEABLE_MAX[1]:
                 continue
-            out.append((held[str(o["id"])][0], f"{RECEPTACLES[r['key']]} the {held[str(r['id'])][0]}", int(o["id"]),
-                        int(r["id"])))
+            out.append((ph, f"{RECEPTACLES[r['key']]} the {phrase(r)}", int(o["id"]), int(r["id"])))
             n += 1
             if n >= PLACE_OBJECTS_PER_RECEPTACLE:
                 break
     return out
 
 
-def evaluate_places(scene_dir: str | Path, ts, T_world_arm: np.ndarray, *,
-                    gripper: GripperSpec | None = None) -> list[PlaceTrial]:
+def evaluate_places(scene_dir: str | Path, ts, T_world_arm: np.ndarray, *, gripper: GripperSpec | None = None,
+                    sets: tuple[str, ...] = ("evaluation", "training names")) -> list[PlaceTrial]:
     """Pick-and-place trials (:func:`place_pairs`): ``pick_targets`` and ``place_target`` decide alone, the
     release pose is :func:`cos3d.robot.targets.release_pose` of the grasp the arm executed; ground truth only
     scores (which objects the prompts name, whether the object ends in/on the receptacle)."""
@@ -465,13 +480,13 @@ def evaluate_places(scene_dir: str | Path, ts, T_world_arm: np.ndarray, *,
     Tw = np.asarray(T_world_arm, np.float64)
     inv = np.linalg.inv(Tw)
     trials = []
-    for pick_prompt, place_prompt, oid, rid in place_pairs(scene_dir):
+    for pset, (pick_prompt, place_prompt, oid, rid) in [(ps, q) for ps in sets for q in place_pairs(scene_dir, ps)]:
         picks = targets_mod.pick_targets(ts, pick_prompt, gripper=gripper, k=1)
         places = targets_mod.place_target(ts, place_prompt, k=1)
         if not picks or picks[0].grasp is None or not places:
             why = (picks.reason if not picks else "no grasp") if (not picks or picks[0].grasp is None) else places.reason
-            trials.append(PlaceTrial(str(scene_dir), pick_prompt, place_prompt, oid, rid, bool(picks), bool(places),
-                                     None, False, f"no target: {why}"))
+            trials.append(PlaceTrial(str(scene_dir), pick_prompt, place_prompt, pset, oid, rid, bool(picks),
+                                     bool(places), None, False, f"no target: {why}"))
             continue
         t, pl = picks[0], places[0]
         lo, hi = boxes[oid]
@@ -491,8 +506,8 @@ def evaluate_places(scene_dir: str | Path, ts, T_world_arm: np.ndarray, *,
         note = "" if placed else (f"{out.status}: {out.reason}" if not out.success else
                                   f"place {out.place_status}: {out.place_reason}" if out.place_status != "placed"
                                   else f"neighbours moved: {out.disturbed}" if out.disturbed else "wrong object")
-        trials.append(PlaceTrial(str(scene_dir), pick_prompt, place_prompt, oid, rid, pick_ok, place_ok, out.to_dict(),
-                                 placed, note))
+        trials.append(PlaceTrial(str(scene_dir), pick_prompt, place_prompt, pset, oid, rid, pick_ok, place_ok,
+                                 out.to_dict(), placed, note))
     return trials
 
 
@@ -516,14 +531,19 @@ def summarize_parts(trials: list[PartTrial]) -> dict:
 
 
 def summarize_places(trials: list[PlaceTrial]) -> dict:
-    n = len(trials)
-    both = [t for t in trials if t.pick_grounded and t.place_grounded]
-    ok_b = sum(t.placed for t in both)
-    e = sum(t.placed for t in trials)
-    return {"trials": n, "pick_grounded": sum(t.pick_grounded for t in trials),
-            "place_grounded": sum(t.place_grounded for t in trials), "both_grounded": len(both),
-            "placed_given_both_grounded": ok_b, "place_rate_given_both_grounded": _r(ok_b, len(both)),
-            "placed": e, "place_success_rate": _r(e, n)}
+    """Per prompt set: pick and place grounding, placed given both grounded, placed (end to end)."""
+    out = {}
+    for pset in sorted({t.prompt_set for t in trials}):
+        ts_ = [t for t in trials if t.prompt_set == pset]
+        n = len(ts_)
+        both = [t for t in ts_ if t.pick_grounded and t.place_grounded]
+        ok_b = sum(t.placed for t in both)
+        e = sum(t.placed for t in ts_)
+        out[pset] = {"trials": n, "pick_grounded": sum(t.pick_grounded for t in ts_),
+                     "place_grounded": sum(t.place_grounded for t in ts_), "both_grounded": len(both),
+                     "placed_given_both_grounded": ok_b, "place_rate_given_both_grounded": _r(ok_b, len(both)),
+                     "placed": e, "place_success_rate": _r(e, n)}
+    return out
 
 
 def _r(k: int, n: int) -> float | None:
