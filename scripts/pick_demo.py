@@ -4,6 +4,8 @@
     .venv/bin/python scripts/pick_demo.py --run runs/tabletop "soda can" --sim data/tabletop   # try it in pybullet
     .venv/bin/python scripts/pick_demo.py --run runs/tabletop "soda can" --sim data/tabletop --arm \
         --T-base-scene base.txt   # with a Panda arm whose base stands at inv(T_base_scene) in the scene
+    .venv/bin/python scripts/pick_demo.py --run runs/clutter "lemon" --place "in the white bowl" --sim SCENE --arm \
+        --T-base-scene base.txt   # pick, carry and place with the Panda (grasps planned for FRANKA_HAND with --arm)
 
 --T-base-scene takes a 4x4 as a .npy/.txt file (default: identity, the scene frame is the base frame);
 --tags takes a .npz with arrays ``scene`` [K, 3] and ``base`` [K, 3] of points known in both frames.
@@ -31,7 +33,7 @@ def main() -> int:
     args = ap.parse_args()
 
     import cos3d
-    from cos3d.robot import pick_targets, place_target, transform_from_correspondences
+    from cos3d.robot import FRANKA_HAND, pick_targets, place_target, release_pose, transform_from_correspondences
 
     T = np.eye(4)
     if args.T_base_scene is not None:
@@ -42,7 +44,8 @@ def main() -> int:
 
     # ---- the robot-side part: about ten lines ------------------------------------------------
     scene = cos3d.load(args.run)
-    targets = pick_targets(scene, args.prompt, T_base_scene=T)  # best first; [] with .reason when absent
+    hand = FRANKA_HAND if args.arm else None  # plan for the hand that will execute it
+    targets = pick_targets(scene, args.prompt, T_base_scene=T, gripper=hand)  # best first; [] with .reason when absent
     if not targets:
         print("nothing to pick:", targets.reason)
         return 1
@@ -50,9 +53,12 @@ def main() -> int:
     pre, grasp = t.grasp.pregrasp(0.10), t.T_base_grasp  # 4x4 poses: z = approach, x = closing direction
     print(f"pick {args.prompt!r}: {t.grasp.approach} grasp, open to {t.width * 100:.1f} cm, flags {t.flags or 'none'}")
     print("pre-grasp T_base_tool =\n", np.round(pre, 4), "\ngrasp T_base_tool =\n", np.round(grasp, 4))
+    places = None
     if args.place:
         places = place_target(scene, args.place, T_base_scene=T)
         print(f"place: {places[0].kind} at {np.round(places[0].position, 4)}" if places else f"no place: {places.reason}")
+        if places:
+            print("release T_base_tool =\n", np.round(release_pose(t, t.grasp, places[0]), 4))
     # -------------------------------------------------------------------------------------------
     if args.sim is not None:
         from cos3d.robot.sim import simulate_pick
@@ -66,20 +72,31 @@ def main() -> int:
         if args.arm:
             from cos3d.robot.arm import simulate_arm_pick
 
-            arm = simulate_arm_pick(args.sim, t.grasp, meta_ids[0], np.linalg.inv(T))
+            place_on = None
+            # the candidates are in the base frame, as the place target
+            place = (lambda g: release_pose(t, g, places[0])) if places else None  # noqa: E731
+            if places:
+                on = _instances_at(args.sim, transform_points(np.linalg.inv(T), places[0].position), xy_only=True)
+                place_on = on[0] if on else None  # scoring only: which receptacle the place point lies on
+            arm = simulate_arm_pick(args.sim, t.grasps or [t.grasp], meta_ids[0], np.linalg.inv(T), place=place,
+                                    place_on=place_on)
             print(f"arm: {arm.status} (object rose {arm.target_rise * 100:.1f} cm) {arm.reason}")
-            return 0 if arm.success else 1
+            if place is not None:
+                print(f"place: {arm.place_status} {arm.place_reason}; neighbours moved > 2 cm: {arm.disturbed or 'none'}")
+            return 0 if arm.success and arm.place_status in (None, "placed") else 1
         out = simulate_pick(args.sim, t.grasp, meta_ids[0], T_world_base=np.linalg.inv(T))
         print(f"sim: {'lifted' if out.success else 'failed'} (object rose {out.target_rise * 100:.1f} cm) {out.note}")
     return 0
 
 
-def _instances_at(scene_dir: Path, point_world: np.ndarray) -> list[int]:
+def _instances_at(scene_dir: Path, point_world: np.ndarray, xy_only: bool = False) -> list[int]:
     import json
 
     meta = json.loads((scene_dir / "meta.json").read_text())
+    n = 2 if xy_only else 3
     return [o["id"] for o in meta["objects"] if "position" in o and not o["asset"].endswith(".urdf")
-            and np.all((point_world >= o["aabb_world"][0]) & (point_world <= o["aabb_world"][1]))]
+            and np.all((point_world[:n] >= np.asarray(o["aabb_world"][0])[:n])
+                       & (point_world[:n] <= np.asarray(o["aabb_world"][1])[:n]))]
 
 
 if __name__ == "__main__":

@@ -32,11 +32,12 @@ from cos3d.robot.frames import (
     transform_pose,
     transform_scale,
 )
-from cos3d.robot.grasp import Grasp, GripperSpec, estimate_normals, plan_grasps
-from cos3d.robot.targets import Box, PickTarget, PlaceTarget, Targets, pick_targets, place_target
+from cos3d.robot.grasp import FRANKA_HAND, Grasp, GripperSpec, estimate_normals, plan_grasps
+from cos3d.robot.targets import Box, PickTarget, PlaceTarget, Targets, pick_targets, place_target, release_pose
 
 __all__ = [
     "Box",
+    "FRANKA_HAND",
     "Grasp",
     "GripperSpec",
     "PickTarget",
@@ -46,6 +47,7 @@ __all__ = [
     "estimate_normals",
     "pick_targets",
     "place_target",
+    "release_pose",
     "plan_grasps",
     "transform_directions",
     "transform_from_correspondences",

@@ -34,6 +34,7 @@ why in one line. Ground truth (which body is the target) only scores; the grasp 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -60,6 +61,16 @@ IK_RANDOM_SEEDS = 8
 """Random joint configurations (fixed seed) tried after the five hand-picked starts of the pre-grasp's IK."""
 MAX_CANDIDATES = 8
 """Grasp candidates of a target planned, best first, before giving up (:func:`simulate_arm_pick`)."""
+DISTURB_LIMIT = 0.02
+"""Metres: a neighbour that moved further than this (3D, from where it settled) was disturbed by the pick."""
+PLACE_CLEARANCE = 0.02
+"""Metres above the place pose the held object is released (it drops that far at most)."""
+TRANSIT = 0.03
+"""The arm carries the object at the lift's height, or this many metres above the release pose when that is
+higher."""
+RELEASE_TURNS = tuple(np.radians([0, 180, 90, -90, 45, -45, 135, -135]))
+"""Turns of the hand about the vertical (radians) tried, in order, for the way to the release pose: the hand keeps
+its grasp but may turn the object about the vertical on the way (the wrist's joint limits)."""
 DT = 1.0 / 240.0
 STATUSES = ("lifted", "unreachable", "collision", "slipped")
 
@@ -84,16 +95,30 @@ class ArmPickOutcome:
     """Which of the candidates given was executed (0: the first), None when none was."""
     tried: int = 1
     """Candidates planned."""
+    displaced: dict[int, float] = field(default_factory=dict)
+    """Instance id → how far (metres, 3D) every rigid object other than the target moved from where it settled,
+    at the end (after the place, when one was asked)."""
+    place_status: str | None = None
+    """None when no place was asked; else ``"placed"``, ``"unreachable"`` (no IK for the release poses),
+    ``"missed"`` (released, but it does not rest in/on the receptacle) or ``"not_held"`` (the pick failed)."""
+    place_reason: str = ""
 
     @property
     def success(self) -> bool:
         return self.status == "lifted"
 
+    @property
+    def disturbed(self) -> list[int]:
+        """Objects other than the target moved more than :data:`DISTURB_LIMIT`."""
+        return sorted(i for i, d in self.displaced.items() if d > DISTURB_LIMIT)
+
     def to_dict(self) -> dict:
         return {"status": self.status, "success": self.success, "reason": self.reason, "reachable": self.reachable,
                 "target_rise": round(self.target_rise, 4), "held": self.held, "collisions": list(self.collisions),
                 "grasp_index": self.grasp_index, "tried": self.tried,
-                "lifted": {str(k): round(v, 4) for k, v in self.lifted.items()}}
+                "lifted": {str(k): round(v, 4) for k, v in self.lifted.items()},
+                "displaced": {str(k): round(v, 4) for k, v in self.displaced.items()},
+                "disturbed": self.disturbed, "place_status": self.place_status, "place_reason": self.place_reason}
 
 
 def hand_rotation(R_grasp: np.ndarray) -> np.ndarray:
@@ -275,6 +300,8 @@ def simulate_arm_pick(
     *,
     check_path: bool = True,
     max_candidates: int = MAX_CANDIDATES,
+    place: "np.ndarray | Callable[[Grasp], np.ndarray] | None" = None,
+    place_on: int | None = None,
 ) -> ArmPickOutcome:
     """Pick with a Panda whose base stands at ``T_world_base`` (module docstring).
 
@@ -287,6 +314,14 @@ def simulate_arm_pick(
         target_id: the instance id (``meta.json``) the grasp is meant to lift (scoring only).
         T_world_base: [4, 4] rigid pose of the arm's base in the scene's world (z up).
         check_path: also check the path from the home configuration to the pre-grasp.
+        place: after a successful lift, where the tool centre point releases the object: a [4, 4] pose in the
+            base frame (its rotation is ignored: the hand keeps the grasp's orientation), or a function of the
+            executed grasp giving it (:func:`cos3d.robot.targets.release_pose`). The arm carries the object
+            at the lift's height (:data:`TRANSIT`), goes down to :data:`PLACE_CLEARANCE` above the release pose,
+            opens, backs off along the approach and waits 1 s.
+        place_on: the instance id of the receptacle (scoring only): **placed** when the released object
+            touches it and no longer touches the table or the floor, and its centre lies over the
+            receptacle's footprint (its axis-aligned box, x and y).
     """
     from cos3d.robot.sim import load_tabletop_physics
     from cos3d.tabletop.render import import_pybullet, sim
@@ -308,6 +343,11 @@ def simulate_arm_pick(
         arm = _Panda(p, cid, Tw)
         target = objects[target_id]
         z0 = {i: p.getBasePositionAndOrientation(b, physicsClientId=cid)[0][2] for i, b in objects.items()}
+        x0 = {i: np.array(p.getBasePositionAndOrientation(b, physicsClientId=cid)[0]) for i, b in objects.items()}
+
+        def moved() -> dict[int, float]:
+            return {i: float(np.linalg.norm(np.array(p.getBasePositionAndOrientation(b, physicsClientId=cid)[0])
+                                            - x0[i])) for i, b in objects.items() if i != target_id}
         first = None
         chosen = None
         for k, g in enumerate(cands):
@@ -323,7 +363,9 @@ def simulate_arm_pick(
             status, reason, _, _, hits = first
             if len(cands) > 1:
                 reason += f" (best of {len(cands)} candidates)"
-            return ArmPickOutcome(status, reason, status != "unreachable", collisions=hits, tried=len(cands))
+            return ArmPickOutcome(status, reason, status != "unreachable", collisions=hits, tried=len(cands),
+                                  place_status=None if place is None else "not_held",
+                                  place_reason="" if place is None else "nothing was picked")
         k, g, (_, _, q_pre, path, _) = chosen
         opening = min(float(g.width), 2 * arm.finger_max)
         # --- execution in physics, from the pre-grasp configuration
@@ -352,11 +394,104 @@ def simulate_arm_pick(
         rise = {i: p.getBasePositionAndOrientation(b, physicsClientId=cid)[0][2] - z0[i] for i, b in objects.items()}
         touching = {c[3] for c in p.getContactPoints(arm.body, target, physicsClientId=cid)}
         held = all(j in touching for j in arm.fingers)
-    r = float(rise[target_id])
-    if r > LIFT_SUCCESS and held:
-        return ArmPickOutcome("lifted", "", True, r, rise, True, grasp_index=k, tried=k + 1)
+        r = float(rise[target_id])
+        lifted_ok = r > LIFT_SUCCESS and held
+        place_status, place_reason = None, ""
+        if place is not None:
+            if not lifted_ok:
+                place_status, place_reason = "not_held", "the pick did not hold the object"
+            else:
+                Tp = np.asarray(place(g) if callable(place) else place, np.float64)
+                place_status, place_reason = _execute_place(p, cid, arm, Tw, g, Tp, path[-1][1], drive, objects,
+                                                            target, place_on, names)
+        displaced = moved()
+    if lifted_ok:
+        return ArmPickOutcome("lifted", "", True, r, rise, True, grasp_index=k, tried=k + 1, displaced=displaced,
+                              place_status=place_status, place_reason=place_reason)
     why = f"object rose {r * 100:.1f} cm" + ("" if held else ", no longer between the fingers")
-    return ArmPickOutcome("slipped", why, True, r, rise, held, grasp_index=k, tried=k + 1)
+    return ArmPickOutcome("slipped", why, True, r, rise, held, grasp_index=k, tried=k + 1, displaced=displaced,
+                          place_status=place_status, place_reason=place_reason)
+
+
+def _execute_place(p, cid: int, arm: "_Panda", Tw: np.ndarray, g: Grasp, T_release: np.ndarray, q_lift: np.ndarray,
+                   drive, objects: dict[int, int], target: int, place_on: int | None,
+                   names: dict[int, str]) -> tuple[str, str]:
+    """Carry the held object to ``T_release`` (base frame; the grasp's orientation is kept), release it, back
+    off; returns ``(place_status, reason)`` (:func:`simulate_arm_pick`'s ``place``)."""
+    Tg = Tw @ g.T_base_grasp
+    R = hand_rotation(Tg[:3, :3])
+    rel = (Tw @ np.asarray(T_release, np.float64))[:3, 3]
+    lifted = Tg[:3, 3] + LIFT * np.array([0.0, 0.0, 1.0])
+    top = max(lifted[2], rel[2] + PLACE_CLEARANCE + TRANSIT)
+
+    def pose(x, yaw: float = 0.0) -> np.ndarray:
+        c, s_ = np.cos(yaw), np.sin(yaw)
+        T = np.eye(4)
+        T[:3, :3] = np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]]) @ R
+        T[:3, 3] = x
+        return T
+
+    waypoints = [(np.array([lifted[0], lifted[1], top]), 0.0)]
+    for s_ in np.linspace(0, 1, 6)[1:]:
+        waypoints.append((np.array([lifted[0] + s_ * (rel[0] - lifted[0]), lifted[1] + s_ * (rel[1] - lifted[1]),
+                                    top]), float(s_)))
+    down = rel + np.array([0.0, 0.0, PLACE_CLEARANCE])
+    for s_ in np.linspace(0, 1, 5)[1:]:
+        waypoints.append((np.array([rel[0], rel[1], top + s_ * (down[2] - top)]), 1.0))
+    # ik() resets the joints to test its solutions: remember where the motors hold the arm, to put it back
+    held_q = [p.getJointState(arm.body, j, physicsClientId=cid)[0] for j in arm.arm]
+    qs: list[np.ndarray] = []
+    fail = ""
+    for turn in RELEASE_TURNS:  # the hand may turn about the vertical on the way (the wrist's limits)
+        qs, q = [], np.asarray(q_lift, np.float64)
+        for x, share in waypoints:
+            q_new = arm.ik(pose(x, share * turn), [list(q)])
+            if q_new is None or np.abs(q_new - q).max() > 1.0:  # no jump to another arm configuration
+                fail = f"no joint-limited IK solution on the way to the release pose (at {np.round(x, 3).tolist()})"
+                qs = []
+                break
+            q = q_new
+            qs.append(q)
+        if qs:
+            break
+    if not qs:
+        arm.set(held_q)
+        return "unreachable", fail + f" (hand turned by any of {len(RELEASE_TURNS)} angles)"
+    arm.set(held_q)
+    for qq in qs:
+        drive(qq, 48, 0.0)
+    drive(qs[-1], 96, 0.0)
+    drive(qs[-1], 96, arm.finger_max)  # open
+    back = down - 0.1 * Tg[:3, 2]
+    held_q = [p.getJointState(arm.body, j, physicsClientId=cid)[0] for j in arm.arm]
+    q_back = arm.ik(pose(back, turn), [list(qs[-1])])
+    arm.set(held_q)
+    if q_back is not None:
+        drive(q_back, 96, arm.finger_max)
+    drive(q_back if q_back is not None else qs[-1], 240, arm.finger_max)  # 1 s to settle
+    if place_on is None or place_on not in objects:
+        return "placed", "released (no receptacle to score against)"
+    recv = objects[place_on]
+    on_recv = bool(p.getContactPoints(target, recv, physicsClientId=cid))
+    ground = [b for b, n in names.items() if n in ("table", "floor")]
+    on_ground = any(p.getContactPoints(target, b, physicsClientId=cid) for b in ground)
+    held = bool(p.getContactPoints(arm.body, target, physicsClientId=cid))
+    lo, hi = p.getAABB(recv, physicsClientId=cid)[:2]
+    olo, ohi = p.getAABB(target, physicsClientId=cid)[:2]
+    mid = (np.array(olo) + np.array(ohi)) / 2
+    over = bool(lo[0] <= mid[0] <= hi[0] and lo[1] <= mid[1] <= hi[1])
+    if on_recv and not on_ground and over and not held:
+        return "placed", ""
+    why = []
+    if held:
+        why.append("still touching the fingers")
+    if not on_recv:
+        why.append("not touching the receptacle")
+    if on_ground:
+        why.append("touching the table")
+    if not over:
+        why.append("its centre is not over the receptacle")
+    return "missed", ", ".join(why)
 
 
 def base_facing(target_xy, distance: float = 0.55, yaw_offset: float = 0.0, z: float | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -179,6 +180,7 @@ def evaluate_tabletop(
     gripper: GripperSpec | None = None,
     ids: list[int] | None = None,
     T_world_arm: np.ndarray | None = None,
+    free_gripper: bool = True,
 ) -> list[PickTrial]:
     """Pick on a tabletop scene as a user would: a phrasing in, the robot API's first target executed.
 
@@ -214,7 +216,7 @@ def evaluate_tabletop(
         t = targets[0]
         in_box = sorted(i for i, (lo, hi) in boxes.items() if np.all((t.centroid >= lo) & (t.centroid <= hi)))
         lifted: dict[int, float] = {}
-        if t.grasp is not None:
+        if t.grasp is not None and free_gripper:
             # simulate_pick needs an instance to report on; every object's rise comes back and is scored here
             aim = next((i for i in in_box if i in intended), intended[0])
             lifted = sim.simulate_pick(scene_dir, t.grasp, aim, gripper=gripper).lifted
@@ -232,8 +234,13 @@ def evaluate_tabletop(
             cands = [dataclasses.replace(g_, T_base_grasp=inv @ g_.T_base_grasp) for g_ in (t.grasps or [t.grasp])]
             out = arm_mod.simulate_arm_pick(scene_dir, cands, aim, Tw)
             arm = out.to_dict()
+            if not free_gripper:  # score on the arm's outcome: grounded when the arm lifted an intended object
+                g, e, note = score_pick(intended, in_box, {i: r for i, r in out.lifted.items()} if out.success else {},
+                                        reason=out.reason)
             risen = {i for i, r in out.lifted.items() if r > arm_mod.LIFT_SUCCESS}
-            arm_e2e = bool(out.success and len(risen) == 1 and risen <= set(intended))
+            # no neighbour pushed further than DISTURB_LIMIT either (clutter)
+            arm_e2e = bool(out.success and len(risen) == 1 and risen <= set(intended)
+                           and not set(out.disturbed) - set(intended))
         trials.append(PickTrial(**base, answered=True, in_box=in_box, arm=arm, arm_end_to_end=arm_e2e,
                                 approach=None if t.grasp is None else t.grasp.approach,
                                 width=None if t.grasp is None else round(t.grasp.width, 4), flags=list(t.flags),
@@ -253,7 +260,7 @@ def summarize_trials(trials: list[PickTrial]) -> dict:
     def block(ts: list[PickTrial]) -> dict:
         n, g, e = len(ts), sum(t.grounded for t in ts), sum(t.end_to_end for t in ts)
         ok_given = sum(t.end_to_end for t in ts if t.grounded)
-        out = {"trials": n, "grounded": g, "grounding_rate": round(g / n, 4) if n else None,
+        out: dict[str, Any] = {"trials": n, "grounded": g, "grounding_rate": round(g / n, 4) if n else None,
                "grasped_given_grounded": ok_given,
                "grasp_rate_given_grounded": round(ok_given / g, 4) if g else None,
                "end_to_end": e, "end_to_end_rate": round(e / n, 4) if n else None}
@@ -269,10 +276,275 @@ def summarize_trials(trials: list[PickTrial]) -> dict:
                           "grasp_rate_given_grounded": round(a_ok / len(ag), 4) if ag else None,
                           "end_to_end": a_e, "end_to_end_rate": round(a_e / n, 4) if n else None,
                           "status": {s: sum(t.arm["status"] == s for t in ex) for s in
-                                     ("lifted", "unreachable", "collision", "slipped")}}
+                                     ("lifted", "unreachable", "collision", "slipped")},
+                          "lifted_but_disturbed": sum((t.arm or {}).get("status") == "lifted" and bool((t.arm or {}).get("disturbed"))
+                                                      for t in ex)}
         return out
 
     kinds: dict[str, list[PickTrial]] = {}
     for t in trials:
         kinds.setdefault(t.kind, []).append(t)
     return {"overall": block(trials), "per_kind": {k: block(v) for k, v in sorted(kinds.items())}}
+
+
+# --- part picks and places (issue 28 items 6-7) -------------------------------------------------------
+
+
+@dataclass
+class PartTrial:
+    """A part prompt ("the grip of the blue cup"): the API's first target executed by the arm, scored on the
+    handle's true geometry (``meta.json`` ``parts.<id>.geometry``, :mod:`cos3d.tabletop.parts`)."""
+
+    scene: str
+    prompt: str
+    prompt_set: str
+    """``"evaluation"`` (held-out part and object phrasings) or ``"training words"`` ("the handle of the mug")."""
+    parent: int
+    """The object whose handle the prompt names."""
+    answered: bool
+    part_grounded: bool
+    """The target's centroid lies in the named object's handle (within :data:`PART_TOL`)."""
+    object_grounded: bool
+    """The target's centroid lies in the named object's true box."""
+    arm: dict | None
+    success: bool
+    """The arm lifted the named object with a grasp whose centre lies in its handle (within :data:`PART_TOL`), and
+    disturbed no neighbour."""
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+PART_TOL = 0.015
+"""Metres: a point this close to a handle's region counts as on the handle (the Gaussians' blur)."""
+
+
+def part_prompts(scene_dir: str | Path) -> list[tuple[str, str, int]]:
+    """``[(prompt, prompt set, parent id)]`` for every handle of a scene made with ``--object-parts``: held-out
+    (``"the <part phrasing> of the <object phrasing>"`` and ``"pick up the <object phrasing> by its <part
+    phrasing>"``, from ``eval_prompts.json``) and a training-words row (``"the handle of the <kind>"``)."""
+    root = Path(scene_dir)
+    meta = json.loads((root / "meta.json").read_text())
+    held = json.loads((root / "eval_prompts.json").read_text()) if (root / "eval_prompts.json").is_file() else {}
+    objs = {int(o["id"]): o for o in meta["objects"]}
+    out = []
+    for pid, rec in sorted(meta.get("parts", {}).items(), key=lambda kv: int(kv[0])):
+        if rec.get("part") != "handle":
+            continue
+        parent = int(rec["parent"])
+        oe = held.get("instances", {}).get(str(parent), [])
+        pe = held.get("parts", {}).get(pid, [])
+        if oe and pe:
+            out.append((f"the {pe[0]} of the {oe[0]}", "evaluation", parent))
+            out.append((f"pick up the {oe[-1]} by its {pe[-1]}", "evaluation", parent))
+        kind = objs[parent]["names"][1] if len(objs[parent]["names"]) > 1 else objs[parent]["names"][0]
+        out.append((f"the handle of the {objs[parent]['names'][0]}", "training words", parent))
+        out.append((f"the {kind} by the handle", "training words", parent))
+    return out
+
+
+def _handle_geometry(meta: dict, parent: int) -> dict | None:
+    for rec in meta.get("parts", {}).values():
+        if rec.get("part") == "handle" and int(rec["parent"]) == parent:
+            return rec["geometry"]
+    return None
+
+
+def evaluate_parts(scene_dir: str | Path, ts, T_world_arm: np.ndarray, *, gripper: GripperSpec | None = None,
+                   sets: tuple[str, ...] = ("evaluation", "training words")) -> list[PartTrial]:
+    """Part picks on a ``--object-parts`` tabletop (:func:`part_prompts`): ``pick_targets(prompt, k=1)`` decides
+    alone; its candidates are executed by the Panda at ``T_world_arm``; ground truth only scores."""
+    import dataclasses
+
+    from cos3d.tabletop.parts import in_handle
+
+    meta = json.loads((Path(scene_dir) / "meta.json").read_text())
+    objs = {int(o["id"]): o for o in meta["objects"]}
+    Tw = np.asarray(T_world_arm, np.float64)
+    inv = np.linalg.inv(Tw)
+    trials = []
+    for prompt, pset, parent in part_prompts(scene_dir):
+        if pset not in sets:
+            continue
+        rec, geo = objs[parent], _handle_geometry(meta, parent)
+        assert geo is not None
+        lo, hi = (np.asarray(v, np.float64) for v in rec["aabb_world"])
+        targets = targets_mod.pick_targets(ts, prompt, gripper=gripper, k=1)
+        if not targets or targets[0].grasp is None:
+            trials.append(PartTrial(str(scene_dir), prompt, pset, parent, bool(targets), False, False, None, False,
+                                    note=targets.reason or "no grasp"))
+            continue
+        t = targets[0]
+        on_handle = bool(in_handle(t.centroid[None], rec, geo, PART_TOL)[0])
+        in_obj = bool(np.all((t.centroid >= lo - PART_TOL) & (t.centroid <= hi + PART_TOL)))
+        cands = [dataclasses.replace(g, T_base_grasp=inv @ g.T_base_grasp) for g in (t.grasps or [t.grasp])]
+        out = arm_mod.simulate_arm_pick(scene_dir, cands, parent, Tw)
+        ok, note = False, out.reason
+        if out.success and out.grasp_index is not None:
+            fits = [g for g in cands if g.feasible] or cands[:1]
+            g = fits[out.grasp_index]
+            centre_world = (Tw @ g.T_base_grasp)[:3, 3]
+            held_handle = bool(in_handle(centre_world[None], rec, geo, PART_TOL)[0])
+            ok = held_handle and not out.disturbed
+            note = "" if ok else ("lifted, but not by the handle" if not held_handle else
+                                  f"lifted by the handle, neighbours moved: {out.disturbed}")
+        trials.append(PartTrial(str(scene_dir), prompt, pset, parent, True, on_handle, in_obj, out.to_dict(), ok,
+                                note))
+    return trials
+
+
+@dataclass
+class PlaceTrial:
+    """Pick an object by a phrasing, then place it by another ("in the dish"), both answered by the API."""
+
+    scene: str
+    pick_prompt: str
+    place_prompt: str
+    prompt_set: str
+    """``"evaluation"`` (held-out phrasings) or ``"training names"`` (canonical names: the robot side measured with
+    targets the offline encoder finds)."""
+    obj: int
+    receptacle: int
+    pick_grounded: bool
+    place_grounded: bool
+    """The place point lies over the receptacle's true box (x, y)."""
+    arm: dict | None
+    placed: bool
+    """The object rests in/on the receptacle (:func:`cos3d.robot.arm.simulate_arm_pick`'s ``place_on``) and no
+    neighbour was disturbed."""
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+RECEPTACLES = {"white_bowl": "in", "tray": "on"}
+"""Catalogue key → the preposition a user would use for placing there."""
+PLACE_OBJECTS_PER_RECEPTACLE = 2
+PLACEABLE_MAX = (0.11, 0.16)
+"""An object is moved in a place trial when its true footprint's larger side and its height are within these
+(metres): it must fit the gripper and the bowl."""
+
+
+def place_pairs(scene_dir: str | Path, prompt_set: str = "evaluation") -> list[tuple[str, str, int, int]]:
+    """``[(pick prompt, place prompt, object id, receptacle id)]``: for each receptacle of :data:`RECEPTACLES` on
+    the table, the first :data:`PLACE_OBJECTS_PER_RECEPTACLE` rigid objects (by id) that fit
+    (:data:`PLACEABLE_MAX`) and whose phrasing names no object asked for before (two cans are both a "tin"),
+    asked for by their first held-out phrasing (``"evaluation"``) or canonical name (``"training names"``); the
+    receptacle likewise."""
+    root = Path(scene_dir)
+    meta = json.loads((root / "meta.json").read_text())
+    held = json.loads((root / "eval_prompts.json").read_text()).get("instances", {})
+    objs = [o for o in meta["objects"] if _pickable(o)]
+
+    def phrase(o: dict) -> str | None:
+        if prompt_set == "training names":
+            return o["names"][0]
+        ph = held.get(str(o["id"]))
+        return ph[0] if ph else None
+
+    out = []
+    for r in objs:
+        if r["key"] not in RECEPTACLES or phrase(r) is None:
+            continue
+        n, used = 0, set()
+        for o in objs:
+            ph = phrase(o)
+            if o["key"] in RECEPTACLES or o["key"] == "frying_pan" or ph is None or ph in used:
+                continue
+            used.add(ph)
+            if sum(phrase(x) == ph for x in objs) > 1:
+                continue  # a phrasing of several objects: which one moved would be ambiguous
+            lo, hi = (np.asarray(v, np.float64) for v in o["aabb_world"])
+            ext = hi - lo
+            if max(ext[0], ext[1]) > PLACEABLE_MAX[0] or ext[2] > PLACEABLE_MAX[1]:
+                continue
+            out.append((ph, f"{RECEPTACLES[r['key']]} the {phrase(r)}", int(o["id"]), int(r["id"])))
+            n += 1
+            if n >= PLACE_OBJECTS_PER_RECEPTACLE:
+                break
+    return out
+
+
+def evaluate_places(scene_dir: str | Path, ts, T_world_arm: np.ndarray, *, gripper: GripperSpec | None = None,
+                    sets: tuple[str, ...] = ("evaluation", "training names")) -> list[PlaceTrial]:
+    """Pick-and-place trials (:func:`place_pairs`): ``pick_targets`` and ``place_target`` decide alone, the
+    release pose is :func:`cos3d.robot.targets.release_pose` of the grasp the arm executed; ground truth only
+    scores (which objects the prompts name, whether the object ends in/on the receptacle)."""
+    import dataclasses
+
+    meta = json.loads((Path(scene_dir) / "meta.json").read_text())
+    boxes = {int(o["id"]): tuple(np.asarray(v, np.float64) for v in o["aabb_world"]) for o in meta["objects"]
+             if "aabb_world" in o and o["key"] not in ("floor", "table")}
+    Tw = np.asarray(T_world_arm, np.float64)
+    inv = np.linalg.inv(Tw)
+    trials = []
+    for pset, (pick_prompt, place_prompt, oid, rid) in [(ps, q) for ps in sets for q in place_pairs(scene_dir, ps)]:
+        picks = targets_mod.pick_targets(ts, pick_prompt, gripper=gripper, k=1)
+        places = targets_mod.place_target(ts, place_prompt, k=1)
+        if not picks or picks[0].grasp is None or not places:
+            why = (picks.reason if not picks else "no grasp") if (not picks or picks[0].grasp is None) else places.reason
+            trials.append(PlaceTrial(str(scene_dir), pick_prompt, place_prompt, pset, oid, rid, bool(picks),
+                                     bool(places), None, False, f"no target: {why}"))
+            continue
+        t, pl = picks[0], places[0]
+        lo, hi = boxes[oid]
+        pick_ok = bool(np.all((t.centroid >= lo) & (t.centroid <= hi)))
+        rlo, rhi = boxes[rid]
+        place_ok = bool(rlo[0] <= pl.position[0] <= rhi[0] and rlo[1] <= pl.position[1] <= rhi[1])
+        cands = [dataclasses.replace(g, T_base_grasp=inv @ g.T_base_grasp) for g in (t.grasps or [t.grasp])]
+
+        def release(g_arm, t=t, pl=pl):
+            g_world = dataclasses.replace(g_arm, T_base_grasp=Tw @ g_arm.T_base_grasp)
+            return inv @ targets_mod.release_pose(t, g_world, pl)
+
+        aim = oid if pick_ok else next((i for i, (a, b) in boxes.items() if np.all((t.centroid >= a) & (t.centroid <= b))
+                                        and i in _rigid_ids(meta)), oid)
+        out = arm_mod.simulate_arm_pick(scene_dir, cands, aim, Tw, place=release, place_on=rid)
+        placed = bool(pick_ok and out.place_status == "placed" and not out.disturbed)
+        note = "" if placed else (f"{out.status}: {out.reason}" if not out.success else
+                                  f"place {out.place_status}: {out.place_reason}" if out.place_status != "placed"
+                                  else f"neighbours moved: {out.disturbed}" if out.disturbed else "wrong object")
+        trials.append(PlaceTrial(str(scene_dir), pick_prompt, place_prompt, pset, oid, rid, pick_ok, place_ok,
+                                 out.to_dict(), placed, note))
+    return trials
+
+
+def _rigid_ids(meta: dict) -> set[int]:
+    return {int(o["id"]) for o in meta["objects"] if _pickable(o)}
+
+
+def summarize_parts(trials: list[PartTrial]) -> dict:
+    """Per prompt set: part grounding, object grounding, part-pick success given part grounding, end to end."""
+    out = {}
+    for pset in sorted({t.prompt_set for t in trials}):
+        ts_ = [t for t in trials if t.prompt_set == pset]
+        n, pg = len(ts_), sum(t.part_grounded for t in ts_)
+        ok_g = sum(t.success for t in ts_ if t.part_grounded)
+        e = sum(t.success for t in ts_)
+        out[pset] = {"trials": n, "part_grounded": pg, "part_grounding_rate": _r(pg, n),
+                     "object_grounded": sum(t.object_grounded for t in ts_),
+                     "success_given_part_grounded": ok_g, "success_rate_given_part_grounded": _r(ok_g, pg),
+                     "part_pick_success": e, "part_pick_success_rate": _r(e, n)}
+    return out
+
+
+def summarize_places(trials: list[PlaceTrial]) -> dict:
+    """Per prompt set: pick and place grounding, placed given both grounded, placed (end to end)."""
+    out = {}
+    for pset in sorted({t.prompt_set for t in trials}):
+        ts_ = [t for t in trials if t.prompt_set == pset]
+        n = len(ts_)
+        both = [t for t in ts_ if t.pick_grounded and t.place_grounded]
+        ok_b = sum(t.placed for t in both)
+        e = sum(t.placed for t in ts_)
+        out[pset] = {"trials": n, "pick_grounded": sum(t.pick_grounded for t in ts_),
+                     "place_grounded": sum(t.place_grounded for t in ts_), "both_grounded": len(both),
+                     "placed_given_both_grounded": ok_b, "place_rate_given_both_grounded": _r(ok_b, len(both)),
+                     "placed": e, "place_success_rate": _r(e, n)}
+    return out
+
+
+def _r(k: int, n: int) -> float | None:
+    return round(k / n, 4) if n else None

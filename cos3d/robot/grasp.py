@@ -28,8 +28,13 @@ object's own points lie inside the fingers or the palm. The **antipodal quality*
 ``|n · x|`` of the contact points (the held points within 5 mm of either jaw, normals from a local
 PCA): 1 for faces square to the closing axis, 0 for faces parallel to it. The score ranks
 candidates: feasible, then collision-free, then ``quality + 0.5 · held share − 0.5 · opening /
-max_opening + 1`` when the jaws hold the object's centre (no torque when lifting); top grasps first
-on ties (``approach="auto"``).
+max_opening + 1`` when the jaws hold the object's centre (no torque when lifting) ``+ 0.5`` when no
+other point lies within :data:`NEIGHBOUR_MARGIN` of the swept volume (clutter: keep clear of the
+neighbours); top grasps first on ties (``approach="auto"``).
+
+The hand: two finger boxes (reaching ``tip_offset`` past the origin) and a palm box behind them, as wide
+as the open fingers by default, or the real hand's (:data:`FRANKA_HAND`: the Franka Hand's 0.2 × 0.064 m
+palm and its wrist, from pybullet_data's Panda meshes) when given.
 
 Point-cloud work uses numpy and scipy's cKDTree (module docstring of :mod:`cos3d.robot`: open3d was
 measured and not needed here).
@@ -47,6 +52,10 @@ APPROACH_DISTANCE = 0.10
 checked for collisions."""
 SELF_TOLERANCE = 0.03
 """Share of the object's own surface samples allowed inside the fingers and palm at the grasp pose."""
+NEIGHBOUR_MARGIN = 0.01
+"""Metres beyond the swept volume (inflated by half the clearance) in which other objects' points cost a grasp
+0.5 of score: in clutter, of two collision-free grasps the one that keeps its distance from the neighbours
+comes first."""
 MIN_HELD_SHARE = 0.1
 """A run of points between the jaws must hold this share of the points the fingers sweep past."""
 
@@ -68,14 +77,55 @@ class GripperSpec:
     clearance: float = 0.012
     """Free space each side of the object when opening (Gaussian centres lie inside the surface they
     draw, by up to their size), and twice the inflation of the collision boxes."""
+    palm_width: float | None = None
+    """The palm's extent along the closing direction (None: it spans the open fingers, the old model)."""
+    palm_length: float | None = None
+    """The palm's extent across the closing direction, along the gripper's y (None: ``finger_width``)."""
+    tip_offset: float = 0.0
+    """How far the fingertips reach past the grasp origin along the approach (the Panda's tool centre point
+    ``panda_grasptarget`` sits 7 mm above its fingertips)."""
+    wrist_radius: float = 0.0
+    """Half-width of the wrist (the arm's last link) behind the palm, modelled as a box (0: none)."""
+    wrist_length: float = 0.0
+    """Length of that box along the approach, behind the palm."""
 
     def validate(self) -> None:
         for name in ("max_opening", "finger_depth", "finger_width", "finger_thickness", "palm_depth"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v > 0):
                 raise ValueError(f"GripperSpec.{name} must be a positive number of metres, got {v!r}")
+        for name in ("palm_width", "palm_length"):
+            v = getattr(self, name)
+            if v is not None and not (np.isfinite(v) and v > 0):
+                raise ValueError(f"GripperSpec.{name} must be a positive number of metres or None, got {v!r}")
+        for name in ("tip_offset", "wrist_radius", "wrist_length"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v >= 0):
+                raise ValueError(f"GripperSpec.{name} must be >= 0 metres, got {v!r}")
         if not (np.isfinite(self.clearance) and self.clearance >= 0):
             raise ValueError(f"GripperSpec.clearance must be >= 0, got {self.clearance!r}")
+
+    def palm_half(self, half_open: float) -> tuple[float, float]:
+        """Half-extents of the palm along the closing direction and across it, for a given half-opening."""
+        hx = half_open + self.finger_thickness if self.palm_width is None else max(self.palm_width / 2,
+                                                                                  half_open + self.finger_thickness)
+        hy = self.finger_width / 2 if self.palm_length is None else max(self.palm_length, self.finger_width) / 2
+        return hx, hy
+
+
+FRANKA_HAND = GripperSpec(
+    max_opening=0.08, finger_depth=0.039, finger_width=0.021, finger_thickness=0.0265, palm_depth=0.092,
+    clearance=0.012, palm_width=0.205, palm_length=0.064, tip_offset=0.007, wrist_radius=0.045, wrist_length=0.06)
+"""The Franka Hand as pybullet_data's ``franka_panda/panda.urdf`` draws it (its collision meshes
+``meshes/collision/hand.obj``, ``finger.obj``, ``link7.obj``, measured; Franka's datasheet: 80 mm stroke,
+hand about 0.2 m wide): the hand's hull spans 0.2044 m along the closing axis, 0.0633 m across and 0.0919 m
+along the approach (hand frame z -0.026…0.066); the fingers are mounted at z 0.0584 and their hulls span
+0.054 m along z, 0.021 m across and 0.0265 m along the closing axis, so the tool centre point
+(``panda_grasptarget``, z 0.105) has 0.039 m of free finger above it before the palm and the fingertips reach
+0.007 m past it; each finger opens 0.04 m. The wrist (``panda_link7``'s hull, about 0.09 m across) follows
+behind the palm. The default :class:`GripperSpec` is the smaller palm-less model the free-floating
+gripper of :mod:`cos3d.robot.sim` was built with (a palm only as wide as the open fingers); plan with this
+one for the Panda (:mod:`cos3d.robot.arm`)."""
 
 
 @dataclass
@@ -103,6 +153,9 @@ class Grasp:
     """The opening this grasp needs (object extent + 2 × clearance), not capped at the gripper's: ``width``
     is what to command, capped at ``max_opening``; this is what a ``too_wide`` note reports. None: the
     same as ``width``."""
+
+    neighbours_near: int = 0
+    """Scene points within :data:`NEIGHBOUR_MARGIN` outside the swept volume (0: a clear margin all round)."""
 
     def __post_init__(self):
         if self.needed_width is None:
@@ -132,6 +185,7 @@ class Grasp:
             "collisions": int(self.collisions),
             "score": float(self.score),
             "needed_width": float(self.needed_width),
+            "neighbours_near": int(self.neighbours_near),
         }
 
 
@@ -219,14 +273,25 @@ def _evaluate(ctx: _Ctx, approach: str, R: np.ndarray, tip: np.ndarray, region: 
         half_open = min(width, g.max_opening) / 2
         c = g.clearance / 2
         fd, fw, ft, pd, ad = g.finger_depth, g.finger_width, g.finger_thickness, g.palm_depth, APPROACH_DISTANCE
+        to = g.tip_offset
         fingers = [
-            ((+(half_open + ft / 2), 0.0, -fd / 2), (ft / 2, fw / 2, fd / 2)),
-            ((-(half_open + ft / 2), 0.0, -fd / 2), (ft / 2, fw / 2, fd / 2)),
+            ((+(half_open + ft / 2), 0.0, (to - fd) / 2), (ft / 2, fw / 2, (fd + to) / 2)),
+            ((-(half_open + ft / 2), 0.0, (to - fd) / 2), (ft / 2, fw / 2, (fd + to) / 2)),
         ]
-        palm = [((0.0, 0.0, -fd - pd / 2), (half_open + ft, fw / 2, pd / 2))]
+        phx, phy = g.palm_half(half_open)
+        palm = [((0.0, 0.0, -fd - pd / 2), (phx, phy, pd / 2))]
         # the rest of the scene: nothing in the volume the hand sweeps from the pre-grasp pose, inflated
-        swept = [((0.0, 0.0, -(fd + pd + ad) / 2), (half_open + ft + c, fw / 2 + c, (fd + pd + ad) / 2 + c))]
+        swept = [((0.0, 0.0, (to - fd) / 2 - ad / 2), (half_open + ft + c, fw / 2 + c, (fd + to + ad) / 2 + c)),
+                 ((0.0, 0.0, -fd - (pd + ad) / 2), (phx + c, phy + c, (pd + ad) / 2 + c))]
+        if g.wrist_radius > 0 and g.wrist_length > 0:
+            wl = g.wrist_length
+            swept.append(((0.0, 0.0, -fd - pd - (wl + ad) / 2), (g.wrist_radius + c, g.wrist_radius + c,
+                                                                (wl + ad) / 2 + c)))
         hits = _boxes_hits(ctx.obstacles, origin, R, swept)
+        # neighbours within a further NEIGHBOUR_MARGIN of the swept volume: a grasp that keeps them at a distance
+        # disturbs them less (clutter), ranked ahead of one that brushes past
+        m = NEIGHBOUR_MARGIN
+        near = _boxes_hits(ctx.obstacles, origin, R, [(cc, tuple(v + m for v in h)) for cc, h in swept]) - hits
         # the object itself: the fingers and the palm at the grasp pose must not push into it (a few
         # surface samples of its own there are the blur of its Gaussians, not a collision)
         own = _boxes_hits(ctx.P, origin, R, fingers + palm)
@@ -244,9 +309,9 @@ def _evaluate(ctx: _Ctx, approach: str, R: np.ndarray, tip: np.ndarray, region: 
         # jaws around the object's mass centre lift it without a torque
         centred = lo - 1e-9 <= float((ctx.centre - tip) @ ax) <= hi + 1e-9
         score = quality + 0.5 * share - 0.5 * min(width, 2 * g.max_opening) / g.max_opening + (1.0 if centred else 0.0)
-        score += (2.0 if hits == 0 else 0.0) + (4.0 if feasible else 0.0)
+        score += (2.0 if hits == 0 else 0.0) + (4.0 if feasible else 0.0) + (0.5 if near == 0 else 0.0)
         out.append(Grasp(T, approach, float(min(width, g.max_opening)), float(obj_w), quality, bool(feasible),
-                         hits == 0, hits, float(score), needed_width=float(width)))
+                         hits == 0, hits, float(score), needed_width=float(width), neighbours_near=int(near)))
     return out
 
 

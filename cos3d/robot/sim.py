@@ -174,7 +174,8 @@ def _make_gripper(p, cid: int, g: GripperSpec, T: np.ndarray, opening: float) ->
 
     fd, fw, ft, pd = g.finger_depth, g.finger_width, g.finger_thickness, g.palm_depth
     half = g.max_opening / 2
-    palm = p.createCollisionShape(p.GEOM_BOX, halfExtents=[half + ft, fw / 2, pd / 2],
+    phx, phy = g.palm_half(half)
+    palm = p.createCollisionShape(p.GEOM_BOX, halfExtents=[phx, phy, pd / 2],
                                   collisionFramePosition=[0, 0, -fd - pd / 2], physicsClientId=cid)
     fingers = [p.createCollisionShape(p.GEOM_BOX, halfExtents=[ft / 2, fw / 2, fd / 2],
                                       collisionFramePosition=[sgn * ft / 2, 0, 0], physicsClientId=cid)

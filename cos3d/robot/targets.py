@@ -11,8 +11,9 @@
   (fewer than :data:`MIN_GAUSSIANS` Gaussians, or a score under the query's presence threshold).
 
 A prompt whose target is absent gives an empty :class:`Targets` whose ``reason`` says why: never a
-guess. ``"the handle of the mug"`` is read as the part query ``query("handle", within="mug")`` when
-that finds something (else as a whole prompt).
+guess. ``"the handle of the mug"`` and ``"the mug by the handle"`` ("pick up the mug by its handle") are
+read as the part query ``query("handle", within="mug")`` when that finds something (else as a whole
+prompt); the grasps are then planned on the part's points, the rest of the object an obstacle.
 
 ``place_target(scene, "bowl")`` gives where to put something: inside the receptacle's opening when
 its middle is well below its rim (a bowl, a mug, a tray's floor), else on its top surface; flagged
@@ -62,6 +63,9 @@ still far from a neighbour's (a table's measured 0.15-0.5 against the toy robot'
 ATTACH_SPAN = 0.5
 """Attached Gaussians lie within this share of the object's largest extent of its query points."""
 
+_BY_PART = re.compile(r"^\s*(?:(?:pick\s+up|grab|take|lift|hold|grasp)\s+)?(?:the\s+|a\s+|an\s+)?(?P<whole>.+?)"
+                      r"\s+by\s+(?:the\s+|its\s+|a\s+)?(?P<part>.+?)\s*$", re.I)
+""""the mug by the handle", "pick up the mug by its handle": the part query ``query(part, within=whole)``."""
 _PART_OF = re.compile(r"^\s*(?:the\s+|a\s+)?(?P<part>.+?)\s+of\s+(?:the\s+|a\s+|an\s+)?(?P<whole>.+?)\s*$", re.I)
 
 
@@ -230,7 +234,7 @@ def _answer(scene: "TrainedScene", prompt: Any, query: dict) -> "QueryResult":
             return prompt
         raise TypeError(f"prompt must be text or a QueryResult, got {type(prompt).__name__}")
     if isinstance(prompt, str) and not query:
-        m = _PART_OF.match(prompt)
+        m = _BY_PART.match(prompt) or _PART_OF.match(prompt)
         if m:
             part = scene.query(m.group("part"), within=m.group("whole"))
             if part.objects:
@@ -460,6 +464,21 @@ def pick_targets(
             occluded_fraction=frac, flags=flags, notes=notes,
         ))
     return Targets(out, reason=res.reason, query=res)
+
+
+def release_pose(pick: PickTarget, grasp: Grasp, place: PlaceTarget) -> np.ndarray:
+    """``[4, 4]`` where the gripper (its tool centre point, base frame) lets go of the object ``pick`` held by
+    ``grasp`` so that it lands at ``place``: the object's lowest point (its points along the place's up) at the
+    place point, its centroid straight above it; the hand keeps the grasp's orientation (no regrasp)."""
+    up = np.asarray(place.T_base_place[:3, 2], np.float64)
+    P = np.asarray(pick.points, np.float64)
+    g = np.asarray(grasp.T_base_grasp[:3, 3], np.float64)
+    above_bottom = float(g @ up - (P @ up).min()) if len(P) else 0.0
+    off = g - np.asarray(pick.centroid, np.float64)
+    off = off - (off @ up) * up
+    T = np.asarray(grasp.T_base_grasp, np.float64).copy()
+    T[:3, 3] = place.position + off + above_bottom * up
+    return T
 
 
 def place_target(

@@ -51,7 +51,9 @@ from cos3d.tabletop.catalog import (
     check_catalog,
     upright_bounds,
 )
+from cos3d.tabletop.catalog import CATALOG, up_quaternion
 from cos3d.tabletop.layout import Footprint, Selection, choose_objects, place
+from cos3d.tabletop.parts import ObjectParts, label_object_parts, object_part_geometry
 from cos3d.tabletop.render import (
     Lens,
     Light,
@@ -74,6 +76,9 @@ from cos3d.tabletop.render import (
 )
 
 FLOOR_ID, TABLE_ID, ROBOT_ID = 1, 2, 3
+_OPTIONS = {"clutter": False, "object_parts": False, "include": ()}
+"""Options added after scenes were published: left out of meta.json's config at their defaults, so a default scene's
+files are what they always were."""
 REGION = (-0.38, -0.25, 0.38, 0.25)
 """Placement region on the table top (x0, y0, x1, y1), metres, for up to 8 objects; the table is
 1.5 × 1.0 m. More objects get a proportionally larger region (and cameras further away)."""
@@ -125,6 +130,17 @@ class TabletopConfig:
     """Fraction of train frames whose pose is written as ``-inf`` (ScanNet's lost tracking)."""
     workers: int = 1
     """Processes rendering frames in parallel (each loads the scene itself); the files do not depend on it."""
+    clutter: bool = False
+    """Clutter (8-12 objects): a compact region (:data:`CLUTTER_REGION`, whatever the count), a 5 mm gap instead of
+    1.5 cm, and about half the objects set touching a neighbour (:func:`cos3d.tabletop.layout.place`). Off, the
+    scene is the one it always was."""
+    object_parts: bool = False
+    """Part maps for the objects with an obvious part (mugs' and the frying pan's handles and bodies; parts.json
+    and part/<i>.png), found from the mesh's geometry (:mod:`cos3d.tabletop.parts`). Off, only the toy robot
+    has parts, as it always had."""
+    include: tuple[str, ...] = ()
+    """Catalogue keys that must be on the table (e.g. ``white_bowl,tray`` for place targets); the rest are
+    drawn as usual."""
 
     def n_test(self) -> int:
         if self.test_views is not None:
@@ -159,8 +175,20 @@ class TabletopConfig:
         for flag, value in (("--blur", self.blur), ("--lost-tracking", self.lost_tracking)):
             if not 0.0 <= value <= 0.5:
                 raise Cos3dError(f"{flag} is a fraction of the train frames between 0 and 0.5, got {value}")
+        if self.clutter and not CLUTTER_OBJECTS[0] <= self.objects <= CLUTTER_OBJECTS[1]:
+            raise Cos3dError(f"--clutter scenes hold {CLUTTER_OBJECTS[0]} to {CLUTTER_OBJECTS[1]} objects, got "
+                             f"--objects {self.objects}")
         if not 10.0 <= self.fov_deg <= 120.0:
             raise Cos3dError(f"field of view must be between 10 and 120 degrees, got {self.fov_deg}")
+
+
+CLUTTER_REGION = (-0.4, -0.2, 0.4, 0.2)
+"""Placement region of a clutter scene (x0, y0, x1, y1), metres: 0.8 × 0.4 m, a Panda at (0, -0.48) on the
+table's long side, facing +y, reaches all of it (0.25-0.8 m). Grown by 10 % steps (up to 1.3×) when the
+objects do not fit."""
+CLUTTER_OBJECTS = (8, 12)
+CLUTTER_GAP = 0.005
+CLUTTER_TOUCHING = 0.9
 
 
 def region_scale(objects: int) -> float:
@@ -217,13 +245,14 @@ def _setup(cid: int, cfg: TabletopConfig, texdir: Path) -> Setup:
     rng_layout = np.random.default_rng([cfg.seed, 1])
     rng_cameras = np.random.default_rng([cfg.seed, 2])
     rng_frames = np.random.default_rng([cfg.seed, 3])  # blurred frames, lost tracking
-    selection = choose_objects(rng_objects, cfg.objects)
+    selection = choose_objects(rng_objects, cfg.objects, tuple(cfg.include))
     scales = [e.scale * float(rng_objects.uniform(0.92, 1.08)) for e in selection.entries]
     texdir.mkdir(parents=True)
     textures = Textures(cid, texdir)
     tex_size = texture_size_for(cfg.width, cfg.height)
-    zoom = region_scale(cfg.objects)
-    built = _build(cid, selection, scales, rng_layout, textures, tex_size, zoom)
+    zoom = 1.0 if cfg.clutter else region_scale(cfg.objects)
+    built = _build(cid, selection, scales, rng_layout, textures, tex_size, zoom, clutter=cfg.clutter,
+                   object_parts=cfg.object_parts)
     lens = make_lens(cfg.width, cfg.height, cfg.fov_deg)
     dw, dh = cfg.depth_size()
     depth_lens = lens if (dw, dh) == (cfg.width, cfg.height) else make_lens(dw, dh, cfg.fov_deg)
@@ -271,6 +300,8 @@ class Built:
     """Near-training phrasings per instance id (:attr:`cos3d.tabletop.catalog.CatalogEntry.near_names`)."""
     part_near_names: dict[int, list[str]] = field(default_factory=dict)
     """Near-training phrasings per part id."""
+    object_parts: dict[int, "ObjectParts"] = field(default_factory=dict)
+    """Body id → the part geometry of a rigid object with parts (``object_parts`` option)."""
 
 
 def _build(
@@ -281,6 +312,9 @@ def _build(
     textures: Textures,
     tex_size: int,
     zoom: float,
+    *,
+    clutter: bool = False,
+    object_parts: bool = False,
 ) -> Built:
     stage = load_stage(cid, textures, tex_size)
     top = stage.table_top
@@ -289,8 +323,20 @@ def _build(
     rigid_fps = [Footprint(*upright_bounds(e, s)) for e, s in zip(selection.entries, scales)]
     # Largest footprints first: they are the hardest to fit.
     order = sorted(range(len(rigid_fps)), key=lambda i: -float(np.prod(rigid_fps[i].half)))
-    region = tuple(zoom * v for v in REGION)
-    place(rng_layout, [robot_fp] + [rigid_fps[i] for i in order], region)
+    if clutter:  # the compact region, grown by 10 % steps when the objects do not fit (a frying pan and a tray)
+        for grow in (1.0, 1.1, 1.2, 1.3):
+            x0, y0, x1, y1 = (grow * v for v in CLUTTER_REGION)
+            region = (x0, y0, x1, y1)
+            try:
+                place(rng_layout, [robot_fp] + [rigid_fps[i] for i in order], (x0, y0, x1, y1), gap=CLUTTER_GAP,
+                      touching=CLUTTER_TOUCHING, restarts=40)
+                break
+            except Cos3dError:
+                if grow == 1.3:
+                    raise
+    else:
+        region = tuple(zoom * v for v in REGION)
+        place(rng_layout, [robot_fp] + [rigid_fps[i] for i in order], region)
 
     pos, quat = robot_fp.base_position(top), yaw_quat(robot_fp.yaw)
     move_body(cid, robot_body, pos, quat)
@@ -338,9 +384,36 @@ def _build(
         part_near[pid] = list(part.near_names)
         for link in part.links:
             part_lut[robot_links[link] + 1] = pid
+    object_part_maps: dict[int, ObjectParts] = {}
+    if object_parts:
+        next_pid = len(ROBOT.parts) + 1
+        for body, oid in body_to_id.items():
+            rec = next((o for o in objects if o["id"] == oid), None)
+            if rec is None or rec["key"] not in CATALOG:
+                continue
+            geo = object_part_geometry(CATALOG[rec["key"]], float(rec["scale"]))
+            if geo is None:
+                continue
+            ids = {}
+            for name, spec in geo.parts.items():
+                parts[next_pid] = PartInfo(names=list(spec.names), parent=oid)
+                part_eval[next_pid] = list(spec.eval_names)
+                part_near[next_pid] = []
+                ids[name] = next_pid
+                next_pid += 1
+            pos = np.asarray(rec["position"], np.float64)
+            object_part_maps[body] = ObjectParts(geo, ids, pos, float(_yaw_of(rec)))
     return Built(table_top=top, region=region, robot_body=robot_body, inst_lut=inst_lut, part_lut=part_lut,
                  labels=labels, parts=parts, objects=objects, pair={"kind": selection.pair_kind, "ids": pair_ids},
-                 eval_names=eval_names, part_eval_names=part_eval, near_names=near_names, part_near_names=part_near)
+                 eval_names=eval_names, part_eval_names=part_eval, near_names=near_names, part_near_names=part_near,
+                 object_parts=object_part_maps)
+
+
+def _yaw_of(rec: dict) -> float:
+    """The yaw (radians about +z) of an object record: its upright frame's x axis in the world."""
+    T = np.asarray(rec["T_world_object"], np.float64)
+    R = T[:3, :3] @ quat_to_matrix(np.asarray(up_quaternion(rec.get("up_axis", "z")), np.float64)).T
+    return math.atan2(R[1, 0], R[0, 0])
 
 
 def _pose_record(pos: np.ndarray, quat: np.ndarray, fp: Footprint) -> dict:
@@ -409,6 +482,8 @@ def _render_views(cid: int, root: Path, setup: Setup, indices: range, cfg: Table
         cap = capture(cid, lens, view.c2w, light)
         inst = built.inst_lut[cap.body + 1]
         part = np.where(cap.body == built.robot_body, built.part_lut[cap.link + 1], 0).astype(np.uint16)
+        for body, op in built.object_parts.items():
+            label_object_parts(part, cap.body == body, cap.depth, lens.K, view.c2w, op)
         depth = cap.depth
         if own_depth:
             inst, part = inst[rows][:, cols], part[rows][:, cols]
@@ -438,7 +513,8 @@ def _write_sidecars(root: Path, cfg: TabletopConfig, built: Built, lens: Lens, v
     write_json(root / "meta.json", {
         "generator": "cos3d.tabletop",
         "cos3d_version": __version__,
-        "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "force", "workers")} | {"test_views": cfg.n_test()},
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "force", "workers")
+                   and not (k in _OPTIONS and v == _OPTIONS[k])} | {"test_views": cfg.n_test()},
         "renderer": "pybullet TinyRenderer (CPU)",
         "camera": {"fov_deg_vertical": cfg.fov_deg, "near": lens.near, "far": lens.far, "K": _r(lens.K, 9),
                    "convention": "OpenCV camera-to-world in metres; pixel centres at integer coordinates"},
@@ -448,7 +524,10 @@ def _write_sidecars(root: Path, cfg: TabletopConfig, built: Built, lens: Lens, v
         "pair": built.pair,
         "objects": built.objects,
         "parts": {str(pid): {"names": list(part.names), "parent": ROBOT_ID, "links": list(part.links)}
-                  for pid, part in enumerate(ROBOT.parts, start=1)},
+                  for pid, part in enumerate(ROBOT.parts, start=1)}
+        | {str(pid): {"names": list(op.geometry.parts[name].names), "parent": int(built.parts[pid].parent),
+                      "part": name, "geometry": op.geometry.to_dict()}
+           for op in built.object_parts.values() for name, pid in op.ids.items()},
         "views": [{"name": n, "split": v.split, "orbit": v.ring}
                   | ({"blur_px": round(effects.blurred[i][0], 2)} if i in effects.blurred else {})
                   | ({"lost_tracking": True} if i in effects.lost else {})
