@@ -40,6 +40,7 @@ TUNABLES: tuple[tuple[str, tuple], ...] = (
     ("weaker_on", ("cosine", "relevancy", "off")),
     ("weaker_logit", (0.75, 0.5, 1.0, 1.5)),
     ("presence_words_quantile", (0.95, 0.8, 0.85, 0.9, 0.975, 0.99, 1.0)),
+    ("attach_thin_parts", (False, True)),
 )
 """Each tunable of :class:`cos3d.query.settings.QuerySettings` with its candidates (the value shipped before
 this script first ran is listed first: it wins ties). ``presence_words_quantile`` is read only when the masks

@@ -71,6 +71,7 @@ from cos3d.query.objects import Object3D, make_object, split_objects
 from cos3d.query.prompts import Click, load_rgb_image, parse_click
 from cos3d.vision.image_prompt import BinaryInput, ImagePrompt, PointsInput
 from cos3d.query.settings import QuerySettings
+from cos3d.query.thin_parts import attach_thin_parts
 from cos3d.query.refine import InstanceIndex, RefineResult, refine_fast, refine_reference, thresholds
 from cos3d.query import refine_compiled
 from cos3d.query.relevancy import (
@@ -1115,6 +1116,8 @@ class QueryEngine:
             objs = split_objects(ref.selected, self.means, lv.unit, self.opacity, R, lv.dbar, scales=self.scales)
             if self.settings.weaker_on != "off":
                 objs = self._filter_weaker(objs, R, cos if self.settings.weaker_on == "cosine" else None)
+            if self.settings.attach_thin_parts and kind == "text" and subset is None:
+                objs = self._attach_thin(objs, R, lv)
             tim["objects"] = (time.perf_counter() - ts) * 1e3
             sel = torch.sort(torch.cat([o.gaussians for o in objs])).values if objs else torch.zeros(0, dtype=torch.long)
             tim["total"] = shared + (time.perf_counter() - tq) * 1e3
@@ -1126,6 +1129,26 @@ class QueryEngine:
             out.append(QueryResult(query=desc, kind=kind, level=lvl, objects=objs, selected=sel, no_target=not objs,
                                    reason=reason, timings=tim, score=score, threshold=threshold, refine=ref,
                                    engine=self))
+        return out
+
+    def _attach_thin(self, objs: list[Object3D], R: Tensor, lv: LevelState) -> list[Object3D]:
+        """Each object with the thin parts its refinement left out (:mod:`cos3d.query.thin_parts`); no Gaussian
+        moves between the answer's objects."""
+        if not objs:
+            return objs
+        means, scales, opacity = self.means.numpy(), self.scales.numpy(), self.opacity.numpy()
+        Rn = R.detach().cpu().double().numpy()
+        taken = np.zeros(len(means), bool)
+        for o in objs:
+            taken[o.gaussians.numpy()] = True
+        out = []
+        for o in objs:
+            mine = np.zeros(len(means), bool)
+            mine[o.gaussians.numpy()] = True
+            grown = attach_thin_parts(o, relevancy=Rn, unit=lv.unit_np, means=means, scales=scales, opacity=opacity,
+                                      taken=taken & ~mine)
+            taken[grown.gaussians.numpy()] = True
+            out.append(grown)
         return out
 
     def _filter_weaker(self, objs: list[Object3D], R: Tensor, cos: Tensor | None = None) -> list[Object3D]:

@@ -87,6 +87,9 @@ class QuerySettings:
     """What a part query inside its parent normalises and refines (:data:`SELECT_ON`)."""
     select_objects_on: str = "relevancy"
     """What a whole-object query normalises and refines (:data:`SELECT_ON`; COS3D's is the relevancy)."""
+    attach_thin_parts: bool = False
+    """Grow each object of a whole-object text answer by the thin parts its instance-space refinement left out
+    (a toy robot's arm and claw; :mod:`cos3d.query.thin_parts`). The robot API's pick targets always do."""
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("presence_rule", self.presence_rule, RULES), ("part_rule", self.part_rule, PART_RULES),

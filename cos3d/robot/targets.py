@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cos3d.core.errors import Cos3dError
+from cos3d.query.thin_parts import attach_thin_parts as grow_thin_parts
 from cos3d.robot.frames import (
     as_transform,
     transform_directions,
@@ -40,6 +42,7 @@ from cos3d.robot.grasp import APPROACHES, Grasp, GripperSpec, plan_grasps
 
 if TYPE_CHECKING:  # pragma: no cover
     from cos3d.query.engine import QueryResult
+    from cos3d.query.objects import Object3D
     from cos3d.pipeline.trained import TrainedScene
 
 MIN_GAUSSIANS = 30
@@ -52,16 +55,6 @@ MIN_PLACE_RADIUS = 0.03
 """A placement point with less free radius is flagged ``occupied``."""
 OBSTACLE_OPACITY = 0.1
 """Gaussians less opaque than this are ignored as obstacles (floaters)."""
-
-ATTACH_REACH = 2.0
-"""Two Gaussians touch when their distance is below this × the sum of their largest standard deviations
-(the rule :func:`cos3d.query.objects.split_objects` links by)."""
-ATTACH_COSINE = 0.5
-"""A Gaussian attached to an object must have an instance feature at least this close (cosine) to the
-object's mean one: far looser than the query's refinement, which a thin part's blurred features miss, and
-still far from a neighbour's (a table's measured 0.15-0.5 against the toy robot's)."""
-ATTACH_SPAN = 0.5
-"""Attached Gaussians lie within this share of the object's largest extent of its query points."""
 
 _BY_PART = re.compile(r"^\s*(?:(?:pick\s+up|grab|take|lift|hold|grasp)\s+)?(?:the\s+|a\s+|an\s+)?(?P<whole>.+?)"
                       r"\s+by\s+(?:the\s+|its\s+|a\s+)?(?P<part>.+?)\s*$", re.I)
@@ -275,73 +268,23 @@ def _base_box(T: np.ndarray, box: Any) -> Box:
     return Box(center=transform_points(T, box.center), R=R, extent=np.asarray(box.extent, np.float64) * s)
 
 
-def attach_thin_parts(res: Any, obj: Any, taken: np.ndarray) -> Any:
-    """The whole object: ``obj`` of a text answer with the thin parts the query's instance-space refinement
-    left out (a toy robot's arm and claw, a few pixels wide in training views, have blurred instance
-    features), as an object of the same id and score.
-
-    Grown from the object's Gaussians by touching steps (:data:`ATTACH_REACH`) through Gaussians that the
-    language field gives the prompt as much as the object itself (relevancy ≥ the 10th percentile of the
-    object's own, less a tenth of its lead over the scene's median Gaussian), whose instance features are
-    not another object's (cosine ≥ :data:`ATTACH_COSINE` to the object's mean), that no other object of
-    the answer holds (``taken``: bool [N]), within :data:`ATTACH_SPAN` × the object's largest extent.
-    Anything else (image, click and part answers, a
-    hand-made answer without its engine) is returned unchanged: a part stays a part.
-    """
-    import dataclasses
-
-    import torch
-    from scipy.spatial import cKDTree
-
-    from cos3d.query.objects import make_object
-
-    eng = getattr(res, "engine", None)
-    if eng is None or getattr(res, "kind", "") != "text" or not isinstance(getattr(res, "query", None), str):
+def attach_thin_parts(res: "QueryResult", obj: "Object3D", taken: np.ndarray) -> "Object3D":
+    """The whole object: ``obj`` of a text answer ``res`` with the thin parts the query's instance-space
+    refinement left out (a toy robot's arm and claw), by :func:`cos3d.query.thin_parts.attach_thin_parts`;
+    ``taken``: bool [N], the answer's other objects. Image, click and part answers, and a hand-made answer
+    without its engine, are returned unchanged: a part stays a part."""
+    eng = res.engine
+    if eng is None or res.kind != "text" or not isinstance(res.query, str):
         return obj
-    ids = obj.gaussians.detach().cpu().numpy().astype(np.int64)
-    if len(ids) < 3:
+    if obj.num < 3 or eng.settings.attach_thin_parts:  # the engine's answer already holds them
         return obj
     try:
         R = eng.relevancy(eng.embed_text([res.query]), res.level)[0].detach().cpu().double().numpy()
-        U = eng.level_state(res.level).unit.detach().cpu().float().numpy()
-    except Exception:  # a prompt the engine can no longer embed as text: leave the answer as it is
+    except Cos3dError:  # a prompt the engine can no longer embed as text: leave the answer as it is
         return obj
-    X = eng.means.detach().cpu().double().numpy()
-    s = eng.scales.detach().cpu().double().numpy()
-    op = eng.opacity.detach().cpu().double().numpy()
-    mine = np.zeros(len(X), bool)
-    mine[ids] = True
-    mf = (U[ids] * op[ids, None]).sum(0)
-    mf /= max(float(np.linalg.norm(mf)), 1e-12)
-    extent = float(np.max(X[ids].max(0) - X[ids].min(0)))
-    # as much relevancy as the object's own, within a tenth of the way down to the scene's typical Gaussian
-    r10 = float(np.percentile(R[ids], 10))
-    r_min = r10 - 0.1 * max(r10 - float(np.median(R)), 0.0)
-    cand = (R >= r_min) & (U @ mf >= ATTACH_COSINE) & ~mine & ~taken
-    cand_idx = np.nonzero(cand)[0]
-    if len(cand_idx) == 0:
-        return obj
-    d0, _ = cKDTree(X[ids]).query(X[cand_idx], k=1)
-    cand_idx = cand_idx[d0 <= ATTACH_SPAN * extent]
-    if len(cand_idx) == 0:
-        return obj
-    tree = cKDTree(X[cand_idx])
-    smax = float(s[cand_idx].max())
-    joined = np.zeros(len(cand_idx), bool)
-    frontier = ids
-    while len(frontier):
-        nxt = set()
-        for f, nb in zip(frontier, tree.query_ball_point(X[frontier], ATTACH_REACH * (s[frontier] + smax))):
-            for j in nb:
-                if not joined[j] and np.linalg.norm(X[cand_idx[j]] - X[f]) < ATTACH_REACH * (s[f] + s[cand_idx[j]]):
-                    joined[j] = True
-                    nxt.add(j)
-        frontier = cand_idx[sorted(nxt)]
-    if not joined.any():
-        return obj
-    whole = torch.from_numpy(np.concatenate([ids, cand_idx[joined]]))
-    full = make_object(whole, eng.means.detach().cpu(), eng.opacity.detach().cpu(), torch.from_numpy(R))
-    return dataclasses.replace(obj, gaussians=full.gaussians, centroid=full.centroid, box=full.box, points=full.points)
+    return grow_thin_parts(obj, relevancy=R, unit=eng.level_state(res.level).unit_np,
+                           means=eng.means.detach().cpu().numpy(), scales=eng.scales.detach().cpu().numpy(),
+                           opacity=eng.opacity.detach().cpu().numpy(), taken=taken)
 
 
 def covered_from_above(points: np.ndarray, others: np.ndarray, up: np.ndarray, radius: float = 0.01) -> np.ndarray:

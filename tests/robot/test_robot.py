@@ -391,7 +391,8 @@ def test_thin_parts_belong_to_the_robots_target(ts, tabletop_dir):
     # Gaussian centres lie a little inside the surface they draw: 2 cm of slack per side
     np.testing.assert_allclose(P.min(0)[:2], lo[:2], atol=0.02)
     np.testing.assert_allclose(P.max(0), hi, atol=0.02)
-    assert len(t[0].gaussians) > len(t.query.objects[0].gaussians)  # the query's own object lacked them
+    if not ts.engine.settings.attach_thin_parts:
+        assert len(t[0].gaussians) > len(t.query.objects[0].gaussians)  # the query's own object lacked them
     # too wide for the hand: the note gives the opening its narrowest grasp needs, not the capped command
     g = GripperSpec()
     assert t[0].too_wide and all(c.width <= g.max_opening for c in t[0].grasps)
@@ -403,6 +404,32 @@ def test_thin_parts_belong_to_the_robots_target(ts, tabletop_dir):
     note = next(n for n in t[0].notes if "needs" in n)
     need = min(g.needed_width for g in t[0].grasps)
     assert f"needs {need * 100:.1f} cm" in note and need > GripperSpec().max_opening
+
+
+def test_query_answer_holds_the_thin_parts_when_set(ts, tabletop_dir):
+    """With ``QuerySettings.attach_thin_parts`` the engine's own answer to "toy robot" spans its arm and claw
+    (the true extent, ground truth read only here) and is the robot API's pick target; without it the
+    answer falls short on the arm's side."""
+    pytest.importorskip("pybullet")
+    from dataclasses import replace
+
+    lo, hi = _robot_truth(tabletop_dir)
+    eng = ts.engine
+    before = eng.settings
+    try:
+        eng.settings = replace(before, attach_thin_parts=False)
+        bare = eng.query("toy robot").objects[0]
+        eng.settings = replace(before, attach_thin_parts=True)
+        res = eng.query("toy robot")
+        t = pick_targets(ts, "toy robot")
+    finally:
+        eng.settings = before
+    P = res.objects[0].points.astype(np.float64)
+    np.testing.assert_allclose(P.min(0)[:2], lo[:2], atol=0.02)
+    np.testing.assert_allclose(P.max(0), hi, atol=0.02)
+    assert bare.points[:, 0].min() > lo[0] + 0.02  # the arm was missing from the bare answer
+    assert res.objects[0].num > bare.num
+    assert np.array_equal(np.asarray(t[0].gaussians), res.objects[0].gaussians.numpy())  # no second growth in the robot API
 
 
 def test_arm_lifts_a_reachable_target_and_flags_the_rest(ts, tabletop_dir):
