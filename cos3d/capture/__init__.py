@@ -447,5 +447,5 @@ def scene_for_training(cfg: Any) -> Any:
         print(f"cos3d train: {source} has no camera poses; posing it by structure-from-motion into {out} "
               f"(`cos3d prepare {'video' if kind == 'video' else 'images'}`)", file=sys.stderr)
         prepare_capture(CaptureConfig(source=source, out=out, kind=kind, threads=cfg.threads, seed=cfg.seed,
-                                      progress=cfg.progress))
+                                      progress=cfg.progress, camera_model=cfg.capture_camera_model))
     return dataclasses.replace(cfg, scene=str(out), images=None, video=None, capture_out=None)
