@@ -132,7 +132,9 @@ def train_and_eval(scene: Path, run: Path, log: Path, threads: int, source: list
             "by_kind": {k: v.get("mIoU") for k, v in m["by_kind"].items()},
             "n_gaussians": rec.get("counts", {}).get("n_gaussians"),
             "init": rec.get("stages", {}).get("recon", {}).get("metrics", {}).get("init", {}).get("mode"),
-            "psnr_test": rec.get("stages", {}).get("recon", {}).get("metrics", {}).get("psnr_test"), **times}
+            "psnr_test": rec.get("stages", {}).get("recon", {}).get("metrics", {}).get("psnr_test"),
+            "stage0_s": rec.get("stages", {}).get("recon", {}).get("metrics", {}).get("time_s"),
+            "stage0_steps": rec.get("stages", {}).get("recon", {}).get("metrics", {}).get("iterations"), **times}
 
 
 def pose_by_training(source_flags: list[str], run: Path, log: Path, threads: int) -> dict:
@@ -172,10 +174,11 @@ def table(r: dict, cmd: str, mach: str) -> str:
         f"{a['rot_err_deg_median']:.2f}° / {a['rot_err_deg_max']:.2f}° | {a['trans_err_median_pct_extent']:.2f} / "
         f"{a['trans_err_max_pct_extent']:.2f} | {a['up_err_deg']:.2f}° ({a['up_from']}) | {a['focal_px']} "
         f"({a['true_focal_px']}) | {p['seconds']:.1f} s | {p['peak_gib']:.2f} GiB |", "",
-        "| scene | stage-0 init | Gaussians | held-out PSNR | held-out pairs | mIoU | mAcc@0.25 | names | paraphrases | plurals "
-        "| parts |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        *[f"| {name} | {x.get('init') or '–'} | {x.get('n_gaussians') or '–'} | "
+        "| scene | stage-0 init | stage-0 steps / time | Gaussians | held-out PSNR | held-out pairs | mIoU | mAcc@0.25 | "
+        "names | paraphrases | plurals | parts |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[f"| {name} | {x.get('init') or '–'} | {x.get('stage0_steps') or '–'} / "
+          f"{'–' if x.get('stage0_s') is None else format(x['stage0_s'], '.0f') + ' s'} | {x.get('n_gaussians') or '–'} | "
           f"{'–' if x.get('psnr_test') is None else format(x['psnr_test'], '.1f') + ' dB'} | {x['pairs']} | {f(x['mIoU'])} | "
           f"{f(x['mAcc@0.25'])} | " + " | ".join(f(x["by_kind"].get(k)) for k in ("name", "paraphrase", "plural", "part")) + " |"
           for name, x in (("true poses + depth", t), ("SfM poses, no depth", c))],

@@ -591,7 +591,7 @@ def _reconstruct(scene, cfg: ReconConfig, out: Path | None, device, resume: bool
     if not train:
         raise Cos3dError(f"{scene.root}: the train split is empty; nothing to reconstruct from")
     cfg, sparse = sparse_schedule(scene, cfg)
-    if sparse is not None and show:
+    if sparse is not None:  # shown with or without progress bars: it changes the schedule
         print(f"stage 0: no depth, {len(scene.points)} sparse points: densifying over {cfg.iterations} steps "
               "(--no-recon.sparse-densify keeps the preset's schedule)", flush=True)
     scale = scene_scale(scene)
