@@ -6,9 +6,11 @@ the finished ones (the work lives in a hidden sibling ``.<out>.sfm-work/`` of ``
 1. ``frames``: photos copied (EXIF orientation applied), or the sharpest frame of each of ``--max-frames``
    equal stretches of a video (PyAV decodes it; no system FFmpeg);
 2. ``features``: SIFT on the CPU (pycolmap), one shared camera;
-3. ``matches``: sequential for a video of more than 40 chosen frames (each frame with its ``--overlap``
-   successors), exhaustive for shorter ones and for photo sets of up to 120 photos (sequential by file
-   name beyond), see :data:`EXHAUSTIVE_MAX`;
+3. ``matches``: sequential for a video of more than 40 chosen frames (each frame with its successors at
+   offsets 1, 2, 4, 8, ...: COLMAP's quadratic overlap), plus every pair of ``--loop-keyframes`` frames
+   spread over the capture (the loop closure a vocabulary tree would find: a sweep that returns to its
+   start is tied together), exhaustive for shorter ones and for photo sets of up to 120 photos
+   (sequential by file name beyond), see :data:`EXHAUSTIVE_MAX`;
 4. ``mapping``: incremental mapping; the largest model is kept, and refused unless ``--min-registered`` of
    the frames registered (the counts are in the message);
 5. ``undistort``: images and cameras undistorted to PINHOLE, in the normalised frame below;
@@ -79,7 +81,12 @@ class CaptureConfig:
     """auto: sequential for videos of over 40 chosen frames and photo sets of over 120 (by file name),
     exhaustive otherwise."""
     overlap: int = 10
-    """Sequential matching: each frame is matched with this many following frames."""
+    """Sequential matching: each frame is matched with the frames 1, 2, 4, ..., 2^(overlap-1) after it
+    (COLMAP's quadratic overlap)."""
+    loop_keyframes: int = 30
+    """Sequential matching: also match every pair of this many frames spread evenly over the capture
+    (0: none). Without it the poses of a 60-frame tabletop sweep drifted to 1.1-2.2° rotation error at its
+    end (development seeds 1, 2, 5); see docs/benchmarks.md."""
     camera_model: Literal["SIMPLE_RADIAL", "OPENCV", "SIMPLE_PINHOLE", "PINHOLE"] = "SIMPLE_RADIAL"
     """Lens model estimated by the mapper (the images are undistorted to PINHOLE afterwards)."""
     max_features: int = 8192
@@ -103,6 +110,8 @@ class CaptureConfig:
             raise ConfigError("max_frames", f"must be at least 5, got {self.max_frames}")
         if not 64 <= self.max_size <= 8192:
             raise ConfigError("max_size", f"must be between 64 and 8192 pixels, got {self.max_size}")
+        if self.loop_keyframes < 0:
+            raise ConfigError("loop_keyframes", f"must be 0 or more, got {self.loop_keyframes}")
         if self.overlap < 1:
             raise ConfigError("overlap", f"must be at least 1, got {self.overlap}")
         if not 0.0 < self.min_registered <= 1.0:
@@ -289,9 +298,11 @@ def _run(cfg: CaptureConfig, kind: str, out: Path, work: _Work) -> CaptureResult
     # 3. matches
     if not work.done("matches"):
         t0 = time.perf_counter()
-        how = f"sequential, {cfg.overlap} following frames" if sequential else f"exhaustive, {n * (n - 1) // 2} pairs"
+        how = (f"sequential (quadratic overlap {cfg.overlap}) + every pair of {min(cfg.loop_keyframes, n)} keyframes"
+               if sequential else f"exhaustive, {n * (n - 1) // 2} pairs")
         _say(cfg, 3, "matches", how)
-        sfm.match(db, sequential=sequential, overlap=cfg.overlap, threads=threads)
+        sfm.match(db, sequential=sequential, overlap=cfg.overlap, threads=threads, names=names,
+                  loop_keyframes=cfg.loop_keyframes)
         timed("matches", t0)
         pairs, best = sfm.verified_pairs(db)
         work.finish("matches", pairs=pairs, best_pair_inliers=best, timings=timings)
@@ -436,5 +447,5 @@ def scene_for_training(cfg: Any) -> Any:
         print(f"cos3d train: {source} has no camera poses; posing it by structure-from-motion into {out} "
               f"(`cos3d prepare {'video' if kind == 'video' else 'images'}`)", file=sys.stderr)
         prepare_capture(CaptureConfig(source=source, out=out, kind=kind, threads=cfg.threads, seed=cfg.seed,
-                                      progress=cfg.progress))
+                                      progress=cfg.progress, camera_model=cfg.capture_camera_model))
     return dataclasses.replace(cfg, scene=str(out), images=None, video=None, capture_out=None)

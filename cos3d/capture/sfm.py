@@ -42,8 +42,23 @@ def extract(db: Path, images: Path, names: list[str], *, camera_model: str, max_
                         extraction_options=ex, device=pc.Device.cpu)
 
 
-def match(db: Path, *, sequential: bool, overlap: int, threads: int) -> None:
-    """Match features: ``sequential`` pairs each frame with its ``overlap`` successors (video), else every pair."""
+def loop_pairs(names: list[str], keyframes: int) -> list[tuple[str, str]]:
+    """Every pair of at most ``keyframes`` frames spread evenly over ``names`` (every ``ceil(n / keyframes)``-th
+    frame, the first and the last included): the loop-closing pairs of a sequentially matched video."""
+    if keyframes < 2 or len(names) < 3:
+        return []
+    step = -(-len(names) // keyframes)
+    kf = names[::step]
+    if kf[-1] != names[-1]:
+        kf = kf[:-1] + [names[-1]] if len(kf) >= keyframes else kf + [names[-1]]
+    return [(a, b) for i, a in enumerate(kf) for b in kf[i + 1:]]
+
+
+def match(db: Path, *, sequential: bool, overlap: int, threads: int, names: list[str] | None = None,
+          loop_keyframes: int = 0) -> None:
+    """Match features: ``sequential`` pairs each frame with its successors at offsets 1, 2, 4, ... up to
+    ``2^(overlap-1)`` (COLMAP's quadratic overlap), plus every pair of ``loop_keyframes`` keyframes of
+    ``names`` (:func:`loop_pairs`); otherwise every pair."""
     pc = _pycolmap()
     mo = pc.FeatureMatchingOptions()
     mo.num_threads = threads
@@ -52,6 +67,13 @@ def match(db: Path, *, sequential: bool, overlap: int, threads: int) -> None:
         po.overlap = overlap
         po.num_threads = threads
         pc.match_sequential(db, matching_options=mo, pairing_options=po, device=pc.Device.cpu)
+        pairs = loop_pairs(list(names or []), loop_keyframes)
+        if pairs:  # pairs matched above are skipped by COLMAP's matcher
+            listing = db.parent / "loop_pairs.txt"
+            listing.write_text("".join(f"{a} {b}\n" for a, b in pairs))
+            ip = pc.ImportedPairingOptions()
+            ip.match_list_path = listing
+            pc.match_image_pairs(db, matching_options=mo, pairing_options=ip, device=pc.Device.cpu)
     else:
         pc.match_exhaustive(db, matching_options=mo, device=pc.Device.cpu)
 

@@ -36,7 +36,7 @@ from cos3d.data.scene import Frame, Scene
 from cos3d.core.config import from_dict, load_config_file
 from cos3d.data.ply import write_ply
 
-__all__ = ["ReconConfig", "reconstruct", "init_gaussians", "evaluate_psnr", "ssim", "psnr"]
+__all__ = ["ReconConfig", "reconstruct", "init_gaussians", "init_mode", "sparse_schedule", "evaluate_psnr", "ssim", "psnr"]
 
 INIT_MODES = ("auto", "depth", "points", "random")
 CHECKPOINT = "checkpoint.pt"
@@ -113,6 +113,16 @@ class ReconConfig:
     """Image-plane gradient above which Gaussians are duplicated or split."""
     prune_opa: float = 0.005
     """Opacity below which Gaussians are pruned."""
+    sparse_densify: bool = True
+    """A scene without depth that starts from its sparse points (a capture posed by structure-from-motion:
+    ~1.5k points where depth gives ~25k) while densification is off (the fast preset) is densified anyway:
+    at least ``sparse_iterations`` steps, gsplat's densification every ``sparse_refine_every`` steps from
+    that step to 80 % of the schedule. Scenes with depth, and settings that already densify, are unchanged.
+    Measured in docs/benchmarks.md, "From a phone capture" (confirmed on development seed 1)."""
+    sparse_iterations: int = 1000
+    """Steps of the sparse-start schedule of ``sparse_densify``."""
+    sparse_refine_every: int = 100
+    """Densification interval (and first step) of the sparse-start schedule of ``sparse_densify``."""
     eval_every: int = 0
     """Evaluate the held-out PSNR every this many steps (0: only at the end)."""
     checkpoint_every: int = 1000
@@ -150,6 +160,10 @@ class ReconConfig:
             raise ConfigError("init_opacity", f"must be in (0, 1), got {self.init_opacity}")
         if self.max_gaussians < 1:
             raise ConfigError("max_gaussians", f"must be >= 1, got {self.max_gaussians}")
+        if self.sparse_iterations < 0:
+            raise ConfigError("sparse_iterations", f"must be >= 0, got {self.sparse_iterations}")
+        if self.sparse_refine_every < 1:
+            raise ConfigError("sparse_refine_every", f"must be >= 1, got {self.sparse_refine_every}")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -359,21 +373,39 @@ def scene_scale(scene: Scene) -> float:
     return max(1.1 * _camera_bounds(scene)[1], 1e-3)
 
 
+def init_mode(scene: Scene, cfg: ReconConfig) -> str:
+    """The initialisation ``cfg.init`` resolves to for ``scene`` (``auto``: depth, else points, else random)."""
+    if cfg.init != "auto":
+        return cfg.init
+    if scene.has_depth:
+        return "depth"
+    if scene.points is not None and len(scene.points) > 0:
+        return "points"
+    return "random"
+
+
+def sparse_schedule(scene: Scene, cfg: ReconConfig) -> tuple[ReconConfig, dict[str, Any] | None]:
+    """``cfg`` as stage 0 runs it on ``scene``: with :attr:`ReconConfig.sparse_densify`, a scene without depth that
+    starts from sparse points while densification is off gets the densifying sparse-start schedule. Returns
+    the settings and what was changed (None when nothing was)."""
+    if not cfg.sparse_densify or cfg.densify or scene.has_depth or init_mode(scene, cfg) != "points":
+        return cfg, None
+    n = max(cfg.iterations, cfg.sparse_iterations)
+    every = cfg.sparse_refine_every
+    new = dataclasses.replace(cfg, densify=True, iterations=n, refine_start=every, refine_every=every,
+                              refine_stop=int(0.8 * n), checkpoint_every=cfg.checkpoint_every)
+    return new, {"why": "no depth: densifying from the sparse points", "iterations": n, "refine_start": every,
+                 "refine_every": every, "refine_stop": int(0.8 * n)}
+
+
 def init_gaussians(scene: Scene, cfg: ReconConfig | None = None) -> tuple[Gaussians, dict[str, Any]]:
     """Initial Gaussians of ``scene`` per ``cfg.init`` (see :class:`ReconConfig`), on the CPU.
 
     Returns the Gaussians and a dict describing what was done (mode, points, voxel size).
     """
     cfg = cfg or ReconConfig()
-    mode = cfg.init
+    mode = init_mode(scene, cfg)
     train = scene.split("train")
-    if mode == "auto":
-        if scene.has_depth:
-            mode = "depth"
-        elif scene.points is not None and len(scene.points) > 0:
-            mode = "points"
-        else:
-            mode = "random"
     info: dict[str, Any] = {"mode": mode}
     rng = np.random.default_rng(cfg.seed)
     if mode == "depth":
@@ -558,6 +590,10 @@ def _reconstruct(scene, cfg: ReconConfig, out: Path | None, device, resume: bool
     test = scene.split("test")
     if not train:
         raise Cos3dError(f"{scene.root}: the train split is empty; nothing to reconstruct from")
+    cfg, sparse = sparse_schedule(scene, cfg)
+    if sparse is not None:  # shown with or without progress bars: it changes the schedule
+        print(f"stage 0: no depth, {len(scene.points)} sparse points: densifying over {cfg.iterations} steps "
+              "(--no-recon.sparse-densify keeps the preset's schedule)", flush=True)
     scale = scene_scale(scene)
     ckpt_path = out / CHECKPOINT if out is not None else None
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -592,6 +628,8 @@ def _reconstruct(scene, cfg: ReconConfig, out: Path | None, device, resume: bool
         gen.manual_seed(cfg.seed + start)
     else:
         g0, init_info = init_gaussians(scene, cfg)
+        if sparse is not None:
+            init_info["sparse_schedule"] = sparse
         params = g0.to(device).params()
         optimizers = _make_optimizers(params, cfg, scale)
         state = strategy.initialize_state(scene_scale=scale)

@@ -52,6 +52,9 @@ class TrainConfig:
     capture_out: Path | None = None
     """Where --images/--video (or a --scene of photos) is posed (default: beside it, <name>_scene; reused
     when it was made from the same source)."""
+    capture_camera_model: Literal["SIMPLE_RADIAL", "OPENCV", "SIMPLE_PINHOLE", "PINHOLE"] = "SIMPLE_RADIAL"
+    """Lens model --images/--video estimate (as `cos3d prepare --camera-model`; SIMPLE_PINHOLE for frames with no
+    lens distortion, e.g. rendered ones)."""
     gaussians: Path | None = None
     """Import a trained scene (.ply from graphdeco 3DGS, gsplat, splatfacto) instead of running stage 0."""
     levels: tuple[Level, ...] = ("l", "s")

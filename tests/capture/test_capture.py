@@ -72,6 +72,18 @@ def test_choose_frames_takes_the_sharpest_of_each_stretch():
     assert len(choose_frames(np.random.default_rng(0).random(1000), 37)) == 37
 
 
+def test_loop_pairs_tie_the_ends_of_a_sequence_together():
+    names = [f"f{i:02d}" for i in range(10)]
+    pairs = sfm_mod.loop_pairs(names, 4)  # every 3rd frame: f00, f03, f06, f09
+    assert pairs == [("f00", "f03"), ("f00", "f06"), ("f00", "f09"), ("f03", "f06"), ("f03", "f09"), ("f06", "f09")]
+    eleven = sfm_mod.loop_pairs(names + ["f10"], 4)  # the last frame replaces the last keyframe: still 4
+    assert {a for p in eleven for a in p} == {"f00", "f03", "f06", "f10"} and len(eleven) == 6
+    assert sfm_mod.loop_pairs(names, 0) == [] and sfm_mod.loop_pairs(names[:2], 30) == []
+    assert len(sfm_mod.loop_pairs([f"{i}" for i in range(150)], 30)) == 30 * 29 // 2
+    with pytest.raises(Exception, match="loop_keyframes"):
+        CaptureConfig(loop_keyframes=-1).validate()
+
+
 def test_sharpness_prefers_a_sharp_image_to_its_blurred_copy():
     from scipy.ndimage import uniform_filter
 
@@ -272,7 +284,8 @@ def test_train_video_poses_then_starts_stage0_from_sfm_points(sweep, tmp_path, c
     _, _, video = sweep
     run, posed = tmp_path / "run", tmp_path / "posed"
     rc = entrypoint(["train", "--video", str(video), "--capture-out", str(posed), "--out", str(run), "--stage",
-                     "recon", "--recon.iterations", "2", "--threads", "1", "--no-progress"])
+                     "recon", "--recon.iterations", "2", "--recon.sparse-iterations", "3", "--threads", "1",
+                     "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "no camera poses; posing it by structure-from-motion" in err
@@ -282,3 +295,5 @@ def test_train_video_poses_then_starts_stage0_from_sfm_points(sweep, tmp_path, c
     assert rec["config"]["scene"] == str(posed)
     init = rec["stages"]["recon"]["metrics"]["init"]  # stage 0 started from the SfM points: there is no depth
     assert init["mode"] == "points" and init["points"] == cap["points"]
+    # no depth: the densifying sparse-start schedule ran (3 steps here), recorded with the run
+    assert init["sparse_schedule"]["iterations"] == 3 and rec["stages"]["recon"]["metrics"]["iterations"] == 3
