@@ -24,6 +24,10 @@ Per view, at 640×480 and 1296×968 (a ScanNet frame), on a real photo (scikit-i
   Anything", 1.1B masks on 11M images), i.e. cos3d's crop code (:mod:`cos3d.vision.crops`: zero outside the
   mask, box, pad square, resize to the model's size) + the image tower, batch 64.
 
+Time: wall seconds per phase, and the CPU seconds the process used in it (all threads): on a shared machine the
+wall time includes waiting for a core, the CPU seconds do not (divided by the threads they bound the quiet-machine
+wall time from below).
+
 Memory: each architecture runs in its own subprocess; per phase the peak RSS (``VmHWM``, reset through
 ``/proc/self/clear_refs`` before each phase) and, on CUDA, ``torch.cuda.max_memory_allocated``. The CPU has no
 torch allocation counter: the column gives the weights' size instead. Times are one run after one warm-up of
@@ -136,6 +140,7 @@ class Phase:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         self.t0 = time.perf_counter()
+        self.c0 = time.process_time()
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -144,12 +149,14 @@ class Phase:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self.t0
+        self.cpu_seconds = time.process_time() - self.c0
         self.peak_rss_mib = round(_status_kib("VmHWM") / 1024, 1)
         self.cuda_peak_mib = (round(torch.cuda.max_memory_allocated() / 2**20, 1)
                               if self.device.startswith("cuda") else None)
 
     def record(self) -> dict[str, Any]:
-        return {"s": round(self.seconds, 3), "peak_rss_mib": self.peak_rss_mib, "cuda_peak_mib": self.cuda_peak_mib}
+        return {"s": round(self.seconds, 3), "cpu_s": round(self.cpu_seconds, 3), "peak_rss_mib": self.peak_rss_mib,
+                "cuda_peak_mib": self.cuda_peak_mib}
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -370,18 +377,17 @@ def bench_crops(arch: str, loader: dict, args: argparse.Namespace, sizes: list[t
     return out
 
 
-def worker(args: argparse.Namespace) -> int:
-    """One architecture in this process: build, save, load through cos3d, time; JSON to ``args.result``."""
+def run_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One architecture: build, save, load through cos3d, time (in this process)."""
+    import gc
+
     import torch
 
     torch.set_num_threads(args.threads)
     sizes = list(TINY_SIZES if args.tiny else SIZES)
-    arch = args.worker
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"bench_models_{arch}_") as tmp:
         loader = write_model(arch, Path(tmp) / "weights", args.tiny)
-        import gc
-
         gc.collect()
         built = time.perf_counter() - t0
         task = ARCHS[arch]["task"]
@@ -394,7 +400,12 @@ def worker(args: argparse.Namespace) -> int:
     res.update(arch=arch, task=task, provider=ARCHS[arch]["provider"], weights=ARCHS[arch]["hub"],
                config="tiny test config" if args.tiny else "full size, published config, random weights",
                build_and_save_s=round(built, 1), device=args.device, threads=torch.get_num_threads())
-    Path(args.result).write_text(json.dumps(res))
+    return res
+
+
+def worker(args: argparse.Namespace) -> int:
+    """``--worker ARCH``: :func:`run_arch` in this (sub)process, its JSON to ``args.result``."""
+    Path(args.result).write_text(json.dumps(run_arch(args.worker, args)))
     return 0
 
 
@@ -460,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nms-masks", type=int, default=64, help="realistic masks per level for the NMS timing")
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per view size (after one warm-up)")
     ap.add_argument("--tiny", action="store_true", help="tiny test configs at 64x48 and 96x72 (seconds; for tests)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run the architectures in this process (peaks not separated; the default with --tiny)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here (atomically)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--result", default=None, help=argparse.SUPPRESS)
@@ -482,9 +495,13 @@ def main(argv: list[str] | None = None) -> int:
                COS3D_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
     failed: dict[str, str] = {}
+    in_process = args.in_process or args.tiny
     for arch in args.archs:
         print(f"{arch}: building at {'tiny' if args.tiny else 'full'} size, random weights ...", file=sys.stderr,
               flush=True)
+        if in_process:
+            results[arch] = run_arch(arch, args)
+            continue
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
             result = f.name
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", arch, "--result", result,
@@ -500,8 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [f"{w}x{h}" for w, h in (TINY_SIZES if args.tiny else SIZES)]
     gpu_measured = args.device.startswith("cuda")
 
-    hdr = (f"{'architecture':20} {'task':8} {'params':>8} {'size':>9} {'CPU s/view':>10} {'forward s':>9} "
-           f"{'kept / n':>9} {'peak RSS MiB':>12} {'GPU s/view':>10}")
+    hdr = (f"{'architecture':20} {'task':8} {'params':>8} {'size':>9} {'CPU s/view':>10} {'CPU-s used':>10} "
+           f"{'forward s':>9} {'kept / n':>9} {'peak RSS MiB':>12} {'GPU s/view':>10}")
     print(hdr)
     print("-" * len(hdr))
     for arch, r in results.items():
@@ -511,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
             fwd = f"{v['forward_s']:.2f}" if "forward_s" in v else "-"
             cpu = v["as_shipped"]["s"] if not gpu_measured else "-"
             gpu = v["as_shipped"]["s"] if gpu_measured else "unmeasured"
-            print(f"{arch:20} {r['task']:8} {r['params'] / 1e6:>7.1f}M {v['size']:>9} {cpu:>10} {fwd:>9} {detail:>9} "
+            print(f"{arch:20} {r['task']:8} {r['params'] / 1e6:>7.1f}M {v['size']:>9} {cpu:>10} {v['as_shipped']['cpu_s']:>10} "
+                  f"{fwd:>9} {detail:>9} "
                   f"{v['as_shipped']['peak_rss_mib']:>12.0f} {gpu:>10}")
     scan = {s: scan_cost(results, s) for s in sizes}
     for s, c in scan.items():
@@ -523,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{arch}: FAILED ({why})")
     summary = {
         "bench": "models", "argv": sys.argv[1:] if argv is None else list(argv), "commit": _commit(),
-        "tiny": bool(args.tiny), "device": args.device, "threads": args.threads,
+        "tiny": bool(args.tiny), "in_process": bool(in_process), "device": args.device, "threads": args.threads,
         "gpu": "measured" if gpu_measured else "unmeasured",
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "load_before": load_before, "load_after": _uptime()},
