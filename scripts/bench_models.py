@@ -280,7 +280,7 @@ def bench_masks(loader: dict, args: argparse.Namespace, sizes: list[tuple[int, i
                            "model_id": prov.model_id, "settings": dict(prov.params, points_per_batch=prov.points_per_batch),
                            "views": []}
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    prov._encode(photo(64, 48))  # warm-up: one encoder pass (the image is resized to the model's size anyway)
+    prov._encode(photo(56, 40))  # warm-up: one encoder pass (the image is resized to the model's size anyway)
     enc, dec, filt, nms = [], [], [], []
     kept_pre: list[int] = []
     orig_keep, orig_levels = hf.keep_per_level, hf.levels_to_maskset
@@ -302,12 +302,12 @@ def bench_masks(loader: dict, args: argparse.Namespace, sizes: list[tuple[int, i
                     b.clear()
                 with Phase(args.device) as ph:
                     ms = prov.generate(image)
-                row = {"size": f"{w}x{h}", "as_shipped": ph.record(), "encode_s": round(sum(enc), 3),
-                       "decode_s": round(sum(dec), 3), "filter_s": round(sum(filt), 3), "nms_s": round(sum(nms), 3),
+                row = {"size": f"{w}x{h}", "as_shipped": ph.record(), "encode_s": round(sum(enc), 4),
+                       "decode_s": round(sum(dec), 4), "filter_s": round(sum(filt), 4), "nms_s": round(sum(nms), 4),
                        "decoder_batches": len(dec), "clicks": pps * pps,
                        "kept_before_nms": int(sum(kept_pre)), "kept": len(ms),
                        "kept_per_level": {lv: int((ms.level == i).sum()) for i, lv in enumerate("sml")}}
-                row["forward_s"] = round(row["encode_s"] + row["decode_s"] + row["filter_s"], 3)
+                row["forward_s"] = round(row["encode_s"] + row["decode_s"] + row["filter_s"], 4)
                 # NMS over a realistic count: --nms-masks synthetic masks per level through levels_to_maskset
                 k = args.nms_masks
                 syn = synthetic_masks(w, h, 3 * k, seed=1)
@@ -316,7 +316,7 @@ def bench_masks(loader: dict, args: argparse.Namespace, sizes: list[tuple[int, i
                 with Phase(args.device) as pn:
                     after = orig_levels(per_level, h, w, prov.nms_thresh)
                 row["nms_realistic"] = {"masks_per_level": k, "kept": len(after), **pn.record()}
-                row["estimate_s"] = round(row["forward_s"] + pn.seconds, 3)
+                row["estimate_s"] = round(row["forward_s"] + pn.seconds, 4)
                 out["views"].append(row)
                 print(f"  {w}x{h}: as shipped {ph.seconds:.2f} s (kept {len(ms)} of {sum(kept_pre)} past the filters), "
                       f"encode {row['encode_s']:.2f} + decode {row['decode_s']:.2f} + filter {row['filter_s']:.2f} s; "
@@ -335,7 +335,7 @@ def bench_concept(loader: dict, args: argparse.Namespace, sizes: list[tuple[int,
     out: dict[str, Any] = {"params": n, "weights_mib": round(nbytes / 2**20, 1), "load": load.record(),
                            "model_id": seg.model_id, "settings": {"text": CONCEPT_TEXT, "score_thresh": seg.score_thresh,
                                                                   "mask_thresh": seg.mask_thresh}, "views": []}
-    seg.segment(photo(64, 48), CONCEPT_TEXT)  # warm-up
+    seg.segment(photo(56, 40), CONCEPT_TEXT)  # warm-up (a size no view has)
     for w, h in sizes:
         image = photo(w, h)
         for _ in range(args.repeats):
@@ -361,7 +361,7 @@ def bench_crops(arch: str, loader: dict, args: argparse.Namespace, sizes: list[t
                            "load": load.record(), "model_id": emb.model_id,
                            "settings": {"crop_size": emb.crop_size, "batch_size": emb.batch_size, "fp16": emb.fp16,
                                         "crops_per_view": args.crops}, "views": []}
-    emb.embed_masks(photo(64, 48), MaskSet.from_masks(synthetic_masks(64, 48, 2), "l"))  # warm-up
+    emb.embed_masks(photo(56, 40), MaskSet.from_masks(synthetic_masks(56, 40, 2), "l"))  # warm-up
     for w, h in sizes:
         image = photo(w, h)
         ms = MaskSet.from_masks(synthetic_masks(w, h, args.crops), "l")
