@@ -69,12 +69,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-ARCHS: dict[str, dict[str, Any]] = {
+ARCHS: dict[str, dict[str, Any]] = {  # in the order they run: what the README's scan cost needs first
     "sam2.1-hiera-large": {"task": "masks", "provider": "sam2-hf", "hub": "facebook/sam2.1-hiera-large"},
-    "sam2.1-hiera-tiny": {"task": "masks", "provider": "sam2-hf", "hub": "facebook/sam2.1-hiera-tiny"},
-    "sam3": {"task": "concept", "provider": "sam3 (concepts)", "hub": "facebook/sam3"},
     "openclip-vit-b-16": {"task": "crops", "provider": "openclip", "hub": "ViT-B-16 (laion2b_s34b_b88k)"},
     "siglip-base": {"task": "crops", "provider": "siglip", "hub": "google/siglip-base-patch16-224"},
+    "sam3": {"task": "concept", "provider": "sam3 (concepts)", "hub": "facebook/sam3"},
+    "sam2.1-hiera-tiny": {"task": "masks", "provider": "sam2-hf", "hub": "facebook/sam2.1-hiera-tiny"},
 }
 """The architectures timed: what cos3d does with each per view, and the weights a user would bring."""
 
@@ -318,7 +318,7 @@ def bench_masks(loader: dict, args: argparse.Namespace, sizes: list[tuple[int, i
                 row["nms_realistic"] = {"masks_per_level": k, "kept": len(after), **pn.record()}
                 row["estimate_s"] = round(row["forward_s"] + pn.seconds, 4)
                 out["views"].append(row)
-                print(f"  {w}x{h}: as shipped {ph.seconds:.2f} s (kept {len(ms)} of {sum(kept_pre)} past the filters), "
+                print(f"  {w}x{h}: as shipped {ph.seconds:.2f} s ({ph.cpu_seconds:.1f} CPU-s; kept {len(ms)} of {sum(kept_pre)} past the filters), "
                       f"encode {row['encode_s']:.2f} + decode {row['decode_s']:.2f} + filter {row['filter_s']:.2f} s; "
                       f"NMS of {3 * k} masks {pn.seconds:.2f} s; peak RSS {ph.peak_rss_mib:.0f} MiB", file=sys.stderr)
     finally:
@@ -343,7 +343,7 @@ def bench_concept(loader: dict, args: argparse.Namespace, sizes: list[tuple[int,
                 cm = seg.segment(image, CONCEPT_TEXT)
             out["views"].append({"size": f"{w}x{h}", "as_shipped": ph.record(), "instances": len(cm),
                                  "presence": round(cm.presence, 4), "estimate_s": round(ph.seconds, 3)})
-            print(f"  {w}x{h}: {ph.seconds:.2f} s, {len(cm)} instances, presence {cm.presence:.3f}, "
+            print(f"  {w}x{h}: {ph.seconds:.2f} s ({ph.cpu_seconds:.1f} CPU-s), {len(cm)} instances, presence {cm.presence:.3f}, "
                   f"peak RSS {ph.peak_rss_mib:.0f} MiB", file=sys.stderr)
     return out
 
@@ -372,7 +372,7 @@ def bench_crops(arch: str, loader: dict, args: argparse.Namespace, sizes: list[t
             out["views"].append({"size": f"{w}x{h}", "as_shipped": ph.record(), "crops": args.crops,
                                  "per_crop_ms": round(1000 * ph.seconds / args.crops, 2),
                                  "estimate_s": round(ph.seconds, 3)})
-            print(f"  {w}x{h}: {args.crops} crops {ph.seconds:.2f} s, peak RSS {ph.peak_rss_mib:.0f} MiB",
+            print(f"  {w}x{h}: {args.crops} crops {ph.seconds:.2f} s ({ph.cpu_seconds:.1f} CPU-s), peak RSS {ph.peak_rss_mib:.0f} MiB",
                   file=sys.stderr)
     return out
 
@@ -514,6 +514,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             results[arch] = json.loads(Path(result).read_text())
         Path(result).unlink(missing_ok=True)
+        if args.out is not None:  # what is done so far, in case a later architecture fails or is stopped
+            from cos3d.core.atomic import write_json
+
+            write_json(args.out, {"bench": "models", "complete": False, "done": list(results), "failed": failed,
+                                  "load_before": load_before, "load_now": _uptime(), "results": results})
     sizes = [f"{w}x{h}" for w, h in (TINY_SIZES if args.tiny else SIZES)]
     gpu_measured = args.device.startswith("cuda")
 
@@ -540,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     for arch, why in failed.items():
         print(f"{arch}: FAILED ({why})")
     summary = {
-        "bench": "models", "argv": sys.argv[1:] if argv is None else list(argv), "commit": _commit(),
+        "bench": "models", "complete": True, "argv": sys.argv[1:] if argv is None else list(argv), "commit": _commit(),
         "tiny": bool(args.tiny), "in_process": bool(in_process), "device": args.device, "threads": args.threads,
         "gpu": "measured" if gpu_measured else "unmeasured",
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
