@@ -25,8 +25,8 @@ Per view, at 640×480 and 1296×968 (a ScanNet frame), on a real photo (scikit-i
   mask, box, pad square, resize to the model's size) + the image tower, batch 64.
 
 Time: wall seconds per phase, and the CPU seconds the process used in it (all threads): on a shared machine the
-wall time includes waiting for a core, the CPU seconds do not (divided by the threads they bound the quiet-machine
-wall time from below).
+wall time includes waiting for a core, the CPU seconds much less so (OpenMP threads spinning while they wait for
+each other still count); divided by the threads they estimate the wall time on that many quiet cores.
 
 Memory: each architecture runs in its own subprocess; per phase the peak RSS (``VmHWM``, reset through
 ``/proc/self/clear_refs`` before each phase) and, on CUDA, ``torch.cuda.max_memory_allocated``. The CPU has no
@@ -441,19 +441,25 @@ def scan_cost(results: dict[str, dict], size: str) -> dict[str, Any]:
     SAM2.1 hiera-large + OpenCLIP ViT-B-16 (``--masks sam2-hf --embedder openclip``'s default weights)."""
     views = {"cpu (preset fast)": preset_max_views("fast"), "gpu (preset full)": preset_max_views("full")}
 
-    def per_view(arch: str) -> float | None:
+    def row(arch: str) -> dict | None:
         r = results.get(arch)
-        row = next((v for v in (r or {}).get("views", []) if v["size"] == size), None)
-        return None if row is None else float(row["estimate_s"])
+        return next((v for v in (r or {}).get("views", []) if v["size"] == size), None)
 
-    masks, crops = per_view("sam2.1-hiera-large"), per_view("openclip-vit-b-16")
+    def cpu_s(v: dict) -> float:  # CPU seconds of the view's estimate (masks: as shipped + the realistic NMS)
+        return float(v["as_shipped"]["cpu_s"]) + float(v.get("nms_realistic", {}).get("cpu_s", 0.0))
+
+    masks, crops = row("sam2.1-hiera-large"), row("openclip-vit-b-16")
+    threads = int((results.get("sam2.1-hiera-large") or {}).get("threads", 1))
     out: dict[str, Any] = {"frames": 1000, "size": size, "masks": "sam2.1-hiera-large", "embedder": "openclip-vit-b-16"}
     for dev, n in views.items():
         n = min(1000, int(n or 1000))
         measured = dev.startswith("cpu") and results.get("sam2.1-hiera-large", {}).get("device", "cpu") == "cpu"
         if measured and masks is not None and crops is not None:
-            out[dev] = {"views": n, "per_view_s": round(masks + crops, 2), "total_s": round(n * (masks + crops), 1),
-                        "total_h": round(n * (masks + crops) / 3600, 2)}
+            per = float(masks["estimate_s"]) + float(crops["estimate_s"])
+            cpu = cpu_s(masks) + cpu_s(crops)
+            out[dev] = {"views": n, "per_view_s": round(per, 2), "total_s": round(n * per, 1),
+                        "total_h": round(n * per / 3600, 2), "cpu_s_per_view": round(cpu, 1),
+                        "quiet_estimate_h": round(n * cpu / threads / 3600, 2), "threads": threads}
         else:
             out[dev] = {"views": n, "per_view_s": "unmeasured", "total_s": "unmeasured"}
     return out
@@ -540,8 +546,10 @@ def main(argv: list[str] | None = None) -> int:
     for s, c in scan.items():
         cpu = c["cpu (preset fast)"]
         if isinstance(cpu.get("total_s"), float):
-            print(f"1,000-frame scan at {s}: CPU {cpu['views']} views x {cpu['per_view_s']} s = {cpu['total_h']} h; "
-                  f"GPU {c['gpu (preset full)']['views']} views: unmeasured")
+            print(f"1,000-frame scan at {s}: CPU {cpu['views']} views x {cpu['per_view_s']} s = {cpu['total_h']} h "
+                  f"({cpu['cpu_s_per_view']} CPU-s a view: ~{cpu['quiet_estimate_h']} h on {cpu['threads']} "
+                  f"quiet cores); GPU {c['gpu (preset full)']['views']} views: "
+                  f"{'measured' if gpu_measured else 'unmeasured'}")
     for arch, why in failed.items():
         print(f"{arch}: FAILED ({why})")
     summary = {

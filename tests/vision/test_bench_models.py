@@ -57,4 +57,5 @@ def test_bench_models_tiny_end_to_end(tmp_path, capsys, one_torch_thread):
         per_view = sum(next(v["estimate_s"] for v in last["results"][a]["views"] if v["size"] == size)
                        for a in ("sam2.1-hiera-large", "openclip-vit-b-16"))
         assert abs(cpu["per_view_s"] - per_view) < 0.011 and abs(cpu["total_s"] - 100 * cpu["per_view_s"]) < 0.6
-        assert gpu["total_s"] == "unmeasured"
+        assert gpu["total_s"] == "unmeasured" and _positive(cpu["cpu_s_per_view"]) and cpu["threads"] == 1
+        assert abs(cpu["quiet_estimate_h"] - 100 * cpu["cpu_s_per_view"] / 3600) < 0.01
