@@ -458,7 +458,7 @@ def scan_cost(results: dict[str, dict], size: str) -> dict[str, Any]:
             per = float(masks["estimate_s"]) + float(crops["estimate_s"])
             cpu = cpu_s(masks) + cpu_s(crops)
             out[dev] = {"views": n, "per_view_s": round(per, 2), "total_s": round(n * per, 1),
-                        "total_h": round(n * per / 3600, 2), "cpu_s_per_view": round(cpu, 1),
+                        "total_h": round(n * per / 3600, 2), "cpu_s_per_view": round(cpu, 3),
                         "quiet_estimate_h": round(n * cpu / threads / 3600, 2), "threads": threads}
         else:
             out[dev] = {"views": n, "per_view_s": "unmeasured", "total_s": "unmeasured"}

@@ -82,7 +82,10 @@ class SiglipEmbedder(CropEmbedder):
         except (OSError, ValueError) as e:
             if local:
                 raise Cos3dError(f"SigLIP folder {src} could not be loaded ({brief(e, 200)}); {hint}") from None
-            raise MissingWeightsError(f"SigLIP weights {src!r} are not available (no hub access?); {hint}") from None
+            raise MissingWeightsError(
+                f"SigLIP weights {src!r} are not available: no such folder, and not in the hub cache (no hub access?); "
+                f"{hint}"
+            ) from None
         if not hasattr(self.model, "get_image_features") or not hasattr(self.model, "get_text_features"):
             raise Cos3dError(
                 f"{src} is a {type(self.model).__name__}, not a SigLIP/CLIP-style dual encoder (--siglip-model)"
