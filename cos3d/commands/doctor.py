@@ -198,17 +198,27 @@ def _source(flag_value: Any, env: str, default: str | None) -> tuple[str | None,
     return default, "default"
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+"""The files a transformers model's weights are stored in (one of them, next to ``config.json``)."""
+
+
 def _hf_weights(src: str, how: str, flag: str) -> tuple[str, str]:
-    """``(status, detail)`` of a transformers model given as a hub id or a local folder."""
+    """``(status, detail)`` of a transformers model given as a hub id or a local folder: found when its
+    ``config.json`` and a weights file (:data:`WEIGHT_FILES`) are there."""
     p = Path(src).expanduser()
     if p.is_dir():
-        ok = (p / "config.json").is_file()
-        return ("ok" if ok else "missing"), f"{src} ({how}; local folder{'' if ok else ' without config.json'})"
+        has_cfg = (p / "config.json").is_file()
+        has_weights = any((p / f).is_file() for f in WEIGHT_FILES)
+        lacks = [w for w, ok in (("config.json", has_cfg), ("a weights file (model.safetensors)", has_weights)) if not ok]
+        return ("ok" if not lacks else "missing"), (f"{src} ({how}; local folder" + (f" without {' and '.join(lacks)}"
+                                                      if lacks else "") + ")")
     if p.exists() or src.startswith(("/", ".", "~")):
         return "missing", f"{src} ({how}) is not a save_pretrained folder; set {flag} DIR"
-    cached = _hub_cached(src)
-    if cached:
-        return "ok", f"{src} ({how}; in the hub cache)"
+    if _hub_cached(src):
+        if any(_hub_cached(src, f) for f in WEIGHT_FILES):
+            return "ok", f"{src} ({how}; in the hub cache)"
+        return "missing", (f"{src} ({how}): config.json is in the hub cache but no weights file (model.safetensors); "
+                           f"an interrupted download? download it again (hf download {src}) or set {flag} DIR")
     return "missing", f"{src} ({how}) is not in the hub cache and not a local folder; set {flag} DIR"
 
 
@@ -247,6 +257,7 @@ def check_weights(rep: Report, cfg: DoctorConfig) -> dict[str, bool]:
             import open_clip
 
             repo = (open_clip.get_pretrained_cfg(Path(arch).stem, "laion2b_s34b_b88k") or {}).get("hf_hub")
+            repo = repo.strip("/") if repo else None
         except Exception:  # noqa: BLE001
             repo = None
         cached = repo and (_hub_cached(repo, "open_clip_model.safetensors") or _hub_cached(repo, "open_clip_pytorch_model.bin"))

@@ -7,9 +7,11 @@ checkpoint file (``--clip-checkpoint PATH`` / ``$COS3D_CLIP_CHECKPOINT``). When 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -50,6 +52,19 @@ def resolve_clip_model_name(model: str | None) -> str:
             "or pass a model-config .json file"
         )
     return name
+
+
+@contextlib.contextmanager
+def _quiet_root_errors() -> Iterator[None]:
+    """Hold back ERROR records of the root logger (open_clip's ``logging.error`` on a failed download): a
+    missing-weights failure then reads as cos3d's one line, not two."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(old)
 
 
 class OpenCLIPEmbedder(CropEmbedder):
@@ -101,13 +116,14 @@ class OpenCLIPEmbedder(CropEmbedder):
             source = pretrained
             self._weights = pretrained
         try:
-            model_ = open_clip.create_model(
-                self.arch,
-                pretrained=source,
-                device=self.device,
-                require_pretrained=True,
-                pretrained_text=False,
-            )
+            with _quiet_root_errors():  # open_clip logs a failed download on the root logger; ours is the one line
+                model_ = open_clip.create_model(
+                    self.arch,
+                    pretrained=source,
+                    device=self.device,
+                    require_pretrained=True,
+                    pretrained_text=False,
+                )
         except RuntimeError as e:
             msg = str(e)
             if ckpt is not None and ("state_dict" in msg or "size mismatch" in msg or "Missing key" in msg):
@@ -119,7 +135,7 @@ class OpenCLIPEmbedder(CropEmbedder):
                     f"OpenCLIP weights {self.arch}/{pretrained} could not be downloaded (no hub access?); "
                     f"{OFFLINE_HINT}"
                 ) from None
-            raise Cos3dError(f"OpenCLIP checkpoint {ckpt} could not be loaded: {msg[:300]}") from None
+            raise Cos3dError(f"OpenCLIP checkpoint {ckpt} could not be loaded (--clip-checkpoint): {msg[:300]}") from None
         except Exception as e:  # download/network errors come in many types
             if ckpt is None:
                 raise MissingWeightsError(
@@ -127,7 +143,7 @@ class OpenCLIPEmbedder(CropEmbedder):
                     f"{OFFLINE_HINT}"
                 ) from None
             raise Cos3dError(
-                f"OpenCLIP checkpoint {ckpt} could not be loaded ({brief(e, 300)})"
+                f"OpenCLIP checkpoint {ckpt} could not be loaded (--clip-checkpoint; {brief(e, 300)})"
             ) from None
         model_.eval()
         if self.fp16:

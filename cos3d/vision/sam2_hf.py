@@ -123,7 +123,10 @@ def load_pretrained_pair(
     except (OSError, ValueError) as e:
         if local:
             raise Cos3dError(f"{title} folder {source} could not be loaded ({brief(e, 200)}); {fix}") from None
-        raise MissingWeightsError(f"{title} weights {source!r} are not available (no hub access?); {fix}") from None
+        raise MissingWeightsError(
+            f"{title} weights {source!r} are not available: no such folder, and not in the hub cache (no hub access?); "
+            f"{fix}"
+        ) from None
     if cfg.model_type not in model_types:
         raise Cos3dError(
             f"{source} holds a {cfg.model_type!r} model, not {title} ({' / '.join(model_types)}) ({flag})"
@@ -134,7 +137,10 @@ def load_pretrained_pair(
     except (OSError, ValueError, KeyError) as e:
         if local:
             raise Cos3dError(f"{title} folder {source} could not be loaded ({brief(e, 200)}); {fix}") from None
-        raise MissingWeightsError(f"{title} weights {source!r} are not available (no hub access?); {fix}") from None
+        raise MissingWeightsError(
+            f"{title} weights {source!r}: its config is in the hub cache but its weights could not be loaded (an "
+            f"interrupted download? hf download {source}); {fix}"
+        ) from None
     params = dict(model.named_parameters())
     missing = [k for k in info.get("missing_keys") or () if k in params]
     if missing:  # loud, not a silently half-random model (open_clip #168)

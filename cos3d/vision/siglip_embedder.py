@@ -59,27 +59,39 @@ class SiglipEmbedder(CropEmbedder):
         import torch
         from transformers import AutoModel, AutoProcessor
 
+        from cos3d.vision.sam2_hf import _looks_local
+
         src = str(model or os.environ.get(ENV_SIGLIP_MODEL) or DEFAULT_SIGLIP_MODEL)
         self.source = src
-        local = Path(src).is_dir()
+        path = Path(src).expanduser()
+        local = path.is_dir()
         self.device = resolve_device(device)
         self.fp16 = self.device.startswith("cuda") if fp16 is None else bool(fp16)
         self.batch_size = int(batch_size)
+        hint = (
+            "pass --siglip-model DIR (or set $COS3D_SIGLIP_MODEL) to a local folder written by save_pretrained, "
+            "or run offline with --embedder labels and --masks dataset (the oracle-2D protocol)"
+        )
+        if not local and (path.exists() or _looks_local(src)):  # a path, not a hub id: say what is wrong with it
+            what = "is a file, not a save_pretrained folder" if path.exists() else "does not exist"
+            raise MissingWeightsError(f"SigLIP model folder {src} {what} (--siglip-model); {hint}")
+        where = str(path) if local else src
         try:
-            self.model = AutoModel.from_pretrained(src)  # (dtype keyword differs across transformers 4/5)
-            self.processor = AutoProcessor.from_pretrained(src)
+            self.model = AutoModel.from_pretrained(where)  # (dtype keyword differs across transformers 4/5)
+            self.processor = AutoProcessor.from_pretrained(where)
         except (OSError, ValueError) as e:
-            hint = (
-                "pass --siglip-model DIR (or set $COS3D_SIGLIP_MODEL) to a local folder written by save_pretrained, "
-                "or run offline with --embedder labels and --masks dataset (the oracle-2D protocol)"
-            )
             if local:
                 raise Cos3dError(f"SigLIP folder {src} could not be loaded ({brief(e, 200)}); {hint}") from None
-            raise MissingWeightsError(f"SigLIP weights {src!r} are not available (no hub access?); {hint}") from None
+            raise MissingWeightsError(
+                f"SigLIP weights {src!r} are not available: no such folder, and not in the hub cache (no hub access?); "
+                f"{hint}"
+            ) from None
         if not hasattr(self.model, "get_image_features") or not hasattr(self.model, "get_text_features"):
-            raise Cos3dError(f"{src} is a {type(self.model).__name__}, not a SigLIP/CLIP-style dual encoder")
+            raise Cos3dError(
+                f"{src} is a {type(self.model).__name__}, not a SigLIP/CLIP-style dual encoder (--siglip-model)"
+            )
         self.model.to(self.device, dtype=torch.float16 if self.fp16 else torch.float32).eval()
-        self._weights = f"local-{file_fingerprint(src)}" if local else src
+        self._weights = f"local-{file_fingerprint(path)}" if local else src
         ip = self.processor.image_processor
         self.mean = tuple(ip.image_mean)
         self.std = tuple(ip.image_std)
