@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cos3d.core.errors import Cos3dError
+from cos3d.query.engine import QueryResult
 from cos3d.query.thin_parts import attach_thin_parts as grow_thin_parts
 from cos3d.robot.frames import (
     as_transform,
@@ -41,7 +42,6 @@ from cos3d.robot.frames import (
 from cos3d.robot.grasp import APPROACHES, Grasp, GripperSpec, plan_grasps
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cos3d.query.engine import QueryResult
     from cos3d.query.objects import Object3D
     from cos3d.pipeline.trained import TrainedScene
 
@@ -273,9 +273,9 @@ def attach_thin_parts(res: "QueryResult", obj: "Object3D", taken: np.ndarray) ->
     refinement left out (a toy robot's arm and claw), by :func:`cos3d.query.thin_parts.attach_thin_parts`;
     ``taken``: bool [N], the answer's other objects. Image, click and part answers, and a hand-made answer
     without its engine, are returned unchanged: a part stays a part."""
-    eng = res.engine
-    if eng is None or res.kind != "text" or not isinstance(res.query, str):
+    if not isinstance(res, QueryResult) or res.engine is None or res.kind != "text" or not isinstance(res.query, str):
         return obj
+    eng = res.engine
     if obj.num < 3 or eng.settings.attach_thin_parts:  # the engine's answer already holds them
         return obj
     try:

@@ -102,7 +102,7 @@ def test_part_prompts_are_read_as_part_queries(prompt, part, whole):
     assert _BY_PART.match("something to sip a latte from") is None
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 8-35 s; out of the default run: scripts/bench_pick.py --clutter runs place trials
 def test_arm_places_a_can_in_the_bowl(tmp_path):
     """The Panda picks a can (grasps planned on its true surface: this tests the arm, not grounding), carries it to
     release_pose over the bowl and lets go: it rests in the bowl, off the table; nothing else is disturbed."""

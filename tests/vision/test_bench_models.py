@@ -16,7 +16,8 @@ def _positive(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
 
 
-@pytest.mark.slow  # ~18 CPU-seconds (five tiny models built, saved, loaded and timed); it is the benchmark itself
+# ~18 CPU-seconds (five tiny models built, saved, loaded and timed): kept in the default run, since nothing else
+# checks the benchmark script itself
 def test_bench_models_tiny_end_to_end(tmp_path, capsys, one_torch_thread):
     spec = importlib.util.spec_from_file_location("bench_models", SCRIPT)
     bench = importlib.util.module_from_spec(spec)
