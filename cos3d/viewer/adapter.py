@@ -328,19 +328,10 @@ def instance_features(trained: TrainedScene, level: str = "l") -> np.ndarray:
     return _np(fields[lv].instance)
 
 
-def decomposition(trained: TrainedScene) -> tuple[np.ndarray, list[str]]:
-    """The scene-wide decomposition (:func:`cos3d.apps.export.decompose` over the training names):
-    ``(label [N] int32, 0 = none; names [K + 1], names[0] = "")``."""
-    label, names, _ = scene_decomposition(trained)
-    return label, names
-
-
 def scene_decomposition(trained: TrainedScene) -> tuple[np.ndarray, list[str], list[ObjectView]]:
-    """:func:`decomposition` plus its objects as :class:`ObjectView` (named by the vocabulary entry that
-    selected each, boxed); computed once per run (cached on ``trained``)."""
-    cached = getattr(trained, "_cos3d_view_decomposition", None)
-    if cached is not None:
-        return cached
+    """The scene-wide decomposition (:func:`cos3d.apps.export.decompose` over the training names):
+    ``(label [N] int32, 0 = none; names [K + 1], names[0] = ""; the objects as :class:`ObjectView`, named by
+    the vocabulary entry that selected each, boxed)``. One query per name: the viewer app computes it once."""
     from cos3d.apps.export import decompose, default_vocabulary
     from cos3d.query.objects import oriented_box
 
@@ -356,17 +347,7 @@ def scene_decomposition(trained: TrainedScene) -> tuple[np.ndarray, list[str], l
         views.append(ObjectView(id=int(ids[0]), gaussians=ids, score=float(o.score), centroid=pts.mean(0),
                                 box=(np.asarray(b.center, np.float64), np.asarray(b.R, np.float64),
                                      np.asarray(b.extent, np.float64)), name=o.names[0]))
-    out = (label, [""] + [o.names[0] for o in objs], views)
-    try:
-        setattr(trained, "_cos3d_view_decomposition", out)
-    except AttributeError:
-        pass
-    return out
-
-
-def scene_objects(trained: TrainedScene) -> list[ObjectView]:
-    """The scene's objects, named (:func:`scene_decomposition`)."""
-    return scene_decomposition(trained)[2]
+    return label, [""] + [o.names[0] for o in objs], views
 
 
 def selection_mask(trained: TrainedScene, selected: np.ndarray, frame: str) -> np.ndarray:

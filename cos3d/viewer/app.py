@@ -175,6 +175,11 @@ class ViewerApp:
         """Where the uploaded reference image is shown in the 3D scene (ctrl-drag a box on it)."""
         self.reference_handles: list[Any] = []
         self.levels = adapter.levels(trained) or ["l"]
+        self._decomposition: tuple[np.ndarray, list[str], list[ObjectView]] | None = None
+        """The scene-wide decomposition (:meth:`decomposition`), computed on first use."""
+        self.decomposition_labels = np.zeros(0, np.int32)
+        """Per Gaussian: its object in the decomposition (0 = none); filled by the "Objects" colour mode."""
+        self.decomposition_names: list[str] = [""]
         self.scene_objects: list[ObjectView] = []
         """The scene-wide objects of "List objects" (:meth:`list_objects`)."""
         self.hidden = np.zeros(0, np.int64)
@@ -524,7 +529,7 @@ class ViewerApp:
             elif mode == COLOR_MODES[2]:
                 return self._relevancy_colors()
             else:
-                label, self.decomposition_names = adapter.decomposition(self.trained)
+                label, self.decomposition_names, _ = self.decomposition()
                 self.decomposition_labels = label
                 cols = label_colors(label[ids], self.splats.rgbs)
             self._base_cache[mode] = cols
@@ -568,7 +573,7 @@ class ViewerApp:
             if mode == COLOR_MODES[2]:
                 self.count_md.content = f"Relevancy of **{_esc(self.last_text or '')}**: blue low, red high (colour bar under Colour)."
             elif mode == COLOR_MODES[3]:
-                names = getattr(self, "decomposition_names", [""])[1:]
+                names = self.decomposition_names[1:]
                 cols = object_colors(len(names))
                 self.count_md.content = "Objects: " + ", ".join(
                     f"{_swatch(c)}{_esc(n)}" for n, c in zip(names, cols)) if names else "no objects found"
@@ -678,13 +683,20 @@ class ViewerApp:
                 c.camera.fov = fov
 
     # ------------------------------------------------------------------ the scene's objects
+    def decomposition(self) -> tuple[np.ndarray, list[str], list[ObjectView]]:
+        """:func:`cos3d.viewer.adapter.scene_decomposition` of this viewer's scene, computed once (one query
+        per name) and shared by the "Objects" colour mode and the object list."""
+        if self._decomposition is None:
+            self._decomposition = adapter.scene_decomposition(self.trained)
+        return self._decomposition
+
     def list_objects(self) -> list[ObjectView]:
         """Name the scene's objects (the scene-wide decomposition over its vocabulary, as the "Objects" colour
         mode and ``cos3d export --labels``), and list them in the panel: a show/hide checkbox and a select
         button each."""
         with self._lock:
             self.object_list_md.content = "Naming the scene's objects (one query per name) …"
-            objs = adapter.scene_objects(self.trained)
+            objs = self.decomposition()[2]
             for h in self.object_list_handles:
                 h.remove()
             self.object_list_handles = []
