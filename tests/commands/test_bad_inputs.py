@@ -952,6 +952,17 @@ def _cli_bad_choice(argv: list[str], flag: str):
     return make
 
 
+def _cli_prepare_video_loop_keyframes(tmp, mp):
+    (tmp / "walk.mp4").write_bytes(b"")  # refused on the flag before the file is opened
+    return (["prepare", "video", str(tmp / "walk.mp4"), "--out", str(tmp / "s"), "--loop-keyframes", "-1"],
+            ["--loop-keyframes", "0 or more", "-1"])
+
+
+def _cli_prepare_tabletop_include(tmp, mp):
+    return (["prepare", "tabletop", "--out", str(tmp / "t"), "--views", "4", "--include", "no_such_thing"],
+            ["--include", "no_such_thing", "known:"])
+
+
 def _cli_train_scene_missing(tmp, mp):
     return ["train", "--scene", str(tmp / "nope"), "--out", str(tmp / "run")], ["scene", "not found"]
 
@@ -1201,6 +1212,11 @@ CASES = [
     Case("cli-query-concept-segmenter-unknown", _cli_bad_choice(
         ["query", "mug", "--run", "TMP/run", "--branch", "2d", "--concept-segmenter", "sam2"], "--concept-segmenter"),
         cli=True),
+    Case("cli-train-capture-camera-model-unknown", _cli_bad_choice(
+        ["train", "--video", "TMP/walk.mp4", "--out", "TMP/run", "--capture-camera-model", "FISHEYE"],
+        "--capture-camera-model"), _nothing_at("run"), cli=True),
+    Case("cli-prepare-video-loop-keyframes-negative", _cli_prepare_video_loop_keyframes, _nothing_at("s"), cli=True),
+    Case("cli-prepare-tabletop-include-unknown", _cli_prepare_tabletop_include, _nothing_at("t"), cli=True),
     Case("cli-train-scene-malformed", _cli_train_scene_malformed, _nothing_at("run"), cli=True),
     Case("cli-train-out-foreign-folder", _cli_train_foreign_out, _foreign_untouched, cli=True),
     # flags ignored in a mode are refused; corrupt runs leave nothing behind
