@@ -249,6 +249,61 @@ def evaluate_tabletop(
     return trials
 
 
+GROUNDING_NO_TARGET = 0.9
+"""The no-target accuracy on the protocol's absent things at which :func:`grounding_bound` places its
+hindsight threshold (issue 13's bar)."""
+
+
+def grounding_bound(ts, prompts: list[tuple[str, list[int]]], *, absent=None,
+                    min_no_target: float = GROUNDING_NO_TARGET) -> dict:
+    """What the embedder's text side allows the grounding of these prompts, whatever the 3D side does
+    (evaluation only: reads the dataset's ids). A bound in the sense of :func:`cos3d.eval.presence.frontier`.
+
+    A *perfect* language field carries at every Gaussian its object's Ins2Lang target exactly. Then a prompt
+    ``p``'s best top-k cosine with the scene is ``max_j t_j·p`` over the object level's targets ``t_j`` (the
+    presence statistic), and the object it would name first is the dataset object that target came from
+    (:func:`cos3d.eval.anchors.anchor_objects`). The presence threshold is chosen **in hindsight**: the most
+    lenient one that still answers ``min_no_target`` of the protocol's absent things
+    (:data:`cos3d.eval.absent.ABSENT_PROMPTS`) "not here". A prompt is groundable when it clears that
+    threshold and its best target is an intended object's.
+
+    Args:
+        ts: a trained scene (:class:`cos3d.pipeline.trained.TrainedScene`).
+        prompts: ``[(prompt, intended instance ids)]`` (:func:`tabletop_prompts`).
+        absent: the absent things (default: the protocol's).
+
+    Returns ``{"prompts", "groundable", "present_decided", "right_object_first", "threshold", "no_target",
+    "rows": [{prompt, score, top_id, intended, groundable}]}``.
+    """
+    import torch
+
+    from cos3d.eval.absent import ABSENT_PROMPTS
+    from cos3d.eval.anchors import anchor_objects
+    from cos3d.eval.presence import frontier
+
+    e = ts.engine
+    T = torch.nn.functional.normalize(e.level_state(e.level).targets.float(), dim=1)
+    owner = anchor_objects(ts, e.level)
+    absent = list(ABSENT_PROMPTS if absent is None else absent)
+    texts = [p for p, _ in prompts] + absent
+    P = torch.nn.functional.normalize(e.embed_text(texts).float(), dim=1)
+    S = (P @ T.T).double()  # [prompts + absent, J]; float64, as the frontier's thresholds
+    best, arg = S.max(1)
+    rows = [{"score": float(best[i]), "present": i < len(prompts)} for i in range(len(texts))]
+    f = frontier(rows, min_no_target=min_no_target)["at_no_target"]
+    thr = f["threshold"] if f is not None else float("inf")
+    out_rows = []
+    for i, (p, ids) in enumerate(prompts):
+        top = int(owner[int(arg[i])])
+        ok = bool(best[i] >= thr and top in set(ids))
+        out_rows.append({"prompt": p, "score": round(float(best[i]), 4), "top_id": top, "intended": list(ids),
+                         "groundable": ok})
+    return {"prompts": len(prompts), "groundable": sum(r["groundable"] for r in out_rows),
+            "present_decided": sum(r["score"] >= thr for r in out_rows),
+            "right_object_first": sum(r["top_id"] in set(r["intended"]) for r in out_rows),
+            "threshold": thr, "no_target": None if f is None else f["no_target"], "rows": out_rows}
+
+
 def summarize_trials(trials: list[PickTrial]) -> dict:
     """Grounding, grasp-given-grounded and end-to-end counts and rates, per kind and overall.
 

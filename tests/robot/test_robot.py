@@ -460,3 +460,26 @@ def test_arm_lifts_a_reachable_target_and_flags_the_rest(ts, tabletop_dir):
     under = pick(base(-0.55, 0.0, 0.2))  # under the table top: the arm would reach through it
     assert under.status == "collision" and under.collisions and not under.success, under.reason
     assert any("table" in c for c in under.collisions)
+
+
+def test_grounding_bound_is_what_a_perfect_field_allows(ts, tabletop_dir):
+    """The text side's grounding bound: a training name matches its own Ins2Lang target exactly, so it is
+    groundable on its object; the same prompt said to name another object is not; the hindsight threshold
+    answers at least 90 % of the absent things "not here"."""
+    import torch
+
+    from cos3d.eval.absent import ABSENT_PROMPTS
+    from cos3d.robot.bench import grounding_bound, tabletop_prompts
+
+    train = tabletop_prompts(tabletop_dir, "training")
+    b = grounding_bound(ts, train)
+    assert b["prompts"] == len(train) and b["groundable"] == len(train), b["rows"]
+    assert all(r["score"] > 0.8 and r["top_id"] in r["intended"] for r in b["rows"])  # a target: the mean of the names
+    wrong = grounding_bound(ts, [(p, [-7]) for p, _ in train])
+    assert wrong["groundable"] == 0 and wrong["present_decided"] == len(train)
+    e = ts.engine
+    T = torch.nn.functional.normalize(e.level_state(e.level).targets.float(), dim=1)
+    best = (torch.nn.functional.normalize(e.embed_text(list(ABSENT_PROMPTS)).float(), dim=1) @ T.T).amax(1).double()
+    assert float((best < b["threshold"]).float().mean()) >= 0.9 and b["no_target"] >= 0.9
+    held = grounding_bound(ts, tabletop_prompts(tabletop_dir, "evaluation"))
+    assert held["groundable"] <= min(held["present_decided"], held["right_object_first"]) <= held["prompts"]
