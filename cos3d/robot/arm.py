@@ -17,7 +17,8 @@ on a tabletop, whose scene frame is its world frame). Then, for one :class:`cos3
 2. **Collision check** of the arm's links against the scene, kinematically, at every waypoint: the
    joint-space path from the arm's home configuration to a pose :data:`HOVER` above the pre-grasp (or to
    the pre-grasp when that pose has no IK solution), the straight descent to the pre-grasp, the straight
-   approach to the grasp, the lift. Any link touching the table, the floor, the toy robot or another object, or a link
+   approach to the grasp, the lift; when that way touches the scene, the same from the higher hovers of
+   :data:`HOVERS` (over a tall neighbour). Any link touching the table, the floor, the toy robot or another object, or a link
    other than the hand and fingers touching the target: **collision** (which link, which body, where).
    Given a target's candidates (``PickTarget.grasps``, best first) rather than one grasp, the first
    :data:`MAX_CANDIDATES` that fit the gripper are planned in order and the first one that passes both
@@ -25,7 +26,8 @@ on a tabletop, whose scene frame is its world frame). Then, for one :class:`cos3
 3. **Execution** in physics: the arm starts at the pre-grasp configuration, fingers open to the grasp's
    width; position control along the approach, the fingers close (:data:`GRIP_FORCE` N each), lift,
    hold 1 s. **Success**: the target rose more than :data:`LIFT_SUCCESS` (5 cm) and both fingers still
-   touch it (held); otherwise **slipped** (with its rise).
+   touch it (held); otherwise **slipped** (with its rise). A place carries the object at a bounded joint
+   speed (:data:`CARRY_JOINT_STEP`) to above the release pose, lowers it, opens.
 
 ``status`` is one of ``"lifted"``, ``"unreachable"``, ``"collision"``, ``"slipped"``; ``reason`` says
 why in one line. Ground truth (which body is the target) only scores; the grasp comes from the API.
@@ -53,10 +55,18 @@ ROT_TOL = 0.1
 HOVER = 0.15
 """Metres above the pre-grasp pose the arm arrives at (from its home configuration, in joint space) before
 going straight down to the pre-grasp."""
+HOVERS = (HOVER, 0.30)
+"""The hover heights tried in turn: when the way from home over the lower one touches the scene (a tall
+neighbour under the joint-space path), the arm arrives higher and comes down further."""
 COLLISION_MARGIN = 0.0
 """Distance under which a link counts as touching the scene (0: penetration or contact)."""
 HOME = (0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785)
 """The Panda's ready configuration (radians): where each pick starts."""
+IK_SOLUTIONS = 4
+"""Distinct arm configurations for the pre-grasp tried in turn when one's way or approach touches the scene
+(an elbow through a tall neighbour may have another configuration that clears it)."""
+IK_DISTINCT = 0.3
+"""Radians: two IK solutions whose joints all lie within this of each other are the same configuration."""
 IK_RANDOM_SEEDS = 8
 """Random joint configurations (fixed seed) tried after the five hand-picked starts of the pre-grasp's IK."""
 MAX_CANDIDATES = 8
@@ -68,6 +78,11 @@ PLACE_CLEARANCE = 0.02
 TRANSIT = 0.03
 """The arm carries the object at the lift's height, or this many metres above the release pose when that is
 higher."""
+CARRY_JOINT_STEP = 0.01
+"""Radians: while carrying an object, the arm's joint targets advance at most this much every
+:data:`CARRY_STEPS` physics steps (0.6 rad/s at 240 Hz) — a jump to the next waypoint at full motor force
+flings a held object out of the fingers."""
+CARRY_STEPS = 4
 RELEASE_TURNS = tuple(np.radians([0, 180, 90, -90, 45, -45, 135, -135]))
 """Turns of the hand about the vertical (radians) tried, in order, for the way to the release pose: the hand keeps
 its grasp but may turn the object about the vertical on the way (the wrist's joint limits)."""
@@ -201,6 +216,19 @@ class _Panda:
                 return q
         return None
 
+    def ik_all(self, T: np.ndarray, seeds: list, max_solutions: int = 1) -> list[np.ndarray]:
+        """Up to ``max_solutions`` distinct joint-limited IK solutions for ``T`` (:meth:`ik` from each seed in
+        turn; distinct = some joint differs by more than :data:`IK_DISTINCT` rad): other arm configurations
+        (elbow, wrist) for the same hand pose."""
+        out: list[np.ndarray] = []
+        for seed in seeds:
+            q = self.ik(T, [seed])
+            if q is not None and all(np.abs(q - o).max() > IK_DISTINCT for o in out):
+                out.append(q)
+                if len(out) >= max_solutions:
+                    break
+        return out
+
     def contacts(self, bodies: dict[int, str], target: int | None, where: str) -> list[str]:
         """Links touching the scene at the current (reset) configuration."""
         p, cid = self.p, self.cid
@@ -243,26 +271,24 @@ def _plan(p, cid: int, arm: _Panda, Tw: np.ndarray, grasp: Grasp, names: dict, t
     # and a few fixed random configurations: the damped least squares lands in the start's basin
     rng = np.random.default_rng(0)
     seeds += [list(rng.uniform(arm.lo, arm.hi)) for _ in range(IK_RANDOM_SEEDS)]
-    q_pre = arm.ik(pre, seeds)
-    if q_pre is None:
+    sols = arm.ik_all(pre, seeds, IK_SOLUTIONS if check_path else 1)
+    if not sols:
         d = float(np.linalg.norm(pre[:3, 3] - Tw[:3, 3]))
         why = f"no joint-limited IK solution for the pre-grasp pose ({d:.2f} m from the base)"
         return "unreachable", why, None, [], []
-    # the way there: joint-space from home to a pose HOVER over the pre-grasp (the arm moves over the
-    # scene, not through it), then straight down to the pre-grasp
-    hover = pre.copy()
-    hover[2, 3] += HOVER
-    q_hover = arm.ik(hover, [list(q_pre)] + seeds)
-    descent: list[np.ndarray] = []
-    if q_hover is not None:
-        q = q_hover
-        for T in _lerp_poses(hover, pre, 4):
-            q = arm.ik(T, [list(q)])
-            if q is None:
-                break
-            descent.append(q)
-        if q is None:  # no straight descent: go to the pre-grasp directly
-            q_hover, descent = None, []
+    first = None
+    for q_pre in sols:  # the first configuration whose way, approach and lift are reachable and clear
+        plan = _plan_from(arm, q_pre, pre, Tg, lift, opening, home, seeds, names, target, check_path)
+        if plan[0] == "ok":
+            return plan
+        if first is None or (first[0] == "unreachable" and plan[0] == "collision"):
+            first = plan
+    return first
+
+
+def _plan_from(arm: _Panda, q_pre: np.ndarray, pre: np.ndarray, Tg: np.ndarray, lift: np.ndarray, opening: float,
+               home: list, seeds: list, names: dict, target: int, check_path: bool):
+    """:func:`_plan` from one arm configuration ``q_pre`` at the pre-grasp."""
     path: list[tuple[str, np.ndarray]] = []
     q = q_pre
     for label, poses in (("approach", _lerp_poses(pre, Tg, 5)), ("lift", _lerp_poses(Tg, lift, 5))):
@@ -272,24 +298,45 @@ def _plan(p, cid: int, arm: _Panda, Tw: np.ndarray, grasp: Grasp, names: dict, t
                 return ("unreachable", f"no joint-limited IK solution along the {label} "
                         f"(at {np.round(T[:3, 3], 3).tolist()})", None, [], [])
             path.append((label, q))
-    # kinematic collision check along the way, the fingers open to the grasp's width
-    hits: list[str] = []
-    waypoints: list[tuple[str, np.ndarray]] = []
-    if check_path:
-        q_via = q_pre if q_hover is None else q_hover
-        waypoints += [("the way to the pre-grasp", np.asarray(home) + (q_via - home) * s)
-                      for s in np.linspace(0, 1, 12)]
-        waypoints += [("the descent to the pre-grasp", qq) for qq in descent]
-    waypoints += [("the pre-grasp", q_pre)] + path[:5]
-    for where, qq in waypoints:
-        arm.set(qq, opening)
-        for h in arm.contacts(names, target, where):
-            if h not in hits:
-                hits.append(h)
-    if hits:
-        more = f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""
-        return "collision", f"the arm touches the scene: {hits[0]}{more}", q_pre, path, hits
-    return "ok", "", q_pre, path, []
+    # the way there: joint-space from home to a pose HOVER over the pre-grasp (the arm moves over the
+    # scene, not through it), then straight down to the pre-grasp; when that way touches the scene, the
+    # same from higher up (HOVERS)
+    first_hits: list[str] | None = None
+    for hover_h in (HOVERS if check_path else HOVERS[:1]):
+        hover = pre.copy()
+        hover[2, 3] += hover_h
+        q_hover = arm.ik(hover, [list(q_pre)] + seeds)
+        descent: list[np.ndarray] = []
+        if q_hover is not None:
+            q = q_hover
+            for T in _lerp_poses(hover, pre, max(4, int(round(4 * hover_h / HOVER)))):
+                q = arm.ik(T, [list(q)])
+                if q is None:
+                    break
+                descent.append(q)
+            if q is None:  # no straight descent: go to the pre-grasp directly
+                q_hover, descent = None, []
+        # kinematic collision check along the way, the fingers open to the grasp's width
+        hits: list[str] = []
+        waypoints: list[tuple[str, np.ndarray]] = []
+        if check_path:
+            q_via = q_pre if q_hover is None else q_hover
+            waypoints += [("the way to the pre-grasp", np.asarray(home) + (q_via - home) * s)
+                          for s in np.linspace(0, 1, 12)]
+            waypoints += [("the descent to the pre-grasp", qq) for qq in descent]
+        waypoints += [("the pre-grasp", q_pre)] + path[:5]
+        for where, qq in waypoints:
+            arm.set(qq, opening)
+            for h in arm.contacts(names, target, where):
+                if h not in hits:
+                    hits.append(h)
+        if not hits:
+            return "ok", "", q_pre, path, []
+        if first_hits is None:
+            first_hits = hits
+    hits = first_hits or []
+    more = f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""
+    return "collision", f"the arm touches the scene: {hits[0]}{more}", q_pre, path, hits
 
 
 def simulate_arm_pick(
@@ -423,6 +470,18 @@ def _execute_place(p, cid: int, arm: "_Panda", Tw: np.ndarray, g: Grasp, T_relea
     rel = (Tw @ np.asarray(T_release, np.float64))[:3, 3]
     lifted = Tg[:3, 3] + LIFT * np.array([0.0, 0.0, 1.0])
     top = max(lifted[2], rel[2] + PLACE_CLEARANCE + TRANSIT)
+    # over whatever stands between here and there, the receptacle's rim included: the held object's bottom
+    # TRANSIT above the tallest body under its straight path (the arm's collision world, as in :func:`_plan`)
+    olo, ohi = (np.asarray(v, np.float64) for v in p.getAABB(target, physicsClientId=cid)[:2])
+    below = lifted[2] - olo[2]  # the tool centre point above the held object's bottom
+    reach = 0.5 * float(np.linalg.norm(ohi[:2] - olo[:2])) + TRANSIT
+    path_xy = lifted[:2] + np.linspace(0.0, 1.0, 21)[:, None] * (rel[:2] - lifted[:2])
+    for body, name in names.items():
+        if body == target or name in ("table", "floor"):
+            continue
+        lo, hi = (np.asarray(v, np.float64) for v in p.getAABB(body, physicsClientId=cid)[:2])
+        if np.any(np.all((path_xy >= lo[:2] - reach) & (path_xy <= hi[:2] + reach), axis=1)):
+            top = max(top, hi[2] + TRANSIT + below)
 
     def pose(x, yaw: float = 0.0) -> np.ndarray:
         c, s_ = np.cos(yaw), np.sin(yaw)
@@ -458,8 +517,12 @@ def _execute_place(p, cid: int, arm: "_Panda", Tw: np.ndarray, g: Grasp, T_relea
         arm.set(held_q)
         return "unreachable", fail + f" (hand turned by any of {len(RELEASE_TURNS)} angles)"
     arm.set(held_q)
-    for qq in qs:
-        drive(qq, 48, 0.0)
+    q_from = np.asarray(held_q, np.float64)
+    for qq in qs:  # carried at a bounded joint speed
+        n = max(1, int(np.ceil(float(np.abs(qq - q_from).max()) / CARRY_JOINT_STEP)))
+        for s_ in np.linspace(0.0, 1.0, n + 1)[1:]:
+            drive(q_from + s_ * (qq - q_from), CARRY_STEPS, 0.0)
+        q_from = qq
     drive(qs[-1], 96, 0.0)
     drive(qs[-1], 96, arm.finger_max)  # open
     back = down - 0.1 * Tg[:3, 2]

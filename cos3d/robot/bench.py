@@ -207,7 +207,9 @@ def evaluate_tabletop(
             continue
         base = dict(scene=str(scene_dir), prompt=prompt, prompt_set=prompt_set,
                     kind="+".join(sorted({keys[i] for i in intended})), intended=intended)
-        targets = targets_mod.pick_targets(ts, prompt, approach=approach, gripper=gripper, k=1)
+        targets = targets_mod.pick_targets(ts, prompt, approach=approach, gripper=gripper, k=1,
+                                           reach_from=None if T_world_arm is None else
+                                           np.asarray(T_world_arm, np.float64)[:3, 3])
         if not targets:
             g, e, note = score_pick(intended, [], {}, answered=False, reason=targets.reason)
             trials.append(PickTrial(**base, answered=False, in_box=[], approach=None, width=None, flags=[],
@@ -425,7 +427,8 @@ def evaluate_parts(scene_dir: str | Path, ts, T_world_arm: np.ndarray, *, grippe
         rec, geo = objs[parent], _handle_geometry(meta, parent)
         assert geo is not None
         lo, hi = (np.asarray(v, np.float64) for v in rec["aabb_world"])
-        targets = targets_mod.pick_targets(ts, prompt, gripper=gripper, k=1)
+        targets = targets_mod.pick_targets(ts, prompt, gripper=gripper, k=1,
+                                           reach_from=np.asarray(T_world_arm, np.float64)[:3, 3])
         if not targets or targets[0].grasp is None:
             trials.append(PartTrial(str(scene_dir), prompt, pset, parent, bool(targets), False, False, None, False,
                                     note=targets.reason or "no grasp"))
@@ -536,7 +539,7 @@ def evaluate_places(scene_dir: str | Path, ts, T_world_arm: np.ndarray, *, gripp
     inv = np.linalg.inv(Tw)
     trials = []
     for pset, (pick_prompt, place_prompt, oid, rid) in [(ps, q) for ps in sets for q in place_pairs(scene_dir, ps)]:
-        picks = targets_mod.pick_targets(ts, pick_prompt, gripper=gripper, k=1)
+        picks = targets_mod.pick_targets(ts, pick_prompt, gripper=gripper, k=1, reach_from=Tw[:3, 3])
         places = targets_mod.place_target(ts, place_prompt, k=1)
         if not picks or picks[0].grasp is None or not places:
             why = (picks.reason if not picks else "no grasp") if (not picks or picks[0].grasp is None) else places.reason

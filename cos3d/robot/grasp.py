@@ -32,6 +32,14 @@ max_opening + 1`` when the jaws hold the object's centre (no torque when lifting
 other point lies within :data:`NEIGHBOUR_MARGIN` of the swept volume (clutter: keep clear of the
 neighbours); top grasps first on ties (``approach="auto"``).
 
+The hand reaches the pre-grasp **from above** (a pick arrives over the scene and goes straight down: the
+way :func:`cos3d.robot.arm.simulate_arm_pick` moves): the hand at the pre-grasp, raised by up to
+:data:`DESCENT`, must not meet the scene either; points there count as collisions. For a side grasp in
+clutter that column is where the neighbours stand. With ``reach_from`` (where the arm's base stands), a
+side grasp loses ``REACH_WEIGHT · (1 − cos θ) / 2`` of score, θ between its approach direction and the
+horizontal line from the base to the object: nothing from the arm's side, 1 from the far side (an arm
+reaches around an object rarely); top grasps keep their lead on ties.
+
 The hand: two finger boxes (reaching ``tip_offset`` past the origin) and a palm box behind them, as wide
 as the open fingers by default, or the real hand's (:data:`FRANKA_HAND`: the Franka Hand's 0.2 × 0.064 m
 palm and its wrist, from pybullet_data's Panda meshes) when given.
@@ -56,6 +64,12 @@ NEIGHBOUR_MARGIN = 0.01
 """Metres beyond the swept volume (inflated by half the clearance) in which other objects' points cost a grasp
 0.5 of score: in clutter, of two collision-free grasps the one that keeps its distance from the neighbours
 comes first."""
+DESCENT = 0.15
+"""Metres above the pre-grasp the hand comes down from (the descent is checked for collisions)."""
+DESCENT_STEP = 0.03
+"""Metres between the hand poses checked on the descent."""
+REACH_WEIGHT = 1.0
+"""Score a side grasp approaching from the far side of the object loses (``reach_from``; none from the arm's side)."""
 MIN_HELD_SHARE = 0.1
 """A run of points between the jaws must hold this share of the points the fingers sweep past."""
 
@@ -237,6 +251,8 @@ class _Ctx:
     move with the frame: a rotated base frame gives the same grasps, rotated)."""
     e2: np.ndarray
     candidates: list = field(default_factory=list)
+    reach_from: np.ndarray | None = None
+    """``[3]`` where the arm's base stands (base frame), or None: no preference of approach."""
 
 
 def _clusters(u: np.ndarray, gap: float) -> list[tuple[float, float]]:
@@ -288,6 +304,15 @@ def _evaluate(ctx: _Ctx, approach: str, R: np.ndarray, tip: np.ndarray, region: 
             swept.append(((0.0, 0.0, -fd - pd - (wl + ad) / 2), (g.wrist_radius + c, g.wrist_radius + c,
                                                                 (wl + ad) / 2 + c)))
         hits = _boxes_hits(ctx.obstacles, origin, R, swept)
+        # the descent to the pre-grasp, from DESCENT above it: the hand (fingers, palm, wrist) at each step
+        hand = [((0.0, 0.0, (to - fd) / 2), (half_open + ft + c, fw / 2 + c, (fd + to) / 2 + c)),
+                ((0.0, 0.0, -fd - pd / 2), (phx + c, phy + c, pd / 2 + c))]
+        if g.wrist_radius > 0 and g.wrist_length > 0:
+            hand.append(((0.0, 0.0, -fd - pd - g.wrist_length / 2),
+                         (g.wrist_radius + c, g.wrist_radius + c, g.wrist_length / 2 + c)))
+        pre = origin - ad * R[:, 2]
+        for t in np.arange(DESCENT_STEP, DESCENT + 1e-9, DESCENT_STEP):
+            hits += _boxes_hits(ctx.obstacles, pre + t * ctx.up, R, hand)
         # neighbours within a further NEIGHBOUR_MARGIN of the swept volume: a grasp that keeps them at a distance
         # disturbs them less (clutter), ranked ahead of one that brushes past
         m = NEIGHBOUR_MARGIN
@@ -310,6 +335,13 @@ def _evaluate(ctx: _Ctx, approach: str, R: np.ndarray, tip: np.ndarray, region: 
         centred = lo - 1e-9 <= float((ctx.centre - tip) @ ax) <= hi + 1e-9
         score = quality + 0.5 * share - 0.5 * min(width, 2 * g.max_opening) / g.max_opening + (1.0 if centred else 0.0)
         score += (2.0 if hits == 0 else 0.0) + (4.0 if feasible else 0.0) + (0.5 if near == 0 else 0.0)
+        if ctx.reach_from is not None and approach == "side":
+            u = ctx.centre - ctx.reach_from
+            u = u - (u @ ctx.up) * ctx.up
+            d = R[:, 2] - (R[:, 2] @ ctx.up) * ctx.up
+            if np.linalg.norm(u) > 1e-9 and np.linalg.norm(d) > 1e-9:
+                align = float(u @ d / (np.linalg.norm(u) * np.linalg.norm(d)))
+                score -= REACH_WEIGHT * (1.0 - align) / 2  # a penalty: top grasps keep their lead
         out.append(Grasp(T, approach, float(min(width, g.max_opening)), float(obj_w), quality, bool(feasible),
                          hits == 0, hits, float(score), needed_width=float(width), neighbours_near=int(near)))
     return out
@@ -387,6 +419,7 @@ def plan_grasps(
     gripper: GripperSpec | None = None,
     normals: np.ndarray | None = None,
     n_angles: int = 12,
+    reach_from: np.ndarray | None = None,
 ) -> list[Grasp]:
     """Grasp candidates for an object, best first (module docstring).
 
@@ -396,6 +429,8 @@ def plan_grasps(
         up: ``[3]`` the base frame's up (default +z).
         approach: ``"top"``, ``"side"`` or ``"auto"`` (both, ranked together).
         normals: ``[K, 3]`` the points' normals (estimated by local PCA when None).
+        reach_from: ``[3]`` where the arm's base stands: side grasps approaching from its side rank first
+            (module docstring); None: no preference.
     """
     if approach not in APPROACHES:
         raise ValueError(f"approach must be one of {APPROACHES}, got {approach!r}")
@@ -410,10 +445,11 @@ def plan_grasps(
     O = np.zeros((0, 3)) if obstacles is None else np.asarray(obstacles, np.float64).reshape(-1, 3)
     # only obstacles near the object matter
     if len(O):
-        lo, hi = P.min(0) - 0.3, P.max(0) + 0.3
+        lo, hi = P.min(0) - 0.3, P.max(0) + 0.3 + DESCENT
         O = O[np.all((O >= lo) & (O <= hi), axis=1)]
     e1, e2 = _horizontal_axes(P, up_v)
-    ctx = _Ctx(P=P, N=N, obstacles=O, up=up_v, g=g, centre=P.mean(0), e1=e1, e2=e2)
+    rf = None if reach_from is None else np.asarray(reach_from, np.float64).reshape(3)
+    ctx = _Ctx(P=P, N=N, obstacles=O, up=up_v, g=g, centre=P.mean(0), e1=e1, e2=e2, reach_from=rf)
     out: list[Grasp] = []
     if approach in ("top", "auto"):
         out += _top(ctx, n_angles)

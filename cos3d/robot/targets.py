@@ -321,6 +321,7 @@ def pick_targets(
     gripper: GripperSpec | None = None,
     up: np.ndarray | None = None,
     branch: str = "field",
+    reach_from: np.ndarray | None = None,
     **query: Any,
 ) -> Targets:
     """Pick targets for a prompt, best first, in the robot base frame (module docstring).
@@ -340,6 +341,10 @@ def pick_targets(
         up: [3] up in the base frame (default +z).
         branch: how a text prompt is answered (``QueryEngine.query``'s): ``"field"``, ``"2d"`` (SAM 3's concept
             masks lifted) or ``"fused"``.
+        reach_from: [3] where the arm's base stands, in the base frame: side grasps that approach from the
+            arm's side rank first (:func:`cos3d.robot.grasp.plan_grasps`). Default: the base frame's origin
+            when ``T_base_scene`` or ``correspondences`` is given (the frame is then the robot's), else no
+            preference.
 
     Returns:
         :class:`Targets` (a list of :class:`PickTarget`); empty with ``reason`` when nothing is there.
@@ -350,12 +355,15 @@ def pick_targets(
         query["branch"] = branch
     if callable(getattr(scene, "remote_targets", None)):  # a run served by cos3d serve (cos3d.serve.client)
         return scene.remote_targets("pick", prompt, T_base_scene=T_base_scene, correspondences=correspondences,
-                                    approach=approach, k=k, gripper=gripper, up=up, **query)
+                                    approach=approach, k=k, gripper=gripper, up=up, reach_from=reach_from, **query)
     if k is not None and k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     ts = _resolve_scene(scene)
     T = _resolve_T(T_base_scene, correspondences)
     up_v = np.array([0.0, 0.0, 1.0]) if up is None else np.asarray(up, np.float64) / np.linalg.norm(up)
+    if reach_from is None and (T_base_scene is not None or correspondences is not None):
+        reach_from = np.zeros(3)
+    rf = None if reach_from is None else np.asarray(reach_from, np.float64).reshape(3)
     res = _answer(ts, prompt, query)
     if res.no_target or not res.objects:
         return Targets(reason=res.reason or "no object matched the prompt", no_target=True, query=res)
@@ -376,7 +384,7 @@ def pick_targets(
         others_ids = np.nonzero(solid & ~mine)[0]
         others = transform_points(T, means[others_ids])
         grasps = plan_grasps(transform_points(T, surface_samples(ts, ids)), others, up=up_v, approach=approach,
-                             gripper=gripper)
+                             gripper=gripper, reach_from=rf)
         best = grasps[0] if grasps else None
         covered = covered_from_above(P, others, up_v)
         frac = float(covered.mean()) if len(covered) else 0.0

@@ -102,6 +102,7 @@ class _Targets(BaseModel):
 class PickRequest(_Targets):
     approach: Literal["top", "side", "auto"] | None = None
     gripper: dict[str, Number] | None = Field(None, description="GripperSpec fields (metres).")
+    reach_from: list[Number] | None = Field(None, description="Where the arm's base stands (base frame, 3 numbers).")
 
 
 class PlaceRequest(_Targets):

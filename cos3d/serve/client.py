@@ -358,7 +358,8 @@ class RemoteScene:
 
     def remote_targets(self, op: str, prompt: Any, *, T_base_scene: Any = None, correspondences: Any = None,
                        approach: str | None = None, k: int | None = None, gripper: Any = None, up: Any = None,
-                       clearance: float | None = None, points: bool = True, **query: Any) -> Any:
+                       clearance: float | None = None, points: bool = True, reach_from: Any = None,
+                       **query: Any) -> Any:
         """``cos3d.robot.pick_targets`` / ``place_target`` on the server (``op``: ``pick`` or ``place``),
         rebuilt as :class:`cos3d.robot.Targets`."""
         import dataclasses
@@ -388,6 +389,8 @@ class RemoteScene:
                 body["approach"] = approach
             if gripper is not None:
                 body["gripper"] = dataclasses.asdict(gripper) if dataclasses.is_dataclass(gripper) else dict(gripper)
+            if reach_from is not None:
+                body["reach_from"] = np.asarray(reach_from, np.float64).reshape(3).tolist()
         elif clearance is not None:
             body["clearance"] = float(clearance)
         d = self.client.request("POST", self._path(op), body)

@@ -390,6 +390,8 @@ def _targets(run: LoadedRun, body: dict, op: str) -> dict:
                 args["gripper"].validate()
             except TypeError as e:
                 raise ServeError(f"gripper: {e}") from None
+        if body.get("reach_from") is not None:
+            args["reach_from"] = _matrix(body["reach_from"], "reach_from", (3,))
         targets = pick_targets(run.scene, text, **args, **kw)
     else:
         if body.get("clearance") is not None:

@@ -76,9 +76,10 @@ def test_frame_errors_are_plain():
 
 
 def test_known_transform_moves_targets_exactly(ts):
-    base = pick_targets(ts, "ketchup bottle")
     T = _similarity(5)
-    moved = pick_targets(ts, "ketchup bottle", T_base_scene=T, up=T[:3, 2])
+    arm = np.array([-0.7, 0.1, 0.6])  # where the arm stands (scene frame): its side's grasps rank first
+    base = pick_targets(ts, "ketchup bottle", reach_from=arm)
+    moved = pick_targets(ts, "ketchup bottle", T_base_scene=T, up=T[:3, 2], reach_from=transform_points(T, arm))
     assert len(base) == len(moved) >= 1
     a, b = base[0], moved[0]
     np.testing.assert_allclose(b.centroid, transform_points(T, a.centroid), atol=1e-9)
@@ -90,7 +91,8 @@ def test_known_transform_moves_targets_exactly(ts):
     assert b.width == pytest.approx(a.width, abs=1e-9)
     # correspondences instead of the matrix: the same answer
     P = np.random.default_rng(0).normal(size=(5, 3))
-    c = pick_targets(ts, "ketchup bottle", correspondences=(P, transform_points(T, P)), up=T[:3, 2])[0]
+    c = pick_targets(ts, "ketchup bottle", correspondences=(P, transform_points(T, P)), up=T[:3, 2],
+                     reach_from=transform_points(T, arm))[0]
     np.testing.assert_allclose(c.centroid, b.centroid, atol=1e-6)
 
 
@@ -149,6 +151,40 @@ def test_too_wide_and_collisions_are_flagged():
     assert any(not g.collision_free for g in grasps)
     # the chosen one does not approach from the wall's side
     assert grasps[0].T_base_grasp[0, 3] < 0.02
+
+
+def _side_dir(g) -> np.ndarray:
+    d = g.T_base_grasp[:3, 2].copy()
+    d[2] = 0.0
+    return d / np.linalg.norm(d)
+
+
+def test_side_grasps_check_the_descent_to_the_pre_grasp(monkeypatch):
+    """A shelf over the pre-grasp of side grasps from -x (18.5-19.5 cm up: above the hand at the grasp, in the
+    column it comes down through) blocks those grasps, not the ones from +x; without the descent check
+    the shelf is not seen."""
+    from cos3d.robot import grasp as grasp_mod
+    from cos3d.robot.grasp import FRANKA_HAND
+
+    P = _box_points([0.05, 0.05, 0.10], center=(0, 0, 0.05))
+    shelf = _box_points([0.2, 0.2, 0.01], center=(-0.17, 0, 0.19), n=4000, seed=2)
+    grasps = [g for g in plan_grasps(P, shelf, approach="side", gripper=FRANKA_HAND) if g.feasible]
+    from_minus_x = [g for g in grasps if _side_dir(g)[0] > 0.9]
+    from_plus_x = [g for g in grasps if _side_dir(g)[0] < -0.9]
+    assert from_minus_x and from_plus_x
+    assert not any(g.collision_free for g in from_minus_x)
+    assert all(g.collision_free for g in from_plus_x)
+    monkeypatch.setattr(grasp_mod, "DESCENT", 0.0)
+    again = [g for g in plan_grasps(P, shelf, approach="side", gripper=FRANKA_HAND) if g.feasible]
+    assert all(g.collision_free for g in again if _side_dir(g)[0] > 0.9)
+
+
+@pytest.mark.parametrize("base_x", [-0.5, 0.5])
+def test_side_grasps_approach_from_the_arms_side(base_x):
+    """With reach_from, the best side grasp approaches along the line from the arm's base to the object."""
+    P = _box_points([0.05, 0.05, 0.10], center=(0.0, 0.0, 0.05))
+    best = plan_grasps(P, approach="side", reach_from=np.array([base_x, 0.0, 0.0]))[0]
+    assert _side_dir(best)[0] * np.sign(-base_x) > 0.9
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -449,7 +485,7 @@ def test_arm_lifts_a_reachable_target_and_flags_the_rest(ts, tabletop_dir):
     def pick(Tw):
         t = pick_targets(ts, "ketchup bottle", T_base_scene=np.linalg.inv(Tw), k=1)
         assert t and t[0].grasp is not None
-        return simulate_arm_pick(tabletop_dir, t[0].grasp, kid, Tw)
+        return simulate_arm_pick(tabletop_dir, t[0].grasps, kid, Tw)  # its candidates, best first
 
     near = pick(base(-0.7, 0.0, 0.625))  # on the table's edge
     assert near.status == "lifted" and near.success and near.reachable and near.held, near.reason

@@ -137,6 +137,11 @@ def test_robot_targets_and_export_through_the_server(local, remote, tmp_path):
         assert a.to_dict(points=True) == b.to_dict(points=True)
         assert np.array_equal(a.T_base_grasp, b.T_base_grasp) and np.array_equal(a.grasp.pregrasp(0.1), b.grasp.pregrasp(0.1))
         assert np.array_equal(a.gaussians, b.gaussians)
+    far = np.array([3.0, 1.0, 0.0])  # the arm's base elsewhere: reach_from travels to the server
+    mine, theirs = pick_targets(local, "blue mug", reach_from=far), pick_targets(remote, "blue mug", reach_from=far)
+    assert [a.to_dict() for a in mine] == [b.to_dict() for b in theirs]
+    plain = pick_targets(local, "blue mug")  # no base given: no preference, other side-grasp scores
+    assert sorted(g.score for g in plain[0].grasps) != sorted(g.score for g in theirs[0].grasps)
     none = pick_targets(remote, "elephant")
     assert not none and none.no_target and none.reason == pick_targets(local, "elephant").reason
     pl_mine, pl_theirs = place_target(local, "into the white bowl"), place_target(remote, "into the white bowl")
