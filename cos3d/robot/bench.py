@@ -295,14 +295,14 @@ def grounding_bound(ts, prompts: list[tuple[str, list[int]]], *, absent=None,
     f = frontier(rows, min_no_target=min_no_target)["at_no_target"]
     thr = f["threshold"] if f is not None else float("inf")
     out_rows = []
+    n_ok = n_present = n_first = 0
     for i, (p, ids) in enumerate(prompts):
         top = int(owner[int(arg[i])])
-        ok = bool(best[i] >= thr and top in set(ids))
+        present, first = bool(best[i] >= thr), top in set(ids)
+        n_present, n_first, n_ok = n_present + present, n_first + first, n_ok + (present and first)
         out_rows.append({"prompt": p, "score": round(float(best[i]), 4), "top_id": top, "intended": list(ids),
-                         "groundable": ok})
-    return {"prompts": len(prompts), "groundable": sum(r["groundable"] for r in out_rows),
-            "present_decided": sum(r["score"] >= thr for r in out_rows),
-            "right_object_first": sum(r["top_id"] in set(r["intended"]) for r in out_rows),
+                         "groundable": present and first})
+    return {"prompts": len(prompts), "groundable": n_ok, "present_decided": n_present, "right_object_first": n_first,
             "threshold": thr, "no_target": None if f is None else f["no_target"], "rows": out_rows}
 
 
