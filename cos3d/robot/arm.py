@@ -76,8 +76,8 @@ DISTURB_LIMIT = 0.02
 PLACE_CLEARANCE = 0.02
 """Metres above the place pose the held object is released (it drops that far at most)."""
 TRANSIT = 0.03
-"""The arm carries the object at the lift's height, or this many metres above the release pose when that is
-higher."""
+"""The arm carries the object at the lift's height, or with its bottom this many metres above the release pose,
+the receptacle's rim and every body under its straight path, whichever is highest."""
 CARRY_JOINT_STEP = 0.01
 """Radians: while carrying an object, the arm's joint targets advance at most this much every
 :data:`CARRY_STEPS` physics steps (0.6 rad/s at 240 Hz) — a jump to the next waypoint at full motor force

@@ -448,7 +448,10 @@ def plan_grasps(
         lo, hi = P.min(0) - 0.3, P.max(0) + 0.3 + DESCENT
         O = O[np.all((O >= lo) & (O <= hi), axis=1)]
     e1, e2 = _horizontal_axes(P, up_v)
-    rf = None if reach_from is None else np.asarray(reach_from, np.float64).reshape(3)
+    rf = None if reach_from is None else np.asarray(reach_from, np.float64)
+    if rf is not None and (rf.shape != (3,) or not np.all(np.isfinite(rf))):
+        raise ValueError(f"reach_from must be 3 finite numbers (where the arm's base stands, in the base frame), "
+                         f"got shape {list(rf.shape)}")
     ctx = _Ctx(P=P, N=N, obstacles=O, up=up_v, g=g, centre=P.mean(0), e1=e1, e2=e2, reach_from=rf)
     out: list[Grasp] = []
     if approach in ("top", "auto"):

@@ -363,7 +363,10 @@ def pick_targets(
     up_v = np.array([0.0, 0.0, 1.0]) if up is None else np.asarray(up, np.float64) / np.linalg.norm(up)
     if reach_from is None and (T_base_scene is not None or correspondences is not None):
         reach_from = np.zeros(3)
-    rf = None if reach_from is None else np.asarray(reach_from, np.float64).reshape(3)
+    rf = None if reach_from is None else np.asarray(reach_from, np.float64)
+    if rf is not None and (rf.shape != (3,) or not np.all(np.isfinite(rf))):
+        raise ValueError(f"reach_from must be 3 finite numbers (where the arm's base stands, in the base frame), "
+                         f"got shape {list(rf.shape)}")
     res = _answer(ts, prompt, query)
     if res.no_target or not res.objects:
         return Targets(reason=res.reason or "no object matched the prompt", no_target=True, query=res)

@@ -185,6 +185,8 @@ def test_side_grasps_approach_from_the_arms_side(base_x):
     P = _box_points([0.05, 0.05, 0.10], center=(0.0, 0.0, 0.05))
     best = plan_grasps(P, approach="side", reach_from=np.array([base_x, 0.0, 0.0]))[0]
     assert _side_dir(best)[0] * np.sign(-base_x) > 0.9
+    with pytest.raises(ValueError, match="reach_from must be 3 finite numbers"):
+        plan_grasps(P, approach="side", reach_from=np.array([base_x, 0.0]))
 
 
 # ---------------------------------------------------------------------------------------------------
