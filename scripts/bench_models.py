@@ -12,9 +12,13 @@ Per view, at 640×480 and 1296×968 (a ScanNet frame), on a real photo (scikit-i
 - **automatic masks** (SAM2.1 hiera-large / -tiny, ``--masks sam2-hf``): ``provider.generate(image)`` with the
   shipped settings (32×32 clicks in batches of 64, predicted IoU > 0.7, stability ≥ 0.85, NMS 0.7). Random
   weights decide how many masks survive the IoU / stability filters (often none or nearly all), and the NMS
-  cost depends on that count. So the table gives (a) the time as shipped and the kept count, (b) the fixed
-  forward cost (image encoder + the 16 decoder batches with their upsampling to the view + the filter
-  statistics; it does not depend on the weights) and (c) NMS over a stated number of realistic masks per level
+  cost depends on that count. Since session 9 the provider upsamples only the candidates that pass the
+  predicted-IoU filter (that test reads no mask), so that cost depends on the weights too: by default
+  (``--iou-pass all``) every candidate passes, which is what every view cost before (an upper bound), and the
+  row also gives the cost of one candidate (upsampling + filter statistics) and the forward time at pass shares
+  1, 0.5 and 0.25 (what real weights pass is not known here). So the table gives (a) the time as shipped and
+  the kept count, (b) the forward cost (image encoder + the 16 decoder batches + the upsampling and filter
+  statistics of the candidates that passed) and (c) NMS over a stated number of realistic masks per level
   (``--nms-masks``, synthetic ellipses at the view's size, through the same :func:`levels_to_maskset`).
   The estimate of a real view is (b) + (c).
 - **concept query** (SAM 3, the 2D-first branch): ``SAM3ConceptSegmenter.segment(image, "a mug")``, the whole
@@ -281,33 +285,52 @@ def bench_masks(loader: dict, args: argparse.Namespace, sizes: list[tuple[int, i
                            "views": []}
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     prov._encode(photo(56, 40))  # warm-up: one encoder pass (the image is resized to the model's size anyway)
-    enc, dec, filt, nms = [], [], [], []
+    if args.iou_pass == "all":  # every candidate upsampled and filtered: the most a view can cost (see docstring)
+        prov.pred_iou_thresh = -1.0
+    enc, dec, upsampled, filt, nms = [], [], [], [], []
     kept_pre: list[int] = []
-    orig_keep, orig_levels = hf.keep_per_level, hf.levels_to_maskset
+    n_up: list[int] = []
+    orig_keep, orig_levels = hf.keep_upsampled, hf.levels_to_maskset
+    orig_up = prov._upsample
 
-    def keep(provider: Any, logits: Any, iou: Any, per_level: list) -> None:
+    def keep(provider: Any, logits: Any, iou: Any, level: Any, per_level: list) -> None:
         before = sum(len(c[1]) for chunks in per_level for c in chunks)
-        orig_keep(provider, logits, iou, per_level)
+        orig_keep(provider, logits, iou, level, per_level)
         kept_pre.append(sum(len(c[1]) for chunks in per_level for c in chunks) - before)
+
+    def up(low: Any, hw: Any) -> Any:
+        n_up.append(len(low))
+        return orig_up(low, hw)
 
     prov._encode = _timed(prov._encode, enc, sync)
     prov._decode = _timed(prov._decode, dec, sync)
-    hf.keep_per_level = _timed(keep, filt, sync)
+    prov._upsample = _timed(up, upsampled, sync)
+    hf.keep_upsampled = _timed(keep, filt, sync)
     hf.levels_to_maskset = _timed(orig_levels, nms, sync)
     try:
         for w, h in sizes:
             image = photo(w, h)
             for _ in range(args.repeats):
-                for b in (enc, dec, filt, nms, kept_pre):
+                for b in (enc, dec, upsampled, filt, nms, kept_pre, n_up):
                     b.clear()
                 with Phase(args.device) as ph:
                     ms = prov.generate(image)
                 row = {"size": f"{w}x{h}", "as_shipped": ph.record(), "encode_s": round(sum(enc), 4),
-                       "decode_s": round(sum(dec), 4), "filter_s": round(sum(filt), 4), "nms_s": round(sum(nms), 4),
-                       "decoder_batches": len(dec), "clicks": pps * pps,
+                       "decode_s": round(sum(dec), 4), "upsample_s": round(sum(upsampled), 4),
+                       "filter_s": round(sum(filt), 4), "nms_s": round(sum(nms), 4),
+                       "decoder_batches": len(dec), "clicks": pps * pps, "candidates": 3 * pps * pps,
+                       "upsampled": int(sum(n_up)), "iou_pass": args.iou_pass,
                        "kept_before_nms": int(sum(kept_pre)), "kept": len(ms),
                        "kept_per_level": {lv: int((ms.level == i).sum()) for i, lv in enumerate("sml")}}
-                row["forward_s"] = round(row["encode_s"] + row["decode_s"] + row["filter_s"], 4)
+                row["forward_s"] = round(row["encode_s"] + row["decode_s"] + row["upsample_s"] + row["filter_s"], 4)
+                # what a view costs when a share p of the candidates passes the predicted-IoU filter (only those
+                # are upsampled and filtered since session 9): fixed part + p x candidates x the cost of one
+                if row["upsampled"]:
+                    each = (row["upsample_s"] + row["filter_s"]) / row["upsampled"]
+                    fixed = row["encode_s"] + row["decode_s"]
+                    row["per_candidate_s"] = round(each, 6)
+                    row["forward_at_pass_share_s"] = {str(p_): round(fixed + p_ * row["candidates"] * each, 3)
+                                                      for p_ in (1.0, 0.5, 0.25)}
                 # NMS over a realistic count: --nms-masks synthetic masks per level through levels_to_maskset
                 k = args.nms_masks
                 syn = synthetic_masks(w, h, 3 * k, seed=1)
@@ -319,10 +342,11 @@ def bench_masks(loader: dict, args: argparse.Namespace, sizes: list[tuple[int, i
                 row["estimate_s"] = round(row["forward_s"] + pn.seconds, 4)
                 out["views"].append(row)
                 print(f"  {w}x{h}: as shipped {ph.seconds:.2f} s ({ph.cpu_seconds:.1f} CPU-s; kept {len(ms)} of {sum(kept_pre)} past the filters), "
-                      f"encode {row['encode_s']:.2f} + decode {row['decode_s']:.2f} + filter {row['filter_s']:.2f} s; "
+                      f"encode {row['encode_s']:.2f} + decode {row['decode_s']:.2f} + upsample {row['upsample_s']:.2f} "
+                      f"({row['upsampled']} of {row['candidates']} candidates) + filter {row['filter_s']:.2f} s; "
                       f"NMS of {3 * k} masks {pn.seconds:.2f} s; peak RSS {ph.peak_rss_mib:.0f} MiB", file=sys.stderr)
     finally:
-        hf.keep_per_level, hf.levels_to_maskset = orig_keep, orig_levels
+        hf.keep_upsampled, hf.levels_to_maskset = orig_keep, orig_levels
     return out
 
 
@@ -475,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crops", type=int, default=100, help="mask crops embedded per view (default 100, see docstring)")
     ap.add_argument("--points-per-side", type=int, default=32, help="SAM click grid (default 32, the shipped value)")
     ap.add_argument("--nms-masks", type=int, default=64, help="realistic masks per level for the NMS timing")
+    ap.add_argument("--iou-pass", choices=("all", "shipped"), default="all",
+                    help="automatic masks: every candidate passes the predicted-IoU filter (all: the most a view "
+                         "costs; random weights' IoU predictions say nothing about real ones) or the shipped 0.7")
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per view size (after one warm-up)")
     ap.add_argument("--tiny", action="store_true", help="tiny test configs at 64x48 and 96x72 (seconds; for tests)")
     ap.add_argument("--in-process", action="store_true",

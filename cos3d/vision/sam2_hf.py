@@ -21,7 +21,10 @@ Automatic generation follows :mod:`cos3d.vision.sam2_masks` exactly: a ``points_
 positive clicks, each giving the three multimask outputs; output ``k`` goes to level ``k`` (0 = s, 1 = m,
 2 = l); per level keep predicted IoU > ``pred_iou_thresh``, stability ≥ ``stability_score_thresh`` and
 area ≥ ``min_area``; score = predicted IoU × stability; mask-IoU NMS at ``nms_thresh``. The image is
-encoded once per view (``get_image_embeddings``) and the clicks are decoded in batches.
+encoded once per view (``get_image_embeddings``) and the clicks are decoded in batches. The predicted-IoU
+test reads no mask, so it runs on the decoder's low-resolution output and only the candidates that pass are
+upsampled to the view and scored (the same masks as upsampling all first; it saves the upsampling and the
+stability statistics of the rejected ones).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import numpy as np
 from cos3d.core.errors import Cos3dError, MissingWeightsError, brief
 from cos3d.vision.base import MaskProvider, check_image, file_fingerprint, resolve_device
 from cos3d.vision.masks import LEVELS, MaskSet
-from cos3d.vision.sam2_masks import AutoMaskFilters, _grid, keep_per_level, levels_to_maskset
+from cos3d.vision.sam2_masks import AutoMaskFilters, _grid, keep_upsampled, levels_to_maskset
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -211,10 +214,13 @@ class _HFSam:
         labels: list | None = None,
         boxes: list | None = None,
         multimask: bool = True,
+        keep_iou: float | None = None,
     ) -> "tuple[torch.Tensor, torch.Tensor]":
         """Decode prompts on an encoded image → (logits ``[B, K, H, W]`` at the image's size, IoU ``[B, K]``).
 
-        ``points``: ``[B][P][2]`` pixel (x, y) per object, ``labels`` ``[B][P]``, ``boxes`` ``[B][4]``."""
+        ``points``: ``[B][P][2]`` pixel (x, y) per object, ``labels`` ``[B][P]``, ``boxes`` ``[B][4]``. With
+        ``keep_iou`` the logits are returned at the decoder's low resolution (``[B, K, h, w]``): the caller
+        upsamples only what it keeps (:meth:`_upsample`)."""
         import torch
 
         h, w = enc.hw
@@ -232,10 +238,19 @@ class _HFSam:
             dev["input_boxes"] = dev["input_boxes"].to(enc.embeddings[0].dtype)
         with torch.inference_mode():
             out = self.model(image_embeddings=enc.embeddings, multimask_output=multimask, **dev)
+            if keep_iou is not None:
+                return out.pred_masks[0].float().cpu(), out.iou_scores[0].float().cpu()
             logits = self.processor.post_process_masks(
                 out.pred_masks.float().cpu(), [[h, w]], binarize=False
             )[0]
         return logits, out.iou_scores[0].float().cpu()
+
+    def _upsample(self, low: "torch.Tensor", hw: tuple[int, int]) -> "torch.Tensor":
+        """Low-resolution mask logits ``[M, h, w]`` → ``[M, H, W]`` at the image's size (the processor's own
+        post-processing, mask by mask: the same values as when decoded with the batch)."""
+        if len(low) == 0:
+            return low.new_zeros((0, *hw))
+        return self.processor.post_process_masks(low[None, :, None], [list(hw)], binarize=False)[0][:, 0]
 
 
 class HFSamMaskProvider(_HFSam, AutoMaskFilters, MaskProvider):
@@ -286,10 +301,15 @@ class HFSamMaskProvider(_HFSam, AutoMaskFilters, MaskProvider):
         points = _grid(self.points_per_side, w, h)
         for i in range(0, len(points), self.points_per_batch):
             batch = points[i : i + self.points_per_batch]
-            logits, iou = self._decode(
-                enc, points=[[p.tolist()] for p in batch], labels=[[1] for _ in batch], multimask=True
-            )  # [B, 3, H, W], [B, 3]
-            keep_per_level(self, logits, iou, per_level)
+            low, iou = self._decode(
+                enc, points=[[p.tolist()] for p in batch], labels=[[1] for _ in batch], multimask=True,
+                keep_iou=self.pred_iou_thresh,
+            )  # [B, 3, h, w] low resolution, [B, 3]
+            # the predicted-IoU filter does not depend on the masks: apply it before upsampling, and upsample
+            # only the masks that pass (upsampling every candidate to the image's size was most of the time)
+            passed = iou > self.pred_iou_thresh
+            b_idx, k_idx = passed.nonzero(as_tuple=True)
+            keep_upsampled(self, self._upsample(low[b_idx, k_idx], (h, w)), iou[b_idx, k_idx], k_idx, per_level)
         return levels_to_maskset(per_level, h, w, self.nms_thresh)
 
     def prompt_segmenter(self) -> "HFSamPromptSegmenter":

@@ -257,9 +257,24 @@ def keep_per_level(provider: AutoMaskFilters, logits: Any, iou: Any,
     """Filter one batch of SAM outputs (``logits [B, 3, H, W]``, ``iou [B, 3]`` float tensors) by
     predicted IoU, stability and area with ``provider``'s settings, and append the kept masks and their
     scores (IoU × stability) to ``per_level[k]`` for output ``k`` = level s/m/l. Shared by the SAM2
-    package provider and the ``transformers`` ones."""
+    package provider and the ``transformers`` ones (:func:`keep_upsampled` on the flattened batch)."""
     import torch
 
+    B, K = int(iou.shape[0]), int(iou.shape[1])
+    level = torch.arange(K).repeat(B)
+    keep_upsampled(provider, logits.reshape(B * K, *logits.shape[-2:]), iou.reshape(B * K), level, per_level)
+
+
+def keep_upsampled(provider: AutoMaskFilters, logits: Any, iou: Any, level: Any,
+                   per_level: list[list[tuple[np.ndarray, np.ndarray]]]) -> None:
+    """:func:`keep_per_level` on masks given one by one: ``logits [M, H, W]`` at the image's size, ``iou [M]``,
+    ``level [M]`` (the multimask output each came from). The caller may have dropped the masks under the
+    predicted-IoU threshold before upsampling them (that test reads no mask); within a level the kept masks
+    are appended in the given order."""
+    import torch
+
+    if len(iou) == 0:
+        return
     hi = (logits > provider.mask_threshold + provider.stability_score_offset).sum((-1, -2)).float()
     lo = (logits > provider.mask_threshold - provider.stability_score_offset).sum((-1, -2)).float()
     stab = torch.where(lo > 0, hi / lo.clamp(min=1), torch.zeros_like(hi))
@@ -270,12 +285,10 @@ def keep_per_level(provider: AutoMaskFilters, logits: Any, iou: Any,
         & (stab >= provider.stability_score_thresh)
         & (area >= max(provider.min_area, 1))
     )
-    for k in range(min(len(LEVELS), logits.shape[1])):
-        sel = keep[:, k]
+    for k in range(len(LEVELS)):
+        sel = keep & (level == k)
         if bool(sel.any()):
-            per_level[k].append(
-                (binary[sel, k].cpu().numpy(), (iou[sel, k] * stab[sel, k]).cpu().numpy().astype(np.float32))
-            )
+            per_level[k].append((binary[sel].cpu().numpy(), (iou[sel] * stab[sel]).cpu().numpy().astype(np.float32)))
 
 
 def levels_to_maskset(per_level: list[list[tuple[np.ndarray, np.ndarray]]], h: int, w: int,

@@ -41,7 +41,12 @@ def test_bench_models_tiny_end_to_end(tmp_path, capsys, one_torch_thread):
             if r["task"] == "masks":  # the provider's own generate(), its stages timed inside it
                 assert v["decoder_batches"] == 1 and v["clicks"] == 16
                 assert _positive(v["encode_s"]) and _positive(v["decode_s"]) and v["filter_s"] >= 0
-                assert abs(v["forward_s"] - (v["encode_s"] + v["decode_s"] + v["filter_s"])) < 1e-3
+                assert abs(v["forward_s"] - (v["encode_s"] + v["decode_s"] + v["upsample_s"] + v["filter_s"])) < 1e-3
+                # --iou-pass all (default): every candidate passes the IoU filter, so every one is upsampled
+                assert v["iou_pass"] == "all" and v["upsampled"] == v["candidates"] == 3 * v["clicks"]
+                fw = v["forward_at_pass_share_s"]
+                assert _positive(v["per_candidate_s"]) and fw["0.25"] <= fw["0.5"] <= fw["1.0"]
+                assert abs(fw["1.0"] - v["forward_s"]) < 2e-3
                 assert 0 <= v["kept"] <= v["kept_before_nms"] <= 3 * v["clicks"]
                 assert sum(v["kept_per_level"].values()) == v["kept"]
                 assert v["nms_realistic"]["masks_per_level"] == 4 and 0 < v["nms_realistic"]["kept"] <= 12

@@ -99,6 +99,37 @@ def test_sam2_hf_automatic_masks_levels(sam2_hf):
     assert np.array_equal(again.masks, ms.masks) and np.allclose(again.score, ms.score)
 
 
+def test_sam2_hf_upsamples_only_what_passes_the_iou_filter(sam2_dir, monkeypatch):
+    """The predicted-IoU filter runs on the decoder's low-resolution output: the masks come out exactly as when
+    every candidate is upsampled first and filtered after (the reference below, the processor's own
+    post-processing of the whole batch), and only the candidates that pass are upsampled."""
+    from cos3d.vision.sam2_masks import _grid, keep_per_level, levels_to_maskset
+
+    image, _, _ = synthetic_maps(W, H)
+    prov = create_mask_provider("sam2-hf", model=str(sam2_dir), device="cpu", points_per_side=4,
+                                points_per_batch=5, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    enc = prov._encode(image)
+    pts = _grid(4, W, H)
+    ious = torch.cat([prov._decode(enc, points=[[p.tolist()] for p in pts[i:i + 5]], labels=[[1]] * len(pts[i:i + 5]),
+                                   multimask=True)[1] for i in range(0, len(pts), 5)])
+    prov.pred_iou_thresh = float(ious.median())  # about half of the random tiny model's candidates pass
+    # the reference: every candidate upsampled (the processor's post-processing of the batch), then filtered
+    ref_levels: list = [[] for _ in range(3)]
+    for i in range(0, len(pts), 5):
+        b = pts[i:i + 5]
+        logits, iou = prov._decode(enc, points=[[p.tolist()] for p in b], labels=[[1]] * len(b), multimask=True)
+        keep_per_level(prov, logits, iou, ref_levels)
+    ref = levels_to_maskset(ref_levels, H, W, prov.nms_thresh)
+    seen = []
+    up = prov._upsample
+    monkeypatch.setattr(prov, "_upsample", lambda low, hw: (seen.append(len(low)), up(low, hw))[1])
+    ms = prov.generate(image)
+    assert len(ms) > 0 and np.array_equal(ms.masks, ref.masks) and np.array_equal(ms.level, ref.level)
+    assert np.array_equal(ms.score, ref.score)
+    passed = int((ious > prov.pred_iou_thresh).sum())
+    assert sum(seen) == passed and 0 < passed < ious.numel()
+
+
 def test_sam2_hf_predictor_box_and_points(sam2_hf):
     from cos3d.vision.prompts import PromptSegmenter, prompt_mask
 
